@@ -1,0 +1,57 @@
+/* The registry: every backend and every kernel qkernels has, in one place. Dispatch, the C tests
+ * (native/tests), the Python tests and the benchmarks all enumerate these tables, so adding a
+ * kernel means one source file and one line below.
+ *
+ * Kernel names read  <backend>_<mode>_<weight bits>_<tile MxN>  with the tile the kernel computes
+ * per step. Kernels are listed best first: automatic dispatch takes the first line whose backend
+ * is available and which supports the problem (mode, bits, dtype, group size, preferred M). */
+#include <stdio.h>
+
+#include "internal.h"
+
+/* The QK_HAVE_<BACKEND> macros are defined by CMake when the compiler can build that backend. */
+static const qk_backend_impl backends[QK_BACKEND_COUNT] = {
+    [QK_BACKEND_CUDA] = {"cuda", 0, 0, NULL},
+    [QK_BACKEND_X86_AMX] = {"x86_amx", 0, QK_CPU_AMX_TILE | QK_CPU_AMX_INT8 | QK_CPU_AMX_BF16, NULL},
+    [QK_BACKEND_X86_AVX512_VNNI] = {"x86_avx512_vnni", 0,
+                                    QK_CPU_AVX512F | QK_CPU_AVX512BW | QK_CPU_AVX512VL |
+                                        QK_CPU_AVX512_VNNI,
+                                    NULL},
+    [QK_BACKEND_X86_AVX2] = {"x86_avx2", 0, QK_CPU_AVX2 | QK_CPU_FMA | QK_CPU_F16C, NULL},
+    [QK_BACKEND_ARM_NEON_I8MM] = {"arm_neon_i8mm", 0, QK_CPU_NEON | QK_CPU_NEON_I8MM, NULL},
+    [QK_BACKEND_ARM_NEON_DOTPROD] = {"arm_neon_dotprod", 0, QK_CPU_NEON | QK_CPU_NEON_DOTPROD, NULL},
+    [QK_BACKEND_REF] = {"ref", 1, 0, NULL},
+};
+
+static const qk_kernel kernels[] = {
+    /* name             backend         mode         bits                   dtypes           G mult  max M  run */
+    {"ref_a16_w4w8_1x1", QK_BACKEND_REF, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, qk_ref_matmul_a16},
+    {"ref_a8_w4w8_1x1", QK_BACKEND_REF, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, qk_ref_matmul_a8},
+};
+
+const qk_backend_impl* qk_backend_impl_get(qk_backend backend) {
+    if (backend <= QK_BACKEND_AUTO || backend >= QK_BACKEND_COUNT) return NULL;
+    return &backends[backend];
+}
+
+int32_t qk_registry_size(void) { return (int32_t)(sizeof kernels / sizeof kernels[0]); }
+
+const qk_kernel* qk_registry_get(int32_t index) {
+    return index >= 0 && index < qk_registry_size() ? &kernels[index] : NULL;
+}
+
+const char* qk_backend_unavailable_reason(qk_backend backend) {
+    const qk_backend_impl* b = qk_backend_impl_get(backend);
+    if (!b) return "no such backend";
+    if (backend == QK_BACKEND_CUDA) return "lives in libqkernels_cuda, not in this library";
+    if (!b->compiled) return "not compiled into this build of libqkernels";
+    uint64_t missing = b->required_cpu & ~qk_cpu_features();
+    if (!missing) return "";
+    static _Thread_local char reason[256];
+    int used = snprintf(reason, sizeof reason, "this CPU or its operating system lacks");
+    for (int i = 0; i < QK_CPU_FEATURE_BITS && used < (int)sizeof reason; i++)
+        if (missing & (1ull << i))
+            used += snprintf(reason + used, sizeof reason - (size_t)used, " %s",
+                             qk_cpu_feature_name(1ull << i));
+    return reason;
+}

@@ -1,0 +1,107 @@
+/* The reference matmul kernels: docs/numerics.md section 3 computed as it is written, in double
+ * and in exact 64-bit integers. They run every shape, group size, dtype and mode, serve as the
+ * fallback backend, and are the C-level oracle the faster kernels are tested against. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "../core/internal.h"
+
+/* Row n of W, dequantized exactly: float32 scale times (q - zp), an integer below 2^9. */
+static void dequantize_row(const qk_weights* w, int32_t n, double* row) {
+    int32_t groups = qk_groups_per_row(w);
+    for (int32_t k = 0; k < w->K; k++) {
+        size_t g = (size_t)n * groups + k / w->group_size;
+        int32_t zp = w->zero_points ? w->zero_points[g] : 0;
+        row[k] = (double)w->scales[g] * (qk_weight_q(w, n, k) - zp);
+    }
+}
+
+qk_status qk_ref_matmul_a16(const qk_packed_weights* weights, const qk_matmul_args* a) {
+    const qk_weights* w = &weights->canonical;
+    int32_t M = a->M, N = w->N, K = w->K;
+    double* x = malloc((size_t)M * K * sizeof *x);
+    double* row = malloc((size_t)K * sizeof *row);
+    if (!x || !row) {
+        free(x);
+        free(row);
+        return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate the reference kernel's buffers");
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = qk_load_f32(a->input, a->input_dtype, i);
+    for (int32_t n = 0; n < N; n++) {
+        dequantize_row(w, n, row);
+        for (int32_t m = 0; m < M; m++) {
+            const double* xm = x + (size_t)m * K;
+            double sum = a->bias ? a->bias[n] : 0.0;
+            for (int32_t k = 0; k < K; k++) sum += xm[k] * row[k];
+            qk_store_f64(a->output, a->input_dtype, (size_t)m * N + n, sum);
+        }
+    }
+    free(x);
+    free(row);
+    return QK_OK;
+}
+
+static float clampf(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* The A8 activation quantizer for row m: qx and the row scale sx, in float32 steps.
+ * Returns 0 when the row holds NaN or Inf: it has no finite amax, and its outputs are NaN. */
+static int quantize_activation_row(const qk_matmul_args* a, int32_t m, int32_t K, int8_t* qx, float* sx) {
+    size_t first = (size_t)m * K;
+    float amax = 0.0f;
+    for (int32_t k = 0; k < K; k++) {
+        float v = qk_load_f32(a->input, a->input_dtype, first + k);
+        if (!isfinite(v)) return 0;
+        amax = fmaxf(amax, fabsf(v));
+    }
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f; /* +Inf for a subnormal amax: reading 4 */
+    for (int32_t k = 0; k < K; k++) {
+        float product = qk_load_f32(a->input, a->input_dtype, first + k) * inv;
+        qx[k] = isnan(product) ? 0 : (int8_t)clampf(nearbyintf(product), -127.0f, 127.0f);
+    }
+    *sx = amax / 127.0f;
+    return 1;
+}
+
+qk_status qk_ref_matmul_a8(const qk_packed_weights* weights, const qk_matmul_args* a) {
+    const qk_weights* w = &weights->canonical;
+    int32_t M = a->M, N = w->N, K = w->K, G = w->group_size, groups = qk_groups_per_row(w);
+    int8_t* qx = malloc((size_t)M * K);
+    float* sx = malloc((size_t)M * sizeof *sx);
+    int* finite = malloc((size_t)M * sizeof *finite);
+    int32_t* row = malloc((size_t)K * sizeof *row);
+    if (!qx || !sx || !finite || !row) {
+        free(qx);
+        free(sx);
+        free(finite);
+        free(row);
+        return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate the reference kernel's buffers");
+    }
+    for (int32_t m = 0; m < M; m++) finite[m] = quantize_activation_row(a, m, K, qx + (size_t)m * K, &sx[m]);
+
+    for (int32_t n = 0; n < N; n++) {
+        const float* scales = w->scales + (size_t)n * groups;
+        for (int32_t k = 0; k < K; k++) { /* q - zp: the integer the products use */
+            int32_t zp = w->zero_points ? w->zero_points[(size_t)n * groups + k / G] : 0;
+            row[k] = qk_weight_q(w, n, k) - zp;
+        }
+        for (int32_t m = 0; m < M; m++) {
+            double y = NAN;
+            if (finite[m]) {
+                const int8_t* xm = qx + (size_t)m * K;
+                double sum = 0.0;
+                for (int32_t g = 0; g < groups; g++) {
+                    int64_t acc = 0; /* exact at any group size */
+                    for (int32_t k = g * G; k < (g + 1) * G; k++) acc += (int64_t)xm[k] * row[k];
+                    sum += (double)scales[g] * (double)acc;
+                }
+                y = (double)sx[m] * sum + (a->bias ? a->bias[n] : 0.0);
+            }
+            qk_store_f64(a->output, a->input_dtype, (size_t)m * N + n, y);
+        }
+    }
+    free(qx);
+    free(sx);
+    free(finite);
+    free(row);
+    return QK_OK;
+}

@@ -1,0 +1,46 @@
+"""qkernels: quantized matrix-multiplication kernels for large language models.
+
+    qw = qkernels.quantize_weights(w, bits=4, group_size=128)   # w: [N, K] float
+    y  = qkernels.matmul(x, qw, mode="a16")                      # y = x · dequantize(qw)ᵀ
+
+The numeric contract is docs/numerics.md; qkernels.reference implements it independently in NumPy.
+"""
+
+from . import dispatch
+from ._native import ffi, lib, library_path
+from .dispatch import backends, cpu_features, kernels, use_backend
+from .errors import (
+    BackendUnavailableError,
+    DtypeError,
+    InvalidArgumentError,
+    NonFiniteError,
+    OutOfMemoryError,
+    QKernelsError,
+    UnsupportedError,
+)
+from .ops import matmul, quantized_matmul, select
+from .weights import QuantizedWeight, dequantize, quantize_weights
+
+__version__ = ffi.string(lib.qk_version()).decode()
+
+__all__ = [
+    "BackendUnavailableError",
+    "DtypeError",
+    "InvalidArgumentError",
+    "NonFiniteError",
+    "OutOfMemoryError",
+    "QKernelsError",
+    "QuantizedWeight",
+    "UnsupportedError",
+    "backends",
+    "cpu_features",
+    "dequantize",
+    "dispatch",
+    "kernels",
+    "library_path",
+    "matmul",
+    "quantize_weights",
+    "quantized_matmul",
+    "select",
+    "use_backend",
+]

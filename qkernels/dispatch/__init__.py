@@ -1,0 +1,133 @@
+"""Which backend runs a call: compiled ∧ detected, best first, overridable by the user.
+
+Precedence, highest first:
+  1. ``backend=`` / ``kernel=`` arguments of a call;
+  2. the innermost ``with qkernels.use_backend(name):`` block (per thread and per asyncio task);
+  3. the ``QKERNELS_BACKEND`` environment variable (read by the C library on every call);
+  4. the best available backend for the problem (the registry's order).
+A forced backend or kernel that cannot run raises BackendUnavailableError or UnsupportedError with
+the reason; nothing ever falls back silently from a forced choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+
+from .._native import check, ffi, lib, text
+from ..errors import InvalidArgumentError
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("qkernels_backend", default=None)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    code: int
+    compiled: bool
+    detected: bool
+    available: bool
+    reason: str  # why not available; "" when available
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    name: str
+    backend: str
+    mode: str  # "a16" or "a8"
+    bits: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    group_multiple: int
+    max_m: int  # preferred for M <= max_m; 0: any M
+    available: bool
+
+
+MODES = {"a16": lib.QK_MODE_A16, "a8": lib.QK_MODE_A8}
+_MODE_NAMES = {code: name for name, code in MODES.items()}
+_DTYPE_NAMES = {lib.QK_DTYPE_F32: "float32", lib.QK_DTYPE_F16: "float16", lib.QK_DTYPE_BF16: "bfloat16"}
+
+
+def backends() -> list[BackendInfo]:
+    """Every backend this package knows, best first, with whether it can run here and why not."""
+    result = []
+    for code in range(1, lib.QK_BACKEND_COUNT):
+        info = ffi.new("qk_backend_info *")
+        check(lib.qk_backend_get(code, info))
+        result.append(
+            BackendInfo(text(info.name), code, bool(info.compiled), bool(info.detected), bool(info.available), text(info.reason))
+        )
+    return result
+
+
+def backend_code(name: str) -> int:
+    """The qk_backend value of a backend name ("auto" is 0)."""
+    if name == "auto":
+        return lib.QK_BACKEND_AUTO
+    for backend in backends():
+        if backend.name == name:
+            return backend.code
+    names = ", ".join(["auto"] + [b.name for b in backends()])
+    raise InvalidArgumentError(f"backend={name!r} is not one of: {names}")
+
+
+def backend_name(code: int) -> str:
+    return next(b.name for b in backends() if b.code == code)
+
+
+def kernel_info_from_c(info) -> KernelInfo:
+    return KernelInfo(
+        name=text(info.name),
+        backend=backend_name(info.backend),
+        mode=_MODE_NAMES[info.mode],
+        bits=tuple(b for b in (4, 8) if info.bits_mask & (1 << b)),
+        dtypes=tuple(name for code, name in _DTYPE_NAMES.items() if info.dtype_mask & (1 << code)),
+        group_multiple=info.group_multiple,
+        max_m=info.max_m,
+        available=bool(info.available),
+    )
+
+
+def kernels() -> list[KernelInfo]:
+    """Every registered kernel, in dispatch order: the registry that tests and benchmarks read."""
+    result = []
+    for index in range(lib.qk_kernel_count()):
+        info = ffi.new("qk_kernel_info *")
+        check(lib.qk_kernel_get(index, info))
+        result.append(kernel_info_from_c(info))
+    return result
+
+
+def cpu_features() -> list[str]:
+    """Names of the CPU features detected (and enabled by the operating system)."""
+    mask = lib.qk_cpu_features()
+    return [text(lib.qk_cpu_feature_name(1 << bit)) for bit in range(lib.QK_CPU_FEATURE_BITS) if mask >> bit & 1]
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Forces `name` for qkernels calls inside the block (``"auto"`` restores automatic choice)."""
+    backend_code(name)  # reject unknown names at the `with`, not at the first call
+    token = _forced.set(None if name == "auto" else name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def forced_backend() -> str | None:
+    """The backend forced by the innermost use_backend block, if any."""
+    return _forced.get()
+
+
+__all__ = [
+    "BackendInfo",
+    "KernelInfo",
+    "backend_code",
+    "backend_name",
+    "backends",
+    "cpu_features",
+    "forced_backend",
+    "kernels",
+    "use_backend",
+]

@@ -1,0 +1,92 @@
+"""Quantized matrix multiplication: Y = X · Wᵀ (+ bias), in A16 or A8 mode (docs/numerics.md §3)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import dispatch
+from ._native import check, ffi, lib
+from ._tensors import dtype_code, empty_like_kind, float_buffer, is_torch, pointer_of
+from .errors import InvalidArgumentError
+from .weights import QuantizedWeight
+
+
+def _bias_array(bias: Any, N: int):
+    if bias is None:
+        return None
+    if is_torch(bias):
+        bias = bias.detach().cpu().float().numpy()
+    bias = np.ascontiguousarray(bias, dtype=np.float32)
+    if bias.shape != (N,):
+        raise InvalidArgumentError(f"bias has shape {bias.shape}; expected ({N},)")
+    return bias
+
+
+def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any):
+    """The output and the filled qk_matmul_args (plus what must stay alive with them)."""
+    if mode not in dispatch.MODES:
+        raise InvalidArgumentError(f"mode={mode!r} must be 'a16' or 'a8'")
+    buf = float_buffer(x, "x")
+    if len(buf.shape) < 1 or buf.shape[-1] != qw.K:
+        raise InvalidArgumentError(f"x has shape {buf.shape}; its last dimension must be K={qw.K}")
+    M = math.prod(buf.shape[:-1])
+    if M <= 0:
+        raise InvalidArgumentError(f"x has shape {buf.shape}: M={M} rows; at least one is needed")
+    out = empty_like_kind(buf.kind, buf.shape[:-1] + (qw.N,), buf.dtype)
+    bias = _bias_array(bias, qw.N)
+    name = backend or dispatch.forced_backend() or "auto"
+    kernel_name = ffi.new("char[]", kernel.encode()) if kernel else ffi.NULL
+    args = ffi.new("qk_matmul_args *")
+    args.input, args.output = buf.pointer, pointer_of(out)
+    args.bias = ffi.NULL if bias is None else ffi.cast("float *", bias.ctypes.data)
+    args.M, args.input_dtype, args.mode = M, dtype_code(buf.dtype), dispatch.MODES[mode]
+    args.backend, args.kernel = dispatch.backend_code(name), kernel_name
+    return out, args, (buf, bias, kernel_name)
+
+
+def select(x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | None = None, kernel: str | None = None):
+    """The kernel that matmul would run for these arguments (a KernelInfo); runs nothing."""
+    _, args, _alive = _args(x, qw, mode, backend, kernel, None)
+    info = ffi.new("qk_kernel_info *")
+    check(lib.qk_select_kernel(qw.c_weights, args, info))
+    return dispatch.kernel_info_from_c(info)
+
+
+def matmul(
+    x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | None = None, kernel: str | None = None,
+    bias: Any = None,
+):
+    """Y[..., N] = X[..., K] · Wᵀ (+ bias) with quantized weights.
+
+    mode: "a16" (weight-only: float activations) or "a8" (dynamic per-row int8 activations).
+    x: float32 / float16 / bfloat16 NumPy array or CPU torch tensor; Y has its kind and dtype.
+    backend, kernel: force a backend or one registered kernel (see qkernels.dispatch);
+    bias: [N], applied in float32 before the single rounding to Y's dtype.
+    The weights are packed for the chosen backend on first use and the pack is cached in `qw`.
+    """
+    out, args, _alive = _args(x, qw, mode, backend, kernel, bias)
+    info = ffi.new("qk_kernel_info *")
+    check(lib.qk_select_kernel(qw.c_weights, args, info))
+    args.backend = lib.QK_BACKEND_AUTO  # the packed handle fixes the backend
+    check(lib.qk_matmul_packed(qw.packed(info.backend), args))
+    return out
+
+
+def quantized_matmul(
+    x: Any, weights: Any, scales: Any, zero_points: Any = None, *, bits: int, group_size: int, mode: str = "a16",
+    backend: str | None = None, kernel: str | None = None, bias: Any = None,
+):
+    """The Python mirror of the C entry point quantizedMatMul, on canonical arrays, nothing cached.
+
+    weights: int8 [N, K*bits/8]; scales: float32 [N, K/group_size]; zero_points: int8 or None.
+    """
+    buf_shape = np.shape(x) if not is_torch(x) else tuple(x.shape)
+    K = buf_shape[-1] if len(buf_shape) else 0
+    N = np.shape(weights)[0] if not is_torch(weights) else weights.shape[0]
+    qw = QuantizedWeight(weights, scales, zero_points, bits, group_size, (N, K))
+    out, args, _alive = _args(x, qw, mode, backend, kernel, bias)
+    check(lib.qk_matmul(qw.c_weights, args))
+    return out

@@ -1,0 +1,139 @@
+"""Quantized weights in the canonical format (docs/numerics.md section 1), and their quantizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._native import check, ffi, lib
+from ._tensors import dtype_code, empty_like_kind, float_buffer, int_array, pointer_of
+from .errors import InvalidArgumentError
+
+_GRANULARITIES = {"tensor": lib.QK_PER_TENSOR, "channel": lib.QK_PER_CHANNEL, "group": lib.QK_PER_GROUP}
+
+
+@dataclass(eq=False)
+class QuantizedWeight:
+    """Weights W[N, K] (torch.nn.Linear layout) as q, scales and zero points.
+
+    data:        int8 [N, K*bits/8]; 4-bit values two per byte, low nibble first.
+    scales:      float32 [N, K/group_size].
+    zero_points: int8 [N, K/group_size], or None (symmetric).
+    dtype, kind: the float dtype and container ("numpy" or "torch") the weights came from;
+                 dequantize() returns the same.
+    Packed copies for each backend are made on first use and cached: treat the arrays as read-only.
+    """
+
+    data: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray | None
+    bits: int
+    group_size: int
+    shape: tuple[int, int]
+    dtype: str = "float32"
+    kind: str = "numpy"
+    _packs: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self):
+        N, K = self.shape
+        if self.bits not in (4, 8):
+            raise InvalidArgumentError(f"bits={self.bits} must be 4 or 8")
+        if not (isinstance(self.group_size, int) and self.group_size > 0 and K % self.group_size == 0):
+            raise InvalidArgumentError(f"group_size={self.group_size} must be a positive divisor of K={K}")
+        if self.bits == 4 and K % 2:
+            raise InvalidArgumentError(f"K={K} must be even for 4-bit weights")
+        self.data = int_array(self.data, "weights", np.int8)
+        self.scales = int_array(self.scales, "scales", np.float32)
+        groups = (N, K // self.group_size)
+        if self.data.shape != (N, K * self.bits // 8):
+            raise InvalidArgumentError(f"weights has shape {self.data.shape}; expected {(N, K * self.bits // 8)}")
+        if self.scales.shape != groups:
+            raise InvalidArgumentError(f"scales has shape {self.scales.shape}; expected {groups}")
+        if self.zero_points is not None:
+            self.zero_points = int_array(self.zero_points, "zero_points", np.int8)
+            if self.zero_points.shape != groups:
+                raise InvalidArgumentError(f"zero_points has shape {self.zero_points.shape}; expected {groups}")
+        self._c = ffi.new("qk_weights *")
+        self._c.data = ffi.cast("int8_t *", pointer_of(self.data))
+        self._c.scales = ffi.cast("float *", pointer_of(self.scales))
+        self._c.zero_points = ffi.NULL if self.zero_points is None else ffi.cast("int8_t *", pointer_of(self.zero_points))
+        self._c.N, self._c.K, self._c.group_size, self._c.bits = N, K, self.group_size, self.bits
+
+    @property
+    def N(self) -> int:
+        return self.shape[0]
+
+    @property
+    def K(self) -> int:
+        return self.shape[1]
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zero_points is None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the canonical format: data, scales and zero points."""
+        return self.data.nbytes + self.scales.nbytes + (0 if self.zero_points is None else self.zero_points.nbytes)
+
+    @property
+    def c_weights(self):
+        """The qk_weights struct viewing these arrays (valid while this object lives)."""
+        return self._c
+
+    def packed(self, backend: int):
+        """The qk_packed_weights handle for a backend code, packed on first use."""
+        if backend not in self._packs:
+            out = ffi.new("qk_packed_weights **")
+            check(lib.qk_pack_weights(self._c, backend, out))
+            self._packs[backend] = ffi.gc(out[0], lib.qk_packed_weights_free)
+        return self._packs[backend]
+
+
+def quantize_weights(
+    w: Any, bits: int = 4, group_size: int | None = 128, symmetric: bool = True, granularity: str | None = None
+) -> QuantizedWeight:
+    """Round-to-nearest quantization of float weights W[N, K] (docs/numerics.md section 2).
+
+    granularity: "group" (group_size elements share a scale), "channel" (one scale per row) or
+    "tensor" (one scale for all, stored per row). Default: "group", or "channel" when group_size
+    is None. NumPy float32/float16 (or ml_dtypes bfloat16) arrays and CPU torch tensors are accepted.
+    """
+    buf = float_buffer(w, "w")
+    if len(buf.shape) != 2:
+        raise InvalidArgumentError(f"w must be 2-D [N, K]; it has shape {buf.shape}")
+    N, K = buf.shape
+    granularity = granularity or ("channel" if group_size is None else "group")
+    if granularity not in _GRANULARITIES:
+        raise InvalidArgumentError(f"granularity={granularity!r} is not one of {sorted(_GRANULARITIES)}")
+    G = group_size if granularity == "group" else K
+    if not isinstance(G, (int, np.integer)) or G <= 0 or K % G:
+        raise InvalidArgumentError(f"group_size={group_size} must be a positive divisor of K={K}")
+    if bits not in (4, 8):
+        raise InvalidArgumentError(f"bits={bits} must be 4 or 8")
+    if bits == 4 and K % 2:
+        raise InvalidArgumentError(f"K={K} must be even for 4-bit weights")
+    data = np.empty((N, K * bits // 8), dtype=np.int8)
+    scales = np.empty((N, K // G), dtype=np.float32)
+    zero_points = None if symmetric else np.empty((N, K // G), dtype=np.int8)
+    check(
+        lib.qk_quantize(
+            buf.pointer, dtype_code(buf.dtype), N, K, bits, _GRANULARITIES[granularity], int(G), int(bool(symmetric)),
+            ffi.cast("int8_t *", pointer_of(data)), ffi.cast("float *", pointer_of(scales)),
+            ffi.NULL if zero_points is None else ffi.cast("int8_t *", pointer_of(zero_points)),
+        )
+    )
+    return QuantizedWeight(data, scales, zero_points, bits, int(G), (N, K), buf.dtype, buf.kind)
+
+
+def dequantize(qw: QuantizedWeight, dtype: str | None = None):
+    """W[N, K] = scales · (q − zero_point), rounded once to `dtype` (default: the weights' own),
+    returned as the kind of container the weights were quantized from."""
+    dtype = dtype or qw.dtype
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise InvalidArgumentError(f"dtype={dtype!r} is not float32, float16 or bfloat16")
+    out = empty_like_kind(qw.kind, qw.shape, dtype)
+    check(lib.qk_dequantize(qw.c_weights, dtype_code(dtype), pointer_of(out)))
+    return out

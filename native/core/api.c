@@ -26,7 +26,9 @@ static qk_status check_format(int32_t N, int32_t K, int32_t bits, int32_t group_
     return QK_OK;
 }
 
-static qk_status check_weights(const qk_weights* w) {
+/* Checks the format; with zero_points set, also the range of 4-bit zero points (a pass over them,
+ * done where weights are consumed: matmul and pack, not kernel selection). */
+static qk_status check_weights(const qk_weights* w, int zero_points) {
     if (!w) return qk_fail(QK_ERR_NULL_POINTER, "weights is NULL");
     if (!w->data) return qk_fail(QK_ERR_NULL_POINTER, "weights->data is NULL");
     if (!w->scales) return qk_fail(QK_ERR_NULL_POINTER, "weights->scales is NULL");
@@ -34,7 +36,7 @@ static qk_status check_weights(const qk_weights* w) {
     if (s != QK_OK) return s;
     if (misaligned(w->scales, sizeof(float)))
         return qk_fail(QK_ERR_MISALIGNED, "weights->scales is not 4-byte aligned");
-    if (w->bits == 4 && w->zero_points) {
+    if (zero_points && w->bits == 4 && w->zero_points) {
         size_t count = (size_t)w->N * (size_t)qk_groups_per_row(w);
         for (size_t i = 0; i < count; i++)
             if (w->zero_points[i] < -8 || w->zero_points[i] > 7)
@@ -167,7 +169,7 @@ static void fill_kernel_info(const qk_kernel* k, qk_kernel_info* out) {
 
 qk_status qk_select_kernel(const qk_weights* weights, const qk_matmul_args* args, qk_kernel_info* out) {
     if (!out) return qk_fail(QK_ERR_NULL_POINTER, "out is NULL");
-    qk_status s = check_weights(weights);
+    qk_status s = check_weights(weights, 0);
     if (s == QK_OK) s = check_args(args);
     const qk_kernel* k = NULL;
     if (s == QK_OK) s = select_kernel(weights, args, QK_BACKEND_AUTO, &k);
@@ -229,7 +231,7 @@ static qk_backend best_backend_for(const qk_weights* w) {
 
 qk_status qk_pack_weights(const qk_weights* weights, qk_backend backend, qk_packed_weights** out) {
     if (!out) return qk_fail(QK_ERR_NULL_POINTER, "out is NULL");
-    qk_status s = check_weights(weights);
+    qk_status s = check_weights(weights, 1);
     if (s != QK_OK) return s;
     if (backend < QK_BACKEND_AUTO || backend >= QK_BACKEND_COUNT)
         return qk_fail(QK_ERR_INVALID_ARGUMENT, "backend=%d is not a qk_backend", (int)backend);
@@ -263,7 +265,7 @@ void qk_packed_weights_free(qk_packed_weights* packed) {
 /* ---- matmul ---- */
 
 qk_status qk_matmul(const qk_weights* weights, const qk_matmul_args* args) {
-    qk_status s = check_weights(weights);
+    qk_status s = check_weights(weights, 1);
     if (s == QK_OK) s = check_args(args);
     const qk_kernel* k = NULL;
     if (s == QK_OK) s = select_kernel(weights, args, QK_BACKEND_AUTO, &k);
@@ -325,7 +327,7 @@ qk_status qk_quantize(const void* input, qk_dtype input_dtype, int32_t N, int32_
 }
 
 qk_status qk_dequantize(const qk_weights* weights, qk_dtype output_dtype, void* output) {
-    qk_status s = check_weights(weights);
+    qk_status s = check_weights(weights, 1);
     if (s != QK_OK) return s;
     if (!output) return qk_fail(QK_ERR_NULL_POINTER, "output is NULL");
     if (!valid_dtype(output_dtype))

@@ -9,17 +9,31 @@
 
 #include "internal.h"
 
-/* The QK_HAVE_<BACKEND> macros are defined by CMake when the compiler can build that backend. */
+/* CMake defines QK_HAVE_<BACKEND>=1 for each backend whose sources it compiles (CMakeLists.txt);
+ * a backend's kernels and its registry lines exist only then. */
+#ifndef QK_HAVE_X86_AMX
+#define QK_HAVE_X86_AMX 0
+#endif
+#ifndef QK_HAVE_X86_AVX512_VNNI
+#define QK_HAVE_X86_AVX512_VNNI 0
+#endif
+#ifndef QK_HAVE_X86_AVX2
+#define QK_HAVE_X86_AVX2 0
+#endif
+#ifndef QK_HAVE_ARM_NEON
+#define QK_HAVE_ARM_NEON 0
+#endif
+
+/* name, compiled, required CPU features, pack (NULL: the kernels read the canonical format) */
 static const qk_backend_impl backends[QK_BACKEND_COUNT] = {
     [QK_BACKEND_CUDA] = {"cuda", 0, 0, NULL},
-    [QK_BACKEND_X86_AMX] = {"x86_amx", 0, QK_CPU_AMX_TILE | QK_CPU_AMX_INT8 | QK_CPU_AMX_BF16, NULL},
-    [QK_BACKEND_X86_AVX512_VNNI] = {"x86_avx512_vnni", 0,
-                                    QK_CPU_AVX512F | QK_CPU_AVX512BW | QK_CPU_AVX512VL |
-                                        QK_CPU_AVX512_VNNI,
+    [QK_BACKEND_X86_AMX] = {"x86_amx", QK_HAVE_X86_AMX, QK_CPU_AMX_TILE | QK_CPU_AMX_INT8 | QK_CPU_AMX_BF16, NULL},
+    [QK_BACKEND_X86_AVX512_VNNI] = {"x86_avx512_vnni", QK_HAVE_X86_AVX512_VNNI,
+                                    QK_CPU_AVX512F | QK_CPU_AVX512BW | QK_CPU_AVX512VL | QK_CPU_AVX512_VNNI,
                                     NULL},
-    [QK_BACKEND_X86_AVX2] = {"x86_avx2", 0, QK_CPU_AVX2 | QK_CPU_FMA | QK_CPU_F16C, NULL},
-    [QK_BACKEND_ARM_NEON_I8MM] = {"arm_neon_i8mm", 0, QK_CPU_NEON | QK_CPU_NEON_I8MM, NULL},
-    [QK_BACKEND_ARM_NEON_DOTPROD] = {"arm_neon_dotprod", 0, QK_CPU_NEON | QK_CPU_NEON_DOTPROD, NULL},
+    [QK_BACKEND_X86_AVX2] = {"x86_avx2", QK_HAVE_X86_AVX2, QK_CPU_AVX2 | QK_CPU_FMA | QK_CPU_F16C, NULL},
+    [QK_BACKEND_ARM_NEON_I8MM] = {"arm_neon_i8mm", QK_HAVE_ARM_NEON, QK_CPU_NEON | QK_CPU_NEON_I8MM, NULL},
+    [QK_BACKEND_ARM_NEON_DOTPROD] = {"arm_neon_dotprod", QK_HAVE_ARM_NEON, QK_CPU_NEON | QK_CPU_NEON_DOTPROD, NULL},
     [QK_BACKEND_REF] = {"ref", 1, 0, NULL},
 };
 

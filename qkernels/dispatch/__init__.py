@@ -12,6 +12,7 @@ the reason; nothing ever falls back silently from a forced choice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import contextvars
 from dataclasses import dataclass
 
@@ -60,19 +61,22 @@ def backends() -> list[BackendInfo]:
     return result
 
 
+@functools.cache
+def _codes() -> dict[str, int]:
+    """Backend name -> qk_backend value; fixed for the life of the library."""
+    return {"auto": lib.QK_BACKEND_AUTO} | {b.name: b.code for b in backends()}
+
+
 def backend_code(name: str) -> int:
     """The qk_backend value of a backend name ("auto" is 0)."""
-    if name == "auto":
-        return lib.QK_BACKEND_AUTO
-    for backend in backends():
-        if backend.name == name:
-            return backend.code
-    names = ", ".join(["auto"] + [b.name for b in backends()])
-    raise InvalidArgumentError(f"backend={name!r} is not one of: {names}")
+    try:
+        return _codes()[name]
+    except KeyError:
+        raise InvalidArgumentError(f"backend={name!r} is not one of: {', '.join(_codes())}") from None
 
 
 def backend_name(code: int) -> str:
-    return next(b.name for b in backends() if b.code == code)
+    return next(name for name, c in _codes().items() if c == code)
 
 
 def kernel_info_from_c(info) -> KernelInfo:

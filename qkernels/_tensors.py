@@ -62,7 +62,8 @@ def float_buffer(x: Any, argument: str) -> Buffer:
     name = x.dtype.name if x.dtype.name in DTYPE_NAMES else None
     if name is None:
         raise DtypeError(f"{argument} has dtype {x.dtype}; expected float32, float16 or bfloat16")
-    return Buffer(np.ascontiguousarray(x), name, x.shape, "numpy")
+    native = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))  # C reads native byte order
+    return Buffer(native, name, x.shape, "numpy")
 
 
 def int_array(x: Any, argument: str, dtype) -> np.ndarray:
@@ -71,9 +72,9 @@ def int_array(x: Any, argument: str, dtype) -> np.ndarray:
         x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
         raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
-    if x.dtype != np.dtype(dtype):
+    if x.dtype.newbyteorder("=") != np.dtype(dtype):
         raise DtypeError(f"{argument} has dtype {x.dtype}; expected {np.dtype(dtype).name}")
-    return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
 def empty_like_kind(kind: str, shape: tuple[int, ...], dtype: str):

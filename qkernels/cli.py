@@ -37,10 +37,14 @@ def info(_args: argparse.Namespace) -> int:
         yes = lambda flag: "yes" if flag else "no"  # noqa: E731
         print(f"{b.name:18} {yes(b.compiled):9} {yes(b.detected):9} {picked:12} {b.reason}")
     print()
-    print(f"{'kernel':28} {'backend':18} {'mode':5} {'bits':5} {'G mult':7} {'max M':6} available")
+    print(f"{'kernel':28} {'backend':18} {'mode':5} {'bits':5} {'group size':14} {'best for M':10} available")
     for k in dispatch.kernels():
         bits = "/".join(map(str, k.bits))
-        print(f"{k.name:28} {k.backend:18} {k.mode:5} {bits:5} {k.group_multiple:<7} {k.max_m or 'any':<6} {k.available}")
+        groups = ("any" if k.group_multiple == 1 else f"x{k.group_multiple}") + (
+            f" <={k.max_group_size}" if k.max_group_size else ""
+        )
+        best_m = f"<={k.max_m}" if k.max_m else "any"
+        print(f"{k.name:28} {k.backend:18} {k.mode:5} {bits:5} {groups:14} {best_m:10} {k.available}")
     return 0
 
 

@@ -79,7 +79,8 @@ static qk_status backend_unavailable(qk_backend b, const char* what) {
 }
 
 static int kernel_fits_format(const qk_kernel* k, const qk_weights* w) {
-    return (k->bits_mask & (1u << w->bits)) && w->group_size % k->group_multiple == 0;
+    return (k->bits_mask & (1u << w->bits)) && w->group_size % k->group_multiple == 0 &&
+           (k->max_group_size == 0 || w->group_size <= k->max_group_size);
 }
 
 static int kernel_fits(const qk_kernel* k, const qk_weights* w, const qk_matmul_args* a) {
@@ -163,6 +164,7 @@ static void fill_kernel_info(const qk_kernel* k, qk_kernel_info* out) {
     out->bits_mask = k->bits_mask;
     out->dtype_mask = k->dtype_mask;
     out->group_multiple = k->group_multiple;
+    out->max_group_size = k->max_group_size;
     out->max_m = k->max_m;
     out->available = backend_available(k->backend);
 }

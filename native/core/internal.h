@@ -74,6 +74,7 @@ struct qk_kernel {
     uint32_t bits_mask;
     uint32_t dtype_mask;
     int32_t group_multiple;
+    int32_t max_group_size; /* 0: any */
     int32_t max_m;
     qk_kernel_fn run;
 };

@@ -4,7 +4,9 @@
  *
  * Kernel names read  <backend>_<mode>_<weight bits>_<tile MxN>  with the tile the kernel computes
  * per step. Kernels are listed best first: automatic dispatch takes the first line whose backend
- * is available and which supports the problem (mode, bits, dtype, group size, preferred M). */
+ * is available and which supports the problem (mode, bits, dtype, group size, preferred M).
+ * A kernel whose integer accumulator is exact only up to some group size states it as max G
+ * (int32 over int8 x (q - zp) products: 66311, docs/numerics.md reading 5). */
 #include <stdio.h>
 
 #include "internal.h"
@@ -38,9 +40,9 @@ static const qk_backend_impl backends[QK_BACKEND_COUNT] = {
 };
 
 static const qk_kernel kernels[] = {
-    /* name             backend         mode         bits                   dtypes           G mult  max M  run */
-    {"ref_a16_w4w8_1x1", QK_BACKEND_REF, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, qk_ref_matmul_a16},
-    {"ref_a8_w4w8_1x1", QK_BACKEND_REF, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, qk_ref_matmul_a8},
+    /* name             backend         mode         bits                   dtypes        G multiple, max G, max M, run */
+    {"ref_a16_w4w8_1x1", QK_BACKEND_REF, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_ref_matmul_a16},
+    {"ref_a8_w4w8_1x1", QK_BACKEND_REF, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_ref_matmul_a8},
 };
 
 const qk_backend_impl* qk_backend_impl_get(qk_backend backend) {

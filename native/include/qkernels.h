@@ -136,6 +136,7 @@ typedef struct qk_kernel_info {
     uint32_t bits_mask;       /* bit b set: b-bit weights supported (16 for 4-bit, 256 for 8-bit) */
     uint32_t dtype_mask;      /* bit d set: input dtype d supported */
     int32_t group_multiple;   /* group size must be a multiple of this (1: any) */
+    int32_t max_group_size;   /* largest group size it runs exactly, e.g. an int32 accumulator's; 0: any */
     int32_t max_m;            /* preferred for M <= max_m; 0: any M */
     int32_t available;        /* compiled in (always, being listed) and detected on this CPU */
 } qk_kernel_info;

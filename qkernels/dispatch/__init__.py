@@ -40,6 +40,7 @@ class KernelInfo:
     bits: tuple[int, ...]
     dtypes: tuple[str, ...]
     group_multiple: int
+    max_group_size: int  # largest group size it runs exactly; 0: any
     max_m: int  # preferred for M <= max_m; 0: any M
     available: bool
 
@@ -87,6 +88,7 @@ def kernel_info_from_c(info) -> KernelInfo:
         bits=tuple(b for b in (4, 8) if info.bits_mask & (1 << b)),
         dtypes=tuple(name for code, name in _DTYPE_NAMES.items() if info.dtype_mask & (1 << code)),
         group_multiple=info.group_multiple,
+        max_group_size=info.max_group_size,
         max_m=info.max_m,
         available=bool(info.available),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -15,19 +16,16 @@ def info(_args: argparse.Namespace) -> int:
     print(f"qkernels {qkernels.__version__} (C ABI {qkernels.lib.qk_abi_version()})")
     print(f"library: {qkernels.library_path}")
     print(f"CPU features: {' '.join(dispatch.cpu_features()) or '(none detected)'}")
-    forced = dispatch.forced_backend()
-    import os
-
     env = os.environ.get("QKERNELS_BACKEND")
     if env:
-        print(f"QKERNELS_BACKEND={env}")
+        print(f"QKERNELS_BACKEND={env} (forces automatic dispatch)")
     # What automatic dispatch picks for a typical LLM layer: 4-bit, group 128, float16 activations.
     qw = qkernels.quantize_weights(np.zeros((8, 256), dtype=np.float32), bits=4, group_size=128)
     x = np.zeros((1, 256), dtype=np.float16)
     chosen = {}
     for mode in ("a16", "a8"):
         try:
-            chosen[mode] = qkernels.select(x, qw, mode, backend=forced)
+            chosen[mode] = qkernels.select(x, qw, mode)
         except qkernels.QKernelsError as error:
             print(f"dispatch for mode {mode}: {error}")
     print()

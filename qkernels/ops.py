@@ -37,7 +37,8 @@ def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: s
         raise InvalidArgumentError(f"x has shape {buf.shape}: M={M} rows; at least one is needed")
     out = empty_like_kind(buf.kind, buf.shape[:-1] + (qw.N,), buf.dtype)
     bias = _bias_array(bias, qw.N)
-    name = backend or dispatch.forced_backend() or "auto"
+    # A use_backend block yields to an explicit kernel= argument (arguments outrank it).
+    name = backend or (None if kernel else dispatch.forced_backend()) or "auto"
     kernel_name = ffi.new("char[]", kernel.encode()) if kernel else ffi.NULL
     args = ffi.new("qk_matmul_args *")
     args.input, args.output = buf.pointer, pointer_of(out)

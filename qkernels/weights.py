@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,8 @@ class QuantizedWeight:
 
     def __post_init__(self):
         N, K = self.shape
+        if isinstance(self.group_size, numbers.Integral):
+            self.group_size = int(self.group_size)
         if self.bits not in (4, 8):
             raise InvalidArgumentError(f"bits={self.bits} must be 4 or 8")
         if not (isinstance(self.group_size, int) and self.group_size > 0 and K % self.group_size == 0):

@@ -1,0 +1,392 @@
+"""Dispatch: what is compiled and detected, the registry, overrides and their precedence
+(argument > use_backend > QKERNELS_BACKEND > automatic), the `qkernels info` command, versions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qkernels
+from qkernels import dispatch, ffi, lib
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = qkernels.backends()
+KERNELS = qkernels.kernels()
+AVAILABLE = [b for b in BACKENDS if b.available]
+UNAVAILABLE = [b for b in BACKENDS if not b.available]
+FEATURE_NAMES = [ffi.string(lib.qk_cpu_feature_name(1 << i)).decode() for i in range(lib.QK_CPU_FEATURE_BITS)]
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_from_environment(monkeypatch):
+    monkeypatch.delenv("QKERNELS_BACKEND", raising=False)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    qw = qkernels.quantize_weights(rng.standard_normal((8, 128)).astype(np.float32), bits=4, group_size=64)
+    return rng.standard_normal((3, 128)).astype(np.float16), qw
+
+
+# ---------------------------------------------------------------- backends, kernels, CPU features
+
+
+def test_backends_are_every_backend_code_best_first():
+    assert [b.code for b in BACKENDS] == list(range(1, lib.QK_BACKEND_COUNT))
+    names = [b.name for b in BACKENDS]
+    assert len(set(names)) == len(names) and all(names)
+    assert names[-1] == "ref" and "cuda" in names
+    for b in BACKENDS:
+        assert b.available == (b.compiled and b.detected), b
+        assert (b.reason == "") == b.available, b
+    ref = next(b for b in BACKENDS if b.name == "ref")
+    assert ref.compiled and ref.detected and ref.available
+    cuda = next(b for b in BACKENDS if b.name == "cuda")
+    assert not cuda.available and cuda.reason  # lives in a separate library
+
+
+def test_kernels_registry_is_consistent():
+    by_name = {b.name: b for b in BACKENDS}
+    names = [k.name for k in KERNELS]
+    assert len(set(names)) == len(names), "kernel names must be unique"
+    assert lib.qk_kernel_count() == len(KERNELS) >= 2
+    for k in KERNELS:
+        assert k.backend in by_name, k
+        assert k.available == by_name[k.backend].available, f"{k.name}: available iff its backend is"
+        assert k.mode in ("a16", "a8") and k.bits and set(k.bits) <= {4, 8}
+        assert k.dtypes and set(k.dtypes) <= {"float32", "float16", "bfloat16"}
+        assert k.group_multiple >= 1 and k.max_m >= 0 and k.max_group_size >= 0
+        if k.max_group_size:
+            assert k.max_group_size % k.group_multiple == 0, k.name
+        # <backend>_<mode>_<weight bits>_<tile>
+        assert k.name.startswith(k.backend + "_") and f"_{k.mode}_" in k.name, k.name
+    # Best first: a kernel never follows one of a later (worse) backend.
+    codes = [by_name[k.backend].code for k in KERNELS]
+    assert codes == sorted(codes), "the registry lists kernels best backend first"
+    # The reference backend runs everything, in both modes.
+    for mode in ("a16", "a8"):
+        ref = [k for k in KERNELS if k.backend == "ref" and k.mode == mode]
+        assert ref, f"no reference kernel for {mode}"
+        assert any(set(k.bits) == {4, 8} and len(k.dtypes) == 3 and k.group_multiple == 1 and k.max_m == 0
+                   and k.max_group_size == 0 for k in ref)
+
+
+def test_cpu_features_are_named_bits():
+    features = qkernels.cpu_features()
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES) and all(FEATURE_NAMES)
+    assert len(set(features)) == len(features) and set(features) <= set(FEATURE_NAMES)
+    mask = lib.qk_cpu_features()
+    assert features == [n for i, n in enumerate(FEATURE_NAMES) if mask >> i & 1]
+    assert mask >> lib.QK_CPU_FEATURE_BITS == 0
+    assert lib.qk_cpu_feature_name(0) == ffi.NULL and lib.qk_cpu_feature_name(3) == ffi.NULL
+    assert lib.qk_cpu_feature_name(1 << lib.QK_CPU_FEATURE_BITS) == ffi.NULL
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        assert not any(f.startswith("neon") for f in features)
+        flags = _cpuinfo_flags()
+        if flags:  # a feature is reported only where the CPU (and so the kernel's cpuinfo) has it
+            linux_names = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f",
+                           "avx512bw": "avx512bw", "avx512vl": "avx512vl", "avx512_vnni": "avx512_vnni",
+                           "amx_tile": "amx_tile", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16",
+                           "avx_vnni": "avx_vnni", "avx512_bf16": "avx512_bf16", "avx512_fp16": "avx512_fp16"}
+            for f in features:
+                assert linux_names[f] in flags, f"{f} detected but not in /proc/cpuinfo"
+    elif machine in ("aarch64", "arm64"):
+        assert not any(f.startswith(("avx", "amx", "fma", "f16c")) for f in features)
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    match = re.search(r"^flags\s*:(.*)$", text, re.M)
+    return set(match.group(1).split()) if match else set()
+
+
+def test_backend_detection_follows_cpu_features():
+    """An x86 / ARM backend is detected only on its architecture."""
+    features = set(qkernels.cpu_features())
+    for b in BACKENDS:
+        if b.name.startswith("x86_") and b.detected:
+            assert features & {"avx2", "avx512f", "amx_tile"}
+        if b.name.startswith("arm_") and b.detected:
+            assert "neon" in features
+
+
+# ---------------------------------------------------------------- automatic choice
+
+
+def _expected_kernel(mode, bits, dtype, G, M, backend=None):
+    """Dispatch as documented: the first registry line, among available kernels (of `backend` if
+    forced), that runs mode / bits / dtype / group size and prefers this M; else the first that
+    runs it whatever its preferred M."""
+    fits = [k for k in KERNELS if k.available and (backend is None or k.backend == backend) and k.mode == mode
+            and bits in k.bits and dtype in k.dtypes and G % k.group_multiple == 0
+            and (k.max_group_size == 0 or G <= k.max_group_size)]
+    preferred = [k for k in fits if k.max_m == 0 or M <= k.max_m]
+    return (preferred or fits)[0]
+
+
+@pytest.mark.parametrize("mode", ["a16", "a8"])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_select_follows_the_registry(mode, bits, dtype):
+    rng = np.random.default_rng(1)
+    limits = {k.max_m for k in KERNELS if k.max_m}
+    limits_g = sorted({k.max_group_size for k in KERNELS if k.max_group_size})
+    for G, K in ((32, 64), (64, 128), (3, 12), (128, 128)) + tuple((g, 2 * g) for g in limits_g) + tuple(
+            (2 * g, 2 * g) for g in limits_g):
+        qw = qkernels.quantize_weights(rng.standard_normal((4, K)).astype(np.float32), bits=bits, group_size=G)
+        for M in sorted({1, 2, 16, 17, 300} | limits | {m + 1 for m in limits}):
+            x = np.zeros((M, K), dtype)
+            chosen = qkernels.select(x, qw, mode)
+            assert chosen == _expected_kernel(mode, bits, dtype, G, M), (G, M)
+            for b in AVAILABLE:
+                try:
+                    forced = qkernels.select(x, qw, mode, backend=b.name)
+                except qkernels.UnsupportedError:
+                    assert not any(k.backend == b.name and k.mode == mode and bits in k.bits and dtype in k.dtypes
+                                   and G % k.group_multiple == 0 and (k.max_group_size == 0 or G <= k.max_group_size)
+                                   for k in KERNELS)
+                    continue
+                assert forced == _expected_kernel(mode, bits, dtype, G, M, backend=b.name)
+
+
+def test_select_reports_the_kernel_matmul_runs(problem):
+    """matmul packs for the backend select() names, and forcing that kernel gives the same bits."""
+    x, _ = problem
+    for mode in ("a16", "a8"):
+        qw = qkernels.quantize_weights(np.random.default_rng(2).standard_normal((8, 128)).astype(np.float32),
+                                       bits=4, group_size=64)
+        chosen = qkernels.select(x, qw, mode)
+        assert chosen.available and chosen.mode == mode
+        assert qw._packs == {}
+        y = qkernels.matmul(x, qw, mode)
+        code = next(b.code for b in BACKENDS if b.name == chosen.backend)
+        assert set(qw._packs) == {code}
+        forced = qkernels.matmul(x, qw, mode, kernel=chosen.name)
+        np.testing.assert_array_equal(y.view(np.uint16), forced.view(np.uint16))
+
+
+def test_select_with_a_forced_kernel_returns_it(problem):
+    x, qw = problem
+    for k in KERNELS:
+        if k.available:
+            assert qkernels.select(x, qw, k.mode, kernel=k.name) == k
+
+
+# ---------------------------------------------------------------- use_backend
+
+
+def test_use_backend_nests_and_restores():
+    assert dispatch.forced_backend() is None
+    with qkernels.use_backend("ref"):
+        assert dispatch.forced_backend() == "ref"
+        with qkernels.use_backend("cuda"):
+            assert dispatch.forced_backend() == "cuda"
+            with qkernels.use_backend("auto"):
+                assert dispatch.forced_backend() is None
+            assert dispatch.forced_backend() == "cuda"
+        assert dispatch.forced_backend() == "ref"
+    assert dispatch.forced_backend() is None
+
+
+def test_use_backend_restores_after_an_exception():
+    with pytest.raises(KeyError):
+        with qkernels.use_backend("ref"):
+            raise KeyError("boom")
+    assert dispatch.forced_backend() is None
+    with qkernels.use_backend("ref"):
+        with pytest.raises(qkernels.InvalidArgumentError):
+            with qkernels.use_backend("nope"):
+                pass
+        assert dispatch.forced_backend() == "ref"
+
+
+def test_use_backend_is_per_thread_and_per_task():
+    seen = {}
+    with qkernels.use_backend("cuda"):
+        thread = threading.Thread(target=lambda: seen.setdefault("thread", dispatch.forced_backend()))
+        thread.start()
+        thread.join()
+    assert seen["thread"] is None
+
+    async def task(name, delay):
+        with qkernels.use_backend(name):
+            await asyncio.sleep(delay)
+            return dispatch.forced_backend()
+
+    async def both():
+        return await asyncio.gather(task("ref", 0.02), task("cuda", 0.01))
+
+    assert asyncio.run(both()) == ["ref", "cuda"]
+
+
+# ---------------------------------------------------------------- precedence
+
+
+def _fails(fn) -> bool:
+    try:
+        fn()
+    except qkernels.BackendUnavailableError:
+        return True
+    return False
+
+
+@pytest.fixture
+def unavailable():
+    if not UNAVAILABLE:
+        pytest.skip("every backend is available here")
+    return UNAVAILABLE[0].name
+
+
+def test_precedence_argument_over_context_over_environment(problem, unavailable, monkeypatch):
+    """With an unavailable backend U and the reference backend R, whichever is forced at the
+    highest level decides whether the call fails."""
+    x, qw = problem
+    run = lambda **kw: qkernels.matmul(x, qw, **kw)  # noqa: E731
+
+    assert not _fails(run)  # automatic
+    monkeypatch.setenv("QKERNELS_BACKEND", unavailable)
+    assert _fails(run)  # environment over automatic
+    with qkernels.use_backend("ref"):
+        assert not _fails(run)  # context over environment
+        assert _fails(lambda: run(backend=unavailable))  # argument over context
+    with qkernels.use_backend(unavailable):
+        assert _fails(run)
+        assert not _fails(lambda: run(backend="ref"))  # argument over context
+    monkeypatch.setenv("QKERNELS_BACKEND", "ref")
+    with qkernels.use_backend(unavailable):
+        assert _fails(run)  # context over environment
+    assert not _fails(run)
+    assert _fails(lambda: run(backend=unavailable))  # argument over environment
+
+
+def test_environment_auto_and_empty_mean_automatic(problem, monkeypatch):
+    x, qw = problem
+    expected = qkernels.select(x, qw, "a16")
+    for value in ("auto", ""):
+        monkeypatch.setenv("QKERNELS_BACKEND", value)
+        assert qkernels.select(x, qw, "a16") == expected
+    monkeypatch.setenv("QKERNELS_BACKEND", "ref")
+    assert qkernels.select(x, qw, "a16").backend == "ref"
+
+
+def test_environment_is_read_on_every_call(problem, unavailable, monkeypatch):
+    x, qw = problem
+    for _ in range(2):
+        monkeypatch.setenv("QKERNELS_BACKEND", unavailable)
+        assert _fails(lambda: qkernels.quantized_matmul(x, qw.data, qw.scales, bits=4, group_size=64))
+        monkeypatch.delenv("QKERNELS_BACKEND")
+        qkernels.quantized_matmul(x, qw.data, qw.scales, bits=4, group_size=64)
+
+
+def test_kernel_argument_outranks_the_environment(problem, unavailable, monkeypatch):
+    x, qw = problem
+    monkeypatch.setenv("QKERNELS_BACKEND", unavailable)
+    for k in KERNELS:
+        if k.available:
+            qkernels.matmul(x, qw, k.mode, kernel=k.name)
+
+
+def test_kernel_argument_outranks_use_backend(problem, unavailable):
+    """dispatch's documented precedence puts the call's kernel= argument above use_backend."""
+    x, qw = problem
+    for k in KERNELS:
+        if k.available:
+            with qkernels.use_backend(unavailable):
+                y = qkernels.matmul(x, qw, k.mode, kernel=k.name)
+            np.testing.assert_array_equal(y, qkernels.matmul(x, qw, k.mode, kernel=k.name))
+
+
+def test_use_backend_auto_inside_a_forced_block_restores_automatic_choice(problem, unavailable):
+    x, qw = problem
+    with qkernels.use_backend(unavailable):
+        assert _fails(lambda: qkernels.matmul(x, qw))
+        with qkernels.use_backend("auto"):
+            qkernels.matmul(x, qw)
+
+
+# ---------------------------------------------------------------- command line, version
+
+
+def _subprocess_env():
+    """The environment of this test run, with the qkernels package this run imports on the path."""
+    env = dict(os.environ)
+    package_root = str(Path(qkernels.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env.pop("QKERNELS_BACKEND", None)
+    return env
+
+
+def _check_info_output(output: str):
+    assert qkernels.__version__ in output
+    for b in BACKENDS:
+        assert re.search(rf"^{re.escape(b.name)}\s", output, re.M), f"backend {b.name} missing:\n{output}"
+    for k in KERNELS:
+        assert k.name in output, f"kernel {k.name} missing"
+    for feature in qkernels.cpu_features():
+        assert feature in output
+
+
+@pytest.mark.parametrize("argv", [["-m", "qkernels", "info"], ["-m", "qkernels"]], ids=["info", "no-command"])
+def test_python_m_qkernels_info(argv, tmp_path):
+    result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=_subprocess_env(),
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    _check_info_output(result.stdout)
+
+
+def test_qkernels_console_script_info(tmp_path):
+    """The `qkernels` script, where the package is installed with it (skipped in a source tree)."""
+    import shutil
+
+    script = shutil.which("qkernels")
+    if script is None:
+        pytest.skip("the qkernels console script is not installed")
+    result = subprocess.run([script, "info"], capture_output=True, text=True, env=_subprocess_env(), cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ref" in result.stdout
+
+
+def test_info_reports_the_environment_override(tmp_path):
+    env = _subprocess_env() | {"QKERNELS_BACKEND": "ref"}
+    result = subprocess.run([sys.executable, "-m", "qkernels", "info"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "QKERNELS_BACKEND=ref" in result.stdout
+
+
+def _pyproject_version() -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    try:
+        import tomllib
+
+        return tomllib.loads(text)["project"]["version"]
+    except ImportError:  # Python 3.10
+        return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
+
+
+def test_version_matches_pyproject():
+    if not (ROOT / "pyproject.toml").is_file():
+        pytest.skip("not run from a source tree")
+    version = _pyproject_version()
+    assert qkernels.__version__ == version
+    assert ffi.string(lib.qk_version()).decode() == version
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+
+
+def test_abi_version():
+    assert lib.qk_abi_version() == lib.QK_ABI_VERSION >= 1

@@ -54,7 +54,7 @@ static float clampf(float v, float lo, float hi) { return v < lo ? lo : v > hi ?
 
 /* The A8 activation quantizer for row m: qx and the row scale sx, in float32 steps.
  * Returns 0 when the row holds NaN or Inf: it has no finite amax, and its outputs are NaN. */
-static int quantize_activation_row(const qk_matmul_args* a, int32_t m, int32_t K, int8_t* qx, float* sx) {
+static int quantize_activation_row(const qk_matmul_args* a, int32_t m, int32_t K, int16_t* qx, float* sx) {
     size_t first = (size_t)m * K;
     float amax = 0.0f;
     for (int32_t k = 0; k < K; k++) {
@@ -65,19 +65,34 @@ static int quantize_activation_row(const qk_matmul_args* a, int32_t m, int32_t K
     float inv = amax > 0.0f ? 127.0f / amax : 0.0f; /* +Inf for a subnormal amax: reading 4 */
     for (int32_t k = 0; k < K; k++) {
         float product = qk_load_f32(a->input, a->input_dtype, first + k) * inv;
-        qx[k] = isnan(product) ? 0 : (int8_t)clampf(nearbyintf(product), -127.0f, 127.0f);
+        qx[k] = isnan(product) ? 0 : (int16_t)clampf(nearbyintf(product), -127.0f, 127.0f);
     }
     *sx = amax / 127.0f;
     return 1;
 }
 
+/* |qx · (q − zp)| <= 127 · 255, so this many products sum exactly in int32 (reading 5). */
+enum { INT32_EXACT_RUN = 66311 };
+
+/* Σ x[k] · w[k] over [begin, end), exactly: int32 runs folded into int64. The operands are int16
+ * so that compilers can use 16-bit multiply-add instructions. */
+static int64_t exact_dot(const int16_t* x, const int16_t* w, int32_t begin, int32_t end) {
+    int64_t sum = 0;
+    for (int32_t run = begin; run < end; run += INT32_EXACT_RUN) {
+        int32_t stop = end - run < INT32_EXACT_RUN ? end : run + INT32_EXACT_RUN, part = 0;
+        for (int32_t k = run; k < stop; k++) part += x[k] * w[k];
+        sum += part;
+    }
+    return sum;
+}
+
 qk_status qk_ref_matmul_a8(const qk_packed_weights* weights, const qk_matmul_args* a) {
     const qk_weights* w = &weights->canonical;
     int32_t M = a->M, N = w->N, K = w->K, G = w->group_size, groups = qk_groups_per_row(w);
-    int8_t* qx = malloc((size_t)M * K);
+    int16_t* qx = malloc((size_t)M * K * sizeof *qx);
     float* sx = malloc((size_t)M * sizeof *sx);
     int* finite = malloc((size_t)M * sizeof *finite);
-    int32_t* row = malloc((size_t)K * sizeof *row);
+    int16_t* row = malloc((size_t)K * sizeof *row);
     if (!qx || !sx || !finite || !row) {
         free(qx);
         free(sx);
@@ -91,18 +106,15 @@ qk_status qk_ref_matmul_a8(const qk_packed_weights* weights, const qk_matmul_arg
         const float* scales = w->scales + (size_t)n * groups;
         for (int32_t k = 0; k < K; k++) { /* q - zp: the integer the products use */
             int32_t zp = w->zero_points ? w->zero_points[(size_t)n * groups + k / G] : 0;
-            row[k] = qk_weight_q(w, n, k) - zp;
+            row[k] = (int16_t)(qk_weight_q(w, n, k) - zp);
         }
         for (int32_t m = 0; m < M; m++) {
             double y = NAN;
             if (finite[m]) {
-                const int8_t* xm = qx + (size_t)m * K;
+                const int16_t* xm = qx + (size_t)m * K;
                 double sum = 0.0;
-                for (int32_t g = 0; g < groups; g++) {
-                    int64_t acc = 0; /* exact at any group size */
-                    for (int32_t k = g * G; k < (g + 1) * G; k++) acc += (int64_t)xm[k] * row[k];
-                    sum += (double)scales[g] * (double)acc;
-                }
+                for (int32_t g = 0; g < groups; g++)
+                    sum += (double)scales[g] * (double)exact_dot(xm, row, g * G, (g + 1) * G);
                 y = (double)sx[m] * sum + (a->bias ? a->bias[n] : 0.0);
             }
             qk_store_f64(a->output, a->input_dtype, (size_t)m * N + n, y);

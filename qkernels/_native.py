@@ -1,45 +1,46 @@
 """Loads libqkernels through cffi in ABI mode, declaring exactly what the public header declares.
 
 The header's region between the QK_CDEF markers is plain C written for cffi's parser, so the
-Python layer and the C ABI cannot drift apart. Set QKERNELS_LIBRARY to use a library built
-elsewhere (for example by ``cmake --build build``); its header is looked up beside it, then in
-this source tree's native/include.
+Python layer and the C ABI cannot drift apart. An installed package (also an editable one, whose
+compiled files live in site-packages) has the library and the header side by side. Set
+QKERNELS_LIBRARY to use a library built elsewhere (for example by CMake); its header is then looked
+up beside it, in ../include (an install prefix), or in this source tree's native/include, never in
+an installed package, which may come from another build.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import cffi
 
 from .errors import error_for_status
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_SOURCE_HEADER = _PACKAGE_DIR.parent / "native" / "include" / "qkernels.h"
+# Every directory of the package: an editable install adds site-packages/qkernels to the source one.
+_PACKAGE_DIRS = [Path(p) for p in sys.modules[__package__].__path__]
+_SOURCE_HEADER = Path(__file__).resolve().parent.parent / "native" / "include" / "qkernels.h"
 
 
-def _find_library() -> Path:
+def _find_library_and_header() -> tuple[Path, Path]:
     override = os.environ.get("QKERNELS_LIBRARY")
     if override:
-        path = Path(override)
-        if not path.is_file():
+        library = Path(override).resolve()
+        if not library.is_file():
             raise ImportError(f"QKERNELS_LIBRARY={override!r} is not a file")
-        return path.resolve()
-    found = sorted(_PACKAGE_DIR.glob("libqkernels.so*")) + sorted(_PACKAGE_DIR.glob("libqkernels*.dylib"))
-    if not found:
-        raise ImportError(
-            f"libqkernels is not installed beside {_PACKAGE_DIR}: install the package with "
-            "`pip install .`, or build it with CMake and set QKERNELS_LIBRARY to the built library"
-        )
-    return found[0]
-
-
-def _find_header(library: Path) -> Path:
-    for candidate in (library.parent / "qkernels.h", _PACKAGE_DIR / "qkernels.h", _SOURCE_HEADER):
-        if candidate.is_file():
-            return candidate
-    raise ImportError(f"qkernels.h is not beside {library} nor in {_SOURCE_HEADER.parent}")
+        for header in (library.parent / "qkernels.h", library.parent.parent / "include" / "qkernels.h", _SOURCE_HEADER):
+            if header.is_file():
+                return library, header
+        raise ImportError(f"qkernels.h is neither beside {library}, nor in ../include, nor in {_SOURCE_HEADER.parent}")
+    for directory in _PACKAGE_DIRS:
+        found = sorted(directory.glob("libqkernels.so*")) + sorted(directory.glob("libqkernels*.dylib"))
+        if found and (directory / "qkernels.h").is_file():
+            return found[0], directory / "qkernels.h"
+    raise ImportError(
+        f"libqkernels is not installed in {', '.join(map(str, _PACKAGE_DIRS))}: install the package with "
+        "`pip install .`, or build it with CMake and set QKERNELS_LIBRARY to the built library"
+    )
 
 
 def _cdef_of(header: Path) -> str:
@@ -48,9 +49,9 @@ def _cdef_of(header: Path) -> str:
     return text[text.index(begin) + len(begin) : text.index(end)]
 
 
-library_path = _find_library()
+library_path, header_path = _find_library_and_header()
 ffi = cffi.FFI()
-ffi.cdef(_cdef_of(_find_header(library_path)))
+ffi.cdef(_cdef_of(header_path))
 lib = ffi.dlopen(str(library_path))
 
 if lib.qk_abi_version() != lib.QK_ABI_VERSION:

@@ -69,7 +69,9 @@ def float_buffer(x: Any, argument: str) -> Buffer:
 def int_array(x: Any, argument: str, dtype) -> np.ndarray:
     """A NumPy (or torch) integer/float array as contiguous NumPy of exactly `dtype`, unconverted."""
     if is_torch(x):
-        x = x.detach().cpu().numpy()
+        if x.device.type != "cpu":
+            raise InvalidArgumentError(f"{argument} is on {x.device}; this build runs on the CPU only")
+        x = x.detach().numpy()
     if not isinstance(x, np.ndarray):
         raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
     if x.dtype.newbyteorder("=") != np.dtype(dtype):

@@ -66,13 +66,18 @@ def matmul(
     x: float32 / float16 / bfloat16 NumPy array or CPU torch tensor; Y has its kind and dtype.
     backend, kernel: force a backend or one registered kernel (see qkernels.dispatch);
     bias: [N], applied in float32 before the single rounding to Y's dtype.
-    The weights are packed for the chosen backend on first use and the pack is cached in `qw`.
+    A backend with its own weight layout gets the weights packed on first use, cached in `qw`;
+    the others read `qw`'s canonical arrays directly, with no copy.
     """
     out, args, _alive = _args(x, qw, mode, backend, kernel, bias)
     info = ffi.new("qk_kernel_info *")
     check(lib.qk_select_kernel(qw.c_weights, args, info))
-    args.backend = lib.QK_BACKEND_AUTO  # the packed handle fixes the backend
-    check(lib.qk_matmul_packed(qw.packed(info.backend), args))
+    args.kernel = info.name  # run exactly the kernel selected (its name is a static C string)
+    if dispatch.has_own_layout(info.backend):
+        args.backend = lib.QK_BACKEND_AUTO  # the packed handle fixes the backend
+        check(lib.qk_matmul_packed(qw.packed(info.backend), args))
+    else:
+        check(lib.qk_matmul(qw.c_weights, args))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from .errors import InvalidArgumentError
 _GRANULARITIES = {"tensor": lib.QK_PER_TENSOR, "channel": lib.QK_PER_CHANNEL, "group": lib.QK_PER_GROUP}
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class QuantizedWeight:
     """Weights W[N, K] (torch.nn.Linear layout) as q, scales and zero points.
 
@@ -24,7 +25,8 @@ class QuantizedWeight:
     zero_points: int8 [N, K/group_size], or None (symmetric).
     dtype, kind: the float dtype and container ("numpy" or "torch") the weights came from;
                  dequantize() returns the same.
-    Packed copies for each backend are made on first use and cached: treat the arrays as read-only.
+    Frozen: the native view of the arrays and the packs cached per backend (made on first use)
+    stay valid only while the arrays are the ones given; treat their contents as read-only too.
     """
 
     data: np.ndarray
@@ -39,30 +41,32 @@ class QuantizedWeight:
 
     def __post_init__(self):
         N, K = self.shape
+        set_field = functools.partial(object.__setattr__, self)  # frozen: only construction sets fields
         if isinstance(self.group_size, numbers.Integral):
-            self.group_size = int(self.group_size)
+            set_field("group_size", int(self.group_size))
         if self.bits not in (4, 8):
             raise InvalidArgumentError(f"bits={self.bits} must be 4 or 8")
         if not (isinstance(self.group_size, int) and self.group_size > 0 and K % self.group_size == 0):
             raise InvalidArgumentError(f"group_size={self.group_size} must be a positive divisor of K={K}")
         if self.bits == 4 and K % 2:
             raise InvalidArgumentError(f"K={K} must be even for 4-bit weights")
-        self.data = int_array(self.data, "weights", np.int8)
-        self.scales = int_array(self.scales, "scales", np.float32)
+        set_field("data", int_array(self.data, "weights", np.int8))
+        set_field("scales", int_array(self.scales, "scales", np.float32))
         groups = (N, K // self.group_size)
         if self.data.shape != (N, K * self.bits // 8):
             raise InvalidArgumentError(f"weights has shape {self.data.shape}; expected {(N, K * self.bits // 8)}")
         if self.scales.shape != groups:
             raise InvalidArgumentError(f"scales has shape {self.scales.shape}; expected {groups}")
         if self.zero_points is not None:
-            self.zero_points = int_array(self.zero_points, "zero_points", np.int8)
+            set_field("zero_points", int_array(self.zero_points, "zero_points", np.int8))
             if self.zero_points.shape != groups:
                 raise InvalidArgumentError(f"zero_points has shape {self.zero_points.shape}; expected {groups}")
-        self._c = ffi.new("qk_weights *")
-        self._c.data = ffi.cast("int8_t *", pointer_of(self.data))
-        self._c.scales = ffi.cast("float *", pointer_of(self.scales))
-        self._c.zero_points = ffi.NULL if self.zero_points is None else ffi.cast("int8_t *", pointer_of(self.zero_points))
-        self._c.N, self._c.K, self._c.group_size, self._c.bits = N, K, self.group_size, self.bits
+        c = ffi.new("qk_weights *")
+        c.data = ffi.cast("int8_t *", pointer_of(self.data))
+        c.scales = ffi.cast("float *", pointer_of(self.scales))
+        c.zero_points = ffi.NULL if self.zero_points is None else ffi.cast("int8_t *", pointer_of(self.zero_points))
+        c.N, c.K, c.group_size, c.bits = N, K, self.group_size, self.bits
+        set_field("_c", c)
 
     @property
     def N(self) -> int:
@@ -112,12 +116,8 @@ def quantize_weights(
     if granularity not in _GRANULARITIES:
         raise InvalidArgumentError(f"granularity={granularity!r} is not one of {sorted(_GRANULARITIES)}")
     G = group_size if granularity == "group" else K
-    if not isinstance(G, (int, np.integer)) or G <= 0 or K % G:
+    if not isinstance(G, numbers.Integral) or G <= 0 or K % G:  # the output shapes need it now
         raise InvalidArgumentError(f"group_size={group_size} must be a positive divisor of K={K}")
-    if bits not in (4, 8):
-        raise InvalidArgumentError(f"bits={bits} must be 4 or 8")
-    if bits == 4 and K % 2:
-        raise InvalidArgumentError(f"K={K} must be even for 4-bit weights")
     data = np.empty((N, K * bits // 8), dtype=np.int8)
     scales = np.empty((N, K // G), dtype=np.float32)
     zero_points = None if symmetric else np.empty((N, K // G), dtype=np.int8)

@@ -896,3 +896,16 @@ def test_last_error_is_per_thread():
     assert seen == {"status": lib.QK_OK, "message": ""}
     assert lib.qk_last_status() == lib.QK_ERR_INVALID_SIZE
 
+
+
+def test_cuda_stream_is_refused_by_the_cpu_library():
+    """A stream means device pointers: the CPU library must refuse it, not read them."""
+    qw = qkernels.quantize_weights(np.ones((4, 64), np.float32), bits=8, group_size=None)
+    x = np.ones((1, 64), np.float32)
+    guarded = np.full(4 + 32, 7.0, np.float32)
+    args = ffi.new("qk_matmul_args *")
+    args.input, args.output = ffi.cast("void *", x.ctypes.data), ffi.cast("void *", guarded[16:].ctypes.data)
+    args.M, args.input_dtype, args.stream = 1, lib.QK_DTYPE_F32, ffi.cast("void *", 0x1000)
+    assert lib.qk_matmul(qw.c_weights, args) == lib.QK_ERR_INVALID_ARGUMENT
+    assert "stream" in _last_error()
+    assert (guarded == 7.0).all()

@@ -76,8 +76,9 @@ def test_auto_dispatch_matches_reference(p):
     y = _run(built, None)
     assert_container(y, p.kind, p.dtype, (p.M, p.N))
     built.check(y)
-    # matmul packed the weights for the backend that select() reported.
-    assert CODES[chosen.backend] in built.qw._packs
+    # matmul packed the weights for the backend select() reported, if that backend has its own layout.
+    own_layout = next(b.own_layout for b in qkernels.backends() if b.name == chosen.backend)
+    assert (CODES[chosen.backend] in built.qw._packs) == own_layout
 
 
 # ---------------------------------------------------------------- integer overflow at large K
@@ -394,11 +395,13 @@ def test_packed_weights_are_cached_and_reused(backend, mode):
         y1 = qkernels.matmul(x, qw, mode, backend=backend)
     except qkernels.UnsupportedError as error:
         pytest.skip(f"backend {backend} has no kernel for this problem: {error}")
-    assert set(qw._packs) == {info.code}
-    handle = qw._packs[info.code]
+    # Only a backend with its own layout packs; the others read the canonical arrays, no copy.
+    packs = {info.code} if info.own_layout else set()
+    assert set(qw._packs) == packs
+    handle = qw._packs.get(info.code)
     y2 = qkernels.matmul(x, qw, mode, backend=backend)
     y3 = qkernels.matmul(x, qw, mode, backend=backend)
-    assert qw._packs[info.code] is handle and len(qw._packs) == 1
+    assert qw._packs.get(info.code) is handle and set(qw._packs) == packs
     np.testing.assert_array_equal(bits_of(y1), bits_of(y2))
     np.testing.assert_array_equal(bits_of(y1), bits_of(y3))
     # A fresh pack and the unpacked entry point agree bit for bit with the cached pack.
@@ -478,3 +481,35 @@ def test_a8_zero_and_tiny_rows_exact_cases():
         expected = sx * np.array([127 * 2, -127 * 2, 127 * 2 - 127 * 2], dtype=np.float64) + bias
         np.testing.assert_array_equal(y[1], expected.astype(np.float32))
         reference.assert_matmul_close(y, x, "float32", data, scales, None, 8, K, "a8", bias)
+
+
+@pytest.mark.parametrize("backend", [b.name for b in qkernels.backends() if b.available])
+@pytest.mark.parametrize("mode", ["a16", "a8"])
+def test_explicit_pack_equals_matmul(backend, mode):
+    """A handle packed explicitly (as a framework would keep one) gives matmul's bits, even for a
+    backend that matmul runs on the canonical arrays, and keeps its own copy of the weights."""
+    info = BACKENDS[backend]
+    rng = np.random.default_rng(17)
+    K, N = 192, 21
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    qw = qkernels.quantize_weights(w, bits=8, group_size=64, symmetric=False)
+    x = rng.standard_normal((3, K)).astype(np.float32)
+    try:
+        y = qkernels.matmul(x, qw, mode, backend=backend)
+    except qkernels.UnsupportedError as error:
+        pytest.skip(f"backend {backend} has no kernel for this problem: {error}")
+    copy = qkernels.QuantizedWeight(qw.data.copy(), qw.scales.copy(), qw.zero_points.copy(), 8, 64, (N, K))
+    handle = copy.packed(info.code)
+    copy.data[...] = 0  # the handle must not read the canonical arrays after packing
+    out = np.full_like(y, np.nan)
+    args = ffi.new("qk_matmul_args *")
+    args.input, args.output = ffi.cast("void *", x.ctypes.data), ffi.cast("void *", out.ctypes.data)
+    args.M, args.input_dtype, args.mode = 3, lib.QK_DTYPE_F32, qkernels.dispatch.MODES[mode]
+    assert lib.qk_matmul_packed(handle, args) == lib.QK_OK
+    np.testing.assert_array_equal(out.view(np.uint32), y.view(np.uint32))
+
+
+def test_quantized_weight_is_frozen():
+    qw = qkernels.quantize_weights(np.ones((4, 64), np.float32), bits=4, group_size=32)
+    with pytest.raises(AttributeError):
+        qw.data = qw.data.copy()  # would leave the native view pointing at a freed array

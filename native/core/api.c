@@ -66,6 +66,8 @@ static qk_status check_args(const qk_matmul_args* a) {
         return qk_fail(QK_ERR_MISALIGNED, "args->output is not %zu-byte aligned", element);
     if (a->bias && misaligned(a->bias, sizeof(float)))
         return qk_fail(QK_ERR_MISALIGNED, "args->bias is not 4-byte aligned");
+    if (a->stream)
+        return qk_fail(QK_ERR_INVALID_ARGUMENT, "args->stream must be NULL: libqkernels runs on the CPU");
     return QK_OK;
 }
 
@@ -182,51 +184,53 @@ qk_status qk_select_kernel(const qk_weights* weights, const qk_matmul_args* args
 
 /* ---- packing ---- */
 
-/* The canonical layout, copied into one block: data, then scales, then zero points. */
-static qk_status pack_canonical(const qk_weights* w, void** data, size_t* size) {
+/* The canonical layout copied into one 64-byte-aligned block: data, then scales, then zero points.
+ * With block NULL it only measures; otherwise it copies w in and points p->canonical at the copy. */
+static size_t canonical_block(const qk_weights* w, uint8_t* block, qk_packed_weights* p) {
     size_t q_bytes = (size_t)w->N * qk_row_bytes(w->K, w->bits);
     size_t groups = (size_t)w->N * (size_t)qk_groups_per_row(w);
-    size_t scales_at = (q_bytes + 63) & ~(size_t)63;
-    size_t zp_at = scales_at + groups * sizeof(float);
-    *size = zp_at + (w->zero_points ? groups : 0);
-    uint8_t* block = qk_aligned_alloc(*size);
-    if (!block) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", *size);
-    memcpy(block, w->data, q_bytes);
-    memcpy(block + scales_at, w->scales, groups * sizeof(float));
-    if (w->zero_points) memcpy(block + zp_at, w->zero_points, groups);
-    *data = block;
-    return QK_OK;
-}
-
-static void point_canonical_into(qk_packed_weights* p) {
-    size_t q_bytes = (size_t)p->canonical.N * qk_row_bytes(p->canonical.K, p->canonical.bits);
-    size_t groups = (size_t)p->canonical.N * (size_t)qk_groups_per_row(&p->canonical);
-    uint8_t* block = p->data;
-    size_t scales_at = (q_bytes + 63) & ~(size_t)63;
-    p->canonical.data = (const int8_t*)block;
-    p->canonical.scales = (const float*)(block + scales_at);
-    p->canonical.zero_points = p->canonical.zero_points ? (const int8_t*)(block + scales_at + groups * sizeof(float)) : NULL;
+    size_t scales_at = (q_bytes + 63) & ~(size_t)63, zp_at = scales_at + groups * sizeof(float);
+    if (block) {
+        memcpy(block, w->data, q_bytes);
+        memcpy(block + scales_at, w->scales, groups * sizeof(float));
+        if (w->zero_points) memcpy(block + zp_at, w->zero_points, groups);
+        p->canonical.data = (const int8_t*)block;
+        p->canonical.scales = (const float*)(block + scales_at);
+        p->canonical.zero_points = w->zero_points ? (const int8_t*)(block + zp_at) : NULL;
+    }
+    return zp_at + (w->zero_points ? groups : 0);
 }
 
 static qk_status pack(const qk_weights* w, qk_backend backend, qk_packed_weights* p) {
     const qk_backend_impl* impl = qk_backend_impl_get(backend);
     p->backend = backend;
     p->canonical = *w;
-    qk_status s = impl->pack ? impl->pack(w, &p->data, &p->size) : pack_canonical(w, &p->data, &p->size);
-    if (s == QK_OK && !impl->pack) point_canonical_into(p);
-    return s;
+    if (impl->pack) {
+        /* Only the shape stays: the caller may free the canonical arrays after packing. */
+        p->canonical.data = NULL;
+        p->canonical.scales = NULL;
+        p->canonical.zero_points = NULL;
+        return impl->pack(w, &p->data, &p->size);
+    }
+    p->size = canonical_block(w, NULL, p);
+    p->data = qk_aligned_alloc(p->size);
+    if (!p->data) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", p->size);
+    canonical_block(w, p->data, p);
+    return QK_OK;
 }
 
-/* The backend automatic packing picks: the first available one that runs these weights in both modes. */
+/* The backend automatic packing picks: that of the first registry line (best first) whose backend
+ * is available and runs these weights in both modes. */
 static qk_backend best_backend_for(const qk_weights* w) {
-    for (int b = QK_BACKEND_AUTO + 1; b < QK_BACKEND_COUNT; b++) {
-        if (!backend_available((qk_backend)b)) continue;
+    for (int32_t i = 0; i < qk_registry_size(); i++) {
+        qk_backend b = qk_registry_get(i)->backend;
+        if (!backend_available(b)) continue;
         int modes = 0;
-        for (int32_t i = 0; i < qk_registry_size(); i++) {
-            const qk_kernel* k = qk_registry_get(i);
-            if (k->backend == (qk_backend)b && kernel_fits_format(k, w)) modes |= 1 << k->mode;
+        for (int32_t j = 0; j < qk_registry_size(); j++) {
+            const qk_kernel* k = qk_registry_get(j);
+            if (k->backend == b && kernel_fits_format(k, w)) modes |= 1 << k->mode;
         }
-        if (modes == ((1 << QK_MODE_A16) | (1 << QK_MODE_A8))) return (qk_backend)b;
+        if (modes == ((1 << QK_MODE_A16) | (1 << QK_MODE_A8))) return b;
     }
     return QK_BACKEND_REF;
 }
@@ -358,7 +362,8 @@ qk_status qk_backend_get(qk_backend backend, qk_backend_info* out) {
     if (!b) return qk_fail(QK_ERR_INVALID_ARGUMENT, "backend=%d is not a qk_backend", (int)backend);
     out->name = b->name;
     out->compiled = b->compiled;
-    out->detected = (qk_cpu_features() & b->required_cpu) == b->required_cpu && backend != QK_BACKEND_CUDA;
+    out->detected = qk_backend_detected(backend);
+    out->own_layout = b->pack != NULL;
     out->reason = qk_backend_unavailable_reason(backend);
     out->available = out->reason[0] == '\0';
     return qk_succeed();

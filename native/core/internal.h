@@ -34,6 +34,18 @@ void qk_aligned_free(void* p);
 static inline int32_t qk_groups_per_row(const qk_weights* w) { return w->K / w->group_size; }
 static inline size_t qk_row_bytes(int32_t K, int32_t bits) { return (size_t)K * (size_t)bits / 8; }
 
+/* The zero point of element k of row n (0 when symmetric). */
+static inline int32_t qk_weight_zp(const qk_weights* w, int32_t n, int32_t k) {
+    return w->zero_points ? w->zero_points[(size_t)n * qk_groups_per_row(w) + k / w->group_size] : 0;
+}
+
+/* The scale of element k of row n. */
+static inline float qk_weight_scale(const qk_weights* w, int32_t n, int32_t k) {
+    return w->scales[(size_t)n * qk_groups_per_row(w) + k / w->group_size];
+}
+
+static inline float qk_clampf(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
+
 /* Element k of row n as a signed integer (either width). */
 static inline int32_t qk_weight_q(const qk_weights* w, int32_t n, int32_t k) {
     const int8_t* row = w->data + (size_t)n * qk_row_bytes(w->K, w->bits);
@@ -49,7 +61,8 @@ typedef struct qk_kernel qk_kernel;
 
 struct qk_packed_weights {
     qk_backend backend;
-    qk_weights canonical; /* shape and format; its pointers point into data when the layout is canonical */
+    qk_weights canonical; /* shape and format; its pointers point into data when the layout is
+                             canonical, and are NULL when the backend has its own layout */
     void* data;           /* the backend's layout, one qk_aligned_alloc block (NULL for a view) */
     size_t size;
 };
@@ -86,7 +99,9 @@ struct qk_kernel {
 const qk_backend_impl* qk_backend_impl_get(qk_backend backend);
 int32_t qk_registry_size(void);
 const qk_kernel* qk_registry_get(int32_t index);
-/* Empty string when the backend can run here, else why not. */
+/* Whether this CPU has what the backend needs (detection runs only for backends that need some). */
+int qk_backend_detected(qk_backend backend);
+/* Empty string when the backend can run here, else why not (valid until the next call on this thread). */
 const char* qk_backend_unavailable_reason(qk_backend backend);
 
 /* ---- the reference backend (native/ref) ---- */

@@ -56,13 +56,19 @@ const qk_kernel* qk_registry_get(int32_t index) {
     return index >= 0 && index < qk_registry_size() ? &kernels[index] : NULL;
 }
 
+int qk_backend_detected(qk_backend backend) {
+    const qk_backend_impl* b = qk_backend_impl_get(backend);
+    if (!b || backend == QK_BACKEND_CUDA) return 0; /* a GPU is libqkernels_cuda's to detect */
+    return b->required_cpu == 0 || (qk_cpu_features() & b->required_cpu) == b->required_cpu;
+}
+
 const char* qk_backend_unavailable_reason(qk_backend backend) {
     const qk_backend_impl* b = qk_backend_impl_get(backend);
     if (!b) return "no such backend";
     if (backend == QK_BACKEND_CUDA) return "lives in libqkernels_cuda, not in this library";
     if (!b->compiled) return "not compiled into this build of libqkernels";
+    if (qk_backend_detected(backend)) return "";
     uint64_t missing = b->required_cpu & ~qk_cpu_features();
-    if (!missing) return "";
     static _Thread_local char reason[256];
     int used = snprintf(reason, sizeof reason, "this CPU or its operating system lacks");
     for (int i = 0; i < QK_CPU_FEATURE_BITS && used < (int)sizeof reason; i++)

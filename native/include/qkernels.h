@@ -66,7 +66,8 @@ typedef enum qk_granularity {
     QK_PER_GROUP = 2    /* group_size consecutive elements of a row */
 } qk_granularity;
 
-/* Backends are listed best first: automatic dispatch prefers the lowest non-zero value. */
+/* Backends. The values are stable identifiers, not priorities: automatic dispatch follows the
+ * kernel registry's order (best first), which qk_kernel_get enumerates. */
 typedef enum qk_backend {
     QK_BACKEND_AUTO = 0,
     QK_BACKEND_CUDA = 1,            /* separate library, libqkernels_cuda */
@@ -126,7 +127,7 @@ typedef struct qk_matmul_args {
     qk_mode mode;
     qk_backend backend;   /* QK_BACKEND_AUTO: QKERNELS_BACKEND if set, else the best available */
     const char* kernel;   /* NULL, or the name of one registered kernel to force */
-    void* stream;         /* reserved for the CUDA backend (a cudaStream_t); NULL on the CPU */
+    void* stream;         /* reserved for the CUDA backend (a cudaStream_t); must be NULL here */
 } qk_matmul_args;
 
 typedef struct qk_kernel_info {
@@ -146,7 +147,9 @@ typedef struct qk_backend_info {
     int32_t compiled;         /* built into this library */
     int32_t detected;         /* the CPU has what it needs */
     int32_t available;        /* compiled and detected */
-    const char* reason;       /* why not available; "" when available */
+    int32_t own_layout;       /* packs weights into its own layout (else it reads the canonical one) */
+    const char* reason;       /* why not available; "" when available. Valid until the next
+                                 qk_backend_get on this thread. */
 } qk_backend_info;
 
 /* The planned entry point: fp16 X[M,K], canonical weights, fp16 Y[M,N], A16, automatic
@@ -159,7 +162,8 @@ void quantizedMatMul(const void* input, const int8_t* weights, const float* scal
 int qk_abi_version(void);
 const char* qk_version(void);               /* "MAJOR.MINOR.PATCH" */
 const char* qk_status_string(qk_status status);
-qk_status qk_last_status(void);             /* of the last qk_ call or quantizedMatMul on this thread */
+/* The status of the last call on this thread that returns a qk_status, or of quantizedMatMul. */
+qk_status qk_last_status(void);
 const char* qk_last_error(void);            /* its message; "" after success */
 
 /* Quantize float X[N, K] (input_dtype) to the canonical format. q: N*K*bits/8 bytes; scales and
@@ -175,7 +179,9 @@ qk_status qk_dequantize(const qk_weights* weights, qk_dtype output_dtype, void* 
 /* Matmul on canonical weights (packed internally where the chosen backend needs it). */
 qk_status qk_matmul(const qk_weights* weights, const qk_matmul_args* args);
 
-/* Pack once for one backend (QK_BACKEND_AUTO: the best available), then multiply many times.
+/* Pack once for one backend, then multiply many times. QK_BACKEND_AUTO: QKERNELS_BACKEND if set,
+ * else the backend of the first registry line that is available and runs these weights in both
+ * modes.
  * The handle copies what it needs; the canonical arrays may be freed after packing. */
 qk_status qk_pack_weights(const qk_weights* weights, qk_backend backend, qk_packed_weights** out);
 qk_status qk_matmul_packed(const qk_packed_weights* packed, const qk_matmul_args* args);

@@ -8,12 +8,8 @@
 
 /* Row n of W, dequantized exactly: float32 scale times (q - zp), an integer below 2^9. */
 static void dequantize_row(const qk_weights* w, int32_t n, double* row) {
-    int32_t groups = qk_groups_per_row(w);
-    for (int32_t k = 0; k < w->K; k++) {
-        size_t g = (size_t)n * groups + k / w->group_size;
-        int32_t zp = w->zero_points ? w->zero_points[g] : 0;
-        row[k] = (double)w->scales[g] * (qk_weight_q(w, n, k) - zp);
-    }
+    for (int32_t k = 0; k < w->K; k++)
+        row[k] = (double)qk_weight_scale(w, n, k) * (qk_weight_q(w, n, k) - qk_weight_zp(w, n, k));
 }
 
 /* Four partial sums: a single one is bound by the latency of each add. Any summation order
@@ -50,8 +46,6 @@ qk_status qk_ref_matmul_a16(const qk_packed_weights* weights, const qk_matmul_ar
     return QK_OK;
 }
 
-static float clampf(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
-
 /* The A8 activation quantizer for row m: qx and the row scale sx, in float32 steps.
  * Returns 0 when the row holds NaN or Inf: it has no finite amax, and its outputs are NaN. */
 static int quantize_activation_row(const qk_matmul_args* a, int32_t m, int32_t K, int16_t* qx, float* sx) {
@@ -65,7 +59,7 @@ static int quantize_activation_row(const qk_matmul_args* a, int32_t m, int32_t K
     float inv = amax > 0.0f ? 127.0f / amax : 0.0f; /* +Inf for a subnormal amax: reading 4 */
     for (int32_t k = 0; k < K; k++) {
         float product = qk_load_f32(a->input, a->input_dtype, first + k) * inv;
-        qx[k] = isnan(product) ? 0 : (int16_t)clampf(nearbyintf(product), -127.0f, 127.0f);
+        qx[k] = isnan(product) ? 0 : (int16_t)qk_clampf(nearbyintf(product), -127.0f, 127.0f);
     }
     *sx = amax / 127.0f;
     return 1;
@@ -78,10 +72,11 @@ enum { INT32_EXACT_RUN = 66311 };
  * so that compilers can use 16-bit multiply-add instructions. */
 static int64_t exact_dot(const int16_t* x, const int16_t* w, int32_t begin, int32_t end) {
     int64_t sum = 0;
-    for (int32_t run = begin; run < end; run += INT32_EXACT_RUN) {
+    for (int32_t run = begin; run < end;) {
         int32_t stop = end - run < INT32_EXACT_RUN ? end : run + INT32_EXACT_RUN, part = 0;
         for (int32_t k = run; k < stop; k++) part += x[k] * w[k];
         sum += part;
+        run = stop; /* never past end: no signed overflow near INT32_MAX */
     }
     return sum;
 }
@@ -104,10 +99,8 @@ qk_status qk_ref_matmul_a8(const qk_packed_weights* weights, const qk_matmul_arg
 
     for (int32_t n = 0; n < N; n++) {
         const float* scales = w->scales + (size_t)n * groups;
-        for (int32_t k = 0; k < K; k++) { /* q - zp: the integer the products use */
-            int32_t zp = w->zero_points ? w->zero_points[(size_t)n * groups + k / G] : 0;
-            row[k] = (int16_t)(qk_weight_q(w, n, k) - zp);
-        }
+        for (int32_t k = 0; k < K; k++) /* q - zp: the integer the products use */
+            row[k] = (int16_t)(qk_weight_q(w, n, k) - qk_weight_zp(w, n, k));
         for (int32_t m = 0; m < M; m++) {
             double y = NAN;
             if (finite[m]) {

@@ -26,8 +26,6 @@ static range range_of(const void* x, qk_dtype dtype, size_t first, size_t count)
     return r;
 }
 
-static float clampf(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
-
 /* Returns 0 when no finite scale exists: max - min overflows float32 (docs/numerics.md reading 2). */
 static int params_of(range r, int bits, int symmetric, params* p) {
     float qmax = (float)((1 << (bits - 1)) - 1), qmin = -qmax - 1.0f;
@@ -40,11 +38,11 @@ static int params_of(range r, int bits, int symmetric, params* p) {
         if (isinf(width)) return 0;
         p->scale = width / (qmax - qmin);
         if (p->scale != 0.0f)
-            p->zero_point = (int32_t)clampf(nearbyintf(qmin - r.min / p->scale), qmin, qmax);
+            p->zero_point = (int32_t)qk_clampf(nearbyintf(qmin - r.min / p->scale), qmin, qmax);
     }
     if (p->scale == 0.0f) { /* a zero range, or one whose scale underflows (reading 1) */
         p->scale = 1.0f;
-        p->zero_point = symmetric ? 0 : (int32_t)clampf(nearbyintf(qmin - r.min), qmin, qmax);
+        p->zero_point = symmetric ? 0 : (int32_t)qk_clampf(nearbyintf(qmin - r.min), qmin, qmax);
     }
     return 1;
 }
@@ -53,7 +51,7 @@ static int32_t quantize_value(float v, params p, int bits, int symmetric) {
     float qmax = (float)((1 << (bits - 1)) - 1);
     float lo = symmetric ? -qmax : -qmax - 1.0f;
     /* rne(v / s) is an integer-valued float of at most ~2^8 magnitude, so adding zp is exact. */
-    return (int32_t)clampf(nearbyintf(v / p.scale) + (float)p.zero_point, lo, qmax);
+    return (int32_t)qk_clampf(nearbyintf(v / p.scale) + (float)p.zero_point, lo, qmax);
 }
 
 qk_status qk_ref_quantize(const void* input, qk_dtype dtype, int32_t N, int32_t K, int32_t bits,
@@ -95,12 +93,10 @@ qk_status qk_ref_quantize(const void* input, qk_dtype dtype, int32_t N, int32_t 
 }
 
 void qk_ref_dequantize(const qk_weights* w, qk_dtype dtype, void* output) {
-    int32_t groups = qk_groups_per_row(w);
     for (int32_t n = 0; n < w->N; n++)
         for (int32_t k = 0; k < w->K; k++) {
-            size_t g = (size_t)n * groups + k / w->group_size;
-            int32_t zp = w->zero_points ? w->zero_points[g] : 0;
             /* float32 times an integer below 2^9 is exact in double: one rounding, at the store. */
-            qk_store_f64(output, dtype, (size_t)n * w->K + k, (double)w->scales[g] * (qk_weight_q(w, n, k) - zp));
+            double v = (double)qk_weight_scale(w, n, k) * (qk_weight_q(w, n, k) - qk_weight_zp(w, n, k));
+            qk_store_f64(output, dtype, (size_t)n * w->K + k, v);
         }
 }

@@ -29,6 +29,7 @@ class BackendInfo:
     compiled: bool
     detected: bool
     available: bool
+    own_layout: bool  # packs weights into its own layout (else runs on the canonical arrays)
     reason: str  # why not available; "" when available
 
 
@@ -57,7 +58,10 @@ def backends() -> list[BackendInfo]:
         info = ffi.new("qk_backend_info *")
         check(lib.qk_backend_get(code, info))
         result.append(
-            BackendInfo(text(info.name), code, bool(info.compiled), bool(info.detected), bool(info.available), text(info.reason))
+            BackendInfo(
+                text(info.name), code, bool(info.compiled), bool(info.detected), bool(info.available),
+                bool(info.own_layout), text(info.reason),
+            )
         )
     return result
 
@@ -78,6 +82,12 @@ def backend_code(name: str) -> int:
 
 def backend_name(code: int) -> str:
     return next(name for name, c in _codes().items() if c == code)
+
+
+@functools.cache
+def has_own_layout(code: int) -> bool:
+    """Whether a backend packs weights into its own layout (fixed for the life of the library)."""
+    return next(b.own_layout for b in backends() if b.code == code)
 
 
 def kernel_info_from_c(info) -> KernelInfo:

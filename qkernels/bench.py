@@ -120,13 +120,13 @@ class Layer:
         return [array] + [duplicate() for _ in range(self.count(array.nbytes) - 1)]
 
     def quantized(self, bits: int, group_size: int) -> list[qkernels.QuantizedWeight]:
-        """Separate QuantizedWeight objects over the same canonical arrays: the kernels read the
-        packed copy each one makes and caches (kernel_candidate packs them all up front)."""
+        """Separate QuantizedWeight objects, each with its own arrays (read directly by backends
+        without a layout of their own) and its own cached pack (kernel_candidate packs up front)."""
         key = (bits, group_size)
         if key not in self._quantized:
             qw = qkernels.quantize_weights(self.w, bits=bits, group_size=group_size)
             self._quantized[key] = [qw] + [
-                qkernels.QuantizedWeight(qw.data, qw.scales, qw.zero_points, bits, group_size, qw.shape)
+                qkernels.QuantizedWeight(qw.data.copy(), qw.scales.copy(), qw.zero_points, bits, group_size, qw.shape)
                 for _ in range(self.count(qw.nbytes) - 1)
             ]
         return self._quantized[key]
@@ -138,7 +138,8 @@ class Layer:
         """One registered kernel, forced with kernel=, on every copy packed before any timing."""
         qws = self.quantized(bits, group_size)
         backend = qkernels.dispatch.backend_code(kernel.backend)
-        for qw in qws:
+        own_layout = qkernels.dispatch.has_own_layout(backend)
+        for qw in qws if own_layout else ():
             qw.packed(backend)
         qw, x, dtype = qws[0], xs[0], xs[0].dtype.name
 
@@ -149,7 +150,7 @@ class Layer:
 
         return Candidate(
             kernel.name, f"{kernel.mode} {weights_label(bits, group_size, self.K)}",
-            qkernels.lib.qk_packed_size(qw.packed(backend)), x.nbytes,
+            qkernels.lib.qk_packed_size(qw.packed(backend)) if own_layout else qw.nbytes, x.nbytes,
             _rotation(partial(_run_kernel, kernel), xs, qws), check, kernel.backend,
         )
 

@@ -73,6 +73,12 @@ static qk_status check_args(const qk_matmul_args* a) {
 
 /* ---- dispatch ---- */
 
+static const char* mode_name(qk_mode m) { return m == QK_MODE_A8 ? "A8" : "A16"; }
+
+static const char* dtype_name(qk_dtype d) {
+    return d == QK_DTYPE_F16 ? "float16" : d == QK_DTYPE_BF16 ? "bfloat16" : "float32";
+}
+
 static int backend_available(qk_backend b) { return qk_backend_unavailable_reason(b)[0] == '\0'; }
 
 static qk_status backend_unavailable(qk_backend b, const char* what) {
@@ -126,8 +132,8 @@ static qk_status select_kernel(const qk_weights* w, const qk_matmul_args* a, qk_
             if (!backend_available(k->backend)) return backend_unavailable(k->backend, "kernel's backend");
             if (!kernel_fits(k, w, a))
                 return qk_fail(QK_ERR_UNSUPPORTED,
-                               "kernel '%s' does not run mode %d, dtype %d, %d-bit weights with group size %d",
-                               k->name, (int)a->mode, (int)a->input_dtype, w->bits, w->group_size);
+                               "kernel '%s' does not run %s on %s input, %d-bit weights, group size %d",
+                               k->name, mode_name(a->mode), dtype_name(a->input_dtype), w->bits, w->group_size);
             *out = k;
             return QK_OK;
         }
@@ -154,9 +160,9 @@ static qk_status select_kernel(const qk_weights* w, const qk_matmul_args* a, qk_
         *out = any_m;
         return QK_OK;
     }
-    return qk_fail(QK_ERR_UNSUPPORTED, "backend '%s' has no kernel for mode %d, dtype %d, %d-bit weights, group size %d",
+    return qk_fail(QK_ERR_UNSUPPORTED, "backend '%s' has no kernel for %s on %s input, %d-bit weights, group size %d",
                    qk_backend_impl_get(wanted == QK_BACKEND_AUTO ? QK_BACKEND_REF : wanted)->name,
-                   (int)a->mode, (int)a->input_dtype, w->bits, w->group_size);
+                   mode_name(a->mode), dtype_name(a->input_dtype), w->bits, w->group_size);
 }
 
 static void fill_kernel_info(const qk_kernel* k, qk_kernel_info* out) {

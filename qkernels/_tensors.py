@@ -47,6 +47,13 @@ class Buffer:
         return pointer_of(self.owner)
 
 
+def host_tensor(x: Any, argument: str):
+    """A torch tensor detached, after checking it is in host memory (this build has no GPU path)."""
+    if x.device.type != "cpu":
+        raise InvalidArgumentError(f"{argument} is on {x.device}; this build runs on the CPU only")
+    return x.detach()
+
+
 def float_buffer(x: Any, argument: str) -> Buffer:
     """A float32/float16/bfloat16 array or CPU tensor as a contiguous Buffer."""
     if is_torch(x):
@@ -54,9 +61,7 @@ def float_buffer(x: Any, argument: str) -> Buffer:
         names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
         if x.dtype not in names:
             raise DtypeError(f"{argument} has dtype {x.dtype}; expected float32, float16 or bfloat16")
-        if x.device.type != "cpu":
-            raise InvalidArgumentError(f"{argument} is on {x.device}; this build runs on the CPU only")
-        return Buffer(x.detach().contiguous(), names[x.dtype], tuple(x.shape), "torch")
+        return Buffer(host_tensor(x, argument).contiguous(), names[x.dtype], tuple(x.shape), "torch")
     if not isinstance(x, np.ndarray):
         raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
     name = x.dtype.name if x.dtype.name in DTYPE_NAMES else None
@@ -69,9 +74,7 @@ def float_buffer(x: Any, argument: str) -> Buffer:
 def int_array(x: Any, argument: str, dtype) -> np.ndarray:
     """A NumPy (or torch) integer/float array as contiguous NumPy of exactly `dtype`, unconverted."""
     if is_torch(x):
-        if x.device.type != "cpu":
-            raise InvalidArgumentError(f"{argument} is on {x.device}; this build runs on the CPU only")
-        x = x.detach().numpy()
+        x = host_tensor(x, argument).numpy()
     if not isinstance(x, np.ndarray):
         raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
     if x.dtype.newbyteorder("=") != np.dtype(dtype):

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import dispatch
 from ._native import check, ffi, lib
-from ._tensors import dtype_code, empty_like_kind, float_buffer, is_torch, pointer_of
+from ._tensors import dtype_code, empty_like_kind, float_buffer, host_tensor, is_torch, pointer_of
 from .errors import InvalidArgumentError
 from .weights import QuantizedWeight
 
@@ -18,7 +18,7 @@ def _bias_array(bias: Any, N: int):
     if bias is None:
         return None
     if is_torch(bias):
-        bias = bias.detach().cpu().float().numpy()
+        bias = host_tensor(bias, "bias").float().numpy()
     bias = np.ascontiguousarray(bias, dtype=np.float32)
     if bias.shape != (N,):
         raise InvalidArgumentError(f"bias has shape {bias.shape}; expected ({N},)")

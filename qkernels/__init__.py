@@ -8,7 +8,7 @@ The numeric contract is docs/numerics.md; qkernels.reference implements it indep
 
 from . import dispatch
 from ._native import ffi, lib, library_path
-from .dispatch import backends, cpu_features, kernels, use_backend
+from .dispatch import backends, cpu_features, get_num_threads, kernels, set_num_threads, use_backend
 from .errors import (
     BackendUnavailableError,
     DtypeError,
@@ -36,11 +36,13 @@ __all__ = [
     "cpu_features",
     "dequantize",
     "dispatch",
+    "get_num_threads",
     "kernels",
     "library_path",
     "matmul",
     "quantize_weights",
     "quantized_matmul",
     "select",
+    "set_num_threads",
     "use_backend",
 ]

@@ -391,3 +391,32 @@ def test_version_matches_pyproject():
 
 def test_abi_version():
     assert lib.qk_abi_version() == lib.QK_ABI_VERSION >= 1
+
+
+# ---------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("mode", ["a16", "a8"])
+def test_thread_count_is_settable_and_leaves_results_unchanged(mode):
+    rng = np.random.default_rng(1)
+    # Large enough that the CPU kernels split it over three threads (they keep small problems on one).
+    qw = qkernels.quantize_weights(rng.standard_normal((264, 2048)).astype(np.float32), bits=4, group_size=32)
+    x = rng.standard_normal((9, 2048)).astype(np.float32)
+    default = qkernels.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            qkernels.set_num_threads(threads)
+            assert qkernels.get_num_threads() in (1, threads)  # 1: a build without OpenMP
+            results.append(qkernels.matmul(x, qw, mode))
+    finally:
+        qkernels.set_num_threads(0)
+    assert qkernels.get_num_threads() == default
+    for y in results[1:]:  # each output is computed by one thread, in one order: bitwise equal
+        assert np.array_equal(y, results[0])
+
+
+@pytest.mark.parametrize("threads", [-1, 1.5, True, "2"])
+def test_bad_thread_counts_raise(threads):
+    with pytest.raises(qkernels.InvalidArgumentError, match="threads"):
+        qkernels.set_num_threads(threads)

@@ -55,6 +55,11 @@ static inline int32_t qk_weight_q(const qk_weights* w, int32_t n, int32_t k) {
     return nibble >= 8 ? nibble - 16 : nibble;  /* two's complement int4 */
 }
 
+/* ---- threads (threads.c) ---- */
+
+/* This thread's index in the enclosing OpenMP team, in [0, qk_get_num_threads()); 0 outside one. */
+int32_t qk_thread_index(void);
+
 /* ---- backends and kernels (registry.c) ---- */
 
 typedef struct qk_kernel qk_kernel;

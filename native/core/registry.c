@@ -26,6 +26,13 @@
 #define QK_HAVE_ARM_NEON 0
 #endif
 
+#if QK_HAVE_X86_AVX2
+#include "../x86_avx2/avx2.h"
+#define QK_AVX2_PACK qk_avx2_pack
+#else
+#define QK_AVX2_PACK NULL
+#endif
+
 /* name, compiled, required CPU features, pack (NULL: the kernels read the canonical format) */
 static const qk_backend_impl backends[QK_BACKEND_COUNT] = {
     [QK_BACKEND_CUDA] = {"cuda", 0, 0, NULL},
@@ -33,7 +40,7 @@ static const qk_backend_impl backends[QK_BACKEND_COUNT] = {
     [QK_BACKEND_X86_AVX512_VNNI] = {"x86_avx512_vnni", QK_HAVE_X86_AVX512_VNNI,
                                     QK_CPU_AVX512F | QK_CPU_AVX512BW | QK_CPU_AVX512VL | QK_CPU_AVX512_VNNI,
                                     NULL},
-    [QK_BACKEND_X86_AVX2] = {"x86_avx2", QK_HAVE_X86_AVX2, QK_CPU_AVX2 | QK_CPU_FMA | QK_CPU_F16C, NULL},
+    [QK_BACKEND_X86_AVX2] = {"x86_avx2", QK_HAVE_X86_AVX2, QK_CPU_AVX2 | QK_CPU_FMA | QK_CPU_F16C, QK_AVX2_PACK},
     [QK_BACKEND_ARM_NEON_I8MM] = {"arm_neon_i8mm", QK_HAVE_ARM_NEON, QK_CPU_NEON | QK_CPU_NEON_I8MM, NULL},
     [QK_BACKEND_ARM_NEON_DOTPROD] = {"arm_neon_dotprod", QK_HAVE_ARM_NEON, QK_CPU_NEON | QK_CPU_NEON_DOTPROD, NULL},
     [QK_BACKEND_REF] = {"ref", 1, 0, NULL},
@@ -41,6 +48,11 @@ static const qk_backend_impl backends[QK_BACKEND_COUNT] = {
 
 static const qk_kernel kernels[] = {
     /* name             backend         mode         bits                   dtypes        G multiple, max G, max M, run */
+#if QK_HAVE_X86_AVX2
+    {"x86_avx2_a16_w4w8_4x8", QK_BACKEND_X86_AVX2, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 16, qk_avx2_matmul_a16},
+    {"x86_avx2_a16_w4w8_6x16", QK_BACKEND_X86_AVX2, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_avx2_matmul_a16_gemm},
+    {"x86_avx2_a8_w4w8_4x8", QK_BACKEND_X86_AVX2, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 66311, 0, qk_avx2_matmul_a8},
+#endif
     {"ref_a16_w4w8_1x1", QK_BACKEND_REF, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_ref_matmul_a16},
     {"ref_a8_w4w8_1x1", QK_BACKEND_REF, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_ref_matmul_a8},
 };

@@ -193,6 +193,12 @@ void qk_packed_weights_free(qk_packed_weights* packed);
 qk_status qk_select_kernel(const qk_weights* weights, const qk_matmul_args* args,
                            qk_kernel_info* out);
 
+/* Threads of the multithreaded CPU kernels (OpenMP). 0 restores the default: OMP_NUM_THREADS if
+ * set, else every core. Applies to calls that start after it, from any thread. A build without
+ * OpenMP runs single-threaded and qk_get_num_threads returns 1. */
+qk_status qk_set_num_threads(int32_t threads);
+int32_t qk_get_num_threads(void);
+
 /* What is compiled in and detected. */
 int32_t qk_kernel_count(void);
 qk_status qk_kernel_get(int32_t index, qk_kernel_info* out);

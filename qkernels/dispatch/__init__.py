@@ -120,6 +120,19 @@ def cpu_features() -> list[str]:
     return [text(lib.qk_cpu_feature_name(1 << bit)) for bit in range(lib.QK_CPU_FEATURE_BITS) if mask >> bit & 1]
 
 
+def set_num_threads(threads: int) -> None:
+    """Threads for the multithreaded CPU kernels, process-wide; 0 restores the default
+    (``OMP_NUM_THREADS`` if set, else every core)."""
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise InvalidArgumentError(f"threads must be an int, not {type(threads).__name__}")
+    check(lib.qk_set_num_threads(threads))
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use (1 in a build without OpenMP)."""
+    return lib.qk_get_num_threads()
+
+
 @contextlib.contextmanager
 def use_backend(name: str):
     """Forces `name` for qkernels calls inside the block (``"auto"`` restores automatic choice)."""
@@ -144,6 +157,8 @@ __all__ = [
     "backends",
     "cpu_features",
     "forced_backend",
+    "get_num_threads",
     "kernels",
+    "set_num_threads",
     "use_backend",
 ]

@@ -1,0 +1,493 @@
+/* The x86_avx2 matmul kernels, A8 and A16, on the layout of avx2.h.
+ *
+ * Both compute tiles of up to 4 rows of X by one 8-column panel of W, walking the panel's groups
+ * front to back. Work is split across threads by panels; rows are taken in chunks whose
+ * activations stay in the L2 cache while every panel streams past them once per chunk.
+ *
+ * A8 (docs/numerics.md section 3): each group's integer sum is exact in int32 and is scaled and
+ * summed over groups in float64 (reading 14). The weights are the unsigned operand of vpmaddubsw
+ * and the activations the signed one:
+ *   4 bits  u = q + 8 in [0, 15]; u * qx pairs reach 2 * 15 * 127 = 3810, so four blocks (eight
+ *           vpmaddubsw) sum in int16 (30480 < 32767) before one vpmaddwd widens them; then
+ *           sum qx * (q - zp) = sum qx * u - (zp + 8) * sum qx, with sum qx per group from the
+ *           quantizer.
+ *   8 bits  q in [-128, 127] is not unsigned, and q + 128 would saturate vpmaddubsw's pairs
+ *           (2 * 255 * 127 > 32767). Instead |q| is the unsigned operand (|-128| = 128 is exact as
+ *           a byte) and sign(qx, q) the signed one: |q| * sign(qx, q) = q * qx, pairs reach
+ *           2 * 128 * 127 = 32512, and qx in [-127, 127] never hits the -128 that vpsignb cannot
+ *           negate. Then sum qx * (q - zp) = sum qx * q - zp * sum qx.
+ * A16: each k's eight weights are extracted, dequantized to float32 (scale * (q - zp)) and
+ * multiplied into float32 sums that are folded into float64 every 32 k, so the float32 rounding
+ * error stays far below the contract's tolerance at any K. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "avx2.h"
+
+enum {
+    TILE_ROWS = 4,
+    CHUNK_BYTES = 256 * 1024, /* activations of a row chunk: about half an L2 cache */
+    A16_RUN_BLOCKS = 4,       /* float32 sums over 32 k, then float64 */
+    A8_INT16_BLOCKS = 4,      /* 4-bit: int16 sums over four blocks, see above */
+};
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* y (eight float64 columns as two vectors) += t (eight int32 or float32 lanes) * scale. */
+INLINE void fold_epi32(__m256d y[2], __m256i t, __m256d scale_lo, __m256d scale_hi) {
+    y[0] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(t)), scale_lo, y[0]);
+    y[1] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(t, 1)), scale_hi, y[1]);
+}
+
+INLINE void fold_ps(__m256d y[2], __m256 t, __m256d scale_lo, __m256d scale_hi) {
+    y[0] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(t)), scale_lo, y[0]);
+    y[1] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)), scale_hi, y[1]);
+}
+
+/* Four activation bytes, x[0..3], in every dword. */
+INLINE __m256i broadcast4(const int8_t* x) {
+    int32_t v;
+    memcpy(&v, x, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+typedef struct {
+    const qk_weights* w;
+    qk_avx2_layout l;
+    size_t row;            /* padded activation row length, in elements */
+    const int8_t* qx;      /* A8: quantized rows */
+    const int32_t* sums;   /* A8: [M][groups] sums of qx */
+    const float* x;        /* A16: float32 rows */
+    const unsigned char* large; /* A16: [M] whether a row reaches A16_LARGE_X, or holds NaN / Inf */
+} problem;
+
+/* ---- A8 tiles ---- */
+
+/* acc holds sum qx * (stored - offset) (the 4-bit tile sums stored values, offset 0; the 8-bit tile
+ * sums q, offset 128); minus (zero - offset) * sum qx, that is sum qx * (q - zp). */
+INLINE void a8_group_end(const uint8_t* group, int32_t offset, const int32_t* sums, int32_t groups, int rows,
+                         const __m256i* acc, __m256d (*y)[2]) {
+    __m256i zero = _mm256_sub_epi32(_mm256_load_si256((const __m256i*)(group + 32)), _mm256_set1_epi32(offset));
+    __m256 scale = _mm256_load_ps((const float*)group);
+    __m256d scale_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(scale));
+    __m256d scale_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(scale, 1));
+    for (int r = 0; r < rows; r++) {
+        __m256i exact = _mm256_sub_epi32(acc[r], _mm256_mullo_epi32(zero, _mm256_set1_epi32(sums[(size_t)r * groups])));
+        fold_epi32(y[r], exact, scale_lo, scale_hi);
+    }
+}
+
+INLINE void a8_tile_w4(const problem* p, const uint8_t* panel, const int8_t* qx, const int32_t* sums,
+                       int rows, __m256d (*y)[2]) {
+    const __m256i low_nibbles = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const qk_avx2_layout* l = &p->l;
+    for (int32_t g = 0; g < l->groups; g++) {
+        const uint8_t* group = panel + (size_t)g * l->group_bytes;
+        const int8_t* xg = qx + (size_t)g * l->blocks * QK_AVX2_BLOCK_K;
+        __m256i acc[TILE_ROWS];
+        for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_si256();
+        for (int32_t b0 = 0; b0 < l->blocks; b0 += A8_INT16_BLOCKS) {
+            int32_t b_end = b0 + A8_INT16_BLOCKS < l->blocks ? b0 + A8_INT16_BLOCKS : l->blocks;
+            __m256i s16[TILE_ROWS];
+            for (int r = 0; r < rows; r++) s16[r] = _mm256_setzero_si256();
+            for (int32_t b = b0; b < b_end; b++) {
+                __m256i v = _mm256_load_si256((const __m256i*)(group + QK_AVX2_HEADER + (size_t)b * 32));
+                __m256i lo = _mm256_and_si256(v, low_nibbles);                         /* k 0..3 */
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibbles);  /* k 4..7 */
+                for (int r = 0; r < rows; r++) {
+                    const int8_t* x = xg + r * p->row + (size_t)b * QK_AVX2_BLOCK_K;
+                    __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, broadcast4(x)),
+                                                 _mm256_maddubs_epi16(hi, broadcast4(x + 4)));
+                    s16[r] = _mm256_add_epi16(s16[r], s);
+                }
+            }
+            for (int r = 0; r < rows; r++) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16[r], ones));
+        }
+        a8_group_end(group, 0, sums + g, l->groups, rows, acc, y);
+    }
+}
+
+INLINE void a8_tile_w8(const problem* p, const uint8_t* panel, const int8_t* qx, const int32_t* sums,
+                       int rows, __m256d (*y)[2]) {
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80); /* q + 128 -> q */
+    const qk_avx2_layout* l = &p->l;
+    for (int32_t g = 0; g < l->groups; g++) {
+        const uint8_t* group = panel + (size_t)g * l->group_bytes;
+        const int8_t* xg = qx + (size_t)g * l->blocks * QK_AVX2_BLOCK_K;
+        __m256i acc[TILE_ROWS];
+        for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_si256();
+        for (int32_t b = 0; b < l->blocks; b++) {
+            const uint8_t* block = group + QK_AVX2_HEADER + (size_t)b * 64;
+            __m256i v0 = _mm256_xor_si256(_mm256_load_si256((const __m256i*)block), flip);        /* k 0..3 */
+            __m256i v1 = _mm256_xor_si256(_mm256_load_si256((const __m256i*)(block + 32)), flip); /* k 4..7 */
+            __m256i a0 = _mm256_abs_epi8(v0), a1 = _mm256_abs_epi8(v1);
+            for (int r = 0; r < rows; r++) {
+                const int8_t* x = xg + r * p->row + (size_t)b * QK_AVX2_BLOCK_K;
+                __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(broadcast4(x), v0));
+                __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(broadcast4(x + 4), v1));
+                acc[r] = _mm256_add_epi32(acc[r], _mm256_add_epi32(_mm256_madd_epi16(p0, ones),
+                                                                   _mm256_madd_epi16(p1, ones)));
+            }
+        }
+        a8_group_end(group, 128, sums + g, l->groups, rows, acc, y);
+    }
+}
+
+/* ---- A16 tile ---- */
+
+/* Byte i of every dword, zero-extended to the dword, with one vpshufb. vpshufb indexes within
+ * 128-bit lanes, so dword j of a lane reads byte 4 * j + i; control bytes with bit 7 set write 0. */
+INLINE __m256i byte_of_dword(__m256i v, int i) {
+    const __m256i control = _mm256_add_epi32(_mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12),
+                                             _mm256_set1_epi32((int32_t)(0x80808000u | (uint32_t)i)));
+    return _mm256_shuffle_epi8(v, control);
+}
+
+/* 2^23 as float32 bits: or-ing an integer u < 2^23 into its mantissa gives the float 2^23 + u. */
+enum { FLOAT_2_POW_23 = 0x4B000000 };
+
+/* Rows whose magnitude reaches this take the dequantize-first tile: x * (q - zp) must not
+ * overflow float32 where x * w would not (|q - zp| <= 255, and a run sums 32 of them). */
+#define A16_LARGE_X 0x1p100f
+
+/* A row sums x * (q - zp) and applies the scale once per run (fewer operations per weight), unless
+ * it is large: then it dequantizes each weight first, w = scale * (q - zp), as the contract writes
+ * it. `mixed` says whether the tile has large rows: only then are both forms computed. A row's
+ * arithmetic never depends on the other rows of its tile. */
+INLINE void a16_tile(const problem* p, int bits, int mixed, const uint8_t* panel, const float* x,
+                     const unsigned char* large, int rows, __m256d (*y)[2]) {
+    /* Each float32 sum is a chain of dependent FMAs (latency 4 cycles): two chains per output, even
+     * and odd k, whatever the number of rows, so that a row's result never depends on the others. */
+    enum { CHAINS = 2 };
+    const __m256i low_nibbles = _mm256_set1_epi8(0x0F), magic = _mm256_set1_epi32(FLOAT_2_POW_23);
+    const qk_avx2_layout* l = &p->l;
+    for (int32_t g = 0; g < l->groups; g++) {
+        const uint8_t* group = panel + (size_t)g * l->group_bytes;
+        const float* xg[TILE_ROWS];
+        for (int r = 0; r < rows; r++) xg[r] = x + r * p->row + (size_t)g * l->blocks * QK_AVX2_BLOCK_K;
+        __m256 scale = _mm256_load_ps((const float*)group);
+        __m256d scale_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(scale));
+        __m256d scale_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(scale, 1));
+        /* (2^23 + stored) - (2^23 + zero) = q - zp, exactly: no int-to-float conversion needed. */
+        __m256 zero = _mm256_castsi256_ps(_mm256_or_si256(_mm256_load_si256((const __m256i*)(group + 32)), magic));
+        for (int32_t b0 = 0; b0 < l->blocks; b0 += A16_RUN_BLOCKS) {
+            int32_t b_end = b0 + A16_RUN_BLOCKS < l->blocks ? b0 + A16_RUN_BLOCKS : l->blocks;
+            __m256 sum[CHAINS * TILE_ROWS];
+            for (int c = 0; c < rows * CHAINS; c++) sum[c] = _mm256_setzero_ps();
+            for (int32_t b = b0; b < b_end; b++) {
+                const uint8_t* block = group + QK_AVX2_HEADER + (size_t)b * l->block_bytes;
+                __m256i v0 = _mm256_load_si256((const __m256i*)block), v1;
+                if (bits == 4) { /* bytes of v0: k 0..3, of v1: k 4..7 */
+                    v1 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low_nibbles);
+                    v0 = _mm256_and_si256(v0, low_nibbles);
+                } else {
+                    v1 = _mm256_load_si256((const __m256i*)(block + 32));
+                }
+#pragma GCC unroll 8 /* constant shuffle controls and chain indices */
+                for (int i = 0; i < QK_AVX2_BLOCK_K; i++) {
+                    __m256i u = byte_of_dword(i < 4 ? v0 : v1, i % 4);
+                    __m256 w = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(u, magic)), zero);
+                    __m256 w_scaled = mixed ? _mm256_mul_ps(w, scale) : w;
+                    for (int r = 0; r < rows; r++) {
+                        __m256* s = &sum[r * CHAINS + i % CHAINS];
+                        __m256 wr = mixed && large[r] ? w_scaled : w;
+                        *s = _mm256_fmadd_ps(_mm256_broadcast_ss(xg[r] + b * QK_AVX2_BLOCK_K + i), wr, *s);
+                    }
+                }
+            }
+            for (int r = 0; r < rows; r++) {
+                __m256 t = _mm256_add_ps(sum[r * CHAINS], sum[r * CHAINS + 1]);
+                if (mixed && large[r])
+                    fold_ps(y[r], t, _mm256_set1_pd(1.0), _mm256_set1_pd(1.0));
+                else
+                    fold_ps(y[r], t, scale_lo, scale_hi);
+            }
+        }
+    }
+}
+
+/* ---- the driver ---- */
+
+typedef void tile_fn(const problem* p, const uint8_t* panel, int32_t m, int rows, __m256d (*y)[2]);
+
+/* A constant row count per call lets the compiler unroll the row loops and keep sums in registers. */
+static void a8_tile(const problem* p, const uint8_t* panel, int32_t m, int rows, __m256d (*y)[2]) {
+    const int8_t* qx = p->qx + (size_t)m * p->row;
+    const int32_t* sums = p->sums + (size_t)m * p->l.groups;
+    if (p->w->bits == 4) {
+        switch (rows) {
+        case 1: a8_tile_w4(p, panel, qx, sums, 1, y); break;
+        case 2: a8_tile_w4(p, panel, qx, sums, 2, y); break;
+        case 3: a8_tile_w4(p, panel, qx, sums, 3, y); break;
+        default: a8_tile_w4(p, panel, qx, sums, 4, y); break;
+        }
+    } else {
+        switch (rows) {
+        case 1: a8_tile_w8(p, panel, qx, sums, 1, y); break;
+        case 2: a8_tile_w8(p, panel, qx, sums, 2, y); break;
+        case 3: a8_tile_w8(p, panel, qx, sums, 3, y); break;
+        default: a8_tile_w8(p, panel, qx, sums, 4, y); break;
+        }
+    }
+}
+
+static void a16_tile_rows(const problem* p, const uint8_t* panel, int32_t m, int rows, __m256d (*y)[2]) {
+    const float* x = p->x + (size_t)m * p->row;
+    const unsigned char* large = p->large + m;
+    int mixed = 0;
+    for (int r = 0; r < rows; r++) mixed |= large[r];
+    switch (rows * 100 + p->w->bits * 10 + mixed) {
+    case 140: a16_tile(p, 4, 0, panel, x, large, 1, y); break;
+    case 141: a16_tile(p, 4, 1, panel, x, large, 1, y); break;
+    case 240: a16_tile(p, 4, 0, panel, x, large, 2, y); break;
+    case 241: a16_tile(p, 4, 1, panel, x, large, 2, y); break;
+    case 340: a16_tile(p, 4, 0, panel, x, large, 3, y); break;
+    case 341: a16_tile(p, 4, 1, panel, x, large, 3, y); break;
+    case 440: a16_tile(p, 4, 0, panel, x, large, 4, y); break;
+    case 441: a16_tile(p, 4, 1, panel, x, large, 4, y); break;
+    case 180: a16_tile(p, 8, 0, panel, x, large, 1, y); break;
+    case 181: a16_tile(p, 8, 1, panel, x, large, 1, y); break;
+    case 280: a16_tile(p, 8, 0, panel, x, large, 2, y); break;
+    case 281: a16_tile(p, 8, 1, panel, x, large, 2, y); break;
+    case 380: a16_tile(p, 8, 0, panel, x, large, 3, y); break;
+    case 381: a16_tile(p, 8, 1, panel, x, large, 3, y); break;
+    case 480: a16_tile(p, 8, 0, panel, x, large, 4, y); break;
+    default: a16_tile(p, 8, 1, panel, x, large, 4, y); break;
+    }
+}
+
+/* Outputs of one tile: y[r] (A8: times sx, NaN for a non-finite row), plus bias, rounded once. */
+static void finish_tile(const problem* p, const qk_matmul_args* a, const float* sx, const unsigned char* finite,
+                        int32_t panel, int32_t m, int rows, __m256d (*y)[2]) {
+    int32_t N = p->w->N, n = panel * QK_AVX2_PANEL, count = N - n < QK_AVX2_PANEL ? N - n : QK_AVX2_PANEL;
+    for (int r = 0; r < rows; r++) {
+        double out[QK_AVX2_PANEL];
+        _mm256_storeu_pd(out, y[r][0]);
+        _mm256_storeu_pd(out + 4, y[r][1]);
+        for (int32_t j = 0; j < count; j++) {
+            if (sx) out[j] = finite[m + r] ? (double)sx[m + r] * out[j] : NAN;
+            if (a->bias) out[j] += a->bias[n + j];
+        }
+        qk_avx2_store(a, N, m + r, n, count, out);
+    }
+}
+
+/* Every tile of rows [m0, m1), the panels split over the threads of the enclosing parallel region.
+ * sx and finite: A8's row scales and flags; NULL for A16. */
+static void run_rows(const problem* p, const qk_packed_weights* pw, const qk_matmul_args* a, tile_fn* tile,
+                     const float* sx, const unsigned char* finite, int32_t m0, int32_t m1) {
+#pragma omp for schedule(static)
+    for (int32_t panel = 0; panel < p->l.panels; panel++) {
+        const uint8_t* weights = (const uint8_t*)pw->data + (size_t)panel * p->l.panel_bytes;
+        for (int32_t m = m0; m < m1; m += TILE_ROWS) {
+            int rows = m1 - m < TILE_ROWS ? m1 - m : TILE_ROWS;
+            __m256d y[TILE_ROWS][2];
+            for (int r = 0; r < rows; r++) y[r][0] = y[r][1] = _mm256_setzero_pd();
+            tile(p, weights, m, rows, y);
+            finish_tile(p, a, sx, finite, panel, m, rows, y);
+        }
+    }
+}
+
+/* Threads for a problem: each gets at least MIN_THREAD_MACS multiply-adds, since starting and
+ * joining a team costs microseconds (and much more when the cores are busy with other work). */
+static int32_t threads_for(const qk_weights* w, int32_t M) {
+    enum { MIN_THREAD_MACS = 1 << 20 };
+    double work = (double)M * w->N * w->K / MIN_THREAD_MACS;
+    int32_t threads = qk_get_num_threads();
+    return work < threads ? (work < 1.0 ? 1 : (int32_t)work) : threads;
+}
+
+static problem problem_of(const qk_packed_weights* pw) {
+    problem p = {.w = &pw->canonical, .l = qk_avx2_layout_of(&pw->canonical)};
+    p.row = qk_avx2_padded_row(&p.l);
+    return p;
+}
+
+/* Rows per chunk: as many whole tiles as keep a chunk's activations within CHUNK_BYTES. */
+static int32_t chunk_rows(size_t row_bytes) {
+    size_t tiles = CHUNK_BYTES / (row_bytes * TILE_ROWS);
+    return (int32_t)(tiles > 0 ? tiles * TILE_ROWS : TILE_ROWS);
+}
+
+qk_status qk_avx2_matmul_a8(const qk_packed_weights* pw, const qk_matmul_args* a) {
+    problem p = problem_of(pw);
+    int32_t M = a->M;
+    int8_t* qx = qk_aligned_alloc((size_t)M * p.row);
+    int32_t* sums = malloc((size_t)M * p.l.groups * sizeof *sums);
+    float* sx = malloc((size_t)M * sizeof *sx);
+    unsigned char* finite = malloc((size_t)M);
+    qk_status status = QK_OK;
+    if (!qx || !sums || !sx || !finite) {
+        status = qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate the A8 kernel's activation buffers");
+        goto done;
+    }
+    p.qx = qx;
+    p.sums = sums;
+    int32_t chunk = chunk_rows(p.row);
+#pragma omp parallel num_threads(threads_for(p.w, M))
+    {
+#pragma omp for schedule(static)
+        for (int32_t m = 0; m < M; m++)
+            finite[m] = (unsigned char)qk_avx2_quantize_row(a, p.w, m, qx + (size_t)m * p.row,
+                                                            sums + (size_t)m * p.l.groups, &sx[m]);
+        for (int32_t m0 = 0; m0 < M; m0 += chunk)
+            run_rows(&p, pw, a, a8_tile, sx, finite, m0, M - m0 < chunk ? M : m0 + chunk);
+    }
+done:
+    qk_aligned_free(qx);
+    free(sums);
+    free(sx);
+    free(finite);
+    return status;
+}
+
+qk_status qk_avx2_matmul_a16(const qk_packed_weights* pw, const qk_matmul_args* a) {
+    problem p = problem_of(pw);
+    int32_t M = a->M;
+    float* x = qk_aligned_alloc((size_t)M * p.row * sizeof *x);
+    unsigned char* large = malloc((size_t)M);
+    if (!x || !large) {
+        qk_aligned_free(x);
+        free(large);
+        return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate the A16 kernel's activation buffers");
+    }
+    p.x = x;
+    p.large = large;
+    int32_t chunk = chunk_rows(p.row * sizeof *x);
+#pragma omp parallel num_threads(threads_for(p.w, M))
+    {
+#pragma omp for schedule(static)
+        for (int32_t m = 0; m < M; m++)
+            large[m] = !(qk_avx2_load_row(a, p.w, m, x + (size_t)m * p.row) < A16_LARGE_X);
+        for (int32_t m0 = 0; m0 < M; m0 += chunk)
+            run_rows(&p, pw, a, a16_tile_rows, NULL, NULL, m0, M - m0 < chunk ? M : m0 + chunk);
+    }
+    qk_aligned_free(x);
+    free(large);
+    return QK_OK;
+}
+
+/* ---- A16 for many rows: dequantize once, then a float32 GEMM ----
+ *
+ * With many rows, dequantizing every weight for every 4-row tile costs more than the FMAs. This
+ * kernel dequantizes a 16-column block (two panels) of W once per chunk of k into a float32 buffer
+ * that stays in L1, then runs a 6 x 16 register tile (12 accumulators) over every row. Float32 sums
+ * run over GEMM_RUN k and are folded into float64 per output, as in the other kernels. */
+enum { GEMM_ROWS = 6, GEMM_COLS = 2 * QK_AVX2_PANEL, GEMM_CHUNK_BLOCKS = 32, GEMM_RUN = 64 };
+
+/* W's block columns [2 * block, 2 * block + 2) at blocks [t0, t1) of the padded k axis, dequantized:
+ * out[k][16], zero for a panel beyond N. */
+static void dequantize_chunk(const problem* p, const qk_packed_weights* pw, int32_t block, int32_t t0,
+                             int32_t t1, float* out) {
+    const qk_avx2_layout* l = &p->l;
+    const __m256i low_nibbles = _mm256_set1_epi8(0x0F), magic = _mm256_set1_epi32(FLOAT_2_POW_23);
+    for (int32_t half = 0; half < 2; half++) {
+        int32_t panel = 2 * block + half;
+        for (int32_t t = t0; t < t1; t++) {
+            float* w = out + (size_t)(t - t0) * QK_AVX2_BLOCK_K * GEMM_COLS + half * QK_AVX2_PANEL;
+            if (panel >= l->panels) {
+                for (int i = 0; i < QK_AVX2_BLOCK_K; i++) _mm256_store_ps(w + i * GEMM_COLS, _mm256_setzero_ps());
+                continue;
+            }
+            const uint8_t* group = (const uint8_t*)pw->data + (size_t)panel * l->panel_bytes +
+                                   (size_t)(t / l->blocks) * l->group_bytes;
+            const uint8_t* data = group + QK_AVX2_HEADER + (size_t)(t % l->blocks) * l->block_bytes;
+            __m256 scale = _mm256_load_ps((const float*)group);
+            __m256 zero = _mm256_castsi256_ps(_mm256_or_si256(_mm256_load_si256((const __m256i*)(group + 32)), magic));
+            __m256i v0 = _mm256_load_si256((const __m256i*)data), v1;
+            if (p->w->bits == 4) {
+                v1 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low_nibbles);
+                v0 = _mm256_and_si256(v0, low_nibbles);
+            } else {
+                v1 = _mm256_load_si256((const __m256i*)(data + 32));
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < QK_AVX2_BLOCK_K; i++) {
+                __m256i u = byte_of_dword(i < 4 ? v0 : v1, i % 4);
+                __m256 q = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(u, magic)), zero);
+                _mm256_store_ps(w + i * GEMM_COLS, _mm256_mul_ps(q, scale));
+            }
+        }
+    }
+}
+
+/* Rows [0, rows) of x (stride row) times the dequantized chunk w[k][16], k in [0, kc), into
+ * y0 (columns 0..7) and y1 (columns 8..15). */
+INLINE void gemm_tile(const float* x, size_t row, const float* w, int32_t kc, int rows, __m256d (*y0)[2],
+                      __m256d (*y1)[2]) {
+    const __m256d one = _mm256_set1_pd(1.0);
+    for (int32_t k0 = 0; k0 < kc; k0 += GEMM_RUN) {
+        int32_t k1 = kc - k0 < GEMM_RUN ? kc : k0 + GEMM_RUN;
+        __m256 acc[GEMM_ROWS][2];
+        for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (int32_t k = k0; k < k1; k++) {
+            __m256 w0 = _mm256_load_ps(w + (size_t)k * GEMM_COLS), w1 = _mm256_load_ps(w + (size_t)k * GEMM_COLS + 8);
+            for (int r = 0; r < rows; r++) {
+                __m256 xv = _mm256_broadcast_ss(x + r * row + k);
+                acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            fold_ps(y0[r], acc[r][0], one, one);
+            fold_ps(y1[r], acc[r][1], one, one);
+        }
+    }
+}
+
+static void gemm_rows(const float* x, size_t row, const float* w, int32_t kc, int rows, __m256d (*y0)[2],
+                      __m256d (*y1)[2]) {
+    switch (rows) {
+    case 1: gemm_tile(x, row, w, kc, 1, y0, y1); break;
+    case 2: gemm_tile(x, row, w, kc, 2, y0, y1); break;
+    case 3: gemm_tile(x, row, w, kc, 3, y0, y1); break;
+    case 4: gemm_tile(x, row, w, kc, 4, y0, y1); break;
+    case 5: gemm_tile(x, row, w, kc, 5, y0, y1); break;
+    default: gemm_tile(x, row, w, kc, 6, y0, y1); break;
+    }
+}
+
+qk_status qk_avx2_matmul_a16_gemm(const qk_packed_weights* pw, const qk_matmul_args* a) {
+    problem p = problem_of(pw);
+    int32_t M = a->M, threads = threads_for(p.w, M);
+    int32_t column_blocks = (p.l.panels + 1) / 2, total_blocks = p.l.groups * p.l.blocks;
+    size_t w_floats = (size_t)GEMM_CHUNK_BLOCKS * QK_AVX2_BLOCK_K * GEMM_COLS, y_vectors = (size_t)4 * M;
+    /* Every buffer is allocated before anything is written: per thread, a chunk of dequantized
+     * weights and the float64 sums of its 16-column block. */
+    float* x = qk_aligned_alloc((size_t)M * p.row * sizeof *x);
+    float* w = qk_aligned_alloc((size_t)threads * w_floats * sizeof *w);
+    __m256d* y = qk_aligned_alloc((size_t)threads * y_vectors * sizeof *y);
+    if (!x || !w || !y) {
+        qk_aligned_free(x);
+        qk_aligned_free(w);
+        qk_aligned_free(y);
+        return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate the A16 GEMM kernel's buffers");
+    }
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (int32_t m = 0; m < M; m++) qk_avx2_load_row(a, p.w, m, x + (size_t)m * p.row);
+        float* my_w = w + (size_t)qk_thread_index() * w_floats;
+        __m256d(*y0)[2] = (__m256d(*)[2])(y + (size_t)qk_thread_index() * y_vectors), (*y1)[2] = y0 + M;
+#pragma omp for schedule(static)
+        for (int32_t block = 0; block < column_blocks; block++) {
+            for (int32_t m = 0; m < M; m++) y0[m][0] = y0[m][1] = y1[m][0] = y1[m][1] = _mm256_setzero_pd();
+            for (int32_t t0 = 0; t0 < total_blocks; t0 += GEMM_CHUNK_BLOCKS) {
+                int32_t t1 = total_blocks - t0 < GEMM_CHUNK_BLOCKS ? total_blocks : t0 + GEMM_CHUNK_BLOCKS;
+                dequantize_chunk(&p, pw, block, t0, t1, my_w);
+                for (int32_t m = 0; m < M; m += GEMM_ROWS)
+                    gemm_rows(x + (size_t)m * p.row + (size_t)t0 * QK_AVX2_BLOCK_K, p.row, my_w,
+                              (t1 - t0) * QK_AVX2_BLOCK_K, M - m < GEMM_ROWS ? M - m : GEMM_ROWS, y0 + m, y1 + m);
+            }
+            finish_tile(&p, a, NULL, NULL, 2 * block, 0, M, y0);
+            if (2 * block + 1 < p.l.panels) finish_tile(&p, a, NULL, NULL, 2 * block + 1, 0, M, y1);
+        }
+    }
+    qk_aligned_free(x);
+    qk_aligned_free(w);
+    qk_aligned_free(y);
+    return QK_OK;
+}

@@ -13,7 +13,24 @@ static uint8_t stored(const qk_weights* w, int32_t n, int32_t g, int32_t k) {
     return (uint8_t)(q + offset(w));
 }
 
-static void pack_group(const qk_weights* w, const qk_avx2_layout* l, int32_t panel, int32_t g, uint8_t* out) {
+/* Column n's dword of block b of group g, as stored, when the block lies wholly inside the group:
+ * read straight from the canonical row (the common case, and the one that decides packing speed). */
+static uint32_t whole_dword(const qk_weights* w, int32_t n, int32_t g, int32_t b, int half) {
+    const uint8_t* row = (const uint8_t*)w->data + (size_t)n * qk_row_bytes(w->K, w->bits);
+    size_t k = (size_t)g * w->group_size + (size_t)b * QK_AVX2_BLOCK_K;
+    uint32_t c;
+    if (w->bits == 8) {
+        memcpy(&c, row + k + 4 * half, 4);
+        return c ^ 0x80808080u; /* q + 128 in every byte */
+    }
+    memcpy(&c, row + k / 2, 4); /* canonical bytes: q0 | q1 << 4, q2 | q3 << 4, ... (k even) */
+    uint32_t even = c & 0x0F0F0F0Fu, odd = (c >> 4) & 0x0F0F0F0Fu;     /* q0 q2 q4 q6, q1 q3 q5 q7 */
+    uint32_t first = (even & 0xFF) | (odd & 0xFF) << 8 | (even & 0xFF00) << 8 | (odd & 0xFF00) << 16;
+    uint32_t second = (even >> 16 & 0xFF) | (odd >> 16 & 0xFF) << 8 | (even >> 8 & 0xFF0000) | (odd & 0xFF000000);
+    return (first | second << 4) ^ 0x88888888u; /* byte i: k i low, k i + 4 high; q + 8 in each nibble */
+}
+
+static void pack_header(const qk_weights* w, int32_t panel, int32_t g, uint8_t* out) {
     float* scale = (float*)out;
     int32_t* zero = (int32_t*)(out + 32);
     for (int32_t j = 0; j < QK_AVX2_PANEL; j++) {
@@ -22,17 +39,29 @@ static void pack_group(const qk_weights* w, const qk_avx2_layout* l, int32_t pan
         scale[j] = valid ? qk_weight_scale(w, n, k) : 0.0f;
         zero[j] = (valid ? qk_weight_zp(w, n, k) : 0) + offset(w);
     }
-    uint8_t* block = out + QK_AVX2_HEADER;
-    for (int32_t b = 0; b < l->blocks; b++, block += l->block_bytes) {
-        for (int32_t j = 0; j < QK_AVX2_PANEL; j++) {
-            int32_t n = panel * QK_AVX2_PANEL + j, k = b * QK_AVX2_BLOCK_K;
-            for (int32_t i = 0; i < 4; i++) {
-                if (w->bits == 4) {
-                    block[4 * j + i] = (uint8_t)(stored(w, n, g, k + i) | stored(w, n, g, k + i + 4) << 4);
-                } else {
-                    block[4 * j + i] = stored(w, n, g, k + i);
-                    block[32 + 4 * j + i] = stored(w, n, g, k + 4 + i);
+}
+
+/* Column j of a panel: its row of W read front to back (rows of W are often exactly 4 KiB apart,
+ * so reading eight of them in step would make every load alias in the L1 cache). */
+static void pack_column(const qk_weights* w, const qk_avx2_layout* l, int32_t panel, int32_t j, uint8_t* out) {
+    int32_t n = panel * QK_AVX2_PANEL + j;
+    for (int32_t g = 0; g < l->groups; g++) {
+        uint8_t* block = out + (size_t)g * l->group_bytes + QK_AVX2_HEADER;
+        for (int32_t b = 0; b < l->blocks; b++, block += l->block_bytes) {
+            int32_t k = b * QK_AVX2_BLOCK_K;
+            int whole = n < w->N && k + QK_AVX2_BLOCK_K <= w->group_size && (w->bits == 8 || w->group_size % 2 == 0);
+            for (int half = 0; half < (w->bits == 8 ? 2 : 1); half++) {
+                uint32_t dword = 0;
+                if (whole) {
+                    dword = whole_dword(w, n, g, b, half);
+                } else { /* padding or a partial block: element by element */
+                    for (int32_t i = 0; i < 4; i++) {
+                        uint32_t byte = w->bits == 4 ? stored(w, n, g, k + i) | stored(w, n, g, k + i + 4) << 4
+                                                     : stored(w, n, g, k + 4 * half + i);
+                        dword |= byte << 8 * i;
+                    }
                 }
+                memcpy(block + 32 * half + 4 * j, &dword, 4);
             }
         }
     }
@@ -43,9 +72,11 @@ qk_status qk_avx2_pack(const qk_weights* w, void** data, size_t* size) {
     *size = (size_t)l.panels * l.panel_bytes;
     uint8_t* out = qk_aligned_alloc(*size);
     if (!out) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", *size);
-    for (int32_t p = 0; p < l.panels; p++)
-        for (int32_t g = 0; g < l.groups; g++)
-            pack_group(w, &l, p, g, out + (size_t)p * l.panel_bytes + (size_t)g * l.group_bytes);
+    for (int32_t p = 0; p < l.panels; p++) {
+        uint8_t* panel = out + (size_t)p * l.panel_bytes;
+        for (int32_t g = 0; g < l.groups; g++) pack_header(w, p, g, panel + (size_t)g * l.group_bytes);
+        for (int32_t j = 0; j < QK_AVX2_PANEL; j++) pack_column(w, &l, p, j, panel);
+    }
     *data = out;
     return QK_OK;
 }

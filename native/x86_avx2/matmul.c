@@ -1,8 +1,9 @@
 /* The x86_avx2 matmul kernels, A8 and A16, on the layout of avx2.h.
  *
- * Both compute tiles of up to 4 rows of X by one 8-column panel of W, walking the panel's groups
- * front to back. Work is split across threads by panels; rows are taken in chunks whose
- * activations stay in the L2 cache while every panel streams past them once per chunk.
+ * The 4x8 kernels compute tiles of up to 4 rows of X by 8-column panels of W, walking a panel's
+ * groups front to back. Work is split across threads by pairs of panels; rows are taken in chunks
+ * whose activations stay in the L2 cache while every panel streams past them once per chunk. The
+ * 6x16 A16 kernel, for many rows, is at the end of the file.
  *
  * A8 (docs/numerics.md section 3): each group's integer sum is exact in int32 and is scaled and
  * summed over groups in float64 (reading 14). The weights are the unsigned operand of vpmaddubsw
@@ -16,9 +17,9 @@
  *           a byte) and sign(qx, q) the signed one: |q| * sign(qx, q) = q * qx, pairs reach
  *           2 * 128 * 127 = 32512, and qx in [-127, 127] never hits the -128 that vpsignb cannot
  *           negate. Then sum qx * (q - zp) = sum qx * q - zp * sum qx.
- * A16: each k's eight weights are extracted, dequantized to float32 (scale * (q - zp)) and
- * multiplied into float32 sums that are folded into float64 every 32 k, so the float32 rounding
- * error stays far below the contract's tolerance at any K. */
+ * A16: each k's eight weights become float32 (q - zp) in two operations; float32 sums of x * (q - zp)
+ * run over 32 k and are scaled and folded into float64, so the float32 rounding error stays far
+ * below the contract's tolerance at any K. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -68,7 +69,7 @@ typedef struct {
 /* acc holds sum qx * (stored - offset) (the 4-bit tile sums stored values, offset 0; the 8-bit tile
  * sums q, offset 128); minus (zero - offset) * sum qx, that is sum qx * (q - zp). */
 INLINE void a8_group_end(const uint8_t* group, int32_t offset, const int32_t* sums, int32_t groups, int rows,
-                         const __m256i* acc, __m256d (*y)[2]) {
+                         const __m256i* acc, __m256d* const* y) {
     __m256i zero = _mm256_sub_epi32(_mm256_load_si256((const __m256i*)(group + 32)), _mm256_set1_epi32(offset));
     __m256 scale = _mm256_load_ps((const float*)group);
     __m256d scale_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(scale));
@@ -79,8 +80,9 @@ INLINE void a8_group_end(const uint8_t* group, int32_t offset, const int32_t* su
     }
 }
 
+/* y[r]: row r's two float64 vectors for this panel. */
 INLINE void a8_tile_w4(const problem* p, const uint8_t* panel, const int8_t* qx, const int32_t* sums,
-                       int rows, __m256d (*y)[2]) {
+                       int rows, __m256d* const* y) {
     const __m256i low_nibbles = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     const qk_avx2_layout* l = &p->l;
     for (int32_t g = 0; g < l->groups; g++) {
@@ -110,7 +112,7 @@ INLINE void a8_tile_w4(const problem* p, const uint8_t* panel, const int8_t* qx,
 }
 
 INLINE void a8_tile_w8(const problem* p, const uint8_t* panel, const int8_t* qx, const int32_t* sums,
-                       int rows, __m256d (*y)[2]) {
+                       int rows, __m256d* const* y) {
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80); /* q + 128 -> q */
     const qk_avx2_layout* l = &p->l;
     for (int32_t g = 0; g < l->groups; g++) {
@@ -154,139 +156,173 @@ enum { FLOAT_2_POW_23 = 0x4B000000 };
 
 /* A row sums x * (q - zp) and applies the scale once per run (fewer operations per weight), unless
  * it is large: then it dequantizes each weight first, w = scale * (q - zp), as the contract writes
- * it. `mixed` says whether the tile has large rows: only then are both forms computed. A row's
- * arithmetic never depends on the other rows of its tile. */
-INLINE void a16_tile(const problem* p, int bits, int mixed, const uint8_t* panel, const float* x,
-                     const unsigned char* large, int rows, __m256d (*y)[2]) {
-    /* Each float32 sum is a chain of dependent FMAs (latency 4 cycles): two chains per output, even
-     * and odd k, whatever the number of rows, so that a row's result never depends on the others. */
-    enum { CHAINS = 2 };
+ * it. `mixed` says whether the tile has large rows: only then are both forms computed.
+ * The tile is rows x 1 panel, or 1 row x 2 panels (`panels`): one row alone needs the second
+ * panel's independent sums to keep the FMA units busy, and shares its activation loads.
+ * Each float32 sum is two chains of dependent FMAs (even and odd k) whatever the tile, so a row's
+ * result never depends on the other rows or panels of its tile. */
+INLINE void a16_tile(const problem* p, int bits, int mixed, int panels, const uint8_t* panel0, const float* x,
+                     const unsigned char* large, int rows, __m256d* const* y) {
+    enum { CHAINS = 2, SLOTS = TILE_ROWS }; /* slots: rows x panels <= 4 */
     const __m256i low_nibbles = _mm256_set1_epi8(0x0F), magic = _mm256_set1_epi32(FLOAT_2_POW_23);
     const qk_avx2_layout* l = &p->l;
     for (int32_t g = 0; g < l->groups; g++) {
-        const uint8_t* group = panel + (size_t)g * l->group_bytes;
+        const uint8_t* group[2];
+        __m256 scale[2], zero[2];
+        for (int pi = 0; pi < panels; pi++) {
+            group[pi] = panel0 + pi * l->panel_bytes + (size_t)g * l->group_bytes;
+            scale[pi] = _mm256_load_ps((const float*)group[pi]);
+            /* (2^23 + stored) - (2^23 + zero) = q - zp, exactly: no int-to-float conversion needed. */
+            zero[pi] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_load_si256((const __m256i*)(group[pi] + 32)), magic));
+        }
         const float* xg[TILE_ROWS];
         for (int r = 0; r < rows; r++) xg[r] = x + r * p->row + (size_t)g * l->blocks * QK_AVX2_BLOCK_K;
-        __m256 scale = _mm256_load_ps((const float*)group);
-        __m256d scale_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(scale));
-        __m256d scale_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(scale, 1));
-        /* (2^23 + stored) - (2^23 + zero) = q - zp, exactly: no int-to-float conversion needed. */
-        __m256 zero = _mm256_castsi256_ps(_mm256_or_si256(_mm256_load_si256((const __m256i*)(group + 32)), magic));
         for (int32_t b0 = 0; b0 < l->blocks; b0 += A16_RUN_BLOCKS) {
             int32_t b_end = b0 + A16_RUN_BLOCKS < l->blocks ? b0 + A16_RUN_BLOCKS : l->blocks;
-            __m256 sum[CHAINS * TILE_ROWS];
-            for (int c = 0; c < rows * CHAINS; c++) sum[c] = _mm256_setzero_ps();
+            __m256 sum[SLOTS][CHAINS]; /* slot r * panels + pi */
+            for (int slot = 0; slot < rows * panels; slot++) sum[slot][0] = sum[slot][1] = _mm256_setzero_ps();
             for (int32_t b = b0; b < b_end; b++) {
-                const uint8_t* block = group + QK_AVX2_HEADER + (size_t)b * l->block_bytes;
-                __m256i v0 = _mm256_load_si256((const __m256i*)block), v1;
-                if (bits == 4) { /* bytes of v0: k 0..3, of v1: k 4..7 */
-                    v1 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low_nibbles);
-                    v0 = _mm256_and_si256(v0, low_nibbles);
-                } else {
-                    v1 = _mm256_load_si256((const __m256i*)(block + 32));
+                __m256i v0[2], v1[2];
+                for (int pi = 0; pi < panels; pi++) {
+                    const uint8_t* block = group[pi] + QK_AVX2_HEADER + (size_t)b * l->block_bytes;
+                    v0[pi] = _mm256_load_si256((const __m256i*)block);
+                    if (bits == 4) { /* bytes of v0: k 0..3, of v1: k 4..7 */
+                        v1[pi] = _mm256_and_si256(_mm256_srli_epi16(v0[pi], 4), low_nibbles);
+                        v0[pi] = _mm256_and_si256(v0[pi], low_nibbles);
+                    } else {
+                        v1[pi] = _mm256_load_si256((const __m256i*)(block + 32));
+                    }
                 }
 #pragma GCC unroll 8 /* constant shuffle controls and chain indices */
                 for (int i = 0; i < QK_AVX2_BLOCK_K; i++) {
-                    __m256i u = byte_of_dword(i < 4 ? v0 : v1, i % 4);
-                    __m256 w = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(u, magic)), zero);
-                    __m256 w_scaled = mixed ? _mm256_mul_ps(w, scale) : w;
+                    __m256 w[2], w_scaled[2];
+                    for (int pi = 0; pi < panels; pi++) {
+                        __m256i u = byte_of_dword(i < 4 ? v0[pi] : v1[pi], i % 4);
+                        w[pi] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(u, magic)), zero[pi]);
+                        w_scaled[pi] = mixed ? _mm256_mul_ps(w[pi], scale[pi]) : w[pi];
+                    }
                     for (int r = 0; r < rows; r++) {
-                        __m256* s = &sum[r * CHAINS + i % CHAINS];
-                        __m256 wr = mixed && large[r] ? w_scaled : w;
-                        *s = _mm256_fmadd_ps(_mm256_broadcast_ss(xg[r] + b * QK_AVX2_BLOCK_K + i), wr, *s);
+                        __m256 xv = _mm256_broadcast_ss(xg[r] + b * QK_AVX2_BLOCK_K + i);
+                        for (int pi = 0; pi < panels; pi++) {
+                            __m256* acc = &sum[r * panels + pi][i % CHAINS];
+                            *acc = _mm256_fmadd_ps(xv, mixed && large[r] ? w_scaled[pi] : w[pi], *acc);
+                        }
                     }
                 }
             }
-            for (int r = 0; r < rows; r++) {
-                __m256 t = _mm256_add_ps(sum[r * CHAINS], sum[r * CHAINS + 1]);
-                if (mixed && large[r])
-                    fold_ps(y[r], t, _mm256_set1_pd(1.0), _mm256_set1_pd(1.0));
-                else
-                    fold_ps(y[r], t, scale_lo, scale_hi);
-            }
+            for (int r = 0; r < rows; r++)
+                for (int pi = 0; pi < panels; pi++) {
+                    __m256 t = _mm256_add_ps(sum[r * panels + pi][0], sum[r * panels + pi][1]);
+                    __m256d one = _mm256_set1_pd(1.0);
+                    if (mixed && large[r])
+                        fold_ps(y[r] + 2 * pi, t, one, one);
+                    else
+                        fold_ps(y[r] + 2 * pi, t, _mm256_cvtps_pd(_mm256_castps256_ps128(scale[pi])),
+                                _mm256_cvtps_pd(_mm256_extractf128_ps(scale[pi], 1)));
+                }
         }
     }
 }
 
-/* ---- the driver ---- */
+/* ---- the driver ----
+ * Work is split by pairs of panels; a tile computes up to TILE_ROWS rows of one pair into y: per
+ * row, four float64 vectors (columns 0..7 of the first panel, then of the second). */
 
-typedef void tile_fn(const problem* p, const uint8_t* panel, int32_t m, int rows, __m256d (*y)[2]);
+typedef void tile_fn(const problem* p, const uint8_t* panel, int panels, int32_t m, int rows, __m256d* const* y);
 
 /* A constant row count per call lets the compiler unroll the row loops and keep sums in registers. */
-static void a8_tile(const problem* p, const uint8_t* panel, int32_t m, int rows, __m256d (*y)[2]) {
+static void a8_tile(const problem* p, const uint8_t* panel, int panels, int32_t m, int rows, __m256d* const* y) {
     const int8_t* qx = p->qx + (size_t)m * p->row;
     const int32_t* sums = p->sums + (size_t)m * p->l.groups;
-    if (p->w->bits == 4) {
-        switch (rows) {
-        case 1: a8_tile_w4(p, panel, qx, sums, 1, y); break;
-        case 2: a8_tile_w4(p, panel, qx, sums, 2, y); break;
-        case 3: a8_tile_w4(p, panel, qx, sums, 3, y); break;
-        default: a8_tile_w4(p, panel, qx, sums, 4, y); break;
-        }
-    } else {
-        switch (rows) {
-        case 1: a8_tile_w8(p, panel, qx, sums, 1, y); break;
-        case 2: a8_tile_w8(p, panel, qx, sums, 2, y); break;
-        case 3: a8_tile_w8(p, panel, qx, sums, 3, y); break;
-        default: a8_tile_w8(p, panel, qx, sums, 4, y); break;
+    for (int pi = 0; pi < panels; pi++, panel += p->l.panel_bytes) {
+        __m256d* yp[TILE_ROWS];
+        for (int r = 0; r < rows; r++) yp[r] = y[r] + 2 * pi;
+        switch (rows * 10 + p->w->bits / 4) {
+        case 11: a8_tile_w4(p, panel, qx, sums, 1, yp); break;
+        case 21: a8_tile_w4(p, panel, qx, sums, 2, yp); break;
+        case 31: a8_tile_w4(p, panel, qx, sums, 3, yp); break;
+        case 41: a8_tile_w4(p, panel, qx, sums, 4, yp); break;
+        case 12: a8_tile_w8(p, panel, qx, sums, 1, yp); break;
+        case 22: a8_tile_w8(p, panel, qx, sums, 2, yp); break;
+        case 32: a8_tile_w8(p, panel, qx, sums, 3, yp); break;
+        default: a8_tile_w8(p, panel, qx, sums, 4, yp); break;
         }
     }
 }
 
-static void a16_tile_rows(const problem* p, const uint8_t* panel, int32_t m, int rows, __m256d (*y)[2]) {
+static void a16_tile_rows(const problem* p, const uint8_t* panel, int panels, int32_t m, int rows,
+                          __m256d* const* y) {
     const float* x = p->x + (size_t)m * p->row;
     const unsigned char* large = p->large + m;
     int mixed = 0;
     for (int r = 0; r < rows; r++) mixed |= large[r];
-    switch (rows * 100 + p->w->bits * 10 + mixed) {
-    case 140: a16_tile(p, 4, 0, panel, x, large, 1, y); break;
-    case 141: a16_tile(p, 4, 1, panel, x, large, 1, y); break;
-    case 240: a16_tile(p, 4, 0, panel, x, large, 2, y); break;
-    case 241: a16_tile(p, 4, 1, panel, x, large, 2, y); break;
-    case 340: a16_tile(p, 4, 0, panel, x, large, 3, y); break;
-    case 341: a16_tile(p, 4, 1, panel, x, large, 3, y); break;
-    case 440: a16_tile(p, 4, 0, panel, x, large, 4, y); break;
-    case 441: a16_tile(p, 4, 1, panel, x, large, 4, y); break;
-    case 180: a16_tile(p, 8, 0, panel, x, large, 1, y); break;
-    case 181: a16_tile(p, 8, 1, panel, x, large, 1, y); break;
-    case 280: a16_tile(p, 8, 0, panel, x, large, 2, y); break;
-    case 281: a16_tile(p, 8, 1, panel, x, large, 2, y); break;
-    case 380: a16_tile(p, 8, 0, panel, x, large, 3, y); break;
-    case 381: a16_tile(p, 8, 1, panel, x, large, 3, y); break;
-    case 480: a16_tile(p, 8, 0, panel, x, large, 4, y); break;
-    default: a16_tile(p, 8, 1, panel, x, large, 4, y); break;
-    }
-}
-
-/* Outputs of one tile: y[r] (A8: times sx, NaN for a non-finite row), plus bias, rounded once. */
-static void finish_tile(const problem* p, const qk_matmul_args* a, const float* sx, const unsigned char* finite,
-                        int32_t panel, int32_t m, int rows, __m256d (*y)[2]) {
-    int32_t N = p->w->N, n = panel * QK_AVX2_PANEL, count = N - n < QK_AVX2_PANEL ? N - n : QK_AVX2_PANEL;
-    for (int r = 0; r < rows; r++) {
-        double out[QK_AVX2_PANEL];
-        _mm256_storeu_pd(out, y[r][0]);
-        _mm256_storeu_pd(out + 4, y[r][1]);
-        for (int32_t j = 0; j < count; j++) {
-            if (sx) out[j] = finite[m + r] ? (double)sx[m + r] * out[j] : NAN;
-            if (a->bias) out[j] += a->bias[n + j];
+    if (rows == 1) { /* one row: both panels at once */
+        switch (panels * 100 + p->w->bits * 10 + mixed) {
+        case 140: a16_tile(p, 4, 0, 1, panel, x, large, 1, y); break;
+        case 141: a16_tile(p, 4, 1, 1, panel, x, large, 1, y); break;
+        case 180: a16_tile(p, 8, 0, 1, panel, x, large, 1, y); break;
+        case 181: a16_tile(p, 8, 1, 1, panel, x, large, 1, y); break;
+        case 240: a16_tile(p, 4, 0, 2, panel, x, large, 1, y); break;
+        case 241: a16_tile(p, 4, 1, 2, panel, x, large, 1, y); break;
+        case 280: a16_tile(p, 8, 0, 2, panel, x, large, 1, y); break;
+        default: a16_tile(p, 8, 1, 2, panel, x, large, 1, y); break;
         }
-        qk_avx2_store(a, N, m + r, n, count, out);
+        return;
+    }
+    for (int pi = 0; pi < panels; pi++, panel += p->l.panel_bytes) { /* more rows: a panel at a time */
+        __m256d* yp[TILE_ROWS];
+        for (int r = 0; r < rows; r++) yp[r] = y[r] + 2 * pi;
+        switch (rows * 100 + p->w->bits * 10 + mixed) {
+        case 240: a16_tile(p, 4, 0, 1, panel, x, large, 2, yp); break;
+        case 241: a16_tile(p, 4, 1, 1, panel, x, large, 2, yp); break;
+        case 340: a16_tile(p, 4, 0, 1, panel, x, large, 3, yp); break;
+        case 341: a16_tile(p, 4, 1, 1, panel, x, large, 3, yp); break;
+        case 440: a16_tile(p, 4, 0, 1, panel, x, large, 4, yp); break;
+        case 441: a16_tile(p, 4, 1, 1, panel, x, large, 4, yp); break;
+        case 280: a16_tile(p, 8, 0, 1, panel, x, large, 2, yp); break;
+        case 281: a16_tile(p, 8, 1, 1, panel, x, large, 2, yp); break;
+        case 380: a16_tile(p, 8, 0, 1, panel, x, large, 3, yp); break;
+        case 381: a16_tile(p, 8, 1, 1, panel, x, large, 3, yp); break;
+        case 480: a16_tile(p, 8, 0, 1, panel, x, large, 4, yp); break;
+        default: a16_tile(p, 8, 1, 1, panel, x, large, 4, yp); break;
+        }
     }
 }
 
-/* Every tile of rows [m0, m1), the panels split over the threads of the enclosing parallel region.
- * sx and finite: A8's row scales and flags; NULL for A16. */
+/* Row m's outputs for one panel from y (two float64 vectors): A8 times sx (NaN for a non-finite
+ * row), plus bias, rounded once to the output dtype. */
+static void finish_row(const problem* p, const qk_matmul_args* a, const float* sx, const unsigned char* finite,
+                       int32_t panel, int32_t m, const __m256d* y) {
+    int32_t N = p->w->N, n = panel * QK_AVX2_PANEL, count = N - n < QK_AVX2_PANEL ? N - n : QK_AVX2_PANEL;
+    double out[QK_AVX2_PANEL];
+    _mm256_storeu_pd(out, y[0]);
+    _mm256_storeu_pd(out + 4, y[1]);
+    for (int32_t j = 0; j < count; j++) {
+        if (sx) out[j] = finite[m] ? (double)sx[m] * out[j] : NAN;
+        if (a->bias) out[j] += a->bias[n + j];
+    }
+    qk_avx2_store(a, N, m, n, count, out);
+}
+
+/* Every tile of rows [m0, m1), the panel pairs split over the threads of the enclosing parallel
+ * region. sx and finite: A8's row scales and flags; NULL for A16. */
 static void run_rows(const problem* p, const qk_packed_weights* pw, const qk_matmul_args* a, tile_fn* tile,
                      const float* sx, const unsigned char* finite, int32_t m0, int32_t m1) {
+    int32_t pairs = (p->l.panels + 1) / 2;
 #pragma omp for schedule(static)
-    for (int32_t panel = 0; panel < p->l.panels; panel++) {
-        const uint8_t* weights = (const uint8_t*)pw->data + (size_t)panel * p->l.panel_bytes;
+    for (int32_t pair = 0; pair < pairs; pair++) {
+        const uint8_t* weights = (const uint8_t*)pw->data + (size_t)2 * pair * p->l.panel_bytes;
+        int panels = p->l.panels - 2 * pair < 2 ? 1 : 2;
         for (int32_t m = m0; m < m1; m += TILE_ROWS) {
             int rows = m1 - m < TILE_ROWS ? m1 - m : TILE_ROWS;
-            __m256d y[TILE_ROWS][2];
-            for (int r = 0; r < rows; r++) y[r][0] = y[r][1] = _mm256_setzero_pd();
-            tile(p, weights, m, rows, y);
-            finish_tile(p, a, sx, finite, panel, m, rows, y);
+            __m256d y[TILE_ROWS][4], *yr[TILE_ROWS];
+            for (int r = 0; r < rows; r++) {
+                for (int v = 0; v < 4; v++) y[r][v] = _mm256_setzero_pd();
+                yr[r] = y[r];
+            }
+            tile(p, weights, panels, m, rows, yr);
+            for (int pi = 0; pi < panels; pi++)
+                for (int r = 0; r < rows; r++) finish_row(p, a, sx, finite, 2 * pair + pi, m + r, y[r] + 2 * pi);
         }
     }
 }
@@ -482,8 +518,10 @@ qk_status qk_avx2_matmul_a16_gemm(const qk_packed_weights* pw, const qk_matmul_a
                     gemm_rows(x + (size_t)m * p.row + (size_t)t0 * QK_AVX2_BLOCK_K, p.row, my_w,
                               (t1 - t0) * QK_AVX2_BLOCK_K, M - m < GEMM_ROWS ? M - m : GEMM_ROWS, y0 + m, y1 + m);
             }
-            finish_tile(&p, a, NULL, NULL, 2 * block, 0, M, y0);
-            if (2 * block + 1 < p.l.panels) finish_tile(&p, a, NULL, NULL, 2 * block + 1, 0, M, y1);
+            for (int32_t m = 0; m < M; m++) {
+                finish_row(&p, a, NULL, NULL, 2 * block, m, y0[m]);
+                if (2 * block + 1 < p.l.panels) finish_row(&p, a, NULL, NULL, 2 * block + 1, m, y1[m]);
+            }
         }
     }
     qk_aligned_free(x);

@@ -129,12 +129,47 @@ int qk_avx2_quantize_row(const qk_matmul_args* a, const qk_weights* w, int32_t m
     return 1;
 }
 
+/* Four float64 values rounded to float32 "to odd": truncated, with the last bit set when inexact.
+ * Rounding that once more, to nearest even, to a format at least two bits narrower (float16,
+ * bfloat16) gives the correctly rounded result: one rounding, as reading 8 asks. */
+static inline __m128i round_to_odd(__m256d y) {
+    __m128 f = _mm256_cvtpd_ps(y); /* to nearest even */
+    __m256d back = _mm256_cvtps_pd(f);
+    const __m256d abs_mask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFF));
+    __m256d inexact = _mm256_cmp_pd(back, y, _CMP_NEQ_OQ); /* never for NaN */
+    __m256d away = _mm256_cmp_pd(_mm256_and_pd(back, abs_mask), _mm256_and_pd(y, abs_mask), _CMP_GT_OQ);
+    /* 64-bit lane masks to 32-bit ones: the low dword of each. */
+    const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    __m128i inexact32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_castpd_si256(inexact), low_dwords));
+    __m128i away32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_castpd_si256(away), low_dwords));
+    __m128i bits = _mm_add_epi32(_mm_castps_si128(f), away32); /* rounded away from zero: one step back */
+    return _mm_or_si128(bits, _mm_and_si128(inexact32, _mm_set1_epi32(1)));
+}
+
+/* float32 bits to bfloat16 bits, rounded to nearest even; NaN stays a quiet NaN. */
+static inline __m128i bf16_bits(__m128i f) {
+    __m128i odd = _mm_and_si128(_mm_srli_epi32(f, 16), _mm_set1_epi32(1));
+    __m128i rounded = _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(f, _mm_set1_epi32(0x7FFF)), odd), 16);
+    __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(_mm_castsi128_ps(f), _mm_castsi128_ps(f)));
+    __m128i quiet = _mm_srli_epi32(_mm_or_si128(f, _mm_set1_epi32(0x00400000)), 16);
+    return _mm_blendv_epi8(rounded, quiet, nan);
+}
+
+static inline __m128i half_bits(__m256d y, qk_dtype dtype) { /* four 16-bit results in 32-bit lanes */
+    __m128i odd = round_to_odd(y);
+    if (dtype == QK_DTYPE_BF16) return bf16_bits(odd);
+    return _mm_cvtepu16_epi32(_mm_cvtps_ph(_mm_castsi128_ps(odd), _MM_FROUND_TO_NEAREST_INT));
+}
+
 void qk_avx2_store(const qk_matmul_args* a, int32_t N, int32_t m, int32_t n, int32_t count, const double* y) {
     size_t first = (size_t)m * N + n;
-    if (a->input_dtype == QK_DTYPE_F32 && count == 8) { /* vcvtpd2ps rounds once, half to even */
+    if (count == 8 && a->input_dtype == QK_DTYPE_F32) { /* vcvtpd2ps rounds once, half to even */
         __m128 lo = _mm256_cvtpd_ps(_mm256_loadu_pd(y)), hi = _mm256_cvtpd_ps(_mm256_loadu_pd(y + 4));
         _mm256_storeu_ps((float*)a->output + first, _mm256_set_m128(hi, lo));
-        return;
+    } else if (count == 8) {
+        __m128i lo = half_bits(_mm256_loadu_pd(y), a->input_dtype), hi = half_bits(_mm256_loadu_pd(y + 4), a->input_dtype);
+        _mm_storeu_si128((__m128i*)((uint16_t*)a->output + first), _mm_packus_epi32(lo, hi));
+    } else {
+        for (int32_t j = 0; j < count; j++) qk_store_f64(a->output, a->input_dtype, first + j, y[j]);
     }
-    for (int32_t j = 0; j < count; j++) qk_store_f64(a->output, a->input_dtype, first + j, y[j]);
 }

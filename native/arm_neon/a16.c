@@ -75,18 +75,22 @@ static void dequantize_panel(const qk_arm_packed* h, int32_t panel, float* const
 static inline __attribute__((always_inline)) void tile_rows(const qk_matmul_args* a, const qk_arm_packed* h,
                                                            const float* x, float* const half[2], int32_t row,
                                                            int32_t panel, const int rows) {
-    float32x4_t acc[ROWS][2];
-    for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = vdupq_n_f32(0.0f);
+    float32x4_t acc0[ROWS], acc1[ROWS]; /* columns 0-3 and 4-7 */
+    const float* xr[ROWS];
+    for (int r = 0; r < rows; r++) {
+        acc0[r] = acc1[r] = vdupq_n_f32(0.0f);
+        xr[r] = x + (size_t)r * h->k_padded;
+    }
     for (int32_t k = 0; k < h->k_padded; k += 4) {
         float32x4_t xv[ROWS];
-        for (int r = 0; r < rows; r++) xv[r] = vld1q_f32(x + (size_t)r * h->k_padded + k);
+        for (int r = 0; r < rows; r++) xv[r] = vld1q_f32(xr[r] + k);
 #define QK_FMA_STEP(lane)                                                                          \
     {                                                                                              \
         float32x4_t w0 = vld1q_f32(half[0] + (size_t)(k + lane) * 4);                              \
         float32x4_t w1 = vld1q_f32(half[1] + (size_t)(k + lane) * 4);                              \
         for (int r = 0; r < rows; r++) {                                                           \
-            acc[r][0] = vfmaq_laneq_f32(acc[r][0], w0, xv[r], lane);                               \
-            acc[r][1] = vfmaq_laneq_f32(acc[r][1], w1, xv[r], lane);                               \
+            acc0[r] = vfmaq_laneq_f32(acc0[r], w0, xv[r], lane);                                   \
+            acc1[r] = vfmaq_laneq_f32(acc1[r], w1, xv[r], lane);                                   \
         }                                                                                          \
     }
         QK_FMA_STEP(0)
@@ -95,15 +99,18 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_matmul_args
         QK_FMA_STEP(3)
 #undef QK_FMA_STEP
     }
-    int32_t n0 = panel * QK_ARM_PANEL, columns = h->N - n0 < QK_ARM_PANEL ? h->N - n0 : QK_ARM_PANEL;
+    /* Every accumulator to memory before the first call: values live across calls would be
+     * spilled inside the k loop. */
+    float y[ROWS][QK_ARM_PANEL];
     for (int r = 0; r < rows; r++) {
-        float y[QK_ARM_PANEL];
-        vst1q_f32(y, acc[r][0]);
-        vst1q_f32(y + 4, acc[r][1]);
+        vst1q_f32(y[r], acc0[r]);
+        vst1q_f32(y[r] + 4, acc1[r]);
+    }
+    int32_t n0 = panel * QK_ARM_PANEL, columns = h->N - n0 < QK_ARM_PANEL ? h->N - n0 : QK_ARM_PANEL;
+    for (int r = 0; r < rows; r++)
         for (int32_t c = 0; c < columns; c++)
             qk_store_f64(a->output, a->input_dtype, (size_t)(row + r) * h->N + n0 + c,
-                         (double)y[c] + (a->bias ? a->bias[n0 + c] : 0.0));
-    }
+                         (double)y[r][c] + (a->bias ? a->bias[n0 + c] : 0.0));
 }
 
 /* X to float32 at the padded positions of the layout, zeros in the group padding. */

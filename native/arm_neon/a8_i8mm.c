@@ -39,6 +39,7 @@ static inline __attribute__((always_inline)) void tile_pairs(const qk_arm_a8_pro
         int32x4_t acc[2][4];
         for (int i = 0; i < pairs; i++)
             for (int c = 0; c < 4; c++) acc[i][c] = vdupq_n_s32(0);
+#pragma GCC unroll 2 /* group_padded / 8 is even */
         for (int32_t k = 0; k < h->group_padded; k += 8) {
             int8x16_t wv[4];
             if (bits == 8) {

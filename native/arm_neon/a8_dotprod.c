@@ -37,7 +37,7 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_arm_a8_prob
         wv[1] = vld1q_s8(w + 16);                                                                            \
         w += 32;                                                                                             \
     } else {                                                                                                 \
-        qk_arm_unpack_int4(vld1q_s8(w), &wv[0], &wv[1]);                                                     \
+        qk_arm_unpack_int4_x16(vld1q_s8(w), &wv[0], &wv[1]);                                                     \
         w += 16;                                                                                             \
     }                                                                                                        \
     for (int r = 0; r < rows; r++) {                                                                         \
@@ -55,6 +55,7 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_arm_a8_prob
         float32x4_t scales[2] = {vld1q_f32(sc), vld1q_f32(sc + 4)};
         if (h->has_zero_points) {
             int16x8_t zp16 = vmovl_s8(vld1_s8(qk_arm_zero_points(h, panel, g)));
+            if (bits == 4) zp16 = vshlq_n_s16(zp16, 4); /* the sums are 16 sum qx * q */
             int32x4_t zp[2] = {vmovl_s16(vget_low_s16(zp16)), vmovl_high_s16(zp16)};
             for (int r = 0; r < rows; r++) {
                 int32_t s = p->sums[(size_t)(row + r) * h->groups + g];
@@ -63,7 +64,7 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_arm_a8_prob
             }
         }
         for (int r = 0; r < rows; r++)
-            for (int q = 0; q < 2; q++) run[r][q] = vfmaq_f32(run[r][q], vcvtq_f32_s32(acc[r][q]), scales[q]);
+            for (int q = 0; q < 2; q++) run[r][q] = vfmaq_f32(run[r][q], qk_arm_sum_to_float(acc[r][q], bits), scales[q]);
 
         if ((g + 1) % QK_ARM_FOLD_GROUPS == 0 || g + 1 == h->groups)
             for (int r = 0; r < rows; r++)
@@ -89,5 +90,5 @@ static void tile(const qk_arm_a8_problem* p, int32_t panel, int32_t row, int32_t
 }
 
 qk_status qk_arm_dotprod_a8(const qk_packed_weights* w, const qk_matmul_args* a) {
-    return qk_arm_a8_run(w, a, 4, tile);
+    return qk_arm_a8_run(w, a, tile);
 }

@@ -2,8 +2,9 @@
  *
  * One SMMLA multiplies a 2x8 int8 block of activations (two rows, 8 k) by an 8x2 block of weights
  * (8 k, two columns) into a 2x2 int32 tile: 32 multiply-adds. The tile is 4 rows x 8 columns: per
- * 8 k, 2 activation loads and 4 weight loads (2 for 4-bit) feed 8 SMMLAs. Rows 1-2 (and the last
- * odd row) use one row pair, its second row zero in the activation buffer.
+ * 8 k, 2 activation loads and 4 weight loads (2 for 4-bit) feed 8 SMMLAs. A tile of 1 or 2 rows
+ * uses one row pair; an odd row count pairs its last row with a zero row of the activation buffer
+ * (so at M = 1 half of each SMMLA is padding: 16 useful multiply-adds, as many as an SDOT).
  *
  * Accumulator lanes are [r0c0, r0c1, r1c0, r1c1] for rows 2p, 2p+1 and columns 2c, 2c+1. Per
  * group, the int32 sums become exact integers sum qx * (q - zp) = sum qx * q - zp * sum qx, then
@@ -46,8 +47,8 @@ static inline __attribute__((always_inline)) void tile_pairs(const qk_arm_a8_pro
                 for (int c = 0; c < 4; c++) wv[c] = vld1q_s8(w + 16 * c);
                 w += 64;
             } else {
-                qk_arm_unpack_int4(vld1q_s8(w), &wv[0], &wv[1]);
-                qk_arm_unpack_int4(vld1q_s8(w + 16), &wv[2], &wv[3]);
+                qk_arm_unpack_int4_x16(vld1q_s8(w), &wv[0], &wv[1]);
+                qk_arm_unpack_int4_x16(vld1q_s8(w + 16), &wv[2], &wv[3]);
                 w += 32;
             }
             for (int i = 0; i < pairs; i++) {
@@ -61,6 +62,7 @@ static inline __attribute__((always_inline)) void tile_pairs(const qk_arm_a8_pro
         float32x4_t scales[2] = {vld1q_f32(sc), vld1q_f32(sc + 4)};
         if (h->has_zero_points) {
             int16x8_t zp16 = vmovl_s8(vld1_s8(qk_arm_zero_points(h, panel, g)));
+            if (bits == 4) zp16 = vshlq_n_s16(zp16, 4); /* the sums are 16 sum qx * q */
             int32x4_t zp[2] = {vmovl_s16(vget_low_s16(zp16)), vmovl_high_s16(zp16)};
             for (int i = 0; i < pairs; i++) {
                 const int32_t* s = p->sums + (size_t)(row + 2 * i) * h->groups + g;
@@ -70,7 +72,7 @@ static inline __attribute__((always_inline)) void tile_pairs(const qk_arm_a8_pro
         }
         for (int i = 0; i < pairs; i++)
             for (int c = 0; c < 4; c++)
-                run[i][c] = vfmaq_f32(run[i][c], vcvtq_f32_s32(acc[i][c]), pair_f32(scales[c / 2], c % 2));
+                run[i][c] = vfmaq_f32(run[i][c], qk_arm_sum_to_float(acc[i][c], bits), pair_f32(scales[c / 2], c % 2));
 
         if ((g + 1) % QK_ARM_FOLD_GROUPS == 0 || g + 1 == h->groups)
             for (int i = 0; i < pairs; i++)
@@ -92,4 +94,4 @@ static void tile(const qk_arm_a8_problem* p, int32_t panel, int32_t row, int32_t
     }
 }
 
-qk_status qk_arm_i8mm_a8(const qk_packed_weights* w, const qk_matmul_args* a) { return qk_arm_a8_run(w, a, 4, tile); }
+qk_status qk_arm_i8mm_a8(const qk_packed_weights* w, const qk_matmul_args* a) { return qk_arm_a8_run(w, a, tile); }

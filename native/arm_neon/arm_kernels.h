@@ -29,6 +29,7 @@ enum {
     QK_ARM_GROUP_STEP = 16,  /* groups are padded to a multiple of this many k */
     QK_ARM_HEADER = 64,      /* bytes before the packed weights */
     QK_ARM_FOLD_GROUPS = 8,  /* A8: float32 runs of this many groups are folded into float64 */
+    QK_ARM_A8_ROWS = 4,      /* A8: rows per tile, both kernels */
 };
 
 typedef struct {
@@ -58,6 +59,21 @@ static inline void qk_arm_unpack_int4(int8x16_t packed, int8x16_t* low, int8x16_
     *high = vshrq_n_s8(packed, 4);
 }
 
+/* The same registers times 16, in two instructions instead of three: each nibble in the top half of
+ * its byte is 16 q, exactly, in [-128, 112]. The A8 kernels' sums are then 16 times too large (still
+ * exact in int32 for every group size they take: 16 * 127 * 15 * 66311 < 2^31) and are converted
+ * with 4 fraction bits (SCVTF #4), which divides by 16 at no cost. */
+static inline void qk_arm_unpack_int4_x16(int8x16_t packed, int8x16_t* low, int8x16_t* high) {
+    *low = vshlq_n_s8(packed, 4);
+    *high = vreinterpretq_s8_u8(vandq_u8(vreinterpretq_u8_s8(packed), vdupq_n_u8(0xF0)));
+}
+
+/* An exact int32 group sum to float32, one rounding; 4-bit sums (qk_arm_unpack_int4_x16) are 16
+ * times the value. */
+static inline float32x4_t qk_arm_sum_to_float(int32x4_t acc, const int bits) {
+    return bits == 4 ? vcvtq_n_f32_s32(acc, 4) : vcvtq_f32_s32(acc);
+}
+
 /* d[0..1] += v, in float64 (exact conversion, one rounding per add). */
 static inline void qk_arm_fold(double* d, float32x2_t v) { vst1q_f64(d, vaddq_f64(vld1q_f64(d), vcvt_f64_f32(v))); }
 
@@ -80,10 +96,9 @@ typedef struct {
 typedef void (*qk_arm_a8_tile_fn)(const qk_arm_a8_problem* p, int32_t panel, int32_t row, int32_t rows,
                                   double tile[][QK_ARM_PANEL]);
 
-/* The A8 driver of both backends: quantizes the activations, then runs `tile` over row tiles of
- * tile_rows and every panel. */
-qk_status qk_arm_a8_run(const qk_packed_weights* w, const qk_matmul_args* a, int32_t tile_rows,
-                        qk_arm_a8_tile_fn tile);
+/* The A8 driver of both backends: quantizes the activations, then runs `tile` over every panel and
+ * tile of QK_ARM_A8_ROWS rows (fewer at the end). */
+qk_status qk_arm_a8_run(const qk_packed_weights* w, const qk_matmul_args* a, qk_arm_a8_tile_fn tile);
 
 qk_status qk_arm_i8mm_a8(const qk_packed_weights* w, const qk_matmul_args* a);
 qk_status qk_arm_dotprod_a8(const qk_packed_weights* w, const qk_matmul_args* a);

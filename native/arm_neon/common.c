@@ -22,6 +22,9 @@ static qk_status pack(const qk_weights* w, int32_t k_per_register, void** data, 
                        .groups = qk_groups_per_row(w), .k_per_register = k_per_register,
                        .has_zero_points = w->zero_points != NULL};
     h.group_padded = (w->group_size + QK_ARM_GROUP_STEP - 1) / QK_ARM_GROUP_STEP * QK_ARM_GROUP_STEP;
+    if ((int64_t)h.groups * h.group_padded > INT32_MAX / QK_ARM_PANEL) /* int32 k and register counts */
+        return qk_fail(QK_ERR_UNSUPPORTED, "K=%d with group size %d is too long for the ARM layout (K padded to %lld)",
+                       w->K, w->group_size, (long long)h.groups * h.group_padded);
     h.k_padded = h.groups * h.group_padded;
     h.panels = (w->N + QK_ARM_PANEL - 1) / QK_ARM_PANEL;
     h.panel_bytes = (size_t)h.k_padded * QK_ARM_PANEL * (size_t)w->bits / 8;
@@ -142,8 +145,7 @@ static int quantize_row(const qk_matmul_args* a, const qk_arm_packed* h, int32_t
 
 /* ---- the A8 driver ---- */
 
-qk_status qk_arm_a8_run(const qk_packed_weights* w, const qk_matmul_args* a, int32_t tile_rows,
-                        qk_arm_a8_tile_fn tile) {
+qk_status qk_arm_a8_run(const qk_packed_weights* w, const qk_matmul_args* a, qk_arm_a8_tile_fn tile) {
     const qk_arm_packed* h = qk_arm_header(w);
     int32_t M = a->M, N = h->N, rows = (M + 1) / 2 * 2; /* SMMLA reads rows in pairs */
     int paired = h->k_per_register == 8;
@@ -158,20 +160,22 @@ qk_status qk_arm_a8_run(const qk_packed_weights* w, const qk_matmul_args* a, int
         qk_aligned_free(finite);
         return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate the quantized activations");
     }
-    memset(qx + (size_t)M * h->k_padded, 0, (size_t)(rows - M) * h->k_padded); /* SMMLA's pad row */
-    memset(sums + (size_t)M * h->groups, 0, (size_t)(rows - M) * h->groups * sizeof *sums);
+    if (rows > M) { /* an odd M: SMMLA pairs the last row with a zero row (interleaved with it) */
+        memset(qx + (size_t)(rows - 2) * h->k_padded, 0, 2 * (size_t)h->k_padded);
+        memset(sums + (size_t)M * h->groups, 0, (size_t)h->groups * sizeof *sums);
+    }
     for (int32_t m = 0; m < M; m++) {
         int8_t* dst = paired ? qx + (size_t)(m / 2) * 2 * h->k_padded + (m % 2) * 8 : qx + (size_t)m * h->k_padded;
         finite[m] = quantize_row(a, h, m, dst, paired ? 16 : 8, sums + (size_t)m * h->groups, &sx[m]);
     }
 
     qk_arm_a8_problem p = {h, qx, sums};
-    double t[4][QK_ARM_PANEL];
+    double t[QK_ARM_A8_ROWS][QK_ARM_PANEL];
     /* Panels are independent: this loop is the one to run in parallel. */
     for (int32_t panel = 0; panel < h->panels; panel++) {
         int32_t n0 = panel * QK_ARM_PANEL, columns = N - n0 < QK_ARM_PANEL ? N - n0 : QK_ARM_PANEL;
-        for (int32_t row = 0; row < M; row += tile_rows) {
-            int32_t count = M - row < tile_rows ? M - row : tile_rows;
+        for (int32_t row = 0; row < M; row += QK_ARM_A8_ROWS) {
+            int32_t count = M - row < QK_ARM_A8_ROWS ? M - row : QK_ARM_A8_ROWS;
             tile(&p, panel, row, count, t);
             for (int32_t r = 0; r < count; r++)
                 for (int32_t c = 0; c < columns; c++) {

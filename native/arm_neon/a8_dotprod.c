@@ -22,9 +22,12 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_arm_a8_prob
     memset(tile, 0, (size_t)rows * sizeof tile[0]);
     for (int r = 0; r < rows; r++) run[r][0] = run[r][1] = vdupq_n_f32(0.0f);
 
+    /* A single row would have 2 accumulators, each SDOT waiting for the last: its odd lanes add into
+     * the spare accumulators of row 1 instead, summed per group. */
+    const int slots = rows == 1 ? 2 : rows;
     for (int32_t g = 0; g < h->groups; g++) {
         int32x4_t acc[4][2];
-        for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = vdupq_n_s32(0);
+        for (int r = 0; r < slots; r++) acc[r][0] = acc[r][1] = vdupq_n_s32(0);
         for (int32_t k = 0; k < h->group_padded; k += 16) {
             int8x16_t xv[4];
             for (int r = 0; r < rows; r++) xv[r] = vld1q_s8(x + (size_t)r * h->k_padded);
@@ -37,18 +40,23 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_arm_a8_prob
         wv[1] = vld1q_s8(w + 16);                                                                            \
         w += 32;                                                                                             \
     } else {                                                                                                 \
-        qk_arm_unpack_int4_x16(vld1q_s8(w), &wv[0], &wv[1]);                                                     \
+        qk_arm_unpack_int4_x16(vld1q_s8(w), &wv[0], &wv[1]);                                                 \
         w += 16;                                                                                             \
     }                                                                                                        \
     for (int r = 0; r < rows; r++) {                                                                         \
-        acc[r][0] = vdotq_laneq_s32(acc[r][0], wv[0], xv[r], lane);                                          \
-        acc[r][1] = vdotq_laneq_s32(acc[r][1], wv[1], xv[r], lane);                                          \
+        int slot = rows == 1 ? (lane) % 2 : r;                                                               \
+        acc[slot][0] = vdotq_laneq_s32(acc[slot][0], wv[0], xv[r], lane);                                    \
+        acc[slot][1] = vdotq_laneq_s32(acc[slot][1], wv[1], xv[r], lane);                                    \
     }
             QK_SDOT_STEP(0)
             QK_SDOT_STEP(1)
             QK_SDOT_STEP(2)
             QK_SDOT_STEP(3)
 #undef QK_SDOT_STEP
+        }
+        if (rows == 1) {
+            acc[0][0] = vaddq_s32(acc[0][0], acc[1][0]);
+            acc[0][1] = vaddq_s32(acc[0][1], acc[1][1]);
         }
 
         const float* sc = qk_arm_scales(h, panel, g);

@@ -170,9 +170,9 @@ qk_status qk_arm_a8_run(const qk_packed_weights* w, const qk_matmul_args* a, qk_
     }
 
     qk_arm_a8_problem p = {h, qx, sums};
-    double t[QK_ARM_A8_ROWS][QK_ARM_PANEL];
     /* Panels are independent: this loop is the one to run in parallel. */
     for (int32_t panel = 0; panel < h->panels; panel++) {
+        double t[QK_ARM_A8_ROWS][QK_ARM_PANEL];
         int32_t n0 = panel * QK_ARM_PANEL, columns = N - n0 < QK_ARM_PANEL ? N - n0 : QK_ARM_PANEL;
         for (int32_t row = 0; row < M; row += QK_ARM_A8_ROWS) {
             int32_t count = M - row < QK_ARM_A8_ROWS ? M - row : QK_ARM_A8_ROWS;

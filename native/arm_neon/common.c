@@ -1,5 +1,6 @@
 /* The ARM backends' packing, A8 activation quantizer and A8 driver (baseline Armv8-A NEON). */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "arm_kernels.h"
@@ -10,11 +11,21 @@ _Static_assert(sizeof(qk_arm_packed) <= QK_ARM_HEADER, "the header outgrew its s
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-/* Weight q[n, k] at padded position kp of row n: 0 in the padding of groups and panels. */
-static int8_t padded_weight(const qk_weights* w, const qk_arm_packed* h, int32_t n, int32_t kp) {
-    int32_t g = kp / h->group_padded, within = kp % h->group_padded;
-    if (n >= w->N || within >= w->group_size) return 0;
-    return (int8_t)qk_weight_q(w, n, g * w->group_size + within);
+/* Row n of the weights as int8 at the padded k positions: zeros in the group padding, and all
+ * zeros for the rows that pad the last panel. `unpacked` holds K bytes (for 4-bit weights). */
+static void padded_row(const qk_weights* w, const qk_arm_packed* h, int32_t n, int8_t* row, int8_t* unpacked) {
+    memset(row, 0, (size_t)h->k_padded);
+    if (n >= w->N) return;
+    const int8_t* q = w->data + (size_t)n * qk_row_bytes(w->K, w->bits);
+    if (w->bits == 4) {
+        for (int32_t k = 0; k < w->K; k++) { /* low nibble first; (v ^ 8) - 8 sign-extends 4 bits */
+            uint8_t byte = (uint8_t)q[k / 2];
+            unpacked[k] = (int8_t)((((k % 2 ? byte >> 4 : byte) & 0xF) ^ 8) - 8);
+        }
+        q = unpacked;
+    }
+    for (int32_t g = 0; g < h->groups; g++)
+        memcpy(row + (size_t)g * h->group_padded, q + (size_t)g * w->group_size, (size_t)w->group_size);
 }
 
 static qk_status pack(const qk_weights* w, int32_t k_per_register, void** data, size_t* size) {
@@ -34,7 +45,12 @@ static qk_status pack(const qk_weights* w, int32_t k_per_register, void** data, 
     size_t total = h.zero_points_at + (h.has_zero_points ? group_entries : 0);
 
     uint8_t* block = qk_aligned_alloc(total);
-    if (!block) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", total);
+    int8_t* rows = malloc((size_t)QK_ARM_PANEL * h.k_padded + (size_t)w->K); /* a panel's rows, one unpacked */
+    if (!block || !rows) {
+        qk_aligned_free(block);
+        free(rows);
+        return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", total);
+    }
     memset(block, 0, total);
     memcpy(block, &h, sizeof h);
 
@@ -42,17 +58,23 @@ static qk_status pack(const qk_weights* w, int32_t k_per_register, void** data, 
     int32_t registers_per_step = QK_ARM_PANEL / columns_per_register;
     int32_t registers = h.k_padded / k_per_register * registers_per_step;
     for (int32_t panel = 0; panel < h.panels; panel++) {
+        for (int32_t c = 0; c < QK_ARM_PANEL; c++)
+            padded_row(w, &h, panel * QK_ARM_PANEL + c, rows + (size_t)c * h.k_padded,
+                       rows + (size_t)QK_ARM_PANEL * h.k_padded);
         uint8_t* out = block + QK_ARM_HEADER + (size_t)panel * h.panel_bytes;
+        uint8_t reg[16], low[16];
         for (int32_t r = 0; r < registers; r++) {
             int32_t step = r / registers_per_step, first_column = r % registers_per_step * columns_per_register;
-            for (int32_t b = 0; b < 16; b++) {
-                int32_t n = panel * QK_ARM_PANEL + first_column + b / k_per_register;
-                uint8_t q = (uint8_t)padded_weight(w, &h, n, step * k_per_register + b % k_per_register);
-                if (w->bits == 8)
-                    out[(size_t)r * 16 + b] = q;
-                else /* registers 2i, 2i+1: low and high nibbles of the same 16 bytes */
-                    out[(size_t)r / 2 * 16 + b] |= (uint8_t)((q & 0xF) << (r % 2 * 4));
-            }
+            for (int32_t c = 0; c < columns_per_register; c++)
+                memcpy(reg + c * k_per_register,
+                       rows + (size_t)(first_column + c) * h.k_padded + (size_t)step * k_per_register,
+                       (size_t)k_per_register);
+            if (w->bits == 8)
+                memcpy(out + (size_t)r * 16, reg, 16);
+            else if (r % 2 == 0)
+                memcpy(low, reg, 16);
+            else /* registers 2i, 2i+1: low and high nibbles of the same 16 bytes */
+                for (int b = 0; b < 16; b++) out[(size_t)r / 2 * 16 + b] = (uint8_t)((low[b] & 0xF) | (reg[b] << 4));
         }
         for (int32_t g = 0; g < h.groups; g++)
             for (int32_t c = 0; c < QK_ARM_PANEL; c++) {
@@ -63,6 +85,7 @@ static qk_status pack(const qk_weights* w, int32_t k_per_register, void** data, 
                 if (h.has_zero_points) ((int8_t*)(block + h.zero_points_at))[at] = w->zero_points[(size_t)n * h.groups + g];
             }
     }
+    free(rows);
     *data = block;
     *size = total;
     return QK_OK;

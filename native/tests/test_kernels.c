@@ -2024,7 +2024,7 @@ int main(int argc, char** argv) {
                     cases++;
                 }
     index = n_sweep;
-    static const int32_t more_M[] = {1, 2, 3, 7, 8, 9, 17, 1, 4, 16, 33, 64};
+    static const int32_t more_M[] = {1, 2, 3, 7, 8, 9, 17, 1, 4, 16, 33, 64, 5, 6}; /* 5, 6: 8-row tiles' tails */
     static const int32_t more_N[] = {1, 3, 8, 15, 17, 33, 2, 16, 64};
     static const int32_t more_K[] = {2, 8, 30, 32, 64, 96, 128, 256, 512, 1, 15, 33, 24, 160, 384, 1024};
     for (long r = 0; r < random_cases; r++, index++) {

@@ -14,7 +14,7 @@
  *       SDOT  (k_per_register 4): columns c..c+3, 4 k each: one SDOT feeds 4 columns;
  *                                 2 registers (the panel's 2 column quads) per 4 k.
  *     4-bit weights stay 4-bit: registers 2i and 2i+1 share 16 bytes, 2i in the low nibbles and
- *     2i+1 in the high nibbles, so one load and three shifts give both registers.
+ *     2i+1 in the high nibbles, so one load and two or three instructions give both registers.
  *   - scales: float32 [panel][group][8]; zero points (asymmetric only): int8 [panel][group][8].
  */
 #ifndef QK_ARM_KERNELS_H

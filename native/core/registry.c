@@ -32,6 +32,14 @@
 #else
 #define QK_AVX2_PACK NULL
 #endif
+#if QK_HAVE_ARM_NEON
+#include "../arm_neon/arm_kernels.h"
+#define QK_ARM_PACK_I8MM qk_arm_pack_i8mm
+#define QK_ARM_PACK_DOTPROD qk_arm_pack_dotprod
+#else
+#define QK_ARM_PACK_I8MM NULL
+#define QK_ARM_PACK_DOTPROD NULL
+#endif
 
 /* name, compiled, required CPU features, pack (NULL: the kernels read the canonical format) */
 static const qk_backend_impl backends[QK_BACKEND_COUNT] = {
@@ -41,8 +49,8 @@ static const qk_backend_impl backends[QK_BACKEND_COUNT] = {
                                     QK_CPU_AVX512F | QK_CPU_AVX512BW | QK_CPU_AVX512VL | QK_CPU_AVX512_VNNI,
                                     NULL},
     [QK_BACKEND_X86_AVX2] = {"x86_avx2", QK_HAVE_X86_AVX2, QK_CPU_AVX2 | QK_CPU_FMA | QK_CPU_F16C, QK_AVX2_PACK},
-    [QK_BACKEND_ARM_NEON_I8MM] = {"arm_neon_i8mm", QK_HAVE_ARM_NEON, QK_CPU_NEON | QK_CPU_NEON_I8MM, NULL},
-    [QK_BACKEND_ARM_NEON_DOTPROD] = {"arm_neon_dotprod", QK_HAVE_ARM_NEON, QK_CPU_NEON | QK_CPU_NEON_DOTPROD, NULL},
+    [QK_BACKEND_ARM_NEON_I8MM] = {"arm_neon_i8mm", QK_HAVE_ARM_NEON, QK_CPU_NEON | QK_CPU_NEON_I8MM, QK_ARM_PACK_I8MM},
+    [QK_BACKEND_ARM_NEON_DOTPROD] = {"arm_neon_dotprod", QK_HAVE_ARM_NEON, QK_CPU_NEON | QK_CPU_NEON_DOTPROD, QK_ARM_PACK_DOTPROD},
     [QK_BACKEND_REF] = {"ref", 1, 0, NULL},
 };
 
@@ -52,6 +60,13 @@ static const qk_kernel kernels[] = {
     {"x86_avx2_a16_w4w8_4x8", QK_BACKEND_X86_AVX2, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 16, qk_avx2_matmul_a16},
     {"x86_avx2_a16_w4w8_6x16", QK_BACKEND_X86_AVX2, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_avx2_matmul_a16_gemm},
     {"x86_avx2_a8_w4w8_4x8", QK_BACKEND_X86_AVX2, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 66311, 0, qk_avx2_matmul_a8},
+#endif
+#if QK_HAVE_ARM_NEON
+    /* Any group size: groups are padded to 16 k at pack time. */
+    {"arm_neon_i8mm_a8_w4w8_4x8", QK_BACKEND_ARM_NEON_I8MM, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 66311, 0, qk_arm_i8mm_a8},
+    {"arm_neon_i8mm_a16_w4w8_8x8", QK_BACKEND_ARM_NEON_I8MM, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_arm_a16},
+    {"arm_neon_dotprod_a8_w4w8_4x8", QK_BACKEND_ARM_NEON_DOTPROD, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 66311, 0, qk_arm_dotprod_a8},
+    {"arm_neon_dotprod_a16_w4w8_8x8", QK_BACKEND_ARM_NEON_DOTPROD, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_arm_a16},
 #endif
     {"ref_a16_w4w8_1x1", QK_BACKEND_REF, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_ref_matmul_a16},
     {"ref_a8_w4w8_1x1", QK_BACKEND_REF, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_ref_matmul_a8},

@@ -16,6 +16,9 @@
  *   --no-sweep  skip the M x N x K sweep (for slow runs such as valgrind)
  *   --case I    run only numbered case I (of the sweep + random cases), to reproduce a failure
  *   -v          one line per case
+ * Environment: QK_TEST_BACKENDS, when set, lists (comma-separated) exactly the backends that must be
+ * available, e.g. "arm_neon_dotprod,ref" under QEMU's cortex-a76: a run checks it takes the paths
+ * its CPU allows, not merely that whatever it found passed.
  * The last line of output is exactly "<passed> passed, <failed> failed"; the exit status is 1
  * when anything failed.
  */
@@ -1663,6 +1666,17 @@ static void test_errors(void) {
 /* ------------------------------------------------------------------------------------------ */
 /* Registry, status strings, versions, CPU features                                            */
 
+/* Whether name is one of the comma-separated names of list. */
+static int listed(const char* name, const char* list) {
+    size_t length = strlen(name);
+    for (const char* at = list; *at;) {
+        size_t item = strcspn(at, ",");
+        if (item == length && strncmp(at, name, length) == 0) return 1;
+        at += item + (at[item] == ',');
+    }
+    return 0;
+}
+
 static void test_registry(void) {
     set_context("registry");
     CHECK(qk_abi_version() == QK_ABI_VERSION, "qk_abi_version %d, header %d", qk_abi_version(), (int)QK_ABI_VERSION);
@@ -1705,6 +1719,10 @@ static void test_registry(void) {
               info.available, info.reason);
         printf("backend %-18s %s%s\n", info.name, info.available ? "available" : "unavailable: ",
                info.available ? "" : info.reason);
+        const char* expected = getenv("QK_TEST_BACKENDS");
+        if (expected)
+            CHECK(info.available == listed(info.name, expected), "QK_TEST_BACKENDS=%s, but backend %s is %savailable",
+                  expected, info.name, info.available ? "" : "not ");
     }
     qk_backend_info ref_info;
     CHECK(qk_backend_get(QK_BACKEND_REF, &ref_info) == QK_OK && ref_info.available, "the ref backend is unavailable");
@@ -2006,7 +2024,7 @@ int main(int argc, char** argv) {
                     cases++;
                 }
     index = n_sweep;
-    static const int32_t more_M[] = {1, 2, 3, 7, 8, 9, 17, 1, 4, 16, 33, 64};
+    static const int32_t more_M[] = {1, 2, 3, 7, 8, 9, 17, 1, 4, 16, 33, 64, 5, 6}; /* 5, 6: 8-row tiles' tails */
     static const int32_t more_N[] = {1, 3, 8, 15, 17, 33, 2, 16, 64};
     static const int32_t more_K[] = {2, 8, 30, 32, 64, 96, 128, 256, 512, 1, 15, 33, 24, 160, 384, 1024};
     for (long r = 0; r < random_cases; r++, index++) {

@@ -1,0 +1,168 @@
+/* A16 for both ARM layouts, in baseline NEON float32.
+ *
+ * Per panel of 8 columns, the packed weights are dequantized once, w = float32(scale * (q - zp))
+ * (q - zp in int16, exact; one rounding), into a k-major scratch of two 4-column halves, then every
+ * row tile runs a float32 FMA kernel on it: 8 rows x 8 columns, per k one FMLA by element per row
+ * and half. float16 and bfloat16 inputs are converted to float32 once per call, exactly (FCVTL /
+ * a shift); float16 arithmetic is not used: the contract wants float32 accumulation, and
+ * dequantizing in float16 would round twice. */
+#include <string.h>
+
+#include "arm_kernels.h"
+
+enum { ROWS = 8 };
+
+/* The four float32 columns of `wide` (lanes: 4 consecutive k) to rows k..k+3 of one half. */
+static inline void store_columns(float* half, int32_t k, float32x4x4_t wide) { vst4q_f32(half + (size_t)k * 4, wide); }
+
+/* int16 q - zp (8 lanes) to two float32x4, times a scale each. */
+static inline void to_float(int16x8_t d, float s_low, float s_high, float32x4_t* low, float32x4_t* high) {
+    *low = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(d))), s_low);
+    *high = vmulq_n_f32(vcvtq_f32_s32(vmovl_high_s16(d)), s_high);
+}
+
+/* Dequantizes one panel into half[0] (columns 0-3) and half[1] (columns 4-7), [k_padded][4] each,
+ * with the group padding set to exactly 0. */
+static void dequantize_panel(const qk_arm_packed* h, int32_t panel, float* const half[2]) {
+    const int8_t* w = qk_arm_panel_weights(h, panel);
+    int smmla = h->k_per_register == 8;
+    for (int32_t g = 0; g < h->groups; g++) {
+        const float* s = qk_arm_scales(h, panel, g);
+        int16_t zp[QK_ARM_PANEL] = {0};
+        if (h->has_zero_points)
+            for (int c = 0; c < QK_ARM_PANEL; c++) zp[c] = qk_arm_zero_points(h, panel, g)[c];
+        int32_t end = (g + 1) * h->group_padded;
+        for (int32_t k = g * h->group_padded; k < end; k += 8) {
+            /* 8 k x 8 columns: 4 registers either way (SMMLA: one step; SDOT: two steps) */
+            int8x16_t r[4];
+            if (h->bits == 8) {
+                for (int i = 0; i < 4; i++) r[i] = vld1q_s8(w + 16 * i);
+                w += 64;
+            } else {
+                qk_arm_unpack_int4(vld1q_s8(w), &r[0], &r[1]);
+                qk_arm_unpack_int4(vld1q_s8(w + 16), &r[2], &r[3]);
+                w += 32;
+            }
+            float32x4x4_t lo[2], hi[2]; /* [half]: k..k+3 and k+4..k+7 of the half's 4 columns */
+            for (int i = 0; i < 4; i++) {
+                int16x8_t a = vmovl_s8(vget_low_s8(r[i])), b = vmovl_high_s8(r[i]);
+                if (smmla) { /* register i: columns 2i (a) and 2i+1 (b), 8 k each */
+                    int c = 2 * i;
+                    a = vsubq_s16(a, vdupq_n_s16(zp[c]));
+                    b = vsubq_s16(b, vdupq_n_s16(zp[c + 1]));
+                    to_float(a, s[c], s[c], &lo[c / 4].val[c % 4], &hi[c / 4].val[c % 4]);
+                    to_float(b, s[c + 1], s[c + 1], &lo[c / 4].val[c % 4 + 1], &hi[c / 4].val[c % 4 + 1]);
+                } else { /* register i: 4 k (step i / 2) of columns 4 (i % 2) .. + 3: a holds 2, b 2 */
+                    int c = 4 * (i % 2);
+                    float32x4x4_t* dst = i < 2 ? &lo[i % 2] : &hi[i % 2];
+                    a = vsubq_s16(a, vcombine_s16(vdup_n_s16(zp[c]), vdup_n_s16(zp[c + 1])));
+                    b = vsubq_s16(b, vcombine_s16(vdup_n_s16(zp[c + 2]), vdup_n_s16(zp[c + 3])));
+                    to_float(a, s[c], s[c + 1], &dst->val[0], &dst->val[1]);
+                    to_float(b, s[c + 2], s[c + 3], &dst->val[2], &dst->val[3]);
+                }
+            }
+            for (int i = 0; i < 2; i++) {
+                store_columns(half[i], k, lo[i]);
+                store_columns(half[i], k + 4, hi[i]);
+            }
+        }
+        size_t pad = (size_t)(h->group_padded - h->group_size) * 4;
+        for (int i = 0; i < 2; i++) memset(half[i] + ((size_t)end * 4 - pad), 0, pad * sizeof(float));
+    }
+}
+
+/* x: [rows][k_padded] float32. Accumulates in float32 by k, then adds the bias in float64. */
+static inline __attribute__((always_inline)) void tile_rows(const qk_matmul_args* a, const qk_arm_packed* h,
+                                                           const float* x, float* const half[2], int32_t row,
+                                                           int32_t panel, const int rows) {
+    float32x4_t acc0[ROWS], acc1[ROWS]; /* columns 0-3 and 4-7 */
+    const float* xr[ROWS];
+    for (int r = 0; r < rows; r++) {
+        acc0[r] = acc1[r] = vdupq_n_f32(0.0f);
+        xr[r] = x + (size_t)r * h->k_padded;
+    }
+    for (int32_t k = 0; k < h->k_padded; k += 4) {
+        float32x4_t xv[ROWS];
+        for (int r = 0; r < rows; r++) xv[r] = vld1q_f32(xr[r] + k);
+#define QK_FMA_STEP(lane)                                                                          \
+    {                                                                                              \
+        float32x4_t w0 = vld1q_f32(half[0] + (size_t)(k + lane) * 4);                              \
+        float32x4_t w1 = vld1q_f32(half[1] + (size_t)(k + lane) * 4);                              \
+        for (int r = 0; r < rows; r++) {                                                           \
+            acc0[r] = vfmaq_laneq_f32(acc0[r], w0, xv[r], lane);                                   \
+            acc1[r] = vfmaq_laneq_f32(acc1[r], w1, xv[r], lane);                                   \
+        }                                                                                          \
+    }
+        QK_FMA_STEP(0)
+        QK_FMA_STEP(1)
+        QK_FMA_STEP(2)
+        QK_FMA_STEP(3)
+#undef QK_FMA_STEP
+    }
+    /* Every accumulator to memory before the first call: values live across calls would be
+     * spilled inside the k loop. */
+    float y[ROWS][QK_ARM_PANEL];
+    for (int r = 0; r < rows; r++) {
+        vst1q_f32(y[r], acc0[r]);
+        vst1q_f32(y[r] + 4, acc1[r]);
+    }
+    int32_t n0 = panel * QK_ARM_PANEL, columns = h->N - n0 < QK_ARM_PANEL ? h->N - n0 : QK_ARM_PANEL;
+    for (int r = 0; r < rows; r++)
+        for (int32_t c = 0; c < columns; c++)
+            qk_store_f64(a->output, a->input_dtype, (size_t)(row + r) * h->N + n0 + c,
+                         (double)y[r][c] + (a->bias ? a->bias[n0 + c] : 0.0));
+}
+
+/* X to float32 at the padded positions of the layout, zeros in the group padding. */
+static void convert_input(const qk_matmul_args* a, const qk_arm_packed* h, float* x) {
+    for (int32_t m = 0; m < a->M; m++)
+        for (int32_t g = 0; g < h->groups; g++) {
+            float* dst = x + (size_t)m * h->k_padded + (size_t)g * h->group_padded;
+            size_t first = (size_t)m * h->K + (size_t)g * h->group_size;
+            int32_t k = 0;
+            if (a->input_dtype == QK_DTYPE_F32) {
+                memcpy(dst, (const float*)a->input + first, (size_t)h->group_size * sizeof(float));
+                k = h->group_size;
+            }
+            for (; k + 4 <= h->group_size; k += 4) {
+                uint16x4_t v = vld1_u16((const uint16_t*)a->input + first + k);
+                vst1q_f32(dst + k, a->input_dtype == QK_DTYPE_F16 ? vcvt_f32_f16(vreinterpret_f16_u16(v))
+                                                                   : vreinterpretq_f32_u32(vshll_n_u16(v, 16)));
+            }
+            for (; k < h->group_size; k++) dst[k] = qk_load_f32(a->input, a->input_dtype, first + k);
+            memset(dst + h->group_size, 0, (size_t)(h->group_padded - h->group_size) * sizeof(float));
+        }
+}
+
+qk_status qk_arm_a16(const qk_packed_weights* w, const qk_matmul_args* a) {
+    const qk_arm_packed* h = qk_arm_header(w);
+    float* x = qk_aligned_alloc((size_t)a->M * h->k_padded * sizeof(float));
+    float* scratch = qk_aligned_alloc((size_t)h->k_padded * QK_ARM_PANEL * sizeof(float));
+    if (!x || !scratch) {
+        qk_aligned_free(x);
+        qk_aligned_free(scratch);
+        return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate the A16 kernel's buffers");
+    }
+    convert_input(a, h, x);
+    float* const half[2] = {scratch, scratch + (size_t)h->k_padded * 4};
+    /* Panels are independent (given a scratch each): this loop is the one to run in parallel. */
+    for (int32_t panel = 0; panel < h->panels; panel++) {
+        dequantize_panel(h, panel, half);
+        for (int32_t row = 0; row < a->M; row += ROWS) {
+            const float* xr = x + (size_t)row * h->k_padded;
+            switch (a->M - row < ROWS ? a->M - row : ROWS) {
+            case 1: tile_rows(a, h, xr, half, row, panel, 1); break;
+            case 2: tile_rows(a, h, xr, half, row, panel, 2); break;
+            case 3: tile_rows(a, h, xr, half, row, panel, 3); break;
+            case 4: tile_rows(a, h, xr, half, row, panel, 4); break;
+            case 5: tile_rows(a, h, xr, half, row, panel, 5); break;
+            case 6: tile_rows(a, h, xr, half, row, panel, 6); break;
+            case 7: tile_rows(a, h, xr, half, row, panel, 7); break;
+            default: tile_rows(a, h, xr, half, row, panel, 8); break;
+            }
+        }
+    }
+    qk_aligned_free(x);
+    qk_aligned_free(scratch);
+    return QK_OK;
+}

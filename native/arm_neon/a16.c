@@ -136,29 +136,35 @@ static void convert_input(const qk_matmul_args* a, const qk_arm_packed* h, float
 
 qk_status qk_arm_a16(const qk_packed_weights* w, const qk_matmul_args* a) {
     const qk_arm_packed* h = qk_arm_header(w);
+    int32_t threads = qk_threads_for(a->M, h->N, h->K);
+    size_t panel_floats = (size_t)h->k_padded * QK_ARM_PANEL; /* one dequantized panel per thread */
     float* x = qk_aligned_alloc((size_t)a->M * h->k_padded * sizeof(float));
-    float* scratch = qk_aligned_alloc((size_t)h->k_padded * QK_ARM_PANEL * sizeof(float));
+    float* scratch = qk_aligned_alloc((size_t)threads * panel_floats * sizeof(float));
     if (!x || !scratch) {
         qk_aligned_free(x);
         qk_aligned_free(scratch);
         return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate the A16 kernel's buffers");
     }
     convert_input(a, h, x);
-    float* const half[2] = {scratch, scratch + (size_t)h->k_padded * 4};
-    /* Panels are independent (given a scratch each): this loop is the one to run in parallel. */
-    for (int32_t panel = 0; panel < h->panels; panel++) {
-        dequantize_panel(h, panel, half);
-        for (int32_t row = 0; row < a->M; row += ROWS) {
-            const float* xr = x + (size_t)row * h->k_padded;
-            switch (a->M - row < ROWS ? a->M - row : ROWS) {
-            case 1: tile_rows(a, h, xr, half, row, panel, 1); break;
-            case 2: tile_rows(a, h, xr, half, row, panel, 2); break;
-            case 3: tile_rows(a, h, xr, half, row, panel, 3); break;
-            case 4: tile_rows(a, h, xr, half, row, panel, 4); break;
-            case 5: tile_rows(a, h, xr, half, row, panel, 5); break;
-            case 6: tile_rows(a, h, xr, half, row, panel, 6); break;
-            case 7: tile_rows(a, h, xr, half, row, panel, 7); break;
-            default: tile_rows(a, h, xr, half, row, panel, 8); break;
+#pragma omp parallel num_threads(threads)
+    {
+        float* mine = scratch + (size_t)qk_thread_index() * panel_floats;
+        float* const half[2] = {mine, mine + (size_t)h->k_padded * 4};
+#pragma omp for schedule(static) /* panels are independent, given a scratch panel each */
+        for (int32_t panel = 0; panel < h->panels; panel++) {
+            dequantize_panel(h, panel, half);
+            for (int32_t row = 0; row < a->M; row += ROWS) {
+                const float* xr = x + (size_t)row * h->k_padded;
+                switch (a->M - row < ROWS ? a->M - row : ROWS) {
+                case 1: tile_rows(a, h, xr, half, row, panel, 1); break;
+                case 2: tile_rows(a, h, xr, half, row, panel, 2); break;
+                case 3: tile_rows(a, h, xr, half, row, panel, 3); break;
+                case 4: tile_rows(a, h, xr, half, row, panel, 4); break;
+                case 5: tile_rows(a, h, xr, half, row, panel, 5); break;
+                case 6: tile_rows(a, h, xr, half, row, panel, 6); break;
+                case 7: tile_rows(a, h, xr, half, row, panel, 7); break;
+                default: tile_rows(a, h, xr, half, row, panel, 8); break;
+                }
             }
         }
     }

@@ -187,25 +187,28 @@ qk_status qk_arm_a8_run(const qk_packed_weights* w, const qk_matmul_args* a, qk_
         memset(qx + (size_t)(rows - 2) * h->k_padded, 0, 2 * (size_t)h->k_padded);
         memset(sums + (size_t)M * h->groups, 0, (size_t)h->groups * sizeof *sums);
     }
-    for (int32_t m = 0; m < M; m++) {
-        int8_t* dst = paired ? qx + (size_t)(m / 2) * 2 * h->k_padded + (m % 2) * 8 : qx + (size_t)m * h->k_padded;
-        finite[m] = quantize_row(a, h, m, dst, paired ? 16 : 8, sums + (size_t)m * h->groups, &sx[m]);
-    }
-
     qk_arm_a8_problem p = {h, qx, sums};
-    /* Panels are independent: this loop is the one to run in parallel. */
-    for (int32_t panel = 0; panel < h->panels; panel++) {
-        double t[QK_ARM_A8_ROWS][QK_ARM_PANEL];
-        int32_t n0 = panel * QK_ARM_PANEL, columns = N - n0 < QK_ARM_PANEL ? N - n0 : QK_ARM_PANEL;
-        for (int32_t row = 0; row < M; row += QK_ARM_A8_ROWS) {
-            int32_t count = M - row < QK_ARM_A8_ROWS ? M - row : QK_ARM_A8_ROWS;
-            tile(&p, panel, row, count, t);
-            for (int32_t r = 0; r < count; r++)
-                for (int32_t c = 0; c < columns; c++) {
-                    int32_t m = row + r, n = n0 + c;
-                    double y = finite[m] ? (double)sx[m] * t[r][c] + (a->bias ? a->bias[n] : 0.0) : NAN;
-                    qk_store_f64(a->output, a->input_dtype, (size_t)m * N + n, y);
-                }
+#pragma omp parallel num_threads(qk_threads_for(M, N, h->K))
+    {
+#pragma omp for schedule(static)
+        for (int32_t m = 0; m < M; m++) {
+            int8_t* dst = paired ? qx + (size_t)(m / 2) * 2 * h->k_padded + (m % 2) * 8 : qx + (size_t)m * h->k_padded;
+            finite[m] = quantize_row(a, h, m, dst, paired ? 16 : 8, sums + (size_t)m * h->groups, &sx[m]);
+        }
+#pragma omp for schedule(static) /* panels are independent */
+        for (int32_t panel = 0; panel < h->panels; panel++) {
+            double t[QK_ARM_A8_ROWS][QK_ARM_PANEL];
+            int32_t n0 = panel * QK_ARM_PANEL, columns = N - n0 < QK_ARM_PANEL ? N - n0 : QK_ARM_PANEL;
+            for (int32_t row = 0; row < M; row += QK_ARM_A8_ROWS) {
+                int32_t count = M - row < QK_ARM_A8_ROWS ? M - row : QK_ARM_A8_ROWS;
+                tile(&p, panel, row, count, t);
+                for (int32_t r = 0; r < count; r++)
+                    for (int32_t c = 0; c < columns; c++) {
+                        int32_t m = row + r, n = n0 + c;
+                        double y = finite[m] ? (double)sx[m] * t[r][c] + (a->bias ? a->bias[n] : 0.0) : NAN;
+                        qk_store_f64(a->output, a->input_dtype, (size_t)m * N + n, y);
+                    }
+            }
         }
     }
     qk_aligned_free(qx);

@@ -60,6 +60,11 @@ static inline int32_t qk_weight_q(const qk_weights* w, int32_t n, int32_t k) {
 /* This thread's index in the enclosing OpenMP team, in [0, qk_get_num_threads()); 0 outside one. */
 int32_t qk_thread_index(void);
 
+/* Threads for an M x N x K matmul: at most qk_get_num_threads(), and few enough that each gets
+ * about 2^20 multiply-adds or more, since starting and joining a team costs microseconds (and much
+ * more when the cores are busy with other work). */
+int32_t qk_threads_for(int32_t M, int32_t N, int32_t K);
+
 /* ---- backends and kernels (registry.c) ---- */
 
 typedef struct qk_kernel qk_kernel;

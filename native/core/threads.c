@@ -31,3 +31,10 @@ int32_t qk_thread_index(void) {
     return 0;
 #endif
 }
+
+int32_t qk_threads_for(int32_t M, int32_t N, int32_t K) {
+    enum { MIN_THREAD_MACS = 1 << 20 };
+    double work = (double)M * N * K / MIN_THREAD_MACS;
+    int32_t threads = qk_get_num_threads();
+    return work < threads ? (work < 1.0 ? 1 : (int32_t)work) : threads;
+}

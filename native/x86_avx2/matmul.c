@@ -327,15 +327,6 @@ static void run_rows(const problem* p, const qk_packed_weights* pw, const qk_mat
     }
 }
 
-/* Threads for a problem: each gets at least MIN_THREAD_MACS multiply-adds, since starting and
- * joining a team costs microseconds (and much more when the cores are busy with other work). */
-static int32_t threads_for(const qk_weights* w, int32_t M) {
-    enum { MIN_THREAD_MACS = 1 << 20 };
-    double work = (double)M * w->N * w->K / MIN_THREAD_MACS;
-    int32_t threads = qk_get_num_threads();
-    return work < threads ? (work < 1.0 ? 1 : (int32_t)work) : threads;
-}
-
 static problem problem_of(const qk_packed_weights* pw) {
     problem p = {.w = &pw->canonical, .l = qk_avx2_layout_of(&pw->canonical)};
     p.row = qk_avx2_padded_row(&p.l);
@@ -363,7 +354,7 @@ qk_status qk_avx2_matmul_a8(const qk_packed_weights* pw, const qk_matmul_args* a
     p.qx = qx;
     p.sums = sums;
     int32_t chunk = chunk_rows(p.row);
-#pragma omp parallel num_threads(threads_for(p.w, M))
+#pragma omp parallel num_threads(qk_threads_for(M, p.w->N, p.w->K))
     {
 #pragma omp for schedule(static)
         for (int32_t m = 0; m < M; m++)
@@ -393,7 +384,7 @@ qk_status qk_avx2_matmul_a16(const qk_packed_weights* pw, const qk_matmul_args* 
     p.x = x;
     p.large = large;
     int32_t chunk = chunk_rows(p.row * sizeof *x);
-#pragma omp parallel num_threads(threads_for(p.w, M))
+#pragma omp parallel num_threads(qk_threads_for(M, p.w->N, p.w->K))
     {
 #pragma omp for schedule(static)
         for (int32_t m = 0; m < M; m++)
@@ -488,7 +479,7 @@ static void gemm_rows(const float* x, size_t row, const float* w, int32_t kc, in
 
 qk_status qk_avx2_matmul_a16_gemm(const qk_packed_weights* pw, const qk_matmul_args* a) {
     problem p = problem_of(pw);
-    int32_t M = a->M, threads = threads_for(p.w, M);
+    int32_t M = a->M, threads = qk_threads_for(M, p.w->N, p.w->K);
     int32_t column_blocks = (p.l.panels + 1) / 2, total_blocks = p.l.groups * p.l.blocks;
     size_t w_floats = (size_t)GEMM_CHUNK_BLOCKS * QK_AVX2_BLOCK_K * GEMM_COLS, y_vectors = (size_t)4 * M;
     /* Every buffer is allocated before anything is written: per thread, a chunk of dequantized

@@ -3,14 +3,14 @@
  * Per panel of 8 columns, the packed weights are dequantized once, w = float32(scale * (q - zp))
  * (q - zp in int16, exact; one rounding), into a k-major scratch of two 4-column halves, then every
  * row tile runs a float32 FMA kernel on it: 8 rows x 8 columns, per k one FMLA by element per row
- * and half. float16 and bfloat16 inputs are converted to float32 once per call, exactly (FCVTL /
+ * and half, folded into float64 every 64 k. float16 and bfloat16 inputs are converted to float32 once per call, exactly (FCVTL /
  * a shift); float16 arithmetic is not used: the contract wants float32 accumulation, and
  * dequantizing in float16 would round twice. */
 #include <string.h>
 
 #include "arm_kernels.h"
 
-enum { ROWS = 8 };
+enum { ROWS = 8, RUN_K = 64 };
 
 /* The four float32 columns of `wide` (lanes: 4 consecutive k) to rows k..k+3 of one half. */
 static inline void store_columns(float* half, int32_t k, float32x4x4_t wide) { vst4q_f32(half + (size_t)k * 4, wide); }
@@ -71,19 +71,25 @@ static void dequantize_panel(const qk_arm_packed* h, int32_t panel, float* const
     }
 }
 
-/* x: [rows][k_padded] float32. Accumulates in float32 by k, then adds the bias in float64. */
+/* x: [rows][k_padded] float32. Sums in float32 over runs of RUN_K k and folds each run into
+ * float64: one float32 sum over all of K could miss the contract's float32 tolerance (its error
+ * grows with the number of terms). Then adds the bias and rounds once. */
 static inline __attribute__((always_inline)) void tile_rows(const qk_matmul_args* a, const qk_arm_packed* h,
                                                            const float* x, float* const half[2], int32_t row,
                                                            int32_t panel, const int rows) {
-    float32x4_t acc0[ROWS], acc1[ROWS]; /* columns 0-3 and 4-7 */
     const float* xr[ROWS];
+    double y[ROWS][QK_ARM_PANEL];
     for (int r = 0; r < rows; r++) {
-        acc0[r] = acc1[r] = vdupq_n_f32(0.0f);
         xr[r] = x + (size_t)r * h->k_padded;
+        for (int c = 0; c < QK_ARM_PANEL; c++) y[r][c] = 0.0;
     }
-    for (int32_t k = 0; k < h->k_padded; k += 4) {
-        float32x4_t xv[ROWS];
-        for (int r = 0; r < rows; r++) xv[r] = vld1q_f32(xr[r] + k);
+    for (int32_t k0 = 0; k0 < h->k_padded; k0 += RUN_K) {
+        int32_t k1 = h->k_padded - k0 < RUN_K ? h->k_padded : k0 + RUN_K;
+        float32x4_t acc0[ROWS], acc1[ROWS]; /* columns 0-3 and 4-7 */
+        for (int r = 0; r < rows; r++) acc0[r] = acc1[r] = vdupq_n_f32(0.0f);
+        for (int32_t k = k0; k < k1; k += 4) {
+            float32x4_t xv[ROWS];
+            for (int r = 0; r < rows; r++) xv[r] = vld1q_f32(xr[r] + k);
 #define QK_FMA_STEP(lane)                                                                          \
     {                                                                                              \
         float32x4_t w0 = vld1q_f32(half[0] + (size_t)(k + lane) * 4);                              \
@@ -93,24 +99,24 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_matmul_args
             acc1[r] = vfmaq_laneq_f32(acc1[r], w1, xv[r], lane);                                   \
         }                                                                                          \
     }
-        QK_FMA_STEP(0)
-        QK_FMA_STEP(1)
-        QK_FMA_STEP(2)
-        QK_FMA_STEP(3)
+            QK_FMA_STEP(0)
+            QK_FMA_STEP(1)
+            QK_FMA_STEP(2)
+            QK_FMA_STEP(3)
 #undef QK_FMA_STEP
-    }
-    /* Every accumulator to memory before the first call: values live across calls would be
-     * spilled inside the k loop. */
-    float y[ROWS][QK_ARM_PANEL];
-    for (int r = 0; r < rows; r++) {
-        vst1q_f32(y[r], acc0[r]);
-        vst1q_f32(y[r] + 4, acc1[r]);
+        }
+        for (int r = 0; r < rows; r++) {
+            float t[QK_ARM_PANEL];
+            vst1q_f32(t, acc0[r]);
+            vst1q_f32(t + 4, acc1[r]);
+            for (int c = 0; c < QK_ARM_PANEL; c++) y[r][c] += t[c];
+        }
     }
     int32_t n0 = panel * QK_ARM_PANEL, columns = h->N - n0 < QK_ARM_PANEL ? h->N - n0 : QK_ARM_PANEL;
     for (int r = 0; r < rows; r++)
         for (int32_t c = 0; c < columns; c++)
             qk_store_f64(a->output, a->input_dtype, (size_t)(row + r) * h->N + n0 + c,
-                         (double)y[r][c] + (a->bias ? a->bias[n0 + c] : 0.0));
+                         y[r][c] + (a->bias ? a->bias[n0 + c] : 0.0));
 }
 
 /* X to float32 at the padded positions of the layout, zeros in the group padding. */

@@ -1034,6 +1034,25 @@ static void test_overflow_stress(void) {
  * the number of terms and nothing cancels: K = 4096 and 16384 at G = 32 (128 and 512 groups).
  * (A plain float32 running sum across groups uses about half the A8 tolerance at 128 groups and
  * can exceed it, rarely, from about 500 groups on.) */
+/* A16 rounding that accumulates: one per-channel group of K = 4096 whose products after the first
+ * are each 0.6 ulp of the running sum, so that every float32 addition rounds the same way. A
+ * float32 sum over all of K misses the float32 tolerance; kernels must fold partial sums into a
+ * wider one (docs/numerics.md section 3 allows float32 accumulation, the tolerance does not allow
+ * it unbounded). */
+static void test_long_float32_sums(void) {
+    problem p = {.M = 1, .N = 3, .K = 4096, .G = 4096, .bits = 8, .dtype = QK_DTYPE_F32, .mode = QK_MODE_A16};
+    set_context("long float32 sums: K=4096 per-channel, same-sign terms of 0.6 ulp, float32 A16");
+    p.x = xmalloc(x_bytes(&p));
+    store_el(p.x, p.dtype, 0, 1.0f);
+    for (int32_t k = 1; k < p.K; k++) store_el(p.x, p.dtype, k, 0.6f * 0x1p-23f);
+    p.q = xmalloc(q_bytes(&p));
+    memset(p.q, 1, q_bytes(&p));
+    p.scales = xmalloc(n_groups(&p) * sizeof(float));
+    for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = 1.0f;
+    run_problem(&p);
+    problem_free(&p);
+}
+
 static void test_many_groups(void) {
     static const int32_t Ks[2] = {4096, 16384};
     for (int ki = 0; ki < 2; ki++)
@@ -2003,6 +2022,7 @@ int main(int argc, char** argv) {
         test_subnormal_amax();
         reseed(seed, 0xFFFFFFFF09ull);
         test_many_groups();
+        test_long_float32_sums();
         reseed(seed, 0xFFFFFFFF07ull);
         test_threads();
     }

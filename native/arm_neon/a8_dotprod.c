@@ -62,9 +62,8 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_arm_a8_prob
         const float* sc = qk_arm_scales(h, panel, g);
         float32x4_t scales[2] = {vld1q_f32(sc), vld1q_f32(sc + 4)};
         if (h->has_zero_points) {
-            int16x8_t zp16 = vmovl_s8(vld1_s8(qk_arm_zero_points(h, panel, g)));
-            if (bits == 4) zp16 = vshlq_n_s16(zp16, 4); /* the sums are 16 sum qx * q */
-            int32x4_t zp[2] = {vmovl_s16(vget_low_s16(zp16)), vmovl_high_s16(zp16)};
+            int32x4_t zp[2];
+            qk_arm_zero_points_s32(h, panel, g, bits, zp);
             for (int r = 0; r < rows; r++) {
                 int32_t s = p->sums[(size_t)(row + r) * h->groups + g];
                 acc[r][0] = vmlsq_n_s32(acc[r][0], zp[0], s);

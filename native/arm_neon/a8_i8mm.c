@@ -61,9 +61,8 @@ static inline __attribute__((always_inline)) void tile_pairs(const qk_arm_a8_pro
         const float* sc = qk_arm_scales(h, panel, g);
         float32x4_t scales[2] = {vld1q_f32(sc), vld1q_f32(sc + 4)};
         if (h->has_zero_points) {
-            int16x8_t zp16 = vmovl_s8(vld1_s8(qk_arm_zero_points(h, panel, g)));
-            if (bits == 4) zp16 = vshlq_n_s16(zp16, 4); /* the sums are 16 sum qx * q */
-            int32x4_t zp[2] = {vmovl_s16(vget_low_s16(zp16)), vmovl_high_s16(zp16)};
+            int32x4_t zp[2];
+            qk_arm_zero_points_s32(h, panel, g, bits, zp);
             for (int i = 0; i < pairs; i++) {
                 const int32_t* s = p->sums + (size_t)(row + 2 * i) * h->groups + g;
                 int32x4_t rows_sum = vcombine_s32(vdup_n_s32(s[0]), vdup_n_s32(s[h->groups]));

@@ -70,6 +70,15 @@ static inline void qk_arm_unpack_int4_x16(int8x16_t packed, int8x16_t* low, int8
 
 /* An exact int32 group sum to float32, one rounding; 4-bit sums (qk_arm_unpack_int4_x16) are 16
  * times the value. */
+/* A panel's eight zero points of group g as int32 (columns 0-3, 4-7), scaled like the kernels' sums
+ * (times 16 for 4 bits, whose sums are 16 sum qx * q). */
+static inline void qk_arm_zero_points_s32(const qk_arm_packed* h, int32_t panel, int32_t g, int bits, int32x4_t zp[2]) {
+    int16x8_t zp16 = vmovl_s8(vld1_s8(qk_arm_zero_points(h, panel, g)));
+    if (bits == 4) zp16 = vshlq_n_s16(zp16, 4);
+    zp[0] = vmovl_s16(vget_low_s16(zp16));
+    zp[1] = vmovl_high_s16(zp16);
+}
+
 static inline float32x4_t qk_arm_sum_to_float(int32x4_t acc, const int bits) {
     return bits == 4 ? vcvtq_n_f32_s32(acc, 4) : vcvtq_f32_s32(acc);
 }

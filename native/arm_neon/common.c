@@ -18,10 +18,7 @@ static void padded_row(const qk_weights* w, const qk_arm_packed* h, int32_t n, i
     if (n >= w->N) return;
     const int8_t* q = w->data + (size_t)n * qk_row_bytes(w->K, w->bits);
     if (w->bits == 4) {
-        for (int32_t k = 0; k < w->K; k++) { /* low nibble first; (v ^ 8) - 8 sign-extends 4 bits */
-            uint8_t byte = (uint8_t)q[k / 2];
-            unpacked[k] = (int8_t)((((k % 2 ? byte >> 4 : byte) & 0xF) ^ 8) - 8);
-        }
+        for (int32_t k = 0; k < w->K; k++) unpacked[k] = (int8_t)qk_weight_q(w, n, k);
         q = unpacked;
     }
     for (int32_t g = 0; g < h->groups; g++)
@@ -32,10 +29,11 @@ static qk_status pack(const qk_weights* w, int32_t k_per_register, void** data, 
     qk_arm_packed h = {.N = w->N, .K = w->K, .group_size = w->group_size, .bits = w->bits,
                        .groups = qk_groups_per_row(w), .k_per_register = k_per_register,
                        .has_zero_points = w->zero_points != NULL};
-    h.group_padded = (w->group_size + QK_ARM_GROUP_STEP - 1) / QK_ARM_GROUP_STEP * QK_ARM_GROUP_STEP;
-    if ((int64_t)h.groups * h.group_padded > INT32_MAX / QK_ARM_PANEL) /* int32 k and register counts */
+    int64_t group_padded = ((int64_t)w->group_size + QK_ARM_GROUP_STEP - 1) / QK_ARM_GROUP_STEP * QK_ARM_GROUP_STEP;
+    if (h.groups * group_padded > INT32_MAX / QK_ARM_PANEL) /* int32 k and register counts */
         return qk_fail(QK_ERR_UNSUPPORTED, "K=%d with group size %d is too long for the ARM layout (K padded to %lld)",
-                       w->K, w->group_size, (long long)h.groups * h.group_padded);
+                       w->K, w->group_size, (long long)(h.groups * group_padded));
+    h.group_padded = (int32_t)group_padded;
     h.k_padded = h.groups * h.group_padded;
     h.panels = (w->N + QK_ARM_PANEL - 1) / QK_ARM_PANEL;
     h.panel_bytes = (size_t)h.k_padded * QK_ARM_PANEL * (size_t)w->bits / 8;

@@ -57,7 +57,8 @@ static inline int32_t qk_weight_q(const qk_weights* w, int32_t n, int32_t k) {
 
 /* ---- threads (threads.c) ---- */
 
-/* This thread's index in the enclosing OpenMP team, in [0, qk_get_num_threads()); 0 outside one. */
+/* This thread's index in the enclosing OpenMP team, below the num_threads the region was started
+ * with (size per-thread buffers by that number); 0 outside a team. */
 int32_t qk_thread_index(void);
 
 /* Threads for an M x N x K matmul: at most qk_get_num_threads(), and few enough that each gets

@@ -62,7 +62,7 @@ static const qk_kernel kernels[] = {
     {"x86_avx2_a8_w4w8_4x8", QK_BACKEND_X86_AVX2, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 66311, 0, qk_avx2_matmul_a8},
 #endif
 #if QK_HAVE_ARM_NEON
-    /* Any group size: groups are padded to 16 k at pack time. */
+    /* Any group size (groups are padded to 16 k at pack time); A8 sums are exact int32 up to G = 66311. */
     {"arm_neon_i8mm_a8_w4w8_4x8", QK_BACKEND_ARM_NEON_I8MM, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 66311, 0, qk_arm_i8mm_a8},
     {"arm_neon_i8mm_a16_w4w8_8x8", QK_BACKEND_ARM_NEON_I8MM, QK_MODE_A16, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 0, 0, qk_arm_a16},
     {"arm_neon_dotprod_a8_w4w8_4x8", QK_BACKEND_ARM_NEON_DOTPROD, QK_MODE_A8, QK_BITS_4 | QK_BITS_8, QK_DTYPES_FLOAT, 1, 66311, 0, qk_arm_dotprod_a8},

@@ -3,6 +3,7 @@
 #include <float.h>
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "avx2.h"
 
@@ -27,26 +28,25 @@ static inline float hmax8(__m256 v) {
 }
 
 float qk_avx2_load_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, float* out) {
-    int32_t G = w->group_size, padded = (G + QK_AVX2_BLOCK_K - 1) / QK_AVX2_BLOCK_K * QK_AVX2_BLOCK_K;
+    int32_t G = w->group_size;
+    size_t padded = (size_t)qk_avx2_layout_of(w).blocks * QK_AVX2_BLOCK_K;
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
     __m256 vmax = _mm256_setzero_ps();
     float amax = 0.0f;
     for (int32_t g = 0; g < qk_groups_per_row(w); g++, out += padded) {
-        size_t first = (size_t)m * w->K + (size_t)g * G;
-        int32_t j = 0;
-        for (; j + 8 <= G; j += 8) {
+        size_t first = (size_t)m * w->K + (size_t)g * G, j = 0;
+        for (; j + 8 <= (size_t)G; j += 8) {
             __m256 v = load8(a->input, a->input_dtype, first + j);
             _mm256_storeu_ps(out + j, v);
-            vmax = _mm256_max_ps(_mm256_and_ps(v, abs_mask), vmax); /* a NaN lane stays NaN */
+            vmax = _mm256_max_ps(_mm256_and_ps(v, abs_mask), vmax); /* a NaN lane keeps vmax's */
         }
-        for (; j < G; j++) {
+        for (; j < (size_t)G; j++) {
             out[j] = qk_load_f32(a->input, a->input_dtype, first + j);
-            amax = isnan(out[j]) ? out[j] : fmaxf(fabsf(out[j]), amax);
+            amax = fmaxf(fabsf(out[j]), amax); /* fmaxf ignores NaN */
         }
         for (; j < padded; j++) out[j] = 0.0f;
     }
-    float vector_max = hmax8(vmax);
-    return isnan(amax) || isnan(vector_max) ? NAN : fmaxf(amax, vector_max);
+    return fmaxf(amax, hmax8(vmax));
 }
 
 /* ---- the A8 activation quantizer (docs/numerics.md section 3, reading 4) ---- */
@@ -97,18 +97,22 @@ static float row_absmax(const qk_matmul_args* a, int32_t K, int32_t m) {
 
 int qk_avx2_quantize_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, int8_t* qx,
                          int32_t* group_sums, float* sx) {
-    int32_t K = w->K, G = w->group_size, padded = (G + QK_AVX2_BLOCK_K - 1) / QK_AVX2_BLOCK_K * QK_AVX2_BLOCK_K;
+    int32_t K = w->K, G = w->group_size, groups = qk_groups_per_row(w);
+    size_t padded = (size_t)qk_avx2_layout_of(w).blocks * QK_AVX2_BLOCK_K;
     float amax = row_absmax(a, K, m);
-    if (amax < 0.0f) return 0;
+    if (amax < 0.0f) { /* no finite amax: zeros, so that the kernels never read unwritten memory */
+        memset(qx, 0, padded * groups);
+        memset(group_sums, 0, (size_t)groups * sizeof *group_sums);
+        return 0;
+    }
     float inv = amax > 0.0f ? 127.0f / amax : 0.0f; /* +Inf for a tiny amax: reading 4 */
     const __m256 vinv = _mm256_set1_ps(inv);
     /* vpackssdw / vpacksswb interleave 128-bit lanes; this dword order undoes it. */
     const __m256i unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (int32_t g = 0; g < qk_groups_per_row(w); g++, qx += padded) {
-        size_t first = (size_t)m * K + (size_t)g * G;
+    for (int32_t g = 0; g < groups; g++, qx += padded) {
+        size_t first = (size_t)m * K + (size_t)g * G, j = 0;
         __m256i sum = _mm256_setzero_si256();
-        int32_t j = 0;
-        for (; j + 32 <= G; j += 32) {
+        for (; j + 32 <= (size_t)G; j += 32) {
             __m256i q[4];
             for (int i = 0; i < 4; i++) {
                 q[i] = quantize8(load8(a->input, a->input_dtype, first + j + 8 * i), vinv);
@@ -118,7 +122,7 @@ int qk_avx2_quantize_row(const qk_matmul_args* a, const qk_weights* w, int32_t m
             _mm256_storeu_si256((__m256i*)(qx + j), _mm256_permutevar8x32_epi32(bytes, unshuffle));
         }
         int32_t total = hsum8_epi32(sum);
-        for (; j < G; j++) {
+        for (; j < (size_t)G; j++) {
             qx[j] = (int8_t)quantize1(qk_load_f32(a->input, a->input_dtype, first + j), inv);
             total += qx[j];
         }

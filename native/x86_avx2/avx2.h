@@ -23,9 +23,11 @@
 #include "../core/internal.h"
 
 enum {
-    QK_AVX2_PANEL = 8,   /* columns per panel */
-    QK_AVX2_BLOCK_K = 8, /* k per block */
-    QK_AVX2_HEADER = 64, /* bytes of a group header */
+    QK_AVX2_PANEL = 8,      /* columns per panel */
+    QK_AVX2_BLOCK_K = 8,    /* k per block */
+    QK_AVX2_HEADER = 64,    /* bytes of a group header */
+    QK_AVX2_OFFSET_W4 = 8,  /* stored = q + offset: offset binary */
+    QK_AVX2_OFFSET_W8 = 128,
 };
 
 typedef struct {
@@ -40,7 +42,7 @@ static inline qk_avx2_layout qk_avx2_layout_of(const qk_weights* w) {
     qk_avx2_layout l;
     l.panels = (w->N + QK_AVX2_PANEL - 1) / QK_AVX2_PANEL;
     l.groups = qk_groups_per_row(w);
-    l.blocks = (w->group_size + QK_AVX2_BLOCK_K - 1) / QK_AVX2_BLOCK_K;
+    l.blocks = (w->group_size - 1) / QK_AVX2_BLOCK_K + 1;
     l.block_bytes = w->bits == 4 ? 32 : 64;
     l.group_bytes = QK_AVX2_HEADER + (size_t)l.blocks * l.block_bytes;
     l.panel_bytes = (size_t)l.groups * l.group_bytes;
@@ -55,11 +57,12 @@ static inline size_t qk_avx2_padded_row(const qk_avx2_layout* l) {
 qk_status qk_avx2_pack(const qk_weights* weights, void** data, size_t* size);
 
 /* Loads X's row m as float32 into out, each group padded with zeros to a whole number of blocks.
- * Returns max |X[m, :]| (NaN when the row holds NaN). */
+ * Returns the largest |X[m, k]| that is not NaN. */
 float qk_avx2_load_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, float* out);
 
-/* SPEC.md section 3's A8 activation quantizer for row m into the padded layout: qx (zero padded),
- * the per-group sums of qx, and sx. Returns 0 when the row holds NaN or Inf (its outputs are NaN). */
+/* The A8 activation quantizer (docs/numerics.md section 3) for row m into the padded layout: qx
+ * (zero padded), the per-group sums of qx, and sx. Returns 0 when the row holds NaN or Inf: its
+ * outputs are NaN, and its qx and sums are zeros. */
 int qk_avx2_quantize_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, int8_t* qx,
                          int32_t* group_sums, float* sx);
 

@@ -61,16 +61,16 @@ typedef struct {
     const int8_t* qx;      /* A8: quantized rows */
     const int32_t* sums;   /* A8: [M][groups] sums of qx */
     const float* x;        /* A16: float32 rows */
-    const unsigned char* large; /* A16: [M] whether a row reaches A16_LARGE_X, or holds NaN / Inf */
+    const unsigned char* large; /* A16: [M] whether a row's magnitude reaches A16_LARGE_X (Inf does) */
 } problem;
 
 /* ---- A8 tiles ---- */
 
-/* acc holds sum qx * (stored - offset) (the 4-bit tile sums stored values, offset 0; the 8-bit tile
- * sums q, offset 128); minus (zero - offset) * sum qx, that is sum qx * (q - zp). */
-INLINE void a8_group_end(const uint8_t* group, int32_t offset, const int32_t* sums, int32_t groups, int rows,
+/* acc holds sum qx * (stored - removed): the 4-bit tile sums stored values (removed = 0), the
+ * 8-bit tile sums q (removed = the offset). acc - (zero - removed) * sum qx = sum qx * (q - zp). */
+INLINE void a8_group_end(const uint8_t* group, int32_t removed, const int32_t* sums, int32_t groups, int rows,
                          const __m256i* acc, __m256d* const* y) {
-    __m256i zero = _mm256_sub_epi32(_mm256_load_si256((const __m256i*)(group + 32)), _mm256_set1_epi32(offset));
+    __m256i zero = _mm256_sub_epi32(_mm256_load_si256((const __m256i*)(group + 32)), _mm256_set1_epi32(removed));
     __m256 scale = _mm256_load_ps((const float*)group);
     __m256d scale_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(scale));
     __m256d scale_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(scale, 1));
@@ -113,7 +113,7 @@ INLINE void a8_tile_w4(const problem* p, const uint8_t* panel, const int8_t* qx,
 
 INLINE void a8_tile_w8(const problem* p, const uint8_t* panel, const int8_t* qx, const int32_t* sums,
                        int rows, __m256d* const* y) {
-    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80); /* q + 128 -> q */
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)QK_AVX2_OFFSET_W8); /* q + 128 -> q */
     const qk_avx2_layout* l = &p->l;
     for (int32_t g = 0; g < l->groups; g++) {
         const uint8_t* group = panel + (size_t)g * l->group_bytes;
@@ -133,7 +133,7 @@ INLINE void a8_tile_w8(const problem* p, const uint8_t* panel, const int8_t* qx,
                                                                    _mm256_madd_epi16(p1, ones)));
             }
         }
-        a8_group_end(group, 128, sums + g, l->groups, rows, acc, y);
+        a8_group_end(group, QK_AVX2_OFFSET_W8, sums + g, l->groups, rows, acc, y);
     }
 }
 

@@ -4,8 +4,7 @@
 
 #include "avx2.h"
 
-/* The offset that makes stored weights unsigned (offset binary): 8 for 4 bits, 128 for 8 bits. */
-static int32_t offset(const qk_weights* w) { return w->bits == 4 ? 8 : 128; }
+static int32_t offset(const qk_weights* w) { return w->bits == 4 ? QK_AVX2_OFFSET_W4 : QK_AVX2_OFFSET_W8; }
 
 /* Column n's weight at group-relative k of group g, as stored: q + offset (padding: q = 0). */
 static uint8_t stored(const qk_weights* w, int32_t n, int32_t g, int32_t k) {

@@ -18,7 +18,8 @@ def float_array(x: Any, argument: str, *, ndim: int | None = None, dtype=np.floa
     if is_torch(x):
         if not x.is_floating_point():
             raise DtypeError(f"{argument} has dtype {x.dtype}; expected a float tensor")
-        x = host_tensor(x, argument).float().numpy()
+        x = host_tensor(x, argument)
+        x = x.float().numpy() if str(x.dtype) == "torch.bfloat16" else x.numpy()  # NumPy has no bfloat16
     if not isinstance(x, np.ndarray):
         raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
     if x.dtype.kind != "f" and x.dtype.name not in DTYPE_NAMES:

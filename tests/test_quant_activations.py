@@ -162,3 +162,15 @@ def test_llm_int8_keeps_torch_in_torch_out():
     y = quant.llm_int8_matmul(x, qw)
     assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and y.shape == (3, 4)
     np.testing.assert_array_equal(y.numpy(), quant.llm_int8_matmul(x.numpy(), qw))
+    for dtype in (torch.float16, torch.bfloat16):
+        y_low = quant.llm_int8_matmul(x.to(dtype), qw)
+        assert y_low.dtype == dtype and y_low.shape == (3, 4)
+        np.testing.assert_allclose(y_low.float().numpy(), y.numpy(), rtol=2**-7, atol=0.05)
+
+
+def test_llm_int8_takes_what_matmul_takes():
+    qw = quant.rtn(np.ones((2, 4), np.float32), bits=8)
+    with pytest.raises(qkernels.DtypeError):
+        quant.llm_int8_matmul(np.full((1, 4), 9.0), qw)  # float64, like matmul
+    with pytest.raises(qkernels.InvalidArgumentError, match="last dimension"):
+        quant.llm_int8_matmul(np.full((1, 3), 9.0, np.float32), qw)

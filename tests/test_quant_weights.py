@@ -82,6 +82,16 @@ def test_gptq_without_column_coupling_is_rtn(bits, group_size, symmetric):
         _same(got, quant.rtn(w, bits=bits, group_size=group_size, symmetric=symmetric))
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_odd_groups_of_4_bit_weights(symmetric):
+    # Groups of 3 columns: the dynamic group scales come from odd-width slices of the weights.
+    w, _ = _layer(9, N=5, K=6)
+    _same(quant.gptq(w, np.eye(6), bits=4, group_size=3, symmetric=symmetric),
+          quant.rtn(w, bits=4, group_size=3, symmetric=symmetric))
+    with pytest.raises(qkernels.InvalidArgumentError, match="even"):
+        quant.gptq(w[:, :5], np.eye(5), bits=4, group_size=5)
+
+
 @pytest.mark.parametrize("bits,group_size,symmetric,act_order",
                          itertools.product([4, 8], [None, 16], [True, False], [False, True]))
 def test_gptq_layer_error_no_worse_than_rtn(bits, group_size, symmetric, act_order):

@@ -81,6 +81,8 @@ def gptq(weight: Any, hessian: Any, *, bits: int, group_size: int | None = None,
     G = K if group_size is None else group_size
     if not isinstance(G, (int, np.integer)) or G <= 0 or K % G:
         raise InvalidArgumentError(f"group_size={group_size} must be a positive divisor of K={K}")
+    if bits == 4 and K % 2:
+        raise InvalidArgumentError(f"K={K} must be even for 4-bit weights (two per byte)")
     if block_size < 1:
         raise InvalidArgumentError(f"block_size={block_size} must be positive")
     if damp < 0:
@@ -109,26 +111,26 @@ def gptq(weight: Any, hessian: Any, *, bits: int, group_size: int | None = None,
     U = _upper_cholesky_of_inverse(H)
     group_of = order // G  # the group (in original order) of each column, in quantization order
 
-    Q = np.empty((N, K), np.int8)
+    # Column j of W is row j of Wt: contiguous rows for the column-by-column updates.
+    Wt = np.ascontiguousarray(W.T)
+    Qt = np.empty((K, N), np.int8)
     for start in range(0, K, block_size):
         end = min(start + block_size, K)
-        errors = np.empty((N, end - start))
+        errors = np.empty((end - start, N))
         for j in range(start, end):
             g = group_of[j]
             if not static_groups and j % G == 0:
-                _, scales[:, g], zp = quantize_rows(W[:, j:j + G], bits, symmetric)
+                _, scales[:, g], zp = quantize_rows(Wt[j:j + G].T, bits, symmetric)
                 if zero_points is not None:
                     zero_points[:, g] = zp
             zp = None if zero_points is None else zero_points[:, g]
-            w = W[:, j]
-            Q[:, j] = round_to_grid(w, scales[:, g], zp, bits)
-            dequantized = scales[:, g].astype(np.float64) * (Q[:, j] - (0 if zp is None else zp.astype(np.float64)))
-            error = (w - dequantized) / U[j, j]
-            W[:, j + 1:end] -= np.outer(error, U[j, j + 1:end])
-            errors[:, j - start] = error
-        W[:, end:] -= errors @ U[start:end, end:]
+            Qt[j] = round_to_grid(Wt[j], scales[:, g], zp, bits)
+            dequantized = scales[:, g].astype(np.float64) * (Qt[j] - (0 if zp is None else zp.astype(np.float64)))
+            errors[j - start] = (Wt[j] - dequantized) / U[j, j]
+            Wt[j + 1:end] -= np.outer(U[j, j + 1:end], errors[j - start])
+        Wt[end:] -= U[start:end, end:].T @ errors
 
-    q = np.empty_like(Q)
-    q[:, order] = Q
+    q = np.empty((N, K), np.int8)
+    q[:, order] = Qt.T
     dtype, kind = source_format(weight)
     return from_integers(q, scales, zero_points, bits, G, dtype, kind)

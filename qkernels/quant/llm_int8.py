@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._tensors import is_torch
+from .._tensors import float_buffer
 from ..errors import InvalidArgumentError
 from ..ops import matmul
 from ..weights import QuantizedWeight
@@ -31,21 +31,25 @@ def llm_int8_matmul(x: Any, qweight: QuantizedWeight, *, threshold: float = 6.0,
     O = ``outlier_columns(x, threshold)`` (columns with any |x| ≥ threshold, over the whole batch).
     X_R·W_Rᵀ: x with the O columns zeroed through ``qkernels.matmul(..., mode="a8")`` (per-row
     dynamic int8 activations — the paper's vector-wise quantization — and whatever backend runs
-    it, with `bias`). X_O·W_Oᵀ: exactly, in float64, against the dequantized weight columns W_O =
-    scales·(q − zp) (the paper keeps W_O in fp16; here W is stored once, quantized, and its O
-    columns are dequantized, as bitsandbytes does). The sum is rounded once to x's dtype.
+    it, with `bias`; given as float32, so that its output is float32 whatever x's dtype).
+    X_O·W_Oᵀ: exactly, in float64, against the dequantized weight columns W_O = scales·(q − zp) (the
+    paper keeps W_O in fp16; here W is stored once, quantized, and its O columns are dequantized, as
+    bitsandbytes does). The sum is rounded to x's dtype.
 
     qweight: the paper's is 8-bit per-channel (``rtn(w, bits=8)``); any QuantizedWeight works.
-    x: [..., K] NumPy array or CPU torch tensor; Y has its kind, dtype and leading shape.
+    x: [..., K] float32/float16/bfloat16 NumPy array or CPU torch tensor; Y has its kind, dtype and
+    leading shape. Without outlier columns this is ``matmul(x, qweight, mode="a8", bias=bias)``.
     """
+    buf = float_buffer(x, "x")  # the dtypes and containers matmul accepts
     outliers = outlier_columns(x, threshold)
     if outliers.size == 0:
         return matmul(x, qweight, mode="a8", backend=backend, kernel=kernel, bias=bias)
-    regular = x.clone() if is_torch(x) else np.array(x)
-    regular[..., outliers] = 0
-    y = matmul(regular, qweight, mode="a8", backend=backend, kernel=kernel, bias=bias)
     rows = rows_of(x, "x", qweight.K)
-    w = dequantize_exact(qweight)
-    if is_torch(y):
-        return y.new_tensor(y.double().numpy() + (rows[:, outliers] @ w[:, outliers].T).reshape(y.shape))
-    return (y.astype(np.float64) + (rows[:, outliers] @ w[:, outliers].T).reshape(y.shape)).astype(y.dtype)
+    regular = rows.astype(np.float32)  # exact: x's dtype is a subset of float32
+    regular[:, outliers] = 0
+    y = matmul(regular, qweight, mode="a8", backend=backend, kernel=kernel, bias=bias).astype(np.float64)
+    y += rows[:, outliers] @ dequantize_exact(qweight)[:, outliers].T
+    y = y.reshape(buf.shape[:-1] + (qweight.N,))
+    if buf.kind == "torch":
+        return x.new_tensor(y)  # x.dtype, on the CPU
+    return y.astype(x.dtype)

@@ -82,6 +82,50 @@ def test_gptq_without_column_coupling_is_rtn(bits, group_size, symmetric):
         _same(got, quant.rtn(w, bits=bits, group_size=group_size, symmetric=symmetric))
 
 
+def _obq_oracle(w, hessian, bits, group_size, symmetric, act_order, damp=0.01):
+    """GPTQ written the plain way (Frantar et al. §3, before the Cholesky and lazy-batch
+    reformulations): after each column, the inverse Hessian of the remaining columns is downdated
+    explicitly. Returns the integers q [N, K] (unpacked), in the original column order."""
+    N, K = w.shape
+    qmax = (1 << (bits - 1)) - 1
+    order = np.argsort(-np.diag(hessian), kind="stable") if act_order else np.arange(K)
+    original = w.astype(np.float64)
+    w = original[:, order]
+    h_inv = np.linalg.inv(hessian[np.ix_(order, order)] + damp * np.mean(np.diag(hessian)) * np.eye(K))
+    static = act_order or group_size == K
+    params = {}
+    q = np.empty((N, K), np.int64)
+    for j in range(K):
+        g = order[j] // group_size
+        if g not in params:  # static: RTN's, from the original weights; dynamic: at the group's first column
+            source = original[:, g * group_size:(g + 1) * group_size] if static else w[:, j:j + group_size]
+            _, s, zp = reference.quantize(source.astype(np.float32), bits, None, symmetric, "channel")
+            params[g] = (s[:, 0], 0 if zp is None else zp[:, 0].astype(np.int64))
+        s, zp = params[g]
+        r = np.rint(w[:, j].astype(np.float32) / s).astype(np.int64)
+        q[:, j] = np.clip(r, -qmax, qmax) if symmetric else np.clip(r + zp, -qmax - 1, qmax)
+        error = (w[:, j] - s.astype(np.float64) * (q[:, j] - zp)) / h_inv[j, j]
+        w[:, j:] -= np.outer(error, h_inv[j, j:])
+        h_inv -= np.outer(h_inv[:, j], h_inv[j, :]) / h_inv[j, j]
+    result = np.empty_like(q)
+    result[:, order] = q
+    return result
+
+
+@pytest.mark.parametrize("bits,group_size,symmetric,act_order",
+                         itertools.product([4, 8], [None, 8], [True, False], [False, True]))
+def test_gptq_matches_the_plain_algorithm(bits, group_size, symmetric, act_order):
+    # The Cholesky form and the lazy blocks are exact rewritings: same integers as the plain form
+    # (up to a rounding tie that float64 noise could flip: none occurs on these data).
+    w, x = _layer(10, N=12, K=32, M=96)
+    h = quant.HessianAccumulator(32)
+    h.update(x)
+    qw = quant.gptq(w, h.hessian(), bits=bits, group_size=group_size, symmetric=symmetric, act_order=act_order,
+                    block_size=8)
+    expected = _obq_oracle(w, h.hessian(), bits, group_size or 32, symmetric, act_order)
+    np.testing.assert_array_equal(reference.unpack(qw.data, bits, 32), expected)
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_gptq_odd_groups_of_4_bit_weights(symmetric):
     # Groups of 3 columns: the dynamic group scales come from odd-width slices of the weights.

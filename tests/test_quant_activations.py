@@ -108,6 +108,8 @@ def test_smoothquant_shared_input_norm_folding_and_w8a8():
     smoothed = qkernels.matmul(quant.smooth_activations(x, s_q), qw, mode="a8")
     plain = qkernels.matmul(x, quant.rtn(q_proj, bits=8), mode="a8")
     assert np.linalg.norm(smoothed - exact) < 0.5 * np.linalg.norm(plain - exact)
+    per_tensor, _ = quant.smoothquant(q_proj, act, per_tensor=True)
+    assert (per_tensor.scales == per_tensor.scales[0, 0]).all()
     assert quant.smoothquant_scales(np.zeros(32), q_proj)[0] == 1  # nothing to balance
     with pytest.raises(qkernels.InvalidArgumentError, match="alpha"):
         quant.smoothquant_scales(act, q_proj, 1.5)

@@ -57,6 +57,8 @@ def test_rtn_is_the_contract_quantizer(bits, symmetric, granularity, seed):
         assert qw.zero_points is None
     else:
         np.testing.assert_array_equal(qw.zero_points, zero_points)
+    with pytest.raises(qkernels.InvalidArgumentError, match="per_tensor"):
+        quant.rtn(w, bits=bits, group_size=8, per_tensor=True)
 
 
 # ---------------------------------------------------------------- GPTQ

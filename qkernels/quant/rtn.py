@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import InvalidArgumentError
 from ..weights import QuantizedWeight, quantize_weights
 
 
@@ -18,5 +19,7 @@ def rtn(weight: Any, *, bits: int, group_size: int | None = None, symmetric: boo
     scale) or per tensor (``per_tensor=True``: one range over W, stored per channel). bits: 8 or 4.
     weight: float32/float16/bfloat16 NumPy array or CPU torch tensor.
     """
+    if per_tensor and group_size is not None:
+        raise InvalidArgumentError(f"per_tensor=True takes no group_size (got {group_size})")
     granularity = "tensor" if per_tensor else ("channel" if group_size is None else "group")
     return quantize_weights(weight, bits=bits, group_size=group_size, symmetric=symmetric, granularity=granularity)

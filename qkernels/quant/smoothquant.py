@@ -65,13 +65,16 @@ def fold_into_norm(norm_weight: Any, norm_bias: Any, s: Any) -> tuple[np.ndarray
     return (gamma / s).astype(np.float32), beta
 
 
-def smoothquant(weight: Any, act_absmax: Any, *, alpha: float = 0.5, bits: int = 8) -> tuple[QuantizedWeight, np.ndarray]:
-    """W8A8 SmoothQuant for one linear layer: s from ``smoothquant_scales``, then per-channel RTN
-    of W·diag(s). Returns (quantized smoothed weight, s). Run it with inputs divided by s (folded
+def smoothquant(weight: Any, act_absmax: Any, *, alpha: float = 0.5, bits: int = 8,
+                per_tensor: bool = False) -> tuple[QuantizedWeight, np.ndarray]:
+    """W8A8 SmoothQuant for one linear layer: s from ``smoothquant_scales``, then RTN of W·diag(s),
+    per output channel (default: the kernels take per-channel scales at no cost) or per tensor (the
+    paper's weights). Returns (quantized smoothed weight, s). Run it with inputs divided by s (folded
     into the previous operation, or ``smooth_activations``) and ``qkernels.matmul(..., mode="a8")``:
-    dynamic per-token int8 activations, the paper's "O3"-like per-token setting."""
+    dynamic per-token int8 activations (the paper's per-token setting; the A8 kernels have no static
+    activation scales)."""
     s = smoothquant_scales(act_absmax, weight, alpha)
-    return rtn(smooth_weight(weight, s), bits=bits), s
+    return rtn(smooth_weight(weight, s), bits=bits, per_tensor=per_tensor), s
 
 
 def _scales(s: Any, K: int) -> np.ndarray:

@@ -48,14 +48,14 @@ def test_eval_command_prints_the_table_and_writes_plots(tmp_path, capsys):
 
     plots = HAVE_EVAL and importlib.util.find_spec("matplotlib") is not None
     argv = ["eval", "--sentences", "6", "--calibration", "2", "--batch-size", "6",
-            "--methods", "zeroquant-w8-g64,llm-int8"]
+            "--methods", "rtn-w8,llm-int8"]
     assert cli.main(argv + (["--plots", str(tmp_path)] if plots else [])) == 0
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
     header, table = [c.strip() for c in rows[0]], [[c.strip() for c in r] for r in rows[1:]]
-    assert [r[0] for r in table] == ["float32 (PyTorch)", "ZeroQuant", "LLM.int8() (threshold 6)"]
+    assert [r[0] for r in table] == ["float32 (PyTorch)", "RTN", "LLM.int8() (threshold 6)"]
     cosine = {r[0]: float(r[header.index("mean cos")]) for r in table}
-    assert cosine["float32 (PyTorch)"] == 1.0 and cosine["ZeroQuant"] > 0.99
+    assert cosine["float32 (PyTorch)"] == 1.0 and cosine["RTN"] > 0.99
     assert "standard-library" in out  # says where the sentences came from
     if plots:
         assert {p.name for p in tmp_path.iterdir()} == {"weights.png", "activations.png", "layer_errors.png"}

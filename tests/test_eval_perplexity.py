@@ -87,3 +87,28 @@ def test_quantized_gpt2_perplexity(gpt2, ids):
     float_result = perplexity_of_ids(gpt2, ids, max_length=CONTEXT, stride=8)
     result = perplexity_of_ids(quantized, ids, max_length=CONTEXT, stride=8)
     assert result.perplexity == pytest.approx(float_result.perplexity, rel=0.02)
+
+
+def test_perplexity_command_on_a_local_checkpoint(gpt2, tmp_path, capsys):
+    """`qkernels eval --perplexity DIR`: a checkpoint directory saved here (model and tokenizer)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from qkernels import cli
+
+    words = "the a of to and is in it that for on with as be this by".split()
+    vocab = {"[UNK]": 0} | {w: i + 1 for i, w in enumerate(words)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    checkpoint = tmp_path / "tiny-gpt2"
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(checkpoint)
+    gpt2.save_pretrained(checkpoint)
+    text = tmp_path / "text.txt"
+    text.write_text("the cat is in the house and it is a good cat for the day " * 4)
+    argv = ["eval", "--perplexity", str(checkpoint), "--text", str(text), "--max-length", "16", "--stride", "8",
+            "--calibration", "2", "--methods", "rtn-w8,w8a8-token"]
+    assert cli.main(argv) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in rows[0]]
+    values = [float(r[header.index("perplexity")]) for r in rows[1:]]
+    assert len(values) == 3 and all(math.isfinite(v) and v > 1 for v in values)
+    assert values[1] == pytest.approx(values[0], rel=0.05)  # 8-bit weights: close to float

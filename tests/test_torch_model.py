@@ -46,6 +46,7 @@ CASES = [
     dict(method="w8a8", activation="tensor"),
     dict(method="w8a8", activation="token"),
     dict(method="smoothquant", activation="tensor"),
+    dict(method="smoothquant", activation="token", per_tensor=False),
     dict(method="llm_int8", threshold=3.0),
     dict(method="zeroquant", bits=4, group_size=32),
 ]
@@ -74,6 +75,12 @@ def test_rtn_layer_holds_exactly_quantize_weights():
     np.testing.assert_array_equal(w, reference.dequantize(q, scales, None, 4, 16))
 
 
+def test_top_level_name():
+    import qkernels
+
+    assert qkernels.quantize_model is qt.quantize_model
+
+
 def test_skip_and_errors():
     quantized = qt.quantize_model(_model(), "rtn", skip=["head"])
     assert isinstance(quantized.head, torch.nn.Linear) and isinstance(quantized.up, qt.QuantLinear)
@@ -90,7 +97,7 @@ def _saved_formats():
 
 
 @pytest.mark.parametrize("suffix", _saved_formats())
-@pytest.mark.parametrize("options", CASES[1:4] + CASES[5:7], ids=lambda o: o["method"])
+@pytest.mark.parametrize("options", CASES[1:4] + CASES[5:8], ids=lambda o: o["method"])
 def test_save_and_load_without_requantizing(tmp_path, suffix, options):
     quantized = qt.quantize_model(_model(), calib_data=_data(), **options)
     path = tmp_path / f"model.{suffix}"

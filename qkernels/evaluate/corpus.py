@@ -26,7 +26,7 @@ MODULES = (
     "textwrap", "threading", "tokenize", "trace", "typing", "unittest", "urllib.parse", "urllib.request", "uuid",
     "wave", "xml.dom.minidom", "zipfile",
 )
-SOURCE = f"docstrings of {len(MODULES)} Python {sys.version_info.major}.{sys.version_info.minor} standard-library modules"
+SOURCE = f"docstrings of {len(MODULES)} Python {sys.version_info[0]}.{sys.version_info[1]} standard-library modules"
 
 _SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _PLAIN = re.compile(r"[A-Z][A-Za-z0-9 ,;:'()\-]+[.!?]")

@@ -66,16 +66,22 @@ def layer_errors(float_model: nn.Module, quantized: nn.Module, batch: dict) -> d
 
 
 def weight_histograms(path: Path, layer: str, float_weight: torch.Tensor, quantized: dict[str, QuantLinear]) -> None:
-    """Histogram of one layer's weights in float and as each weight-only method stores them."""
+    """One layer's weights: their values in float and as the first three methods store them, and
+    the error w_quantized − w_float of every method."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(8, 4.5))
-    values = float_weight.flatten().numpy()
-    bins = torch.linspace(float(values.min()), float(values.max()), 161).numpy()
-    axis.hist(values, bins=bins, histtype="stepfilled", alpha=0.35, color="gray", label="float32")
-    for label, module in quantized.items():
-        axis.hist(dequantize(module.qweight, "float32").flatten().numpy(), bins=bins, histtype="step", label=label)
-    axis.set(yscale="log", xlabel="weight value", ylabel="count", title=f"weights of {layer}")
-    axis.legend(fontsize=8)
+    figure, (values_axis, errors_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    w = float_weight.float()
+    bins = torch.linspace(float(w.min()), float(w.max()), 161).numpy()
+    values_axis.hist(w.flatten().numpy(), bins=bins, histtype="stepfilled", alpha=0.35, color="gray", label="float32")
+    for index, (label, module) in enumerate(quantized.items()):
+        stored = dequantize(module.qweight, "float32")
+        if index < 3:
+            values_axis.hist(stored.flatten().numpy(), bins=bins, histtype="step", label=label)
+        errors_axis.hist((stored - w).flatten().numpy(), bins=200, histtype="step", label=label)
+    values_axis.set(yscale="log", xlabel="weight value", ylabel="count", title=f"weights of {layer}")
+    errors_axis.set(yscale="log", xlabel="quantized − float", ylabel="count", title="weight error")
+    values_axis.legend(fontsize=8)
+    errors_axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -113,7 +119,8 @@ def error_per_layer(path: Path, errors: dict[str, dict[str, float]]) -> None:
     for label, per_layer in errors.items():
         axis.plot([per_layer[n] for n in names], marker=".", lw=0.8, label=label)
     axis.set_xticks(range(len(names)), [n.replace("encoder.layer.", "") for n in names], rotation=90, fontsize=6)
-    axis.set(yscale="log", ylabel="‖y − y_float‖ / ‖y_float‖", title="error each layer adds (on its quantized-model input)")
+    axis.set(yscale="log", ylabel="‖y − y_float‖ / ‖y_float‖",
+             title="error each layer adds (on its quantized-model input)")
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

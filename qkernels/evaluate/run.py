@@ -45,10 +45,16 @@ METHODS = (
     Method("w8a8-token", "W8A8 naive", "w8 per tensor", "int8 per token", dict(method="w8a8", activation="token")),
     Method("smoothquant-token", "SmoothQuant α=0.5", "w8 per tensor", "int8 per token",
            dict(method="smoothquant", activation="token")),
+    Method("w8a8-channel-token", "W8A8 naive", "w8 per channel", "int8 per token",
+           dict(method="w8a8", activation="token", per_tensor=False)),
+    Method("smoothquant-channel-token", "SmoothQuant α=0.5", "w8 per channel", "int8 per token",
+           dict(method="smoothquant", activation="token", per_tensor=False)),
     Method("llm-int8", "LLM.int8() (threshold 6)", "w8 per channel", "int8 per token + f32 outliers",
            dict(method="llm_int8")),
-    Method("zeroquant-w8-g64", "ZeroQuant", "w8 g64", "int8 per token", dict(method="zeroquant", bits=8, group_size=64)),
-    Method("zeroquant-w4-g32", "ZeroQuant", "w4 g32", "int8 per token", dict(method="zeroquant", bits=4, group_size=32)),
+    Method("zeroquant-w8-g64", "ZeroQuant", "w8 g64", "int8 per token",
+           dict(method="zeroquant", bits=8, group_size=64)),
+    Method("zeroquant-w4-g32", "ZeroQuant", "w4 g32", "int8 per token",
+           dict(method="zeroquant", bits=4, group_size=32)),
 )
 PLOT_LAYER = "encoder.layer.0.attention.self.query"  # reads the embeddings' LayerNorm: outlier channels
 
@@ -186,7 +192,7 @@ def write_plots(directory: Path, float_model, models: dict, batch: dict) -> list
     float_layer = float_model.get_submodule(PLOT_LAYER)
     weight_only = {
         key: m.get_submodule(PLOT_LAYER) for key, m in models.items()
-        if isinstance(m.get_submodule(PLOT_LAYER), QuantLinear) and m.get_submodule(PLOT_LAYER).input_scale is None
+        if isinstance(m.get_submodule(PLOT_LAYER), QuantLinear) and m.get_submodule(PLOT_LAYER).activation == "float"
     }
     if weight_only:
         written.append(directory / "weights.png")

@@ -71,7 +71,7 @@ def calibrate(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iterab
 
 
 def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits: int, group_size: int | None,
-                     symmetric: bool, activation: str | None, alpha: float, threshold: float,
+                     symmetric: bool, activation: str | None, per_tensor: bool, alpha: float, threshold: float,
                      gptq_options: dict) -> QuantLinear:
     w = weight.float()
     if method == "rtn":
@@ -80,17 +80,18 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
         qw = gptq(w, collector.hessian(), bits=bits, group_size=group_size, symmetric=symmetric, **gptq_options)
         return QuantLinear(qw, bias)
     if method == "w8a8":  # naive: one range for the weights, one for the activations (or per token)
-        qw = rtn(w, bits=bits, per_tensor=True, symmetric=symmetric)
+        qw = rtn(w, bits=bits, per_tensor=per_tensor, symmetric=symmetric)
         clip = collector.tensor_absmax() if activation == "tensor" else None
         return QuantLinear(qw, bias, activation=activation, act_clip=clip)
     if method == "smoothquant":
         act_absmax = collector.channel_absmax()
         s = smoothquant_scales(act_absmax, w, alpha)
-        qw = rtn(smooth_weight(w, s), bits=bits, per_tensor=True, symmetric=symmetric)
+        qw = rtn(smooth_weight(w, s), bits=bits, per_tensor=per_tensor, symmetric=symmetric)
         clip = float((act_absmax / s).max()) if activation == "tensor" else None
         return QuantLinear(qw, bias, activation=activation, input_scale=torch.from_numpy(1 / s), act_clip=clip)
     if method == "llm_int8":
-        return QuantLinear(rtn(w, bits=bits, symmetric=symmetric), bias, activation="token", outlier_threshold=threshold)
+        qw = rtn(w, bits=bits, symmetric=symmetric)
+        return QuantLinear(qw, bias, activation="token", outlier_threshold=threshold)
     if method == "zeroquant":
         return QuantLinear(zeroquant(w, bits=bits, group_size=group_size), bias, activation="token")
     raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}")
@@ -98,7 +99,7 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
 
 def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = None, group_size: int | None = None,
                    calib_data: Iterable | None = None, *, symmetric: bool = True, activation: str | None = None,
-                   alpha: float = 0.5, threshold: float = 6.0, skip: Iterable[str] = (),
+                   per_tensor: bool = True, alpha: float = 0.5, threshold: float = 6.0, skip: Iterable[str] = (),
                    gptq_options: dict | None = None, progress: Callable[[str], None] | None = None) -> nn.Module:
     """Replaces every linear layer of `model` (nn.Linear; Hugging Face Conv1D) with a QuantLinear,
     in place, and returns the model.
@@ -108,10 +109,12 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
       "gptq"         GPTQ, weight-only (A16); needs calib_data [bits 4]. Every layer's Hessian is
                      collected in one pass over the float model (not layer by layer on quantized
                      predecessors, as the paper does).
-      "w8a8"         naive W8A8: one weight range per tensor; activation "tensor" (static, from
-                     calib_data) or "token" (dynamic per row) [bits 8, activation "tensor"]
-      "smoothquant"  SmoothQuant (alpha): inputs divided by s at run time, weights W·diag(s) with
-                     one range per tensor; activations as for "w8a8"; needs calib_data [bits 8]
+      "w8a8"         naive W8A8: one weight range per tensor (per_tensor=False: per output channel);
+                     activation "tensor" (static, from calib_data) or "token" (dynamic per row)
+                     [bits 8, activation "tensor"]
+      "smoothquant"  SmoothQuant (alpha): inputs divided by s at run time (not folded into the
+                     previous LayerNorm), weights W·diag(s) quantized as for "w8a8", activations as
+                     for "w8a8"; needs calib_data [bits 8]
       "llm_int8"     LLM.int8(): 8-bit weights per channel, int8 activations per row, the input
                      features holding an |x| ≥ threshold in float [bits 8]
       "zeroquant"    ZeroQuant: group-wise weights, dynamic per-row int8 activations [bits 8, group_size 64]
@@ -142,7 +145,8 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         weight, bias = _linear_weight(module)
         layer = _quantized_layer(
             method, weight, bias, collectors[name], bits=bits, group_size=group_size, symmetric=symmetric,
-            activation=activation, alpha=alpha, threshold=threshold, gptq_options=gptq_options or {},
+            activation=activation, per_tensor=per_tensor, alpha=alpha, threshold=threshold,
+            gptq_options=gptq_options or {},
         )
         _set_module(model, name, layer)
     return model

@@ -53,15 +53,15 @@ def _key(tensors, bits: int, group_size: int):
 
 def quantized_weight(data, scales, zero_points, bits: int, group_size: int) -> QuantizedWeight:
     """The QuantizedWeight viewing these tensors: the registered one while it is current, else new."""
-    K = data.shape[1] * 8 // bits
+    shape = (data.shape[0], data.shape[1] * 8 // bits)
     key = _key((data, scales, zero_points), bits, group_size)
     handle = _handles.get(data.data_ptr())
     if handle is not None and key is not None:
         if handle.key != key:
-            handle.qweight = QuantizedWeight(data, scales, zero_points, bits, group_size, (data.shape[0], K), kind="torch")
+            handle.qweight = QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch")
             handle.key = key
         return handle.qweight
-    return QuantizedWeight(data, scales, zero_points, bits, group_size, (data.shape[0], K), kind="torch")
+    return QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch")
 
 
 @torch.library.custom_op("qkernels::matmul", mutates_args=())

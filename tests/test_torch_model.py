@@ -88,6 +88,10 @@ def test_skip_and_errors():
         qt.quantize_model(_model(), "gptq")
     with pytest.raises(InvalidArgumentError, match="method"):
         qt.quantize_model(_model(), "awq")
+    with pytest.raises(InvalidArgumentError, match="group_size"):
+        qt.quantize_model(_model(), "llm_int8", group_size=32)
+    with pytest.raises(InvalidArgumentError, match="activation"):
+        qt.quantize_model(_model(), "rtn", activation="token")
     with pytest.raises(InvalidArgumentError, match="empty"):
         qt.quantize_model(_model(), "smoothquant", calib_data=[])
 

@@ -78,9 +78,13 @@ def _say(text: str) -> None:
 
 
 def _progress(prefix: str):
+    """A counter updated in place on a terminal; elsewhere (a log) only its last value."""
+
     def report(done: int, total: int) -> None:
-        end = "\n" if done == total or not sys.stderr.isatty() else ""
-        print(f"\r  {prefix}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+        if sys.stderr.isatty():
+            print(f"\r  {prefix}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+        elif done == total:
+            print(f"  {prefix}: {done}/{total}", file=sys.stderr, flush=True)
 
     return report
 
@@ -97,7 +101,7 @@ def _quantized(float_model, method: Method, calibration: list):
     from ..torch.model import quantize_model
 
     model = copy.deepcopy(float_model)
-    return quantize_model(model, calib_data=calibration, **method.options)
+    return quantize_model(model, calib_data=calibration, progress=_progress("layers quantized"), **method.options)
 
 
 def _linear_mb(model) -> float:
@@ -226,7 +230,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
     for index, method in enumerate(methods):
         _say(f"[{index + 1}/{len(methods)}] {method.key}")
         model = float_model if method.options is None else quantize_model(
-            copy.deepcopy(float_model), calib_data=calibration, skip=("lm_head",), **method.options
+            copy.deepcopy(float_model), calib_data=calibration, skip=("lm_head",),
+            progress=_progress("layers quantized"), **method.options
         )
         start = time.perf_counter()
         result = perplexity(model, tokenizer, text, max_length=args.max_length, stride=args.stride,

@@ -40,7 +40,7 @@ def linear_layers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Mo
 
 def run_model(model: nn.Module, batch: Any) -> Any:
     """model(**batch) for a mapping, model(*batch) for a tuple or list, else model(batch)."""
-    if isinstance(batch, dict) or hasattr(batch, "keys"):
+    if hasattr(batch, "keys"):  # a dict, or a tokenizer's BatchEncoding
         return model(**batch)
     if isinstance(batch, (tuple, list)):
         return model(*batch)
@@ -100,7 +100,7 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
 def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = None, group_size: int | None = None,
                    calib_data: Iterable | None = None, *, symmetric: bool = True, activation: str | None = None,
                    per_tensor: bool = True, alpha: float = 0.5, threshold: float = 6.0, skip: Iterable[str] = (),
-                   gptq_options: dict | None = None, progress: Callable[[str], None] | None = None) -> nn.Module:
+                   gptq_options: dict | None = None, progress: Callable[[int, int], None] | None = None) -> nn.Module:
     """Replaces every linear layer of `model` (nn.Linear; Hugging Face Conv1D) with a QuantLinear,
     in place, and returns the model.
 
@@ -120,10 +120,14 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
       "zeroquant"    ZeroQuant: group-wise weights, dynamic per-row int8 activations [bits 8, group_size 64]
     calib_data: an iterable of model inputs (each a dict of keyword arguments, a tuple of positional
     ones, or one tensor), run once without gradients. skip: layer names left in float (a name, or
-    a suffix after a dot, e.g. "lm_head"). progress: called with a line of text per layer.
+    a suffix after a dot, e.g. "lm_head"). progress: called as progress(done, total) per layer.
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}")
+    if group_size is not None and method in ("w8a8", "smoothquant", "llm_int8"):
+        raise InvalidArgumentError(f"method={method!r} quantizes weights per tensor or channel: no group_size")
+    if activation is not None and method not in ("w8a8", "smoothquant"):
+        raise InvalidArgumentError(f"activation= is for 'w8a8' and 'smoothquant'; {method!r} fixes its own")
     bits = bits or (4 if method in ("rtn", "gptq") else 8)
     if method == "zeroquant":
         group_size = group_size or 64
@@ -140,8 +144,6 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         make = HessianAccumulator if method == "gptq" else (lambda _K: AbsMaxObserver())
         collectors = calibrate(model, layers, calib_data, make)
     for index, (name, module) in enumerate(layers.items()):
-        if progress:
-            progress(f"{method}: layer {index + 1}/{len(layers)} {name}")
         weight, bias = _linear_weight(module)
         layer = _quantized_layer(
             method, weight, bias, collectors[name], bits=bits, group_size=group_size, symmetric=symmetric,
@@ -149,6 +151,8 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
             gptq_options=gptq_options or {},
         )
         _set_module(model, name, layer)
+        if progress:
+            progress(index + 1, len(layers))
     return model
 
 

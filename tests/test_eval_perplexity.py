@@ -105,10 +105,33 @@ def test_perplexity_command_on_a_local_checkpoint(gpt2, tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text("the cat is in the house and it is a good cat for the day " * 4)
     argv = ["eval", "--perplexity", str(checkpoint), "--text", str(text), "--max-length", "16", "--stride", "8",
-            "--calibration", "2", "--methods", "rtn-w8,w8a8-token"]
+            "--calibration", "2", "--methods", "rtn-w8,smoothquant-token"]
     assert cli.main(argv) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     header = [c.strip() for c in rows[0]]
     values = [float(r[header.index("perplexity")]) for r in rows[1:]]
     assert len(values) == 3 and all(math.isfinite(v) and v > 1 for v in values)
     assert values[1] == pytest.approx(values[0], rel=0.05)  # 8-bit weights: close to float
+
+
+def test_smoothquant_folded_into_gpt2_pre_norms(gpt2, ids):
+    """Folding s into ln_1 / ln_2 computes what dividing the inputs at run time does."""
+    import copy
+
+    from qkernels.torch import pre_norm_groups, quantize_model
+
+    groups = pre_norm_groups(gpt2)
+    assert groups == {f"transformer.h.{i}.{norm}": [f"transformer.h.{i}.{layer}"]
+                      for i in range(2) for norm, layer in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc"))}
+    options = dict(activation="token", per_tensor=False, calib_data=[ids[None, :16], ids[None, 16:32]], skip=["lm_head"])
+    runtime = quantize_model(copy.deepcopy(gpt2), "smoothquant", **options)
+    folded = quantize_model(copy.deepcopy(gpt2), "smoothquant", fold_norms=groups, **options)
+    block = folded.transformer.h[0]
+    assert block.attn.c_attn.input_scale is None and block.mlp.c_fc.input_scale is None
+    assert block.attn.c_proj.input_scale is not None  # reads the attention output: no norm to fold into
+    assert not torch.equal(block.ln_1.weight, gpt2.transformer.h[0].ln_1.weight)
+    with torch.no_grad():
+        a, b = runtime(ids[None, 29:]).logits, folded(ids[None, 29:]).logits
+    assert float((a - b).norm() / a.norm()) < 1e-3
+    with pytest.raises(InvalidArgumentError, match="fold_norms"):
+        quantize_model(copy.deepcopy(gpt2), "rtn", fold_norms=groups)

@@ -97,11 +97,16 @@ def _methods(keys: list[str]) -> list[Method]:
     return [known["float32"]] + [known[k] for k in keys if k != "float32"]
 
 
-def _quantized(float_model, method: Method, calibration: list):
-    from ..torch.model import quantize_model
+def _quantized(float_model, method: Method, calibration: list, **options):
+    """A quantized copy of the float model. SmoothQuant's division is folded into the LayerNorms
+    that feed only linear layers (pre-LN blocks, e.g. GPT-2's); BERT has none: it stays at run time."""
+    from ..torch.model import pre_norm_groups, quantize_model
 
     model = copy.deepcopy(float_model)
-    return quantize_model(model, calib_data=calibration, progress=_progress("layers quantized"), **method.options)
+    if method.options["method"] == "smoothquant":
+        options["fold_norms"] = pre_norm_groups(model)
+    return quantize_model(model, calib_data=calibration, progress=_progress("layers quantized"),
+                          **method.options, **options)
 
 
 def _linear_mb(model) -> float:
@@ -217,7 +222,7 @@ def write_plots(directory: Path, float_model, models: dict, batch: dict) -> list
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
-    from ..torch.model import quantize_model, quantized_nbytes
+    from ..torch.model import quantized_nbytes
     from .perplexity import load_causal_lm, perplexity
 
     methods = _methods(args.methods)
@@ -229,9 +234,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
     rows = []
     for index, method in enumerate(methods):
         _say(f"[{index + 1}/{len(methods)}] {method.key}")
-        model = float_model if method.options is None else quantize_model(
-            copy.deepcopy(float_model), calib_data=calibration, skip=("lm_head",),
-            progress=_progress("layers quantized"), **method.options
+        model = float_model if method.options is None else _quantized(
+            float_model, method, calibration, skip=("lm_head",)
         )
         start = time.perf_counter()
         result = perplexity(model, tokenizer, text, max_length=args.max_length, stride=args.stride,

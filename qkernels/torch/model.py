@@ -7,11 +7,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..quant import AbsMaxObserver, HessianAccumulator, gptq, rtn, smooth_weight, smoothquant_scales, zeroquant
+from ..quant import (
+    AbsMaxObserver, HessianAccumulator, fold_into_norm, gptq, rtn, smooth_weight, smoothquant_scales, zeroquant,
+)
 from .linear import QuantLinear
 
 METHODS = ("rtn", "gptq", "w8a8", "smoothquant", "llm_int8", "zeroquant")
@@ -72,7 +75,7 @@ def calibrate(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iterab
 
 def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits: int, group_size: int | None,
                      symmetric: bool, activation: str | None, per_tensor: bool, alpha: float, threshold: float,
-                     gptq_options: dict) -> QuantLinear:
+                     gptq_options: dict, folded_s: np.ndarray | None = None) -> QuantLinear:
     w = weight.float()
     if method == "rtn":
         return QuantLinear(rtn(w, bits=bits, group_size=group_size, symmetric=symmetric), bias)
@@ -85,10 +88,11 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
         return QuantLinear(qw, bias, activation=activation, act_clip=clip)
     if method == "smoothquant":
         act_absmax = collector.channel_absmax()
-        s = smoothquant_scales(act_absmax, w, alpha)
+        s = smoothquant_scales(act_absmax, w, alpha) if folded_s is None else folded_s
         qw = rtn(smooth_weight(w, s), bits=bits, per_tensor=per_tensor, symmetric=symmetric)
         clip = float((act_absmax / s).max()) if activation == "tensor" else None
-        return QuantLinear(qw, bias, activation=activation, input_scale=torch.from_numpy(1 / s), act_clip=clip)
+        input_scale = None if folded_s is not None else torch.from_numpy(1 / s)  # folded: the norm divides
+        return QuantLinear(qw, bias, activation=activation, input_scale=input_scale, act_clip=clip)
     if method == "llm_int8":
         qw = rtn(w, bits=bits, symmetric=symmetric)
         return QuantLinear(qw, bias, activation="token", outlier_threshold=threshold)
@@ -100,6 +104,7 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
 def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = None, group_size: int | None = None,
                    calib_data: Iterable | None = None, *, symmetric: bool = True, activation: str | None = None,
                    per_tensor: bool = True, alpha: float = 0.5, threshold: float = 6.0, skip: Iterable[str] = (),
+                   fold_norms: dict[str, list[str]] | None = None,
                    gptq_options: dict | None = None, progress: Callable[[int, int], None] | None = None) -> nn.Module:
     """Replaces every linear layer of `model` (nn.Linear; Hugging Face Conv1D) with a QuantLinear,
     in place, and returns the model.
@@ -112,9 +117,11 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
       "w8a8"         naive W8A8: one weight range per tensor (per_tensor=False: per output channel);
                      activation "tensor" (static, from calib_data) or "token" (dynamic per row)
                      [bits 8, activation "tensor"]
-      "smoothquant"  SmoothQuant (alpha): inputs divided by s at run time (not folded into the
-                     previous LayerNorm), weights W·diag(s) quantized as for "w8a8", activations as
-                     for "w8a8"; needs calib_data [bits 8]
+      "smoothquant"  SmoothQuant (alpha): weights W·diag(s) quantized as for "w8a8", activations
+                     as for "w8a8"; needs calib_data [bits 8]. The inputs are divided by s at run
+                     time, except for the layers named in fold_norms: {norm name: [layers that
+                     alone read its output]} (pre-LN blocks: pre_norm_groups(model)), which share
+                     one s, divided out of that LayerNorm's weight and bias.
       "llm_int8"     LLM.int8(): 8-bit weights per channel, int8 activations per row, the input
                      features holding an |x| ≥ threshold in float [bits 8]
       "zeroquant"    ZeroQuant: group-wise weights, dynamic per-row int8 activations [bits 8, group_size 64]
@@ -143,17 +150,54 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
             raise InvalidArgumentError(f"method={method!r} needs calib_data")
         make = HessianAccumulator if method == "gptq" else (lambda _K: AbsMaxObserver())
         collectors = calibrate(model, layers, calib_data, make)
+    if fold_norms and method != "smoothquant":
+        raise InvalidArgumentError("fold_norms is for method='smoothquant'")
+    folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha)
     for index, (name, module) in enumerate(layers.items()):
         weight, bias = _linear_weight(module)
         layer = _quantized_layer(
             method, weight, bias, collectors[name], bits=bits, group_size=group_size, symmetric=symmetric,
             activation=activation, per_tensor=per_tensor, alpha=alpha, threshold=threshold,
-            gptq_options=gptq_options or {},
+            gptq_options=gptq_options or {}, folded_s=folded.get(name),
         )
         _set_module(model, name, layer)
         if progress:
             progress(index + 1, len(layers))
     return model
+
+
+def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms: dict[str, list[str]],
+                    alpha: float) -> dict[str, np.ndarray]:
+    """Divides each named norm's weight and bias by the smoothing factors s shared by the layers
+    reading it (from their weights together; their inputs are the same). Returns s by layer name."""
+    folded = {}
+    for norm_name, names in fold_norms.items():
+        missing = [n for n in names if n not in layers]
+        if missing:
+            raise InvalidArgumentError(f"fold_norms[{norm_name!r}] names {missing}: not linear layers being quantized")
+        norm = model.get_submodule(norm_name)
+        act_absmax = np.max([collectors[n].channel_absmax() for n in names], axis=0)
+        s = smoothquant_scales(act_absmax, [_linear_weight(layers[n])[0].float() for n in names], alpha)
+        gamma, beta = fold_into_norm(norm.weight.detach(), None if norm.bias is None else norm.bias.detach(), s)
+        with torch.no_grad():
+            norm.weight.copy_(torch.from_numpy(gamma))
+            if beta is not None:
+                norm.bias.copy_(torch.from_numpy(beta))
+        folded |= dict.fromkeys(names, s)
+    return folded
+
+
+def pre_norm_groups(model: nn.Module) -> dict[str, list[str]]:
+    """{LayerNorm: [linear layers]} where the norm's output feeds those layers only, for the pre-LN
+    blocks of Hugging Face GPT-2 (ln_1 → attn.c_attn, ln_2 → mlp.c_fc). Post-LN models such as BERT
+    have none: each LayerNorm's output is also the residual stream, which folding would change."""
+    names = dict(model.named_modules())
+    return {
+        f"{block}.{norm}": [f"{block}.{layer}"]
+        for block in (n[: -len(".ln_1")] for n in names if n.endswith(".ln_1"))
+        for norm, layer in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc"))
+        if f"{block}.{norm}" in names and f"{block}.{layer}" in names
+    }
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -226,6 +270,6 @@ def quantized_nbytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "METHODS", "calibrate", "linear_layers", "load_quantized", "quantize_model", "quantized_layers",
+    "METHODS", "calibrate", "linear_layers", "load_quantized", "pre_norm_groups", "quantize_model", "quantized_layers",
     "quantized_nbytes", "run_model", "save_quantized",
 ]

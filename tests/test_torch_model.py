@@ -133,3 +133,16 @@ def test_compiled_quantized_model_has_no_graph_break():
     with torch.no_grad():
         compiled = torch.compile(quantized, fullgraph=True, backend="aot_eager")
         assert torch.equal(compiled(x), quantized(x))
+
+
+def test_deepcopy_and_pickle_a_quantized_model(tmp_path):
+    quantized = qt.quantize_model(_model(), "llm_int8")
+    x = _data()[0]
+    with torch.no_grad():
+        y = quantized(x)  # the layers now hold their QuantizedWeight
+        copied = copy.deepcopy(quantized)
+        torch.save(quantized, tmp_path / "model.pt")
+        loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+        assert torch.equal(copied(x), y) and torch.equal(loaded(x), y)
+    assert copied.up.qdata.data_ptr() != quantized.up.qdata.data_ptr()
+    assert qt.ops._handles[copied.up.qdata.data_ptr()] is copied.up._handle  # registered: packs are reused

@@ -77,6 +77,15 @@ class QuantLinear(nn.Module):
         self._register_weight()  # .to(), .share_memory() ... may have replaced the buffers
         return result
 
+    def __getstate__(self):
+        """Copies and pickles leave the handle behind (it holds native pointers) and make their own."""
+        return {key: value for key, value in self.__dict__.items() if key != "_handle"}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._handle = ops.WeightHandle()
+        self._register_weight()
+
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._register_weight()  # load_state_dict(assign=True) replaces the buffers

@@ -2,6 +2,7 @@
 
     qw = qkernels.quantize_weights(w, bits=4, group_size=128)   # w: [N, K] float
     y  = qkernels.matmul(x, qw, mode="a16")                      # y = x · dequantize(qw)ᵀ
+    qkernels.quantize_model(torch_model, method="gptq", bits=4, group_size=128, calib_data=batches)
 
 The numeric contract is docs/numerics.md; qkernels.reference implements it independently in NumPy.
 """
@@ -46,3 +47,12 @@ __all__ = [
     "set_num_threads",
     "use_backend",
 ]
+
+
+def __getattr__(name: str):
+    """qkernels.quantize_model, from qkernels.torch: imported on first use, as torch is optional."""
+    if name == "quantize_model":
+        from .torch import quantize_model
+
+        return quantize_model
+    raise AttributeError(f"module 'qkernels' has no attribute {name!r}")

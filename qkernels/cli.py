@@ -1,4 +1,4 @@
-"""The qkernels command: `qkernels info` and `qkernels bench` (also `python -m qkernels`)."""
+"""The qkernels command: `qkernels info`, `qkernels bench` and `qkernels eval` (also `python -m qkernels`)."""
 
 from __future__ import annotations
 
@@ -61,9 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     from qkernels.bench import add_arguments
 
     add_arguments(bench_parser)
+    eval_parser = commands.add_parser(
+        "eval", help="quantize all-MiniLM-L6-v2 with each method: embedding quality, size, speed (eval extra)"
+    )
+    from qkernels.evaluate.run import add_arguments as add_eval_arguments
+
+    add_eval_arguments(eval_parser)
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench(args)
+    if args.command == "eval":
+        from qkernels.evaluate.run import run as run_eval
+
+        return run_eval(args)
     return info(args)
 
 

@@ -1,0 +1,95 @@
+"""Helpers shared by the quantization methods: inputs as NumPy, exact dequantization, and the
+contract's quantizer (docs/numerics.md §2) along any axis or onto given scales."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import reference
+from .._tensors import DTYPE_NAMES, host_tensor, is_torch
+from ..errors import DtypeError, InvalidArgumentError, NonFiniteError
+from ..weights import QuantizedWeight, quantize_weights
+
+
+def float_array(x: Any, argument: str, *, ndim: int | None = None, dtype=np.float64) -> np.ndarray:
+    """A float NumPy array or CPU torch tensor as a finite NumPy array of `dtype` (a copy if converted)."""
+    if is_torch(x):
+        if not x.is_floating_point():
+            raise DtypeError(f"{argument} has dtype {x.dtype}; expected a float tensor")
+        x = host_tensor(x, argument)
+        x = x.float().numpy() if str(x.dtype) == "torch.bfloat16" else x.numpy()  # NumPy has no bfloat16
+    if not isinstance(x, np.ndarray):
+        raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
+    if x.dtype.kind != "f" and x.dtype.name not in DTYPE_NAMES:
+        raise DtypeError(f"{argument} has dtype {x.dtype}; expected a float dtype")
+    out = np.asarray(x, dtype=dtype)
+    if ndim is not None and out.ndim != ndim:
+        raise InvalidArgumentError(f"{argument} must be {ndim}-D; it has shape {out.shape}")
+    if not np.isfinite(out).all():
+        raise NonFiniteError(f"{argument} holds NaN or Inf")
+    return out
+
+
+def rows_of(x: Any, argument: str, K: int | None = None) -> np.ndarray:
+    """Layer inputs [..., K] as float64 rows [M, K]."""
+    a = float_array(x, argument)
+    if a.ndim < 1 or (K is not None and a.shape[-1] != K):
+        raise InvalidArgumentError(f"{argument} has shape {a.shape}; its last dimension must be K={K}")
+    return a.reshape(-1, a.shape[-1])
+
+
+def check_bits(bits: int) -> None:
+    if bits not in (4, 8):
+        raise InvalidArgumentError(f"bits={bits} must be 4 or 8")
+
+
+def source_format(x: Any) -> tuple[str, str]:
+    """(dtype, kind) that a QuantizedWeight made from `x` records, as quantize_weights would."""
+    if is_torch(x):
+        name = str(x.dtype).removeprefix("torch.")
+        return (name if name in DTYPE_NAMES else "float32"), "torch"
+    name = getattr(getattr(x, "dtype", None), "name", "float32")
+    return (name if name in DTYPE_NAMES else "float32"), "numpy"
+
+
+def dequantize_exact(qw: QuantizedWeight) -> np.ndarray:
+    """scales · (q − zp) as float64 [N, K], exact (docs/numerics.md reading 7 before its rounding)."""
+    return reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size)
+
+
+def quantize_rows(x: np.ndarray, bits: int, symmetric: bool):
+    """The contract's quantizer with one range per row of x [R, L], by the foundation's quantizer.
+
+    Returns (q int8 [R, L] unpacked, scales float32 [R], zero_points int8 [R] or None).
+    """
+    R, L = x.shape
+    x = np.asarray(x, dtype=np.float32)
+    if bits == 4 and L % 2:
+        # The canonical 4-bit format needs an even row. A zero column changes no range: absmax
+        # ignores it and the asymmetric range is widened to hold zero anyway (§2).
+        x = np.concatenate([x, np.zeros((R, 1), np.float32)], axis=1)
+    qw = quantize_weights(x, bits=bits, group_size=None, symmetric=symmetric)
+    q = reference.unpack(qw.data, bits, x.shape[1])[:, :L]
+    return q, qw.scales[:, 0], None if symmetric else qw.zero_points[:, 0]
+
+
+def round_to_grid(x: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: int) -> np.ndarray:
+    """§2's second step with given scales and zero points (broadcast against x), in float32:
+    q = clamp(rne(x / s), ±(2^(b−1) − 1)) symmetric, clamp(rne(x / s) + zp, qmin, qmax) otherwise."""
+    qmax = (1 << (bits - 1)) - 1
+    with np.errstate(over="ignore"):
+        r = np.rint(np.asarray(x, dtype=np.float32) / np.asarray(scales, dtype=np.float32)).astype(np.float64)
+    if zero_points is None:
+        return np.clip(r, -qmax, qmax).astype(np.int8)
+    return np.clip(r + zero_points, -qmax - 1, qmax).astype(np.int8)
+
+
+def from_integers(q: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: int, group_size: int,
+                  dtype: str = "float32", kind: str = "numpy") -> QuantizedWeight:
+    """A QuantizedWeight in the canonical format from unpacked integers q [N, K]."""
+    data = reference.pack_int4(q) if bits == 4 else np.ascontiguousarray(q, dtype=np.int8)
+    return QuantizedWeight(data, np.ascontiguousarray(scales, dtype=np.float32),
+                           None if zero_points is None else np.ascontiguousarray(zero_points, dtype=np.int8),
+                           bits, group_size, q.shape, dtype, kind)

@@ -1,0 +1,114 @@
+"""ZeroQuant: group-wise weights, token-wise dynamic int8 activations, optional layer-wise distillation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..ops import matmul
+from ..weights import QuantizedWeight
+from ._common import check_bits, float_array, rows_of
+from .rtn import rtn
+
+
+def zeroquant(weight: Any, *, bits: int = 8, group_size: int = 128, symmetric: bool = True) -> QuantizedWeight:
+    """ZeroQuant's weight quantization (Yao, Yazdani Aminabadi, Zhang, Wu, Li, He 2022, "ZeroQuant:
+    Efficient and Affordable Post-Training Quantization for Large-Scale Transformers",
+    arXiv:2206.01861, §4.1): group-wise RTN of W[N, K], ``group_size`` inputs per scale.
+
+    Its activations are quantized token-wise and dynamically: one int8 scale per row (token),
+    computed at run time. That is exactly ``qkernels.matmul(x, qw, mode="a8")``.
+    """
+    return rtn(weight, bits=bits, group_size=group_size, symmetric=symmetric)
+
+
+def zeroquant_lkd(weight: Any, inputs: Any, *, bits: int, group_size: int, symmetric: bool = True,
+                  steps: int = 200, lr: float | None = None, quantize_activations: bool = True,
+                  seed: int = 0) -> QuantizedWeight:
+    """ZeroQuant's layer-by-layer knowledge distillation (LKD, arXiv:2206.01861 §4.2), for one
+    linear layer: trains the float weights W' of a quantized student to minimise
+    ``mean (Q_a(X)·Q_w(W')ᵀ − X·Wᵀ)²`` on the calibration inputs X [..., K] (the float layer is
+    the teacher), then returns ``zeroquant(W')``.
+
+    Q_w is the group-wise RTN quantizer, differentiated straight through (∂Q_w(W')/∂W' = I); Q_a
+    is token-wise int8 (``quantize_activations``, as in mode "a8") or the identity. Adam, full batch,
+    ``steps`` steps of size about ``lr`` (default: the mean RTN scale of W / 1000: larger steps flip
+    many roundings at once and the loss rises). The weights of the step with the lowest loss are
+    kept (the first step's are the RTN weights), and the deployed error (``qkernels.matmul`` in
+    mode "a8" or "a16") of the result is compared with RTN's: the better is returned, so the result
+    is never worse than RTN on the calibration inputs.
+
+    Simplifications: the paper distils a whole transformer block at a time (its input taken from
+    the quantized previous block); this distils one linear layer, on the inputs given. Needs torch.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("zeroquant_lkd needs torch (pip install torch)") from None
+    check_bits(bits)
+    if steps < 0:
+        raise InvalidArgumentError(f"steps={steps} must not be negative")
+    w0 = float_array(weight, "weight", ndim=2, dtype=np.float32)
+    x = rows_of(inputs, "inputs", w0.shape[1]).astype(np.float32)
+    baseline = zeroquant(w0, bits=bits, group_size=group_size, symmetric=symmetric)
+    if lr is None:
+        lr = float(np.mean(baseline.scales)) / 1000
+    mode = "a8" if quantize_activations else "a16"
+
+    torch.manual_seed(seed)
+    teacher_w = torch.from_numpy(w0)
+    x_t = torch.from_numpy(x)
+    teacher = x_t @ teacher_w.T
+    student_x = _token_int8(x_t) if quantize_activations else x_t
+    student_w = teacher_w.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([student_w], lr=lr)
+    best_loss, best_w = float("inf"), w0
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.mean((student_x @ _fake_quantize(student_w, bits, group_size, symmetric).T - teacher) ** 2)
+        if loss.item() < best_loss:  # the loss of the weights before this step
+            best_loss, best_w = loss.item(), student_w.detach().numpy().copy()
+        loss.backward()
+        optimizer.step()
+    trained = zeroquant(best_w, bits=bits, group_size=group_size, symmetric=symmetric)
+
+    reference = x.astype(np.float64) @ w0.T.astype(np.float64)
+
+    def deployed_error(qw):
+        return float(np.sum((matmul(x, qw, mode=mode).astype(np.float64) - reference) ** 2))
+
+    return trained if deployed_error(trained) <= deployed_error(baseline) else baseline
+
+
+def _fake_quantize(w, bits: int, group_size: int, symmetric: bool):
+    """RTN (docs/numerics.md §2) in torch float32 with a straight-through gradient."""
+    import torch
+
+    N, K = w.shape
+    if group_size <= 0 or K % group_size:
+        raise InvalidArgumentError(f"group_size={group_size} must be a positive divisor of K={K}")
+    qmax = (1 << (bits - 1)) - 1
+    g = w.detach().reshape(N, K // group_size, group_size)
+    if symmetric:
+        s = g.abs().amax(dim=-1, keepdim=True) / qmax
+        s = torch.where(s == 0, torch.ones_like(s), s)
+        dequantized = torch.clamp(torch.round(g / s), -qmax, qmax) * s
+    else:
+        lo = torch.clamp(g.amin(dim=-1, keepdim=True), max=0)
+        hi = torch.clamp(g.amax(dim=-1, keepdim=True), min=0)
+        s = (hi - lo) / (2 * qmax + 1)
+        s = torch.where(s == 0, torch.ones_like(s), s)
+        zp = torch.clamp(torch.round(-qmax - 1 - lo / s), -qmax - 1, qmax)
+        dequantized = (torch.clamp(torch.round(g / s) + zp, -qmax - 1, qmax) - zp) * s
+    return w + (dequantized.reshape(N, K) - w).detach()
+
+
+def _token_int8(x):
+    """Token-wise dynamic int8 (the A8 activation quantizer of docs/numerics.md §3), dequantized."""
+    import torch
+
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    s = torch.where(amax == 0, torch.ones_like(amax), amax / 127)
+    return torch.clamp(torch.round(x / s), -127, 127) * s

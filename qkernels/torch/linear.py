@@ -1,0 +1,138 @@
+"""QuantLinear: an nn.Module holding a QuantizedWeight, run by qkernels' custom ops."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from ..weights import QuantizedWeight
+from . import ops
+
+# How a layer's input reaches the weights:
+#   "float"   weight-only: the A16 kernel on the float input;
+#   "token"   dynamic per-row int8 (the A8 kernel; docs/numerics.md section 3);
+#   "tensor"  static per-tensor int8 with a calibrated clip: x is rounded to that int8 grid in torch
+#             and the rounded values (exact in float) go through the A16 kernel, which gives exactly
+#             the W8A8 product; no kernel takes a static activation scale yet.
+ACTIVATIONS = ("float", "token", "tensor")
+
+
+class QuantLinear(nn.Module):
+    """y = x · Wᵀ + b with W quantized (any format of docs/numerics.md section 1).
+
+    Buffers (all in the state dict): qdata, scales, zero_points (asymmetric only), bias (if any),
+    input_scale [K] (a factor on x before quantization: SmoothQuant's 1/s), act_clip (a scalar:
+    the static range of "tensor" activations). The format (bits, group size, activation, LLM.int8()
+    threshold) travels in the state dict too, as extra state, so a saved model loads without
+    re-quantizing (qkernels.torch.load_quantized).
+
+    Runs on CPU tensors through torch.ops.qkernels.matmul (or matmul_outliers when
+    outlier_threshold is set), whichever backend automatic dispatch picks; a tensor on another
+    device raises InvalidArgumentError: this build has no GPU kernels and never moves data.
+    """
+
+    def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None = None, *, activation: str = "float",
+                 input_scale: torch.Tensor | None = None, act_clip: float | None = None,
+                 outlier_threshold: float | None = None):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise InvalidArgumentError(f"activation={activation!r} is not one of {ACTIVATIONS}")
+        if (activation == "tensor") != (act_clip is not None):
+            raise InvalidArgumentError("act_clip is needed for activation='tensor', and only there")
+        if outlier_threshold is not None and activation != "token":
+            raise InvalidArgumentError("outlier_threshold (LLM.int8()) needs activation='token'")
+        self.out_features, self.in_features = qweight.shape
+        self.bits, self.group_size = qweight.bits, qweight.group_size
+        self.activation, self.outlier_threshold = activation, outlier_threshold
+        self.register_buffer("qdata", torch.from_numpy(qweight.data))
+        self.register_buffer("scales", torch.from_numpy(qweight.scales))
+        zero_points = None if qweight.zero_points is None else torch.from_numpy(qweight.zero_points)
+        self.register_buffer("zero_points", zero_points)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
+        self.register_buffer("input_scale", None if input_scale is None else input_scale.to(torch.float32).clone())
+        self.register_buffer("act_clip", None if act_clip is None else torch.tensor(float(act_clip)))
+        self._handle = ops.WeightHandle()
+        self._register_weight()
+
+    @classmethod
+    def empty(cls, config: dict) -> QuantLinear:
+        """A QuantLinear of the structure `config` (get_extra_state()) with zeroed buffers, to load into."""
+        N, K, bits, G = config["out_features"], config["in_features"], config["bits"], config["group_size"]
+        zeros = torch.zeros(N, K // G, dtype=torch.int8) if config["zero_points"] else None
+        qweight = QuantizedWeight(torch.zeros(N, K * bits // 8, dtype=torch.int8), torch.ones(N, K // G),
+                                  zeros, bits, G, (N, K), kind="torch")
+        return cls(qweight, torch.zeros(N) if config["bias"] else None, activation=config["activation"],
+                   input_scale=torch.ones(K) if config["input_scale"] else None,
+                   act_clip=1.0 if config["activation"] == "tensor" else None,
+                   outlier_threshold=config["outlier_threshold"])
+
+    def _register_weight(self) -> None:
+        ops.register_weight(self.qdata, self._handle)
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        self._register_weight()  # .to(), .share_memory() ... may have replaced the buffers
+        return result
+
+    def __getstate__(self):
+        """Copies and pickles leave the handle behind (it holds native pointers) and make their own."""
+        return {key: value for key, value in self.__dict__.items() if key != "_handle"}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._handle = ops.WeightHandle()
+        self._register_weight()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._register_weight()  # load_state_dict(assign=True) replaces the buffers
+
+    def get_extra_state(self) -> dict:
+        return {
+            "in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
+            "group_size": self.group_size, "activation": self.activation,
+            "outlier_threshold": self.outlier_threshold, "zero_points": self.zero_points is not None,
+            "bias": self.bias is not None, "input_scale": self.input_scale is not None,
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        if state != self.get_extra_state():
+            raise InvalidArgumentError(
+                f"the saved layer {state} does not have this QuantLinear's structure {self.get_extra_state()}"
+            )
+
+    @property
+    def qweight(self) -> QuantizedWeight:
+        """The weights as a QuantizedWeight (viewing this module's buffers)."""
+        return ops.quantized_weight(self.qdata, self.scales, self.zero_points, self.bits, self.group_size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: quantized weights, scales, zero points, bias and activation factors."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale.to(x.dtype)
+        if self.activation == "tensor":
+            step = self.act_clip / 127
+            x = (torch.clamp(torch.round(x / step), -127, 127) * step).to(x.dtype)
+        if self.outlier_threshold is not None:
+            return torch.ops.qkernels.matmul_outliers(
+                x, self.qdata, self.scales, self.zero_points, self.bias, self.bits, self.group_size,
+                self.outlier_threshold,
+            )
+        mode = "a8" if self.activation == "token" else "a16"
+        return torch.ops.qkernels.matmul(
+            x, self.qdata, self.scales, self.zero_points, self.bias, self.bits, self.group_size, mode
+        )
+
+    def extra_repr(self) -> str:
+        groups = "channel" if self.group_size == self.in_features else f"group {self.group_size}"
+        extra = f", outliers > {self.outlier_threshold}" if self.outlier_threshold is not None else ""
+        smooth = ", smoothed" if self.input_scale is not None else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, w{self.bits} per {groups}, "
+                f"activation={self.activation}{smooth}{extra}, {math.ceil(self.nbytes / 1024)} KiB")

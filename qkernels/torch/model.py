@@ -1,0 +1,275 @@
+"""quantize_model: every linear layer of a torch model replaced by a QuantLinear; saving and loading."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from ..quant import (
+    AbsMaxObserver, HessianAccumulator, fold_into_norm, gptq, rtn, smooth_weight, smoothquant_scales, zeroquant,
+)
+from .linear import QuantLinear
+
+METHODS = ("rtn", "gptq", "w8a8", "smoothquant", "llm_int8", "zeroquant")
+_NEEDS_CALIBRATION = {"gptq", "smoothquant"}
+
+
+def _linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(W [N, K], bias) of a linear layer: nn.Linear, or Hugging Face's Conv1D (GPT-2), which
+    stores W transposed; None for anything else."""
+    if isinstance(module, nn.Linear):
+        return module.weight.detach(), module.bias
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return module.weight.detach().T, module.bias
+    return None
+
+
+def linear_layers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """The linear layers of `model` by qualified name, in module order, except names in `skip`
+    (a layer is skipped when its name equals, or ends with "." plus, an entry)."""
+    skip = tuple(skip)
+    return {
+        name: m for name, m in model.named_modules()
+        if _linear_weight(m) is not None and not any(name == s or name.endswith("." + s) for s in skip)
+    }
+
+
+def run_model(model: nn.Module, batch: Any) -> Any:
+    """model(**batch) for a mapping, model(*batch) for a tuple or list, else model(batch)."""
+    if hasattr(batch, "keys"):  # a dict, or a tokenizer's BatchEncoding
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def calibrate(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iterable,
+              make: Callable[[int], Any]) -> dict[str, Any]:
+    """Runs `model` over calib_data with every layer's inputs fed to a collector, make(K) per layer
+    (anything with .update(x[..., K])). Returns the collectors by layer name."""
+    collectors, hooks = {}, []
+    for name, module in layers.items():
+        weight, _ = _linear_weight(module)
+        collectors[name] = make(weight.shape[1])
+        hooks.append(module.register_forward_pre_hook(lambda _m, args, c=collectors[name]: c.update(args[0].detach())))
+    try:
+        with torch.no_grad():
+            count = 0
+            for batch in calib_data:
+                run_model(model, batch)
+                count += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if count == 0:
+        raise InvalidArgumentError("calib_data is empty")
+    return collectors
+
+
+def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits: int, group_size: int | None,
+                     symmetric: bool, activation: str | None, per_tensor: bool, alpha: float, threshold: float,
+                     gptq_options: dict, folded_s: np.ndarray | None = None) -> QuantLinear:
+    w = weight.float()
+    if method == "rtn":
+        return QuantLinear(rtn(w, bits=bits, group_size=group_size, symmetric=symmetric), bias)
+    if method == "gptq":
+        qw = gptq(w, collector.hessian(), bits=bits, group_size=group_size, symmetric=symmetric, **gptq_options)
+        return QuantLinear(qw, bias)
+    if method == "w8a8":  # naive: one range for the weights, one for the activations (or per token)
+        qw = rtn(w, bits=bits, per_tensor=per_tensor, symmetric=symmetric)
+        clip = collector.tensor_absmax() if activation == "tensor" else None
+        return QuantLinear(qw, bias, activation=activation, act_clip=clip)
+    if method == "smoothquant":
+        act_absmax = collector.channel_absmax()
+        s = smoothquant_scales(act_absmax, w, alpha) if folded_s is None else folded_s
+        qw = rtn(smooth_weight(w, s), bits=bits, per_tensor=per_tensor, symmetric=symmetric)
+        clip = float((act_absmax / s).max()) if activation == "tensor" else None
+        input_scale = None if folded_s is not None else torch.from_numpy(1 / s)  # folded: the norm divides
+        return QuantLinear(qw, bias, activation=activation, input_scale=input_scale, act_clip=clip)
+    if method == "llm_int8":
+        qw = rtn(w, bits=bits, symmetric=symmetric)
+        return QuantLinear(qw, bias, activation="token", outlier_threshold=threshold)
+    if method == "zeroquant":
+        return QuantLinear(zeroquant(w, bits=bits, group_size=group_size), bias, activation="token")
+    raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}")
+
+
+def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = None, group_size: int | None = None,
+                   calib_data: Iterable | None = None, *, symmetric: bool = True, activation: str | None = None,
+                   per_tensor: bool = True, alpha: float = 0.5, threshold: float = 6.0, skip: Iterable[str] = (),
+                   fold_norms: dict[str, list[str]] | None = None,
+                   gptq_options: dict | None = None, progress: Callable[[int, int], None] | None = None) -> nn.Module:
+    """Replaces every linear layer of `model` (nn.Linear; Hugging Face Conv1D) with a QuantLinear,
+    in place, and returns the model.
+
+    method (defaults in brackets):
+      "rtn"          round to nearest, weight-only (A16) [bits 4; group_size None: per channel]
+      "gptq"         GPTQ, weight-only (A16); needs calib_data [bits 4]. Every layer's Hessian is
+                     collected in one pass over the float model (not layer by layer on quantized
+                     predecessors, as the paper does).
+      "w8a8"         naive W8A8: one weight range per tensor (per_tensor=False: per output channel);
+                     activation "tensor" (static, from calib_data) or "token" (dynamic per row)
+                     [bits 8, activation "tensor"]
+      "smoothquant"  SmoothQuant (alpha): weights W·diag(s) quantized as for "w8a8", activations
+                     as for "w8a8"; needs calib_data [bits 8]. The inputs are divided by s at run
+                     time, except for the layers named in fold_norms: {norm name: [layers that
+                     alone read its output]} (pre-LN blocks: pre_norm_groups(model)), which share
+                     one s, divided out of that LayerNorm's weight and bias.
+      "llm_int8"     LLM.int8(): 8-bit weights per channel, int8 activations per row, the input
+                     features holding an |x| ≥ threshold in float [bits 8]
+      "zeroquant"    ZeroQuant: group-wise weights, dynamic per-row int8 activations [bits 8, group_size 64]
+    calib_data: an iterable of model inputs (each a dict of keyword arguments, a tuple of positional
+    ones, or one tensor), run once without gradients. skip: layer names left in float (a name, or
+    a suffix after a dot, e.g. "lm_head"). progress: called as progress(done, total) per layer.
+    """
+    if method not in METHODS:
+        raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}")
+    if group_size is not None and method in ("w8a8", "smoothquant", "llm_int8"):
+        raise InvalidArgumentError(f"method={method!r} quantizes weights per tensor or channel: no group_size")
+    if activation is not None and method not in ("w8a8", "smoothquant"):
+        raise InvalidArgumentError(f"activation= is for 'w8a8' and 'smoothquant'; {method!r} fixes its own")
+    bits = bits or (4 if method in ("rtn", "gptq") else 8)
+    if method == "zeroquant":
+        group_size = group_size or 64
+    if method in ("w8a8", "smoothquant"):
+        activation = activation or "tensor"
+        if activation not in ("tensor", "token"):
+            raise InvalidArgumentError(f"activation={activation!r} must be 'tensor' or 'token' for {method}")
+    layers = linear_layers(model, skip)
+    needs_data = method in _NEEDS_CALIBRATION or (method == "w8a8" and activation == "tensor")
+    collectors = dict.fromkeys(layers)
+    if needs_data:
+        if calib_data is None:
+            raise InvalidArgumentError(f"method={method!r} needs calib_data")
+        make = HessianAccumulator if method == "gptq" else (lambda _K: AbsMaxObserver())
+        collectors = calibrate(model, layers, calib_data, make)
+    if fold_norms and method != "smoothquant":
+        raise InvalidArgumentError("fold_norms is for method='smoothquant'")
+    folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha)
+    for index, (name, module) in enumerate(layers.items()):
+        weight, bias = _linear_weight(module)
+        layer = _quantized_layer(
+            method, weight, bias, collectors[name], bits=bits, group_size=group_size, symmetric=symmetric,
+            activation=activation, per_tensor=per_tensor, alpha=alpha, threshold=threshold,
+            gptq_options=gptq_options or {}, folded_s=folded.get(name),
+        )
+        _set_module(model, name, layer)
+        if progress:
+            progress(index + 1, len(layers))
+    return model
+
+
+def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms: dict[str, list[str]],
+                    alpha: float) -> dict[str, np.ndarray]:
+    """Divides each named norm's weight and bias by the smoothing factors s shared by the layers
+    reading it (from their weights together; their inputs are the same). Returns s by layer name."""
+    folded = {}
+    for norm_name, names in fold_norms.items():
+        missing = [n for n in names if n not in layers]
+        if missing:
+            raise InvalidArgumentError(f"fold_norms[{norm_name!r}] names {missing}: not linear layers being quantized")
+        norm = model.get_submodule(norm_name)
+        act_absmax = np.max([collectors[n].channel_absmax() for n in names], axis=0)
+        s = smoothquant_scales(act_absmax, [_linear_weight(layers[n])[0].float() for n in names], alpha)
+        gamma, beta = fold_into_norm(norm.weight.detach(), None if norm.bias is None else norm.bias.detach(), s)
+        with torch.no_grad():
+            norm.weight.copy_(torch.from_numpy(gamma))
+            if beta is not None:
+                norm.bias.copy_(torch.from_numpy(beta))
+        folded |= dict.fromkeys(names, s)
+    return folded
+
+
+def pre_norm_groups(model: nn.Module) -> dict[str, list[str]]:
+    """{LayerNorm: [linear layers]} where the norm's output feeds those layers only, for the pre-LN
+    blocks of Hugging Face GPT-2 (ln_1 → attn.c_attn, ln_2 → mlp.c_fc). Post-LN models such as BERT
+    have none: each LayerNorm's output is also the residual stream, which folding would change."""
+    names = dict(model.named_modules())
+    return {
+        f"{block}.{norm}": [f"{block}.{layer}"]
+        for block in (n[: -len(".ln_1")] for n in names if n.endswith(".ln_1"))
+        for norm, layer in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc"))
+        if f"{block}.{norm}" in names and f"{block}.{layer}" in names
+    }
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantLinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+# ---------------------------------------------------------------- saving and loading
+
+_METADATA_KEY = "qkernels.layers"
+_EXTRA = "._extra_state"
+
+
+def save_quantized(model: nn.Module, path: str | Path) -> None:
+    """Writes the state dict of a quantized model: a .safetensors file (the layers' formats in its
+    metadata; needs the safetensors package) or, for any other suffix, torch.save."""
+    path = Path(path)
+    state = model.state_dict()
+    if path.suffix != ".safetensors":
+        torch.save(state, path)
+        return
+    from safetensors.torch import save_file
+
+    layers = {key[: -len(_EXTRA)]: value for key, value in state.items() if key.endswith(_EXTRA)}
+    tensors = {key: value.contiguous() for key, value in state.items() if not key.endswith(_EXTRA)}
+    save_file(_untied(tensors), str(path), metadata={_METADATA_KEY: json.dumps(layers)})
+
+
+def _untied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing memory (tied weights): each gets its own copy."""
+    seen, out = set(), {}
+    for key, t in tensors.items():
+        pointer = t.data_ptr()
+        out[key] = t.clone() if pointer in seen else t
+        seen.add(pointer)
+    return out
+
+
+def load_quantized(model: nn.Module, source: str | Path | dict) -> nn.Module:
+    """Loads a quantized state dict (a path written by save_quantized, or the dict itself) into
+    `model`, a model of the same architecture in float or already quantized: the layers the state
+    names as quantized become QuantLinear of the saved formats, and every tensor is loaded as saved,
+    nothing re-quantized. Returns the model."""
+    if isinstance(source, dict):
+        state = source
+    elif Path(source).suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(source), framework="pt") as f:
+            layers = json.loads(f.metadata()[_METADATA_KEY])
+            state = {key: f.get_tensor(key) for key in f.keys()}
+        state |= {name + _EXTRA: config for name, config in layers.items()}
+    else:
+        state = torch.load(source, weights_only=True)
+    for key, config in state.items():
+        if key.endswith(_EXTRA) and isinstance(config, dict) and "bits" in config:
+            _set_module(model, key[: -len(_EXTRA)], QuantLinear.empty(config))
+    model.load_state_dict(state)
+    return model
+
+
+def quantized_nbytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer, quantized layers as stored (shared tensors once)."""
+    tensors = {t.data_ptr(): t for t in list(model.parameters()) + list(model.buffers())}
+    return int(sum(t.numel() * t.element_size() for t in tensors.values()))
+
+
+__all__ = [
+    "METHODS", "calibrate", "linear_layers", "load_quantized", "pre_norm_groups", "quantize_model", "quantized_layers",
+    "quantized_nbytes", "run_model", "save_quantized",
+]

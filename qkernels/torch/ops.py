@@ -1,0 +1,122 @@
+"""The kernels as torch.library custom ops, with fake (meta) implementations for torch.compile.
+
+    torch.ops.qkernels.matmul(x, data, scales, zero_points, bias, bits, group_size, mode)
+    torch.ops.qkernels.matmul_outliers(x, data, scales, zero_points, bias, bits, group_size, threshold)
+    torch.ops.qkernels.dequantize(data, scales, zero_points, bits, group_size)  -> W [N, K] float32
+
+Both take a weight as the canonical arrays (docs/numerics.md section 1: int8 data, float32 scales,
+int8 zero points or None) and run qkernels.matmul, so automatic dispatch picks the fastest backend
+for the tensors. To a compiler they are opaque: a quantized model traces with no graph break.
+
+A backend with its own weight layout packs the weights on first use and caches the pack in a
+QuantizedWeight. The ops receive tensors, not QuantizedWeights, so a module registers a WeightHandle
+for its buffers (register_weight); the ops find it by the address of the weight data and reuse its
+QuantizedWeight while the buffers are unchanged (same addresses, same in-place version counters).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+
+from .. import ops as _ops
+from ..quant import llm_int8_matmul
+from ..weights import QuantizedWeight, dequantize
+
+
+class WeightHandle:
+    """A module's QuantizedWeight, kept alive by the module and rebuilt when its buffers change."""
+
+    def __init__(self):
+        self.key = None
+        self.qweight = None
+
+
+_handles: weakref.WeakValueDictionary[int, WeightHandle] = weakref.WeakValueDictionary()
+
+
+def register_weight(data: torch.Tensor, handle: WeightHandle) -> None:
+    """Lets the ops reuse `handle`'s QuantizedWeight (and its packs) for weights stored in `data`."""
+    _handles[data.data_ptr()] = handle
+
+
+def _key(tensors, bits: int, group_size: int):
+    try:
+        return (bits, group_size) + tuple(
+            (t.data_ptr(), tuple(t.shape), t._version) if t is not None else None for t in tensors
+        )
+    except RuntimeError:  # inference tensors have no version counter: never cached
+        return None
+
+
+def quantized_weight(data, scales, zero_points, bits: int, group_size: int) -> QuantizedWeight:
+    """The QuantizedWeight viewing these tensors: the registered one while it is current, else new."""
+    shape = (data.shape[0], data.shape[1] * 8 // bits)
+    key = _key((data, scales, zero_points), bits, group_size)
+    handle = _handles.get(data.data_ptr())
+    if handle is not None and key is not None:
+        if handle.key != key:
+            handle.qweight = QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch")
+            handle.key = key
+        return handle.qweight
+    return QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch")
+
+
+@torch.library.custom_op("qkernels::matmul", mutates_args=())
+def matmul(
+    x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], bits: int, group_size: int, mode: str,
+) -> torch.Tensor:
+    """y[..., N] = x[..., K] · Wᵀ (+ bias) in mode "a16" or "a8" (qkernels.matmul)."""
+    return _ops.matmul(x, quantized_weight(data, scales, zero_points, bits, group_size), mode, bias=bias)
+
+
+@matmul.register_fake
+def _(x, data, scales, zero_points, bias, bits, group_size, mode):
+    return x.new_empty(x.shape[:-1] + (data.shape[0],))
+
+
+@torch.library.custom_op("qkernels::matmul_outliers", mutates_args=())
+def matmul_outliers(
+    x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], bits: int, group_size: int, threshold: float,
+) -> torch.Tensor:
+    """LLM.int8() (qkernels.quant.llm_int8_matmul): the input features where some |x| ≥ threshold
+    in float, the others in mode "a8"."""
+    qweight = quantized_weight(data, scales, zero_points, bits, group_size)
+    return llm_int8_matmul(x, qweight, threshold=threshold, bias=bias)
+
+
+@matmul_outliers.register_fake
+def _(x, data, scales, zero_points, bias, bits, group_size, threshold):
+    return x.new_empty(x.shape[:-1] + (data.shape[0],))
+
+
+@torch.library.custom_op("qkernels::dequantize", mutates_args=())
+def dequantize_weight(data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor], bits: int,
+                      group_size: int) -> torch.Tensor:
+    """W [N, K] float32 = scales · (q − zero point) (qkernels.dequantize)."""
+    return dequantize(quantized_weight(data, scales, zero_points, bits, group_size), "float32")
+
+
+@dequantize_weight.register_fake
+def _(data, scales, zero_points, bits, group_size):
+    return data.new_empty((data.shape[0], data.shape[1] * 8 // bits), dtype=torch.float32)
+
+
+def _save_weight(ctx, inputs, output):
+    _x, data, scales, zero_points, _bias, bits, group_size, _mode = inputs
+    ctx.save_for_backward(data, scales, zero_points)
+    ctx.bits, ctx.group_size = bits, group_size
+
+
+def _input_gradient(ctx, grad):
+    data, scales, zero_points = ctx.saved_tensors
+    w = torch.ops.qkernels.dequantize(data, scales, zero_points, ctx.bits, ctx.group_size)
+    return (grad @ w.to(grad.dtype),) + (None,) * 7
+
+
+matmul.register_autograd(_input_gradient, setup_context=_save_weight)
+matmul_outliers.register_autograd(_input_gradient, setup_context=_save_weight)

@@ -1,0 +1,178 @@
+"""Activation-side methods (qkernels.quant): observers on known data, SmoothQuant's invariance and
+balance, LLM.int8()'s exact outlier path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import qkernels
+from qkernels import quant, reference
+from qk_support import HAVE_TORCH, examples
+
+# ---------------------------------------------------------------- observers
+
+
+@settings(max_examples=examples(20))
+@given(seed=st.integers(0, 2**32 - 1), batches=st.integers(1, 4), K=st.integers(1, 9))
+def test_observers_on_known_data(seed, batches, K):
+    rng = np.random.default_rng(seed)
+    data = [rng.standard_normal((2, int(rng.integers(1, 20)), K)).astype(np.float32) * 3 for _ in range(batches)]
+    rows = np.abs(np.concatenate([d.reshape(-1, K) for d in data]))
+    absmax, percentile, mse = quant.AbsMaxObserver(), quant.PercentileObserver(90), quant.MSEObserver(bits=4, grid=20)
+    for observer in (absmax, percentile, mse):
+        for d in data:
+            observer.update(d)
+    np.testing.assert_array_equal(absmax.channel_absmax(), rows.max(axis=0))
+    assert absmax.tensor_absmax() == rows.max()
+    np.testing.assert_allclose(percentile.channel_absmax(), np.percentile(rows, 90, axis=0), rtol=1e-6)
+    assert percentile.tensor_absmax() == pytest.approx(np.percentile(rows, 90), rel=1e-6)
+    # MSE-optimal clips come from the grid below the max, and beat the plain max clip.
+    clip = mse.channel_absmax()
+    assert clip.dtype == np.float32 and clip.shape == (K,)
+    assert (clip <= rows.max(axis=0) * (1 + 1e-6)).all() and (clip > 0).all()
+
+    def error(c):
+        s = c / 7
+        return ((rows - np.minimum(np.rint(rows / s), 7) * s) ** 2).sum(axis=0)
+
+    assert (error(clip.astype(np.float64)) <= error(rows.max(axis=0).astype(np.float64)) * (1 + 1e-9)).all()
+
+
+def test_mse_observer_clips_a_lone_outlier():
+    x = np.concatenate([np.linspace(-1, 1, 9999), [8.0]]).astype(np.float32)[:, None]
+    observer = quant.MSEObserver(bits=4)
+    observer.update(x)
+    # A clip of 8 leaves a step of 8/7 for 9999 values in [-1, 1]; clipping the one outlier costs less.
+    assert 0.5 < observer.tensor_absmax() < 2
+    with pytest.raises(qkernels.InvalidArgumentError, match="no data"):
+        quant.AbsMaxObserver().channel_absmax()
+    with pytest.raises(qkernels.InvalidArgumentError, match="last dimension"):
+        observer.update(np.zeros((3, 2), np.float32))
+    with pytest.raises(qkernels.NonFiniteError):
+        observer.update(np.full((3, 1), np.nan, np.float32))
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
+def test_observers_take_torch_tensors():
+    import torch
+
+    x = torch.randn(3, 5, 8)
+    observer = quant.AbsMaxObserver()
+    observer.update(x.to(torch.bfloat16))
+    np.testing.assert_array_equal(observer.channel_absmax(), x.to(torch.bfloat16).float().abs().amax(dim=(0, 1)).numpy())
+
+
+# ---------------------------------------------------------------- SmoothQuant
+
+
+@settings(max_examples=examples(25))
+@given(seed=st.integers(0, 2**32 - 1), alpha=st.floats(0, 1), outlier=st.floats(1, 1e3))
+def test_smoothing_leaves_the_float_product_unchanged(seed, alpha, outlier):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((16, 24)).astype(np.float32)
+    x[:, rng.integers(24)] *= outlier
+    w = rng.standard_normal((8, 24)).astype(np.float32)
+    observer = quant.AbsMaxObserver()
+    observer.update(x)
+    s = quant.smoothquant_scales(observer.channel_absmax(), w, alpha)
+    x_s, w_s = quant.smooth_activations(x, s), quant.smooth_weight(w, s)
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    smoothed = x_s.astype(np.float64) @ w_s.T.astype(np.float64)
+    # Only the float32 roundings of X/s and W·s differ: 2^-23 relative to Σ|x·w|, per element.
+    magnitude = np.abs(x.astype(np.float64)) @ np.abs(w.T.astype(np.float64))
+    assert (np.abs(smoothed - exact) <= 2.0**-22 * magnitude).all()
+    # α = 1/2 balances the channel maxima of the smoothed activations and weights: both √(max|X|·max|W|).
+    if alpha == 0.5:
+        np.testing.assert_allclose(np.abs(x_s).max(axis=0), np.abs(w_s).max(axis=0), rtol=1e-5)
+
+
+def test_smoothquant_shared_input_norm_folding_and_w8a8():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    x[:, 3] *= 40  # an outlier channel: what SmoothQuant is for
+    q_proj, k_proj = (rng.standard_normal((16, 32)).astype(np.float32) * 0.1 for _ in range(2))
+    act = np.abs(x).max(axis=0)
+    s = quant.smoothquant_scales(act, [q_proj, k_proj], 0.5)
+    w_absmax = np.maximum(np.abs(q_proj).max(axis=0), np.abs(k_proj).max(axis=0))
+    np.testing.assert_allclose(s, np.sqrt(act / w_absmax), rtol=1e-6)
+    gamma, beta = rng.random(32).astype(np.float32) + 0.5, rng.standard_normal(32).astype(np.float32)
+    folded_gamma, folded_beta = quant.fold_into_norm(gamma, beta, s)
+    np.testing.assert_allclose(folded_gamma, gamma / s, rtol=1e-6)
+    np.testing.assert_allclose(folded_beta, beta / s, rtol=1e-6)
+    # W8A8 with smoothing beats plain W8A8 on outlier activations.
+    exact = x.astype(np.float64) @ q_proj.T.astype(np.float64)
+    qw, s_q = quant.smoothquant(q_proj, act)
+    smoothed = qkernels.matmul(quant.smooth_activations(x, s_q), qw, mode="a8")
+    plain = qkernels.matmul(x, quant.rtn(q_proj, bits=8), mode="a8")
+    assert np.linalg.norm(smoothed - exact) < 0.5 * np.linalg.norm(plain - exact)
+    per_tensor, _ = quant.smoothquant(q_proj, act, per_tensor=True)
+    assert (per_tensor.scales == per_tensor.scales[0, 0]).all()
+    assert quant.smoothquant_scales(np.zeros(32), q_proj)[0] == 1  # nothing to balance
+    with pytest.raises(qkernels.InvalidArgumentError, match="alpha"):
+        quant.smoothquant_scales(act, q_proj, 1.5)
+
+
+# ---------------------------------------------------------------- LLM.int8()
+
+
+def _exact_weights(qw):
+    return reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size)
+
+
+@settings(max_examples=examples(25))
+@given(seed=st.integers(0, 2**32 - 1), n_outliers=st.integers(0, 4), threshold=st.sampled_from([3.0, 6.0]))
+def test_llm_int8_is_int8_on_regular_columns_plus_exact_outliers(seed, n_outliers, threshold):
+    rng = np.random.default_rng(seed)
+    M, K = 5, 32
+    x = np.clip(rng.standard_normal((2, M, K)), -2.9, 2.9).astype(np.float32)
+    columns = rng.choice(K, n_outliers, replace=False)
+    x[1, rng.integers(M), columns] = threshold * (1 + rng.random(n_outliers)) * rng.choice([-1, 1], n_outliers)
+    qw = quant.rtn(rng.standard_normal((7, K)).astype(np.float32), bits=8)
+    bias = rng.standard_normal(7).astype(np.float32)
+    np.testing.assert_array_equal(quant.outlier_columns(x, threshold), np.sort(columns))
+    y = quant.llm_int8_matmul(x, qw, threshold=threshold, bias=bias)
+    regular = x.copy()
+    regular[..., columns] = 0
+    w = _exact_weights(qw)
+    rows = x.reshape(-1, K).astype(np.float64)
+    expected = (qkernels.matmul(regular, qw, mode="a8", bias=bias).astype(np.float64).reshape(-1, 7)
+                + rows[:, columns] @ w[:, columns].T)
+    assert y.shape == (2, M, 7) and y.dtype == np.float32
+    np.testing.assert_array_equal(y.reshape(-1, 7), expected.astype(np.float32))
+
+
+def test_llm_int8_is_exact_when_every_value_is_an_outlier_column():
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((4, 16)) * 50).astype(np.float32)
+    x[0] = 7.0  # every column reaches the threshold in row 0
+    qw = quant.rtn(rng.standard_normal((5, 16)).astype(np.float32), bits=8)
+    exact = x.astype(np.float64) @ _exact_weights(qw).T
+    np.testing.assert_array_equal(quant.llm_int8_matmul(x, qw), exact.astype(np.float32))
+    assert not np.array_equal(qkernels.matmul(x, qw, mode="a8"), exact.astype(np.float32))
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
+def test_llm_int8_keeps_torch_in_torch_out():
+    import torch
+
+    x = torch.randn(3, 16)
+    x[1, 2] = 9.0
+    qw = quant.rtn(torch.randn(4, 16), bits=8)
+    y = quant.llm_int8_matmul(x, qw)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and y.shape == (3, 4)
+    np.testing.assert_array_equal(y.numpy(), quant.llm_int8_matmul(x.numpy(), qw))
+    for dtype in (torch.float16, torch.bfloat16):
+        y_low = quant.llm_int8_matmul(x.to(dtype), qw)
+        assert y_low.dtype == dtype and y_low.shape == (3, 4)
+        np.testing.assert_allclose(y_low.float().numpy(), y.numpy(), rtol=2**-7, atol=0.05)
+
+
+def test_llm_int8_takes_what_matmul_takes():
+    qw = quant.rtn(np.ones((2, 4), np.float32), bits=8)
+    with pytest.raises(qkernels.DtypeError):
+        quant.llm_int8_matmul(np.full((1, 4), 9.0), qw)  # float64, like matmul
+    with pytest.raises(qkernels.InvalidArgumentError, match="last dimension"):
+        quant.llm_int8_matmul(np.full((1, 3), 9.0, np.float32), qw)

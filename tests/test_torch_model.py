@@ -1,0 +1,148 @@
+"""quantize_model on a small torch model, and saving and loading quantized models."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import numpy as np
+import pytest
+
+from qkernels import InvalidArgumentError, reference
+
+torch = pytest.importorskip("torch", reason="the PyTorch integration needs torch")
+qt = pytest.importorskip("qkernels.torch")
+HAVE_SAFETENSORS = importlib.util.find_spec("safetensors") is not None
+
+
+class Block(torch.nn.Module):
+    """LayerNorm, then two linear layers, like a transformer MLP; a head that can be skipped."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(64)
+        self.up = torch.nn.Linear(64, 128)
+        self.down = torch.nn.Linear(128, 64, bias=False)
+        self.head = torch.nn.Linear(64, 16)
+
+    def forward(self, x):
+        return self.head(self.down(torch.nn.functional.gelu(self.up(self.norm(x)))))
+
+
+def _model():
+    torch.manual_seed(0)
+    return Block().eval()
+
+
+def _data(n=4):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(6, 64, generator=g) * 2 for _ in range(n)]
+
+
+CASES = [
+    dict(method="rtn", bits=8),
+    dict(method="rtn", bits=4, group_size=32, symmetric=False),
+    dict(method="gptq", bits=4, group_size=32),
+    dict(method="w8a8", activation="tensor"),
+    dict(method="w8a8", activation="token"),
+    dict(method="smoothquant", activation="tensor"),
+    dict(method="smoothquant", activation="token", per_tensor=False),
+    dict(method="llm_int8", threshold=3.0),
+    dict(method="zeroquant", bits=4, group_size=32),
+]
+
+
+@pytest.mark.parametrize("options", CASES, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_quantize_model_replaces_every_linear(options):
+    model, x = _model(), _data()[0]
+    quantized = qt.quantize_model(copy.deepcopy(model), calib_data=_data(), **options)
+    layers = qt.quantized_layers(quantized)
+    assert sorted(layers) == ["down", "head", "up"]
+    assert not any(isinstance(m, torch.nn.Linear) for m in quantized.modules())
+    with torch.no_grad():
+        expected, y = model(x), quantized(x)
+    assert y.shape == expected.shape
+    assert float((y - expected).norm() / expected.norm()) < 0.2  # quantized, not broken
+    assert qt.quantized_nbytes(quantized) < qt.quantized_nbytes(model)
+
+
+def test_rtn_layer_holds_exactly_quantize_weights():
+    model = _model()
+    quantized = qt.quantize_model(copy.deepcopy(model), "rtn", bits=4, group_size=16)
+    up = quantized.up
+    w = reference.dequantize(up.qdata.numpy(), up.scales.numpy(), None, 4, 16)
+    q, scales, _ = reference.quantize(model.up.weight.detach().numpy(), 4, 16)
+    np.testing.assert_array_equal(w, reference.dequantize(q, scales, None, 4, 16))
+
+
+def test_top_level_name():
+    import qkernels
+
+    assert qkernels.quantize_model is qt.quantize_model
+
+
+def test_skip_and_errors():
+    quantized = qt.quantize_model(_model(), "rtn", skip=["head"])
+    assert isinstance(quantized.head, torch.nn.Linear) and isinstance(quantized.up, qt.QuantLinear)
+    with pytest.raises(InvalidArgumentError, match="calib_data"):
+        qt.quantize_model(_model(), "gptq")
+    with pytest.raises(InvalidArgumentError, match="method"):
+        qt.quantize_model(_model(), "awq")
+    with pytest.raises(InvalidArgumentError, match="group_size"):
+        qt.quantize_model(_model(), "llm_int8", group_size=32)
+    with pytest.raises(InvalidArgumentError, match="activation"):
+        qt.quantize_model(_model(), "rtn", activation="token")
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        qt.quantize_model(_model(), "smoothquant", calib_data=[])
+
+
+def _saved_formats():
+    return ["pt"] + (["safetensors"] if HAVE_SAFETENSORS else [])
+
+
+@pytest.mark.parametrize("suffix", _saved_formats())
+@pytest.mark.parametrize("options", CASES[1:4] + CASES[5:8], ids=lambda o: o["method"])
+def test_save_and_load_without_requantizing(tmp_path, suffix, options):
+    quantized = qt.quantize_model(_model(), calib_data=_data(), **options)
+    path = tmp_path / f"model.{suffix}"
+    qt.save_quantized(quantized, path)
+    fresh = Block().eval()  # different random float weights: only the file can make them agree
+    loaded = qt.load_quantized(fresh, path)
+    x = _data()[0]
+    assert torch.equal(loaded(x), quantized(x))
+    for name, layer in qt.quantized_layers(quantized).items():
+        twin = loaded.get_submodule(name)
+        assert twin.get_extra_state() == layer.get_extra_state()
+        assert all(torch.equal(a, b) for a, b in zip(layer.buffers(), twin.buffers()))
+
+
+def test_load_state_dict_into_quantized_model_and_mismatch():
+    a = qt.quantize_model(_model(), "rtn", bits=4, group_size=32)
+    b = qt.quantize_model(Block().eval(), "rtn", bits=4, group_size=32)
+    x = _data()[0]
+    qt.load_quantized(b, a.state_dict())
+    assert torch.equal(a(x), b(x))
+    other = qt.quantize_model(_model(), "rtn", bits=8)
+    with pytest.raises(InvalidArgumentError, match="structure"):
+        other.load_state_dict(qt.quantize_model(_model(), "rtn", bits=4).state_dict())
+
+
+def test_compiled_quantized_model_has_no_graph_break():
+    quantized = qt.quantize_model(_model(), "smoothquant", calib_data=_data())
+    x = _data()[0]
+    with torch.no_grad():
+        compiled = torch.compile(quantized, fullgraph=True, backend="aot_eager")
+        assert torch.equal(compiled(x), quantized(x))
+
+
+def test_deepcopy_and_pickle_a_quantized_model(tmp_path):
+    quantized = qt.quantize_model(_model(), "llm_int8")
+    x = _data()[0]
+    with torch.no_grad():
+        y = quantized(x)  # the layers now hold their QuantizedWeight
+        copied = copy.deepcopy(quantized)
+        torch.save(quantized, tmp_path / "model.pt")
+        loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+        assert torch.equal(copied(x), y) and torch.equal(loaded(x), y)
+    assert copied.up.qdata.data_ptr() != quantized.up.qdata.data_ptr()
+    assert qt.ops._handles[copied.up.qdata.data_ptr()] is copied.up._handle  # registered: packs are reused

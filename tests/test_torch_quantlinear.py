@@ -1,0 +1,158 @@
+"""QuantLinear and the torch.library custom ops: outputs against the NumPy reference, opcheck,
+torch.compile without graph breaks, devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import qk_support as qs
+from qkernels import quantize_weights, reference
+
+torch = pytest.importorskip("torch", reason="the PyTorch integration needs torch")
+qt = pytest.importorskip("qkernels.torch")
+QuantLinear = qt.QuantLinear
+
+
+def _weights(rng, N, K, bits, group_size, symmetric):
+    w = torch.from_numpy(rng.standard_normal((N, K)).astype(np.float32))
+    return quantize_weights(w, bits=bits, group_size=group_size, symmetric=symmetric)
+
+
+def _check(y, x, qw, mode, bias, dtype):
+    """y against reference.matmul on the rows of x (docs/numerics.md tolerances)."""
+    rows = qs.to_rep(x, dtype).reshape(-1, qw.K)
+    reference.assert_matmul_close(
+        qs.to_rep(y, dtype).reshape(-1, qw.N), rows, dtype, qw.data, qw.scales, qw.zero_points, qw.bits,
+        qw.group_size, mode, None if bias is None else bias.numpy(),
+    )
+
+
+@settings(max_examples=qs.examples(30))
+@given(
+    seed=st.integers(0, 2**32 - 1), N=st.integers(1, 40), groups=st.integers(1, 3), bits=st.sampled_from([4, 8]),
+    group_size=st.sampled_from([2, 8, 32]), symmetric=st.booleans(), activation=st.sampled_from(["float", "token"]),
+    dtype=st.sampled_from(["float32", "float16", "bfloat16"]), leading=st.sampled_from([(1,), (3,), (2, 5)]),
+    with_bias=st.booleans(),
+)
+def test_quantlinear_matches_reference(seed, N, groups, bits, group_size, symmetric, activation, dtype, leading,
+                                       with_bias):
+    rng = np.random.default_rng(seed)
+    K = groups * group_size
+    qw = _weights(rng, N, K, bits, group_size, symmetric)
+    bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)) if with_bias else None
+    layer = QuantLinear(qw, bias, activation=activation)
+    x = qs.to_kind(qs.encode(rng.standard_normal(leading + (K,)) * 3, dtype), dtype, "torch")
+    y = layer(x)
+    assert y.shape == leading + (N,) and y.dtype == x.dtype
+    _check(y, x, qw, "a16" if activation == "float" else "a8", bias, dtype)
+
+
+def test_smoothing_and_static_tensor_activations():
+    """input_scale multiplies x; "tensor" rounds it to the int8 grid of act_clip / 127, clamped."""
+    rng = np.random.default_rng(1)
+    qw = _weights(rng, 16, 64, 8, 64, True)
+    scale = torch.from_numpy(rng.uniform(0.5, 2.0, 64).astype(np.float32))
+    layer = QuantLinear(qw, activation="tensor", input_scale=scale, act_clip=2.5)
+    x = torch.from_numpy(rng.standard_normal((7, 64)).astype(np.float32) * 2)
+    step = np.float32(2.5) / np.float32(127)
+    smoothed = x.numpy() * scale.numpy()
+    rounded = (np.clip(np.rint(smoothed / step), -127, 127) * step).astype(np.float32)
+    assert np.abs(smoothed).max() > 2.5  # the clip is exercised
+    _check(layer(x), torch.from_numpy(rounded), qw, "a16", None, "float32")
+
+
+def test_outlier_op_is_llm_int8():
+    from qkernels.quant import llm_int8_matmul
+
+    rng = np.random.default_rng(2)
+    qw = _weights(rng, 24, 64, 8, 64, True)
+    x = torch.from_numpy(rng.standard_normal((5, 64)).astype(np.float32))
+    x[2, [3, 40]] = torch.tensor([9.0, -12.0])
+    bias = torch.from_numpy(rng.standard_normal(24).astype(np.float32))
+    layer = QuantLinear(qw, bias, activation="token", outlier_threshold=6.0)
+    assert torch.equal(layer(x), llm_int8_matmul(x, qw, threshold=6.0, bias=bias))
+
+
+def _op_samples():
+    rng = np.random.default_rng(3)
+    out = []
+    for bits, group_size, symmetric, with_bias in [(4, 16, True, False), (8, 32, False, True), (4, 32, False, True)]:
+        qw = _weights(rng, 12, 32, bits, group_size, symmetric)
+        zp = None if qw.zero_points is None else torch.from_numpy(qw.zero_points)
+        bias = torch.randn(12) if with_bias else None
+        x = torch.randn(2, 3, 32)
+        out.append((x, torch.from_numpy(qw.data), torch.from_numpy(qw.scales), zp, bias, bits, group_size))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["a16", "a8"])
+def test_opcheck_matmul(mode):
+    for sample in _op_samples():
+        torch.library.opcheck(torch.ops.qkernels.matmul.default, sample + (mode,))
+
+
+def test_opcheck_matmul_outliers():
+    for sample in _op_samples():
+        x = sample[0].clone()
+        x[0, 1, 5] = 10.0
+        torch.library.opcheck(torch.ops.qkernels.matmul_outliers.default, (x,) + sample[1:] + (6.0,))
+
+
+def _mixed_model():
+    """Four QuantLinears, one of each kind of forward."""
+    rng = np.random.default_rng(4)
+    w = lambda N, K, G, sym=True: _weights(rng, N, K, 4 if G < K else 8, G, sym)  # noqa: E731
+    return torch.nn.Sequential(
+        QuantLinear(w(48, 32, 16, False), torch.randn(48)),
+        torch.nn.GELU(),
+        QuantLinear(w(40, 48, 48), activation="token"),
+        torch.nn.LayerNorm(40),
+        QuantLinear(w(40, 40, 40), activation="tensor", input_scale=torch.rand(40) + 0.5, act_clip=3.0),
+        QuantLinear(w(8, 40, 40), torch.randn(8), activation="token", outlier_threshold=1.5),
+    )
+
+
+def test_compile_without_graph_breaks():
+    model = _mixed_model()
+    x = torch.randn(3, 5, 32)
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # fullgraph: a break raises
+    assert torch.equal(compiled(x), eager)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def test_other_devices_are_refused():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    model = _mixed_model()
+    with pytest.raises(ValueError, match="CPU only"):
+        model.cuda()(torch.randn(2, 32, device="cuda"))
+
+
+def test_weight_changed_in_place_is_seen():
+    """The ops cache a QuantizedWeight per layer; an in-place change of the buffers replaces it."""
+    rng = np.random.default_rng(5)
+    a = QuantLinear(_weights(rng, 8, 32, 4, 16, True))
+    b = QuantLinear(_weights(rng, 8, 32, 4, 16, True))
+    x = torch.randn(2, 32)
+    before = a(x)
+    a.load_state_dict(b.state_dict())
+    assert torch.equal(a(x), b(x)) and not torch.equal(a(x), before)
+
+
+@pytest.mark.parametrize("threshold", [None, 1.0])
+def test_input_gradient_is_through_the_dequantized_weights(threshold):
+    rng = np.random.default_rng(6)
+    qw = _weights(rng, 12, 32, 4, 16, False)
+    layer = QuantLinear(qw, torch.randn(12), activation="token", outlier_threshold=threshold)
+    x = torch.randn(3, 32, requires_grad=True)
+    grad_y = torch.randn(3, 12)
+    layer(x).backward(grad_y)
+    w = reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size)
+    np.testing.assert_allclose(x.grad.numpy(), grad_y.numpy() @ w, rtol=1e-5, atol=1e-5)
+    sample = _op_samples()[0]
+    torch.library.opcheck(torch.ops.qkernels.matmul.default, (sample[0].requires_grad_(),) + sample[1:] + ("a16",))

@@ -32,6 +32,7 @@ enum {
     CHUNK_BYTES = 256 * 1024, /* activations of a row chunk: about half an L2 cache */
     A16_RUN_BLOCKS = 4,       /* float32 sums over 32 k, then float64 */
     A8_INT16_BLOCKS = 4,      /* 4-bit: int16 sums over four blocks, see above */
+    PREFETCH_BYTES = 2048, /* ahead of the weight stream: the hardware prefetcher alone reaches about half the bandwidth */
 };
 
 #define INLINE static inline __attribute__((always_inline))
@@ -95,7 +96,9 @@ INLINE void a8_tile_w4(const problem* p, const uint8_t* panel, const int8_t* qx,
             __m256i s16[TILE_ROWS];
             for (int r = 0; r < rows; r++) s16[r] = _mm256_setzero_si256();
             for (int32_t b = b0; b < b_end; b++) {
-                __m256i v = _mm256_load_si256((const __m256i*)(group + QK_AVX2_HEADER + (size_t)b * 32));
+                const uint8_t* block = group + QK_AVX2_HEADER + (size_t)b * 32;
+                _mm_prefetch((const char*)block + PREFETCH_BYTES, _MM_HINT_T0);
+                __m256i v = _mm256_load_si256((const __m256i*)block);
                 __m256i lo = _mm256_and_si256(v, low_nibbles);                         /* k 0..3 */
                 __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibbles);  /* k 4..7 */
                 for (int r = 0; r < rows; r++) {
@@ -122,6 +125,7 @@ INLINE void a8_tile_w8(const problem* p, const uint8_t* panel, const int8_t* qx,
         for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_si256();
         for (int32_t b = 0; b < l->blocks; b++) {
             const uint8_t* block = group + QK_AVX2_HEADER + (size_t)b * 64;
+            _mm_prefetch((const char*)block + PREFETCH_BYTES, _MM_HINT_T0);
             __m256i v0 = _mm256_xor_si256(_mm256_load_si256((const __m256i*)block), flip);        /* k 0..3 */
             __m256i v1 = _mm256_xor_si256(_mm256_load_si256((const __m256i*)(block + 32)), flip); /* k 4..7 */
             __m256i a0 = _mm256_abs_epi8(v0), a1 = _mm256_abs_epi8(v1);
@@ -185,6 +189,7 @@ INLINE void a16_tile(const problem* p, int bits, int mixed, int panels, const ui
                 __m256i v0[2], v1[2];
                 for (int pi = 0; pi < panels; pi++) {
                     const uint8_t* block = group[pi] + QK_AVX2_HEADER + (size_t)b * l->block_bytes;
+                    _mm_prefetch((const char*)block + PREFETCH_BYTES, _MM_HINT_T0);
                     v0[pi] = _mm256_load_si256((const __m256i*)block);
                     if (bits == 4) { /* bytes of v0: k 0..3, of v1: k 4..7 */
                         v1[pi] = _mm256_and_si256(_mm256_srli_epi16(v0[pi], 4), low_nibbles);

@@ -211,6 +211,7 @@ static qk_status pack(const qk_weights* w, qk_backend backend, qk_packed_weights
     const qk_backend_impl* impl = qk_backend_impl_get(backend);
     p->backend = backend;
     p->canonical = *w;
+    p->has_zero_points = w->zero_points != NULL;
     if (impl->pack) {
         /* Only the shape stays: the caller may free the canonical arrays after packing. */
         p->canonical.data = NULL;
@@ -283,7 +284,7 @@ qk_status qk_matmul(const qk_weights* weights, const qk_matmul_args* args) {
     if (s == QK_OK) s = select_kernel(weights, args, QK_BACKEND_AUTO, &k);
     if (s != QK_OK) return s;
 
-    qk_packed_weights p = {.backend = k->backend, .canonical = *weights};
+    qk_packed_weights p = {.backend = k->backend, .canonical = *weights, .has_zero_points = weights->zero_points != NULL};
     if (qk_backend_impl_get(k->backend)->pack) {
         s = pack(weights, k->backend, &p); /* a backend with its own layout: pack for this call */
         if (s != QK_OK) return s;

@@ -74,6 +74,7 @@ struct qk_packed_weights {
     qk_backend backend;
     qk_weights canonical; /* shape and format; its pointers point into data when the layout is
                              canonical, and are NULL when the backend has its own layout */
+    int has_zero_points;  /* whether canonical.zero_points was given (asymmetric weights) */
     void* data;           /* the backend's layout, one qk_aligned_alloc block (NULL for a view) */
     size_t size;
 };

@@ -5,17 +5,16 @@
  * each group as a 64-byte header followed by ceil(G / 8) blocks of 8 columns x 8 k (k beyond G is
  * zero padding):
  *
- *   header   float scale[8]; int32_t zero[8];          per column: w = scale * (stored - zero)
- *   8 bits   64 bytes, two vectors: in vector h, dword j holds column j's k 4h .. 4h+3, a byte each
- *   4 bits   32 bytes, one vector: dword j holds column j's eight nibbles, byte b = k b (low nibble)
- *            and k b+4 (high nibble)
- * Weights are stored in offset binary, q + 8 (4 bits) or q + 128 (8 bits), an unsigned number, and
- * `zero` is the zero point plus that offset.
+ *   header   float scale[8]; int32_t zero_point[8];      per column: w = scale * (q - zero_point)
+ *   8 bits   64 bytes, two vectors: in vector h, dword j holds column j's q at k 4h .. 4h+3, a byte each
+ *   4 bits   32 bytes, one vector: dword j holds column j's eight q, byte b = k b (low nibble) and
+ *            k b+4 (high nibble)
+ * Weights keep the canonical two's complement.
  *
  * One dword per column is what the instructions want: vpmaddubsw + vpmaddwd turn a vector of
- * weights and four broadcast activation bytes into eight column sums (A8), and one vpshufb extracts
- * one k for all eight columns (A16). Unsigned weights are vpmaddubsw's unsigned operand as they
- * are (4 bits), turn into int8 with one xor (8 bits), and become float32 by an integer or (A16).
+ * weights and four broadcast activation bytes into eight column sums (A8), and one vpshufb moves
+ * one k of all eight columns to the top byte of its dword, where it is q * 2^24 (or q * 2^28 for a
+ * nibble) as an int32, which one vcvtdq2ps makes a float exactly (A16).
  * Scales sit next to their data so that a panel is read front to back, once. */
 #ifndef QK_AVX2_H
 #define QK_AVX2_H
@@ -25,9 +24,7 @@
 enum {
     QK_AVX2_PANEL = 8,      /* columns per panel */
     QK_AVX2_BLOCK_K = 8,    /* k per block */
-    QK_AVX2_HEADER = 64,    /* bytes of a group header */
-    QK_AVX2_OFFSET_W4 = 8,  /* stored = q + offset: offset binary */
-    QK_AVX2_OFFSET_W8 = 128,
+    QK_AVX2_HEADER = 64, /* bytes of a group header */
 };
 
 typedef struct {

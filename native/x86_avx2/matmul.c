@@ -8,18 +8,19 @@
  * A8 (docs/numerics.md section 3): each group's integer sum is exact in int32 and is scaled and
  * summed over groups in float64 (reading 14). The weights are the unsigned operand of vpmaddubsw
  * and the activations the signed one:
- *   4 bits  u = q + 8 in [0, 15]; u * qx pairs reach 2 * 15 * 127 = 3810, so four blocks (eight
- *           vpmaddubsw) sum in int16 (30480 < 32767) before one vpmaddwd widens them; then
- *           sum qx * (q - zp) = sum qx * u - (zp + 8) * sum qx, with sum qx per group from the
- *           quantizer.
+ *   4 bits  u = q + 8 in [0, 15] (q xor 8, one vpxor per block); u * qx pairs reach
+ *           2 * 15 * 127 = 3810, so four blocks (eight vpmaddubsw) sum in int16 (30480 < 32767)
+ *           before one vpmaddwd widens them; then sum qx * (q - zp) = sum qx * u - (zp + 8) * sum qx,
+ *           with sum qx per group from the quantizer.
  *   8 bits  q in [-128, 127] is not unsigned, and q + 128 would saturate vpmaddubsw's pairs
  *           (2 * 255 * 127 > 32767). Instead |q| is the unsigned operand (|-128| = 128 is exact as
  *           a byte) and sign(qx, q) the signed one: |q| * sign(qx, q) = q * qx, pairs reach
  *           2 * 128 * 127 = 32512, and qx in [-127, 127] never hits the -128 that vpsignb cannot
  *           negate. Then sum qx * (q - zp) = sum qx * q - zp * sum qx.
- * A16: each k's eight weights become float32 (q - zp) in two operations; float32 sums of x * (q - zp)
- * run over 32 k and are scaled and folded into float64, so the float32 rounding error stays far
- * below the contract's tolerance at any K. */
+ * A16: each k's eight weights become float32 q * 2^24 (or 2^28) in two operations, minus the zero
+ * point when there is one; float32 sums of x * (q - zp) * 2^24 run over 32 k and are scaled (times
+ * scale * 2^-24, exactly) and folded into float64, so the float32 rounding error stays far below the
+ * contract's tolerance at any K. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -63,15 +64,16 @@ typedef struct {
     const int32_t* sums;   /* A8: [M][groups] sums of qx */
     const float* x;        /* A16: float32 rows */
     const unsigned char* large; /* A16: [M] whether a row's magnitude reaches A16_LARGE_X (Inf does) */
+    int asymmetric;             /* whether the weights have zero points */
 } problem;
 
 /* ---- A8 tiles ---- */
 
-/* acc holds sum qx * (stored - removed): the 4-bit tile sums stored values (removed = 0), the
- * 8-bit tile sums q (removed = the offset). acc - (zero - removed) * sum qx = sum qx * (q - zp). */
-INLINE void a8_group_end(const uint8_t* group, int32_t removed, const int32_t* sums, int32_t groups, int rows,
+/* acc holds sum qx * (q + acc_offset) (the 4-bit tile sums u = q + 8); minus (zp + acc_offset) * sum qx,
+ * that is sum qx * (q - zp). */
+INLINE void a8_group_end(const uint8_t* group, int32_t acc_offset, const int32_t* sums, int32_t groups, int rows,
                          const __m256i* acc, __m256d* const* y) {
-    __m256i zero = _mm256_sub_epi32(_mm256_load_si256((const __m256i*)(group + 32)), _mm256_set1_epi32(removed));
+    __m256i zero = _mm256_add_epi32(_mm256_load_si256((const __m256i*)(group + 32)), _mm256_set1_epi32(acc_offset));
     __m256 scale = _mm256_load_ps((const float*)group);
     __m256d scale_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(scale));
     __m256d scale_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(scale, 1));
@@ -84,7 +86,7 @@ INLINE void a8_group_end(const uint8_t* group, int32_t removed, const int32_t* s
 /* y[r]: row r's two float64 vectors for this panel. */
 INLINE void a8_tile_w4(const problem* p, const uint8_t* panel, const int8_t* qx, const int32_t* sums,
                        int rows, __m256d* const* y) {
-    const __m256i low_nibbles = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i low_nibbles = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), eights = _mm256_set1_epi8((char)0x88);
     const qk_avx2_layout* l = &p->l;
     for (int32_t g = 0; g < l->groups; g++) {
         const uint8_t* group = panel + (size_t)g * l->group_bytes;
@@ -98,7 +100,7 @@ INLINE void a8_tile_w4(const problem* p, const uint8_t* panel, const int8_t* qx,
             for (int32_t b = b0; b < b_end; b++) {
                 const uint8_t* block = group + QK_AVX2_HEADER + (size_t)b * 32;
                 _mm_prefetch((const char*)block + PREFETCH_BYTES, _MM_HINT_T0);
-                __m256i v = _mm256_load_si256((const __m256i*)block);
+                __m256i v = _mm256_xor_si256(_mm256_load_si256((const __m256i*)block), eights); /* q + 8 */
                 __m256i lo = _mm256_and_si256(v, low_nibbles);                         /* k 0..3 */
                 __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibbles);  /* k 4..7 */
                 for (int r = 0; r < rows; r++) {
@@ -110,13 +112,13 @@ INLINE void a8_tile_w4(const problem* p, const uint8_t* panel, const int8_t* qx,
             }
             for (int r = 0; r < rows; r++) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16[r], ones));
         }
-        a8_group_end(group, 0, sums + g, l->groups, rows, acc, y);
+        a8_group_end(group, 8, sums + g, l->groups, rows, acc, y);
     }
 }
 
 INLINE void a8_tile_w8(const problem* p, const uint8_t* panel, const int8_t* qx, const int32_t* sums,
                        int rows, __m256d* const* y) {
-    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)QK_AVX2_OFFSET_W8); /* q + 128 -> q */
+    const __m256i ones = _mm256_set1_epi16(1);
     const qk_avx2_layout* l = &p->l;
     for (int32_t g = 0; g < l->groups; g++) {
         const uint8_t* group = panel + (size_t)g * l->group_bytes;
@@ -126,8 +128,8 @@ INLINE void a8_tile_w8(const problem* p, const uint8_t* panel, const int8_t* qx,
         for (int32_t b = 0; b < l->blocks; b++) {
             const uint8_t* block = group + QK_AVX2_HEADER + (size_t)b * 64;
             _mm_prefetch((const char*)block + PREFETCH_BYTES, _MM_HINT_T0);
-            __m256i v0 = _mm256_xor_si256(_mm256_load_si256((const __m256i*)block), flip);        /* k 0..3 */
-            __m256i v1 = _mm256_xor_si256(_mm256_load_si256((const __m256i*)(block + 32)), flip); /* k 4..7 */
+            __m256i v0 = _mm256_load_si256((const __m256i*)block);        /* k 0..3 */
+            __m256i v1 = _mm256_load_si256((const __m256i*)(block + 32)); /* k 4..7 */
             __m256i a0 = _mm256_abs_epi8(v0), a1 = _mm256_abs_epi8(v1);
             for (int r = 0; r < rows; r++) {
                 const int8_t* x = xg + r * p->row + (size_t)b * QK_AVX2_BLOCK_K;
@@ -137,47 +139,63 @@ INLINE void a8_tile_w8(const problem* p, const uint8_t* panel, const int8_t* qx,
                                                                    _mm256_madd_epi16(p1, ones)));
             }
         }
-        a8_group_end(group, QK_AVX2_OFFSET_W8, sums + g, l->groups, rows, acc, y);
+        a8_group_end(group, 0, sums + g, l->groups, rows, acc, y);
     }
 }
 
 /* ---- A16 tile ---- */
 
-/* Byte i of every dword, zero-extended to the dword, with one vpshufb. vpshufb indexes within
- * 128-bit lanes, so dword j of a lane reads byte 4 * j + i; control bytes with bit 7 set write 0. */
-INLINE __m256i byte_of_dword(__m256i v, int i) {
-    const __m256i control = _mm256_add_epi32(_mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12),
-                                             _mm256_set1_epi32((int32_t)(0x80808000u | (uint32_t)i)));
+/* Byte i of every dword moved to the top byte of that dword, the other bytes cleared: a signed
+ * byte q becomes the int32 q * 2^24 (a nibble kept in the high half of its byte, q * 2^28), which
+ * vcvtdq2ps converts exactly. vpshufb indexes within 128-bit lanes, so dword j of a lane reads byte
+ * 4 * j + i; control bytes with bit 7 set write 0. */
+INLINE __m256i byte_to_top(__m256i v, int i) {
+    const __m256i control = _mm256_or_si256(_mm256_setr_epi32(0 << 24, 4 << 24, 8 << 24, 12 << 24, 0 << 24, 4 << 24,
+                                                              8 << 24, 12 << 24),
+                                            _mm256_set1_epi32((int32_t)(0x00808080u | (uint32_t)i << 24)));
     return _mm256_shuffle_epi8(v, control);
 }
 
-/* 2^23 as float32 bits: or-ing an integer u < 2^23 into its mantissa gives the float 2^23 + u. */
-enum { FLOAT_2_POW_23 = 0x4B000000 };
+/* One block's weights as bytes of q (8 bits) or of q * 16 (4 bits): v0 holds k 0..3, v1 k 4..7. */
+INLINE void block_bytes(const uint8_t* block, int bits, __m256i* v0, __m256i* v1) {
+    const __m256i high_nibbles = _mm256_set1_epi8((char)0xF0);
+    __m256i v = _mm256_load_si256((const __m256i*)block);
+    if (bits == 4) {
+        *v0 = _mm256_and_si256(_mm256_slli_epi16(v, 4), high_nibbles); /* low nibbles, moved up */
+        *v1 = _mm256_and_si256(v, high_nibbles);
+    } else {
+        *v0 = v;
+        *v1 = _mm256_load_si256((const __m256i*)(block + 32));
+    }
+}
 
-/* Rows whose magnitude reaches this take the dequantize-first tile: x * (q - zp) must not
- * overflow float32 where x * w would not (|q - zp| <= 255, and a run sums 32 of them). */
-#define A16_LARGE_X 0x1p100f
+/* The power of two byte_to_top scales weights by: 2^24, or 2^28 for nibbles. */
+INLINE float weight_unit(int bits) { return bits == 4 ? 0x1p28f : 0x1p24f; }
 
-/* A row sums x * (q - zp) and applies the scale once per run (fewer operations per weight), unless
- * it is large: then it dequantizes each weight first, w = scale * (q - zp), as the contract writes
- * it. `mixed` says whether the tile has large rows: only then are both forms computed.
+/* Rows whose magnitude reaches this take the dequantize-first form: x * (q - zp) * 2^28 must not
+ * overflow float32 where x * w would not (|q - zp| * 2^28 < 2^32, and a run sums 32 terms). */
+#define A16_LARGE_X 0x1p88f
+
+/* A row sums x * (q - zp) * unit and applies scale / unit once per run (fewer operations per
+ * weight), unless it is large: then it dequantizes each weight first, w = scale * (q - zp), as the
+ * contract writes it. `mixed` says whether the tile has large rows: only then are both forms
+ * computed. `asymmetric`: whether zero points are subtracted (an operation per weight).
  * The tile is rows x 1 panel, or 1 row x 2 panels (`panels`): one row alone needs the second
  * panel's independent sums to keep the FMA units busy, and shares its activation loads.
  * Each float32 sum is two chains of dependent FMAs (even and odd k) whatever the tile, so a row's
  * result never depends on the other rows or panels of its tile. */
-INLINE void a16_tile(const problem* p, int bits, int mixed, int panels, const uint8_t* panel0, const float* x,
-                     const unsigned char* large, int rows, __m256d* const* y) {
+INLINE void a16_tile(const problem* p, int bits, int asymmetric, int mixed, int panels, const uint8_t* panel0,
+                     const float* x, const unsigned char* large, int rows, __m256d* const* y) {
     enum { CHAINS = 2, SLOTS = TILE_ROWS }; /* slots: rows x panels <= 4 */
-    const __m256i low_nibbles = _mm256_set1_epi8(0x0F), magic = _mm256_set1_epi32(FLOAT_2_POW_23);
     const qk_avx2_layout* l = &p->l;
+    const __m256 unit = _mm256_set1_ps(weight_unit(bits)), inverse_unit = _mm256_set1_ps(1.0f / weight_unit(bits));
     for (int32_t g = 0; g < l->groups; g++) {
         const uint8_t* group[2];
         __m256 scale[2], zero[2];
         for (int pi = 0; pi < panels; pi++) {
             group[pi] = panel0 + pi * l->panel_bytes + (size_t)g * l->group_bytes;
             scale[pi] = _mm256_load_ps((const float*)group[pi]);
-            /* (2^23 + stored) - (2^23 + zero) = q - zp, exactly: no int-to-float conversion needed. */
-            zero[pi] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_load_si256((const __m256i*)(group[pi] + 32)), magic));
+            zero[pi] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256((const __m256i*)(group[pi] + 32))), unit);
         }
         const float* xg[TILE_ROWS];
         for (int r = 0; r < rows; r++) xg[r] = x + r * p->row + (size_t)g * l->blocks * QK_AVX2_BLOCK_K;
@@ -190,21 +208,15 @@ INLINE void a16_tile(const problem* p, int bits, int mixed, int panels, const ui
                 for (int pi = 0; pi < panels; pi++) {
                     const uint8_t* block = group[pi] + QK_AVX2_HEADER + (size_t)b * l->block_bytes;
                     _mm_prefetch((const char*)block + PREFETCH_BYTES, _MM_HINT_T0);
-                    v0[pi] = _mm256_load_si256((const __m256i*)block);
-                    if (bits == 4) { /* bytes of v0: k 0..3, of v1: k 4..7 */
-                        v1[pi] = _mm256_and_si256(_mm256_srli_epi16(v0[pi], 4), low_nibbles);
-                        v0[pi] = _mm256_and_si256(v0[pi], low_nibbles);
-                    } else {
-                        v1[pi] = _mm256_load_si256((const __m256i*)(block + 32));
-                    }
+                    block_bytes(block, bits, &v0[pi], &v1[pi]);
                 }
 #pragma GCC unroll 8 /* constant shuffle controls and chain indices */
                 for (int i = 0; i < QK_AVX2_BLOCK_K; i++) {
                     __m256 w[2], w_scaled[2];
                     for (int pi = 0; pi < panels; pi++) {
-                        __m256i u = byte_of_dword(i < 4 ? v0[pi] : v1[pi], i % 4);
-                        w[pi] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(u, magic)), zero[pi]);
-                        w_scaled[pi] = mixed ? _mm256_mul_ps(w[pi], scale[pi]) : w[pi];
+                        w[pi] = _mm256_cvtepi32_ps(byte_to_top(i < 4 ? v0[pi] : v1[pi], i % 4)); /* q * unit */
+                        if (asymmetric) w[pi] = _mm256_sub_ps(w[pi], zero[pi]);                    /* exact */
+                        if (mixed) w_scaled[pi] = _mm256_mul_ps(_mm256_mul_ps(w[pi], scale[pi]), inverse_unit);
                     }
                     for (int r = 0; r < rows; r++) {
                         __m256 xv = _mm256_broadcast_ss(xg[r] + b * QK_AVX2_BLOCK_K + i);
@@ -218,12 +230,13 @@ INLINE void a16_tile(const problem* p, int bits, int mixed, int panels, const ui
             for (int r = 0; r < rows; r++)
                 for (int pi = 0; pi < panels; pi++) {
                     __m256 t = _mm256_add_ps(sum[r * panels + pi][0], sum[r * panels + pi][1]);
-                    __m256d one = _mm256_set1_pd(1.0);
+                    __m256d one = _mm256_set1_pd(1.0), unit_scale = _mm256_set1_pd(1.0 / weight_unit(bits));
                     if (mixed && large[r])
                         fold_ps(y[r] + 2 * pi, t, one, one);
-                    else
-                        fold_ps(y[r] + 2 * pi, t, _mm256_cvtps_pd(_mm256_castps256_ps128(scale[pi])),
-                                _mm256_cvtps_pd(_mm256_extractf128_ps(scale[pi], 1)));
+                    else /* scale / unit: exact in float64 */
+                        fold_ps(y[r] + 2 * pi, t,
+                                _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(scale[pi])), unit_scale),
+                                _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(scale[pi], 1)), unit_scale));
                 }
         }
     }
@@ -255,42 +268,45 @@ static void a8_tile(const problem* p, const uint8_t* panel, int panels, int32_t 
     }
 }
 
+/* Every a16_tile variant as a function with constant parameters, so that each is compiled with its
+ * loops unrolled and its sums in registers: [bits 4/8][asymmetric][mixed][shape], shapes 1x2
+ * (one row, two panels) and 1x1 .. 4x1 (rows x one panel). */
+typedef void a16_fn(const problem* p, const uint8_t* panel, const float* x, const unsigned char* large,
+                    __m256d* const* y);
+#define A16_FN(bits, asym, mixed, panels, rows)                                                              \
+    static void a16_##bits##_##asym##_##mixed##_##panels##x##rows(const problem* p, const uint8_t* panel,    \
+                                                                  const float* x, const unsigned char* large, \
+                                                                  __m256d* const* y) {                        \
+        a16_tile(p, bits, asym, mixed, panels, panel, x, large, rows, y);                                     \
+    }
+#define A16_SHAPES(bits, asym, mixed)                                                                         \
+    A16_FN(bits, asym, mixed, 2, 1) A16_FN(bits, asym, mixed, 1, 1) A16_FN(bits, asym, mixed, 1, 2)           \
+    A16_FN(bits, asym, mixed, 1, 3) A16_FN(bits, asym, mixed, 1, 4)
+#define A16_SHAPE_TABLE(bits, asym, mixed)                                                                    \
+    {a16_##bits##_##asym##_##mixed##_2x1, a16_##bits##_##asym##_##mixed##_1x1, a16_##bits##_##asym##_##mixed##_1x2, \
+     a16_##bits##_##asym##_##mixed##_1x3, a16_##bits##_##asym##_##mixed##_1x4}
+A16_SHAPES(4, 0, 0) A16_SHAPES(4, 0, 1) A16_SHAPES(4, 1, 0) A16_SHAPES(4, 1, 1)
+A16_SHAPES(8, 0, 0) A16_SHAPES(8, 0, 1) A16_SHAPES(8, 1, 0) A16_SHAPES(8, 1, 1)
+static a16_fn* const a16_variants[2][2][2][5] = {
+    {{A16_SHAPE_TABLE(4, 0, 0), A16_SHAPE_TABLE(4, 0, 1)}, {A16_SHAPE_TABLE(4, 1, 0), A16_SHAPE_TABLE(4, 1, 1)}},
+    {{A16_SHAPE_TABLE(8, 0, 0), A16_SHAPE_TABLE(8, 0, 1)}, {A16_SHAPE_TABLE(8, 1, 0), A16_SHAPE_TABLE(8, 1, 1)}},
+};
+
 static void a16_tile_rows(const problem* p, const uint8_t* panel, int panels, int32_t m, int rows,
                           __m256d* const* y) {
     const float* x = p->x + (size_t)m * p->row;
     const unsigned char* large = p->large + m;
     int mixed = 0;
     for (int r = 0; r < rows; r++) mixed |= large[r];
+    a16_fn* const* shapes = a16_variants[p->w->bits == 8][p->asymmetric][mixed];
     if (rows == 1) { /* one row: both panels at once */
-        switch (panels * 100 + p->w->bits * 10 + mixed) {
-        case 140: a16_tile(p, 4, 0, 1, panel, x, large, 1, y); break;
-        case 141: a16_tile(p, 4, 1, 1, panel, x, large, 1, y); break;
-        case 180: a16_tile(p, 8, 0, 1, panel, x, large, 1, y); break;
-        case 181: a16_tile(p, 8, 1, 1, panel, x, large, 1, y); break;
-        case 240: a16_tile(p, 4, 0, 2, panel, x, large, 1, y); break;
-        case 241: a16_tile(p, 4, 1, 2, panel, x, large, 1, y); break;
-        case 280: a16_tile(p, 8, 0, 2, panel, x, large, 1, y); break;
-        default: a16_tile(p, 8, 1, 2, panel, x, large, 1, y); break;
-        }
+        shapes[panels == 2 ? 0 : 1](p, panel, x, large, y);
         return;
     }
     for (int pi = 0; pi < panels; pi++, panel += p->l.panel_bytes) { /* more rows: a panel at a time */
         __m256d* yp[TILE_ROWS];
         for (int r = 0; r < rows; r++) yp[r] = y[r] + 2 * pi;
-        switch (rows * 100 + p->w->bits * 10 + mixed) {
-        case 240: a16_tile(p, 4, 0, 1, panel, x, large, 2, yp); break;
-        case 241: a16_tile(p, 4, 1, 1, panel, x, large, 2, yp); break;
-        case 340: a16_tile(p, 4, 0, 1, panel, x, large, 3, yp); break;
-        case 341: a16_tile(p, 4, 1, 1, panel, x, large, 3, yp); break;
-        case 440: a16_tile(p, 4, 0, 1, panel, x, large, 4, yp); break;
-        case 441: a16_tile(p, 4, 1, 1, panel, x, large, 4, yp); break;
-        case 280: a16_tile(p, 8, 0, 1, panel, x, large, 2, yp); break;
-        case 281: a16_tile(p, 8, 1, 1, panel, x, large, 2, yp); break;
-        case 380: a16_tile(p, 8, 0, 1, panel, x, large, 3, yp); break;
-        case 381: a16_tile(p, 8, 1, 1, panel, x, large, 3, yp); break;
-        case 480: a16_tile(p, 8, 0, 1, panel, x, large, 4, yp); break;
-        default: a16_tile(p, 8, 1, 1, panel, x, large, 4, yp); break;
-        }
+        shapes[rows](p, panel, x, large, yp);
     }
 }
 
@@ -333,7 +349,7 @@ static void run_rows(const problem* p, const qk_packed_weights* pw, const qk_mat
 }
 
 static problem problem_of(const qk_packed_weights* pw) {
-    problem p = {.w = &pw->canonical, .l = qk_avx2_layout_of(&pw->canonical)};
+    problem p = {.w = &pw->canonical, .l = qk_avx2_layout_of(&pw->canonical), .asymmetric = pw->has_zero_points};
     p.row = qk_avx2_padded_row(&p.l);
     return p;
 }
@@ -415,7 +431,8 @@ enum { GEMM_ROWS = 6, GEMM_COLS = 2 * QK_AVX2_PANEL, GEMM_CHUNK_BLOCKS = 32, GEM
 static void dequantize_chunk(const problem* p, const qk_packed_weights* pw, int32_t block, int32_t t0,
                              int32_t t1, float* out) {
     const qk_avx2_layout* l = &p->l;
-    const __m256i low_nibbles = _mm256_set1_epi8(0x0F), magic = _mm256_set1_epi32(FLOAT_2_POW_23);
+    int bits = p->w->bits;
+    const __m256 unit = _mm256_set1_ps(weight_unit(bits)), inverse_unit = _mm256_set1_ps(1.0f / weight_unit(bits));
     for (int32_t half = 0; half < 2; half++) {
         int32_t panel = 2 * block + half;
         for (int32_t t = t0; t < t1; t++) {
@@ -428,19 +445,14 @@ static void dequantize_chunk(const problem* p, const qk_packed_weights* pw, int3
                                    (size_t)(t / l->blocks) * l->group_bytes;
             const uint8_t* data = group + QK_AVX2_HEADER + (size_t)(t % l->blocks) * l->block_bytes;
             __m256 scale = _mm256_load_ps((const float*)group);
-            __m256 zero = _mm256_castsi256_ps(_mm256_or_si256(_mm256_load_si256((const __m256i*)(group + 32)), magic));
-            __m256i v0 = _mm256_load_si256((const __m256i*)data), v1;
-            if (p->w->bits == 4) {
-                v1 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low_nibbles);
-                v0 = _mm256_and_si256(v0, low_nibbles);
-            } else {
-                v1 = _mm256_load_si256((const __m256i*)(data + 32));
-            }
+            __m256 zero = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256((const __m256i*)(group + 32))), unit);
+            __m256i v0, v1;
+            block_bytes(data, bits, &v0, &v1);
 #pragma GCC unroll 8
             for (int i = 0; i < QK_AVX2_BLOCK_K; i++) {
-                __m256i u = byte_of_dword(i < 4 ? v0 : v1, i % 4);
-                __m256 q = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(u, magic)), zero);
-                _mm256_store_ps(w + i * GEMM_COLS, _mm256_mul_ps(q, scale));
+                __m256 q = _mm256_sub_ps(_mm256_cvtepi32_ps(byte_to_top(i < 4 ? v0 : v1, i % 4)), zero);
+                /* (q - zp) * unit * scale, then / unit: exactly scale * (q - zp) rounded once */
+                _mm256_store_ps(w + i * GEMM_COLS, _mm256_mul_ps(_mm256_mul_ps(q, scale), inverse_unit));
             }
         }
     }

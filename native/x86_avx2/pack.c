@@ -4,12 +4,10 @@
 
 #include "avx2.h"
 
-static int32_t offset(const qk_weights* w) { return w->bits == 4 ? QK_AVX2_OFFSET_W4 : QK_AVX2_OFFSET_W8; }
-
-/* Column n's weight at group-relative k of group g, as stored: q + offset (padding: q = 0). */
+/* Column n's weight at group-relative k of group g, as stored: a byte, or a nibble (padding: 0). */
 static uint8_t stored(const qk_weights* w, int32_t n, int32_t g, int32_t k) {
     int32_t q = n < w->N && k < w->group_size ? qk_weight_q(w, n, g * w->group_size + k) : 0;
-    return (uint8_t)(q + offset(w));
+    return (uint8_t)(w->bits == 4 ? q & 0xF : q);
 }
 
 /* Column n's dword of block b of group g, as stored, when the block lies wholly inside the group:
@@ -20,23 +18,23 @@ static uint32_t whole_dword(const qk_weights* w, int32_t n, int32_t g, int32_t b
     uint32_t c;
     if (w->bits == 8) {
         memcpy(&c, row + k + 4 * half, 4);
-        return c ^ 0x80808080u; /* q + 128 in every byte */
+        return c;
     }
     memcpy(&c, row + k / 2, 4); /* canonical bytes: q0 | q1 << 4, q2 | q3 << 4, ... (k even) */
     uint32_t even = c & 0x0F0F0F0Fu, odd = (c >> 4) & 0x0F0F0F0Fu;     /* q0 q2 q4 q6, q1 q3 q5 q7 */
     uint32_t first = (even & 0xFF) | (odd & 0xFF) << 8 | (even & 0xFF00) << 8 | (odd & 0xFF00) << 16;
     uint32_t second = (even >> 16 & 0xFF) | (odd >> 16 & 0xFF) << 8 | (even >> 8 & 0xFF0000) | (odd & 0xFF000000);
-    return (first | second << 4) ^ 0x88888888u; /* byte i: k i low, k i + 4 high; q + 8 in each nibble */
+    return first | second << 4; /* byte i: k i low, k i + 4 high */
 }
 
 static void pack_header(const qk_weights* w, int32_t panel, int32_t g, uint8_t* out) {
     float* scale = (float*)out;
-    int32_t* zero = (int32_t*)(out + 32);
+    int32_t* zero_point = (int32_t*)(out + 32);
     for (int32_t j = 0; j < QK_AVX2_PANEL; j++) {
         int32_t n = panel * QK_AVX2_PANEL + j, k = g * w->group_size;
         int valid = n < w->N;
         scale[j] = valid ? qk_weight_scale(w, n, k) : 0.0f;
-        zero[j] = (valid ? qk_weight_zp(w, n, k) : 0) + offset(w);
+        zero_point[j] = valid ? qk_weight_zp(w, n, k) : 0;
     }
 }
 

@@ -31,7 +31,7 @@
 enum {
     TILE_ROWS = 4,
     CHUNK_BYTES = 256 * 1024, /* activations of a row chunk: about half an L2 cache */
-    A16_RUN_BLOCKS = 4,       /* float32 sums over 32 k, then float64 */
+    A16_RUN_BLOCKS = 8,       /* float32 sums over 64 k, then float64 */
     A8_INT16_BLOCKS = 4,      /* 4-bit: int16 sums over four blocks, see above */
     PREFETCH_BYTES = 2048, /* ahead of the weight stream: the hardware prefetcher alone reaches about half the bandwidth */
 };

@@ -54,9 +54,16 @@ def source_format(x: Any) -> tuple[str, str]:
     return (name if name in DTYPE_NAMES else "float32"), "numpy"
 
 
-def dequantize_exact(qw: QuantizedWeight) -> np.ndarray:
-    """scales · (q − zp) as float64 [N, K], exact (docs/numerics.md reading 7 before its rounding)."""
-    return reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size)
+def dequantize_exact(qw: QuantizedWeight, columns: np.ndarray | None = None) -> np.ndarray:
+    """scales · (q − zp) as float64 [N, K], or [N, len(columns)] for some columns only, exact
+    (docs/numerics.md reading 7 before its rounding)."""
+    if columns is None:
+        return reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size)
+    q = reference.unpack(qw.data, qw.bits, qw.K)[:, columns].astype(np.float64)
+    groups = np.asarray(columns) // qw.group_size
+    if qw.zero_points is not None:
+        q -= qw.zero_points[:, groups]
+    return qw.scales[:, groups].astype(np.float64) * q
 
 
 def quantize_rows(x: np.ndarray, bits: int, symmetric: bool):

@@ -48,7 +48,7 @@ def llm_int8_matmul(x: Any, qweight: QuantizedWeight, *, threshold: float = 6.0,
     regular = rows.astype(np.float32)  # exact: x's dtype is a subset of float32
     regular[:, outliers] = 0
     y = matmul(regular, qweight, mode="a8", backend=backend, kernel=kernel, bias=bias).astype(np.float64)
-    y += rows[:, outliers] @ dequantize_exact(qweight)[:, outliers].T
+    y += rows[:, outliers] @ dequantize_exact(qweight, outliers).T
     y = y.reshape(buf.shape[:-1] + (qweight.N,))
     if buf.kind == "torch":
         return x.new_tensor(y)  # x.dtype, on the CPU

@@ -74,7 +74,7 @@ def test_hessian_accumulator_is_two_over_n_xtx():
     assert h.count == x.shape[0]
 
 
-@pytest.mark.parametrize("bits,group_size,symmetric", itertools.product([4, 8], [None, 16], [True, False]))
+@pytest.mark.parametrize("bits,group_size,symmetric", list(itertools.product([4, 8], [None, 16], [True, False])))
 def test_gptq_without_column_coupling_is_rtn(bits, group_size, symmetric):
     # A diagonal Hessian has no off-diagonal terms to carry errors: GPTQ must round exactly like RTN.
     w, _ = _layer(2)
@@ -115,7 +115,7 @@ def _obq_oracle(w, hessian, bits, group_size, symmetric, act_order, damp=0.01):
 
 
 @pytest.mark.parametrize("bits,group_size,symmetric,act_order",
-                         itertools.product([4, 8], [None, 8], [True, False], [False, True]))
+                         list(itertools.product([4, 8], [None, 8], [True, False], [False, True])))
 def test_gptq_matches_the_plain_algorithm(bits, group_size, symmetric, act_order):
     # The Cholesky form and the lazy blocks are exact rewritings: same integers as the plain form
     # (up to a rounding tie that float64 noise could flip: none occurs on these data).
@@ -139,7 +139,7 @@ def test_gptq_odd_groups_of_4_bit_weights(symmetric):
 
 
 @pytest.mark.parametrize("bits,group_size,symmetric,act_order",
-                         itertools.product([4, 8], [None, 16], [True, False], [False, True]))
+                         list(itertools.product([4, 8], [None, 16], [True, False], [False, True])))
 def test_gptq_layer_error_no_worse_than_rtn(bits, group_size, symmetric, act_order):
     for seed in range(3):
         w, x = _layer(seed)

@@ -66,6 +66,11 @@ def test_quantize_model_replaces_every_linear(options):
     assert qt.quantized_nbytes(quantized) < qt.quantized_nbytes(model)
 
 
+def test_zeroquant_zero_points_when_asked():
+    quantized = qt.quantize_model(_model(), "zeroquant", symmetric=False, group_size=32)
+    assert quantized.up.zero_points is not None
+
+
 def test_rtn_layer_holds_exactly_quantize_weights():
     model = _model()
     quantized = qt.quantize_model(copy.deepcopy(model), "rtn", bits=4, group_size=16)
@@ -92,6 +97,10 @@ def test_skip_and_errors():
         qt.quantize_model(_model(), "llm_int8", group_size=32)
     with pytest.raises(InvalidArgumentError, match="activation"):
         qt.quantize_model(_model(), "rtn", activation="token")
+    for method, option in (("rtn", {"alpha": 0.7}), ("gptq", {"threshold": 4.0}), ("zeroquant", {"per_tensor": True}),
+                           ("llm_int8", {"gptq_options": {"act_order": True}})):
+        with pytest.raises(InvalidArgumentError, match=next(iter(option))):  # never silently ignored
+            qt.quantize_model(_model(), method, calib_data=_data(), **option)
     with pytest.raises(InvalidArgumentError, match="empty"):
         qt.quantize_model(_model(), "smoothquant", calib_data=[])
 

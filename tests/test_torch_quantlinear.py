@@ -144,11 +144,13 @@ def test_weight_changed_in_place_is_seen():
     assert torch.equal(a(x), b(x)) and not torch.equal(a(x), before)
 
 
-@pytest.mark.parametrize("threshold", [None, 1.0])
-def test_input_gradient_is_through_the_dequantized_weights(threshold):
+@pytest.mark.parametrize("activation,threshold", [("token", None), ("token", 1.0), ("tensor", None)])
+def test_input_gradient_is_through_the_dequantized_weights(activation, threshold):
+    """Straight through every rounding: the int8 activations as well as the weights."""
     rng = np.random.default_rng(6)
     qw = _weights(rng, 12, 32, 4, 16, False)
-    layer = QuantLinear(qw, torch.randn(12), activation="token", outlier_threshold=threshold)
+    layer = QuantLinear(qw, torch.randn(12), activation=activation, outlier_threshold=threshold,
+                        act_clip=2.0 if activation == "tensor" else None)
     x = torch.randn(3, 32, requires_grad=True)
     grad_y = torch.randn(3, 12)
     layer(x).backward(grad_y)
@@ -156,3 +158,26 @@ def test_input_gradient_is_through_the_dequantized_weights(threshold):
     np.testing.assert_allclose(x.grad.numpy(), grad_y.numpy() @ w, rtol=1e-5, atol=1e-5)
     sample = _op_samples()[0]
     torch.library.opcheck(torch.ops.qkernels.matmul.default, (sample[0].requires_grad_(),) + sample[1:] + ("a16",))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_keeps_the_quantized_format(dtype):
+    """model.half() / .to(bfloat16) casts activations' dtypes, not the float32 scales and bias."""
+    rng = np.random.default_rng(8)
+    qw = _weights(rng, 12, 32, 4, 16, True)
+    layer = QuantLinear(qw, torch.randn(12), input_scale=torch.ones(32)).to(dtype)
+    assert layer.scales.dtype == torch.float32 and layer.bias.dtype == torch.float32
+    x = torch.randn(3, 32).to(dtype)
+    assert torch.equal(layer(x), QuantLinear(qw, layer.bias, input_scale=torch.ones(32))(x))
+
+
+def test_empty_batch_and_wrong_width():
+    """No rows gives no rows, as nn.Linear does; a wrong K fails already when traced (fake tensors)."""
+    rng = np.random.default_rng(9)
+    layer = QuantLinear(_weights(rng, 12, 32, 8, 32, True))
+    assert layer(torch.randn(0, 32)).shape == (0, 12)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with pytest.raises(RuntimeError, match="input features"):
+            layer(torch.randn(2, 31))

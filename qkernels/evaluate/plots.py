@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..weights import dequantize
-from ..torch.linear import QuantLinear
+from ..torch.linear import QuantLinear, static_int8
 from ..torch.model import _linear_weight
 
 
@@ -101,8 +101,7 @@ def activation_histograms(path: Path, layer: str, x: torch.Tensor, smooth: torch
     flat = x.flatten()
     values.hist(flat.numpy(), bins=200, histtype="stepfilled", alpha=0.4, label="float input")
     if clip is not None:
-        step = clip / 127
-        rounded = torch.clamp(torch.round(flat / step), -127, 127) * step
+        rounded = static_int8(flat, torch.tensor(clip))
         values.hist(rounded.numpy(), bins=200, histtype="step", label=f"int8 per-tensor (clip {clip:.1f})")
     values.set(yscale="log", xlabel="activation value", ylabel="count", title="values")
     values.legend(fontsize=8)

@@ -117,7 +117,7 @@ def _linear_mb(model) -> float:
     layers = quantized_layers(model)
     if layers:
         return sum(m.nbytes for m in layers.values()) / 1e6
-    return sum(m.weight.nbytes + m.bias.nbytes for m in model.modules() if isinstance(m, torch.nn.Linear)) / 1e6
+    return sum(p.nbytes for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()) / 1e6
 
 
 def _quiet_transformers() -> None:

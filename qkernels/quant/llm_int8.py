@@ -16,9 +16,12 @@ from ._common import dequantize_exact, rows_of
 def outlier_columns(x: Any, threshold: float = 6.0) -> np.ndarray:
     """Indices (int64, ascending) of the input columns k of x [..., K] where any row has
     |x[..., k]| ≥ threshold: LLM.int8()'s outlier feature dimensions."""
+    return _outliers(rows_of(x, "x"), threshold)
+
+
+def _outliers(rows: np.ndarray, threshold: float) -> np.ndarray:
     if not threshold > 0:
         raise InvalidArgumentError(f"threshold={threshold} must be positive")
-    rows = rows_of(x, "x")
     return np.flatnonzero((np.abs(rows) >= threshold).any(axis=0))
 
 
@@ -41,10 +44,10 @@ def llm_int8_matmul(x: Any, qweight: QuantizedWeight, *, threshold: float = 6.0,
     leading shape. Without outlier columns this is ``matmul(x, qweight, mode="a8", bias=bias)``.
     """
     buf = float_buffer(x, "x")  # the dtypes and containers matmul accepts
-    outliers = outlier_columns(x, threshold)
+    rows = rows_of(x, "x", qweight.K)
+    outliers = _outliers(rows, threshold)
     if outliers.size == 0:
         return matmul(x, qweight, mode="a8", backend=backend, kernel=kernel, bias=bias)
-    rows = rows_of(x, "x", qweight.K)
     regular = rows.astype(np.float32)  # exact: x's dtype is a subset of float32
     regular[:, outliers] = 0
     y = matmul(regular, qweight, mode="a8", backend=backend, kernel=kernel, bias=bias).astype(np.float64)

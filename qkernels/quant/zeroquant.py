@@ -25,8 +25,7 @@ def zeroquant(weight: Any, *, bits: int = 8, group_size: int = 128, symmetric: b
 
 
 def zeroquant_lkd(weight: Any, inputs: Any, *, bits: int, group_size: int, symmetric: bool = True,
-                  steps: int = 200, lr: float | None = None, quantize_activations: bool = True,
-                  seed: int = 0) -> QuantizedWeight:
+                  steps: int = 200, lr: float | None = None, quantize_activations: bool = True) -> QuantizedWeight:
     """ZeroQuant's layer-by-layer knowledge distillation (LKD, arXiv:2206.01861 §4.2), for one
     linear layer: trains the float weights W' of a quantized student to minimise
     ``mean (Q_a(X)·Q_w(W')ᵀ − X·Wᵀ)²`` on the calibration inputs X [..., K] (the float layer is
@@ -57,7 +56,6 @@ def zeroquant_lkd(weight: Any, inputs: Any, *, bits: int, group_size: int, symme
         lr = float(np.mean(baseline.scales)) / 1000
     mode = "a8" if quantize_activations else "a16"
 
-    torch.manual_seed(seed)
     teacher_w = torch.from_numpy(w0)
     x_t = torch.from_numpy(x)
     teacher = x_t @ teacher_w.T
@@ -65,13 +63,14 @@ def zeroquant_lkd(weight: Any, inputs: Any, *, bits: int, group_size: int, symme
     student_w = teacher_w.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([student_w], lr=lr)
     best_loss, best_w = float("inf"), w0
-    for _ in range(steps):
+    for step in range(steps + 1):  # the last pass only scores the weights of the last step
         optimizer.zero_grad()
         loss = torch.mean((student_x @ _fake_quantize(student_w, bits, group_size, symmetric).T - teacher) ** 2)
         if loss.item() < best_loss:  # the loss of the weights before this step
             best_loss, best_w = loss.item(), student_w.detach().numpy().copy()
-        loss.backward()
-        optimizer.step()
+        if step < steps:
+            loss.backward()
+            optimizer.step()
     trained = zeroquant(best_w, bits=bits, group_size=group_size, symmetric=symmetric)
 
     reference = x.astype(np.float64) @ w0.T.astype(np.float64)

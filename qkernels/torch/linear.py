@@ -14,10 +14,19 @@ from . import ops
 # How a layer's input reaches the weights:
 #   "float"   weight-only: the A16 kernel on the float input;
 #   "token"   dynamic per-row int8 (the A8 kernel; docs/numerics.md section 3);
-#   "tensor"  static per-tensor int8 with a calibrated clip: x is rounded to that int8 grid in torch
-#             and the rounded values (exact in float) go through the A16 kernel, which gives exactly
-#             the W8A8 product; no kernel takes a static activation scale yet.
+#   "tensor"  static per-tensor int8 with a calibrated clip: x is rounded to that int8 grid in
+#             float32 and the grid values q * step go through the A16 kernel: the W8A8 product up to
+#             the float32 rounding of q * step (no kernel takes a static activation scale yet).
 ACTIVATIONS = ("float", "token", "tensor")
+
+
+def static_int8(x: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+    """x rounded to the per-tensor int8 grid of step clip / 127, in float32 (q * step), with a
+    straight-through gradient: the rounding passes grad unchanged, as in quantization-aware training."""
+    step = clip.to(torch.float32) / 127
+    xf = x.to(torch.float32)
+    grid = torch.clamp(torch.round(xf / step), -127, 127) * step
+    return xf + (grid - xf).detach()
 
 
 class QuantLinear(nn.Module):
@@ -73,7 +82,13 @@ class QuantLinear(nn.Module):
         ops.register_weight(self.qdata, self._handle)
 
     def _apply(self, fn, *args, **kwargs):
-        result = super()._apply(fn, *args, **kwargs)
+        # model.half() or .to(torch.bfloat16) casts every float buffer; the quantized format's
+        # buffers keep their dtypes (float32 scales and bias) and follow only device moves.
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            moved = fn(t)
+            return moved if moved.dtype == t.dtype else t.to(moved.device)
+
+        result = super()._apply(keep_dtype, *args, **kwargs)
         self._register_weight()  # .to(), .share_memory() ... may have replaced the buffers
         return result
 
@@ -117,9 +132,11 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x * self.input_scale.to(x.dtype)
-        if self.activation == "tensor":
-            step = self.act_clip / 127
-            x = (torch.clamp(torch.round(x / step), -127, 127) * step).to(x.dtype)
+        if self.activation == "tensor":  # float32 grid values; the output returns to x's dtype
+            return torch.ops.qkernels.matmul(
+                static_int8(x, self.act_clip), self.qdata, self.scales, self.zero_points, self.bias, self.bits,
+                self.group_size, "a16",
+            ).to(x.dtype)
         if self.outlier_threshold is not None:
             return torch.ops.qkernels.matmul_outliers(
                 x, self.qdata, self.scales, self.zero_points, self.bias, self.bits, self.group_size,

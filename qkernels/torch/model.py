@@ -97,13 +97,15 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
         qw = rtn(w, bits=bits, symmetric=symmetric)
         return QuantLinear(qw, bias, activation="token", outlier_threshold=threshold)
     if method == "zeroquant":
-        return QuantLinear(zeroquant(w, bits=bits, group_size=group_size), bias, activation="token")
+        return QuantLinear(zeroquant(w, bits=bits, group_size=group_size, symmetric=symmetric), bias,
+                           activation="token")
     raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}")
 
 
 def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = None, group_size: int | None = None,
                    calib_data: Iterable | None = None, *, symmetric: bool = True, activation: str | None = None,
-                   per_tensor: bool = True, alpha: float = 0.5, threshold: float = 6.0, skip: Iterable[str] = (),
+                   per_tensor: bool | None = None, alpha: float | None = None, threshold: float | None = None,
+                   skip: Iterable[str] = (),
                    fold_norms: dict[str, list[str]] | None = None,
                    gptq_options: dict | None = None, progress: Callable[[int, int], None] | None = None) -> nn.Module:
     """Replaces every linear layer of `model` (nn.Linear; Hugging Face Conv1D) with a QuantLinear,
@@ -133,8 +135,16 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}")
     if group_size is not None and method in ("w8a8", "smoothquant", "llm_int8"):
         raise InvalidArgumentError(f"method={method!r} quantizes weights per tensor or channel: no group_size")
-    if activation is not None and method not in ("w8a8", "smoothquant"):
-        raise InvalidArgumentError(f"activation= is for 'w8a8' and 'smoothquant'; {method!r} fixes its own")
+    # An option the method does not use is an error, not silently ignored.
+    for option, value, methods in (("activation", activation, ("w8a8", "smoothquant")),
+                                   ("per_tensor", per_tensor, ("w8a8", "smoothquant")),
+                                   ("alpha", alpha, ("smoothquant",)), ("threshold", threshold, ("llm_int8",)),
+                                   ("gptq_options", gptq_options, ("gptq",))):
+        if value is not None and method not in methods:
+            raise InvalidArgumentError(f"{option}= is for {' and '.join(map(repr, methods))}, not {method!r}")
+    per_tensor = True if per_tensor is None else per_tensor
+    alpha = 0.5 if alpha is None else alpha
+    threshold = 6.0 if threshold is None else threshold
     bits = bits or (4 if method in ("rtn", "gptq") else 8)
     if method == "zeroquant":
         group_size = group_size or 64
@@ -178,7 +188,8 @@ def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms
         norm = model.get_submodule(norm_name)
         act_absmax = np.max([collectors[n].channel_absmax() for n in names], axis=0)
         s = smoothquant_scales(act_absmax, [_linear_weight(layers[n])[0].float() for n in names], alpha)
-        gamma, beta = fold_into_norm(norm.weight.detach(), None if norm.bias is None else norm.bias.detach(), s)
+        bias = getattr(norm, "bias", None)  # RMSNorms have none
+        gamma, beta = fold_into_norm(norm.weight.detach(), None if bias is None else bias.detach(), s)
         with torch.no_grad():
             norm.weight.copy_(torch.from_numpy(gamma))
             if beta is not None:

@@ -4,9 +4,10 @@
     torch.ops.qkernels.matmul_outliers(x, data, scales, zero_points, bias, bits, group_size, threshold)
     torch.ops.qkernels.dequantize(data, scales, zero_points, bits, group_size)  -> W [N, K] float32
 
-Both take a weight as the canonical arrays (docs/numerics.md section 1: int8 data, float32 scales,
-int8 zero points or None) and run qkernels.matmul, so automatic dispatch picks the fastest backend
-for the tensors. To a compiler they are opaque: a quantized model traces with no graph break.
+Each takes a weight as the canonical arrays (docs/numerics.md section 1: int8 data, float32 scales,
+int8 zero points or None); the matmuls run qkernels.matmul, so automatic dispatch picks the fastest
+backend for the tensors. To a compiler they are opaque: a quantized model traces with no graph
+break. An empty batch (no rows) gives an empty output, as nn.Linear does.
 
 A backend with its own weight layout packs the weights on first use and caches the pack in a
 QuantizedWeight. The ops receive tensors, not QuantizedWeights, so a module registers a WeightHandle
@@ -70,12 +71,21 @@ def matmul(
     bias: Optional[torch.Tensor], bits: int, group_size: int, mode: str,
 ) -> torch.Tensor:
     """y[..., N] = x[..., K] · Wᵀ (+ bias) in mode "a16" or "a8" (qkernels.matmul)."""
+    if x.numel() == 0:
+        return _output_like(x, data, bits)
     return _ops.matmul(x, quantized_weight(data, scales, zero_points, bits, group_size), mode, bias=bias)
+
+
+def _output_like(x: torch.Tensor, data: torch.Tensor, bits: int) -> torch.Tensor:
+    """An uninitialised y [..., N] for x [..., K], after checking that K matches the weights."""
+    torch._check(x.shape[-1] == data.shape[1] * 8 // bits,
+                 lambda: f"x has {x.shape[-1]} input features; the weights have {data.shape[1] * 8 // bits}")
+    return x.new_empty(x.shape[:-1] + (data.shape[0],))
 
 
 @matmul.register_fake
 def _(x, data, scales, zero_points, bias, bits, group_size, mode):
-    return x.new_empty(x.shape[:-1] + (data.shape[0],))
+    return _output_like(x, data, bits)
 
 
 @torch.library.custom_op("qkernels::matmul_outliers", mutates_args=())
@@ -85,13 +95,15 @@ def matmul_outliers(
 ) -> torch.Tensor:
     """LLM.int8() (qkernels.quant.llm_int8_matmul): the input features where some |x| ≥ threshold
     in float, the others in mode "a8"."""
+    if x.numel() == 0:
+        return _output_like(x, data, bits)
     qweight = quantized_weight(data, scales, zero_points, bits, group_size)
     return llm_int8_matmul(x, qweight, threshold=threshold, bias=bias)
 
 
 @matmul_outliers.register_fake
 def _(x, data, scales, zero_points, bias, bits, group_size, threshold):
-    return x.new_empty(x.shape[:-1] + (data.shape[0],))
+    return _output_like(x, data, bits)
 
 
 @torch.library.custom_op("qkernels::dequantize", mutates_args=())
@@ -107,7 +119,7 @@ def _(data, scales, zero_points, bits, group_size):
 
 
 def _save_weight(ctx, inputs, output):
-    _x, data, scales, zero_points, _bias, bits, group_size, _mode = inputs
+    _x, data, scales, zero_points, _bias, bits, group_size, _mode_or_threshold = inputs
     ctx.save_for_backward(data, scales, zero_points)
     ctx.bits, ctx.group_size = bits, group_size
 

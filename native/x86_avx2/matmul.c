@@ -206,7 +206,7 @@ INLINE void a16_tile(const problem* p, int bits, int asymmetric, int mixed, int 
             for (int32_t b = b0; b < b_end; b++) {
                 __m256i v0[2], v1[2];
                 for (int pi = 0; pi < panels; pi++) {
-                    const uint8_t* block = group[pi] + QK_AVX2_HEADER + (size_t)b * l->block_bytes;
+                    const uint8_t* block = group[pi] + QK_AVX2_HEADER + (size_t)b * (bits == 4 ? 32 : 64); /* constant: no multiply */
                     _mm_prefetch((const char*)block + PREFETCH_BYTES, _MM_HINT_T0);
                     block_bytes(block, bits, &v0[pi], &v1[pi]);
                 }

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..weights import dequantize
 from ..torch.linear import QuantLinear, static_int8
-from ..torch.model import _linear_weight
+from ..torch.model import _linear_weight, calibrate
 
 
 def _pyplot():
@@ -22,21 +22,18 @@ def _pyplot():
     return plt
 
 
+class _LastInput:
+    """A calibrate() collector that keeps the last input it saw, as rows [M, K]."""
+
+    def update(self, x: torch.Tensor) -> None:
+        self.rows = x.reshape(-1, x.shape[-1])
+
+
 def layer_inputs(model: nn.Module, names: list[str], batch: dict) -> dict[str, torch.Tensor]:
     """The inputs of the named layers on one batch (flattened to rows [M, K])."""
-    seen, hooks = {}, []
-    for name in names:
-        module = model.get_submodule(name)
-        hooks.append(module.register_forward_pre_hook(
-            lambda _m, args, name=name: seen.__setitem__(name, args[0].detach().reshape(-1, args[0].shape[-1]))
-        ))
-    try:
-        with torch.inference_mode():
-            model(**batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return seen
+    layers = {name: model.get_submodule(name) for name in names}
+    collectors = calibrate(model, layers, [batch], lambda _K: _LastInput())
+    return {name: collector.rows for name, collector in collectors.items()}
 
 
 def layer_errors(float_model: nn.Module, quantized: nn.Module, batch: dict) -> dict[str, float]:

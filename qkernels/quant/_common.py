@@ -59,8 +59,14 @@ def dequantize_exact(qw: QuantizedWeight, columns: np.ndarray | None = None) -> 
     (docs/numerics.md reading 7 before its rounding)."""
     if columns is None:
         return reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size)
-    q = reference.unpack(qw.data, qw.bits, qw.K)[:, columns].astype(np.float64)
-    groups = np.asarray(columns) // qw.group_size
+    columns = np.asarray(columns)
+    if qw.bits == 8:
+        q = qw.data[:, columns].astype(np.float64)
+    else:  # unpack only the bytes holding these columns, not the whole matrix
+        pairs = columns // 2
+        q = reference.unpack_int4(qw.data[:, pairs], 2 * len(pairs))[:, 2 * np.arange(len(pairs)) + columns % 2]
+        q = q.astype(np.float64)
+    groups = columns // qw.group_size
     if qw.zero_points is not None:
         q -= qw.zero_points[:, groups]
     return qw.scales[:, groups].astype(np.float64) * q

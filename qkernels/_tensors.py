@@ -54,6 +54,18 @@ def host_tensor(x: Any, argument: str):
     return x.detach()
 
 
+_FLOAT_DTYPE_NAMES: dict[np.dtype, str | None] = {}  # every NumPy dtype seen: its name in DTYPE_NAMES, or None
+
+
+def _float_dtype_name(dtype: np.dtype) -> str | None:
+    """dtype's name if it is one of DTYPE_NAMES; cached, as dtype.name takes microseconds per call."""
+    try:
+        return _FLOAT_DTYPE_NAMES[dtype]
+    except KeyError:
+        name = _FLOAT_DTYPE_NAMES[dtype] = dtype.name if dtype.name in DTYPE_NAMES else None
+        return name
+
+
 def float_buffer(x: Any, argument: str) -> Buffer:
     """A float32/float16/bfloat16 array or CPU tensor as a contiguous Buffer."""
     if is_torch(x):
@@ -64,7 +76,7 @@ def float_buffer(x: Any, argument: str) -> Buffer:
         return Buffer(host_tensor(x, argument).contiguous(), names[x.dtype], tuple(x.shape), "torch")
     if not isinstance(x, np.ndarray):
         raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
-    name = x.dtype.name if x.dtype.name in DTYPE_NAMES else None
+    name = _float_dtype_name(x.dtype)
     if name is None:
         raise DtypeError(f"{argument} has dtype {x.dtype}; expected float32, float16 or bfloat16")
     native = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))  # C reads native byte order
@@ -98,5 +110,6 @@ def empty_like_kind(kind: str, shape: tuple[int, ...], dtype: str):
 
 def pointer_of(array) -> Any:
     """cffi pointer to the first element of a contiguous array or tensor."""
-    address = array.data_ptr() if is_torch(array) else array.ctypes.data
-    return ffi.cast("void *", address)
+    if is_torch(array):
+        return ffi.cast("void *", array.data_ptr())
+    return ffi.from_buffer(array)  # 0.4 us; array.ctypes.data takes 1.4 us

@@ -1,5 +1,5 @@
 /* Canonical weights into the x86_avx2 layout (avx2.h). Runs once per weight matrix, so it favours
- * plain code over speed. */
+ * plain code over speed, and uses the kernels' threads. */
 #include <string.h>
 
 #include "avx2.h"
@@ -69,6 +69,8 @@ qk_status qk_avx2_pack(const qk_weights* w, void** data, size_t* size) {
     *size = (size_t)l.panels * l.panel_bytes;
     uint8_t* out = qk_aligned_alloc(*size);
     if (!out) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", *size);
+    /* Panels are independent: the kernels' threads share them. */
+#pragma omp parallel for num_threads(qk_threads_for(1, w->N, w->K)) schedule(static)
     for (int32_t p = 0; p < l.panels; p++) {
         uint8_t* panel = out + (size_t)p * l.panel_bytes;
         for (int32_t g = 0; g < l.groups; g++) pack_header(w, p, g, panel + (size_t)g * l.group_bytes);

@@ -26,7 +26,7 @@ void qk_store_f64(void* data, qk_dtype dtype, size_t i, double x);
 
 /* ---- memory ---- */
 
-void* qk_aligned_alloc(size_t size);  /* 64-byte aligned; NULL on failure or size 0 */
+void* qk_aligned_alloc(size_t size);  /* 64-byte aligned (2 MiB huge pages from 2 MiB on Linux); NULL on failure or size 0 */
 void qk_aligned_free(void* p);
 
 /* ---- canonical weights ---- */

@@ -184,8 +184,9 @@ INLINE float weight_unit(int bits) { return bits == 4 ? 0x1p28f : 0x1p24f; }
  * weight), unless it is large: then it dequantizes each weight first, w = scale * (q - zp), as the
  * contract writes it. `mixed` says whether the tile has large rows: only then are both forms
  * computed. `asymmetric`: whether zero points are subtracted (an operation per weight).
- * The tile is rows x 1 panel, or 1 row x 2 panels (`panels`): one row alone needs the second
- * panel's independent sums to keep the FMA units busy, and shares its activation loads.
+ * The tile is rows x 1 panel, or 1 or 2 rows x 2 panels (`panels`): fewer than three rows need the
+ * second panel's independent sums to keep the FMA units busy (a sum's next FMA waits 4 cycles, and
+ * two FMAs can start per cycle, so eight sums are needed), and share its activation loads.
  * Each float32 sum is two chains of dependent FMAs (even and odd k) whatever the tile, so a row's
  * result never depends on the other rows or panels of its tile. */
 INLINE void a16_tile(const problem* p, int bits, int asymmetric, int mixed, int panels, const uint8_t* panel0,
@@ -273,8 +274,8 @@ static void a8_tile(const problem* p, const uint8_t* panel, int panels, int32_t 
 }
 
 /* Every a16_tile variant as a function with constant parameters, so that each is compiled with its
- * loops unrolled and its sums in registers: [bits 4/8][asymmetric][mixed][shape], shapes 1x2
- * (one row, two panels) and 1x1 .. 4x1 (rows x one panel). */
+ * loops unrolled and its sums in registers: [bits 4/8][asymmetric][mixed][shape], shapes named
+ * panels x rows: 2x1 and 2x2 (shape rows - 1), then 1x1 .. 1x4 (shape rows + 1). */
 typedef void a16_fn(const problem* p, const uint8_t* panel, const float* x, const unsigned char* large,
                     __m256d* const* y);
 #define A16_FN(bits, asym, mixed, panels, rows)                                                              \
@@ -284,14 +285,14 @@ typedef void a16_fn(const problem* p, const uint8_t* panel, const float* x, cons
         a16_tile(p, bits, asym, mixed, panels, panel, x, large, rows, y);                                     \
     }
 #define A16_SHAPES(bits, asym, mixed)                                                                         \
-    A16_FN(bits, asym, mixed, 2, 1) A16_FN(bits, asym, mixed, 1, 1) A16_FN(bits, asym, mixed, 1, 2)           \
-    A16_FN(bits, asym, mixed, 1, 3) A16_FN(bits, asym, mixed, 1, 4)
+    A16_FN(bits, asym, mixed, 2, 1) A16_FN(bits, asym, mixed, 2, 2) A16_FN(bits, asym, mixed, 1, 1)           \
+    A16_FN(bits, asym, mixed, 1, 2) A16_FN(bits, asym, mixed, 1, 3) A16_FN(bits, asym, mixed, 1, 4)
 #define A16_SHAPE_TABLE(bits, asym, mixed)                                                                    \
-    {a16_##bits##_##asym##_##mixed##_2x1, a16_##bits##_##asym##_##mixed##_1x1, a16_##bits##_##asym##_##mixed##_1x2, \
-     a16_##bits##_##asym##_##mixed##_1x3, a16_##bits##_##asym##_##mixed##_1x4}
+    {a16_##bits##_##asym##_##mixed##_2x1, a16_##bits##_##asym##_##mixed##_2x2, a16_##bits##_##asym##_##mixed##_1x1, \
+     a16_##bits##_##asym##_##mixed##_1x2, a16_##bits##_##asym##_##mixed##_1x3, a16_##bits##_##asym##_##mixed##_1x4}
 A16_SHAPES(4, 0, 0) A16_SHAPES(4, 0, 1) A16_SHAPES(4, 1, 0) A16_SHAPES(4, 1, 1)
 A16_SHAPES(8, 0, 0) A16_SHAPES(8, 0, 1) A16_SHAPES(8, 1, 0) A16_SHAPES(8, 1, 1)
-static a16_fn* const a16_variants[2][2][2][5] = {
+static a16_fn* const a16_variants[2][2][2][6] = {
     {{A16_SHAPE_TABLE(4, 0, 0), A16_SHAPE_TABLE(4, 0, 1)}, {A16_SHAPE_TABLE(4, 1, 0), A16_SHAPE_TABLE(4, 1, 1)}},
     {{A16_SHAPE_TABLE(8, 0, 0), A16_SHAPE_TABLE(8, 0, 1)}, {A16_SHAPE_TABLE(8, 1, 0), A16_SHAPE_TABLE(8, 1, 1)}},
 };
@@ -303,14 +304,14 @@ static void a16_tile_rows(const problem* p, const uint8_t* panel, int panels, in
     int mixed = 0;
     for (int r = 0; r < rows; r++) mixed |= large[r];
     a16_fn* const* shapes = a16_variants[p->w->bits == 8][p->asymmetric][mixed];
-    if (rows == 1) { /* one row: both panels at once */
-        shapes[panels == 2 ? 0 : 1](p, panel, x, large, y);
+    if (rows <= 2 && panels == 2) { /* few rows: both panels at once */
+        shapes[rows - 1](p, panel, x, large, y);
         return;
     }
-    for (int pi = 0; pi < panels; pi++, panel += p->l.panel_bytes) { /* more rows: a panel at a time */
+    for (int pi = 0; pi < panels; pi++, panel += p->l.panel_bytes) { /* else a panel at a time */
         __m256d* yp[TILE_ROWS];
         for (int r = 0; r < rows; r++) yp[r] = y[r] + 2 * pi;
-        shapes[rows](p, panel, x, large, yp);
+        shapes[rows + 1](p, panel, x, large, yp);
     }
 }
 

@@ -18,10 +18,11 @@ def _bias_array(bias: Any, N: int):
     if bias is None:
         return None
     if is_torch(bias):
-        bias = host_tensor(bias, "bias").float().numpy()
-    bias = np.ascontiguousarray(bias, dtype=np.float32)
-    if bias.shape != (N,):
-        raise InvalidArgumentError(f"bias has shape {bias.shape}; expected ({N},)")
+        bias = host_tensor(bias, "bias").float().contiguous()
+    else:
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+    if tuple(bias.shape) != (N,):
+        raise InvalidArgumentError(f"bias has shape {tuple(bias.shape)}; expected ({N},)")
     return bias
 
 
@@ -42,7 +43,7 @@ def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: s
     kernel_name = ffi.new("char[]", kernel.encode()) if kernel else ffi.NULL
     args = ffi.new("qk_matmul_args *")
     args.input, args.output = buf.pointer, pointer_of(out)
-    args.bias = ffi.NULL if bias is None else ffi.cast("float *", bias.ctypes.data)
+    args.bias = ffi.NULL if bias is None else ffi.cast("float *", pointer_of(bias))
     args.M, args.input_dtype, args.mode = M, dtype_code(buf.dtype), dispatch.MODES[mode]
     args.backend, args.kernel = dispatch.backend_code(name), kernel_name
     return out, args, (buf, bias, kernel_name)

@@ -160,6 +160,22 @@ def test_input_gradient_is_through_the_dequantized_weights(activation, threshold
     torch.library.opcheck(torch.ops.qkernels.matmul.default, (sample[0].requires_grad_(),) + sample[1:] + ("a16",))
 
 
+@pytest.mark.parametrize("activation,threshold", [("float", None), ("token", None), ("token", 1.0), ("tensor", None)])
+def test_eager_inference_calls_the_implementation_with_the_ops_result(activation, threshold, monkeypatch):
+    """Without autograd or compilation QuantLinear skips the dispatcher, and gets what the op gives."""
+    rng = np.random.default_rng(9)
+    qw = _weights(rng, 12, 32, 4, 16, False)
+    layer = QuantLinear(qw, torch.randn(12), activation=activation, outlier_threshold=threshold,
+                        act_clip=2.0 if activation == "tensor" else None)
+    x = torch.randn(3, 32)
+    assert qt.ops.use_impl(x) and not qt.ops.use_impl(x.clone().requires_grad_())
+    with torch.no_grad():
+        assert qt.ops.use_impl(x.clone().requires_grad_())  # no_grad: nothing to record
+        direct = layer(x)
+        monkeypatch.setattr(qt.ops, "use_impl", lambda x: False)
+        assert torch.equal(layer(x), direct)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_model_keeps_the_quantized_format(dtype):
     """model.half() / .to(bfloat16) casts activations' dtypes, not the float32 scales and bias."""

@@ -39,7 +39,8 @@ class QuantLinear(nn.Module):
     re-quantizing (qkernels.torch.load_quantized).
 
     Runs on CPU tensors through torch.ops.qkernels.matmul (or matmul_outliers when
-    outlier_threshold is set), whichever backend automatic dispatch picks; a tensor on another
+    outlier_threshold is set; in eager inference, their implementations directly, see
+    ops.use_impl), whichever backend automatic dispatch picks; a tensor on another
     device raises InvalidArgumentError: this build has no GPU kernels and never moves data.
     """
 
@@ -132,20 +133,21 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x * self.input_scale.to(x.dtype)
+        direct = ops.use_impl(x)  # skips the dispatcher's ~60 us per call when it would add nothing
+        matmul = ops.matmul_impl if direct else torch.ops.qkernels.matmul
         if self.activation == "tensor":  # float32 grid values; the output returns to x's dtype
-            return torch.ops.qkernels.matmul(
+            return matmul(
                 static_int8(x, self.act_clip), self.qdata, self.scales, self.zero_points, self.bias, self.bits,
                 self.group_size, "a16",
             ).to(x.dtype)
         if self.outlier_threshold is not None:
-            return torch.ops.qkernels.matmul_outliers(
+            matmul_outliers = ops.matmul_outliers_impl if direct else torch.ops.qkernels.matmul_outliers
+            return matmul_outliers(
                 x, self.qdata, self.scales, self.zero_points, self.bias, self.bits, self.group_size,
                 self.outlier_threshold,
             )
         mode = "a8" if self.activation == "token" else "a16"
-        return torch.ops.qkernels.matmul(
-            x, self.qdata, self.scales, self.zero_points, self.bias, self.bits, self.group_size, mode
-        )
+        return matmul(x, self.qdata, self.scales, self.zero_points, self.bias, self.bits, self.group_size, mode)
 
     def extra_repr(self) -> str:
         groups = "channel" if self.group_size == self.in_features else f"group {self.group_size}"

@@ -9,6 +9,10 @@ int8 zero points or None); the matmuls run qkernels.matmul, so automatic dispatc
 backend for the tensors. To a compiler they are opaque: a quantized model traces with no graph
 break. An empty batch (no rows) gives an empty output, as nn.Linear does.
 
+The dispatcher costs about 60 us per call in eager mode, more than a decode step's small layers
+take, so QuantLinear calls the implementations (matmul_impl, matmul_outliers_impl) directly when
+the op would add nothing: see use_impl.
+
 A backend with its own weight layout packs the weights on first use and caches the pack in a
 QuantizedWeight. The ops receive tensors, not QuantizedWeights, so a module registers a WeightHandle
 for its buffers (register_weight); the ops find it by the address of the weight data and reuse its
@@ -65,15 +69,28 @@ def quantized_weight(data, scales, zero_points, bits: int, group_size: int) -> Q
     return QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch")
 
 
+def use_impl(x: torch.Tensor) -> bool:
+    """Whether calling an op's implementation directly does exactly what the op would: x is a
+    plain tensor (no fake or traced subclass), nothing is being compiled, and autograd has nothing
+    to record."""
+    return (type(x) is torch.Tensor and not torch.compiler.is_compiling()
+            and not (x.requires_grad and torch.is_grad_enabled()))
+
+
+def matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode):
+    """torch.ops.qkernels.matmul without the dispatcher."""
+    if x.numel() == 0:
+        return _output_like(x, data, bits)
+    return _ops.matmul(x, quantized_weight(data, scales, zero_points, bits, group_size), mode, bias=bias)
+
+
 @torch.library.custom_op("qkernels::matmul", mutates_args=())
 def matmul(
     x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_size: int, mode: str,
 ) -> torch.Tensor:
     """y[..., N] = x[..., K] · Wᵀ (+ bias) in mode "a16" or "a8" (qkernels.matmul)."""
-    if x.numel() == 0:
-        return _output_like(x, data, bits)
-    return _ops.matmul(x, quantized_weight(data, scales, zero_points, bits, group_size), mode, bias=bias)
+    return matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode)
 
 
 def _output_like(x: torch.Tensor, data: torch.Tensor, bits: int) -> torch.Tensor:
@@ -88,6 +105,14 @@ def _(x, data, scales, zero_points, bias, bits, group_size, mode):
     return _output_like(x, data, bits)
 
 
+def matmul_outliers_impl(x, data, scales, zero_points, bias, bits, group_size, threshold):
+    """torch.ops.qkernels.matmul_outliers without the dispatcher."""
+    if x.numel() == 0:
+        return _output_like(x, data, bits)
+    qweight = quantized_weight(data, scales, zero_points, bits, group_size)
+    return llm_int8_matmul(x, qweight, threshold=threshold, bias=bias)
+
+
 @torch.library.custom_op("qkernels::matmul_outliers", mutates_args=())
 def matmul_outliers(
     x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor],
@@ -95,10 +120,7 @@ def matmul_outliers(
 ) -> torch.Tensor:
     """LLM.int8() (qkernels.quant.llm_int8_matmul): the input features where some |x| ≥ threshold
     in float, the others in mode "a8"."""
-    if x.numel() == 0:
-        return _output_like(x, data, bits)
-    qweight = quantized_weight(data, scales, zero_points, bits, group_size)
-    return llm_int8_matmul(x, qweight, threshold=threshold, bias=bias)
+    return matmul_outliers_impl(x, data, scales, zero_points, bias, bits, group_size, threshold)
 
 
 @matmul_outliers.register_fake

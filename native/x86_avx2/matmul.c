@@ -186,8 +186,9 @@ INLINE float weight_unit(int bits) { return bits == 4 ? 0x1p28f : 0x1p24f; }
  * contract writes it. `mixed` says whether the tile has large rows: only then are both forms
  * computed. `asymmetric`: whether zero points are subtracted (an operation per weight).
  * The tile is rows x 1 panel, or 1 or 2 rows x 2 panels (`panels`): fewer than three rows need the
- * second panel's independent sums to keep the FMA units busy (a sum's next FMA waits 4 cycles, and
- * two FMAs can start per cycle, so eight sums are needed), and share its activation loads.
+ * second panel's independent sums to keep the FMA units busy, and share its activation loads. (A
+ * sum's next FMA waits 4 cycles and two FMAs can start per cycle, so eight sums fill both units;
+ * one row's four suffice for its loop, which conversions, not FMAs, limit.)
  * Each float32 sum is two chains of dependent FMAs (even and odd k) whatever the tile, so a row's
  * result never depends on the other rows or panels of its tile. */
 INLINE void a16_tile(const problem* p, int bits, int asymmetric, int mixed, int panels, const uint8_t* panel0,

@@ -46,6 +46,7 @@ BASELINES = (
     "torch _weight_int8pack_mm",
 )
 MIN_REPEATS, MAX_REPEATS = 3, 200
+SLICE = 0.05  # seconds of calls per candidate per turn (measure_together)
 MAX_COPIES = 256  # tiny layers: more copies would time Python overhead, not memory
 
 
@@ -225,13 +226,33 @@ def _make_baselines(layer: Layer, dtype: str) -> dict[str, Baseline | str]:
 
 def measure(calls: list[Callable[[], Any]], budget: float, min_repeats: int = MIN_REPEATS) -> list[float]:
     """Seconds per call, cycling through calls, until `budget` seconds are spent (within the repeat limits)."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_repeats or (len(times) < MAX_REPEATS and time.perf_counter() - start < budget):
-        call = calls[len(times) % len(calls)]
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
+    return measure_together([calls], budget, min_repeats)[0]
+
+
+def measure_together(candidates: list[list[Callable[[], Any]]], budget: float,
+                     min_repeats: int = MIN_REPEATS) -> list[list[float]]:
+    """Seconds per call of several candidates (each a list of calls to cycle through), timed in turns
+    of about SLICE seconds each until each has had `budget` seconds (within the repeat limits).
+
+    Taking turns puts every candidate in the same minutes, so their ratios hold on a shared machine
+    whose speed drifts from minute to minute, where timing one after the other would not."""
+    times: list[list[float]] = [[] for _ in candidates]
+    spent = [0.0] * len(candidates)
+
+    def wanted(i: int) -> bool:
+        n = len(times[i])
+        return n < min_repeats or (n < MAX_REPEATS and spent[i] < budget)
+
+    while any(wanted(i) for i in range(len(candidates))):
+        for i, calls in enumerate(candidates):
+            turn = 0.0
+            while wanted(i) and (turn == 0.0 or turn < SLICE):
+                call = calls[len(times[i]) % len(calls)]
+                t0 = time.perf_counter()
+                call()
+                times[i].append(time.perf_counter() - t0)
+                turn += times[i][-1]
+            spent[i] += turn
     return times
 
 
@@ -353,14 +374,15 @@ def _print_row(row: dict) -> None:
         print(f"    {row['note']}", flush=True)
 
 
-def _time_row(cand: Candidate, estimate: float | None, budget: float, max_call: float) -> dict:
-    """Check, then time one candidate; the row's numbers other than speed-up."""
+def _check_row(cand: Candidate, estimate: float | None, max_call: float) -> tuple[dict, Any, list[float] | None]:
+    """Run a candidate once (its warm-up) and check the result: the row so far, the output, and
+    its time if that one call is all the row gets (None: time it with the others, or skip it)."""
     if estimate is not None and estimate > max_call:
-        return {"note": f"skipped: too slow (est. {estimate:.1f} s)"}
+        return {"note": f"skipped: too slow (est. {estimate:.1f} s)"}, None, None
     row: dict = {"check": "-"}
     try:
         t0 = time.perf_counter()
-        y = cand.calls[0]()  # also the warm-up
+        y = cand.calls[0]()
         first = time.perf_counter() - t0
         if cand.check:
             cand.check(y)
@@ -369,14 +391,16 @@ def _time_row(cand: Candidate, estimate: float | None, budget: float, max_call: 
         row.update(check="FAIL", note=str(error))
     except Exception as error:  # a baseline whose operator this torch build lacks, or a kernel error
         if cand.check is None:
-            return {"note": f"skipped: {type(error).__name__}: {error}"}
-        return {"check": "ERROR", "note": f"error: {type(error).__name__}: {error}"}
+            return {"note": f"skipped: {type(error).__name__}: {error}"}, None, None
+        return {"check": "ERROR", "note": f"error: {type(error).__name__}: {error}"}, None, None
     # One call past the limit (no estimate yet at the smallest M) is its own single measurement.
     if first > max_call:
-        times = [first]
         row.setdefault("note", "timed once: one call takes longer than --max-call")
-    else:
-        times = measure(cand.calls[1:] + cand.calls[:1], budget)
+        return row, y, [first]
+    return row, y, None
+
+
+def _timed(row: dict, cand: Candidate, y: Any, times: list[float]) -> dict:
     median = statistics.median(times)
     return row | {
         "median_ms": median * 1e3,
@@ -410,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"NumPy {system['numpy']}; torch {system['torch']}")
     print(f"memory copy bandwidth: {system['copy_gbps']:.1f} GB/s (np.copyto, one thread, read + write)")
     print(f"activations {args.dtype}; time: median of >= {MIN_REPEATS} calls over weight copies > 2x LLC, "
-          f"{budget:g} s per row; GB/s: weights (packed) + activations + output; "
+          f"{budget:g} s per row, the rows of one layer and M timed in turns; GB/s: weights (packed) + activations + output; "
           f"GOP/s: 2*M*N*K; vs np: speed-up over numpy f32\n")
     print(_HEADER, flush=True)
 
@@ -442,15 +466,23 @@ def run(args: argparse.Namespace) -> int:
                         if k.mode == mode and bits in k.bits and G % k.group_multiple == 0:
                             candidates.append(layer.kernel_candidate(k, bits, G, xs))
                             candidates[-1].auto = k.name == picked
-            numpy_ms = None
+            group = []  # (row, candidate, output, times or None) of this layer and M
             for cand in candidates:
                 key = (N, K, cand.name, cand.label)
                 estimate = last[key][1] * M / last[key][0] if key in last else None  # time grows at most ~M
                 row = {"layer": f"{N}x{K}", "N": N, "K": K, "M": M, "label": cand.label, "name": cand.name,
                        "backend": cand.backend, "auto": cand.auto}
-                row |= _time_row(cand, estimate, budget, max_call)
-                if "median_ms" in row:
-                    last[key] = (M, row["median_ms"] / 1e3)
+                checked, y, times = _check_row(cand, estimate, max_call)
+                group.append((row | checked, cand, y, times))
+            together = [i for i, (row, _, y, times) in enumerate(group) if times is None and y is not None]
+            measured = measure_together([group[i][1].calls[1:] + group[i][1].calls[:1] for i in together], budget)
+            for i, times in zip(together, measured):
+                group[i] = group[i][:3] + (times,)
+            numpy_ms = None
+            for row, cand, y, times in group:
+                if times is not None:
+                    row = _timed(row, cand, y, times)
+                    last[(N, K, cand.name, cand.label)] = (M, row["median_ms"] / 1e3)
                     if cand.name == BASELINES[0]:
                         numpy_ms = row["median_ms"]
                     row["gops"] = 2 * M * N * K / row["median_ms"] / 1e6

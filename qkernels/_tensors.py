@@ -98,7 +98,7 @@ def empty_like_kind(kind: str, shape: tuple[int, ...], dtype: str):
     """A new uninitialised output of the given kind ("numpy" or "torch")."""
     if kind == "torch":
         torch = _torch()
-        return torch.empty(shape, dtype=getattr(torch, dtype))
+        return torch.empty(shape, dtype=getattr(torch, dtype), device="cpu")  # whatever the default device
     if dtype == "bfloat16":
         try:
             import ml_dtypes

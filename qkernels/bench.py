@@ -245,14 +245,13 @@ def measure_together(candidates: list[list[Callable[[], Any]]], budget: float,
 
     while any(wanted(i) for i in range(len(candidates))):
         for i, calls in enumerate(candidates):
-            turn = 0.0
-            while wanted(i) and (turn == 0.0 or turn < SLICE):
+            turn_start = len(times[i])
+            while wanted(i) and (len(times[i]) == turn_start or sum(times[i][turn_start:]) < SLICE):
                 call = calls[len(times[i]) % len(calls)]
                 t0 = time.perf_counter()
                 call()
                 times[i].append(time.perf_counter() - t0)
-                turn += times[i][-1]
-            spent[i] += turn
+                spent[i] += times[i][-1]
     return times
 
 
@@ -376,23 +375,25 @@ def _print_row(row: dict) -> None:
 
 def _check_row(cand: Candidate, estimate: float | None, max_call: float) -> tuple[dict, Any, list[float] | None]:
     """Run a candidate once (its warm-up) and check the result: the row so far, the output, and
-    its time if that one call is all the row gets (None: time it with the others, or skip it)."""
+    its times: [] if it is not timed, [one call] if that call is all it gets, None if it is to
+    be timed with the others."""
     if estimate is not None and estimate > max_call:
-        return {"note": f"skipped: too slow (est. {estimate:.1f} s)"}, None, None
-    row: dict = {"check": "-"}
+        return {"note": f"skipped: too slow (est. {estimate:.1f} s)"}, None, []
     try:
         t0 = time.perf_counter()
         y = cand.calls[0]()
         first = time.perf_counter() - t0
-        if cand.check:
-            cand.check(y)
-            row["check"] = "ok"
-    except AssertionError as error:
-        row.update(check="FAIL", note=str(error))
     except Exception as error:  # a baseline whose operator this torch build lacks, or a kernel error
         if cand.check is None:
-            return {"note": f"skipped: {type(error).__name__}: {error}"}, None, None
-        return {"check": "ERROR", "note": f"error: {type(error).__name__}: {error}"}, None, None
+            return {"note": f"skipped: {type(error).__name__}: {error}"}, None, []
+        return {"check": "ERROR", "note": f"error: {type(error).__name__}: {error}"}, None, []
+    row: dict = {"check": "-"}
+    if cand.check:
+        try:
+            cand.check(y)
+            row["check"] = "ok"
+        except AssertionError as error:
+            row.update(check="FAIL", note=str(error))
     # One call past the limit (no estimate yet at the smallest M) is its own single measurement.
     if first > max_call:
         row.setdefault("note", "timed once: one call takes longer than --max-call")
@@ -474,13 +475,13 @@ def run(args: argparse.Namespace) -> int:
                        "backend": cand.backend, "auto": cand.auto}
                 checked, y, times = _check_row(cand, estimate, max_call)
                 group.append((row | checked, cand, y, times))
-            together = [i for i, (row, _, y, times) in enumerate(group) if times is None and y is not None]
+            together = [i for i, (_, _, _, times) in enumerate(group) if times is None]
             measured = measure_together([group[i][1].calls[1:] + group[i][1].calls[:1] for i in together], budget)
             for i, times in zip(together, measured):
                 group[i] = group[i][:3] + (times,)
             numpy_ms = None
             for row, cand, y, times in group:
-                if times is not None:
+                if times:
                     row = _timed(row, cand, y, times)
                     last[(N, K, cand.name, cand.label)] = (M, row["median_ms"] / 1e3)
                     if cand.name == BASELINES[0]:

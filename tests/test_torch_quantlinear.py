@@ -168,12 +168,24 @@ def test_eager_inference_calls_the_implementation_with_the_ops_result(activation
     layer = QuantLinear(qw, torch.randn(12), activation=activation, outlier_threshold=threshold,
                         act_clip=2.0 if activation == "tensor" else None)
     x = torch.randn(3, 32)
-    assert qt.ops.use_impl(x) and not qt.ops.use_impl(x.clone().requires_grad_())
+    assert qt.ops.use_impl(x, None) and not qt.ops.use_impl(x, torch.zeros(12, requires_grad=True))
     with torch.no_grad():
         assert qt.ops.use_impl(x.clone().requires_grad_())  # no_grad: nothing to record
         direct = layer(x)
-        monkeypatch.setattr(qt.ops, "use_impl", lambda x: False)
+        monkeypatch.setattr(qt.ops, "use_impl", lambda *tensors: False)
         assert torch.equal(layer(x), direct)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+def test_the_ops_run_whenever_something_watches_the_call():
+    """A default-device mode, vmap and torch.jit.trace see the call only through the op."""
+    x = torch.randn(2, 4)
+    with torch.device("meta"):
+        assert not qt.ops.use_impl(x)
+    seen = []
+    torch.func.vmap(lambda row: (seen.append(qt.ops.use_impl(row)), row)[1])(x)
+    torch.jit.trace(lambda t: (seen.append(qt.ops.use_impl(t)), t * 2)[1], (x,), check_trace=False)
+    assert seen == [False, False]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -21,7 +21,8 @@
  * point when there is one. Products x * (q - zp) * 2^24 are exact inside the FMA; their float32 sums
  * run over 128 k as two chains of 64 terms, whose rounding error is at most 64 * 2^-24 = 2^-18 of
  * sum |x * (q - zp)|, a quarter of the float32 tolerance; then each sum is scaled (times
- * scale * 2^-24, exact in float64) and folded into float64, so the error does not grow with K. */
+ * scale * 2^-24 or 2^-28, exact in float64) and folded into float64, so the error does not grow
+ * with K. */
 #include <immintrin.h>
 #include <math.h>
 #include <stddef.h>
@@ -187,8 +188,8 @@ INLINE float weight_unit(int bits) { return bits == 4 ? 0x1p28f : 0x1p24f; }
  * computed. `asymmetric`: whether zero points are subtracted (an operation per weight).
  * The tile is rows x 1 panel, or 1 or 2 rows x 2 panels (`panels`): fewer than three rows need the
  * second panel's independent sums to keep the FMA units busy, and share its activation loads. (A
- * sum's next FMA waits 4 cycles and two FMAs can start per cycle, so eight sums fill both units;
- * one row's four suffice for its loop, which conversions, not FMAs, limit.)
+ * chain's next FMA waits 4 cycles and two FMAs can start per cycle, so eight chains fill both
+ * units; one row's four suffice for its loop, which conversions, not FMAs, limit.)
  * Each float32 sum is two chains of dependent FMAs (even and odd k) whatever the tile, so a row's
  * result never depends on the other rows or panels of its tile. */
 INLINE void a16_tile(const problem* p, int bits, int asymmetric, int mixed, int panels, const uint8_t* panel0,
@@ -224,7 +225,7 @@ INLINE void a16_tile(const problem* p, int bits, int asymmetric, int mixed, int 
                     for (int pi = 0; pi < panels; pi++) {
                         w[pi] = _mm256_cvtepi32_ps(byte_to_top(i < 4 ? v0[pi] : v1[pi], i % 4)); /* q * unit */
                         if (asymmetric) w[pi] = _mm256_sub_ps(w[pi], zero[pi]);                    /* exact */
-                        if (mixed) w_scaled[pi] = _mm256_mul_ps(_mm256_mul_ps(w[pi], scale[pi]), inverse_unit);
+                        if (mixed) w_scaled[pi] = _mm256_mul_ps(_mm256_mul_ps(w[pi], inverse_unit), scale[pi]);
                     }
                     for (int r = 0; r < rows; r++) {
                         __m256 xv = _mm256_broadcast_ss(xg[r] + b * QK_AVX2_BLOCK_K + i);
@@ -459,8 +460,9 @@ static void dequantize_chunk(const problem* p, const qk_packed_weights* pw, int3
 #pragma GCC unroll 8
             for (int i = 0; i < QK_AVX2_BLOCK_K; i++) {
                 __m256 q = _mm256_sub_ps(_mm256_cvtepi32_ps(byte_to_top(i < 4 ? v0 : v1, i % 4)), zero);
-                /* (q - zp) * unit * scale, then / unit: exactly scale * (q - zp) rounded once */
-                _mm256_store_ps(w + i * GEMM_COLS, _mm256_mul_ps(_mm256_mul_ps(q, scale), inverse_unit));
+                /* (q - zp) * unit / unit exactly, then times scale: w rounded once, and never overflowing
+                 * where w does not */
+                _mm256_store_ps(w + i * GEMM_COLS, _mm256_mul_ps(_mm256_mul_ps(q, inverse_unit), scale));
             }
         }
     }

@@ -133,7 +133,7 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x * self.input_scale.to(x.dtype)
-        direct = ops.use_impl(x)  # skips the dispatcher's ~60 us per call when it would add nothing
+        direct = ops.use_impl(x, self.bias)  # skips the dispatcher's ~60 us when it would add nothing
         matmul = ops.matmul_impl if direct else torch.ops.qkernels.matmul
         if self.activation == "tensor":  # float32 grid values; the output returns to x's dtype
             return matmul(

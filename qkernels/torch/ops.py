@@ -69,12 +69,23 @@ def quantized_weight(data, scales, zero_points, bits: int, group_size: int) -> Q
     return QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch")
 
 
-def use_impl(x: torch.Tensor) -> bool:
-    """Whether calling an op's implementation directly does exactly what the op would: x is a
-    plain tensor (no fake or traced subclass), nothing is being compiled, and autograd has nothing
-    to record."""
-    return (type(x) is torch.Tensor and not torch.compiler.is_compiling()
-            and not (x.requires_grad and torch.is_grad_enabled()))
+def use_impl(*tensors: torch.Tensor | None) -> bool:
+    """Whether calling an op's implementation directly does exactly what the op would, for these
+    tensor arguments: all plain tensors (no fake, functional or traced subclass), autograd with
+    nothing to record, and nothing watching the call: no compiler, no torch.jit tracer, no
+    vmap/grad transform, no torch-function or dispatch mode (default devices, profilers,
+    make_fx). Torch internals this needs but lacks count as watching."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    try:
+        C = torch._C
+        if (C._is_torch_function_mode_enabled() or C._len_torch_dispatch_stack()
+                or C._are_functorch_transforms_active()):
+            return False
+    except AttributeError:
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)
 
 
 def matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode):

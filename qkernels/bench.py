@@ -237,7 +237,7 @@ def measure_together(candidates: list[list[Callable[[], Any]]], budget: float,
     Taking turns puts every candidate in the same minutes, so their ratios hold on a shared machine
     whose speed drifts from minute to minute, where timing one after the other would not."""
     times: list[list[float]] = [[] for _ in candidates]
-    spent = [0.0] * len(candidates)
+    spent = [0.0] * len(candidates)  # sum(times[i]), kept as it grows
 
     def wanted(i: int) -> bool:
         n = len(times[i])
@@ -245,8 +245,8 @@ def measure_together(candidates: list[list[Callable[[], Any]]], budget: float,
 
     while any(wanted(i) for i in range(len(candidates))):
         for i, calls in enumerate(candidates):
-            turn_start = len(times[i])
-            while wanted(i) and (len(times[i]) == turn_start or sum(times[i][turn_start:]) < SLICE):
+            turn_start, turn_end = len(times[i]), spent[i] + SLICE  # a turn: at least one call
+            while wanted(i) and (len(times[i]) == turn_start or spent[i] < turn_end):
                 call = calls[len(times[i]) % len(calls)]
                 t0 = time.perf_counter()
                 call()

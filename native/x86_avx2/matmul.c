@@ -100,7 +100,14 @@ INLINE void a8_tile_w4(const problem* p, const uint8_t* panel, const int8_t* qx,
             int32_t b_end = b0 + A8_INT16_BLOCKS < l->blocks ? b0 + A8_INT16_BLOCKS : l->blocks;
             __m256i s16[TILE_ROWS];
             for (int r = 0; r < rows; r++) s16[r] = _mm256_setzero_si256();
-            for (int32_t b = b0; b < b_end; b++) {
+            /* A constant trip count that gcc unrolls, with an exit only a short chunk takes (the
+             * last of a group whose G is not a multiple of 32): 5-20% faster than a loop to b_end.
+             * In this form only: exiting at b == b_end instead made it 20% slower than the loop. */
+            int32_t count = b_end - b0;
+#pragma GCC unroll 4
+            for (int32_t j = 0; j < A8_INT16_BLOCKS; j++) {
+                if (count != A8_INT16_BLOCKS && j == count) break;
+                int32_t b = b0 + j;
                 const uint8_t* block = group + QK_AVX2_HEADER + (size_t)b * 32;
                 _mm_prefetch((const char*)block + PREFETCH_BYTES, _MM_HINT_T0);
                 __m256i v = _mm256_xor_si256(_mm256_load_si256((const __m256i*)block), eights); /* q + 8 */

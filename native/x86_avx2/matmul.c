@@ -221,19 +221,21 @@ INLINE void a16_tile(const problem* p, int bits, int asymmetric, int mixed, int 
             /* 4 bits: each block is loaded and split an iteration ahead, so that its shuffles do not
              * wait on the load, shift and mask (4% faster in cache, 2% from memory); 8 bits has no
              * split, and the registers this takes would spill there (4% slower). */
+            const int ahead = bits == 4;
             __m256i next0[2], next1[2];
-            if (bits == 4)
+            if (ahead)
                 for (int pi = 0; pi < panels; pi++)
                     block_bytes(group[pi] + QK_AVX2_HEADER + (size_t)b0 * 32, bits, &next0[pi], &next1[pi]);
             /* b is pointer-sized: as an int32_t, gcc gave every row and k its own index register (M = 4: 14% slower) */
             for (ptrdiff_t b = b0; b < b_end; b++) {
                 __m256i v0[2], v1[2];
-                ptrdiff_t b_load = bits == 8 ? b : b + 1 < b_end ? b + 1 : b; /* the run's last block: itself, never past the panel */
+                /* ahead, the run's last block loads itself again: never past the panel's end */
+                ptrdiff_t b_load = ahead && b + 1 < b_end ? b + 1 : b;
                 for (int pi = 0; pi < panels; pi++) {
-                    if (bits == 4) v0[pi] = next0[pi], v1[pi] = next1[pi];
+                    if (ahead) v0[pi] = next0[pi], v1[pi] = next1[pi];
                     const uint8_t* block = group[pi] + QK_AVX2_HEADER + (size_t)b_load * (bits == 4 ? 32 : 64); /* constant: no multiply */
                     _mm_prefetch((const char*)block + PREFETCH_BYTES, _MM_HINT_T0);
-                    block_bytes(block, bits, bits == 4 ? &next0[pi] : &v0[pi], bits == 4 ? &next1[pi] : &v1[pi]);
+                    block_bytes(block, bits, ahead ? &next0[pi] : &v0[pi], ahead ? &next1[pi] : &v1[pi]);
                 }
 #pragma GCC unroll 8 /* constant shuffle controls and chain indices */
                 for (int i = 0; i < QK_AVX2_BLOCK_K; i++) {

@@ -349,6 +349,18 @@ def test_python_m_qkernels_info(argv, tmp_path):
     _check_info_output(result.stdout)
 
 
+def test_info_and_bench_parse_without_torch(tmp_path):
+    """torch is optional: `qkernels info` runs, and `bench --help` parses, when it cannot be imported."""
+    block_torch = "import sys; sys.modules['torch'] = None; from qkernels import cli; sys.exit(cli.main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", block_torch, "info"], capture_output=True, text=True,
+                            env=_subprocess_env(), cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    _check_info_output(result.stdout)
+    result = subprocess.run([sys.executable, "-c", block_torch, "bench", "--help"], capture_output=True, text=True,
+                            env=_subprocess_env(), cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_qkernels_console_script_info(tmp_path):
     """The `qkernels` script, where the package is installed with it (skipped in a source tree)."""
     import shutil

@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # torch is imported where it computes: `qkernels info` and `bench` import this package without it
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ def perplexity_of_ids(model: nn.Module, ids: torch.Tensor, *, max_length: int, s
                       progress: Callable[[int, int], None] | None = None) -> Perplexity:
     """Perplexity of token ids [T] (or [1, T]) under `model` (called as model(input_ids) and
     returning .logits [1, T, vocab], as Hugging Face causal LMs do)."""
+    import torch
+
     ids = ids.reshape(-1)
     plan = windows(len(ids), max_length, stride)
     nll, tokens = 0.0, 0

@@ -105,6 +105,17 @@ def test_skip_and_errors():
         qt.quantize_model(_model(), "smoothquant", calib_data=[])
 
 
+def test_fold_norms_is_checked_before_calibration():
+    def unread():  # calibration data that must not be reached
+        raise AssertionError("calibration ran before fold_norms was checked")
+        yield
+
+    with pytest.raises(InvalidArgumentError, match="fold_norms"):
+        qt.quantize_model(_model(), "gptq", calib_data=unread(), fold_norms={"norm": ["up"]})
+    with pytest.raises(InvalidArgumentError, match="not linear layers"):
+        qt.quantize_model(_model(), "smoothquant", calib_data=unread(), fold_norms={"norm": ["up", "norm"]})
+
+
 def _saved_formats():
     return ["pt"] + (["safetensors"] if HAVE_SAFETENSORS else [])
 

@@ -139,7 +139,8 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
     for option, value, methods in (("activation", activation, ("w8a8", "smoothquant")),
                                    ("per_tensor", per_tensor, ("w8a8", "smoothquant")),
                                    ("alpha", alpha, ("smoothquant",)), ("threshold", threshold, ("llm_int8",)),
-                                   ("gptq_options", gptq_options, ("gptq",))):
+                                   ("gptq_options", gptq_options, ("gptq",)),
+                                   ("fold_norms", fold_norms or None, ("smoothquant",))):
         if value is not None and method not in methods:
             raise InvalidArgumentError(f"{option}= is for {' and '.join(map(repr, methods))}, not {method!r}")
     per_tensor = True if per_tensor is None else per_tensor
@@ -153,6 +154,10 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         if activation not in ("tensor", "token"):
             raise InvalidArgumentError(f"activation={activation!r} must be 'tensor' or 'token' for {method}")
     layers = linear_layers(model, skip)
+    for norm_name, names in (fold_norms or {}).items():  # before calibration, which can take long
+        missing = [n for n in names if n not in layers]
+        if missing:
+            raise InvalidArgumentError(f"fold_norms[{norm_name!r}] names {missing}: not linear layers being quantized")
     needs_data = method in _NEEDS_CALIBRATION or (method == "w8a8" and activation == "tensor")
     collectors = dict.fromkeys(layers)
     if needs_data:
@@ -160,8 +165,6 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
             raise InvalidArgumentError(f"method={method!r} needs calib_data")
         make = HessianAccumulator if method == "gptq" else (lambda _K: AbsMaxObserver())
         collectors = calibrate(model, layers, calib_data, make)
-    if fold_norms and method != "smoothquant":
-        raise InvalidArgumentError("fold_norms is for method='smoothquant'")
     folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha)
     for index, (name, module) in enumerate(layers.items()):
         weight, bias = _linear_weight(module)
@@ -182,9 +185,6 @@ def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms
     reading it (from their weights together; their inputs are the same). Returns s by layer name."""
     folded = {}
     for norm_name, names in fold_norms.items():
-        missing = [n for n in names if n not in layers]
-        if missing:
-            raise InvalidArgumentError(f"fold_norms[{norm_name!r}] names {missing}: not linear layers being quantized")
         norm = model.get_submodule(norm_name)
         act_absmax = np.max([collectors[n].channel_absmax() for n in names], axis=0)
         s = smoothquant_scales(act_absmax, [_linear_weight(layers[n])[0].float() for n in names], alpha)

@@ -54,11 +54,9 @@ def source_format(x: Any) -> tuple[str, str]:
     return (name if name in DTYPE_NAMES else "float32"), "numpy"
 
 
-def dequantize_exact(qw: QuantizedWeight, columns: np.ndarray | None = None) -> np.ndarray:
-    """scales · (q − zp) as float64 [N, K], or [N, len(columns)] for some columns only, exact
-    (docs/numerics.md reading 7 before its rounding)."""
-    if columns is None:
-        return reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size)
+def dequantize_exact(qw: QuantizedWeight, columns: np.ndarray) -> np.ndarray:
+    """scales · (q − zp) of some columns as float64 [N, len(columns)], exact (docs/numerics.md
+    reading 7 before its rounding)."""
     columns = np.asarray(columns)
     if qw.bits == 8:
         q = qw.data[:, columns].astype(np.float64)

@@ -373,20 +373,20 @@ def _print_row(row: dict) -> None:
         print(f"    {row['note']}", flush=True)
 
 
-def _check_row(cand: Candidate, estimate: float | None, max_call: float) -> tuple[dict, Any, list[float] | None]:
-    """Run a candidate once (its warm-up) and check the result: the row so far, the output, and
-    its times: [] if it is not timed, [one call] if that call is all it gets, None if it is to
-    be timed with the others."""
+def _check_row(cand: Candidate, estimate: float | None, max_call: float) -> tuple[dict, int, list[float] | None]:
+    """Run a candidate once (its warm-up) and check the result: the row so far, the output's bytes
+    (0 when there is none), and its times: [] if it is not timed, [one call] if that call is all it
+    gets, None if it is to be timed with the others."""
     if estimate is not None and estimate > max_call:
-        return {"note": f"skipped: too slow (est. {estimate:.1f} s)"}, None, []
+        return {"note": f"skipped: too slow (est. {estimate:.1f} s)"}, 0, []
     try:
         t0 = time.perf_counter()
         y = cand.calls[0]()
         first = time.perf_counter() - t0
     except Exception as error:  # a baseline whose operator this torch build lacks, or a kernel error
         if cand.check is None:
-            return {"note": f"skipped: {type(error).__name__}: {error}"}, None, []
-        return {"check": "ERROR", "note": f"error: {type(error).__name__}: {error}"}, None, []
+            return {"note": f"skipped: {type(error).__name__}: {error}"}, 0, []
+        return {"check": "ERROR", "note": f"error: {type(error).__name__}: {error}"}, 0, []
     row: dict = {"check": "-"}
     if cand.check:
         try:
@@ -397,15 +397,15 @@ def _check_row(cand: Candidate, estimate: float | None, max_call: float) -> tupl
     # One call past the limit (no estimate yet at the smallest M) is its own single measurement.
     if first > max_call:
         row.setdefault("note", "timed once: one call takes longer than --max-call")
-        return row, y, [first]
-    return row, y, None
+        return row, y.nbytes, [first]
+    return row, y.nbytes, None
 
 
-def _timed(row: dict, cand: Candidate, y: Any, times: list[float]) -> dict:
+def _timed(row: dict, cand: Candidate, output_bytes: int, times: list[float]) -> dict:
     median = statistics.median(times)
     return row | {
         "median_ms": median * 1e3,
-        "gbps": (cand.weight_bytes + cand.input_bytes + y.nbytes) / median / 1e9,
+        "gbps": (cand.weight_bytes + cand.input_bytes + output_bytes) / median / 1e9,
         "repeats": len(times),
         "copies": len(cand.calls),
     }
@@ -467,23 +467,24 @@ def run(args: argparse.Namespace) -> int:
                         if k.mode == mode and bits in k.bits and G % k.group_multiple == 0:
                             candidates.append(layer.kernel_candidate(k, bits, G, xs))
                             candidates[-1].auto = k.name == picked
-            group = []  # (row, candidate, output, times or None) of this layer and M
+            group = []  # (key, row, candidate, output bytes, times or None) of this layer and M
             for cand in candidates:
                 key = (N, K, cand.name, cand.label)
                 estimate = last[key][1] * M / last[key][0] if key in last else None  # time grows at most ~M
                 row = {"layer": f"{N}x{K}", "N": N, "K": K, "M": M, "label": cand.label, "name": cand.name,
                        "backend": cand.backend, "auto": cand.auto}
-                checked, y, times = _check_row(cand, estimate, max_call)
-                group.append((row | checked, cand, y, times))
-            together = [i for i, (_, _, _, times) in enumerate(group) if times is None]
-            measured = measure_together([group[i][1].calls[1:] + group[i][1].calls[:1] for i in together], budget)
-            for i, times in zip(together, measured):
-                group[i] = group[i][:3] + (times,)
+                checked, output_bytes, times = _check_row(cand, estimate, max_call)
+                group.append((key, row | checked, cand, output_bytes, times))
+            # The candidates without times take turns, each from its second copy (the check ran the first).
+            measured = iter(measure_together(
+                [cand.calls[1:] + cand.calls[:1] for _, _, cand, _, times in group if times is None], budget))
             numpy_ms = None
-            for row, cand, y, times in group:
+            for key, row, cand, output_bytes, times in group:
+                if times is None:
+                    times = next(measured)
                 if times:
-                    row = _timed(row, cand, y, times)
-                    last[(N, K, cand.name, cand.label)] = (M, row["median_ms"] / 1e3)
+                    row = _timed(row, cand, output_bytes, times)
+                    last[key] = (M, row["median_ms"] / 1e3)
                     if cand.name == BASELINES[0]:
                         numpy_ms = row["median_ms"]
                     row["gops"] = 2 * M * N * K / row["median_ms"] / 1e6

@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import reference
 from ..errors import InvalidArgumentError
 from ..ops import matmul
-from ..weights import QuantizedWeight
+from ..weights import QuantizedWeight, dequantize
 from ._common import check_bits, float_array, rows_of
 from .rtn import rtn
 
@@ -59,7 +60,7 @@ def zeroquant_lkd(weight: Any, inputs: Any, *, bits: int, group_size: int, symme
     teacher_w = torch.from_numpy(w0)
     x_t = torch.from_numpy(x)
     teacher = x_t @ teacher_w.T
-    student_x = _token_int8(x_t) if quantize_activations else x_t
+    student_x = torch.from_numpy(_token_int8(x)) if quantize_activations else x_t
     student_w = teacher_w.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([student_w], lr=lr)
     best_loss, best_w = float("inf"), w0
@@ -82,32 +83,13 @@ def zeroquant_lkd(weight: Any, inputs: Any, *, bits: int, group_size: int, symme
 
 
 def _fake_quantize(w, bits: int, group_size: int, symmetric: bool):
-    """RTN (docs/numerics.md §2) in torch float32 with a straight-through gradient."""
-    import torch
-
-    N, K = w.shape
-    if group_size <= 0 or K % group_size:
-        raise InvalidArgumentError(f"group_size={group_size} must be a positive divisor of K={K}")
-    qmax = (1 << (bits - 1)) - 1
-    g = w.detach().reshape(N, K // group_size, group_size)
-    if symmetric:
-        s = g.abs().amax(dim=-1, keepdim=True) / qmax
-        s = torch.where(s == 0, torch.ones_like(s), s)
-        dequantized = torch.clamp(torch.round(g / s), -qmax, qmax) * s
-    else:
-        lo = torch.clamp(g.amin(dim=-1, keepdim=True), max=0)
-        hi = torch.clamp(g.amax(dim=-1, keepdim=True), min=0)
-        s = (hi - lo) / (2 * qmax + 1)
-        s = torch.where(s == 0, torch.ones_like(s), s)
-        zp = torch.clamp(torch.round(-qmax - 1 - lo / s), -qmax - 1, qmax)
-        dequantized = (torch.clamp(torch.round(g / s) + zp, -qmax - 1, qmax) - zp) * s
-    return w + (dequantized.reshape(N, K) - w).detach()
+    """Q_w(w) forward (the deployed quantizer: ``zeroquant`` then ``dequantize``), with a
+    straight-through gradient."""
+    deployed = dequantize(zeroquant(w.detach(), bits=bits, group_size=group_size, symmetric=symmetric), "float32")
+    return w + (deployed - w).detach()
 
 
-def _token_int8(x):
-    """Token-wise dynamic int8 (the A8 activation quantizer of docs/numerics.md §3), dequantized."""
-    import torch
-
-    amax = x.abs().amax(dim=-1, keepdim=True)
-    s = torch.where(amax == 0, torch.ones_like(amax), amax / 127)
-    return torch.clamp(torch.round(x / s), -127, 127) * s
+def _token_int8(x: np.ndarray) -> np.ndarray:
+    """Token-wise dynamic int8, dequantized: qx · sx of the A8 quantizer (docs/numerics.md §3)."""
+    qx, sx, _ = reference.quantize_activations(x, "float32")
+    return qx.astype(np.float32) * sx[:, None]

@@ -74,10 +74,10 @@ def zeroquant_lkd(weight: Any, inputs: Any, *, bits: int, group_size: int, symme
             optimizer.step()
     trained = zeroquant(best_w, bits=bits, group_size=group_size, symmetric=symmetric)
 
-    reference = x.astype(np.float64) @ w0.T.astype(np.float64)
+    exact = x.astype(np.float64) @ w0.T.astype(np.float64)
 
     def deployed_error(qw):
-        return float(np.sum((matmul(x, qw, mode=mode).astype(np.float64) - reference) ** 2))
+        return float(np.sum((matmul(x, qw, mode=mode).astype(np.float64) - exact) ** 2))
 
     return trained if deployed_error(trained) <= deployed_error(baseline) else baseline
 

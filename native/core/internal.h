@@ -5,14 +5,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "qkernels.h"
+#include "qkernels_backend.h"
 
-/* ---- status: every public qk_ call ends in one of these two ---- */
+/* ---- status: every public qk_ call ends in qk_succeed or qk_fail (qkernels_backend.h) ---- */
 
 /* Records success for qk_last_status() and returns QK_OK. */
 qk_status qk_succeed(void);
-/* Records a failure with a printf-style message naming the argument; returns status. */
-qk_status qk_fail(qk_status status, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- number formats (number_formats.c) ---- */
 
@@ -31,17 +29,28 @@ void qk_aligned_free(void* p);
 
 /* ---- canonical weights ---- */
 
-static inline int32_t qk_groups_per_row(const qk_weights* w) { return w->K / w->group_size; }
+/* Groups per row, the last one possibly shorter (format v2). */
+static inline int32_t qk_groups_per_row(const qk_weights* w) {
+    return (int32_t)(((int64_t)w->K + w->group_size - 1) / w->group_size);
+}
 static inline size_t qk_row_bytes(int32_t K, int32_t bits) { return (size_t)K * (size_t)bits / 8; }
+static inline size_t qk_group_index(const qk_weights* w, int32_t n, int32_t k) {
+    return (size_t)n * qk_groups_per_row(w) + (size_t)(k / w->group_size);
+}
 
 /* The zero point of element k of row n (0 when symmetric). */
 static inline int32_t qk_weight_zp(const qk_weights* w, int32_t n, int32_t k) {
-    return w->zero_points ? w->zero_points[(size_t)n * qk_groups_per_row(w) + k / w->group_size] : 0;
+    return w->zero_points ? w->zero_points[qk_group_index(w, n, k)] : 0;
 }
 
 /* The scale of element k of row n. */
 static inline float qk_weight_scale(const qk_weights* w, int32_t n, int32_t k) {
-    return w->scales[(size_t)n * qk_groups_per_row(w) + k / w->group_size];
+    return w->scales[qk_group_index(w, n, k)];
+}
+
+/* The offset of element k of row n (0 without offsets). */
+static inline float qk_weight_offset(const qk_weights* w, int32_t n, int32_t k) {
+    return w->offsets ? w->offsets[qk_group_index(w, n, k)] : 0.0f;
 }
 
 static inline float qk_clampf(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
@@ -57,72 +66,31 @@ static inline int32_t qk_weight_q(const qk_weights* w, int32_t n, int32_t k) {
 
 /* ---- threads (threads.c) ---- */
 
-/* This thread's index in the enclosing OpenMP team, below the num_threads the region was started
- * with (size per-thread buffers by that number); 0 outside a team. */
-int32_t qk_thread_index(void);
-
 /* Threads for an M x N x K matmul: at most qk_get_num_threads(), and few enough that each gets
- * about 2^20 multiply-adds or more, since starting and joining a team costs microseconds (and much
- * more when the cores are busy with other work). */
+ * about 2^20 multiply-adds or more, since waking a worker costs microseconds. */
 int32_t qk_threads_for(int32_t M, int32_t N, int32_t K);
 
-/* ---- backends and kernels (registry.c) ---- */
+/* ---- workspace (memory.c) ---- */
 
-typedef struct qk_kernel qk_kernel;
+/* This thread's workspace of at least `size` bytes, 64-byte aligned, grown (never shrunk) as
+ * needed and freed when the thread exits; NULL when it cannot grow. Valid until the next call on
+ * this thread. */
+void* qk_thread_workspace(size_t size);
 
-struct qk_packed_weights {
-    qk_backend backend;
-    qk_weights canonical; /* shape and format; its pointers point into data when the layout is
-                             canonical, and are NULL when the backend has its own layout */
-    int has_zero_points;  /* whether canonical.zero_points was given (asymmetric weights) */
-    void* data;           /* the backend's layout, one qk_aligned_alloc block (NULL for a view) */
-    size_t size;
-};
+/* ---- the registry (registry.c) ---- */
 
-/* Runs one matmul. args and weights are validated; the kernel may fail only before writing. */
-typedef qk_status (*qk_kernel_fn)(const qk_packed_weights* weights, const qk_matmul_args* args);
+typedef struct qk_backend_entry {
+    const qk_backend_desc* desc;
+    const char* library;  /* "" when built in */
+    const char* reason;   /* "" when available, else why not (fixed at registration) */
+} qk_backend_entry;
 
-/* Packs canonical weights into the backend's layout: one qk_aligned_alloc block. */
-typedef qk_status (*qk_pack_fn)(const qk_weights* weights, void** data, size_t* size);
-
-typedef struct qk_backend_impl {
-    const char* name;
-    int compiled;
-    uint64_t required_cpu;  /* every bit must be in qk_cpu_features() */
-    qk_pack_fn pack;        /* NULL: the kernels read the canonical format */
-} qk_backend_impl;
-
-struct qk_kernel {
-    const char* name;
-    qk_backend backend;
-    qk_mode mode;
-    uint32_t bits_mask;
-    uint32_t dtype_mask;
-    int32_t group_multiple;
-    int32_t max_group_size; /* 0: any */
-    int32_t max_m;
-    qk_kernel_fn run;
-};
-
-#define QK_BITS_4 (1u << 4)
-#define QK_BITS_8 (1u << 8)
-#define QK_DTYPES_FLOAT ((1u << QK_DTYPE_F32) | (1u << QK_DTYPE_F16) | (1u << QK_DTYPE_BF16))
-
-const qk_backend_impl* qk_backend_impl_get(qk_backend backend);
-int32_t qk_registry_size(void);
-const qk_kernel* qk_registry_get(int32_t index);
-/* Whether this CPU has what the backend needs (detection runs only for backends that need some). */
-int qk_backend_detected(qk_backend backend);
-/* Empty string when the backend can run here, else why not (valid until the next call on this thread). */
-const char* qk_backend_unavailable_reason(qk_backend backend);
-
-/* ---- the reference backend (native/ref) ---- */
-
-qk_status qk_ref_quantize(const void* input, qk_dtype dtype, int32_t N, int32_t K, int32_t bits,
-                          qk_granularity granularity, int32_t group_size, int symmetric,
-                          int8_t* q, float* scales, int8_t* zero_points);
-void qk_ref_dequantize(const qk_weights* w, qk_dtype dtype, void* output);
-qk_status qk_ref_matmul_a16(const qk_packed_weights* weights, const qk_matmul_args* args);
-qk_status qk_ref_matmul_a8(const qk_packed_weights* weights, const qk_matmul_args* args);
+/* Registers the built-in backends and loads the backend libraries, once. */
+void qk_registry_init(void);
+/* The backend with this id, or NULL. */
+const qk_backend_entry* qk_backend_entry_get(qk_backend id);
+/* Backend ids in dispatch order (decreasing priority); *count gets their number. The array is an
+ * immutable snapshot. */
+const qk_backend* qk_backend_order(int32_t* count);
 
 #endif /* QK_INTERNAL_H */

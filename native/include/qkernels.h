@@ -28,14 +28,18 @@ extern "C" {
 
 /* QK_CDEF_BEGIN */
 
-/* Bumped when a declaration below changes incompatibly. */
-enum { QK_ABI_VERSION = 1 };
+/* Bumped when a declaration below changes incompatibly. Structs that callers fill begin with a
+ * `size` field (set it to sizeof the struct): a struct may grow at its end without a bump, and the
+ * library reads a field only when it lies within the caller's size, else takes its documented
+ * default (NULL or 0); it fills an output struct up to the caller's size. A size that stops before
+ * the struct's ABI 2 fields end is an error (QK_ERR_INVALID_ARGUMENT). */
+enum { QK_ABI_VERSION = 2 };
 
 typedef enum qk_status {
     QK_OK = 0,
     QK_ERR_NULL_POINTER = 1,      /* a required pointer is NULL */
     QK_ERR_INVALID_SIZE = 2,      /* M, N or K is <= 0 */
-    QK_ERR_INVALID_GROUP = 3,     /* group size <= 0 or not a divisor of K */
+    QK_ERR_INVALID_GROUP = 3,     /* group size <= 0 (or, at quantizedMatMul, not a divisor of K) */
     QK_ERR_ODD_K = 4,             /* 4-bit weights need an even K */
     QK_ERR_INVALID_BITS = 5,      /* bits is not 4 or 8 */
     QK_ERR_INVALID_DTYPE = 6,     /* dtype not accepted for this argument */
@@ -66,59 +70,64 @@ typedef enum qk_granularity {
     QK_PER_GROUP = 2    /* group_size consecutive elements of a row */
 } qk_granularity;
 
-/* Backends. The values are stable identifiers, not priorities: automatic dispatch follows the
- * kernel registry's order (best first), which qk_kernel_get enumerates. */
-typedef enum qk_backend {
-    QK_BACKEND_AUTO = 0,
-    QK_BACKEND_CUDA = 1,            /* separate library, libqkernels_cuda */
-    QK_BACKEND_X86_AMX = 2,
-    QK_BACKEND_X86_AVX512_VNNI = 3,
-    QK_BACKEND_X86_AVX2 = 4,
-    QK_BACKEND_ARM_NEON_I8MM = 5,
-    QK_BACKEND_ARM_NEON_DOTPROD = 6,
-    QK_BACKEND_REF = 7,
-    QK_BACKEND_COUNT = 8
-} qk_backend;
+/* A backend is named by an id that the library assigns when the backend registers: the built-in
+ * ones when the library first needs them, then those found in optional backend libraries (see
+ * qk_register_backend), then any a program registers itself. Ids run from 1 to qk_backend_count();
+ * enumerate them, or find one by name, rather than assume a number. */
+typedef int32_t qk_backend;
+enum { QK_BACKEND_AUTO = 0 };
 
-/* CPU features, as bits of qk_cpu_features(). A bit is set only when the CPU has the feature
- * and the operating system has enabled its register state (and, for AMX, granted it). */
+/* CPU features, by index: bit (1 << index) of qk_cpu_features(). A feature is detected only when
+ * the CPU has it and the operating system has enabled its register state (and, for AMX, granted
+ * this process the tile data). Room for 64; new ones are appended. */
 typedef enum qk_cpu_feature {
-    QK_CPU_AVX2 = 1,
-    QK_CPU_FMA = 2,
-    QK_CPU_F16C = 4,
-    QK_CPU_AVX_VNNI = 8,
-    QK_CPU_AVX512F = 16,
-    QK_CPU_AVX512BW = 32,
-    QK_CPU_AVX512VL = 64,
-    QK_CPU_AVX512_VNNI = 128,
-    QK_CPU_AVX512_BF16 = 256,
-    QK_CPU_AVX512_FP16 = 512,
-    QK_CPU_AMX_TILE = 1024,
-    QK_CPU_AMX_INT8 = 2048,
-    QK_CPU_AMX_BF16 = 4096,
-    QK_CPU_NEON = 8192,
-    QK_CPU_NEON_FP16 = 16384,   /* FEAT_FP16: half-precision arithmetic */
-    QK_CPU_NEON_DOTPROD = 32768,
-    QK_CPU_NEON_I8MM = 65536,
-    QK_CPU_FEATURE_BITS = 17
+    QK_CPU_AVX2 = 0,
+    QK_CPU_FMA = 1,
+    QK_CPU_F16C = 2,
+    QK_CPU_AVX_VNNI = 3,
+    QK_CPU_AVX512F = 4,
+    QK_CPU_AVX512BW = 5,
+    QK_CPU_AVX512VL = 6,
+    QK_CPU_AVX512DQ = 7,
+    QK_CPU_AVX512_VNNI = 8,
+    QK_CPU_AVX512_BF16 = 9,
+    QK_CPU_AVX512_FP16 = 10,
+    QK_CPU_AVX512_VBMI = 11,
+    QK_CPU_AMX_TILE = 12,
+    QK_CPU_AMX_INT8 = 13,
+    QK_CPU_AMX_BF16 = 14,
+    QK_CPU_AMX_FP16 = 15,
+    QK_CPU_NEON = 16,
+    QK_CPU_NEON_FP16 = 17,      /* FEAT_FP16: half-precision arithmetic */
+    QK_CPU_NEON_DOTPROD = 18,
+    QK_CPU_NEON_I8MM = 19,
+    QK_CPU_NEON_BF16 = 20,
+    QK_CPU_SVE = 21,
+    QK_CPU_SVE2 = 22,
+    QK_CPU_SME = 23,
+    QK_CPU_FEATURE_COUNT = 24
 } qk_cpu_feature;
 
-/* Weights in the canonical format (docs/numerics.md, section 1). */
+/* Weights in the canonical format (docs/numerics.md, section 1). NG = ceil(K / group_size): the
+ * last group of a row may be shorter (format v2). */
 typedef struct qk_weights {
+    uint32_t size;             /* sizeof(qk_weights) */
     const int8_t* data;        /* [N, K*bits/8] row-major; 4-bit: low nibble first */
-    const float* scales;       /* [N, K/group_size] */
-    const int8_t* zero_points; /* [N, K/group_size], or NULL for symmetric */
+    const float* scales;       /* [N, NG] */
+    const int8_t* zero_points; /* [N, NG], or NULL for symmetric */
     int32_t N;
     int32_t K;
     int32_t group_size;
     int32_t bits;
+    const float* offsets;      /* [N, NG] added after scaling (format v2), or NULL for none */
 } qk_weights;
 
-/* Opaque weights in a backend's own layout, made by qk_pack_weights. */
+/* Opaque weights in one backend's layout, made by qk_pack_weights. */
 typedef struct qk_packed_weights qk_packed_weights;
 
 /* One matrix multiplication Y[M,N] = X[M,K] . W^T (+ bias). */
 typedef struct qk_matmul_args {
+    uint32_t size;        /* sizeof(qk_matmul_args) */
     const void* input;    /* X: [M, K] row-major, of input_dtype */
     void* output;         /* Y: [M, N] row-major, of input_dtype */
     const float* bias;    /* [N] float32, or NULL */
@@ -127,10 +136,11 @@ typedef struct qk_matmul_args {
     qk_mode mode;
     qk_backend backend;   /* QK_BACKEND_AUTO: QKERNELS_BACKEND if set, else the best available */
     const char* kernel;   /* NULL, or the name of one registered kernel to force */
-    void* stream;         /* reserved for the CUDA backend (a cudaStream_t); must be NULL here */
+    void* stream;         /* for a backend that runs on a device queue (a cudaStream_t); NULL on the CPU */
 } qk_matmul_args;
 
 typedef struct qk_kernel_info {
+    uint32_t size;            /* sizeof(qk_kernel_info): the caller's, filled up to it */
     const char* name;         /* encodes mode, types, tile and ISA */
     qk_backend backend;
     qk_mode mode;
@@ -139,21 +149,31 @@ typedef struct qk_kernel_info {
     int32_t group_multiple;   /* group size must be a multiple of this (1: any) */
     int32_t max_group_size;   /* largest group size it runs exactly, e.g. an int32 accumulator's; 0: any */
     int32_t max_m;            /* preferred for M <= max_m; 0: any M */
-    int32_t available;        /* compiled in (always, being listed) and detected on this CPU */
+    int32_t available;        /* its backend is available here */
+    uint32_t format_flags;    /* QK_FORMAT_* bits: the format v2 features it runs */
+    int32_t canonical;        /* reads the canonical layout (runs on unpacked weights) */
 } qk_kernel_info;
 
+/* Format features a kernel may support, beyond groups that divide K and no offsets. */
+enum { QK_FORMAT_OFFSETS = 1, QK_FORMAT_RAGGED_GROUPS = 2 };
+
 typedef struct qk_backend_info {
+    uint32_t size;            /* sizeof(qk_backend_info): the caller's, filled up to it */
     const char* name;
-    int32_t compiled;         /* built into this library */
-    int32_t detected;         /* the CPU has what it needs */
+    int32_t compiled;         /* built in, or registered from a backend library */
+    int32_t detected;         /* the machine has what it needs */
     int32_t available;        /* compiled and detected */
     int32_t own_layout;       /* packs weights into its own layout (else it reads the canonical one) */
     const char* reason;       /* why not available; "" when available. Valid until the next
                                  qk_backend_get on this thread. */
+    const char* library;      /* the shared library it came from ("" when built in) */
+    int32_t priority;         /* automatic dispatch tries backends in decreasing priority */
 } qk_backend_info;
 
 /* The planned entry point: fp16 X[M,K], canonical weights, fp16 Y[M,N], A16, automatic
- * backend. zeroPoints may be NULL. Errors: qk_last_status() / qk_last_error(). */
+ * backend. zeroPoints may be NULL; groupSize must divide K. Errors: qk_last_status() /
+ * qk_last_error(). Stateless: nothing is cached between calls, so the weights may change between
+ * them; it runs kernels that read the canonical layout where one fits, never packing at small M. */
 void quantizedMatMul(const void* input, const int8_t* weights, const float* scales,
                      const int8_t* zeroPoints, void* output, int M, int N, int K,
                      int groupSize, int bits);
@@ -167,8 +187,8 @@ qk_status qk_last_status(void);
 const char* qk_last_error(void);            /* its message; "" after success */
 
 /* Quantize float X[N, K] (input_dtype) to the canonical format. q: N*K*bits/8 bytes; scales and
- * zero_points: N * (K / group) entries, with group = K unless granularity is QK_PER_GROUP.
- * zero_points must be NULL when symmetric and non-NULL otherwise. */
+ * zero_points: N * ceil(K / group) entries, with group = K unless granularity is QK_PER_GROUP.
+ * zero_points must be NULL when symmetric (1) and non-NULL when asymmetric (0). */
 qk_status qk_quantize(const void* input, qk_dtype input_dtype, int32_t N, int32_t K,
                       int32_t bits, qk_granularity granularity, int32_t group_size,
                       int32_t symmetric, int8_t* q, float* scales, int8_t* zero_points);
@@ -176,35 +196,62 @@ qk_status qk_quantize(const void* input, qk_dtype input_dtype, int32_t N, int32_
 /* Dequantize canonical weights to float W[N, K] of output_dtype. */
 qk_status qk_dequantize(const qk_weights* weights, qk_dtype output_dtype, void* output);
 
-/* Matmul on canonical weights (packed internally where the chosen backend needs it). */
+/* Stateless matmul on canonical weights: selects a kernel for this call and packs nothing at
+ * small M (kernels that read the canonical layout); for larger M, where a backend's own layout
+ * pays for itself, it packs for the call and frees the pack. */
 qk_status qk_matmul(const qk_weights* weights, const qk_matmul_args* args);
 
-/* Pack once for one backend, then multiply many times. QK_BACKEND_AUTO: QKERNELS_BACKEND if set,
- * else the backend of the first registry line that is available and runs these weights in both
- * modes.
- * The handle copies what it needs; the canonical arrays may be freed after packing. */
+/* Pack once for one backend. QK_BACKEND_AUTO: QKERNELS_BACKEND if set, else the best available
+ * backend that runs these weights in both modes. The handle copies what it needs; the canonical
+ * arrays may be freed after packing. */
 qk_status qk_pack_weights(const qk_weights* weights, qk_backend backend, qk_packed_weights** out);
+/* Selects a kernel of the packed weights' backend on every call; a plan selects once. */
 qk_status qk_matmul_packed(const qk_packed_weights* packed, const qk_matmul_args* args);
 qk_backend qk_packed_backend(const qk_packed_weights* packed);
 size_t qk_packed_size(const qk_packed_weights* packed);   /* bytes of packed data */
+/* Releases the caller's reference; the pack lives on while a plan made from it does. */
 void qk_packed_weights_free(qk_packed_weights* packed);
+
+/* A prepared plan: kernels selected once, for one mode and input dtype and every M up to max_m,
+ * on packed weights. Running it is one call with only the cheap checks, and several threads may
+ * run one plan at once. */
+typedef struct qk_plan qk_plan;
+
+typedef struct qk_plan_desc {
+    uint32_t size;        /* sizeof(qk_plan_desc) */
+    qk_mode mode;
+    qk_dtype input_dtype;
+    int32_t max_m;        /* the largest M it will run; 0: any */
+    const char* kernel;   /* NULL, or one kernel of the packed weights' backend to force for every M */
+} qk_plan_desc;
+
+qk_status qk_plan_create(const qk_packed_weights* packed, const qk_plan_desc* desc, qk_plan** out);
+/* Y[M, N] = X[M, K] . W^T (+ bias[N]); stream as in qk_matmul_args. */
+qk_status qk_plan_run(const qk_plan* plan, const void* input, void* output, const float* bias,
+                      int32_t M, void* stream);
+/* The kernel the plan runs at M rows. */
+qk_status qk_plan_kernel(const qk_plan* plan, int32_t M, qk_kernel_info* out);
+void qk_plan_free(qk_plan* plan);
 
 /* Dispatch as qk_matmul would: which backend and kernel run this problem. */
 qk_status qk_select_kernel(const qk_weights* weights, const qk_matmul_args* args,
                            qk_kernel_info* out);
 
-/* Threads of the multithreaded CPU kernels (OpenMP). 0 restores the default: OMP_NUM_THREADS if
- * set, else every core. Applies to calls that start after it, from any thread. A build without
- * OpenMP runs single-threaded and qk_get_num_threads returns 1. */
+/* Threads of the CPU kernels, process-wide, for calls that start after it. 0 restores the default:
+ * QKERNELS_NUM_THREADS if set, else the CPUs this process may run on. At most QK_MAX_THREADS. */
+enum { QK_MAX_THREADS = 256 };
 qk_status qk_set_num_threads(int32_t threads);
 int32_t qk_get_num_threads(void);
 
-/* What is compiled in and detected. */
+/* What is registered and detected. Kernels are enumerated in dispatch order. */
 int32_t qk_kernel_count(void);
 qk_status qk_kernel_get(int32_t index, qk_kernel_info* out);
+int32_t qk_backend_count(void);             /* ids run from 1 to this */
 qk_status qk_backend_get(qk_backend backend, qk_backend_info* out);
+qk_status qk_backend_find(const char* name, qk_backend* out);
 uint64_t qk_cpu_features(void);
-const char* qk_cpu_feature_name(uint64_t feature);  /* one bit; NULL if not a feature bit */
+int32_t qk_cpu_has(qk_cpu_feature feature);
+const char* qk_cpu_feature_name(qk_cpu_feature feature);  /* NULL if not a feature */
 
 /* QK_CDEF_END */
 

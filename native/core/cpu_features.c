@@ -5,6 +5,8 @@
 
 #include "internal.h"
 
+#define BIT(feature) (1ull << (feature))
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #if defined(__linux__)
@@ -51,29 +53,32 @@ static uint64_t detect(void) {
     int avx512_state = avx_state && (xcr0 & zmm) == zmm;
     int tile_state = (xcr0 & (XCR0_XTILECFG | XCR0_XTILEDATA)) == (XCR0_XTILECFG | XCR0_XTILEDATA);
     if (!avx_state) return 0;
-    if ((c >> 12) & 1) f |= QK_CPU_FMA;
-    if ((c >> 29) & 1) f |= QK_CPU_F16C;
+    if ((c >> 12) & 1) f |= BIT(QK_CPU_FMA);
+    if ((c >> 29) & 1) f |= BIT(QK_CPU_F16C);
 
     unsigned max_leaf = __get_cpuid_max(0, NULL);
     if (max_leaf < 7) return f;
     __cpuid_count(7, 0, a, b, c, d);
-    if ((b >> 5) & 1) f |= QK_CPU_AVX2;
+    if ((b >> 5) & 1) f |= BIT(QK_CPU_AVX2);
     if (avx512_state) {
-        if ((b >> 16) & 1) f |= QK_CPU_AVX512F;
-        if ((b >> 30) & 1) f |= QK_CPU_AVX512BW;
-        if ((b >> 31) & 1) f |= QK_CPU_AVX512VL;
-        if ((c >> 11) & 1) f |= QK_CPU_AVX512_VNNI;
-        if ((d >> 23) & 1) f |= QK_CPU_AVX512_FP16;
+        if ((b >> 16) & 1) f |= BIT(QK_CPU_AVX512F);
+        if ((b >> 30) & 1) f |= BIT(QK_CPU_AVX512BW);
+        if ((b >> 31) & 1) f |= BIT(QK_CPU_AVX512VL);
+        if ((b >> 17) & 1) f |= BIT(QK_CPU_AVX512DQ);
+        if ((c >> 1) & 1) f |= BIT(QK_CPU_AVX512_VBMI);
+        if ((c >> 11) & 1) f |= BIT(QK_CPU_AVX512_VNNI);
+        if ((d >> 23) & 1) f |= BIT(QK_CPU_AVX512_FP16);
     }
     uint64_t amx = 0;
-    if ((d >> 24) & 1) amx |= QK_CPU_AMX_TILE;
-    if ((d >> 25) & 1) amx |= QK_CPU_AMX_INT8;
-    if ((d >> 22) & 1) amx |= QK_CPU_AMX_BF16;
+    if ((d >> 24) & 1) amx |= BIT(QK_CPU_AMX_TILE);
+    if ((d >> 25) & 1) amx |= BIT(QK_CPU_AMX_INT8);
+    if ((d >> 22) & 1) amx |= BIT(QK_CPU_AMX_BF16);
     unsigned leaf7_subleaves = a;
     if (leaf7_subleaves >= 1) {
         __cpuid_count(7, 1, a, b, c, d);
-        if ((a >> 4) & 1) f |= QK_CPU_AVX_VNNI;
-        if (avx512_state && ((a >> 5) & 1)) f |= QK_CPU_AVX512_BF16;
+        if ((a >> 4) & 1) f |= BIT(QK_CPU_AVX_VNNI);
+        if (avx512_state && ((a >> 5) & 1)) f |= BIT(QK_CPU_AVX512_BF16);
+        if ((a >> 21) & 1) amx |= BIT(QK_CPU_AMX_FP16);
     }
     if (amx && tile_state && request_amx_permission()) f |= amx;
     return f;
@@ -87,16 +92,24 @@ enum {
     HWCAP_ASIMD_BIT = 1 << 1,
     HWCAP_ASIMDHP_BIT = 1 << 10,  /* half-precision arithmetic */
     HWCAP_ASIMDDP_BIT = 1 << 20,  /* SDOT / UDOT */
+    HWCAP_SVE_BIT = 1 << 22,
+    HWCAP2_SVE2_BIT = 1 << 1,
     HWCAP2_I8MM_BIT = 1 << 13,    /* SMMLA / UMMLA / USMMLA */
+    HWCAP2_BF16_BIT = 1 << 14,
+    HWCAP2_SME_BIT = 1 << 23,
 };
 
 static uint64_t detect(void) {
     unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
     uint64_t f = 0;
-    if (hw & HWCAP_ASIMD_BIT) f |= QK_CPU_NEON;
-    if (hw & HWCAP_ASIMDHP_BIT) f |= QK_CPU_NEON_FP16;
-    if (hw & HWCAP_ASIMDDP_BIT) f |= QK_CPU_NEON_DOTPROD;
-    if (hw2 & HWCAP2_I8MM_BIT) f |= QK_CPU_NEON_I8MM;
+    if (hw & HWCAP_ASIMD_BIT) f |= BIT(QK_CPU_NEON);
+    if (hw & HWCAP_ASIMDHP_BIT) f |= BIT(QK_CPU_NEON_FP16);
+    if (hw & HWCAP_ASIMDDP_BIT) f |= BIT(QK_CPU_NEON_DOTPROD);
+    if (hw2 & HWCAP2_I8MM_BIT) f |= BIT(QK_CPU_NEON_I8MM);
+    if (hw2 & HWCAP2_BF16_BIT) f |= BIT(QK_CPU_NEON_BF16);
+    if (hw & HWCAP_SVE_BIT) f |= BIT(QK_CPU_SVE);
+    if (hw2 & HWCAP2_SVE2_BIT) f |= BIT(QK_CPU_SVE2);
+    if (hw2 & HWCAP2_SME_BIT) f |= BIT(QK_CPU_SME);
     return f;
 }
 
@@ -114,14 +127,16 @@ uint64_t qk_cpu_features(void) {
     return features;
 }
 
-static const char* const feature_names[QK_CPU_FEATURE_BITS] = {
-    "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "neon", "neon_fp16",
-    "neon_dotprod", "neon_i8mm",
+int32_t qk_cpu_has(qk_cpu_feature feature) {
+    return feature >= 0 && feature < QK_CPU_FEATURE_COUNT && (qk_cpu_features() >> feature & 1);
+}
+
+static const char* const feature_names[QK_CPU_FEATURE_COUNT] = {
+    "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+    "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx512_vbmi", "amx_tile", "amx_int8", "amx_bf16",
+    "amx_fp16", "neon", "neon_fp16", "neon_dotprod", "neon_i8mm", "neon_bf16", "sve", "sve2", "sme",
 };
 
-const char* qk_cpu_feature_name(uint64_t feature) {
-    for (int i = 0; i < QK_CPU_FEATURE_BITS; i++)
-        if (feature == (1ull << i)) return feature_names[i];
-    return NULL;
+const char* qk_cpu_feature_name(qk_cpu_feature feature) {
+    return feature >= 0 && feature < QK_CPU_FEATURE_COUNT ? feature_names[feature] : NULL;
 }

@@ -64,6 +64,13 @@ static inline int32_t qk_weight_q(const qk_weights* w, int32_t n, int32_t k) {
     return nibble >= 8 ? nibble - 16 : nibble;  /* two's complement int4 */
 }
 
+/* ---- quantize.c: the quantizers of docs/numerics.md section 2, on checked arguments ---- */
+
+qk_status qk_quantize_unchecked(const void* input, qk_dtype dtype, int32_t N, int32_t K, int32_t bits,
+                                qk_granularity granularity, int32_t group_size, int symmetric,
+                                int8_t* q, float* scales, int8_t* zero_points);
+void qk_dequantize_unchecked(const qk_weights* w, qk_dtype dtype, void* output);
+
 /* ---- threads (threads.c) ---- */
 
 /* Threads for an M x N x K matmul: at most qk_get_num_threads(), and few enough that each gets
@@ -78,6 +85,11 @@ int32_t qk_threads_for(int32_t M, int32_t N, int32_t K);
 void* qk_thread_workspace(size_t size);
 
 /* ---- the registry (registry.c) ---- */
+
+/* Kernel table shorthands. */
+#define QK_BITS_4_8 ((1u << 4) | (1u << 8))
+#define QK_DTYPES_FLOAT ((1u << QK_DTYPE_F32) | (1u << QK_DTYPE_F16) | (1u << QK_DTYPE_BF16))
+#define QK_FORMAT_V2 (QK_FORMAT_OFFSETS | QK_FORMAT_RAGGED_GROUPS)
 
 typedef struct qk_backend_entry {
     const qk_backend_desc* desc;

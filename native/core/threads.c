@@ -38,3 +38,14 @@ int32_t qk_threads_for(int32_t M, int32_t N, int32_t K) {
     int32_t threads = qk_get_num_threads();
     return work < threads ? (work < 1.0 ? 1 : (int32_t)work) : threads;
 }
+
+/* Temporary serial version until the pool lands. */
+void qk_parallel_for(const qk_exec* exec, int32_t count, int32_t grain, qk_task_fn* fn, void* arg) {
+    static _Thread_local void (*done)(void);
+    if (exec->thread_setup && done != exec->thread_setup) {
+        exec->thread_setup();
+        done = exec->thread_setup;
+    }
+    (void)grain;
+    if (count > 0) fn(arg, 0, count, 0);
+}

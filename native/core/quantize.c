@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/internal.h"
+#include "internal.h"
 
 typedef struct {
     float min, max; /* the range, widened to hold zero */
@@ -54,21 +54,24 @@ static int32_t quantize_value(float v, params p, int bits, int symmetric) {
     return (int32_t)qk_clampf(nearbyintf(v / p.scale) + (float)p.zero_point, lo, qmax);
 }
 
-qk_status qk_ref_quantize(const void* input, qk_dtype dtype, int32_t N, int32_t K, int32_t bits,
-                          qk_granularity granularity, int32_t group_size, int symmetric,
-                          int8_t* q, float* scales, int8_t* zero_points) {
+qk_status qk_quantize_unchecked(const void* input, qk_dtype dtype, int32_t N, int32_t K, int32_t bits,
+                                qk_granularity granularity, int32_t group_size, int symmetric,
+                                int8_t* q, float* scales, int8_t* zero_points) {
     size_t total = (size_t)N * (size_t)K;
     for (size_t i = 0; i < total; i++)
         if (!isfinite(qk_load_f32(input, dtype, i)))
             return qk_fail(QK_ERR_NON_FINITE, "input[%zu] is NaN or Inf", i);
 
-    /* Every scale is computed before anything is written, so a failure writes nothing. */
-    size_t groups = total / (size_t)group_size;
+    /* Every scale is computed before anything is written, so a failure writes nothing. Group g of
+     * a row holds k in [g G, min(K, (g + 1) G)): the last one may be shorter (format v2). */
+    size_t per_row = (size_t)(((int64_t)K + group_size - 1) / group_size), groups = (size_t)N * per_row;
     params* p = malloc(groups * sizeof *p);
     if (!p) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu group parameters", groups);
     range whole = granularity == QK_PER_TENSOR ? range_of(input, dtype, 0, total) : (range){0, 0};
     for (size_t g = 0; g < groups; g++) {
-        range r = granularity == QK_PER_TENSOR ? whole : range_of(input, dtype, g * group_size, group_size);
+        size_t first = g / per_row * (size_t)K + g % per_row * (size_t)group_size;
+        size_t count = g % per_row == per_row - 1 ? (size_t)K - g % per_row * (size_t)group_size : (size_t)group_size;
+        range r = granularity == QK_PER_TENSOR ? whole : range_of(input, dtype, first, count);
         if (!params_of(r, bits, symmetric, &p[g])) {
             free(p);
             return qk_fail(QK_ERR_NON_FINITE, "the range of group %zu (%g to %g) overflows float32",
@@ -78,7 +81,8 @@ qk_status qk_ref_quantize(const void* input, qk_dtype dtype, int32_t N, int32_t 
 
     memset(q, 0, total * (size_t)bits / 8); /* 4-bit bytes are assembled with OR below */
     for (size_t i = 0; i < total; i++) {
-        int32_t v = quantize_value(qk_load_f32(input, dtype, i), p[i / group_size], bits, symmetric);
+        size_t g = i / (size_t)K * per_row + i % (size_t)K / (size_t)group_size;
+        int32_t v = quantize_value(qk_load_f32(input, dtype, i), p[g], bits, symmetric);
         if (bits == 8)
             q[i] = (int8_t)v;
         else /* element 2j in the low nibble of byte j, 2j+1 in the high nibble */
@@ -92,11 +96,13 @@ qk_status qk_ref_quantize(const void* input, qk_dtype dtype, int32_t N, int32_t 
     return QK_OK;
 }
 
-void qk_ref_dequantize(const qk_weights* w, qk_dtype dtype, void* output) {
+void qk_dequantize_unchecked(const qk_weights* w, qk_dtype dtype, void* output) {
     for (int32_t n = 0; n < w->N; n++)
         for (int32_t k = 0; k < w->K; k++) {
-            /* float32 times an integer below 2^9 is exact in double: one rounding, at the store. */
-            double v = (double)qk_weight_scale(w, n, k) * (qk_weight_q(w, n, k) - qk_weight_zp(w, n, k));
+            /* float32 times an integer below 2^9 is exact in double; the offset adds the one
+             * rounding of double, then the store rounds once to dtype. */
+            double v = (double)qk_weight_scale(w, n, k) * (qk_weight_q(w, n, k) - qk_weight_zp(w, n, k)) +
+                       (double)qk_weight_offset(w, n, k);
             qk_store_f64(output, dtype, (size_t)n * w->K + k, v);
         }
 }

@@ -39,7 +39,8 @@ def _prepare(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel
     out = empty_like_kind(buf.kind, buf.shape[:-1] + (qw.N,), buf.dtype)
     # A use_backend block yields to an explicit kernel= argument (arguments outrank it).
     name = backend or (None if kernel else dispatch.forced_backend()) or "auto"
-    return buf, M, out, _bias_array(bias, qw.N), dispatch.backend_code(name)
+    backend_id = lib.QK_BACKEND_AUTO if name == "auto" else dispatch.backend_code(name)  # "auto": no C call
+    return buf, M, out, _bias_array(bias, qw.N), backend_id
 
 
 def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any):
@@ -78,7 +79,7 @@ def matmul(
     """
     buf, M, out, bias, backend_id = _prepare(x, qw, mode, backend, kernel, bias)
     plan = qw.plan(dispatch.MODES[mode], dtype_code(buf.dtype), backend_id, kernel)
-    bias_pointer = ffi.NULL if bias is None else pointer_of(bias)
+    bias_pointer = ffi.NULL if bias is None else ffi.cast("float *", pointer_of(bias))
     check(lib.qk_plan_run(plan, buf.pointer, pointer_of(out), bias_pointer, M, ffi.NULL))
     return out
 

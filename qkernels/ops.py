@@ -78,7 +78,7 @@ def matmul(
     """
     buf, M, out, bias, backend_id = _prepare(x, qw, mode, backend, kernel, bias)
     plan = qw.plan(dispatch.MODES[mode], dtype_code(buf.dtype), backend_id, kernel)
-    bias_pointer = ffi.NULL if bias is None else pointer_of(bias)
+    bias_pointer = ffi.NULL if bias is None else ffi.cast("float *", pointer_of(bias))
     check(lib.qk_plan_run(plan, buf.pointer, pointer_of(out), bias_pointer, M, ffi.NULL))
     return out
 

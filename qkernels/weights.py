@@ -104,10 +104,11 @@ class QuantizedWeight:
         return self._c
 
     def packed(self, backend: int):
-        """The qk_packed_weights handle for a backend id, packed on first use."""
+        """The qk_packed_weights handle for a backend id, packed on first use. A backend without a
+        layout of its own borrows this object's arrays (no copy): it lives as long as they do."""
         if backend not in self._packs:
             out = ffi.new("qk_packed_weights **")
-            check(lib.qk_pack_weights(self._c, backend, out))
+            check(lib.qk_pack_weights_borrowing(self._c, backend, out))
             self._packs[backend] = ffi.gc(out[0], lib.qk_packed_weights_free)
         return self._packs[backend]
 

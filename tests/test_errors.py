@@ -867,8 +867,8 @@ def test_every_successful_call_clears_the_last_error():
     quantize = QuantizeCall()
     out = Guarded(call.N * call.K * 4)
     handle = ffi.new("qk_packed_weights **")
-    info = ffi.new("qk_kernel_info *")
-    binfo = ffi.new("qk_backend_info *")
+    info = new_struct("qk_kernel_info")
+    binfo = new_struct("qk_backend_info")
     successes = {
         "qk_matmul": lambda: lib.qk_matmul(call.w, call.a),
         "quantizedMatMul": call.run_entry_point,

@@ -369,6 +369,50 @@ def test_nonfinite_activations_are_not_an_error():
         assert np.isnan(y[0]).all() and np.isfinite(y[1:]).all()
 
 
+# ---------------------------------------------------------------- argument types and ranges, before any work
+
+
+BAD_BITS = [-4, 2**31, 4.0, 8.0, True, "4", None, np.float32(4)]
+
+
+@pytest.mark.parametrize("bits", BAD_BITS, ids=repr)
+def test_bad_bits_are_refused_before_any_allocation(bits):
+    """bits=-4 was a bare ValueError from NumPy, bits=2**31 a MemoryError after asking for 4 TiB,
+    bits=4.0 a TypeError: each is an InvalidArgumentError naming bits, raised before allocating."""
+    _raises(InvalidArgumentError, r"\bbits\b", qkernels.quantize_weights, W32, bits=bits, group_size=G)
+    _raises(InvalidArgumentError, r"\bbits\b", qkernels.QuantizedWeight, *_raw(4, 0), bits, G, (N, K))
+    _raises(InvalidArgumentError, r"\bbits\b", qkernels.quantized_matmul, X16, *_raw(4, 0), bits=bits, group_size=G)
+
+
+@pytest.mark.parametrize("group", [True, False, 32.0], ids=repr)
+def test_group_size_must_be_an_integer_not_a_bool(group):
+    """group_size=True was taken for 1."""
+    _raises(InvalidArgumentError, r"group_size", qkernels.quantize_weights, W32, bits=4, group_size=group)
+    data, scales, _ = _raw(4, shape=(N, K), group=1)
+    _raises(InvalidArgumentError, r"group_size", qkernels.QuantizedWeight, data, scales, None, 4, group, (N, K))
+
+
+def test_sizes_beyond_int32_are_typed_errors():
+    """K = 2^31 (or N) reached cffi as an OverflowError; now InvalidArgumentError names the size."""
+    big = 2**31
+    # 1 GiB of zero pages, never touched: the canonical arrays of a [1, 2^31] 4-bit weight.
+    data, scales = np.zeros((1, big // 2), np.int8), np.ones((1, 2), np.float32)
+    _raises(InvalidArgumentError, r"\bK\b", qkernels.QuantizedWeight, data, scales, None, 4, big // 2, (1, big))
+    _raises(InvalidArgumentError, r"\bK\b", qkernels.QuantizedWeight, *_raw(4, 0), 4, G, (N, 2**40))
+    _raises(InvalidArgumentError, r"\bN\b", qkernels.QuantizedWeight, *_raw(4, 0), 4, G, (big, K))
+    _raises(InvalidArgumentError, r"\bN\b", qkernels.QuantizedWeight, *_raw(4, 0), 4, G, (-1, K))
+    # A bool is not a size either (True was 1).
+    data, scales, zp = _raw(4, 0, shape=(1, K))
+    _raises(InvalidArgumentError, r"\bN\b", qkernels.QuantizedWeight, data, scales, zp, 4, G, (True, K))
+
+
+@pytest.mark.parametrize("threads", [2**31, -(2**31) - 1, 2**64])
+def test_set_num_threads_beyond_int32(threads):
+    before = qkernels.get_num_threads()
+    _raises(InvalidArgumentError, r"\bthreads\b", qkernels.set_num_threads, threads)
+    assert qkernels.get_num_threads() == before
+
+
 # ---------------------------------------------------------------- C API: nothing written on failure
 
 POISON = 0xA5

@@ -16,6 +16,7 @@ import functools
 import contextvars
 from dataclasses import dataclass
 
+from .. import _checks
 from .._native import check, ffi, lib, text
 from ..errors import InvalidArgumentError
 
@@ -125,7 +126,7 @@ def set_num_threads(threads: int) -> None:
     (``OMP_NUM_THREADS`` if set, else every core)."""
     if isinstance(threads, bool) or not isinstance(threads, int):
         raise InvalidArgumentError(f"threads must be an int, not {type(threads).__name__}")
-    check(lib.qk_set_num_threads(threads))
+    check(lib.qk_set_num_threads(_checks.integer(threads, "threads")))  # beyond int32: typed, not OverflowError
 
 
 def get_num_threads() -> int:

@@ -372,6 +372,15 @@ def test_nonfinite_activations_are_not_an_error():
 # ---------------------------------------------------------------- argument types and ranges, before any work
 
 
+@pytest.mark.parametrize("not_weights", [W32, [[0.0] * K] * N, None, "qw"], ids=["ndarray", "list", "None", "str"])
+def test_a_non_quantized_weight_is_a_typed_error(not_weights):
+    """matmul, select and dequantize name `qw` and the type they need (was AttributeError)."""
+    for fn in (lambda: qkernels.matmul(X16, not_weights), lambda: qkernels.select(X16, not_weights),
+               lambda: qkernels.dequantize(not_weights)):
+        error = _raises(DtypeError, r"\bqw\b", fn)
+        assert "QuantizedWeight" in str(error)
+
+
 BAD_BITS = [-4, 2**31, 4.0, 8.0, True, "4", None, np.float32(4)]
 
 
@@ -411,6 +420,72 @@ def test_set_num_threads_beyond_int32(threads):
     before = qkernels.get_num_threads()
     _raises(InvalidArgumentError, r"\bthreads\b", qkernels.set_num_threads, threads)
     assert qkernels.get_num_threads() == before
+
+
+def test_empty_backend_or_kernel_name_is_not_automatic():
+    """backend="" and kernel="" meant automatic; only None (and "auto" for backend) do."""
+    qw = _qw()
+    data, scales, zp = _raw(4, 0)
+    for fn in (qkernels.matmul, qkernels.select):
+        _raises(InvalidArgumentError, r"\bbackend\b", fn, X16, qw, backend="")
+        _raises(InvalidArgumentError, r"\bkernel\b", fn, X16, qw, kernel="")
+        _raises(InvalidArgumentError, r"\bkernel\b", fn, X16, qw, kernel=b"x")
+    _raises(InvalidArgumentError, r"\bbackend\b", qkernels.quantized_matmul, X16, data, scales, zp, bits=4,
+            group_size=G, backend="")
+    _raises(InvalidArgumentError, r"\bkernel\b", qkernels.quantized_matmul, X16, data, scales, zp, bits=4,
+            group_size=G, kernel="")
+    _raises(InvalidArgumentError, r"\bbackend\b", lambda: qkernels.use_backend("").__enter__())
+    automatic = qkernels.matmul(X16, qw)
+    assert np.array_equal(qkernels.matmul(X16, qw, backend="auto"), automatic)
+    assert np.array_equal(qkernels.matmul(X16, qw, backend=None, kernel=None), automatic)
+
+
+BAD_BIASES = [
+    ("int64", np.arange(N)),
+    ("int8", np.zeros(N, np.int8)),
+    ("bool", np.zeros(N, bool)),
+    ("complex", np.ones(N, np.complex64)),
+    ("str", "abcde"),
+    ("str array", np.array(list("abcde"))),
+    ("list", [0.0] * N),
+    ("scalar", 1.0),
+]
+
+
+@pytest.mark.parametrize("bias", [b for _, b in BAD_BIASES], ids=[name for name, _ in BAD_BIASES])
+def test_bias_must_be_a_float_array(bias):
+    """An integer or complex bias was cast silently, a string one a bare ValueError."""
+    _raises(DtypeError, r"\bbias\b", qkernels.matmul, X16, _qw(), bias=bias)
+    _raises(DtypeError, r"\bbias\b", qkernels.quantized_matmul, X16, *_raw(4, 0), bits=4, group_size=G, bias=bias)
+
+
+def test_float_biases_of_every_width_are_accepted():
+    qw, bias = _qw(), np.linspace(-1, 1, N).astype(np.float32)
+    expected = qkernels.matmul(X16, qw, bias=bias)
+    for dtype in (np.float16, np.float64):
+        exact = bias.astype(dtype).astype(np.float32)
+        assert np.array_equal(qkernels.matmul(X16, qw, bias=bias.astype(dtype)), qkernels.matmul(X16, qw, bias=exact))
+    assert np.array_equal(qkernels.matmul(X16, qw, bias=bias.astype(np.float64)), expected)
+
+
+def test_torch_bias_dtypes():
+    torch = pytest.importorskip("torch")
+    qw, x = _qw(), torch.from_numpy(X16.astype(np.float32))
+    for dtype in (torch.int64, torch.int32, torch.bool, torch.complex64):
+        _raises(DtypeError, r"\bbias\b", qkernels.matmul, x, qw, bias=torch.zeros(N, dtype=dtype))
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        bias = torch.linspace(-1, 1, N).to(dtype)
+        assert torch.equal(qkernels.matmul(x, qw, bias=bias), qkernels.matmul(x, qw, bias=bias.float()))
+
+
+def test_an_activation_of_the_wrong_width_is_blamed_on_x():
+    """quantized_matmul took K from x and blamed the weights (or the group size) for the mismatch."""
+    data, scales, zp = _raw(4, 0)
+    for width in (K - 2, K + 2, 2 * K):
+        x = np.zeros((2, width), np.float16)
+        pattern = rf"\bx\b.*last dimension.*\bK={K}\b.*weights"
+        _raises(InvalidArgumentError, pattern, qkernels.quantized_matmul, x, data, scales, zp, bits=4, group_size=G)
+        _raises(InvalidArgumentError, pattern, qkernels.matmul, x, _qw())
 
 
 # ---------------------------------------------------------------- C API: nothing written on failure

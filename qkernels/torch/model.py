@@ -255,7 +255,12 @@ def load_quantized(model: nn.Module, source: str | Path | dict) -> nn.Module:
     """Loads a quantized state dict (a path written by save_quantized, or the dict itself) into
     `model`, a model of the same architecture in float or already quantized: the layers the state
     names as quantized become QuantLinear of the saved formats, and every tensor is loaded as saved,
-    nothing re-quantized. Returns the model."""
+    nothing re-quantized. Returns the model.
+
+    A state of another architecture (layers missing or extra, other shapes, a quantized layer
+    where `model` has no linear layer of that size) raises InvalidArgumentError naming what differs,
+    before anything in `model` is changed.
+    """
     if isinstance(source, dict):
         state = source
     elif Path(source).suffix == ".safetensors":
@@ -267,11 +272,86 @@ def load_quantized(model: nn.Module, source: str | Path | dict) -> nn.Module:
         state |= {name + _EXTRA: config for name, config in layers.items()}
     else:
         state = torch.load(source, weights_only=True)
-    for key, config in state.items():
-        if key.endswith(_EXTRA) and isinstance(config, dict) and "bits" in config:
-            _set_module(model, key[: -len(_EXTRA)], QuantLinear.empty(config))
+    replacements = _replacements(model, state)
+    _check_fits(model, state, replacements)
+    for name, layer in replacements.items():
+        _set_module(model, name, layer)
     model.load_state_dict(state)
     return model
+
+
+def _replacements(model: nn.Module, state: dict) -> dict[str, QuantLinear]:
+    """The QuantLinear, with zeroed buffers, for each layer the state saves as quantized; checks that
+    `model` has a linear layer of the same size (or a QuantLinear) there."""
+    modules = dict(model.named_modules())
+    replacements = {}
+    for key, config in state.items():
+        if not (key.endswith(_EXTRA) and isinstance(config, dict) and "bits" in config):
+            continue
+        name = key[: -len(_EXTRA)]
+        if not name:  # the model is one QuantLinear: its set_extra_state checks the format
+            continue
+        if name not in modules:
+            raise InvalidArgumentError(
+                f"the state holds a quantized layer {name!r}, which the model does not have: a model of "
+                "another architecture"
+            )
+        try:
+            layer = QuantLinear.empty(config)
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidArgumentError(f"the state's quantized layer {name!r} has a malformed format {config}: "
+                                       f"{error}") from None
+        target = modules[name]
+        if isinstance(target, QuantLinear):
+            size, bias = (target.out_features, target.in_features), target.bias
+        else:
+            weight_bias = _linear_weight(target)
+            if weight_bias is None:
+                raise InvalidArgumentError(
+                    f"the state holds a quantized linear layer {name!r}; the model has a {type(target).__name__} there"
+                )
+            size, bias = tuple(weight_bias[0].shape), weight_bias[1]
+        if size != (layer.out_features, layer.in_features):
+            raise InvalidArgumentError(
+                f"the state's quantized layer {name!r} is [out, in] = {[layer.out_features, layer.in_features]}; "
+                f"the model's is {list(size)}"
+            )
+        if (bias is None) != (layer.bias is None):
+            has = ("has no bias", "has a bias")
+            raise InvalidArgumentError(
+                f"the state's quantized layer {name!r} {has[layer.bias is not None]}; the model's "
+                f"{has[bias is not None]}"
+            )
+        replacements[name] = layer
+    return replacements
+
+
+def _check_fits(model: nn.Module, state: dict, replacements: dict[str, QuantLinear]) -> None:
+    """Raises InvalidArgumentError unless `state` has exactly the keys and tensor shapes that `model`
+    will have once the replacements are made (what a strict load_state_dict needs)."""
+    expected = {
+        key: value for key, value in model.state_dict().items()
+        if not any(key.startswith(name + ".") for name in replacements)
+    }
+    for name, layer in replacements.items():
+        expected |= {f"{name}.{key}": value for key, value in layer.state_dict().items()}
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [
+        f"{key} {list(state[key].shape)} (the model's: {list(value.shape)})" for key, value in expected.items()
+        if key in state and isinstance(value, torch.Tensor) and isinstance(state[key], torch.Tensor)
+        and state[key].shape != value.shape
+    ]
+    problems = [
+        f"{what}: {', '.join(items[:8])}{f' and {len(items) - 8} more' if len(items) > 8 else ''}"
+        for what, items in (("missing from the state", missing), ("not in the model", unexpected),
+                            ("other shapes", shapes))
+        if items
+    ]
+    if problems:
+        raise InvalidArgumentError(
+            "the state does not fit the model (another architecture?); nothing was loaded. " + "; ".join(problems)
+        )
 
 
 def quantized_nbytes(model: nn.Module) -> int:

@@ -21,9 +21,10 @@ METHODS = ("rtn", "gptq", "w8a8", "smoothquant", "llm_int8", "zeroquant")
 _NEEDS_CALIBRATION = {"gptq", "smoothquant"}
 
 
-def _linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(W [N, K], bias) of a linear layer: nn.Linear, or Hugging Face's Conv1D (GPT-2), which
-    stores W transposed; None for anything else."""
+def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(W [N, K], bias) of a float linear layer: nn.Linear, or Hugging Face's Conv1D (GPT-2), which
+    stores W transposed (W is then a transposed view); None for anything else (a QuantLinear too).
+    These are the layers quantize_model replaces and linear_layers lists. W is detached."""
     if isinstance(module, nn.Linear):
         return module.weight.detach(), module.bias
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
@@ -37,7 +38,7 @@ def linear_layers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Mo
     skip = tuple(skip)
     return {
         name: m for name, m in model.named_modules()
-        if _linear_weight(m) is not None and not any(name == s or name.endswith("." + s) for s in skip)
+        if linear_weight(m) is not None and not any(name == s or name.endswith("." + s) for s in skip)
     }
 
 
@@ -56,7 +57,7 @@ def calibrate(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iterab
     (anything with .update(x[..., K])). Returns the collectors by layer name."""
     collectors, hooks = {}, []
     for name, module in layers.items():
-        weight, _ = _linear_weight(module)
+        weight, _ = linear_weight(module)
         collectors[name] = make(weight.shape[1])
         hooks.append(module.register_forward_pre_hook(lambda _m, args, c=collectors[name]: c.update(args[0].detach())))
     try:
@@ -167,7 +168,7 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         collectors = calibrate(model, layers, calib_data, make)
     folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha)
     for index, (name, module) in enumerate(layers.items()):
-        weight, bias = _linear_weight(module)
+        weight, bias = linear_weight(module)
         layer = _quantized_layer(
             method, weight, bias, collectors[name], bits=bits, group_size=group_size, symmetric=symmetric,
             activation=activation, per_tensor=per_tensor, alpha=alpha, threshold=threshold,
@@ -187,7 +188,7 @@ def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms
     for norm_name, names in fold_norms.items():
         norm = model.get_submodule(norm_name)
         act_absmax = np.max([collectors[n].channel_absmax() for n in names], axis=0)
-        s = smoothquant_scales(act_absmax, [_linear_weight(layers[n])[0].float() for n in names], alpha)
+        s = smoothquant_scales(act_absmax, [linear_weight(layers[n])[0].float() for n in names], alpha)
         bias = getattr(norm, "bias", None)  # RMSNorms have none
         gamma, beta = fold_into_norm(norm.weight.detach(), None if bias is None else bias.detach(), s)
         with torch.no_grad():
@@ -305,7 +306,7 @@ def _replacements(model: nn.Module, state: dict) -> dict[str, QuantLinear]:
         if isinstance(target, QuantLinear):
             size, bias = (target.out_features, target.in_features), target.bias
         else:
-            weight_bias = _linear_weight(target)
+            weight_bias = linear_weight(target)
             if weight_bias is None:
                 raise InvalidArgumentError(
                     f"the state holds a quantized linear layer {name!r}; the model has a {type(target).__name__} there"
@@ -361,6 +362,6 @@ def quantized_nbytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "METHODS", "calibrate", "linear_layers", "load_quantized", "pre_norm_groups", "quantize_model", "quantized_layers",
-    "quantized_nbytes", "run_model", "save_quantized",
+    "METHODS", "calibrate", "linear_layers", "linear_weight", "load_quantized", "pre_norm_groups", "quantize_model",
+    "quantized_layers", "quantized_nbytes", "run_model", "save_quantized",
 ]

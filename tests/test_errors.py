@@ -371,6 +371,125 @@ def test_nonfinite_activations_are_not_an_error():
         assert np.isnan(y[0]).all() and np.isfinite(y[1:]).all()
 
 
+# ---------------------------------------------------------------- argument types and ranges, before any work
+
+
+@pytest.mark.parametrize("not_weights", [W32, [[0.0] * K] * N, None, "qw"], ids=["ndarray", "list", "None", "str"])
+def test_a_non_quantized_weight_is_a_typed_error(not_weights):
+    """matmul, select and dequantize name `qw` and the type they need (was AttributeError)."""
+    for fn in (lambda: qkernels.matmul(X16, not_weights), lambda: qkernels.select(X16, not_weights),
+               lambda: qkernels.dequantize(not_weights)):
+        error = _raises(DtypeError, r"\bqw\b", fn)
+        assert "QuantizedWeight" in str(error)
+
+
+BAD_BITS = [-4, 2**31, 4.0, 8.0, True, "4", None, np.float32(4)]
+
+
+@pytest.mark.parametrize("bits", BAD_BITS, ids=repr)
+def test_bad_bits_are_refused_before_any_allocation(bits):
+    """bits=-4 was a bare ValueError from NumPy, bits=2**31 a MemoryError after asking for 4 TiB,
+    bits=4.0 a TypeError: each is an InvalidArgumentError naming bits, raised before allocating."""
+    _raises(InvalidArgumentError, r"\bbits\b", qkernels.quantize_weights, W32, bits=bits, group_size=G)
+    _raises(InvalidArgumentError, r"\bbits\b", qkernels.QuantizedWeight, *_raw(4, 0), bits, G, (N, K))
+    _raises(InvalidArgumentError, r"\bbits\b", qkernels.quantized_matmul, X16, *_raw(4, 0), bits=bits, group_size=G)
+
+
+@pytest.mark.parametrize("group", [True, False, 32.0], ids=repr)
+def test_group_size_must_be_an_integer_not_a_bool(group):
+    """group_size=True was taken for 1."""
+    _raises(InvalidArgumentError, r"group_size", qkernels.quantize_weights, W32, bits=4, group_size=group)
+    data, scales, _ = _raw(4, shape=(N, K), group=1)
+    _raises(InvalidArgumentError, r"group_size", qkernels.QuantizedWeight, data, scales, None, 4, group, (N, K))
+
+
+def test_sizes_beyond_int32_are_typed_errors():
+    """K = 2^31 (or N) reached cffi as an OverflowError; now InvalidArgumentError names the size."""
+    big = 2**31
+    # 1 GiB of zero pages, never touched: the canonical arrays of a [1, 2^31] 4-bit weight.
+    data, scales = np.zeros((1, big // 2), np.int8), np.ones((1, 2), np.float32)
+    _raises(InvalidArgumentError, r"\bK\b", qkernels.QuantizedWeight, data, scales, None, 4, big // 2, (1, big))
+    _raises(InvalidArgumentError, r"\bK\b", qkernels.QuantizedWeight, *_raw(4, 0), 4, G, (N, 2**40))
+    _raises(InvalidArgumentError, r"\bN\b", qkernels.QuantizedWeight, *_raw(4, 0), 4, G, (big, K))
+    _raises(InvalidArgumentError, r"\bN\b", qkernels.QuantizedWeight, *_raw(4, 0), 4, G, (-1, K))
+    # A bool is not a size either (True was 1).
+    data, scales, zp = _raw(4, 0, shape=(1, K))
+    _raises(InvalidArgumentError, r"\bN\b", qkernels.QuantizedWeight, data, scales, zp, 4, G, (True, K))
+
+
+@pytest.mark.parametrize("threads", [2**31, -(2**31) - 1, 2**64])
+def test_set_num_threads_beyond_int32(threads):
+    before = qkernels.get_num_threads()
+    _raises(InvalidArgumentError, r"\bthreads\b", qkernels.set_num_threads, threads)
+    assert qkernels.get_num_threads() == before
+
+
+def test_empty_backend_or_kernel_name_is_not_automatic():
+    """backend="" and kernel="" meant automatic; only None (and "auto" for backend) do."""
+    qw = _qw()
+    data, scales, zp = _raw(4, 0)
+    for fn in (qkernels.matmul, qkernels.select):
+        _raises(InvalidArgumentError, r"\bbackend\b", fn, X16, qw, backend="")
+        _raises(InvalidArgumentError, r"\bkernel\b", fn, X16, qw, kernel="")
+        _raises(InvalidArgumentError, r"\bkernel\b", fn, X16, qw, kernel=b"x")
+    _raises(InvalidArgumentError, r"\bbackend\b", qkernels.quantized_matmul, X16, data, scales, zp, bits=4,
+            group_size=G, backend="")
+    _raises(InvalidArgumentError, r"\bkernel\b", qkernels.quantized_matmul, X16, data, scales, zp, bits=4,
+            group_size=G, kernel="")
+    _raises(InvalidArgumentError, r"\bbackend\b", lambda: qkernels.use_backend("").__enter__())
+    automatic = qkernels.matmul(X16, qw)
+    assert np.array_equal(qkernels.matmul(X16, qw, backend="auto"), automatic)
+    assert np.array_equal(qkernels.matmul(X16, qw, backend=None, kernel=None), automatic)
+
+
+BAD_BIASES = [
+    ("int64", np.arange(N)),
+    ("int8", np.zeros(N, np.int8)),
+    ("bool", np.zeros(N, bool)),
+    ("complex", np.ones(N, np.complex64)),
+    ("str", "abcde"),
+    ("str array", np.array(list("abcde"))),
+    ("list", [0.0] * N),
+    ("scalar", 1.0),
+]
+
+
+@pytest.mark.parametrize("bias", [b for _, b in BAD_BIASES], ids=[name for name, _ in BAD_BIASES])
+def test_bias_must_be_a_float_array(bias):
+    """An integer or complex bias was cast silently, a string one a bare ValueError."""
+    _raises(DtypeError, r"\bbias\b", qkernels.matmul, X16, _qw(), bias=bias)
+    _raises(DtypeError, r"\bbias\b", qkernels.quantized_matmul, X16, *_raw(4, 0), bits=4, group_size=G, bias=bias)
+
+
+def test_float_biases_of_every_width_are_accepted():
+    qw, bias = _qw(), np.linspace(-1, 1, N).astype(np.float32)
+    expected = qkernels.matmul(X16, qw, bias=bias)
+    for dtype in (np.float16, np.float64):
+        exact = bias.astype(dtype).astype(np.float32)
+        assert np.array_equal(qkernels.matmul(X16, qw, bias=bias.astype(dtype)), qkernels.matmul(X16, qw, bias=exact))
+    assert np.array_equal(qkernels.matmul(X16, qw, bias=bias.astype(np.float64)), expected)
+
+
+def test_torch_bias_dtypes():
+    torch = pytest.importorskip("torch")
+    qw, x = _qw(), torch.from_numpy(X16.astype(np.float32))
+    for dtype in (torch.int64, torch.int32, torch.bool, torch.complex64):
+        _raises(DtypeError, r"\bbias\b", qkernels.matmul, x, qw, bias=torch.zeros(N, dtype=dtype))
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        bias = torch.linspace(-1, 1, N).to(dtype)
+        assert torch.equal(qkernels.matmul(x, qw, bias=bias), qkernels.matmul(x, qw, bias=bias.float()))
+
+
+def test_an_activation_of_the_wrong_width_is_blamed_on_x():
+    """quantized_matmul took K from x and blamed the weights (or the group size) for the mismatch."""
+    data, scales, zp = _raw(4, 0)
+    for width in (K - 2, K + 2, 2 * K):
+        x = np.zeros((2, width), np.float16)
+        pattern = rf"\bx\b.*last dimension.*\bK={K}\b.*weights"
+        _raises(InvalidArgumentError, pattern, qkernels.quantized_matmul, x, data, scales, zp, bits=4, group_size=G)
+        _raises(InvalidArgumentError, pattern, qkernels.matmul, x, _qw())
+
+
 # ---------------------------------------------------------------- C API: nothing written on failure
 
 POISON = 0xA5

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,7 +158,7 @@ def quantize_weights(
     if granularity not in _GRANULARITIES:
         raise InvalidArgumentError(f"granularity={granularity!r} is not one of {sorted(_GRANULARITIES)}")
     G = _checks.group_size(group_size) if granularity == "group" else K  # the output shapes need it now
-    groups = (N, -(-K // G))  # the last group of a row may be shorter (format v2)
+    groups = (N, -(-K // G) if G else 0)  # the last group of a row may be shorter (format v2); K=0: C says so
     data = np.empty((N, K * bits // 8), dtype=np.int8)
     scales = np.empty(groups, dtype=np.float32)
     zero_points = None if symmetric else np.empty(groups, dtype=np.int8)

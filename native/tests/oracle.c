@@ -23,8 +23,8 @@ int oracle_q(const int8_t* data, int32_t K, int32_t bits, int32_t n, int32_t k) 
 double oracle_weight(const qk_weights* w, int32_t n, int32_t k) {
     size_t g = (size_t)n * oracle_groups(w->K, w->group_size) + (size_t)(k / w->group_size);
     int zp = w->zero_points ? w->zero_points[g] : 0;
-    double offset = w->offsets ? w->offsets[g] : 0.0;
-    return (double)w->scales[g] * (oracle_q(w->data, w->K, w->bits, n, k) - zp) + offset;
+    double v = (double)w->scales[g] * (oracle_q(w->data, w->K, w->bits, n, k) - zp);
+    return w->offsets ? v + w->offsets[g] : v; /* no offsets: a -0 stays -0 */
 }
 
 double oracle_a16_dot(const qk_weights* w, int32_t n, const double* x, double* mag) {

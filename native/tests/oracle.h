@@ -17,7 +17,8 @@ int32_t oracle_group_end(int32_t K, int32_t G, int32_t g);
 
 /* q[n, k] of canonical weights as a signed integer: low nibble first for 4 bits. */
 int oracle_q(const int8_t* data, int32_t K, int32_t bits, int32_t n, int32_t k);
-/* w[n, k] = scales[n,g] (q[n,k] - zp[n,g]) + offsets[n,g], in double (the product is exact). */
+/* w[n, k] = scales[n,g] (q[n,k] - zp[n,g]) + offsets[n,g], in double (the product is exact); the
+ * offset is added only when there are offsets. */
 double oracle_weight(const qk_weights* w, int32_t n, int32_t k);
 
 /* A16: sum_k x[k] w[n,k] in double; *mag gets sum_k |x[k] w[n,k]| (the tolerance's scale). */

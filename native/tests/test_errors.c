@@ -87,13 +87,19 @@ static void fixture_reset(void) {
         EXPECT(qk_matmul_packed((packed), &f.a), (want), "qk_matmul_packed: " what); \
     } while (0)
 
-#define PACK_ERROR(want, what, backend, ...)                                                               \
-    do {                                                                                                    \
-        fixture_reset();                                                                                    \
-        __VA_ARGS__;                                                                                        \
-        qk_packed_weights* out_ = (qk_packed_weights*)&sentinel;                                            \
-        EXPECT(qk_pack_weights(&f.w, (backend), &out_), (want), "qk_pack_weights: " what);                  \
-        check_at(out_ == (qk_packed_weights*)&sentinel, __FILE__, __LINE__, "qk_pack_weights: " what ": *out changed"); \
+/* Both packing entry points, copying and borrowing, check the same way. */
+#define PACK_ERROR(want, what, backend, ...)                                                                 \
+    do {                                                                                                      \
+        qk_status (*const pack_[2])(const qk_weights*, qk_backend, qk_packed_weights**) = {                   \
+            qk_pack_weights, qk_pack_weights_borrowing};                                                      \
+        for (int borrow_ = 0; borrow_ < 2; borrow_++) {                                                       \
+            fixture_reset();                                                                                  \
+            __VA_ARGS__;                                                                                      \
+            qk_packed_weights* out_ = (qk_packed_weights*)&sentinel;                                          \
+            EXPECT(pack_[borrow_](&f.w, (backend), &out_), (want),                                            \
+                   borrow_ ? "qk_pack_weights_borrowing: " what : "qk_pack_weights: " what);                  \
+            check_at(out_ == (qk_packed_weights*)&sentinel, __FILE__, __LINE__, "packing: " what ": *out changed"); \
+        }                                                                                                     \
     } while (0)
 
 /* quantizedMatMul(input, weights, scales, zp, output, M, N, K, group, bits) after a success. */
@@ -151,6 +157,8 @@ static void test_matmul_errors(void) {
     MATMUL_ERROR(QK_ERR_INVALID_ARGUMENT, "unknown kernel", f.a.kernel = "no_such_kernel_1x1");
     MATMUL_ERROR(QK_ERR_INVALID_ARGUMENT, "empty kernel name", f.a.kernel = "");
     MATMUL_ERROR(QK_ERR_UNSUPPORTED, "A8 kernel forced on A16", f.a.kernel = ref_kernel(QK_MODE_A8));
+    /* A stream would mean device pointers: a CPU backend refuses one. */
+    MATMUL_ERROR(QK_ERR_INVALID_ARGUMENT, "a stream for a CPU backend", f.a.stream = &sentinel);
     MATMUL_ERROR(QK_ERR_MISALIGNED, "float16 input at an odd address", f.a.input = (char*)f.x16 + 1);
     MATMUL_ERROR(QK_ERR_MISALIGNED, "float32 input at 2 mod 4", f.a.input = (char*)f.x32 + 2;
                  f.a.input_dtype = QK_DTYPE_F32);
@@ -219,17 +227,24 @@ static void test_packed_errors(void) {
         for (qk_backend b = 1; b <= qk_backend_count(); b++)
             if (b != qk_packed_backend(packed))
                 PACKED_ERROR(packed, QK_ERR_INVALID_ARGUMENT, "a backend other than the packed one", f.a.backend = b);
+        PACKED_ERROR(packed, QK_ERR_INVALID_ARGUMENT, "a stream for a CPU backend", f.a.stream = &sentinel);
         PACKED_ERROR(packed, QK_OK, "the fixture", (void)0);
         qk_packed_weights_free(packed);
     }
 
     fixture_reset();
     EXPECT(qk_pack_weights(&f.w, QK_BACKEND_AUTO, NULL), QK_ERR_NULL_POINTER, "qk_pack_weights: out NULL");
+    fixture_reset();
+    EXPECT(qk_pack_weights_borrowing(&f.w, QK_BACKEND_AUTO, NULL), QK_ERR_NULL_POINTER,
+           "qk_pack_weights_borrowing: out NULL");
     {
         fixture_reset();
         qk_packed_weights* out = (qk_packed_weights*)&sentinel;
         EXPECT(qk_pack_weights(NULL, QK_BACKEND_AUTO, &out), QK_ERR_NULL_POINTER, "qk_pack_weights: weights NULL");
-        CHECK(out == (qk_packed_weights*)&sentinel, "qk_pack_weights: weights NULL: *out changed");
+        fixture_reset();
+        EXPECT(qk_pack_weights_borrowing(NULL, QK_BACKEND_AUTO, &out), QK_ERR_NULL_POINTER,
+               "qk_pack_weights_borrowing: weights NULL");
+        CHECK(out == (qk_packed_weights*)&sentinel, "packing: weights NULL: *out changed");
     }
     PACK_ERROR(QK_ERR_NULL_POINTER, "data NULL", QK_BACKEND_AUTO, f.w.data = NULL);
     PACK_ERROR(QK_ERR_NULL_POINTER, "scales NULL", QK_BACKEND_AUTO, f.w.scales = NULL);
@@ -650,6 +665,9 @@ static void test_plan_errors(void) {
         info.size = 4;
         fixture_reset();
         EXPECT(qk_plan_kernel(plan, 1, &info), QK_ERR_INVALID_ARGUMENT, "qk_plan_kernel: out->size 4");
+        fixture_reset();
+        EXPECT(qk_plan_run(plan, f.x16, f.out.p, f.bias, EM, &sentinel), QK_ERR_INVALID_ARGUMENT,
+               "qk_plan_run: a stream for a CPU backend");
         fixture_reset();
         EXPECT(qk_plan_run(plan, f.x16, f.out.p, f.bias, EM, NULL), QK_OK, "qk_plan_run: the fixture");
         qk_plan_free(plan);

@@ -6,8 +6,8 @@
  * variants), and running the plan gives the bytes of qk_matmul_packed, automatic and with that
  * kernel forced, within the contract's tolerance of the oracle. A plan is refused where no kernel
  * of the backend runs the problem. Also: max_m is enforced, a forced kernel holds for every M,
- * four threads running one plan at once get the single-threaded bytes, and the pack lives on
- * after qk_packed_weights_free while a plan holds it.
+ * four threads running one plan at once get the single-threaded bytes, the pack lives on after
+ * qk_packed_weights_free while a plan holds it, and a borrowing pack gives what a copying one does.
  *
  * Usage: test_plans [--seed S] [-v]
  */
@@ -131,6 +131,36 @@ static void check_forced(const problem* p, qk_packed_weights* packed) {
     }
 }
 
+/* A pack borrowing p's arrays (qk_pack_weights_borrowing): a plan on it runs the same kernel and
+ * bytes as one on the copying pack; a backend without its own layout then owns no bytes of it. */
+static void check_borrowing(const problem* p, qk_backend b, const qk_plan* copied) {
+    qk_packed_weights* packed = NULL;
+    qk_plan* plan = NULL;
+    qk_weights w = weights_of(p);
+    qk_plan_desc desc = {.size = sizeof desc, .mode = p->mode, .input_dtype = p->dtype};
+    if (!CHECK(qk_pack_weights_borrowing(&w, b, &packed) == QK_OK && qk_plan_create(packed, &desc, &plan) == QK_OK,
+               "borrowing pack and plan: %s", qk_last_error())) {
+        qk_packed_weights_free(packed);
+        return;
+    }
+    qk_backend_info info = {.size = sizeof info};
+    qk_backend_get(qk_packed_backend(packed), &info);
+    CHECK(info.own_layout ? qk_packed_size(packed) > 0 : qk_packed_size(packed) == 0,
+          "a borrowing pack for %s owns %zu bytes", info.name, qk_packed_size(packed));
+    qk_kernel_info k1 = {.size = sizeof k1, .name = "-"}, k2 = {.size = sizeof k2, .name = "-"};
+    gbuf y1 = gbuf_new(y_bytes(p), poison_byte()), y2 = gbuf_new(y_bytes(p), poison_byte());
+    CHECK(qk_plan_kernel(copied, p->M, &k1) == QK_OK && qk_plan_kernel(plan, p->M, &k2) == QK_OK &&
+              strcmp(k1.name, k2.name) == 0,
+          "borrowing: kernel %s, copying: %s", k2.name, k1.name);
+    CHECK(qk_plan_run(copied, p->x, y1.p, p->bias, p->M, NULL) == QK_OK &&
+              qk_plan_run(plan, p->x, y2.p, p->bias, p->M, NULL) == QK_OK && same_bytes(&y1, &y2),
+          "a plan on a borrowing pack differs from one on a copying pack: %s", qk_last_error());
+    gbuf_free(&y1);
+    gbuf_free(&y2);
+    qk_plan_free(plan);
+    qk_packed_weights_free(packed);
+}
+
 static void test_problem(problem* p) {
     expectation e = expect(p);
     for (qk_backend b = QK_BACKEND_AUTO; b <= qk_backend_count(); b++) {
@@ -151,6 +181,7 @@ static void test_problem(problem* p) {
             int n = m_values(packed_for, ms);
             for (int j = 0; j < n; j++) check_plan_at(p, &e, packed, plan, ms[j]);
             check_max_m(p, packed);
+            check_borrowing(p, b, plan);
             check_forced(p, packed);
             qk_plan_free(plan);
         }

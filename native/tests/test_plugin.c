@@ -217,6 +217,16 @@ static void test_pack_frees(void) {
         CHECK(backend_frees() == frees + 1, "qk_packed_weights_free: %d frees, want 1", backend_frees() - frees);
     }
 
+    /* Borrowing changes nothing for a backend with its own layout: it packs, and frees once. */
+    frees = backend_frees();
+    qk_weights w = weights_of(&p);
+    packed = NULL;
+    if (CHECK(qk_pack_weights_borrowing(&w, plugin, &packed) == QK_OK && qk_packed_size(packed) > 0,
+              "qk_pack_weights_borrowing: %s", qk_last_error())) {
+        qk_packed_weights_free(packed);
+        CHECK(backend_frees() == frees + 1, "a borrowing pack freed: %d frees, want 1", backend_frees() - frees);
+    }
+
     /* Plans hold the pack: freed with the last of them. */
     frees = backend_frees();
     qk_plan *first = NULL, *second = NULL;

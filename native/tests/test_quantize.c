@@ -58,7 +58,8 @@ static void quantize_checked(const float* W, int32_t N, int32_t K, int32_t bits,
     CHECK(!bad_q && !bad_s && !bad_z, "qk_quantize differs from the oracle: %zu q bytes, %zu scales, %zu zero points",
           bad_q, bad_s, bad_z);
 
-    /* qk_dequantize: scales (q - zp) + offsets, in double, rounded once to a random dtype. */
+    /* qk_dequantize: scales (q - zp) + offsets, in double, rounded once to a random dtype; the
+     * sign of a zero too (without offsets a negative scale times 0 stays -0). */
     float* off = NULL;
     if (offsets) {
         off = xmalloc(groups * sizeof(float));
@@ -76,7 +77,7 @@ static void quantize_checked(const float* W, int32_t N, int32_t K, int32_t bits,
             for (int32_t k = 0; k < K; k++) {
                 double want = round_to(oracle_weight(&w, n, k), &formats[odt]);
                 double got = load_el(gd.p, odt, (size_t)n * K + k);
-                bad += !(got == want || (isnan(got) && isnan(want)));
+                bad += !((got == want && !signbit(got) == !signbit(want)) || (isnan(got) && isnan(want)));
             }
         CHECK(!bad, "qk_dequantize(%s): %zu elements differ from scales (q - zp) + offsets", formats[odt].name, bad);
     }
@@ -142,6 +143,28 @@ static void test_per_channel_is_one_group(void) {
           "qk_quantize: per-channel differs from per-group with group_size K or 23 > K");
 }
 
+/* Without offsets w = s (q - zp) exactly: a negative scale times 0 is -0; offsets add to it (+0). */
+static void test_dequantize_signed_zero(void) {
+    set_context("qk_dequantize: the sign of zero");
+    int8_t q[8] = {0};
+    float scales[2] = {-0.5f, 0.25f}, offsets[2] = {0.0f, 0.0f};
+    qk_weights w = {.size = sizeof w, .data = q, .scales = scales, .N = 2, .K = 4, .group_size = 4, .bits = 8};
+    for (int with_offsets = 0; with_offsets < 2; with_offsets++) {
+        w.offsets = with_offsets ? offsets : NULL;
+        for (int di = 0; di < 3; di++) {
+            qk_dtype dt = all_dtypes[di];
+            gbuf out = gbuf_new(8 * formats[dt].size, poison_byte());
+            int ok = qk_dequantize(&w, dt, out.p) == QK_OK;
+            for (int i = 0; i < 8 && ok; i++) {
+                float v = load_el(out.p, dt, (size_t)i);
+                ok = v == 0.0f && (signbit(v) != 0) == (i < 4 && !with_offsets);
+            }
+            CHECK(ok, "qk_dequantize(%s)%s: zeros of the wrong sign", formats[dt].name, with_offsets ? " with offsets" : "");
+            gbuf_free(&out);
+        }
+    }
+}
+
 static long cases = 600;
 
 static int option(int argc, char** argv, int* i) {
@@ -155,6 +178,7 @@ int main(int argc, char** argv) {
     reseed(6);
     test_edges();
     test_per_channel_is_one_group();
+    test_dequantize_signed_zero();
     for (long i = 0; i < cases; i++) {
         reseed(1000 + (uint64_t)i);
         random_case();

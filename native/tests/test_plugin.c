@@ -28,12 +28,15 @@ static const char* const REASON = "the test plugin's imaginary device is not att
 static int (*backend_frees)(void); /* the library's qk_test_backend_frees */
 static qk_backend plugin, unavailable;
 
-/* A problem of the given mode, with or without format v2 features. */
+/* Format v2 features of a problem, as bits. */
+enum { OFFSETS = 1, RAGGED = 2 };
+
+/* A problem of the given mode with the format v2 features asked for. */
 static problem make_problem(qk_mode mode, qk_dtype dtype, int v2) {
-    problem p = {.M = 5, .N = 11, .K = v2 ? 70 : 64, .G = 16, .bits = 4, .dtype = dtype, .mode = mode};
+    problem p = {.M = 5, .N = 11, .K = v2 & RAGGED ? 70 : 64, .G = 16, .bits = 4, .dtype = dtype, .mode = mode};
     fill_activations(&p, X_UNIFORM);
     fill_raw_weights(&p, 0);
-    if (v2) fill_offsets(&p);
+    if (v2 & OFFSETS) fill_offsets(&p);
     fill_bias(&p);
     return p;
 }
@@ -118,7 +121,7 @@ static void test_forced(void) {
     unsetenv("QKERNELS_BACKEND");
     for (int di = 0; di < 3; di++)
         for (int mode = 0; mode < 2; mode++)
-            for (int v2 = 0; v2 < 2; v2++) {
+            for (int v2 = 0; v2 <= (OFFSETS | RAGGED); v2++) {
                 problem p = make_problem((qk_mode)mode, all_dtypes[di], v2);
                 set_context("test_plugin forced: %s", describe(&p));
                 int runs = mode == QK_MODE_A16 || !v2; /* its A8 kernel runs format v1 only */
@@ -199,7 +202,7 @@ static void test_unavailable(void) {
  * or when the last plan holding it is. */
 static void test_pack_frees(void) {
     set_context("test_plugin's packs");
-    problem p = make_problem(QK_MODE_A16, QK_DTYPE_BF16, 1);
+    problem p = make_problem(QK_MODE_A16, QK_DTYPE_BF16, OFFSETS | RAGGED);
     expectation e = expect(&p);
     gbuf y = gbuf_new(y_bytes(&p), 0xFF);
     qk_matmul_args a = args_of(&p, y.p);
@@ -246,17 +249,32 @@ static void test_pack_frees(void) {
         CHECK(backend_frees() == frees + 1, "the last plan freed: %d frees, want 1", backend_frees() - frees);
     }
 
-    /* A plan the backend cannot run (its A8 kernel lacks offsets) is refused; the pack is freed once. */
-    frees = backend_frees();
-    desc.mode = QK_MODE_A8;
-    if (CHECK(pack_copy(&p, plugin, &packed) == QK_OK, "pack: %s", qk_last_error())) {
-        qk_plan* plan = NULL;
-        reset_status();
-        EXPECT_STATUS(qk_plan_create(packed, &desc, &plan), QK_ERR_UNSUPPORTED, "qk_plan_create, A8 with offsets");
-        qk_packed_weights_free(packed);
-        CHECK(plan == NULL && backend_frees() == frees + 1, "a refused plan: *out %p, %d frees", (void*)plan,
-              backend_frees() - frees);
+    /* A8 on packed weights with offsets, or with a shorter last group, which test_plugin's A8
+     * kernel lacks: plans and runs are refused (the pack no longer holds the canonical arrays, yet
+     * what they need must still count); the pack is freed once. */
+    for (int v2 = OFFSETS; v2 <= RAGGED; v2++) {
+        problem q = make_problem(QK_MODE_A8, QK_DTYPE_F32, v2);
+        set_context("test_plugin's packs: A8 refused on %s", describe(&q));
+        frees = backend_frees();
+        desc.mode = QK_MODE_A8;
+        if (CHECK(pack_copy(&q, plugin, &packed) == QK_OK, "pack: %s", qk_last_error())) {
+            qk_plan* plan = NULL;
+            reset_status();
+            EXPECT_STATUS(qk_plan_create(packed, &desc, &plan), QK_ERR_UNSUPPORTED, "qk_plan_create, A8");
+            int fill = poison_byte();
+            gbuf out = gbuf_new(y_bytes(&q), fill);
+            qk_matmul_args qa = args_of(&q, out.p);
+            reset_status();
+            EXPECT_STATUS(qk_matmul_packed(packed, &qa), QK_ERR_UNSUPPORTED, "qk_matmul_packed, A8");
+            CHECK(gbuf_untouched(&out, fill), "a refused qk_matmul_packed wrote its output");
+            gbuf_free(&out);
+            qk_packed_weights_free(packed);
+            CHECK(plan == NULL && backend_frees() == frees + 1, "a refused plan: *out %p, %d frees", (void*)plan,
+                  backend_frees() - frees);
+        }
+        problem_free(&q);
     }
+    set_context("test_plugin's packs");
 
     /* A pack the backend refuses: its status and message, nothing to free. */
     frees = backend_frees();
@@ -293,7 +311,7 @@ static void test_absent(void) {
     for (int i = 0; i < n_kernels; i++)
         CHECK(strncmp(kernels[i].name, "test_plugin", 11) != 0, "kernel %s is registered", kernels[i].name);
     for (int mode = 0; mode < 2; mode++) {
-        problem p = make_problem((qk_mode)mode, QK_DTYPE_F16, 1);
+        problem p = make_problem((qk_mode)mode, QK_DTYPE_F16, OFFSETS | RAGGED);
         qk_weights w = weights_of(&p);
         expectation e = expect(&p);
         int fill = poison_byte();

@@ -44,7 +44,10 @@ void set_context(const char* fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(context, sizeof context, fmt, ap);
     va_end(ap);
-    if (test_verbose) printf("%s\n", context);
+    if (test_verbose) {
+        printf("%s\n", context);
+        fflush(stdout);
+    }
 }
 
 int test_printing(void) { return failures_printed <= MAX_FAILURE_PRINTS; }

@@ -34,6 +34,7 @@ typedef struct qk_kernel_ref {
 /* What a kernel must be able to run. */
 typedef struct qk_problem {
     const qk_weights* weights;
+    int32_t has_offsets;  /* packed weights' format keeps no array pointers, offsets included */
     qk_mode mode;
     qk_dtype dtype;
     int32_t M;
@@ -73,12 +74,14 @@ struct qk_packed_weights {
     atomic_int references;    /* the caller's handle and each plan made from it */
     qk_backend backend;
     qk_kernel_weights view;   /* what kernels get */
-    void* canonical_copy;     /* a backend without its own layout: the arrays, copied (one block) */
+    void* canonical_copy;     /* a backend without its own layout: the arrays, copied (one block),
+                                 or NULL when they are borrowed */
     size_t size;
 };
 
-/* Packs for one backend (available, checked weights) into a new handle with one reference. */
-qk_status qk_pack(const qk_weights* w, qk_backend backend, qk_packed_weights** out);
+/* Packs for one backend (available, checked weights) into a new handle with one reference. With
+ * borrow set, a backend without its own layout points at the caller's arrays instead of a copy. */
+qk_status qk_pack(const qk_weights* w, qk_backend backend, int borrow, qk_packed_weights** out);
 void qk_packed_retain(qk_packed_weights* p);
 void qk_packed_release(qk_packed_weights* p);
 

@@ -8,8 +8,9 @@
 /* Row n of W: float32 scale times (q - zp), an integer below 2^9, exact in double, plus the offset. */
 static void dequantize_row(const qk_weights* w, int32_t n, double* row) {
     for (int32_t k = 0; k < w->K; k++)
-        row[k] = (double)qk_weight_scale(w, n, k) * (qk_weight_q(w, n, k) - qk_weight_zp(w, n, k)) +
-                 (double)qk_weight_offset(w, n, k);
+        row[k] = (double)qk_weight_scale(w, n, k) * (qk_weight_q(w, n, k) - qk_weight_zp(w, n, k));
+    if (w->offsets)
+        for (int32_t k = 0; k < w->K; k++) row[k] += (double)qk_weight_offset(w, n, k);
 }
 
 /* Four partial sums: a single one is bound by the latency of each add. Any summation order
@@ -103,11 +104,11 @@ static size_t a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, 
 static qk_status a8(const qk_exec* exec, const qk_kernel_weights* weights, const qk_matmul_args* a) {
     const qk_weights* w = &weights->format;
     int32_t M = a->M, N = w->N, K = w->K, G = w->group_size, groups = qk_groups_per_row(w);
-    int32_t block = block_rows(M);               /* what a8_workspace sized the workspace for */
-    float* sx = exec->workspace;                 /* [block] */
-    int* finite = (int*)(sx + block);            /* [block] */
-    int16_t* row = (int16_t*)(finite + block);   /* [K]: q - zp of row n */
-    int16_t* qx = row + K;                       /* [block_rows, K] */
+    int32_t cap = block_rows(M);                 /* laid out as a8_workspace counts it */
+    float* sx = exec->workspace;                 /* [cap] */
+    int* finite = (int*)(sx + cap);              /* [cap] */
+    int16_t* row = (int16_t*)(finite + cap);     /* [K]: q - zp of row n */
+    int16_t* qx = row + K;                       /* [cap, K] */
     for (int32_t m0 = 0; m0 < M; m0 += ROW_BLOCK) {
         int32_t rows = M - m0 < ROW_BLOCK ? M - m0 : ROW_BLOCK;
         for (int32_t m = 0; m < rows; m++) finite[m] = quantize_activation_row(a, m0 + m, K, qx + (size_t)m * K, &sx[m]);

@@ -49,7 +49,7 @@ def float_format(x: Any, argument: str) -> FloatFormat:
         return FloatFormat(dtype, "torch", tuple(x.shape))
     if not isinstance(x, np.ndarray):
         raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
-    dtype = _tensors._float_dtype_name(x.dtype)
-    if dtype is None:
+    found = _tensors._float_dtype(x.dtype)
+    if found is None:
         raise DtypeError(f"{argument} has dtype {x.dtype}; expected float32, float16 or bfloat16")
-    return FloatFormat(dtype, "numpy", tuple(x.shape))
+    return FloatFormat(found[0], "numpy", tuple(x.shape))

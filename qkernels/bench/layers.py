@@ -92,8 +92,8 @@ class Layer:
         return [array] + [duplicate() for _ in range(self.count(array.nbytes) - 1)]
 
     def quantized(self, bits: int, group_size: int) -> list[qkernels.QuantizedWeight]:
-        """Separate QuantizedWeight objects, each with its own arrays (read by the stateless path)
-        and its own cached packs and plans (which prepare() makes before any timing)."""
+        """Separate QuantizedWeight objects, each with its own arrays (read by the stateless path, and
+        by packs that borrow them) and its own cached packs and plans (prepare() makes them before timing)."""
         key = (bits, group_size)
         if key not in self._quantized:
             qw = qkernels.quantize_weights(self.w, bits=bits, group_size=group_size)
@@ -117,8 +117,10 @@ class Layer:
             name, run, weight_bytes = f"{kernel.name} (stateless)", stateless_call, qw.nbytes
         else:
             prepare(qws, x, kernel.mode, kernel.name)
-            backend = qkernels.dispatch.backend_code(kernel.backend)
-            name, run, weight_bytes = kernel.name, prepared_call, qkernels.lib.qk_packed_size(qw.packed(backend))
+            name, run = kernel.name, prepared_call
+            # The backend's pack, or the canonical arrays, which a backend without a layout of its own borrows.
+            pack = qw.packed(qkernels.dispatch.backend_code(kernel.backend))
+            weight_bytes = qkernels.lib.qk_packed_size(pack) if own_layout else qw.nbytes
 
         def check(y):
             reference.assert_matmul_close(

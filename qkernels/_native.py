@@ -69,5 +69,12 @@ def check(status: int) -> None:
         raise error_for_status(_STATUS_NAMES.get(status, "QK_ERR"), message)
 
 
+def new_struct(name: str):
+    """A zeroed ``name *`` whose leading ``size`` field says how large this header's struct is."""
+    struct = ffi.new(f"{name} *")
+    struct.size = ffi.sizeof(name)
+    return struct
+
+
 def text(c_string) -> str:
     return ffi.string(c_string).decode() if c_string != ffi.NULL else ""

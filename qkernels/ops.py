@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import dispatch
-from ._native import check, ffi, lib
+from ._native import check, ffi, lib, new_struct
 from ._tensors import dtype_code, empty_like_kind, float_buffer, host_tensor, is_torch, pointer_of
 from .errors import InvalidArgumentError
 from .weights import QuantizedWeight
@@ -26,8 +26,8 @@ def _bias_array(bias: Any, N: int):
     return bias
 
 
-def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any):
-    """The output and the filled qk_matmul_args (plus what must stay alive with them)."""
+def _prepare(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any):
+    """The checked input buffer, M, a new output, the bias array and the backend id of one call."""
     if mode not in dispatch.MODES:
         raise InvalidArgumentError(f"mode={mode!r} must be 'a16' or 'a8'")
     buf = float_buffer(x, "x")
@@ -37,23 +37,29 @@ def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: s
     if M <= 0:
         raise InvalidArgumentError(f"x has shape {buf.shape}: M={M} rows; at least one is needed")
     out = empty_like_kind(buf.kind, buf.shape[:-1] + (qw.N,), buf.dtype)
-    bias = _bias_array(bias, qw.N)
     # A use_backend block yields to an explicit kernel= argument (arguments outrank it).
     name = backend or (None if kernel else dispatch.forced_backend()) or "auto"
+    return buf, M, out, _bias_array(bias, qw.N), dispatch.backend_code(name)
+
+
+def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any):
+    """The output and the filled qk_matmul_args (plus what must stay alive with them)."""
+    buf, M, out, bias, backend_id = _prepare(x, qw, mode, backend, kernel, bias)
     kernel_name = ffi.new("char[]", kernel.encode()) if kernel else ffi.NULL
-    args = ffi.new("qk_matmul_args *")
+    args = new_struct("qk_matmul_args")
     args.input, args.output = buf.pointer, pointer_of(out)
     args.bias = ffi.NULL if bias is None else ffi.cast("float *", pointer_of(bias))
     args.M, args.input_dtype, args.mode = M, dtype_code(buf.dtype), dispatch.MODES[mode]
-    args.backend, args.kernel = dispatch.backend_code(name), kernel_name
+    args.backend, args.kernel = backend_id, kernel_name
     return out, args, (buf, bias, kernel_name)
 
 
 def select(x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | None = None, kernel: str | None = None):
     """The kernel that matmul would run for these arguments (a KernelInfo); runs nothing."""
     _, args, _alive = _args(x, qw, mode, backend, kernel, None)
-    info = ffi.new("qk_kernel_info *")
-    check(lib.qk_select_kernel(qw.c_weights, args, info))
+    plan = qw.plan(args.mode, args.input_dtype, args.backend, kernel)
+    info = new_struct("qk_kernel_info")
+    check(lib.qk_plan_kernel(plan, args.M, info))
     return dispatch.kernel_info_from_c(info)
 
 
@@ -67,18 +73,13 @@ def matmul(
     x: float32 / float16 / bfloat16 NumPy array or CPU torch tensor; Y has its kind and dtype.
     backend, kernel: force a backend or one registered kernel (see qkernels.dispatch);
     bias: [N], applied in float32 before the single rounding to Y's dtype.
-    A backend with its own weight layout gets the weights packed on first use, cached in `qw`;
-    the others read `qw`'s canonical arrays directly, with no copy.
+    The first call for a mode and dtype makes a plan, cached in `qw`: the kernels selected once
+    and the weights packed once per backend; every call after that is one C call.
     """
-    out, args, _alive = _args(x, qw, mode, backend, kernel, bias)
-    info = ffi.new("qk_kernel_info *")
-    check(lib.qk_select_kernel(qw.c_weights, args, info))
-    args.kernel = info.name  # run exactly the kernel selected (its name is a static C string)
-    if dispatch.has_own_layout(info.backend):
-        args.backend = lib.QK_BACKEND_AUTO  # the packed handle fixes the backend
-        check(lib.qk_matmul_packed(qw.packed(info.backend), args))
-    else:
-        check(lib.qk_matmul(qw.c_weights, args))
+    buf, M, out, bias, backend_id = _prepare(x, qw, mode, backend, kernel, bias)
+    plan = qw.plan(dispatch.MODES[mode], dtype_code(buf.dtype), backend_id, kernel)
+    bias_pointer = ffi.NULL if bias is None else ffi.cast("float *", pointer_of(bias))
+    check(lib.qk_plan_run(plan, buf.pointer, pointer_of(out), bias_pointer, M, ffi.NULL))
     return out
 
 

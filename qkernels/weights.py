@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ._native import check, ffi, lib
+import os
+
+from ._native import check, ffi, lib, new_struct
 from ._tensors import dtype_code, empty_like_kind, float_buffer, int_array, pointer_of
 from .errors import InvalidArgumentError
 
@@ -21,12 +23,15 @@ class QuantizedWeight:
     """Weights W[N, K] (torch.nn.Linear layout) as q, scales and zero points.
 
     data:        int8 [N, K*bits/8]; 4-bit values two per byte, low nibble first.
-    scales:      float32 [N, K/group_size].
-    zero_points: int8 [N, K/group_size], or None (symmetric).
+    scales:      float32 [N, NG] with NG = ceil(K / group_size): the last group of a row may be
+                 shorter (format v2).
+    zero_points: int8 [N, NG], or None (symmetric).
     dtype, kind: the float dtype and container ("numpy" or "torch") the weights came from;
                  dequantize() returns the same.
-    Frozen: the native view of the arrays and the packs cached per backend (made on first use)
-    stay valid only while the arrays are the ones given; treat their contents as read-only too.
+    offsets:     float32 [N, NG] added after scaling (format v2: llama.cpp's "min"), or None.
+    Frozen: the native view of the arrays, the packs cached per backend and the plans cached per
+    (mode, dtype, backend, kernel), all made on first use, stay valid only while the arrays are the
+    ones given; treat their contents as read-only too.
     """
 
     data: np.ndarray
@@ -37,7 +42,9 @@ class QuantizedWeight:
     shape: tuple[int, int]
     dtype: str = "float32"
     kind: str = "numpy"
+    offsets: np.ndarray | None = None
     _packs: dict = field(default_factory=dict, init=False, repr=False)
+    _plans: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         N, K = self.shape
@@ -46,13 +53,13 @@ class QuantizedWeight:
             set_field("group_size", int(self.group_size))
         if self.bits not in (4, 8):
             raise InvalidArgumentError(f"bits={self.bits} must be 4 or 8")
-        if not (isinstance(self.group_size, int) and self.group_size > 0 and K % self.group_size == 0):
-            raise InvalidArgumentError(f"group_size={self.group_size} must be a positive divisor of K={K}")
+        if not (isinstance(self.group_size, int) and self.group_size > 0):
+            raise InvalidArgumentError(f"group_size={self.group_size} must be a positive integer")
         if self.bits == 4 and K % 2:
             raise InvalidArgumentError(f"K={K} must be even for 4-bit weights")
         set_field("data", int_array(self.data, "weights", np.int8))
         set_field("scales", int_array(self.scales, "scales", np.float32))
-        groups = (N, K // self.group_size)
+        groups = (N, -(-K // self.group_size))
         if self.data.shape != (N, K * self.bits // 8):
             raise InvalidArgumentError(f"weights has shape {self.data.shape}; expected {(N, K * self.bits // 8)}")
         if self.scales.shape != groups:
@@ -61,10 +68,15 @@ class QuantizedWeight:
             set_field("zero_points", int_array(self.zero_points, "zero_points", np.int8))
             if self.zero_points.shape != groups:
                 raise InvalidArgumentError(f"zero_points has shape {self.zero_points.shape}; expected {groups}")
-        c = ffi.new("qk_weights *")
+        if self.offsets is not None:
+            set_field("offsets", int_array(self.offsets, "offsets", np.float32))
+            if self.offsets.shape != groups:
+                raise InvalidArgumentError(f"offsets has shape {self.offsets.shape}; expected {groups}")
+        c = new_struct("qk_weights")
         c.data = ffi.cast("int8_t *", pointer_of(self.data))
         c.scales = ffi.cast("float *", pointer_of(self.scales))
         c.zero_points = ffi.NULL if self.zero_points is None else ffi.cast("int8_t *", pointer_of(self.zero_points))
+        c.offsets = ffi.NULL if self.offsets is None else ffi.cast("float *", pointer_of(self.offsets))
         c.N, c.K, c.group_size, c.bits = N, K, self.group_size, self.bits
         set_field("_c", c)
 
@@ -83,7 +95,8 @@ class QuantizedWeight:
     @property
     def nbytes(self) -> int:
         """Bytes of the canonical format: data, scales and zero points."""
-        return self.data.nbytes + self.scales.nbytes + (0 if self.zero_points is None else self.zero_points.nbytes)
+        extra = (self.zero_points, self.offsets)
+        return self.data.nbytes + self.scales.nbytes + sum(a.nbytes for a in extra if a is not None)
 
     @property
     def c_weights(self):
@@ -91,12 +104,43 @@ class QuantizedWeight:
         return self._c
 
     def packed(self, backend: int):
-        """The qk_packed_weights handle for a backend code, packed on first use."""
+        """The qk_packed_weights handle for a backend id, packed on first use. A backend without a
+        layout of its own borrows this object's arrays (no copy): it lives as long as they do."""
         if backend not in self._packs:
             out = ffi.new("qk_packed_weights **")
-            check(lib.qk_pack_weights(self._c, backend, out))
+            check(lib.qk_pack_weights_borrowing(self._c, backend, out))
             self._packs[backend] = ffi.gc(out[0], lib.qk_packed_weights_free)
         return self._packs[backend]
+
+    def plan(self, mode: int, dtype: int, backend: int, kernel: str | None):
+        """The qk_plan for a mode, input dtype, backend id (0: automatic) and kernel name (None:
+        automatic), made on first use: selected once, on weights packed once per backend.
+        QKERNELS_BACKEND is part of the key, so that setting it takes effect as it does in C."""
+        key = (mode, dtype, backend, kernel, os.environ.get("QKERNELS_BACKEND"))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._make_plan(mode, dtype, backend, kernel)
+        return plan
+
+    def _make_plan(self, mode: int, dtype: int, backend: int, kernel: str | None):
+        # The backend is that of the kernel automatic selection picks for one row. Selection reads
+        # no data, so the activation and output pointers are a placeholder buffer.
+        placeholder = _PLACEHOLDER
+        args = new_struct("qk_matmul_args")
+        args.input = args.output = ffi.from_buffer(placeholder)
+        args.M, args.input_dtype, args.mode, args.backend = 1, dtype, mode, backend
+        kernel_name = ffi.new("char[]", kernel.encode()) if kernel is not None else ffi.NULL
+        args.kernel = kernel_name
+        info = new_struct("qk_kernel_info")
+        check(lib.qk_select_kernel(self._c, args, info))
+        desc = new_struct("qk_plan_desc")
+        desc.mode, desc.input_dtype, desc.kernel = mode, dtype, kernel_name
+        out = ffi.new("qk_plan **")
+        check(lib.qk_plan_create(self.packed(info.backend), desc, out))
+        return ffi.gc(out[0], lib.qk_plan_free)
+
+
+_PLACEHOLDER = np.zeros(16, dtype=np.float32)  # 64 bytes: aligned for every dtype
 
 
 def quantize_weights(
@@ -116,11 +160,12 @@ def quantize_weights(
     if granularity not in _GRANULARITIES:
         raise InvalidArgumentError(f"granularity={granularity!r} is not one of {sorted(_GRANULARITIES)}")
     G = group_size if granularity == "group" else K
-    if not isinstance(G, numbers.Integral) or G <= 0 or K % G:  # the output shapes need it now
-        raise InvalidArgumentError(f"group_size={group_size} must be a positive divisor of K={K}")
+    if not isinstance(G, numbers.Integral) or G <= 0:  # the output shapes need it now
+        raise InvalidArgumentError(f"group_size={group_size} must be a positive integer")
+    groups = (N, -(-K // int(G)))  # the last group of a row may be shorter (format v2)
     data = np.empty((N, K * bits // 8), dtype=np.int8)
-    scales = np.empty((N, K // G), dtype=np.float32)
-    zero_points = None if symmetric else np.empty((N, K // G), dtype=np.int8)
+    scales = np.empty(groups, dtype=np.float32)
+    zero_points = None if symmetric else np.empty(groups, dtype=np.int8)
     check(
         lib.qk_quantize(
             buf.pointer, dtype_code(buf.dtype), N, K, bits, _GRANULARITIES[granularity], int(G), int(bool(symmetric)),
@@ -132,7 +177,7 @@ def quantize_weights(
 
 
 def dequantize(qw: QuantizedWeight, dtype: str | None = None):
-    """W[N, K] = scales · (q − zero_point), rounded once to `dtype` (default: the weights' own),
+    """W[N, K] = scales · (q − zero_point) + offsets, rounded once to `dtype` (default: the weights' own),
     returned as the kind of container the weights were quantized from."""
     dtype = dtype or qw.dtype
     if dtype not in ("float32", "float16", "bfloat16"):

@@ -21,6 +21,8 @@ from qkernels import (
     ffi,
     lib,
 )
+from qkernels import dispatch
+from qkernels._native import new_struct
 from qkernels.errors import error_for_status
 from qk_support import KERNELS, pack4
 
@@ -388,8 +390,17 @@ class Guarded:
     def ptr(self, ctype: str = "void *"):
         return ffi.cast(ctype, self.address)
 
+    def sized(self, struct: str):
+        """A pointer to an output struct whose leading size field is set, as callers must."""
+        self.block[self.start:self.start + 4] = np.frombuffer(np.uint32(ffi.sizeof(struct)).tobytes(), np.uint8)
+        self.size_field = slice(self.start, self.start + 4)
+        return self.ptr(struct + " *")
+
     def untouched(self) -> bool:
-        return bool((self.block == POISON).all())
+        poisoned = self.block == POISON
+        if hasattr(self, "size_field"):
+            poisoned[self.size_field] = True
+        return bool(poisoned.all())
 
     def guards_intact(self) -> bool:
         return bool((self.block[: self.start] == POISON).all() and (self.block[self.start + self.nbytes:] == POISON).all())
@@ -426,12 +437,12 @@ class MatmulCall:
         self.bias = rng.standard_normal(self.N).astype(np.float32)
         self.out = Guarded(self.M * self.N * ELEMENT[dtype], out_offset)
         self.keep = []
-        self.w = ffi.new("qk_weights *")
+        self.w = new_struct("qk_weights")
         self.w.data = ffi.cast("int8_t *", self.data.ctypes.data)
         self.w.scales = ffi.cast("float *", self.scales.ctypes.data)
         self.w.zero_points = ffi.cast("int8_t *", self.zp.ctypes.data)
         self.w.N, self.w.K, self.w.group_size, self.w.bits = self.N, self.K, self.G, bits
-        self.a = ffi.new("qk_matmul_args *")
+        self.a = new_struct("qk_matmul_args")
         self.a.input = ffi.cast("void *", self.x.ctypes.data)
         self.a.output = self.out.ptr()
         self.a.bias = ffi.cast("float *", self.bias.ctypes.data)
@@ -499,7 +510,7 @@ def _matmul_c_cases():
         ("input_dtype=3", lambda c: setattr(c.a, "input_dtype", 3), S.QK_ERR_INVALID_DTYPE, "input_dtype"),
         ("input_dtype=77", lambda c: setattr(c.a, "input_dtype", 77), S.QK_ERR_INVALID_DTYPE, "input_dtype"),
         ("mode=2", lambda c: setattr(c.a, "mode", 2), S.QK_ERR_INVALID_ARGUMENT, "mode"),
-        ("backend=COUNT", lambda c: setattr(c.a, "backend", S.QK_BACKEND_COUNT), S.QK_ERR_INVALID_ARGUMENT, "backend"),
+        ("backend=COUNT", lambda c: setattr(c.a, "backend", (lib.qk_backend_count() + 1)), S.QK_ERR_INVALID_ARGUMENT, "backend"),
         ("backend=99", lambda c: setattr(c.a, "backend", 99), S.QK_ERR_INVALID_ARGUMENT, "backend"),
         ("kernel unknown", lambda c: c.set_kernel("no_such_kernel"), S.QK_ERR_INVALID_ARGUMENT, "kernel"),
         ("input misaligned", lambda c: c.misalign("input", 1), S.QK_ERR_MISALIGNED, "input"),
@@ -517,7 +528,9 @@ def _matmul_c_cases():
     if k is not None:
         cases.append((f"kernel {k.name} in a16", lambda c, k=k: c.set_kernel(k.name), S.QK_ERR_UNSUPPORTED, k.name))
     for k in AVAILABLE_KERNELS:
-        wrong = next(b for b in BACKENDS if b.name != k.backend)
+        wrong = next((b for b in BACKENDS if b.name != k.backend), None)
+        if wrong is None:
+            continue
         cases.append((f"kernel {k.name} with backend {wrong.name}",
                       lambda c, k=k, wrong=wrong: (c.set_kernel(k.name), setattr(c.a, "backend", wrong.code)),
                       S.QK_ERR_INVALID_ARGUMENT, k.name))
@@ -565,7 +578,7 @@ def test_qk_matmul_environment_backend(env, status, words, monkeypatch):
     _check_failure(call.run_entry_point(), status, words, call.out)
     # A forced backend in the arguments outranks the environment.
     call = MatmulCall()
-    call.a.backend = lib.QK_BACKEND_REF
+    call.a.backend = dispatch.backend_code("ref")
     assert call.run() == lib.QK_OK, _last_error()
 
 
@@ -646,7 +659,7 @@ def _pack_cases():
                                                            "4-bit zp"))]
     cases = [(name, mutate, status, words, S.QK_BACKEND_AUTO) for name, mutate, status, words in cases]
     cases.append(("backend=99", lambda c: None, S.QK_ERR_INVALID_ARGUMENT, "backend", 99))
-    cases.append(("backend=COUNT", lambda c: None, S.QK_ERR_INVALID_ARGUMENT, "backend", S.QK_BACKEND_COUNT))
+    cases.append(("backend=COUNT", lambda c: None, S.QK_ERR_INVALID_ARGUMENT, "backend", (lib.qk_backend_count() + 1)))
     for b in BACKENDS:
         if not b.available:
             cases.append((f"backend {b.name} unavailable", lambda c: None, S.QK_ERR_BACKEND_UNAVAILABLE, b.name, b.code))
@@ -684,9 +697,8 @@ SELECT_CASES = [c for c in MATMUL_C_CASES if not c[0].startswith("4-bit zp")]  #
 def test_qk_select_kernel_fails_without_writing(mutate, status, words):
     call = MatmulCall()
     mutate(call)
-    size = ffi.sizeof("qk_kernel_info")
-    info = Guarded(size)
-    _check_failure(lib.qk_select_kernel(call.wp, call.ap, info.ptr("qk_kernel_info *")), status, words, info)
+    info = Guarded(ffi.sizeof("qk_kernel_info"))
+    _check_failure(lib.qk_select_kernel(call.wp, call.ap, info.sized("qk_kernel_info")), status, words, info)
     assert call.out.untouched()
 
 
@@ -698,15 +710,15 @@ def test_qk_select_kernel_null_out():
 def test_enumeration_errors_write_nothing():
     info = Guarded(ffi.sizeof("qk_kernel_info"))
     for index in (-1, lib.qk_kernel_count(), 10**6):
-        _check_failure(lib.qk_kernel_get(index, info.ptr("qk_kernel_info *")), lib.QK_ERR_INVALID_ARGUMENT, "index",
+        _check_failure(lib.qk_kernel_get(index, info.sized("qk_kernel_info")), lib.QK_ERR_INVALID_ARGUMENT, "index",
                        info)
     binfo = Guarded(ffi.sizeof("qk_backend_info"))
-    for code in (lib.QK_BACKEND_AUTO, lib.QK_BACKEND_COUNT, 99):
-        _check_failure(lib.qk_backend_get(code, binfo.ptr("qk_backend_info *")), lib.QK_ERR_INVALID_ARGUMENT,
+    for code in (lib.QK_BACKEND_AUTO, lib.qk_backend_count() + 1, 99):
+        _check_failure(lib.qk_backend_get(code, binfo.sized("qk_backend_info")), lib.QK_ERR_INVALID_ARGUMENT,
                        "backend", binfo)
     _check_failure(lib.qk_kernel_get(0, ffi.NULL), lib.QK_ERR_NULL_POINTER, "out")
-    _check_failure(lib.qk_backend_get(lib.QK_BACKEND_REF, ffi.NULL), lib.QK_ERR_NULL_POINTER, "out")
-    assert lib.qk_kernel_get(0, info.ptr("qk_kernel_info *")) == lib.QK_OK and _last_error() == ""
+    _check_failure(lib.qk_backend_get(dispatch.backend_code("ref"), ffi.NULL), lib.QK_ERR_NULL_POINTER, "out")
+    assert lib.qk_kernel_get(0, info.sized("qk_kernel_info")) == lib.QK_OK and _last_error() == ""
 
 
 class QuantizeCall:
@@ -855,8 +867,8 @@ def test_every_successful_call_clears_the_last_error():
     quantize = QuantizeCall()
     out = Guarded(call.N * call.K * 4)
     handle = ffi.new("qk_packed_weights **")
-    info = ffi.new("qk_kernel_info *")
-    binfo = ffi.new("qk_backend_info *")
+    info = new_struct("qk_kernel_info")
+    binfo = new_struct("qk_backend_info")
     successes = {
         "qk_matmul": lambda: lib.qk_matmul(call.w, call.a),
         "quantizedMatMul": call.run_entry_point,
@@ -866,7 +878,7 @@ def test_every_successful_call_clears_the_last_error():
         "qk_matmul_packed": lambda: lib.qk_matmul_packed(handle[0], call.a),
         "qk_select_kernel": lambda: lib.qk_select_kernel(call.w, call.a, info),
         "qk_kernel_get": lambda: lib.qk_kernel_get(0, info),
-        "qk_backend_get": lambda: lib.qk_backend_get(lib.QK_BACKEND_REF, binfo),
+        "qk_backend_get": lambda: lib.qk_backend_get(dispatch.backend_code("ref"), binfo),
     }
     try:
         for name, success in successes.items():
@@ -903,7 +915,7 @@ def test_cuda_stream_is_refused_by_the_cpu_library():
     qw = qkernels.quantize_weights(np.ones((4, 64), np.float32), bits=8, group_size=None)
     x = np.ones((1, 64), np.float32)
     guarded = np.full(4 + 32, 7.0, np.float32)
-    args = ffi.new("qk_matmul_args *")
+    args = new_struct("qk_matmul_args")
     args.input, args.output = ffi.cast("void *", x.ctypes.data), ffi.cast("void *", guarded[16:].ctypes.data)
     args.M, args.input_dtype, args.stream = 1, lib.QK_DTYPE_F32, ffi.cast("void *", 0x1000)
     assert lib.qk_matmul(qw.c_weights, args) == lib.QK_ERR_INVALID_ARGUMENT

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import qkernels
 from qkernels import ffi, lib, reference
+from qkernels._native import new_struct
 from qk_support import (
     BACKENDS,
     HAVE_TORCH,
@@ -76,9 +77,10 @@ def test_auto_dispatch_matches_reference(p):
     y = _run(built, None)
     assert_container(y, p.kind, p.dtype, (p.M, p.N))
     built.check(y)
-    # matmul packed the weights for the backend select() reported, if that backend has its own layout.
+    # matmul packed the weights for the backend select() reported, copying nothing for a backend
+    # that reads the canonical arrays.
     own_layout = next(b.own_layout for b in qkernels.backends() if b.name == chosen.backend)
-    assert (CODES[chosen.backend] in built.qw._packs) == own_layout
+    assert (lib.qk_packed_size(built.qw._packs[CODES[chosen.backend]]) > 0) == own_layout
 
 
 # ---------------------------------------------------------------- integer overflow at large K
@@ -395,10 +397,11 @@ def test_packed_weights_are_cached_and_reused(backend, mode):
         y1 = qkernels.matmul(x, qw, mode, backend=backend)
     except qkernels.UnsupportedError as error:
         pytest.skip(f"backend {backend} has no kernel for this problem: {error}")
-    # Only a backend with its own layout packs; the others read the canonical arrays, no copy.
-    packs = {info.code} if info.own_layout else set()
+    # One handle, made once; a backend without its own layout borrows the canonical arrays (no copy).
+    packs = {info.code}
     assert set(qw._packs) == packs
     handle = qw._packs.get(info.code)
+    assert (lib.qk_packed_size(handle) > 0) == info.own_layout
     y2 = qkernels.matmul(x, qw, mode, backend=backend)
     y3 = qkernels.matmul(x, qw, mode, backend=backend)
     assert qw._packs.get(info.code) is handle and set(qw._packs) == packs
@@ -424,7 +427,7 @@ def test_packed_handle_owns_a_copy(bits):
     scales = rng.uniform(0.01, 0.1, (N, K // G)).astype(np.float32)
     zp = rng.integers(qmin, qmax + 1, (N, K // G)).astype(np.int8)
     original = (data.copy(), scales.copy(), zp.copy())
-    w = ffi.new("qk_weights *")
+    w = new_struct("qk_weights")
     w.data, w.scales = ffi.cast("int8_t *", data.ctypes.data), ffi.cast("float *", scales.ctypes.data)
     w.zero_points = ffi.cast("int8_t *", zp.ctypes.data)
     w.N, w.K, w.group_size, w.bits = N, K, G, bits
@@ -438,7 +441,7 @@ def test_packed_handle_owns_a_copy(bits):
         x = rng.standard_normal((4, K)).astype(np.float32)
         for mode_name, mode in (("a16", lib.QK_MODE_A16), ("a8", lib.QK_MODE_A8)):
             out = np.zeros((4, N), dtype=np.float32)
-            args = ffi.new("qk_matmul_args *")
+            args = new_struct("qk_matmul_args")
             args.input, args.output = ffi.cast("void *", x.ctypes.data), ffi.cast("void *", out.ctypes.data)
             args.M, args.input_dtype, args.mode, args.backend = 4, lib.QK_DTYPE_F32, mode, lib.QK_BACKEND_AUTO
             assert lib.qk_matmul_packed(handle[0], args) == lib.QK_OK, ffi.string(lib.qk_last_error())
@@ -499,10 +502,12 @@ def test_explicit_pack_equals_matmul(backend, mode):
     except qkernels.UnsupportedError as error:
         pytest.skip(f"backend {backend} has no kernel for this problem: {error}")
     copy = qkernels.QuantizedWeight(qw.data.copy(), qw.scales.copy(), qw.zero_points.copy(), 8, 64, (N, K))
-    handle = copy.packed(info.code)
-    copy.data[...] = 0  # the handle must not read the canonical arrays after packing
+    out_handle = ffi.new("qk_packed_weights **")
+    assert lib.qk_pack_weights(copy.c_weights, info.code, out_handle) == lib.QK_OK
+    handle = ffi.gc(out_handle[0], lib.qk_packed_weights_free)
+    copy.data[...] = 0  # qk_pack_weights copies: the handle must not read the canonical arrays after packing
     out = np.full_like(y, np.nan)
-    args = ffi.new("qk_matmul_args *")
+    args = new_struct("qk_matmul_args")
     args.input, args.output = ffi.cast("void *", x.ctypes.data), ffi.cast("void *", out.ctypes.data)
     args.M, args.input_dtype, args.mode = 3, lib.QK_DTYPE_F32, qkernels.dispatch.MODES[mode]
     assert lib.qk_matmul_packed(handle, args) == lib.QK_OK

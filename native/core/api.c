@@ -51,7 +51,7 @@ qk_status qk_matmul(const qk_weights* weights, const qk_matmul_args* args) {
         s = qk_run(k, &view, &a);
     } else {
         qk_packed_weights* packed = NULL;
-        s = qk_pack(&w, k.backend, &packed);
+        s = qk_pack(&w, k.backend, 0, &packed);
         if (s == QK_OK) s = qk_run(k, &packed->view, &a);
         qk_packed_release(packed);
     }

@@ -73,12 +73,14 @@ struct qk_packed_weights {
     atomic_int references;    /* the caller's handle and each plan made from it */
     qk_backend backend;
     qk_kernel_weights view;   /* what kernels get */
-    void* canonical_copy;     /* a backend without its own layout: the arrays, copied (one block) */
+    void* canonical_copy;     /* a backend without its own layout: the arrays, copied (one block),
+                                 or NULL when they are borrowed */
     size_t size;
 };
 
-/* Packs for one backend (available, checked weights) into a new handle with one reference. */
-qk_status qk_pack(const qk_weights* w, qk_backend backend, qk_packed_weights** out);
+/* Packs for one backend (available, checked weights) into a new handle with one reference. With
+ * borrow set, a backend without its own layout points at the caller's arrays instead of a copy. */
+qk_status qk_pack(const qk_weights* w, qk_backend backend, int borrow, qk_packed_weights** out);
 void qk_packed_retain(qk_packed_weights* p);
 void qk_packed_release(qk_packed_weights* p);
 

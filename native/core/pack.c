@@ -26,7 +26,7 @@ static size_t canonical_block(const qk_weights* w, uint8_t* block, qk_kernel_wei
     return zp_at + (w->zero_points ? groups : 0);
 }
 
-qk_status qk_pack(const qk_weights* w, qk_backend backend, qk_packed_weights** out) {
+qk_status qk_pack(const qk_weights* w, qk_backend backend, int borrow, qk_packed_weights** out) {
     const qk_backend_desc* d = qk_backend_entry_get(backend)->desc;
     qk_packed_weights* p = calloc(1, sizeof *p);
     if (!p) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate a packed-weights handle");
@@ -45,7 +45,7 @@ qk_status qk_pack(const qk_weights* w, qk_backend backend, qk_packed_weights** o
         void* packed = NULL;
         s = d->pack(w, &packed, &p->size);
         p->view.packed = packed;
-    } else {
+    } else if (!borrow) {
         p->size = canonical_block(w, NULL, &p->view);
         p->canonical_copy = qk_aligned_alloc(p->size);
         if (p->canonical_copy)
@@ -71,7 +71,7 @@ void qk_packed_release(qk_packed_weights* p) {
     free(p);
 }
 
-qk_status qk_pack_weights(const qk_weights* weights, qk_backend backend, qk_packed_weights** out) {
+static qk_status pack_weights(const qk_weights* weights, qk_backend backend, int borrow, qk_packed_weights** out) {
     if (!out) return qk_fail(QK_ERR_NULL_POINTER, "out is NULL");
     qk_weights w;
     qk_status s = qk_read_weights(weights, &w);
@@ -89,8 +89,16 @@ qk_status qk_pack_weights(const qk_weights* weights, qk_backend backend, qk_pack
                            w.K % w.group_size ? ", a shorter last group" : "");
     }
     if (!qk_backend_available(backend)) return qk_backend_unavailable(backend, "backend");
-    s = qk_pack(&w, backend, out);
+    s = qk_pack(&w, backend, borrow, out);
     return s == QK_OK ? qk_succeed() : s;
+}
+
+qk_status qk_pack_weights(const qk_weights* weights, qk_backend backend, qk_packed_weights** out) {
+    return pack_weights(weights, backend, 0, out);
+}
+
+qk_status qk_pack_weights_borrowing(const qk_weights* weights, qk_backend backend, qk_packed_weights** out) {
+    return pack_weights(weights, backend, 1, out);
 }
 
 qk_backend qk_packed_backend(const qk_packed_weights* packed) { return packed ? packed->backend : QK_BACKEND_AUTO; }

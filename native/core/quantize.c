@@ -101,8 +101,8 @@ void qk_dequantize_unchecked(const qk_weights* w, qk_dtype dtype, void* output) 
         for (int32_t k = 0; k < w->K; k++) {
             /* float32 times an integer below 2^9 is exact in double; the offset adds the one
              * rounding of double, then the store rounds once to dtype. */
-            double v = (double)qk_weight_scale(w, n, k) * (qk_weight_q(w, n, k) - qk_weight_zp(w, n, k)) +
-                       (double)qk_weight_offset(w, n, k);
+            double v = (double)qk_weight_scale(w, n, k) * (qk_weight_q(w, n, k) - qk_weight_zp(w, n, k));
+            if (w->offsets) v += (double)qk_weight_offset(w, n, k); /* not without: -0 + 0 would be +0 */
             qk_store_f64(output, dtype, (size_t)n * w->K + k, v);
         }
 }

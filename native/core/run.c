@@ -2,11 +2,14 @@
 #include "dispatch.h"
 
 qk_status qk_run(qk_kernel_ref k, const qk_kernel_weights* w, const qk_matmul_args* a) {
+    const qk_backend_desc* d = qk_backend_entry_get(k.backend)->desc;
+    if (a->stream && !d->uses_stream)
+        return qk_fail(QK_ERR_INVALID_ARGUMENT, "stream must be NULL: backend '%s' runs on the CPU", d->name);
     qk_exec exec = {
         .size = sizeof exec,
         .threads = qk_threads_for(a->M, w->format.N, w->format.K),
         .stream = a->stream,
-        .thread_setup = qk_backend_entry_get(k.backend)->desc->thread_setup,
+        .thread_setup = d->thread_setup,
     };
     if (k.desc->workspace_size) {
         exec.workspace_size = k.desc->workspace_size(w, a, exec.threads);

@@ -205,10 +205,14 @@ qk_status qk_matmul(const qk_weights* weights, const qk_matmul_args* args);
  * backend that runs these weights in both modes. The handle copies what it needs; the canonical
  * arrays may be freed after packing. */
 qk_status qk_pack_weights(const qk_weights* weights, qk_backend backend, qk_packed_weights** out);
+/* As qk_pack_weights, except that a backend without its own layout keeps pointers to the caller's
+ * arrays instead of copying them: they must stay alive and unchanged while the handle or any plan
+ * made from it lives. For language bindings whose weight objects own the arrays. */
+qk_status qk_pack_weights_borrowing(const qk_weights* weights, qk_backend backend, qk_packed_weights** out);
 /* Selects a kernel of the packed weights' backend on every call; a plan selects once. */
 qk_status qk_matmul_packed(const qk_packed_weights* packed, const qk_matmul_args* args);
 qk_backend qk_packed_backend(const qk_packed_weights* packed);
-size_t qk_packed_size(const qk_packed_weights* packed);   /* bytes of packed data */
+size_t qk_packed_size(const qk_packed_weights* packed);   /* bytes of packed data it owns */
 /* Releases the caller's reference; the pack lives on while a plan made from it does. */
 void qk_packed_weights_free(qk_packed_weights* packed);
 

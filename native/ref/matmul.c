@@ -8,8 +8,9 @@
 /* Row n of W: float32 scale times (q - zp), an integer below 2^9, exact in double, plus the offset. */
 static void dequantize_row(const qk_weights* w, int32_t n, double* row) {
     for (int32_t k = 0; k < w->K; k++)
-        row[k] = (double)qk_weight_scale(w, n, k) * (qk_weight_q(w, n, k) - qk_weight_zp(w, n, k)) +
-                 (double)qk_weight_offset(w, n, k);
+        row[k] = (double)qk_weight_scale(w, n, k) * (qk_weight_q(w, n, k) - qk_weight_zp(w, n, k));
+    if (w->offsets)
+        for (int32_t k = 0; k < w->K; k++) row[k] += (double)qk_weight_offset(w, n, k);
 }
 
 /* Four partial sums: a single one is bound by the latency of each add. Any summation order

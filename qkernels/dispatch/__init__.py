@@ -12,11 +12,10 @@ the reason; nothing ever falls back silently from a forced choice.
 from __future__ import annotations
 
 import contextlib
-import functools
 import contextvars
 from dataclasses import dataclass
 
-from .._native import check, ffi, lib, text
+from .._native import check, ffi, lib, new_struct, text
 from ..errors import InvalidArgumentError
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("qkernels_backend", default=None)
@@ -25,12 +24,14 @@ _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("qkernels_b
 @dataclass(frozen=True)
 class BackendInfo:
     name: str
-    code: int
+    code: int  # the id the library assigned when the backend registered
     compiled: bool
     detected: bool
     available: bool
     own_layout: bool  # packs weights into its own layout (else runs on the canonical arrays)
     reason: str  # why not available; "" when available
+    library: str  # the backend library it came from; "" when built in
+    priority: int  # automatic dispatch tries higher first
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class KernelInfo:
     max_group_size: int  # largest group size it runs exactly; 0: any
     max_m: int  # preferred for M <= max_m; 0: any M
     available: bool
+    offsets: bool  # runs weights with per-group offsets (format v2)
+    ragged_groups: bool  # runs weights whose last group is shorter (format v2)
+    canonical: bool  # reads the canonical layout (runs without packing)
 
 
 MODES = {"a16": lib.QK_MODE_A16, "a8": lib.QK_MODE_A8}
@@ -52,28 +56,33 @@ _DTYPE_NAMES = {lib.QK_DTYPE_F32: "float32", lib.QK_DTYPE_F16: "float16", lib.QK
 
 
 def backends() -> list[BackendInfo]:
-    """Every backend this package knows, best first, with whether it can run here and why not."""
+    """Every registered backend, in dispatch order (best first), with whether it can run here and why not."""
     result = []
-    for code in range(1, lib.QK_BACKEND_COUNT):
-        info = ffi.new("qk_backend_info *")
+    for code in range(1, lib.qk_backend_count() + 1):
+        info = new_struct("qk_backend_info")
         check(lib.qk_backend_get(code, info))
         result.append(
             BackendInfo(
                 text(info.name), code, bool(info.compiled), bool(info.detected), bool(info.available),
-                bool(info.own_layout), text(info.reason),
+                bool(info.own_layout), text(info.reason), text(info.library), info.priority,
             )
         )
-    return result
+    return sorted(result, key=lambda b: -b.priority)  # stable: ties keep registration order
 
 
-@functools.cache
 def _codes() -> dict[str, int]:
-    """Backend name -> qk_backend value; fixed for the life of the library."""
-    return {"auto": lib.QK_BACKEND_AUTO} | {b.name: b.code for b in backends()}
+    """Backend name -> id. Ids never change, but a program may register more backends at any time."""
+    global _codes_cache
+    if len(_codes_cache) != lib.qk_backend_count() + 1:
+        _codes_cache = {"auto": lib.QK_BACKEND_AUTO} | {b.name: b.code for b in backends()}
+    return _codes_cache
+
+
+_codes_cache: dict[str, int] = {}
 
 
 def backend_code(name: str) -> int:
-    """The qk_backend value of a backend name ("auto" is 0)."""
+    """The backend id of a backend name ("auto" is 0)."""
     try:
         return _codes()[name]
     except KeyError:
@@ -82,12 +91,6 @@ def backend_code(name: str) -> int:
 
 def backend_name(code: int) -> str:
     return next(name for name, c in _codes().items() if c == code)
-
-
-@functools.cache
-def has_own_layout(code: int) -> bool:
-    """Whether a backend packs weights into its own layout (fixed for the life of the library)."""
-    return next(b.own_layout for b in backends() if b.code == code)
 
 
 def kernel_info_from_c(info) -> KernelInfo:
@@ -101,6 +104,9 @@ def kernel_info_from_c(info) -> KernelInfo:
         max_group_size=info.max_group_size,
         max_m=info.max_m,
         available=bool(info.available),
+        offsets=bool(info.format_flags & lib.QK_FORMAT_OFFSETS),
+        ragged_groups=bool(info.format_flags & lib.QK_FORMAT_RAGGED_GROUPS),
+        canonical=bool(info.canonical),
     )
 
 
@@ -108,7 +114,7 @@ def kernels() -> list[KernelInfo]:
     """Every registered kernel, in dispatch order: the registry that tests and benchmarks read."""
     result = []
     for index in range(lib.qk_kernel_count()):
-        info = ffi.new("qk_kernel_info *")
+        info = new_struct("qk_kernel_info")
         check(lib.qk_kernel_get(index, info))
         result.append(kernel_info_from_c(info))
     return result
@@ -116,20 +122,19 @@ def kernels() -> list[KernelInfo]:
 
 def cpu_features() -> list[str]:
     """Names of the CPU features detected (and enabled by the operating system)."""
-    mask = lib.qk_cpu_features()
-    return [text(lib.qk_cpu_feature_name(1 << bit)) for bit in range(lib.QK_CPU_FEATURE_BITS) if mask >> bit & 1]
+    return [text(lib.qk_cpu_feature_name(f)) for f in range(lib.QK_CPU_FEATURE_COUNT) if lib.qk_cpu_has(f)]
 
 
 def set_num_threads(threads: int) -> None:
     """Threads for the multithreaded CPU kernels, process-wide; 0 restores the default
-    (``OMP_NUM_THREADS`` if set, else every core)."""
+    (``QKERNELS_NUM_THREADS`` if set, else the CPUs this process may run on)."""
     if isinstance(threads, bool) or not isinstance(threads, int):
         raise InvalidArgumentError(f"threads must be an int, not {type(threads).__name__}")
     check(lib.qk_set_num_threads(threads))
 
 
 def get_num_threads() -> int:
-    """Threads the CPU kernels use (1 in a build without OpenMP)."""
+    """Threads the CPU kernels use."""
     return lib.qk_get_num_threads()
 
 

@@ -20,8 +20,10 @@ static void padded_row(const qk_weights* w, const qk_arm_packed* h, int32_t n, i
         for (int32_t k = 0; k < w->K; k++) unpacked[k] = (int8_t)qk_weight_q(w, n, k);
         q = unpacked;
     }
-    for (int32_t g = 0; g < h->groups; g++)
-        memcpy(row + (size_t)g * h->group_padded, q + (size_t)g * w->group_size, (size_t)w->group_size);
+    for (int32_t g = 0; g < h->groups; g++) {
+        int32_t first = g * w->group_size, length = w->K - first < w->group_size ? w->K - first : w->group_size;
+        memcpy(row + (size_t)g * h->group_padded, q + first, (size_t)length); /* the last group may be shorter */
+    }
 }
 
 /* One pack: the header, and the panels that the tasks fill. */
@@ -72,16 +74,15 @@ static void pack_panels(void* arg, int32_t begin, int32_t end, int32_t thread) {
     }
 }
 
-/* The layout has whole groups and no offsets (the kernels' format_flags are 0): the core runs other
- * weights on the reference backend, and refuses to pack them here. */
+/* Packs every valid format, so that packing for this backend never depends on the weights, but the
+ * kernels run neither offsets nor a shorter last group (format_flags 0): the core selects none of
+ * them for such a pack. So offsets are not stored, and a shorter last group is padded like the rest. */
 static qk_status pack(const qk_weights* w, int32_t k_per_register, void** packed, size_t* bytes) {
-    if (w->offsets || w->K % w->group_size)
-        return qk_fail(QK_ERR_UNSUPPORTED, "the ARM layout holds neither offsets nor a shorter last group (K=%d, group size %d%s)",
-                       w->K, w->group_size, w->offsets ? ", offsets" : "");
     qk_arm_packed h = {.N = w->N, .K = w->K, .group_size = w->group_size, .bits = w->bits,
                        .groups = qk_groups_per_row(w), .k_per_register = k_per_register,
                        .has_zero_points = w->zero_points != NULL};
-    int64_t group_padded = ((int64_t)w->group_size + QK_ARM_GROUP_STEP - 1) / QK_ARM_GROUP_STEP * QK_ARM_GROUP_STEP;
+    int64_t longest = w->group_size < w->K ? w->group_size : w->K; /* a group size beyond K pads nothing */
+    int64_t group_padded = (longest + QK_ARM_GROUP_STEP - 1) / QK_ARM_GROUP_STEP * QK_ARM_GROUP_STEP;
     if (h.groups * group_padded > INT32_MAX / QK_ARM_PANEL) /* int32 k and register counts */
         return qk_fail(QK_ERR_UNSUPPORTED, "K=%d with group size %d is too long for the ARM layout (K padded to %lld)",
                        w->K, w->group_size, (long long)(h.groups * group_padded));

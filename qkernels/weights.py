@@ -113,7 +113,7 @@ class QuantizedWeight:
         """The qk_plan for a mode, input dtype, backend id (0: automatic) and kernel name (None:
         automatic), made on first use: selected once, on weights packed once per backend.
         QKERNELS_BACKEND is part of the key, so that setting it takes effect as it does in C."""
-        key = (mode, dtype, backend, kernel, _ENVIRON.get(_BACKEND_VARIABLE))
+        key = (mode, dtype, backend, kernel, os.environ.get("QKERNELS_BACKEND"))
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._make_plan(mode, dtype, backend, kernel)
@@ -138,9 +138,6 @@ class QuantizedWeight:
 
 
 _PLACEHOLDER = np.zeros(16, dtype=np.float32)  # 64 bytes: aligned for every dtype
-# os.environ.get encodes the name and decodes the value on every call (0.5 us, a tenth of a small
-# matmul's budget): plan() reads the store that os.environ keeps in step with the environment.
-_ENVIRON, _BACKEND_VARIABLE = os.environ._data, os.environ.encodekey("QKERNELS_BACKEND")
 
 
 def quantize_weights(

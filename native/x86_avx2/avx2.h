@@ -172,6 +172,11 @@ void qk_avx2_run_tiles(const qk_exec* exec, const qk_avx2_problem* p, qk_avx2_ti
 void qk_avx2_finish(const qk_matmul_args* a, int32_t N, const double* row_scale, int32_t m, int32_t n, int32_t count,
                     double* y);
 
+/* The canonical-layout kernels' per-group parameters of rows [n0, n0 + 8) of W (row N - 1 past N),
+ * transposed so that a group's eight are one vector: scale[g * 8 + i], and zp[g * 8 + i] (its zero
+ * point plus zp_offset) unless zp is NULL. */
+void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, int32_t* zp, int32_t zp_offset);
+
 /* ---- the kernels (one file each; register.c lists them) ---- */
 
 size_t qk_avx2_a16_4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);

@@ -6,6 +6,7 @@
  * disjoint outputs and read only what the preparation wrote, so they run in any order, on any
  * thread. */
 #include <math.h>
+#include <string.h>
 
 #include "avx2.h"
 
@@ -101,4 +102,46 @@ void qk_avx2_run_tiles(const qk_exec* exec, const qk_avx2_problem* p, qk_avx2_ti
     int32_t chunks = (M + chunk_rows - 1) / chunk_rows;
     double task_macs = (double)chunk_rows * 2 * QK_AVX2_PANEL * p->w->K;
     qk_parallel_for(exec, chunks * job.pairs, qk_avx2_grain(task_macs), tiles_task, &job);
+}
+
+/* Eight rows of eight values (row i at rows[i]) transposed into out[8 * c + i]. */
+static inline void transpose8(const __m256 r[8], float* out) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4)
+        for (int h = 0; h < 2; h++) {
+            u[i + 2 * h] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+            u[i + 2 * h + 1] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+    for (int c = 0; c < 4; c++) { /* u[c] holds columns c and c + 4 of rows 0..3, u[c + 4] of rows 4..7 */
+        _mm256_storeu_ps(out + 8 * c, _mm256_permute2f128_ps(u[c], u[c + 4], 0x20));
+        _mm256_storeu_ps(out + 8 * (c + 4), _mm256_permute2f128_ps(u[c], u[c + 4], 0x31));
+    }
+}
+
+void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, int32_t* zp, int32_t zp_offset) {
+    int32_t groups = qk_groups_per_row(w), g = 0;
+    size_t first[QK_AVX2_PANEL];
+    for (int i = 0; i < QK_AVX2_PANEL; i++) first[i] = (size_t)(n0 + i < w->N ? n0 + i : w->N - 1) * groups;
+    for (; g + 8 <= groups; g += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(w->scales + first[i] + g);
+        transpose8(r, scale + 8 * g);
+        if (!zp) continue;
+        for (int i = 0; i < 8; i++) {
+            int64_t bytes;
+            memcpy(&bytes, w->zero_points + first[i] + g, sizeof bytes);
+            __m256i v = _mm256_add_epi32(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bytes)), _mm256_set1_epi32(zp_offset));
+            r[i] = _mm256_castsi256_ps(v);
+        }
+        transpose8(r, (float*)(zp + 8 * g));
+    }
+    for (; g < groups; g++)
+        for (int i = 0; i < 8; i++) {
+            scale[8 * g + i] = w->scales[first[i] + g];
+            if (zp) zp[8 * g + i] = w->zero_points[first[i] + g] + zp_offset;
+        }
 }

@@ -62,9 +62,21 @@ def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: s
     return out, args, (buf, bias, kernel_name)
 
 
+def _canonical_variant(kernel: str | None) -> bool:
+    """Whether a forced kernel reads the canonical arrays although its backend packs (a canonical
+    variant, made for stateless calls). Plans run packed weights, so such a kernel runs on the
+    QuantizedWeight's own arrays through qk_matmul instead."""
+    info = next((k for k in dispatch.kernels() if k.name == kernel), None) if kernel else None
+    return bool(info and info.canonical and next(b.own_layout for b in dispatch.backends() if b.name == info.backend))
+
+
 def select(x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | None = None, kernel: str | None = None):
     """The kernel that matmul would run for these arguments (a KernelInfo); runs nothing."""
     _, args, _alive = _args(x, qw, mode, backend, kernel, None)
+    if _canonical_variant(kernel):
+        info = new_struct("qk_kernel_info")
+        check(lib.qk_select_kernel(qw.c_weights, args, info))
+        return dispatch.kernel_info_from_c(info)
     plan = qw.plan(args.mode, args.input_dtype, args.backend, kernel)
     info = new_struct("qk_kernel_info")
     check(lib.qk_plan_kernel(plan, args.M, info))
@@ -82,8 +94,13 @@ def matmul(
     backend, kernel: force a backend or one registered kernel (see qkernels.dispatch);
     bias: [N], applied in float32 before the single rounding to Y's dtype.
     The first call for a mode and dtype makes a plan, cached in `qw`: the kernels selected once
-    and the weights packed once per backend; every call after that is one C call.
+    and the weights packed once per backend; every call after that is one C call. A forced
+    canonical variant (a kernel for stateless calls) runs on qw's arrays, unpacked.
     """
+    if _canonical_variant(kernel):
+        out, args, _alive = _args(x, qw, mode, backend, kernel, bias)
+        check(lib.qk_matmul(qw.c_weights, args))
+        return out
     buf, M, out, bias, backend_id = _prepare(x, qw, mode, backend, kernel, bias)
     plan = qw.plan(dispatch.MODES[mode], dtype_code(buf.dtype), backend_id, kernel)
     bias_pointer = ffi.NULL if bias is None else ffi.cast("float *", pointer_of(bias))

@@ -347,16 +347,33 @@ def test_bfloat16_is_exercised():
 # ---------------------------------------------------------------- two C paths, bit for bit
 
 
+def _stateless_kernel(qw, p) -> str:
+    """The kernel a stateless call (qk_matmul) runs: the backend's canonical variant where one fits
+    and covers M, else the kernel a plan runs. Selection reads no data: placeholder pointers."""
+    placeholder = np.zeros(16, dtype=np.float32)
+    args = new_struct("qk_matmul_args")
+    args.input = args.output = ffi.from_buffer(placeholder)
+    args.M = p.M
+    args.input_dtype = {"float32": lib.QK_DTYPE_F32, "float16": lib.QK_DTYPE_F16, "bfloat16": lib.QK_DTYPE_BF16}[p.dtype]
+    args.mode = lib.QK_MODE_A16 if p.mode == "a16" else lib.QK_MODE_A8
+    info = new_struct("qk_kernel_info")
+    assert lib.qk_select_kernel(qw.c_weights, args, info) == lib.QK_OK
+    return ffi.string(info.name).decode()
+
+
 @settings(max_examples=examples(40))
 @given(p=problems(weights=("raw",)))
 def test_quantized_matmul_equals_matmul_bit_for_bit(p):
+    """quantized_matmul (stateless) gives matmul's bits when both run the same kernel; a canonical
+    variant (stateless, unpacked) may sum in another order, within the contract's tolerance."""
     built = build(p)
     qw = built.qw
     y = qkernels.matmul(built.x, qw, p.mode, bias=built.bias)
     z = qkernels.quantized_matmul(built.x, qw.data, qw.scales, qw.zero_points, bits=p.bits, group_size=p.G,
                                   mode=p.mode, bias=built.bias)
     assert_container(z, p.kind, p.dtype, (p.M, p.N))
-    np.testing.assert_array_equal(bits_of(to_rep(z, p.dtype)), bits_of(to_rep(y, p.dtype)))
+    if _stateless_kernel(qw, p) == qkernels.select(built.x, qw, p.mode).name:
+        np.testing.assert_array_equal(bits_of(to_rep(z, p.dtype)), bits_of(to_rep(y, p.dtype)))
     built.check(z)
 
 

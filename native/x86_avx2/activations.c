@@ -27,26 +27,33 @@ static inline float hmax8(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
-float qk_avx2_load_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, float* out) {
-    int32_t G = w->group_size;
-    size_t padded = (size_t)qk_avx2_layout_of(w).blocks * QK_AVX2_BLOCK_K;
+double qk_avx2_load_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, size_t group_stride, float* out) {
+    int32_t G = w->group_size, groups = qk_groups_per_row(w);
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
     __m256 vmax = _mm256_setzero_ps();
     float amax = 0.0f;
-    for (int32_t g = 0; g < qk_groups_per_row(w); g++, out += padded) {
-        size_t first = (size_t)m * w->K + (size_t)g * G, j = 0;
-        for (; j + 8 <= (size_t)G; j += 8) {
+    for (int32_t g = 0; g < groups; g++) {
+        float* row = out + (size_t)g * group_stride;
+        size_t first = (size_t)m * w->K + (size_t)g * G, j = 0, count = g == groups - 1 ? (size_t)(w->K - g * G) : (size_t)G;
+        for (; j + 8 <= count; j += 8) {
             __m256 v = load8(a->input, a->input_dtype, first + j);
-            _mm256_storeu_ps(out + j, v);
+            _mm256_storeu_ps(row + j, v);
             vmax = _mm256_max_ps(_mm256_and_ps(v, abs_mask), vmax); /* a NaN lane keeps vmax's */
         }
-        for (; j < (size_t)G; j++) {
-            out[j] = qk_load_f32(a->input, a->input_dtype, first + j);
-            amax = fmaxf(fabsf(out[j]), amax); /* fmaxf ignores NaN */
+        for (; j < count; j++) {
+            row[j] = qk_load_f32(a->input, a->input_dtype, first + j);
+            amax = fmaxf(fabsf(row[j]), amax); /* fmaxf ignores NaN */
         }
-        for (; j < padded; j++) out[j] = 0.0f;
+        for (; j < group_stride; j++) row[j] = 0.0f;
     }
-    return fmaxf(amax, hmax8(vmax));
+    amax = fmaxf(amax, hmax8(vmax));
+    if (amax < QK_AVX2_LARGE_X) return 1.0;
+    /* 2^s: the least power of two that brings amax below 2^88 (ilogbf(amax) = e for 2^e <= amax <
+     * 2^(e+1)); for Inf, the largest (40), which brings every finite value below 2^88. */
+    int s = isinf(amax) ? 40 : ilogbf(amax) - 87;
+    float down = ldexpf(1.0f, -s);
+    for (size_t i = 0; i < (size_t)groups * group_stride; i++) out[i] *= down; /* exact but for tiny values */
+    return ldexp(1.0, s);
 }
 
 /* ---- the A8 activation quantizer (docs/numerics.md section 3, reading 4) ---- */
@@ -95,24 +102,23 @@ static float row_absmax(const qk_matmul_args* a, int32_t K, int32_t m) {
     return amax;
 }
 
-int qk_avx2_quantize_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, int8_t* qx,
-                         int32_t* group_sums, float* sx) {
+double qk_avx2_quantize_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, size_t group_stride,
+                            int8_t* qx, int32_t* group_sums) {
     int32_t K = w->K, G = w->group_size, groups = qk_groups_per_row(w);
-    size_t padded = (size_t)qk_avx2_layout_of(w).blocks * QK_AVX2_BLOCK_K;
     float amax = row_absmax(a, K, m);
     if (amax < 0.0f) { /* no finite amax: zeros, so that the kernels never read unwritten memory */
-        memset(qx, 0, padded * groups);
+        memset(qx, 0, group_stride * groups);
         memset(group_sums, 0, (size_t)groups * sizeof *group_sums);
-        return 0;
+        return NAN;
     }
     float inv = amax > 0.0f ? 127.0f / amax : 0.0f; /* +Inf for a tiny amax: reading 4 */
     const __m256 vinv = _mm256_set1_ps(inv);
     /* vpackssdw / vpacksswb interleave 128-bit lanes; this dword order undoes it. */
     const __m256i unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (int32_t g = 0; g < groups; g++, qx += padded) {
-        size_t first = (size_t)m * K + (size_t)g * G, j = 0;
+    for (int32_t g = 0; g < groups; g++, qx += group_stride) {
+        size_t first = (size_t)m * K + (size_t)g * G, j = 0, count = g == groups - 1 ? (size_t)(K - g * G) : (size_t)G;
         __m256i sum = _mm256_setzero_si256();
-        for (; j + 32 <= (size_t)G; j += 32) {
+        for (; j + 32 <= count; j += 32) {
             __m256i q[4];
             for (int i = 0; i < 4; i++) {
                 q[i] = quantize8(load8(a->input, a->input_dtype, first + j + 8 * i), vinv);
@@ -122,15 +128,14 @@ int qk_avx2_quantize_row(const qk_matmul_args* a, const qk_weights* w, int32_t m
             _mm256_storeu_si256((__m256i*)(qx + j), _mm256_permutevar8x32_epi32(bytes, unshuffle));
         }
         int32_t total = hsum8_epi32(sum);
-        for (; j < (size_t)G; j++) {
+        for (; j < count; j++) {
             qx[j] = (int8_t)quantize1(qk_load_f32(a->input, a->input_dtype, first + j), inv);
             total += qx[j];
         }
-        for (; j < padded; j++) qx[j] = 0;
+        for (; j < group_stride; j++) qx[j] = 0;
         group_sums[g] = total;
     }
-    *sx = amax / 127.0f;
-    return 1;
+    return amax / 127.0f; /* sx, in float32 */
 }
 
 /* Four float64 values rounded to float32 "to odd": truncated, with the last bit set when inexact.

@@ -1,4 +1,10 @@
-/* The x86 AVX2 backend: its weight layout, made by qk_avx2_pack and read by both kernels.
+/* The x86 AVX2 backend: its weight layout and what its kernels share.
+ *
+ * Files: pack.c makes the layout below; activations.c loads and quantizes rows of X and rounds
+ * results to the output dtype; driver.c runs the row preparation and the tiles of the packed
+ * kernels on the thread pool; a16_4x8.c, a16_6x16.c and a8_4x8.c are the kernels on the packed
+ * layout, a16_c4x8.c and a8_c4x8.c those on the canonical one (stateless calls at small M);
+ * register.c is the kernel table.
  *
  * Output features (rows n of W) are cut into panels of 8, one 256-bit register of int32 or float32
  * lanes; the last panel is padded with zero columns. A panel stores its groups one after the other,
@@ -19,12 +25,20 @@
 #ifndef QK_AVX2_H
 #define QK_AVX2_H
 
+#include <immintrin.h>
+
 #include "../core/internal.h"
+
+#define QK_AVX2_INLINE static inline __attribute__((always_inline))
 
 enum {
     QK_AVX2_PANEL = 8,      /* columns per panel */
     QK_AVX2_BLOCK_K = 8,    /* k per block */
-    QK_AVX2_HEADER = 64, /* bytes of a group header */
+    QK_AVX2_HEADER = 64,    /* bytes of a group header */
+    /* Multiply-adds per chunk of qk_parallel_for: a few microseconds (at M = 1, 4096 x 4096,
+     * 4 bits: 128 chunks), so that a thread the machine does not run delays a call by little. */
+    QK_AVX2_CHUNK_MACS = 1 << 17,
+    QK_AVX2_PREFETCH_BYTES = 2048, /* ahead of the weight stream: the hardware prefetcher alone reaches about half the bandwidth */
 };
 
 typedef struct {
@@ -46,28 +60,134 @@ static inline qk_avx2_layout qk_avx2_layout_of(const qk_weights* w) {
     return l;
 }
 
-/* The k-padded activations both kernels read: row m, group g starts at m * row + g * blocks * 8. */
-static inline size_t qk_avx2_padded_row(const qk_avx2_layout* l) {
-    return (size_t)l->groups * (size_t)l->blocks * QK_AVX2_BLOCK_K;
-}
-
 qk_status qk_avx2_pack(const qk_weights* weights, void** data, size_t* size);
 
-/* Loads X's row m as float32 into out, each group padded with zeros to a whole number of blocks.
- * Returns the largest |X[m, k]| that is not NaN. */
-float qk_avx2_load_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, float* out);
+/* Tasks per qk_parallel_for chunk when one task is `task_macs` multiply-adds. */
+static inline int32_t qk_avx2_grain(double task_macs) {
+    double grain = QK_AVX2_CHUNK_MACS / task_macs;
+    return grain < 1.0 ? 1 : (int32_t)grain;
+}
 
-/* The A8 activation quantizer (docs/numerics.md section 3) for row m into the padded layout: qx
- * (zero padded), the per-group sums of qx, and sx. Returns 0 when the row holds NaN or Inf: its
- * outputs are NaN, and its qx and sums are zeros. */
-int qk_avx2_quantize_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, int8_t* qx,
-                         int32_t* group_sums, float* sx);
+/* Workspace carving: the next `bytes` at *used, 64-byte aligned; with base NULL it only measures,
+ * so that one function both sizes a kernel's workspace and lays it out. */
+static inline void* qk_avx2_take(void* base, size_t* used, size_t bytes) {
+    void* p = base ? (uint8_t*)base + *used : NULL;
+    *used += (bytes + 63) & ~(size_t)63;
+    return p;
+}
+
+/* ---- activations (activations.c) ---- */
+
+/* Rows of |x| >= 2^88 are scaled down by a power of two before the float32 sums: the A16 kernels
+ * sum x * (q - zp) * 2^28 (up to 2^32 |x| per term) or x * w over runs of 64 terms per lane, which
+ * must not overflow float32 where the float64 result is finite. The factor is applied again to the
+ * float64 result, exactly. */
+#define QK_AVX2_LARGE_X 0x1p88f
+
+/* Loads X's row m as float32 into out, group g at g * group_stride (group_stride >= G), zero padded
+ * to the next group. A row with a magnitude of QK_AVX2_LARGE_X or more (Inf included) is stored
+ * times 2^-s; returns 2^s, what the row's sums must be multiplied by (1 for every other row). */
+double qk_avx2_load_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, size_t group_stride, float* out);
+
+/* The A8 activation quantizer (docs/numerics.md section 3) for row m, groups laid out as above:
+ * qx (zero padded) and the per-group sums of qx. Returns sx, or NaN when the row holds NaN or Inf
+ * (its outputs are NaN; its qx and sums are zeros). */
+double qk_avx2_quantize_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, size_t group_stride,
+                            int8_t* qx, int32_t* group_sums);
 
 /* The output row's columns [n, n + count) from float64 results (one rounding to the dtype). */
 void qk_avx2_store(const qk_matmul_args* a, int32_t N, int32_t m, int32_t n, int32_t count, const double* y);
 
-qk_status qk_avx2_matmul_a8(const qk_packed_weights* weights, const qk_matmul_args* args);
-qk_status qk_avx2_matmul_a16(const qk_packed_weights* weights, const qk_matmul_args* args);
-qk_status qk_avx2_matmul_a16_gemm(const qk_packed_weights* weights, const qk_matmul_args* args);
+/* ---- the driver (driver.c) ---- */
+
+/* y (eight float64 columns as two vectors) += t (eight int32 or float32 lanes) * scale. */
+QK_AVX2_INLINE void qk_avx2_fold_epi32(__m256d y[2], __m256i t, __m256d scale_lo, __m256d scale_hi) {
+    y[0] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(t)), scale_lo, y[0]);
+    y[1] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(t, 1)), scale_hi, y[1]);
+}
+
+QK_AVX2_INLINE void qk_avx2_fold_ps(__m256d y[2], __m256 t, __m256d scale_lo, __m256d scale_hi) {
+    y[0] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(t)), scale_lo, y[0]);
+    y[1] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)), scale_hi, y[1]);
+}
+
+/* Byte i of every dword moved to the top byte of that dword, the other bytes cleared: a signed
+ * byte q becomes the int32 q * 2^24 (a nibble kept in the high half of its byte, q * 2^28), which
+ * vcvtdq2ps converts exactly. vpshufb indexes within 128-bit lanes, so dword j of a lane reads byte
+ * 4 * j + i; control bytes with bit 7 set write 0. Byte 3 is already on top and only needs the
+ * others cleared: a vpand, which any of Zen 3's four vector pipes runs, where vpshufb competes for
+ * two of them with the FMAs and conversions (the A16 inner loop alone: 18.6 -> 17.9 cycles). */
+QK_AVX2_INLINE __m256i qk_avx2_byte_to_top(__m256i v, int i) {
+    if (i == 3) return _mm256_and_si256(v, _mm256_set1_epi32((int32_t)0xFF000000u));
+    const __m256i control = _mm256_or_si256(_mm256_setr_epi32(0 << 24, 4 << 24, 8 << 24, 12 << 24, 0 << 24, 4 << 24,
+                                                              8 << 24, 12 << 24),
+                                            _mm256_set1_epi32((int32_t)(0x00808080u | (uint32_t)i << 24)));
+    return _mm256_shuffle_epi8(v, control);
+}
+
+/* The power of two qk_avx2_byte_to_top scales weights by: 2^24, or 2^28 for nibbles. */
+QK_AVX2_INLINE float qk_avx2_weight_unit(int bits) { return bits == 4 ? 0x1p28f : 0x1p24f; }
+
+/* One packed block's weights as bytes of q (8 bits) or of q * 16 (4 bits): v0 holds k 0..3, v1 k 4..7. */
+QK_AVX2_INLINE void qk_avx2_block_bytes(const uint8_t* block, int bits, __m256i* v0, __m256i* v1) {
+    const __m256i high_nibbles = _mm256_set1_epi8((char)0xF0);
+    __m256i v = _mm256_load_si256((const __m256i*)block);
+    if (bits == 4) {
+        *v0 = _mm256_and_si256(_mm256_slli_epi16(v, 4), high_nibbles); /* low nibbles, moved up */
+        *v1 = _mm256_and_si256(v, high_nibbles);
+    } else {
+        *v0 = v;
+        *v1 = _mm256_load_si256((const __m256i*)(block + 32));
+    }
+}
+
+/* What the packed kernels' tiles read. */
+typedef struct {
+    const qk_matmul_args* a;
+    const qk_weights* w;   /* shape only */
+    const uint8_t* packed;
+    qk_avx2_layout l;
+    size_t row;            /* padded activation row length, in elements: groups * blocks * 8 */
+    int asymmetric;        /* whether the weights have zero points */
+    float* x;              /* A16: float32 rows */
+    int8_t* qx;            /* A8: quantized rows */
+    int32_t* sums;         /* A8: [M][groups] sums of qx */
+    double* row_scale;     /* [M]: each row's float64 sums are multiplied by it (A16: 1 or 2^s; A8: sx or NaN) */
+} qk_avx2_problem;
+
+qk_avx2_problem qk_avx2_problem_of(const qk_kernel_weights* w, const qk_matmul_args* a);
+
+/* A tile: rows [m, m + rows) of X (rows <= 4) times `panels` (1 or 2) panels from `panel` into y:
+ * per row, four float64 vectors (columns 0..7 of the first panel, then of the second). */
+typedef void qk_avx2_tile_fn(const qk_avx2_problem* p, const uint8_t* panel, int panels, int32_t m, int rows,
+                             __m256d* const* y);
+
+/* Fills p->x (A16, when x is set) or p->qx and p->sums (A8), and p->row_scale, on the pool. */
+void qk_avx2_prepare_rows(const qk_exec* exec, const qk_avx2_problem* p, size_t group_stride, size_t row);
+
+/* Every tile of the packed weights on the pool, then each result rounded to the output. */
+void qk_avx2_run_tiles(const qk_exec* exec, const qk_avx2_problem* p, qk_avx2_tile_fn* tile);
+
+/* Row m's columns [n, n + count) from y: times the row's scale, plus bias, rounded once. */
+void qk_avx2_finish(const qk_matmul_args* a, int32_t N, const double* row_scale, int32_t m, int32_t n, int32_t count,
+                    double* y);
+
+/* The canonical-layout kernels' per-group parameters of rows [n0, n0 + 8) of W (row N - 1 past N),
+ * transposed so that a group's eight are one vector: scale[g * 8 + i], and zp[g * 8 + i] (its zero
+ * point plus zp_offset) unless zp is NULL. */
+void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, int32_t* zp, int32_t zp_offset);
+
+/* ---- the kernels (one file each; register.c lists them) ---- */
+
+size_t qk_avx2_a16_4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_avx2_a16_4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+size_t qk_avx2_a16_6x16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_avx2_a16_6x16(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+size_t qk_avx2_a8_4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_avx2_a8_4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+size_t qk_avx2_a16_c4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_avx2_a16_c4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+size_t qk_avx2_a8_c4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_avx2_a8_c4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 
 #endif /* QK_AVX2_H */

@@ -1,5 +1,5 @@
 /* Canonical weights into the x86_avx2 layout (avx2.h). Runs once per weight matrix, so it favours
- * plain code over speed, and uses the kernels' threads. */
+ * plain code over speed, and runs its panels on the thread pool. */
 #include <string.h>
 
 #include "avx2.h"
@@ -64,18 +64,32 @@ static void pack_column(const qk_weights* w, const qk_avx2_layout* l, int32_t pa
     }
 }
 
-qk_status qk_avx2_pack(const qk_weights* w, void** data, size_t* size) {
-    qk_avx2_layout l = qk_avx2_layout_of(w);
-    *size = (size_t)l.panels * l.panel_bytes;
-    uint8_t* out = qk_aligned_alloc(*size);
-    if (!out) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", *size);
-    /* Panels are independent: the kernels' threads share them. */
-#pragma omp parallel for num_threads(qk_threads_for(1, w->N, w->K)) schedule(static)
-    for (int32_t p = 0; p < l.panels; p++) {
-        uint8_t* panel = out + (size_t)p * l.panel_bytes;
-        for (int32_t g = 0; g < l.groups; g++) pack_header(w, p, g, panel + (size_t)g * l.group_bytes);
-        for (int32_t j = 0; j < QK_AVX2_PANEL; j++) pack_column(w, &l, p, j, panel);
+typedef struct {
+    const qk_weights* w;
+    qk_avx2_layout l;
+    uint8_t* out;
+} pack_job;
+
+/* Panels [begin, end): independent, so any thread packs any of them. */
+static void pack_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
+    (void)thread;
+    const pack_job* j = arg;
+    for (int32_t p = begin; p < end; p++) {
+        uint8_t* panel = j->out + (size_t)p * j->l.panel_bytes;
+        for (int32_t g = 0; g < j->l.groups; g++) pack_header(j->w, p, g, panel + (size_t)g * j->l.group_bytes);
+        for (int32_t c = 0; c < QK_AVX2_PANEL; c++) pack_column(j->w, &j->l, p, c, panel);
     }
-    *data = out;
+}
+
+qk_status qk_avx2_pack(const qk_weights* w, void** data, size_t* size) {
+    pack_job job = {w, qk_avx2_layout_of(w), NULL};
+    *size = (size_t)job.l.panels * job.l.panel_bytes;
+    job.out = qk_aligned_alloc(*size);
+    if (!job.out) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", *size);
+    qk_exec exec = {.size = sizeof exec, .threads = qk_threads_for(1, w->N, w->K)};
+    /* Chunks of about 2^15 weights (tens of microseconds: packing is scalar code). */
+    int32_t grain = (1 << 15) / (QK_AVX2_PANEL * w->K);
+    qk_parallel_for(&exec, job.l.panels, grain > 1 ? grain : 1, pack_task, &job);
+    *data = job.out;
     return QK_OK;
 }

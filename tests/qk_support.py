@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -415,8 +415,7 @@ def build(p: Problem, batch_shape: tuple[int, ...] | None = None) -> Built:
                                        granularity=p.granularity)
         assert qw.group_size == G
     if p.offsets:
-        qw = qkernels.QuantizedWeight(qw.data, qw.scales, qw.zero_points, p.bits, G, (N, K), qw.dtype, qw.kind,
-                                      offsets=raw_offsets(rng, qw.scales, p.bits))
+        qw = replace(qw, offsets=raw_offsets(rng, qw.scales, p.bits))
     w_absmax = float(np.abs(reference.dequantize(qw.data, qw.scales, qw.zero_points, p.bits, G, qw.offsets)).max())
 
     dmax = MAX[p.dtype]

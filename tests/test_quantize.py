@@ -175,7 +175,8 @@ def test_quantizer_output_properties(c):
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     q = reference.unpack(qw.data, bits, K).astype(np.int64)
     s = np.repeat(qw.scales, G, axis=1)[:, :K]  # the last group may be shorter
-    zp = np.zeros((N, K), np.int64) if qw.zero_points is None else np.repeat(qw.zero_points.astype(np.int64), G, axis=1)[:, :K]
+    zp = np.zeros((N, K), np.int64) if qw.zero_points is None else np.repeat(qw.zero_points, G, axis=1)[:, :K]
+    zp = zp.astype(np.int64)
     assert np.isfinite(qw.scales).all() and (qw.scales > 0).all()
     if c["granularity"] == "tensor":
         assert (qw.scales == qw.scales.flat[0]).all()

@@ -139,7 +139,7 @@ class Layer:
         """One registered kernel, forced with kernel=, on every copy packed before any timing."""
         qws = self.quantized(bits, group_size)
         backend = qkernels.dispatch.backend_code(kernel.backend)
-        own_layout = qkernels.dispatch.has_own_layout(backend)
+        own_layout = next(b.own_layout for b in qkernels.backends() if b.code == backend)
         for qw in qws if own_layout else ():
             qw.packed(backend)
         qw, x, dtype = qws[0], xs[0], xs[0].dtype.name
@@ -464,7 +464,8 @@ def run(args: argparse.Namespace) -> int:
                 for mode in args.modes:
                     picked = qkernels.select(xs[0], layer.quantized(bits, G)[0], mode).name
                     for k in kernels:
-                        if k.mode == mode and bits in k.bits and G % k.group_multiple == 0:
+                        runs = G % k.group_multiple == 0 and (K % G == 0 or k.ragged_groups)  # format v2
+                        if k.mode == mode and bits in k.bits and runs:
                             candidates.append(layer.kernel_candidate(k, bits, G, xs))
                             candidates[-1].auto = k.name == picked
             group = []  # (key, row, candidate, output bytes, times or None) of this layer and M

@@ -9,7 +9,9 @@ dtype strings are "float32", "float16" and "bfloat16". NumPy has no bfloat16: bf
 np.uint16 arrays of raw bit patterns everywhere in this module.
 
 Canonical weights (section 1): ``data`` int8 [N, K*bits/8] (4-bit: low nibble first), ``scales``
-float32 [N, K/G], ``zero_points`` int8 [N, K/G] or None for symmetric weights.
+float32 [N, NG], ``zero_points`` int8 [N, NG] or None for symmetric weights, ``offsets`` float32
+[N, NG] or None (format v2), with NG = ceil(K/G) groups per row: G need not divide K, the last group
+then holds the remaining K - (NG-1)·G columns.
 """
 
 from __future__ import annotations
@@ -99,10 +101,17 @@ def _check_bits(bits):
 
 
 def _check_group(K, group_size, bits):
-    if not isinstance(group_size, (int, np.integer)) or group_size < 1 or K % group_size:
-        raise ValueError(f"group_size must be a positive divisor of K = {K}, got {group_size!r}")
+    """Returns NG = ceil(K / G), the groups per row (format v2: the last one may be shorter)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
     if bits == 4 and K % 2:
         raise ValueError(f"K must be even with 4 bits, got K = {K}")
+    return -(-K // int(group_size))
+
+
+def _per_column(a, K, group_size):
+    """[N, NG] per-group values -> [N, K], column k taking those of its group k div G."""
+    return a[:, np.arange(K) // group_size]
 
 
 def pack_int4(q):
@@ -141,41 +150,50 @@ def unpack(data, bits, K):
     return data.copy()
 
 
-def _centered(data, scales, zero_points, bits, group_size):
-    """Checks canonical weights; returns q - zp as int16 [N, K/G, G] (it lies in [-255, 255]) and
-    the scales as float64 [N, K/G]."""
+def _centered(data, scales, zero_points, bits, group_size, offsets=None):
+    """Checks canonical weights; returns q - zp as int16 [N, K] (it lies in [-255, 255]), and the
+    scales and offsets (None when not given) as float64 [N, NG]."""
     _check_bits(bits)
     data = np.asarray(data)
     if data.ndim != 2 or data.shape[0] < 1 or data.shape[1] < 1:
         raise ValueError(f"data must be a non-empty 2-D array, got shape {data.shape}")
     N, K = data.shape[0], data.shape[1] * 8 // bits
-    _check_group(K, group_size, bits)
-    groups = K // group_size
+    groups = _check_group(K, group_size, bits)
     scales = np.asarray(scales)
     if scales.dtype != np.float32 or scales.shape != (N, groups):
         raise ValueError(f"scales must be float32 [{N}, {groups}], got {scales.dtype} {scales.shape}")
-    q = unpack(data, bits, K).astype(np.int16).reshape(N, groups, group_size)
-    if zero_points is None:
-        return q, scales.astype(np.float64)
-    zero_points = np.asarray(zero_points)
-    if zero_points.dtype != np.int8 or zero_points.shape != (N, groups):
-        raise ValueError(
-            f"zero_points must be int8 [{N}, {groups}] or None, got {zero_points.dtype} {zero_points.shape}"
-        )
-    if bits == 4 and (zero_points.min() < -8 or zero_points.max() > 7):
-        raise ValueError("zero_points must lie in [-8, 7] with 4 bits (reading 11)")
-    return q - zero_points.astype(np.int16)[:, :, None], scales.astype(np.float64)
+    if offsets is not None:
+        offsets = np.asarray(offsets)
+        if offsets.dtype != np.float32 or offsets.shape != (N, groups):
+            raise ValueError(f"offsets must be float32 [{N}, {groups}] or None, got {offsets.dtype} {offsets.shape}")
+        offsets = offsets.astype(np.float64)
+    q = unpack(data, bits, K).astype(np.int16)
+    if zero_points is not None:
+        zero_points = np.asarray(zero_points)
+        if zero_points.dtype != np.int8 or zero_points.shape != (N, groups):
+            raise ValueError(
+                f"zero_points must be int8 [{N}, {groups}] or None, got {zero_points.dtype} {zero_points.shape}"
+            )
+        if bits == 4 and (zero_points.min() < -8 or zero_points.max() > 7):
+            raise ValueError("zero_points must lie in [-8, 7] with 4 bits (reading 11)")
+        q = q - _per_column(zero_points.astype(np.int16), K, group_size)
+    return q, scales.astype(np.float64), offsets
 
 
-def _scaled(centered, scales64):
-    """scales · (q - zp) as float64 [N, K]: exact, a float32 scale times an integer of at most
-    9 bits fits float64's 53 bits."""
-    return (centered * scales64[:, :, None]).reshape(centered.shape[0], -1)
+def _scaled(centered, scales64, offsets64, group_size):
+    """scales · (q - zp) + offsets as float64 [N, K]: the product is exact (a float32 scale times an
+    integer of at most 9 bits fits float64's 53 bits), the sum one float64 rounding (reading 7).
+    The offset is added only where given, so that a product of -0.0 stays -0.0 without one."""
+    K = centered.shape[1]
+    w = centered * _per_column(scales64, K, group_size)
+    if offsets64 is not None:
+        w += _per_column(offsets64, K, group_size)
+    return w
 
 
-def dequantize(data, scales, zero_points, bits, group_size):
-    """Exact float64 weights ``scales * (q - zp)`` [N, K]: section 1, reading 7."""
-    return _scaled(*_centered(data, scales, zero_points, bits, group_size))
+def dequantize(data, scales, zero_points, bits, group_size, offsets=None):
+    """Exact float64 weights ``scales * (q - zp) + offsets`` [N, K]: section 1, reading 7."""
+    return _scaled(*_centered(data, scales, zero_points, bits, group_size, offsets), group_size)
 
 
 # --- quantizers ------------------------------------------------------------------------------
@@ -186,8 +204,9 @@ def quantize(x, bits, group_size=None, symmetric=True, granularity="group", dtyp
 
     ``x`` is float32, float16, or np.uint16 bits with ``dtype="bfloat16"`` (dtype None infers float32
     or float16 from x.dtype). ``granularity`` is "tensor", "channel" (G = K for both) or "group"
-    (``group_size`` required). Every step is one correctly rounded float32 operation.
-    Returns (data int8 [N, K*bits/8], scales float32 [N, K/G], zero_points int8 [N, K/G] or None).
+    (``group_size`` required; it need not divide K: the last group's range is that of its own
+    K - (NG-1)·G columns, reading 18). Every step is one correctly rounded float32 operation.
+    Returns (data int8 [N, K*bits/8], scales float32 [N, NG], zero_points int8 [N, NG] or None).
     """
     _check_bits(bits)
     x = np.asarray(x)
@@ -207,12 +226,16 @@ def quantize(x, bits, group_size=None, symmetric=True, granularity="group", dtyp
         group_size = K
     else:
         raise ValueError(f"granularity must be 'tensor', 'channel' or 'group', got {granularity!r}")
-    _check_group(K, group_size, bits)
+    groups = _check_group(K, group_size, bits)
 
     xf = _to_float32(x, dtype)
     if not np.isfinite(xf).all():
         raise ValueError("x holds NaN or Inf: the quantizer needs finite input")
-    blocks = xf.reshape(N, K // group_size, group_size)
+    # A shorter last group is padded with zeros, which change no range: absmax ignores them, and
+    # the asymmetric range is widened to hold zero anyway.
+    padded = np.zeros((N, groups * group_size), np.float32)
+    padded[:, :K] = xf
+    blocks = padded.reshape(N, groups, group_size)
     # One range over the whole matrix for per-tensor (reading 10), else one per row or group.
     axes = (0, 1, 2) if granularity == "tensor" else (2,)
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
@@ -238,10 +261,10 @@ def quantize(x, bits, group_size=None, symmetric=True, granularity="group", dtyp
         # rne(x / s) and zp are integers: their sum is exact before the clamp (reading 3).
         q = np.clip(np.rint(blocks / s).astype(np.int64) + zp, qmin, qmax)
 
-    shape = (N, K // group_size)
+    shape = (N, groups)
     scales = np.broadcast_to(s, shape + (1,)).reshape(shape).astype(np.float32)
     zero_points = None if zp is None else np.broadcast_to(zp, shape + (1,)).reshape(shape).astype(np.int8)
-    q = q.reshape(N, K).astype(np.int8)
+    q = q.reshape(N, -1)[:, :K].astype(np.int8)
     return (pack_int4(q) if bits == 4 else q), scales, zero_points
 
 
@@ -296,26 +319,28 @@ def _check_mode(mode):
         raise ValueError(f"mode must be 'a16' or 'a8', got {mode!r}")
 
 
-def matmul(x, dtype, data, scales, zero_points, bits, group_size, mode, bias=None):
-    """Reference ``Y = X · Wᵀ`` before its rounding to ``dtype``: section 3, readings 4, 5, 6, 11.
+def matmul(x, dtype, data, scales, zero_points, bits, group_size, mode, bias=None, offsets=None):
+    """Reference ``Y = X · Wᵀ`` before its rounding to ``dtype``: section 3, readings 4, 5, 6, 7, 11.
 
     Returns (ref, err_scale), both float64 [M, N]; err_scale is the sum the tolerance multiplies.
-    A16: ref = Σ_k X·w with the exact dequantized w, as one float64 matmul. Its rounding error,
-    about K·2^-53·err_scale, is far below the tolerance; NaN and ±Inf in X propagate by IEEE rules.
-    err_scale = Σ_k |X·w|.
-    A8: ref = sx[m] · Σ_g scales[n,g] · acc[m,n,g] over exact per-group integer accumulators, and
-    err_scale = sx[m] · Σ_g |scales[n,g] · acc[m,n,g]|; rows of X holding NaN or ±Inf give NaN.
+    A16: ref = Σ_k X·w with the float64 dequantized w (reading 7), as one float64 matmul. Its
+    rounding error, about K·2^-53·err_scale, is far below the tolerance; NaN and ±Inf in X propagate
+    by IEEE rules. err_scale = Σ_k |X·w|.
+    A8: ref = sx[m] · Σ_g (scales[n,g] · acc[m,n,g] + offsets[n,g] · xs[m,g]) over exact per-group
+    integer sums acc = Σ qx·(q - zp) and xs = Σ qx, and err_scale = sx[m] · Σ_g (|scales · acc| +
+    |offsets · xs|); rows of X holding NaN or ±Inf give NaN.
     ``bias`` (float32 [N] or None) is added to ref, and its magnitude to err_scale (reading 6).
+    ``offsets`` (float32 [N, NG] or None) as in section 1; a group size need not divide K.
     """
     _check_mode(mode)
     _check_dtype(dtype)
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"x must be a non-empty 2-D array [M, K], got shape {x.shape}")
-    centered, scales64 = _centered(data, scales, zero_points, bits, group_size)
-    N, groups, G = centered.shape
-    if x.shape[1] != groups * G:
-        raise ValueError(f"x has K = {x.shape[1]} columns, the weights K = {groups * G}")
+    centered, scales64, offsets64 = _centered(data, scales, zero_points, bits, group_size, offsets)
+    N, K = centered.shape
+    if x.shape[1] != K:
+        raise ValueError(f"x has K = {x.shape[1]} columns, the weights K = {K}")
     if bias is not None:
         bias = np.asarray(bias)
         if bias.dtype != np.float32 or bias.shape != (N,):
@@ -323,7 +348,7 @@ def matmul(x, dtype, data, scales, zero_points, bits, group_size, mode, bias=Non
 
     if mode == "a16":
         X = to_float64(x, dtype)
-        w = _scaled(centered, scales64)
+        w = _scaled(centered, scales64, offsets64, group_size)
         ref = _matmul_nt(X, w)
         err_scale = _matmul_nt(np.abs(X), np.abs(w))
     else:
@@ -331,13 +356,17 @@ def matmul(x, dtype, data, scales, zero_points, bits, group_size, mode, bias=Non
         # The accumulators are integers computed exactly by a float64 BLAS: every product and every
         # partial sum is an integer of magnitude at most G·127·255, far below 2^53 (an int64 matmul
         # gives the same numbers, twenty times slower).
-        qx64 = qx.astype(np.float64).reshape(-1, groups, G)
+        qx64, centered64 = qx.astype(np.float64), centered.astype(np.float64)
         total = np.zeros((x.shape[0], N))
         magnitude = np.zeros((x.shape[0], N))
-        for g in range(groups):
-            term = (qx64[:, g] @ centered[:, g].T.astype(np.float64)) * scales64[:, g]
-            total += term
-            magnitude += np.abs(term)
+        for g, start in enumerate(range(0, K, group_size)):
+            cols = slice(start, start + group_size)  # the last group may be shorter
+            terms = [(qx64[:, cols] @ centered64[:, cols].T) * scales64[:, g]]
+            if offsets64 is not None:
+                terms.append(qx64[:, cols].sum(axis=1, keepdims=True) * offsets64[:, g])
+            for term in terms:
+                total += term
+                magnitude += np.abs(term)
         sx64 = sx.astype(np.float64)[:, None]
         ref = sx64 * total
         err_scale = sx64 * magnitude
@@ -358,7 +387,7 @@ def tolerance(ref, err_scale, dtype, mode):
     return 2 * ulp(ref, dtype) + tau * np.asarray(err_scale, dtype=np.float64)
 
 
-def assert_matmul_close(y, x, dtype, data, scales, zero_points, bits, group_size, mode, bias=None):
+def assert_matmul_close(y, x, dtype, data, scales, zero_points, bits, group_size, mode, bias=None, offsets=None):
     """Raise AssertionError unless the kernel output ``y`` (an array of ``dtype``, np.uint16 bits for
     bfloat16) meets section 3's tolerance against :func:`matmul` everywhere.
 
@@ -366,7 +395,7 @@ def assert_matmul_close(y, x, dtype, data, scales, zero_points, bits, group_size
     its bound rounds to that Inf in ``dtype`` (the kernel's own value may lie there: near the
     format's largest number, the tolerance band reaches past the overflow threshold).
     """
-    ref, err_scale = matmul(x, dtype, data, scales, zero_points, bits, group_size, mode, bias)
+    ref, err_scale = matmul(x, dtype, data, scales, zero_points, bits, group_size, mode, bias, offsets)
     bound = tolerance(ref, err_scale, dtype, mode)
     got = to_float64(y, dtype)
     if got.shape != ref.shape:
@@ -385,6 +414,7 @@ def assert_matmul_close(y, x, dtype, data, scales, zero_points, bits, group_size
     m, n = np.unravel_index(np.argmax(ratio), ratio.shape)
     raise AssertionError(
         f"{int(bad.sum())} of {bad.size} outputs out of tolerance ({mode}, {dtype}, {bits}-bit, "
-        f"group {group_size}); worst at [{m}, {n}]: y = {got[m, n]!r}, ref = {ref[m, n]!r}, "
+        f"group {group_size}{'' if offsets is None else ', offsets'}); "
+        f"worst at [{m}, {n}]: y = {got[m, n]!r}, ref = {ref[m, n]!r}, "
         f"bound = {bound[m, n]!r}, |y - ref| = {diff[m, n]!r}"
     )

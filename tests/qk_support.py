@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -185,6 +185,11 @@ class Problem:
     x_mag: float  # wanted max |x| (capped so that outputs stay finite)
     bias: str  # "none", "small", "large"
     seed: int
+    offsets: bool = False  # per-group offsets (format v2); a shorter last group is K % G != 0
+
+    @property
+    def ragged(self) -> bool:
+        return self.K % self.G != 0
 
 
 @dataclass
@@ -201,7 +206,7 @@ class Built:
         xr = self.x_rep if x_rep is None else x_rep
         reference.assert_matmul_close(
             to_rep(y, p.dtype).reshape(xr.shape[0], p.N), xr, p.dtype, self.qw.data, self.qw.scales,
-            self.qw.zero_points, p.bits, p.G, p.mode, self.bias,
+            self.qw.zero_points, p.bits, p.G, p.mode, self.bias, self.qw.offsets,
         )
 
 
@@ -215,10 +220,33 @@ def _multiple(value: int, of: int) -> int:
     return max(of, -(-value // of) * of)
 
 
+def even_for_4_bit(K: int, G: int, bits: int) -> int:
+    """K, made even for 4 bits (two values a byte): one column more, or one fewer where one more
+    would fill a shorter last group (it stays shorter)."""
+    if bits == 4 and K % 2:
+        return K - 1 if K > 1 and (K + 1) % G == 0 else K + 1
+    return K
+
+
+def _draw_v2(draw, wanted: bool | None, supported: bool) -> bool:
+    """Whether a problem has a format v2 feature: `wanted` if given, else in a quarter of the
+    problems where the kernel under test supports it."""
+    if wanted is not None:
+        return wanted
+    return supported and draw(st.sampled_from([False, False, False, True]))
+
+
 @st.composite
-def shapes(draw, bits: int, group_multiple: int = 1):
-    """(K, G): per-channel, 32/64/128 tiles (K = G .. 4G), small odd group sizes, or many groups."""
+def shapes(draw, bits: int, group_multiple: int = 1, ragged: bool | None = None):
+    """(K, G): per-channel, 32/64/128 tiles (K = G .. 4G), small odd group sizes, many groups, or
+    (format v2) a shorter last group. ragged: True for the last only, False never, None in a quarter."""
     gm = group_multiple
+    if _draw_v2(draw, ragged, True):
+        # Whole groups, then 1 .. G-1 more columns; no whole group at all is G > K, one short group.
+        # K = 576, G = 128 is a real model's (SmolLM's hidden size).
+        G = gm * draw(st.sampled_from([3, 5, 7, 9, 32, 64, 128]))
+        K = even_for_4_bit(G * draw(st.sampled_from([0, 1, 2, 3, 4])) + draw(st.integers(1, G - 1)), G, bits)
+        return draw(st.sampled_from([(K, G), (K, G), (K, G), (576, 128)])) if gm == 1 else (K, G)
     style = draw(st.sampled_from(["channel", "tile", "odd", "channel", "tile", "odd", "many"]))
     if style == "many":  # hundreds of small groups (docs/numerics.md reading 14)
         G = gm * draw(st.sampled_from([1, 2, 4, 8]))
@@ -243,14 +271,19 @@ def shapes(draw, bits: int, group_multiple: int = 1):
 
 
 @st.composite
-def problems(draw, kernel=None, modes=("a16", "a8"), dtypes=None, bits=None, weights=None, bias=None):
+def problems(draw, kernel=None, modes=("a16", "a8"), dtypes=None, bits=None, weights=None, bias=None,
+             offsets=None, ragged=None):
+    """A matmul problem for `kernel` (None: automatic dispatch) within its limits. offsets, ragged
+    (format v2): True or False to force them; None draws them in a fraction of the problems where
+    the kernel supports them (automatic dispatch supports both)."""
     mode = kernel.mode if kernel is not None else draw(st.sampled_from(modes))
     allowed = kernel.dtypes if kernel is not None else DTYPES
     dtype = draw(st.sampled_from([d for d in (dtypes or allowed) if d in USABLE_DTYPES and d in allowed]))
     kind = draw(st.sampled_from(kinds_for(dtype)))
     bits = draw(st.sampled_from(bits or (kernel.bits if kernel is not None else (4, 8))))
     M, N = draw(M_STRATEGY), draw(N_STRATEGY)
-    K, G = draw(shapes(bits, kernel.group_multiple if kernel is not None else 1))
+    K, G = draw(shapes(bits, kernel.group_multiple if kernel is not None else 1,
+                       ragged=ragged if ragged is not None or kernel is None or kernel.ragged_groups else False))
     if kernel is not None and kernel.max_group_size:
         assume(G <= kernel.max_group_size)  # larger groups are not this kernel's problem
     symmetric = draw(st.booleans())
@@ -272,8 +305,9 @@ def problems(draw, kernel=None, modes=("a16", "a8"), dtypes=None, bits=None, wei
     x_mag = draw(st.sampled_from([1e-3, 1.0, 100.0, math.inf] if dtype == "float16" else [1e-8, 1.0, 1e8, math.inf]))
     bias_kind = draw(st.sampled_from(bias or ("none", "small", "large")))
     seed = draw(st.integers(0, 2**32 - 1))
+    with_offsets = _draw_v2(draw, offsets, kernel is None or kernel.offsets)
     return Problem(mode, dtype, kind, bits, M, N, K, G, symmetric, source, granularity, w_dtype, w_pattern, w_mag,
-                   x_pattern, x_mag, bias_kind, seed)
+                   x_pattern, x_mag, bias_kind, seed, with_offsets)
 
 
 def _unit_weights(rng, pattern: str, N: int, K: int) -> np.ndarray:
@@ -318,15 +352,28 @@ def raw_weights(rng, N, K, G, bits, symmetric, s0, pattern="normal"):
         data = rng.integers(0, 256, (N, K * bits // 8), dtype=np.uint8).view(np.int8)
         if pattern == "zero_rows":
             data[rng.random(N) < 0.4] = 0
-    scales = (s0 * np.exp(rng.uniform(-math.log(4), math.log(4), (N, K // G)))).astype(np.float32)
+    groups = (N, -(-K // G))  # the last group may be shorter (format v2)
+    scales = (s0 * np.exp(rng.uniform(-math.log(4), math.log(4), groups))).astype(np.float32)
     if pattern == "constant":
         scales[:] = np.float32(s0)
     zp = None
     if not symmetric:
-        zp = rng.integers(qmin, qmax + 1, (N, K // G)).astype(np.int8)
+        zp = rng.integers(qmin, qmax + 1, groups).astype(np.int8)
         if pattern == "extreme":
-            zp = rng.choice([qmin, qmax], (N, K // G)).astype(np.int8)
+            zp = rng.choice([qmin, qmax], groups).astype(np.int8)
     return np.ascontiguousarray(data), scales, zp
+
+
+def raw_offsets(rng, scales, bits) -> np.ndarray:
+    """Per-group offsets s·(j + f), j an integer within the weights' range and f in [1/4, 3/4]: then
+    s·(q − zp) + offset lies at least s/4 from zero, so no cancellation makes a dequantized weight
+    subnormal in the activation dtype (docs/numerics.md reading 13). float32, ±Inf where s·(j + f)
+    overflows."""
+    half = 1 << (bits - 1)
+    j = rng.integers(-half, half + 1, scales.shape)
+    f = rng.uniform(0.25, 0.75, scales.shape)
+    with np.errstate(over="ignore"):
+        return (scales.astype(np.float64) * (j + f)).astype(np.float32)
 
 
 def _unit_activations(rng, pattern: str, M: int, K: int) -> np.ndarray:
@@ -367,7 +414,9 @@ def build(p: Problem, batch_shape: tuple[int, ...] | None = None) -> Built:
         qw = qkernels.quantize_weights(w_obj, bits=p.bits, group_size=group, symmetric=p.symmetric,
                                        granularity=p.granularity)
         assert qw.group_size == G
-    w_absmax = float(np.abs(reference.dequantize(qw.data, qw.scales, qw.zero_points, p.bits, G)).max())
+    if p.offsets:
+        qw = replace(qw, offsets=raw_offsets(rng, qw.scales, p.bits))
+    w_absmax = float(np.abs(reference.dequantize(qw.data, qw.scales, qw.zero_points, p.bits, G, qw.offsets)).max())
 
     dmax = MAX[p.dtype]
     bias = None

@@ -74,6 +74,8 @@ def test_auto_dispatch_matches_reference(p):
     note(f"dispatch chose {chosen}")
     assert chosen.available and chosen.mode == p.mode
     assert p.bits in chosen.bits and p.dtype in chosen.dtypes and p.G % chosen.group_multiple == 0
+    assert chosen.offsets or not p.offsets, "dispatch chose a kernel that ignores offsets"
+    assert chosen.ragged_groups or not p.ragged, "dispatch chose a kernel without shorter last groups"
     y = _run(built, None)
     assert_container(y, p.kind, p.dtype, (p.M, p.N))
     built.check(y)
@@ -81,6 +83,35 @@ def test_auto_dispatch_matches_reference(p):
     # that reads the canonical arrays.
     own_layout = next(b.own_layout for b in qkernels.backends() if b.name == chosen.backend)
     assert (lib.qk_packed_size(built.qw._packs[CODES[chosen.backend]]) > 0) == own_layout
+
+
+# ---------------------------------------------------------------- format v2 a kernel cannot run
+
+
+def _format_v2_refusals():
+    """(kernel, feature) for every feature of format v2 a registered kernel does not run."""
+    params = [pytest.param(k, feature, id=f"{k.name}-{feature}", marks=param.marks)
+              for k, param in zip(KERNELS, kernel_params()) for feature in ("offsets", "ragged_groups")
+              if not getattr(k, feature)]
+    return params or [pytest.param(None, None, marks=pytest.mark.skip(reason="every kernel here runs format v2"))]
+
+
+@pytest.mark.parametrize("kernel, feature", _format_v2_refusals())
+@settings(max_examples=examples(10))
+@given(data=st.data())
+def test_kernel_refuses_format_v2_it_cannot_run(kernel, feature, data):
+    """Docs/numerics.md reading 17: a forced kernel without the feature raises UnsupportedError
+    (never runs and ignores it); automatic dispatch passes it over for one that has it."""
+    v2 = {"offsets": True, "ragged": None} if feature == "offsets" else {"offsets": None, "ragged": True}
+    p = data.draw(problems(kernel, **v2), label="problem")
+    built = build(p)
+    with pytest.raises(qkernels.UnsupportedError):
+        qkernels.select(built.x, built.qw, p.mode, kernel=kernel.name)
+    with pytest.raises(qkernels.UnsupportedError):
+        _run(built, kernel)
+    chosen = qkernels.select(built.x, built.qw, p.mode)
+    assert getattr(chosen, feature), f"dispatch chose {chosen.name}, which lacks {feature}"
+    built.check(_run(built, None))
 
 
 # ---------------------------------------------------------------- integer overflow at large K
@@ -184,7 +215,7 @@ def test_a16_nonfinite_propagates_as_ieee(kernel, data, seed):
     y = qkernels.matmul(x_obj, built.qw, "a16", kernel=kernel.name if kernel else None, bias=built.bias)
     y64 = decode(to_rep(y, p.dtype), p.dtype)
     ref, err = reference.matmul(x_rep, p.dtype, built.qw.data, built.qw.scales, built.qw.zero_points, p.bits, p.G,
-                                "a16", built.bias)
+                                "a16", built.bias, built.qw.offsets)
     ref = np.asarray(ref, dtype=np.float64)
     nan = np.isnan(ref)
     np.testing.assert_array_equal(np.isnan(y64), nan, err_msg="NaN positions differ from the reference")
@@ -197,7 +228,8 @@ def test_a16_nonfinite_propagates_as_ieee(kernel, data, seed):
     clean = np.isfinite(decode(x_rep, p.dtype)).all(axis=1)
     if clean.any():
         reference.assert_matmul_close(to_rep(y, p.dtype)[clean], x_rep[clean], p.dtype, built.qw.data,
-                                      built.qw.scales, built.qw.zero_points, p.bits, p.G, "a16", built.bias)
+                                      built.qw.scales, built.qw.zero_points, p.bits, p.G, "a16", built.bias,
+                                      built.qw.offsets)
 
 
 @pytest.mark.parametrize("kernel", _a8_kernels())
@@ -216,13 +248,13 @@ def test_a8_nonfinite_rows_are_nan(kernel, data, seed):
     y64 = decode(y_rep, p.dtype)
     assert np.isnan(y64[rows]).all(), "a row holding NaN or Inf must give NaN outputs"
     ref, _ = reference.matmul(x_rep, p.dtype, built.qw.data, built.qw.scales, built.qw.zero_points, p.bits, p.G,
-                              "a8", built.bias)
+                              "a8", built.bias, built.qw.offsets)
     assert np.isnan(np.asarray(ref)[rows]).all()
     other = np.setdiff1d(np.arange(p.M), rows)
     if other.size:
         assert not np.isnan(y64[other]).any()
         reference.assert_matmul_close(y_rep[other], x_rep[other], p.dtype, built.qw.data, built.qw.scales,
-                                      built.qw.zero_points, p.bits, p.G, "a8", built.bias)
+                                      built.qw.zero_points, p.bits, p.G, "a8", built.bias, built.qw.offsets)
         # The finite rows are exactly what they are without the non-finite rows in the batch.
         alone = qkernels.matmul(to_kind(x_rep[other], p.dtype, p.kind), built.qw, "a8",
                                 kernel=kernel.name if kernel else None, bias=built.bias)
@@ -362,7 +394,7 @@ def _stateless_kernel(qw, p) -> str:
 
 
 @settings(max_examples=examples(40))
-@given(p=problems(weights=("raw",)))
+@given(p=problems(weights=("raw",), offsets=False))  # quantized_matmul takes no offsets
 def test_quantized_matmul_equals_matmul_bit_for_bit(p):
     """quantized_matmul (stateless) gives matmul's bits when both run the same kernel; a canonical
     variant (stateless, unpacked) may sum in another order, within the contract's tolerance."""
@@ -378,9 +410,9 @@ def test_quantized_matmul_equals_matmul_bit_for_bit(p):
 
 
 @settings(max_examples=examples(25))
-@given(p=problems(modes=("a16",), dtypes=("float16",), bias=("none",)))
+@given(p=problems(modes=("a16",), dtypes=("float16",), bias=("none",), offsets=False, ragged=False))
 def test_c_entry_point_quantizedMatMul(p):
-    """The planned C entry point: fp16 in, fp16 out, A16, automatic backend."""
+    """The planned C entry point: fp16 in, fp16 out, A16, automatic backend; format v1 only."""
     built = build(p)
     qw = built.qw
     x = np.ascontiguousarray(built.x_rep, dtype=np.float16)

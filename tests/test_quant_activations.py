@@ -3,6 +3,8 @@ balance, LLM.int8()'s exact outlier path."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 
 import qkernels
 from qkernels import quant, reference
-from qk_support import HAVE_TORCH, examples
+from qk_support import HAVE_TORCH, examples, raw_offsets
 
 # ---------------------------------------------------------------- observers
 
@@ -119,18 +121,22 @@ def test_smoothquant_shared_input_norm_folding_and_w8a8():
 
 
 def _exact_weights(qw):
-    return reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size)
+    return reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size, qw.offsets)
 
 
 @settings(max_examples=examples(25))
-@given(seed=st.integers(0, 2**32 - 1), n_outliers=st.integers(0, 4), threshold=st.sampled_from([3.0, 6.0]))
-def test_llm_int8_is_int8_on_regular_columns_plus_exact_outliers(seed, n_outliers, threshold):
+@given(seed=st.integers(0, 2**32 - 1), n_outliers=st.integers(0, 4), threshold=st.sampled_from([3.0, 6.0]),
+       format_v2=st.booleans())
+def test_llm_int8_is_int8_on_regular_columns_plus_exact_outliers(seed, n_outliers, threshold, format_v2):
     rng = np.random.default_rng(seed)
     M, K = 5, 32
     x = np.clip(rng.standard_normal((2, M, K)), -2.9, 2.9).astype(np.float32)
     columns = rng.choice(K, n_outliers, replace=False)
     x[1, rng.integers(M), columns] = threshold * (1 + rng.random(n_outliers)) * rng.choice([-1, 1], n_outliers)
     qw = quant.rtn(rng.standard_normal((7, K)).astype(np.float32), bits=8)
+    if format_v2:  # the outlier columns' weights with offsets, in groups of 12, 12 and 8
+        qw = quant.rtn(rng.standard_normal((7, K)).astype(np.float32), bits=4, group_size=12)
+        qw = replace(qw, offsets=raw_offsets(rng, qw.scales, 4))
     bias = rng.standard_normal(7).astype(np.float32)
     np.testing.assert_array_equal(quant.outlier_columns(x, threshold), np.sort(columns))
     y = quant.llm_int8_matmul(x, qw, threshold=threshold, bias=bias)

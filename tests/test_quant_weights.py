@@ -27,7 +27,8 @@ def _layer(seed, N=24, K=64, M=256):
 
 def _layer_error(qw, w, x):
     """‖X·Ŵᵀ − X·Wᵀ‖²_F with the exact dequantized weights."""
-    diff = reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size) - w.astype(np.float64)
+    diff = reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size, qw.offsets)
+    diff -= w.astype(np.float64)
     return float(np.sum((x.astype(np.float64) @ diff.T) ** 2))
 
 
@@ -74,9 +75,10 @@ def test_hessian_accumulator_is_two_over_n_xtx():
     assert h.count == x.shape[0]
 
 
-@pytest.mark.parametrize("bits,group_size,symmetric", list(itertools.product([4, 8], [None, 16], [True, False])))
+@pytest.mark.parametrize("bits,group_size,symmetric", list(itertools.product([4, 8], [None, 16, 24], [True, False])))
 def test_gptq_without_column_coupling_is_rtn(bits, group_size, symmetric):
     # A diagonal Hessian has no off-diagonal terms to carry errors: GPTQ must round exactly like RTN.
+    # K = 64, G = 24: the last group holds 16 columns and takes its scale from them, as RTN's does.
     w, _ = _layer(2)
     hessian = np.diag(np.linspace(0.5, 2.0, w.shape[1]))
     for act_order in (False, True):
@@ -94,7 +96,7 @@ def _obq_oracle(w, hessian, bits, group_size, symmetric, act_order, damp=0.01):
     original = w.astype(np.float64)
     w = original[:, order]
     h_inv = np.linalg.inv(hessian[np.ix_(order, order)] + damp * np.mean(np.diag(hessian)) * np.eye(K))
-    static = act_order or group_size == K
+    static = act_order or group_size >= K
     params = {}
     q = np.empty((N, K), np.int64)
     for j in range(K):
@@ -115,10 +117,11 @@ def _obq_oracle(w, hessian, bits, group_size, symmetric, act_order, damp=0.01):
 
 
 @pytest.mark.parametrize("bits,group_size,symmetric,act_order",
-                         list(itertools.product([4, 8], [None, 8], [True, False], [False, True])))
+                         list(itertools.product([4, 8], [None, 8, 12], [True, False], [False, True])))
 def test_gptq_matches_the_plain_algorithm(bits, group_size, symmetric, act_order):
     # The Cholesky form and the lazy blocks are exact rewritings: same integers as the plain form
-    # (up to a rounding tie that float64 noise could flip: none occurs on these data).
+    # (up to a rounding tie that float64 noise could flip: none occurs on these data). G = 12 of
+    # K = 32: a shorter last group of 8 columns (format v2), which is the last lazy block.
     w, x = _layer(10, N=12, K=32, M=96)
     h = quant.HessianAccumulator(32)
     h.update(x)
@@ -184,7 +187,7 @@ def test_gptq_dead_inputs_and_bad_arguments():
     with pytest.raises(qkernels.InvalidArgumentError, match="hessian"):
         quant.gptq(w, np.eye(3), bits=8)
     with pytest.raises(qkernels.InvalidArgumentError, match="group_size"):
-        quant.gptq(w, h.hessian(), bits=8, group_size=5)
+        quant.gptq(w, h.hessian(), bits=8, group_size=0)
     with pytest.raises(qkernels.InvalidArgumentError, match="bits"):
         quant.gptq(w, h.hessian(), bits=3)
     with pytest.raises(qkernels.InvalidArgumentError, match="positive definite"):

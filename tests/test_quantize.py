@@ -20,9 +20,11 @@ from qk_support import (
     bits_of,
     decode,
     encode,
+    even_for_4_bit,
     examples,
     kinds_for,
     pack4,
+    raw_offsets,
     raw_weights,
     shapes,
     to_kind,
@@ -72,9 +74,7 @@ def _values(c) -> np.ndarray:
         x = np.where(rng.random((N, K)) < 0.5, 0.0, -0.0)
     elif pattern == "zero_groups":
         x = rng.standard_normal((N, K)) * mag
-        blocks = x.reshape(N, K // G, G)
-        blocks[rng.random((N, K // G)) < 0.5] = 0.0
-        x = blocks.reshape(N, K)
+        x[np.repeat(rng.random((N, -(-K // G))) < 0.5, G, axis=1)[:, :K]] = 0.0  # the last group may be shorter
     elif pattern == "constant":
         x = np.repeat(rng.choice([-1.0, 1.0], (N, 1)) * rng.uniform(0.1, 1, (N, 1)) * mag, K, axis=1)
     elif pattern == "huge":  # near the format's largest number (float32 max for float32 / bfloat16)
@@ -125,11 +125,15 @@ def _range_overflows(c, rep) -> bool:
     if c["symmetric"]:
         return False
     x = decode(rep, c["dtype"]).astype(np.float32)
-    G = c["K"] if c["granularity"] != "group" else c["G"]
-    blocks = x.reshape(-1, G) if c["granularity"] != "tensor" else x.reshape(1, -1)
+    if c["granularity"] == "tensor":
+        groups = [x.reshape(1, -1)]
+    else:
+        G = c["K"] if c["granularity"] != "group" else c["G"]
+        groups = [x[:, start:start + G] for start in range(0, c["K"], G)]  # the last may be shorter
     with np.errstate(over="ignore"):
-        width = np.maximum(blocks.max(axis=1), 0).astype(np.float32) - np.minimum(blocks.min(axis=1), 0).astype(np.float32)
-    return bool(np.isinf(width).any())
+        width = [np.maximum(b.max(axis=1), 0).astype(np.float32) - np.minimum(b.min(axis=1), 0).astype(np.float32)
+                 for b in groups]
+    return bool(np.isinf(np.concatenate([np.ravel(w) for w in width])).any())
 
 
 @settings(max_examples=examples(150))
@@ -170,8 +174,9 @@ def test_quantizer_output_properties(c):
                                    symmetric=c["symmetric"], granularity=c["granularity"])
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     q = reference.unpack(qw.data, bits, K).astype(np.int64)
-    s = np.repeat(qw.scales, G, axis=1)
-    zp = np.zeros((N, K), np.int64) if qw.zero_points is None else np.repeat(qw.zero_points.astype(np.int64), G, axis=1)
+    s = np.repeat(qw.scales, G, axis=1)[:, :K]  # the last group may be shorter
+    zp = np.zeros((N, K), np.int64) if qw.zero_points is None else np.repeat(qw.zero_points, G, axis=1)[:, :K]
+    zp = zp.astype(np.int64)
     assert np.isfinite(qw.scales).all() and (qw.scales > 0).all()
     if c["granularity"] == "tensor":
         assert (qw.scales == qw.scales.flat[0]).all()
@@ -218,28 +223,31 @@ def test_quantizer_output_properties(c):
     bits=st.sampled_from([4, 8]),
     symmetric=st.booleans(),
     shape=st.tuples(st.integers(1, 9), st.sampled_from([1, 2, 3, 4, 8])),
-    G=st.sampled_from([1, 2, 4, 8, 16]),
+    G=st.sampled_from([1, 2, 3, 4, 8, 16]),
+    short=st.integers(0, 15),
+    with_offsets=st.booleans(),
     s0=st.sampled_from([1e-42, 1e-30, 1e-8, 2.0**-20, 1e-3, 1.0, 300.0, 1e30, 1e36, 3e37]),
     negative=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_dequantize_is_one_rounding_of_the_exact_value(dtype, bits, symmetric, shape, G, s0, negative, seed):
+def test_dequantize_is_one_rounding_of_the_exact_value(dtype, bits, symmetric, shape, G, short, with_offsets, s0,
+                                                       negative, seed):
     """qkernels.dequantize == round_to(reference.dequantize(...)) bit for bit, including values that
-    overflow the output format, subnormal results, and (unvalidated) negative scales."""
+    overflow the output format, subnormal results, (unvalidated) negative scales, and format v2:
+    offsets and a last group shorter by `short` columns."""
     if dtype not in USABLE_DTYPES:
         pytest.skip("no bfloat16 container (torch or ml_dtypes)")
     rng = np.random.default_rng(seed)
     N, groups = shape
-    if bits == 4 and G % 2 and groups % 2:
-        groups *= 2  # 4-bit rows hold an even number of elements
-    K = G * groups
+    K = even_for_4_bit(G * groups + short % G, G, bits)  # 4-bit rows hold an even number of elements
     data, scales, zp = raw_weights(rng, N, K, G, bits, symmetric, s0)
     if negative:
         scales = -scales
+    offsets = raw_offsets(rng, scales, bits) if with_offsets else None
     kind = "numpy" if "numpy" in kinds_for(dtype) else "torch"
-    qw = qkernels.QuantizedWeight(data, scales, zp, bits, G, (N, K), "float32", kind)
+    qw = qkernels.QuantizedWeight(data, scales, zp, bits, G, (N, K), "float32", kind, offsets)
     got = to_rep(qkernels.dequantize(qw, dtype), dtype)
-    expected = reference.round_to(reference.dequantize(data, scales, zp, bits, G), dtype)
+    expected = reference.round_to(reference.dequantize(data, scales, zp, bits, G, offsets), dtype)
     np.testing.assert_array_equal(bits_of(got), bits_of(np.asarray(expected)))
 
 

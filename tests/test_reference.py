@@ -157,6 +157,17 @@ def test_dequantize_is_exact():
     np.testing.assert_array_equal(w, [expected])
 
 
+def test_dequantize_adds_offsets_with_one_rounding_and_only_where_given():
+    data = np.array([[0, 1, 3, 0, 2]], dtype=np.int8)  # K = 5, G = 2: groups of 2, 2 and 1
+    scales = np.array([[-1.0, 0.1, 3.0]], dtype=np.float32)
+    offsets = np.array([[0.0, 1e-20, -6.0]], dtype=np.float32)
+    w = ref.dequantize(data, scales, None, 8, 2, offsets=offsets)
+    s1, o1 = float(F32(0.1)), float(F32(1e-20))
+    np.testing.assert_array_equal(w, [[0.0, -1.0, s1 * 3 + o1, o1, 0.0]])
+    assert not np.signbit(w[0, 0])  # -0.0 + 0.0 is +0.0 ...
+    assert np.signbit(ref.dequantize(data, scales, None, 8, 2)[0, 0])  # ... and without offsets -0.0 stays
+
+
 # --- quantizers: hand-computed cases ---------------------------------------------------------
 
 
@@ -205,6 +216,27 @@ def test_per_channel_is_one_group_per_row():
     by_group = ref.quantize(x, 4, group_size=8, symmetric=False)
     for a, b in zip(by_channel, by_group):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_shorter_last_group_is_quantized_over_its_own_columns(bits, symmetric):
+    """Reading 18: with G not dividing K, each group, the last one too, is quantized as a row of its
+    own columns would be per channel."""
+    rng = np.random.default_rng(9)
+    K, G = 10, 4  # groups of 4, 4 and 2
+    x = (rng.standard_normal((3, K)) * [[1], [50], [1e-3]]).astype(np.float32)
+    x[:, -2:] += 7  # the last group alone: all positive, so its asymmetric range differs from the others'
+    data, scales, zero_points = ref.quantize(x, bits, group_size=G, symmetric=symmetric)
+    assert scales.shape == (3, 3) and (zero_points is None) == symmetric
+    q = ref.unpack(data, bits, K)
+    for g, start in enumerate(range(0, K, G)):
+        cols = slice(start, start + G)
+        part, part_scales, part_zp = ref.quantize(x[:, cols], bits, granularity="channel", symmetric=symmetric)
+        np.testing.assert_array_equal(q[:, cols], ref.unpack(part, bits, x[:, cols].shape[1]))
+        np.testing.assert_array_equal(scales[:, g], part_scales[:, 0])
+        if not symmetric:
+            np.testing.assert_array_equal(zero_points[:, g], part_zp[:, 0])
 
 
 def test_scale_underflow_is_a_zero_range():
@@ -266,7 +298,7 @@ def test_round_trip_error_is_at_most_half_a_step(bits, symmetric):
     "kwargs, match",
     [
         (dict(bits=3, group_size=4), "bits"),
-        (dict(bits=8, group_size=3), "group_size"),
+        (dict(bits=8, group_size=2.0), "group_size"),
         (dict(bits=8, group_size=0), "group_size"),
         (dict(bits=8), "group_size"),
         (dict(bits=8, group_size=2, granularity="channel"), "group_size"),
@@ -341,26 +373,31 @@ def random_case(rng, M, N, K, bits, group_size, symmetric):
 
 
 @pytest.mark.parametrize("bits, symmetric", [(4, False), (8, True), (8, False)])
-def test_a8_matmul_equals_a_brute_force_loop(bits, symmetric):
+@pytest.mark.parametrize("G, with_offsets", [(4, False), (5, True), (4, True)])
+def test_a8_matmul_equals_a_brute_force_loop(bits, symmetric, G, with_offsets):
     rng = np.random.default_rng(5)
-    M, N, K, G = 3, 4, 12, 4
+    M, N, K = 3, 4, 12  # G = 5: groups of 5, 5 and 2
     x, (data, scales, zero_points) = random_case(rng, M, N, K, bits, G, symmetric)
     x[1] = 0
     bias = rng.standard_normal(N).astype(np.float32)
-    got, err_scale = ref.matmul(x, "float32", data, scales, zero_points, bits, G, "a8", bias)
+    offsets = rng.standard_normal(scales.shape).astype(np.float32) if with_offsets else None
+    got, err_scale = ref.matmul(x, "float32", data, scales, zero_points, bits, G, "a8", bias, offsets)
 
     qx, sx, _ = ref.quantize_activations(x, "float32")
     q = ref.unpack(data, bits, K)
     for m in range(M):
         for n in range(N):
             total = magnitude = 0.0
-            for g in range(K // G):
+            for g in range(scales.shape[1]):
                 zp = 0 if zero_points is None else int(zero_points[n, g])
-                acc = sum(int(qx[m, k]) * (int(q[n, k]) - zp) for k in range(g * G, (g + 1) * G))
-                total += float(scales[n, g]) * acc
-                magnitude += abs(float(scales[n, g]) * acc)
-            assert got[m, n] == float(sx[m]) * total + float(bias[n])
-            assert err_scale[m, n] == float(sx[m]) * magnitude + abs(float(bias[n]))
+                group = range(g * G, min((g + 1) * G, K))
+                acc = sum(int(qx[m, k]) * (int(q[n, k]) - zp) for k in group)
+                xs = sum(int(qx[m, k]) for k in group)
+                off = 0.0 if offsets is None else float(offsets[n, g])
+                total += float(scales[n, g]) * acc + off * xs
+                magnitude += abs(float(scales[n, g]) * acc) + abs(off * xs)
+            assert got[m, n] == pytest.approx(float(sx[m]) * total + float(bias[n]), rel=1e-14, abs=1e-14)
+            assert err_scale[m, n] == pytest.approx(float(sx[m]) * magnitude + abs(float(bias[n])), rel=1e-14)
     np.testing.assert_array_equal(got[1], bias)
 
 
@@ -374,13 +411,15 @@ def test_a8_non_finite_row_is_nan_and_leaves_other_rows():
     np.testing.assert_array_equal(got[[0, 2]], clean[[0, 2]])
 
 
-def test_a16_matmul_is_the_float64_sum():
+@pytest.mark.parametrize("G, with_offsets", [(8, False), (6, True)])
+def test_a16_matmul_is_the_float64_sum(G, with_offsets):
     rng = np.random.default_rng(7)
-    x, (data, scales, zero_points) = random_case(rng, 2, 3, 16, 4, 8, False)
+    x, (data, scales, zero_points) = random_case(rng, 2, 3, 16, 4, G, False)
+    offsets = rng.standard_normal(scales.shape).astype(np.float32) if with_offsets else None
     x16 = x.astype(np.float16)
-    got, err_scale = ref.matmul(x16, "float16", data, scales, zero_points, 4, 8, "a16")
+    got, err_scale = ref.matmul(x16, "float16", data, scales, zero_points, 4, G, "a16", offsets=offsets)
     X = x16.astype(np.float64)
-    w = ref.dequantize(data, scales, zero_points, 4, 8)
+    w = ref.dequantize(data, scales, zero_points, 4, G, offsets)
     for m in range(2):
         for n in range(3):
             assert got[m, n] == pytest.approx(sum(X[m] * w[n]), rel=1e-15, abs=1e-15)
@@ -403,7 +442,11 @@ def test_matmul_rejects_bad_arguments():
     with pytest.raises(ValueError, match="mode"):
         ref.matmul(x, "float32", data, scales, zero_points, 4, 2, "a4")
     with pytest.raises(ValueError, match="group_size"):
-        ref.matmul(x, "float32", data, scales, zero_points, 4, 3, "a16")
+        ref.matmul(x, "float32", data, scales, zero_points, 4, 0, "a16")
+    with pytest.raises(ValueError, match="scales"):  # G = 3: two groups, as here, but not G = 1
+        ref.matmul(x, "float32", data, scales, zero_points, 4, 1, "a16")
+    with pytest.raises(ValueError, match="offsets"):
+        ref.matmul(x, "float32", data, scales, zero_points, 4, 2, "a16", offsets=np.ones((2, 2)))
     with pytest.raises(ValueError, match="zero_points"):
         ref.matmul(x, "float32", data, scales, np.full((2, 2), 8, np.int8), 4, 2, "a16")
     with pytest.raises(ValueError, match="bias"):

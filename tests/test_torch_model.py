@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from qk_support import raw_offsets
 from qkernels import InvalidArgumentError, reference
 
 torch = pytest.importorskip("torch", reason="the PyTorch integration needs torch")
@@ -145,6 +147,50 @@ def test_load_state_dict_into_quantized_model_and_mismatch():
     other = qt.quantize_model(_model(), "rtn", bits=8)
     with pytest.raises(InvalidArgumentError, match="structure"):
         other.load_state_dict(qt.quantize_model(_model(), "rtn", bits=4).state_dict())
+
+
+def _smol():
+    """Widths of a real model's whose K a group size of 128 does not divide: 576 (SmolLM's hidden
+    size: groups of 128 and a last one of 64) and 64 (< 128: one shorter group per row)."""
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Linear(576, 64), torch.nn.GELU(), torch.nn.Linear(64, 576, bias=False))
+
+
+@pytest.mark.parametrize("suffix", _saved_formats())
+@pytest.mark.parametrize("method", ["rtn", "gptq", "zeroquant"])
+def test_group_size_need_not_divide_k(tmp_path, suffix, method):
+    model, x = _smol(), torch.randn(5, 576)
+    calib = [torch.randn(8, 576) for _ in range(4)]
+    quantized = qt.quantize_model(copy.deepcopy(model), method, bits=4, group_size=128, calib_data=calib)
+    assert quantized[0].scales.shape == (64, 5) and quantized[2].scales.shape == (576, 1)
+    with torch.no_grad():
+        expected, y = model(x), quantized(x)
+    assert float((y - expected).norm() / expected.norm()) < 0.2  # quantized, not broken
+    path = tmp_path / f"model.{suffix}"
+    qt.save_quantized(quantized, path)
+    assert torch.equal(qt.load_quantized(_smol(), path)(x), y)
+
+
+@pytest.mark.parametrize("suffix", _saved_formats())
+def test_offsets_are_saved_loaded_and_checked(tmp_path, suffix):
+    """Offsets (format v2) travel in the state and its format; a QuantLinear without them refuses
+    a state with them, and a state saved before format v2 (no "offsets" in its format) loads."""
+    qw = qt.quantize_model(_smol(), "rtn", bits=4, group_size=128)[0].qweight
+    qw = replace(qw, offsets=raw_offsets(np.random.default_rng(4), qw.scales, 4))
+    model = torch.nn.Sequential(qt.QuantLinear(qw, torch.randn(64)))
+    path = tmp_path / f"model.{suffix}"
+    qt.save_quantized(model, path)
+    loaded = qt.load_quantized(torch.nn.Sequential(torch.nn.Linear(576, 64)), path)
+    x = torch.randn(3, 576)
+    assert loaded[0].get_extra_state()["offsets"] and torch.equal(loaded[0].offsets, model[0].offsets)
+    assert torch.equal(loaded(x), model(x))
+    without = qt.quantize_model(torch.nn.Sequential(torch.nn.Linear(576, 64)), "rtn", bits=4, group_size=128)
+    with pytest.raises(InvalidArgumentError, match="structure"):
+        without.load_state_dict(model.state_dict())
+    old = without.state_dict()
+    del old["0._extra_state"]["offsets"]
+    qt.load_quantized(torch.nn.Sequential(torch.nn.Linear(576, 64)), old)
+    without.load_state_dict(old)
 
 
 def _two_layers():

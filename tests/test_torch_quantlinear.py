@@ -3,6 +3,8 @@ torch.compile without graph breaks, devices."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -16,9 +18,11 @@ qt = pytest.importorskip("qkernels.torch")
 QuantLinear = qt.QuantLinear
 
 
-def _weights(rng, N, K, bits, group_size, symmetric):
+def _weights(rng, N, K, bits, group_size, symmetric, offsets=False):
+    """Quantized random weights; offsets: with per-group offsets (format v2)."""
     w = torch.from_numpy(rng.standard_normal((N, K)).astype(np.float32))
-    return quantize_weights(w, bits=bits, group_size=group_size, symmetric=symmetric)
+    qw = quantize_weights(w, bits=bits, group_size=group_size, symmetric=symmetric)
+    return replace(qw, offsets=qs.raw_offsets(rng, qw.scales, bits)) if offsets else qw
 
 
 def _check(y, x, qw, mode, bias, dtype):
@@ -26,7 +30,7 @@ def _check(y, x, qw, mode, bias, dtype):
     rows = qs.to_rep(x, dtype).reshape(-1, qw.K)
     reference.assert_matmul_close(
         qs.to_rep(y, dtype).reshape(-1, qw.N), rows, dtype, qw.data, qw.scales, qw.zero_points, qw.bits,
-        qw.group_size, mode, None if bias is None else bias.numpy(),
+        qw.group_size, mode, None if bias is None else bias.numpy(), qw.offsets,
     )
 
 
@@ -35,13 +39,14 @@ def _check(y, x, qw, mode, bias, dtype):
     seed=st.integers(0, 2**32 - 1), N=st.integers(1, 40), groups=st.integers(1, 3), bits=st.sampled_from([4, 8]),
     group_size=st.sampled_from([2, 8, 32]), symmetric=st.booleans(), activation=st.sampled_from(["float", "token"]),
     dtype=st.sampled_from(["float32", "float16", "bfloat16"]), leading=st.sampled_from([(1,), (3,), (2, 5)]),
-    with_bias=st.booleans(),
+    with_bias=st.booleans(), short=st.integers(0, 31), offsets=st.booleans(),
 )
 def test_quantlinear_matches_reference(seed, N, groups, bits, group_size, symmetric, activation, dtype, leading,
-                                       with_bias):
+                                       with_bias, short, offsets):
+    """Format v2 too: offsets, and a last group shorter by `short` columns."""
     rng = np.random.default_rng(seed)
-    K = groups * group_size
-    qw = _weights(rng, N, K, bits, group_size, symmetric)
+    K = qs.even_for_4_bit(groups * group_size + short % group_size, group_size, bits)
+    qw = _weights(rng, N, K, bits, group_size, symmetric, offsets)
     bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)) if with_bias else None
     layer = QuantLinear(qw, bias, activation=activation)
     x = qs.to_kind(qs.encode(rng.standard_normal(leading + (K,)) * 3, dtype), dtype, "torch")
@@ -77,36 +82,49 @@ def test_outlier_op_is_llm_int8():
 
 
 def _op_samples():
+    """(x, data, scales, zero_points, bias, bits, group_size) and the offsets (None, or a tensor) of
+    some weights; the last has offsets and a shorter last group (format v2)."""
     rng = np.random.default_rng(3)
     out = []
-    for bits, group_size, symmetric, with_bias in [(4, 16, True, False), (8, 32, False, True), (4, 32, False, True)]:
-        qw = _weights(rng, 12, 32, bits, group_size, symmetric)
+    for K, bits, group_size, symmetric, with_bias, offsets in [
+        (32, 4, 16, True, False, False), (32, 8, 32, False, True, False), (32, 4, 32, False, True, False),
+        (40, 4, 16, False, True, True),
+    ]:
+        qw = _weights(rng, 12, K, bits, group_size, symmetric, offsets)
         zp = None if qw.zero_points is None else torch.from_numpy(qw.zero_points)
         bias = torch.randn(12) if with_bias else None
-        x = torch.randn(2, 3, 32)
-        out.append((x, torch.from_numpy(qw.data), torch.from_numpy(qw.scales), zp, bias, bits, group_size))
+        x = torch.randn(2, 3, K)
+        out.append(((x, torch.from_numpy(qw.data), torch.from_numpy(qw.scales), zp, bias, bits, group_size),
+                    None if qw.offsets is None else torch.from_numpy(qw.offsets)))
     return out
 
 
 @pytest.mark.parametrize("mode", ["a16", "a8"])
 def test_opcheck_matmul(mode):
-    for sample in _op_samples():
-        torch.library.opcheck(torch.ops.qkernels.matmul.default, sample + (mode,))
+    for sample, offsets in _op_samples():
+        torch.library.opcheck(torch.ops.qkernels.matmul.default, sample + (mode, offsets))
+        if offsets is None:  # calls made before format v2 take no offsets
+            torch.library.opcheck(torch.ops.qkernels.matmul.default, sample + (mode,))
 
 
 def test_opcheck_matmul_outliers():
-    for sample in _op_samples():
+    for sample, offsets in _op_samples():
         x = sample[0].clone()
         x[0, 1, 5] = 10.0
-        torch.library.opcheck(torch.ops.qkernels.matmul_outliers.default, (x,) + sample[1:] + (6.0,))
+        torch.library.opcheck(torch.ops.qkernels.matmul_outliers.default, (x,) + sample[1:] + (6.0, offsets))
+
+
+def test_opcheck_dequantize():
+    for sample, offsets in _op_samples():
+        torch.library.opcheck(torch.ops.qkernels.dequantize.default, sample[1:4] + sample[5:] + (offsets,))
 
 
 def _mixed_model():
     """Four QuantLinears, one of each kind of forward."""
     rng = np.random.default_rng(4)
-    w = lambda N, K, G, sym=True: _weights(rng, N, K, 4 if G < K else 8, G, sym)  # noqa: E731
+    w = lambda N, K, G, sym=True, offsets=False: _weights(rng, N, K, 4 if G < K else 8, G, sym, offsets)  # noqa: E731
     return torch.nn.Sequential(
-        QuantLinear(w(48, 32, 16, False), torch.randn(48)),
+        QuantLinear(w(48, 32, 12, False, True), torch.randn(48)),  # format v2: offsets, groups of 12, 12 and 8
         torch.nn.GELU(),
         QuantLinear(w(40, 48, 48), activation="token"),
         torch.nn.LayerNorm(40),
@@ -148,16 +166,17 @@ def test_weight_changed_in_place_is_seen():
 def test_input_gradient_is_through_the_dequantized_weights(activation, threshold):
     """Straight through every rounding: the int8 activations as well as the weights."""
     rng = np.random.default_rng(6)
-    qw = _weights(rng, 12, 32, 4, 16, False)
+    qw = _weights(rng, 12, 36, 4, 16, False, offsets=True)  # format v2: offsets, groups of 16, 16 and 4
     layer = QuantLinear(qw, torch.randn(12), activation=activation, outlier_threshold=threshold,
                         act_clip=2.0 if activation == "tensor" else None)
-    x = torch.randn(3, 32, requires_grad=True)
+    x = torch.randn(3, 36, requires_grad=True)
     grad_y = torch.randn(3, 12)
     layer(x).backward(grad_y)
-    w = reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size)
+    w = reference.dequantize(qw.data, qw.scales, qw.zero_points, qw.bits, qw.group_size, qw.offsets)
     np.testing.assert_allclose(x.grad.numpy(), grad_y.numpy() @ w, rtol=1e-5, atol=1e-5)
-    sample = _op_samples()[0]
-    torch.library.opcheck(torch.ops.qkernels.matmul.default, (sample[0].requires_grad_(),) + sample[1:] + ("a16",))
+    for sample, offsets in _op_samples()[::3]:
+        args = (sample[0].requires_grad_(),) + sample[1:] + ("a16", offsets)
+        torch.library.opcheck(torch.ops.qkernels.matmul.default, args)
 
 
 @pytest.mark.parametrize("activation,threshold", [("float", None), ("token", None), ("token", 1.0), ("tensor", None)])

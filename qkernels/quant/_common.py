@@ -55,8 +55,8 @@ def source_format(x: Any) -> tuple[str, str]:
 
 
 def dequantize_exact(qw: QuantizedWeight, columns: np.ndarray) -> np.ndarray:
-    """scales · (q − zp) of some columns as float64 [N, len(columns)], exact (docs/numerics.md
-    reading 7 before its rounding)."""
+    """scales · (q − zp) + offsets of some columns as float64 [N, len(columns)]: the product exact,
+    the offset (where the weights have them) one float64 rounding (docs/numerics.md reading 7)."""
     columns = np.asarray(columns)
     if qw.bits == 8:
         q = qw.data[:, columns].astype(np.float64)
@@ -67,7 +67,10 @@ def dequantize_exact(qw: QuantizedWeight, columns: np.ndarray) -> np.ndarray:
     groups = columns // qw.group_size
     if qw.zero_points is not None:
         q -= qw.zero_points[:, groups]
-    return qw.scales[:, groups].astype(np.float64) * q
+    w = qw.scales[:, groups].astype(np.float64) * q
+    if qw.offsets is not None:
+        w += qw.offsets[:, groups]
+    return w
 
 
 def quantize_rows(x: np.ndarray, bits: int, symmetric: bool):

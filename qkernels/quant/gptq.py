@@ -62,7 +62,8 @@ def gptq(weight: Any, hessian: Any, *, bits: int, group_size: int | None = None,
 
     hessian: [K, K], e.g. from ``HessianAccumulator``; ``damp · mean(diag H)`` is added to its
     diagonal; columns with H[j, j] = 0 (inputs always zero) are set to zero.
-    group_size: None for per-channel scales (from the whole original row), or G dividing K.
+    group_size: None for per-channel scales (from the whole original row), or G: groups of G columns,
+        the last one shorter where G does not divide K (format v2), its scale from its own columns.
     act_order: quantize columns in order of decreasing H[j, j] (the paper's "desc_act").
     static_groups: compute every group's scale and zero point from the original W, in the original
         column order, before quantizing (RTN's scales). The canonical format has no g_idx (a column
@@ -79,8 +80,8 @@ def gptq(weight: Any, hessian: Any, *, bits: int, group_size: int | None = None,
     if H.shape != (K, K):
         raise InvalidArgumentError(f"hessian has shape {H.shape}; expected {(K, K)}")
     G = K if group_size is None else group_size
-    if not isinstance(G, (int, np.integer)) or G <= 0 or K % G:
-        raise InvalidArgumentError(f"group_size={group_size} must be a positive divisor of K={K}")
+    if isinstance(G, bool) or not isinstance(G, (int, np.integer)) or G <= 0:
+        raise InvalidArgumentError(f"group_size={group_size!r} must be a positive integer")
     if bits == 4 and K % 2:
         raise InvalidArgumentError(f"K={K} must be even for 4-bit weights (two per byte)")
     if block_size < 1:
@@ -88,7 +89,7 @@ def gptq(weight: Any, hessian: Any, *, bits: int, group_size: int | None = None,
     if damp < 0:
         raise InvalidArgumentError(f"damp={damp} must not be negative")
     if static_groups is None:
-        static_groups = act_order or G == K
+        static_groups = act_order or G >= K
     if act_order and not static_groups and G < K:
         raise InvalidArgumentError("act_order with groups needs static_groups: the canonical format has no g_idx")
 
@@ -100,9 +101,11 @@ def gptq(weight: Any, hessian: Any, *, bits: int, group_size: int | None = None,
         scales = qw.scales.copy()
         zero_points = None if symmetric else qw.zero_points.copy()
     else:
-        scales = np.empty((N, K // G), np.float32)
-        zero_points = None if symmetric else np.empty((N, K // G), np.int8)
-        # A group must lie within one lazy block, so that its first column sees all earlier updates.
+        groups = (N, -(-K // G))  # the last group may be shorter
+        scales = np.empty(groups, np.float32)
+        zero_points = None if symmetric else np.empty(groups, np.int8)
+        # A group must lie within one lazy block, so that its first column sees all earlier updates
+        # (blocks start at multiples of G; the last, shorter group ends where the last block does).
         block_size = G * max(1, block_size // G)
 
     order = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(K)
@@ -120,7 +123,7 @@ def gptq(weight: Any, hessian: Any, *, bits: int, group_size: int | None = None,
         for j in range(start, end):
             g = group_of[j]
             if not static_groups and j % G == 0:
-                _, scales[:, g], zp = quantize_rows(Wt[j:j + G].T, bits, symmetric)
+                _, scales[:, g], zp = quantize_rows(Wt[j:j + G].T, bits, symmetric)  # the last: fewer columns
                 if zero_points is not None:
                     zero_points[:, g] = zp
             zp = None if zero_points is None else zero_points[:, g]

@@ -32,7 +32,8 @@ def static_int8(x: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
 class QuantLinear(nn.Module):
     """y = x · Wᵀ + b with W quantized (any format of docs/numerics.md section 1).
 
-    Buffers (all in the state dict): qdata, scales, zero_points (asymmetric only), bias (if any),
+    Buffers (all in the state dict): qdata, scales, zero_points (asymmetric only), offsets (format
+    v2: only where the weights have them; a group size need not divide K either), bias (if any),
     input_scale [K] (a factor on x before quantization: SmoothQuant's 1/s), act_clip (a scalar:
     the static range of "tensor" activations). The format (bits, group size, activation, LLM.int8()
     threshold) travels in the state dict too, as extra state, so a saved model loads without
@@ -61,6 +62,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", torch.from_numpy(qweight.scales))
         zero_points = None if qweight.zero_points is None else torch.from_numpy(qweight.zero_points)
         self.register_buffer("zero_points", zero_points)
+        self.register_buffer("offsets", None if qweight.offsets is None else torch.from_numpy(qweight.offsets))
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         self.register_buffer("input_scale", None if input_scale is None else input_scale.to(torch.float32).clone())
         self.register_buffer("act_clip", None if act_clip is None else torch.tensor(float(act_clip)))
@@ -71,9 +73,11 @@ class QuantLinear(nn.Module):
     def empty(cls, config: dict) -> QuantLinear:
         """A QuantLinear of the structure `config` (get_extra_state()) with zeroed buffers, to load into."""
         N, K, bits, G = config["out_features"], config["in_features"], config["bits"], config["group_size"]
-        zeros = torch.zeros(N, K // G, dtype=torch.int8) if config["zero_points"] else None
-        qweight = QuantizedWeight(torch.zeros(N, K * bits // 8, dtype=torch.int8), torch.ones(N, K // G),
-                                  zeros, bits, G, (N, K), kind="torch")
+        groups = (N, -(-K // G))  # the last group may be shorter (format v2)
+        zeros = torch.zeros(groups, dtype=torch.int8) if config["zero_points"] else None
+        offsets = torch.zeros(groups) if config.get("offsets") else None
+        qweight = QuantizedWeight(torch.zeros(N, K * bits // 8, dtype=torch.int8), torch.ones(groups),
+                                  zeros, bits, G, (N, K), kind="torch", offsets=offsets)
         return cls(qweight, torch.zeros(N) if config["bias"] else None, activation=config["activation"],
                    input_scale=torch.ones(K) if config["input_scale"] else None,
                    act_clip=1.0 if config["activation"] == "tensor" else None,
@@ -112,9 +116,11 @@ class QuantLinear(nn.Module):
             "group_size": self.group_size, "activation": self.activation,
             "outlier_threshold": self.outlier_threshold, "zero_points": self.zero_points is not None,
             "bias": self.bias is not None, "input_scale": self.input_scale is not None,
+            "offsets": self.offsets is not None,
         }
 
     def set_extra_state(self, state: dict) -> None:
+        state = {"offsets": False} | state  # saved before format v2: no offsets
         if state != self.get_extra_state():
             raise InvalidArgumentError(
                 f"the saved layer {state} does not have this QuantLinear's structure {self.get_extra_state()}"
@@ -123,11 +129,12 @@ class QuantLinear(nn.Module):
     @property
     def qweight(self) -> QuantizedWeight:
         """The weights as a QuantizedWeight (viewing this module's buffers)."""
-        return ops.quantized_weight(self.qdata, self.scales, self.zero_points, self.bits, self.group_size)
+        return ops.quantized_weight(self.qdata, self.scales, self.zero_points, self.bits, self.group_size,
+                                    self.offsets)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: quantized weights, scales, zero points, bias and activation factors."""
+        """Bytes held: quantized weights, scales, zero points, offsets, bias and activation factors."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,20 +145,22 @@ class QuantLinear(nn.Module):
         if self.activation == "tensor":  # float32 grid values; the output returns to x's dtype
             return matmul(
                 static_int8(x, self.act_clip), self.qdata, self.scales, self.zero_points, self.bias, self.bits,
-                self.group_size, "a16",
+                self.group_size, "a16", self.offsets,
             ).to(x.dtype)
         if self.outlier_threshold is not None:
             matmul_outliers = ops.matmul_outliers_impl if direct else torch.ops.qkernels.matmul_outliers
             return matmul_outliers(
                 x, self.qdata, self.scales, self.zero_points, self.bias, self.bits, self.group_size,
-                self.outlier_threshold,
+                self.outlier_threshold, self.offsets,
             )
         mode = "a8" if self.activation == "token" else "a16"
-        return matmul(x, self.qdata, self.scales, self.zero_points, self.bias, self.bits, self.group_size, mode)
+        return matmul(x, self.qdata, self.scales, self.zero_points, self.bias, self.bits, self.group_size, mode,
+                      self.offsets)
 
     def extra_repr(self) -> str:
-        groups = "channel" if self.group_size == self.in_features else f"group {self.group_size}"
+        groups = "channel" if self.group_size >= self.in_features else f"group {self.group_size}"
         extra = f", outliers > {self.outlier_threshold}" if self.outlier_threshold is not None else ""
         smooth = ", smoothed" if self.input_scale is not None else ""
+        groups += " with offsets" if self.offsets is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, w{self.bits} per {groups}, "
                 f"activation={self.activation}{smooth}{extra}, {math.ceil(self.nbytes / 1024)} KiB")

@@ -128,8 +128,9 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
       "llm_int8"     LLM.int8(): 8-bit weights per channel, int8 activations per row, the input
                      features holding an |x| ≥ threshold in float [bits 8]
       "zeroquant"    ZeroQuant: group-wise weights, dynamic per-row int8 activations [bits 8, group_size 64]
-    calib_data: an iterable of model inputs (each a dict of keyword arguments, a tuple of positional
-    ones, or one tensor), run once without gradients. skip: layer names left in float (a name, or
+    group_size need not divide a layer's input features K: the last group of each row is then
+    shorter (format v2; G > K is one group per row). calib_data: an iterable of model inputs (each
+    a dict of keyword arguments, a tuple of positional ones, or one tensor), run once without gradients. skip: layer names left in float (a name, or
     a suffix after a dot, e.g. "lm_head"). progress: called as progress(done, total) per layer.
     """
     if method not in METHODS:

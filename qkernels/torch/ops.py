@@ -1,13 +1,14 @@
 """The kernels as torch.library custom ops, with fake (meta) implementations for torch.compile.
 
-    torch.ops.qkernels.matmul(x, data, scales, zero_points, bias, bits, group_size, mode)
-    torch.ops.qkernels.matmul_outliers(x, data, scales, zero_points, bias, bits, group_size, threshold)
-    torch.ops.qkernels.dequantize(data, scales, zero_points, bits, group_size)  -> W [N, K] float32
+    torch.ops.qkernels.matmul(x, data, scales, zero_points, bias, bits, group_size, mode, offsets=None)
+    torch.ops.qkernels.matmul_outliers(x, data, scales, zero_points, bias, bits, group_size, threshold, offsets=None)
+    torch.ops.qkernels.dequantize(data, scales, zero_points, bits, group_size, offsets=None)  -> W [N, K] float32
 
 Each takes a weight as the canonical arrays (docs/numerics.md section 1: int8 data, float32 scales,
-int8 zero points or None); the matmuls run qkernels.matmul, so automatic dispatch picks the fastest
-backend for the tensors. To a compiler they are opaque: a quantized model traces with no graph
-break. An empty batch (no rows) gives an empty output, as nn.Linear does.
+int8 zero points or None, float32 offsets or None; the group size need not divide K), offsets last
+so that calls made before format v2 keep working; the matmuls run qkernels.matmul, so automatic
+dispatch picks the fastest backend for the tensors. To a compiler they are opaque: a quantized
+model traces with no graph break. An empty batch (no rows) gives an empty output, as nn.Linear does.
 
 The dispatcher costs about 60 us per call in eager mode, more than a decode step's small layers
 take, so QuantLinear calls the implementations (matmul_impl, matmul_outliers_impl) directly when
@@ -56,17 +57,18 @@ def _key(tensors, bits: int, group_size: int):
         return None
 
 
-def quantized_weight(data, scales, zero_points, bits: int, group_size: int) -> QuantizedWeight:
+def quantized_weight(data, scales, zero_points, bits: int, group_size: int, offsets=None) -> QuantizedWeight:
     """The QuantizedWeight viewing these tensors: the registered one while it is current, else new."""
     shape = (data.shape[0], data.shape[1] * 8 // bits)
-    key = _key((data, scales, zero_points), bits, group_size)
+    key = _key((data, scales, zero_points, offsets), bits, group_size)
     handle = _handles.get(data.data_ptr())
     if handle is not None and key is not None:
         if handle.key != key:
-            handle.qweight = QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch")
+            handle.qweight = QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch",
+                                             offsets=offsets)
             handle.key = key
         return handle.qweight
-    return QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch")
+    return QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch", offsets=offsets)
 
 
 def use_impl(*tensors: torch.Tensor | None) -> bool:
@@ -88,20 +90,20 @@ def use_impl(*tensors: torch.Tensor | None) -> bool:
     return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)
 
 
-def matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode):
+def matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode, offsets=None):
     """torch.ops.qkernels.matmul without the dispatcher."""
     if x.numel() == 0:
         return _output_like(x, data, bits)
-    return _ops.matmul(x, quantized_weight(data, scales, zero_points, bits, group_size), mode, bias=bias)
+    return _ops.matmul(x, quantized_weight(data, scales, zero_points, bits, group_size, offsets), mode, bias=bias)
 
 
 @torch.library.custom_op("qkernels::matmul", mutates_args=())
 def matmul(
     x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor], bits: int, group_size: int, mode: str,
+    bias: Optional[torch.Tensor], bits: int, group_size: int, mode: str, offsets: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """y[..., N] = x[..., K] · Wᵀ (+ bias) in mode "a16" or "a8" (qkernels.matmul)."""
-    return matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode)
+    return matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode, offsets)
 
 
 def _output_like(x: torch.Tensor, data: torch.Tensor, bits: int) -> torch.Tensor:
@@ -112,15 +114,15 @@ def _output_like(x: torch.Tensor, data: torch.Tensor, bits: int) -> torch.Tensor
 
 
 @matmul.register_fake
-def _(x, data, scales, zero_points, bias, bits, group_size, mode):
+def _(x, data, scales, zero_points, bias, bits, group_size, mode, offsets=None):
     return _output_like(x, data, bits)
 
 
-def matmul_outliers_impl(x, data, scales, zero_points, bias, bits, group_size, threshold):
+def matmul_outliers_impl(x, data, scales, zero_points, bias, bits, group_size, threshold, offsets=None):
     """torch.ops.qkernels.matmul_outliers without the dispatcher."""
     if x.numel() == 0:
         return _output_like(x, data, bits)
-    qweight = quantized_weight(data, scales, zero_points, bits, group_size)
+    qweight = quantized_weight(data, scales, zero_points, bits, group_size, offsets)
     return llm_int8_matmul(x, qweight, threshold=threshold, bias=bias)
 
 
@@ -128,39 +130,40 @@ def matmul_outliers_impl(x, data, scales, zero_points, bias, bits, group_size, t
 def matmul_outliers(
     x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_size: int, threshold: float,
+    offsets: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """LLM.int8() (qkernels.quant.llm_int8_matmul): the input features where some |x| ≥ threshold
     in float, the others in mode "a8"."""
-    return matmul_outliers_impl(x, data, scales, zero_points, bias, bits, group_size, threshold)
+    return matmul_outliers_impl(x, data, scales, zero_points, bias, bits, group_size, threshold, offsets)
 
 
 @matmul_outliers.register_fake
-def _(x, data, scales, zero_points, bias, bits, group_size, threshold):
+def _(x, data, scales, zero_points, bias, bits, group_size, threshold, offsets=None):
     return _output_like(x, data, bits)
 
 
 @torch.library.custom_op("qkernels::dequantize", mutates_args=())
 def dequantize_weight(data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor], bits: int,
-                      group_size: int) -> torch.Tensor:
-    """W [N, K] float32 = scales · (q − zero point) (qkernels.dequantize)."""
-    return dequantize(quantized_weight(data, scales, zero_points, bits, group_size), "float32")
+                      group_size: int, offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """W [N, K] float32 = scales · (q − zero point) + offsets (qkernels.dequantize)."""
+    return dequantize(quantized_weight(data, scales, zero_points, bits, group_size, offsets), "float32")
 
 
 @dequantize_weight.register_fake
-def _(data, scales, zero_points, bits, group_size):
+def _(data, scales, zero_points, bits, group_size, offsets=None):
     return data.new_empty((data.shape[0], data.shape[1] * 8 // bits), dtype=torch.float32)
 
 
 def _save_weight(ctx, inputs, output):
-    _x, data, scales, zero_points, _bias, bits, group_size, _mode_or_threshold = inputs
-    ctx.save_for_backward(data, scales, zero_points)
+    _x, data, scales, zero_points, _bias, bits, group_size, _mode_or_threshold, offsets = inputs
+    ctx.save_for_backward(data, scales, zero_points, offsets)
     ctx.bits, ctx.group_size = bits, group_size
 
 
 def _input_gradient(ctx, grad):
-    data, scales, zero_points = ctx.saved_tensors
-    w = torch.ops.qkernels.dequantize(data, scales, zero_points, ctx.bits, ctx.group_size)
-    return (grad @ w.to(grad.dtype),) + (None,) * 7
+    data, scales, zero_points, offsets = ctx.saved_tensors
+    w = torch.ops.qkernels.dequantize(data, scales, zero_points, ctx.bits, ctx.group_size, offsets)
+    return (grad @ w.to(grad.dtype),) + (None,) * 8
 
 
 matmul.register_autograd(_input_gradient, setup_context=_save_weight)

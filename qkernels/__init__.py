@@ -7,7 +7,7 @@
 The numeric contract is docs/numerics.md; qkernels.reference implements it independently in NumPy.
 """
 
-from . import dispatch
+from . import activations, dispatch, packing, tensors
 from ._native import ffi, lib, library_path
 from .dispatch import backends, cpu_features, get_num_threads, kernels, set_num_threads, use_backend
 from .errors import (
@@ -33,6 +33,7 @@ __all__ = [
     "QKernelsError",
     "QuantizedWeight",
     "UnsupportedError",
+    "activations",
     "backends",
     "cpu_features",
     "dequantize",
@@ -41,10 +42,12 @@ __all__ = [
     "kernels",
     "library_path",
     "matmul",
+    "packing",
     "quantize_weights",
     "quantized_matmul",
     "select",
     "set_num_threads",
+    "tensors",
     "use_backend",
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_eval_arguments(eval_parser)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["qkernels", *(sys.argv[1:] if argv is None else argv)])  # for bench's JSON
     if args.command == "bench":
         return bench(args)
     if args.command == "eval":

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import dispatch
+from . import _checks, dispatch
 from ._native import check, ffi, lib, new_struct
 from ._tensors import dtype_code, empty_like_kind, float_buffer, host_tensor, is_torch, pointer_of
 from .errors import InvalidArgumentError
@@ -17,6 +17,7 @@ from .weights import QuantizedWeight
 def _bias_array(bias: Any, N: int):
     if bias is None:
         return None
+    _checks.float_array(bias, "bias")  # an integer, complex or string bias is refused, never cast
     if is_torch(bias):
         bias = host_tensor(bias, "bias").float().contiguous()
     else:
@@ -28,18 +29,25 @@ def _bias_array(bias: Any, N: int):
 
 def _prepare(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any):
     """The checked input buffer, M, a new output, the bias array and the backend id of one call."""
+    _checks.instance(qw, QuantizedWeight, "qw")
     if mode not in dispatch.MODES:
         raise InvalidArgumentError(f"mode={mode!r} must be 'a16' or 'a8'")
+    backend = _checks.optional_name(backend, "backend", automatic=("auto",))
+    kernel = _checks.optional_name(kernel, "kernel")
     buf = float_buffer(x, "x")
     if len(buf.shape) < 1 or buf.shape[-1] != qw.K:
-        raise InvalidArgumentError(f"x has shape {buf.shape}; its last dimension must be K={qw.K}")
+        raise InvalidArgumentError(
+            f"x has shape {buf.shape}: its last dimension does not match K={qw.K} of the weights"
+        )
     M = math.prod(buf.shape[:-1])
     if M <= 0:
         raise InvalidArgumentError(f"x has shape {buf.shape}: M={M} rows; at least one is needed")
+    _checks.size(M, "M")
     out = empty_like_kind(buf.kind, buf.shape[:-1] + (qw.N,), buf.dtype)
     # A use_backend block yields to an explicit kernel= argument (arguments outrank it).
     name = backend or (None if kernel else dispatch.forced_backend()) or "auto"
-    return buf, M, out, _bias_array(bias, qw.N), dispatch.backend_code(name)
+    backend_id = lib.QK_BACKEND_AUTO if name == "auto" else dispatch.backend_code(name)  # "auto": no C call
+    return buf, M, out, _bias_array(bias, qw.N), backend_id
 
 
 def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any):
@@ -108,9 +116,18 @@ def quantized_matmul(
 
     weights: int8 [N, K*bits/8]; scales: float32 [N, K/group_size]; zero_points: int8 or None.
     """
+    bits = _checks.bits(bits)
     buf_shape = np.shape(x) if not is_torch(x) else tuple(x.shape)
     K = buf_shape[-1] if len(buf_shape) else 0
-    N = np.shape(weights)[0] if not is_torch(weights) else weights.shape[0]
+    weights_shape = np.shape(weights) if not is_torch(weights) else tuple(weights.shape)
+    N = weights_shape[0] if weights_shape else 0
+    if len(weights_shape) == 2 and len(buf_shape):
+        K_weights = weights_shape[1] * 8 // bits
+        if K != K_weights:  # the weights' shape is checked against K below; first, x against the weights
+            raise InvalidArgumentError(
+                f"x has shape {tuple(buf_shape)}: its last dimension does not match K={K_weights} of the weights "
+                f"(shape {tuple(weights_shape)}, {bits}-bit)"
+            )
     qw = QuantizedWeight(weights, scales, zero_points, bits, group_size, (N, K))
     out, args, _alive = _args(x, qw, mode, backend, kernel, bias)
     check(lib.qk_matmul(qw.c_weights, args))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 
 import os
 
+from . import _checks
 from ._native import check, ffi, lib, new_struct
 from ._tensors import dtype_code, empty_like_kind, float_buffer, int_array, pointer_of
 from .errors import InvalidArgumentError
@@ -47,14 +47,11 @@ class QuantizedWeight:
     _plans: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
-        N, K = self.shape
         set_field = functools.partial(object.__setattr__, self)  # frozen: only construction sets fields
-        if isinstance(self.group_size, numbers.Integral):
-            set_field("group_size", int(self.group_size))
-        if self.bits not in (4, 8):
-            raise InvalidArgumentError(f"bits={self.bits} must be 4 or 8")
-        if not (isinstance(self.group_size, int) and self.group_size > 0):
-            raise InvalidArgumentError(f"group_size={self.group_size} must be a positive integer")
+        N, K = _checks.shape(self.shape)  # int32 sizes, as C takes them; bools and floats refused
+        set_field("shape", (N, K))
+        set_field("bits", _checks.bits(self.bits))
+        set_field("group_size", _checks.group_size(self.group_size))
         if self.bits == 4 and K % 2:
             raise InvalidArgumentError(f"K={K} must be even for 4-bit weights")
         set_field("data", int_array(self.data, "weights", np.int8))
@@ -152,17 +149,16 @@ def quantize_weights(
     "tensor" (one scale for all, stored per row). Default: "group", or "channel" when group_size
     is None. NumPy float32/float16 (or ml_dtypes bfloat16) arrays and CPU torch tensors are accepted.
     """
+    bits = _checks.bits(bits)  # before anything is allocated from it
     buf = float_buffer(w, "w")
     if len(buf.shape) != 2:
         raise InvalidArgumentError(f"w must be 2-D [N, K]; it has shape {buf.shape}")
-    N, K = buf.shape
+    N, K = _checks.size(buf.shape[0], "N"), _checks.size(buf.shape[1], "K")
     granularity = granularity or ("channel" if group_size is None else "group")
     if granularity not in _GRANULARITIES:
         raise InvalidArgumentError(f"granularity={granularity!r} is not one of {sorted(_GRANULARITIES)}")
-    G = group_size if granularity == "group" else K
-    if not isinstance(G, numbers.Integral) or G <= 0:  # the output shapes need it now
-        raise InvalidArgumentError(f"group_size={group_size} must be a positive integer")
-    groups = (N, -(-K // int(G)))  # the last group of a row may be shorter (format v2)
+    G = _checks.group_size(group_size) if granularity == "group" else K  # the output shapes need it now
+    groups = (N, -(-K // G) if G else 0)  # the last group of a row may be shorter (format v2); K=0: C says so
     data = np.empty((N, K * bits // 8), dtype=np.int8)
     scales = np.empty(groups, dtype=np.float32)
     zero_points = None if symmetric else np.empty(groups, dtype=np.int8)
@@ -179,6 +175,7 @@ def quantize_weights(
 def dequantize(qw: QuantizedWeight, dtype: str | None = None):
     """W[N, K] = scales · (q − zero_point) + offsets, rounded once to `dtype` (default: the weights' own),
     returned as the kind of container the weights were quantized from."""
+    _checks.instance(qw, QuantizedWeight, "qw")
     dtype = dtype or qw.dtype
     if dtype not in ("float32", "float16", "bfloat16"):
         raise InvalidArgumentError(f"dtype={dtype!r} is not float32, float16 or bfloat16")

@@ -1,13 +1,13 @@
 """qkernels bench's timing loop: candidates take turns, cycling through their weight copies."""
 
-from qkernels import bench
+from qkernels.bench import timing
 
 
 def test_candidates_take_turns_and_cycle_through_copies(monkeypatch):
-    monkeypatch.setattr(bench, "SLICE", 0.0)  # a turn is one call
+    monkeypatch.setattr(timing, "SLICE", 0.0)  # a turn is one call
     order = []
     candidates = [[lambda: order.append("a")], [lambda: order.append("b1"), lambda: order.append("b2")]]
-    times = bench.measure_together(candidates, budget=0.0, min_repeats=3)
+    times = timing.measure_together(candidates, budget=0.0, min_repeats=3)
     assert [len(t) for t in times] == [3, 3]
     assert order == ["a", "b1", "a", "b2", "a", "b1"]
 
@@ -20,7 +20,7 @@ def test_the_repeat_limits_bound_each_candidate():
             calls[i] += 1
         return [call]
 
-    times = bench.measure_together([fast(0), fast(1)], budget=0.0, min_repeats=5)
+    times = timing.measure_together([fast(0), fast(1)], budget=0.0, min_repeats=5)
     assert [len(t) for t in times] == [5, 5] and calls == [5, 5]  # no budget: the minimum only
-    times = bench.measure_together([fast(0), fast(1)], budget=1.0)
-    assert [len(t) for t in times] == [bench.MAX_REPEATS] * 2  # fast calls stop at the repeat limit
+    times = timing.measure_together([fast(0), fast(1)], budget=1.0)
+    assert [len(t) for t in times] == [timing.MAX_REPEATS] * 2  # fast calls stop at the repeat limit

@@ -147,6 +147,53 @@ def test_load_state_dict_into_quantized_model_and_mismatch():
         other.load_state_dict(qt.quantize_model(_model(), "rtn", bits=4).state_dict())
 
 
+def _two_layers():
+    torch.manual_seed(2)
+    return torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.Linear(64, 32), torch.nn.Linear(32, 8))
+
+
+OTHER_ARCHITECTURES = {
+    "one layer fewer": lambda: torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.Linear(64, 32)),
+    "first layer only": lambda: torch.nn.Sequential(torch.nn.Linear(100, 64)),
+    "one layer more": lambda: torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.Linear(64, 32),
+                                                  torch.nn.Linear(32, 8), torch.nn.Linear(8, 4)),
+    "other width": lambda: torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.Linear(64, 16),
+                                               torch.nn.Linear(16, 8)),
+    "other float layer": lambda: torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.Linear(64, 32),
+                                                     torch.nn.Linear(32, 4)),
+    "not linear": lambda: torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.ReLU(), torch.nn.Linear(32, 8)),
+    "no bias": lambda: torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.Linear(64, 32, bias=False),
+                                           torch.nn.Linear(32, 8)),
+    "quantized, one layer fewer": lambda: qt.quantize_model(
+        torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.Linear(64, 32)), "rtn", bits=8),
+}
+
+
+@pytest.mark.parametrize("source", ["dict"] + _saved_formats())
+@pytest.mark.parametrize("target", list(OTHER_ARCHITECTURES))
+def test_load_quantized_refuses_another_architecture(tmp_path, source, target):
+    """A state saved from another model used to turn the target into the saved model (the layers
+    it named were created); now it is an InvalidArgumentError and the target is left as it was."""
+    saved = qt.quantize_model(_two_layers(), "rtn", bits=4, group_size=None, skip=["2"])  # layer 2 stays float
+    if source == "dict":
+        path = saved.state_dict()
+    else:
+        path = tmp_path / f"two.{source}"
+        qt.save_quantized(saved, path)
+    model = OTHER_ARCHITECTURES[target]()
+    structure, state = repr(model), copy.deepcopy(model.state_dict())
+    with pytest.raises(InvalidArgumentError, match="model"):
+        qt.load_quantized(model, path)
+    assert repr(model) == structure
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(not isinstance(v, torch.Tensor) or torch.equal(after[k], v) for k, v in state.items())
+    # The same architecture loads.
+    loaded = qt.load_quantized(_two_layers(), path)
+    x = torch.randn(3, 100)
+    assert torch.equal(loaded(x), saved(x))
+
+
 def test_compiled_quantized_model_has_no_graph_break():
     quantized = qt.quantize_model(_model(), "smoothquant", calib_data=_data())
     x = _data()[0]

@@ -119,11 +119,38 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_matmul_args
                          y[r][c] + (a->bias ? a->bias[n0 + c] : 0.0));
 }
 
-/* X to float32 at the padded positions of the layout, zeros in the group padding. */
-static void convert_input(const qk_matmul_args* a, const qk_arm_packed* h, float* x) {
-    for (int32_t m = 0; m < a->M; m++)
+/* The kernel's buffers in the workspace: X as float32 at the padded positions [M][k_padded], then a
+ * dequantized panel per thread [threads][k_padded * 8]. k_padded is a multiple of 16, so both
+ * parts stay 64-byte aligned. With workspace NULL it only measures. */
+static size_t layout(const qk_arm_packed* h, int32_t M, int32_t threads, void* workspace, float** x, float** panels) {
+    size_t x_floats = (size_t)M * h->k_padded;
+    if (workspace) {
+        *x = workspace;
+        *panels = *x + x_floats;
+    }
+    return (x_floats + (size_t)threads * h->k_padded * QK_ARM_PANEL) * sizeof(float);
+}
+
+size_t qk_arm_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
+    return layout(qk_arm_header(w), a->M, threads, NULL, NULL, NULL);
+}
+
+typedef struct {
+    const qk_matmul_args* a;
+    const qk_arm_packed* h;
+    float* x;
+    float* panels;
+} a16_call;
+
+/* Rows [begin, end) of X to float32 at the padded positions of the layout, zeros in the group padding. */
+static void convert_rows(void* arg, int32_t begin, int32_t end, int32_t thread) {
+    (void)thread;
+    const a16_call* c = arg;
+    const qk_matmul_args* a = c->a;
+    const qk_arm_packed* h = c->h;
+    for (int32_t m = begin; m < end; m++)
         for (int32_t g = 0; g < h->groups; g++) {
-            float* dst = x + (size_t)m * h->k_padded + (size_t)g * h->group_padded;
+            float* dst = c->x + (size_t)m * h->k_padded + (size_t)g * h->group_padded;
             size_t first = (size_t)m * h->K + (size_t)g * h->group_size;
             int32_t k = 0;
             if (a->input_dtype == QK_DTYPE_F32) {
@@ -140,41 +167,35 @@ static void convert_input(const qk_matmul_args* a, const qk_arm_packed* h, float
         }
 }
 
-qk_status qk_arm_a16(const qk_packed_weights* w, const qk_matmul_args* a) {
-    const qk_arm_packed* h = qk_arm_header(w);
-    int32_t threads = qk_threads_for(a->M, h->N, h->K);
-    size_t panel_floats = (size_t)h->k_padded * QK_ARM_PANEL; /* one dequantized panel per thread */
-    float* x = qk_aligned_alloc((size_t)a->M * h->k_padded * sizeof(float));
-    float* scratch = qk_aligned_alloc((size_t)threads * panel_floats * sizeof(float));
-    if (!x || !scratch) {
-        qk_aligned_free(x);
-        qk_aligned_free(scratch);
-        return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate the A16 kernel's buffers");
-    }
-    convert_input(a, h, x);
-#pragma omp parallel num_threads(threads)
-    {
-        float* mine = scratch + (size_t)qk_thread_index() * panel_floats;
-        float* const half[2] = {mine, mine + (size_t)h->k_padded * 4};
-#pragma omp for schedule(static) /* panels are independent, given a scratch panel each */
-        for (int32_t panel = 0; panel < h->panels; panel++) {
-            dequantize_panel(h, panel, half);
-            for (int32_t row = 0; row < a->M; row += ROWS) {
-                const float* xr = x + (size_t)row * h->k_padded;
-                switch (a->M - row < ROWS ? a->M - row : ROWS) {
-                case 1: tile_rows(a, h, xr, half, row, panel, 1); break;
-                case 2: tile_rows(a, h, xr, half, row, panel, 2); break;
-                case 3: tile_rows(a, h, xr, half, row, panel, 3); break;
-                case 4: tile_rows(a, h, xr, half, row, panel, 4); break;
-                case 5: tile_rows(a, h, xr, half, row, panel, 5); break;
-                case 6: tile_rows(a, h, xr, half, row, panel, 6); break;
-                case 7: tile_rows(a, h, xr, half, row, panel, 7); break;
-                default: tile_rows(a, h, xr, half, row, panel, 8); break;
-                }
+/* Panels [begin, end), each dequantized into this thread's scratch panel, then every row tile. */
+static void a16_panels(void* arg, int32_t begin, int32_t end, int32_t thread) {
+    const a16_call* c = arg;
+    const qk_matmul_args* a = c->a;
+    const qk_arm_packed* h = c->h;
+    float* mine = c->panels + (size_t)thread * h->k_padded * QK_ARM_PANEL;
+    float* const half[2] = {mine, mine + (size_t)h->k_padded * 4};
+    for (int32_t panel = begin; panel < end; panel++) {
+        dequantize_panel(h, panel, half);
+        for (int32_t row = 0; row < a->M; row += ROWS) {
+            const float* xr = c->x + (size_t)row * h->k_padded;
+            switch (a->M - row < ROWS ? a->M - row : ROWS) {
+            case 1: tile_rows(a, h, xr, half, row, panel, 1); break;
+            case 2: tile_rows(a, h, xr, half, row, panel, 2); break;
+            case 3: tile_rows(a, h, xr, half, row, panel, 3); break;
+            case 4: tile_rows(a, h, xr, half, row, panel, 4); break;
+            case 5: tile_rows(a, h, xr, half, row, panel, 5); break;
+            case 6: tile_rows(a, h, xr, half, row, panel, 6); break;
+            case 7: tile_rows(a, h, xr, half, row, panel, 7); break;
+            default: tile_rows(a, h, xr, half, row, panel, 8); break;
             }
         }
     }
-    qk_aligned_free(x);
-    qk_aligned_free(scratch);
+}
+
+qk_status qk_arm_a16(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
+    a16_call c = {a, qk_arm_header(w), NULL, NULL};
+    layout(c.h, a->M, exec->threads, exec->workspace, &c.x, &c.panels);
+    qk_parallel_for(exec, a->M, qk_arm_grain(c.h->K), convert_rows, &c);
+    qk_parallel_for(exec, c.h->panels, qk_arm_grain((int64_t)a->M * c.h->K * QK_ARM_PANEL), a16_panels, &c);
     return QK_OK;
 }

@@ -93,4 +93,6 @@ static void tile(const qk_arm_a8_problem* p, int32_t panel, int32_t row, int32_t
     }
 }
 
-qk_status qk_arm_i8mm_a8(const qk_packed_weights* w, const qk_matmul_args* a) { return qk_arm_a8_run(w, a, tile); }
+qk_status qk_arm_i8mm_a8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
+    return qk_arm_a8_run(exec, w, a, tile);
+}

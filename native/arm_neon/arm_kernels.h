@@ -3,6 +3,9 @@
  * that instruction enabled (CMakeLists.txt); everything else here is baseline Armv8-A NEON, so the
  * library still loads and runs the reference backend on a CPU without either.
  *
+ * Kernels allocate nothing: each carves its buffers from the workspace the core gives it
+ * (qk_exec), and runs its loops as qk_parallel_for tasks.
+ *
  * Packed layout (one qk_aligned_alloc block, qk_arm_packed header first):
  *   - Output columns come in panels of QK_ARM_PANEL = 8; the last panel is padded with zero columns.
  *   - Each group of G weights is padded with zeros to group_padded = G rounded up to 16, so that
@@ -41,7 +44,7 @@ typedef struct {
     size_t scales_at, zero_points_at; /* byte offsets from the start of the block */
 } qk_arm_packed;
 
-static inline const qk_arm_packed* qk_arm_header(const qk_packed_weights* w) { return w->data; }
+static inline const qk_arm_packed* qk_arm_header(const qk_kernel_weights* w) { return w->packed; }
 static inline const int8_t* qk_arm_panel_weights(const qk_arm_packed* h, int32_t panel) {
     return (const int8_t*)h + QK_ARM_HEADER + (size_t)panel * h->panel_bytes;
 }
@@ -68,8 +71,6 @@ static inline void qk_arm_unpack_int4_x16(int8x16_t packed, int8x16_t* low, int8
     *high = vreinterpretq_s8_u8(vandq_u8(vreinterpretq_u8_s8(packed), vdupq_n_u8(0xF0)));
 }
 
-/* An exact int32 group sum to float32, one rounding; 4-bit sums (qk_arm_unpack_int4_x16) are 16
- * times the value. */
 /* A panel's eight zero points of group g as int32 (columns 0-3, 4-7), scaled like the kernels' sums
  * (times 16 for 4 bits, whose sums are 16 sum qx * q). */
 static inline void qk_arm_zero_points_s32(const qk_arm_packed* h, int32_t panel, int32_t g, int bits, int32x4_t zp[2]) {
@@ -79,6 +80,8 @@ static inline void qk_arm_zero_points_s32(const qk_arm_packed* h, int32_t panel,
     zp[1] = vmovl_high_s16(zp16);
 }
 
+/* An exact int32 group sum to float32, one rounding; 4-bit sums (qk_arm_unpack_int4_x16) are 16
+ * times the value. */
 static inline float32x4_t qk_arm_sum_to_float(int32x4_t acc, const int bits) {
     return bits == 4 ? vcvtq_n_f32_s32(acc, 4) : vcvtq_f32_s32(acc);
 }
@@ -86,8 +89,16 @@ static inline float32x4_t qk_arm_sum_to_float(int32x4_t acc, const int bits) {
 /* d[0..1] += v, in float64 (exact conversion, one rounding per add). */
 static inline void qk_arm_fold(double* d, float32x2_t v) { vst1q_f64(d, vaddq_f64(vld1q_f64(d), vcvt_f64_f32(v))); }
 
-qk_status qk_arm_pack_i8mm(const qk_weights* w, void** data, size_t* size);
-qk_status qk_arm_pack_dotprod(const qk_weights* w, void** data, size_t* size);
+/* Tasks per qk_parallel_for chunk, for tasks of `work` multiply-adds (or elements converted) each:
+ * about 2^17 per chunk, so a 4096 x 4096 decode runs as 128 chunks of 4 panels, enough for the
+ * threads to balance, and claiming a chunk costs next to nothing against its work. */
+static inline int32_t qk_arm_grain(int64_t work) {
+    enum { CHUNK_WORK = 1 << 17 };
+    return work >= CHUNK_WORK ? 1 : (int32_t)(CHUNK_WORK / (work > 0 ? work : 1));
+}
+
+qk_status qk_arm_pack_i8mm(const qk_weights* w, void** packed, size_t* bytes);
+qk_status qk_arm_pack_dotprod(const qk_weights* w, void** packed, size_t* bytes);
 
 /* ---- A8 ---- */
 
@@ -105,15 +116,18 @@ typedef struct {
 typedef void (*qk_arm_a8_tile_fn)(const qk_arm_a8_problem* p, int32_t panel, int32_t row, int32_t rows,
                                   double tile[][QK_ARM_PANEL]);
 
-/* The A8 driver of both backends: quantizes the activations, then runs `tile` over every panel and
- * tile of QK_ARM_A8_ROWS rows (fewer at the end). */
-qk_status qk_arm_a8_run(const qk_packed_weights* w, const qk_matmul_args* a, qk_arm_a8_tile_fn tile);
+/* The A8 driver of both backends: quantizes the activations into the workspace, then runs `tile`
+ * over every panel and tile of QK_ARM_A8_ROWS rows (fewer at the end). */
+size_t qk_arm_a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_arm_a8_run(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a,
+                        qk_arm_a8_tile_fn tile);
 
-qk_status qk_arm_i8mm_a8(const qk_packed_weights* w, const qk_matmul_args* a);
-qk_status qk_arm_dotprod_a8(const qk_packed_weights* w, const qk_matmul_args* a);
+qk_status qk_arm_i8mm_a8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+qk_status qk_arm_dotprod_a8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 
 /* ---- A16 (baseline NEON, both layouts) ---- */
 
-qk_status qk_arm_a16(const qk_packed_weights* w, const qk_matmul_args* a);
+size_t qk_arm_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_arm_a16(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 
 #endif /* QK_ARM_KERNELS_H */

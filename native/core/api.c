@@ -18,7 +18,7 @@ static qk_status prepare(const qk_weights* weights, const qk_matmul_args* args, 
     if (s == QK_OK) s = qk_check_weights(w, values);
     if (s == QK_OK) s = qk_read_args(args, a);
     if (s == QK_OK) s = qk_check_args(a);
-    *p = (qk_problem){w, a->mode, a->input_dtype, a->M};
+    *p = (qk_problem){w, w->offsets != NULL, a->mode, a->input_dtype, a->M};
     return s;
 }
 
@@ -67,7 +67,7 @@ qk_status qk_matmul_packed(const qk_packed_weights* packed, const qk_matmul_args
     if (a.backend != QK_BACKEND_AUTO && a.backend != packed->backend)
         return qk_fail(QK_ERR_INVALID_ARGUMENT, "args->backend '%s' differs from the packed weights' '%s'",
                        qk_backend_name(a.backend), qk_backend_name(packed->backend));
-    qk_problem p = {&packed->view.format, a.mode, a.input_dtype, a.M};
+    qk_problem p = {&packed->view.format, packed->view.has_offsets, a.mode, a.input_dtype, a.M};
     qk_kernel_ref k;
     s = qk_select(&p, packed->backend, a.kernel, QK_FOR_PACKED, &k);
     if (s == QK_OK) s = qk_run(k, &packed->view, &a);

@@ -34,6 +34,7 @@ typedef struct qk_kernel_ref {
 /* What a kernel must be able to run. */
 typedef struct qk_problem {
     const qk_weights* weights;
+    int32_t has_offsets;  /* packed weights' format keeps no array pointers, offsets included */
     qk_mode mode;
     qk_dtype dtype;
     int32_t M;

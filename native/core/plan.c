@@ -23,7 +23,7 @@ struct qk_plan {
  * depends on M only through the kernels' max_m, so M = 1 and every max_m + 1 are the points where
  * it can change. */
 static qk_status select_steps(qk_plan* plan, const char* kernel) {
-    qk_problem problem = {&plan->packed->view.format, plan->mode, plan->dtype, 1};
+    qk_problem problem = {&plan->packed->view.format, plan->packed->view.has_offsets, plan->mode, plan->dtype, 1};
     qk_backend backend = plan->packed->backend;
     for (;;) {
         qk_kernel_ref k;

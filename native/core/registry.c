@@ -34,12 +34,15 @@ static pthread_mutex_t writers = PTHREAD_MUTEX_INITIALIZER;
 static _Thread_local const char* loading_library;    /* set while a backend library initialises */
 static _Thread_local int initializing;               /* this thread runs init(): no re-entry */
 
-/* Dispatch order: all ids registered when it was made, by decreasing priority. */
-typedef struct {
+/* Dispatch order: all ids registered when it was made, by decreasing priority. A snapshot that a
+ * registration replaces may still be read, so it is kept, and kept reachable through `previous`
+ * (a leak checker would otherwise report it). */
+typedef struct order_snapshot {
+    const struct order_snapshot* previous;
     int32_t count;
     qk_backend ids[];
 } order_snapshot;
-static const order_snapshot no_backends = {0};
+static const order_snapshot no_backends = {NULL, 0};
 static _Atomic(const order_snapshot*) order = &no_backends;
 
 /* Why the backend cannot run here, or "": missing CPU features first, then the backend's probe. */
@@ -80,7 +83,8 @@ static qk_status publish_order(int id) {
     }
     if (!placed) next->ids[n++] = id;
     next->count = n;
-    atomic_store(&order, next); /* the old snapshot may still be read: it is kept, not freed */
+    next->previous = old;
+    atomic_store(&order, next);
     return QK_OK;
 }
 

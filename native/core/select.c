@@ -26,19 +26,22 @@ qk_status qk_backend_unavailable(qk_backend b, const char* what) {
                    qk_backend_entry_get(b)->reason);
 }
 
-/* Format v2 features the weights use, as QK_FORMAT_* bits. */
-static uint32_t format_needs(const qk_weights* w) {
-    return (w->offsets ? QK_FORMAT_OFFSETS : 0u) | (w->K % w->group_size ? QK_FORMAT_RAGGED_GROUPS : 0u);
+/* Format v2 features the weights use, as QK_FORMAT_* bits. Whether there are offsets is passed
+ * apart: packed weights keep the shape of their format, not its pointers. */
+static uint32_t format_needs(const qk_weights* w, int has_offsets) {
+    return (has_offsets ? QK_FORMAT_OFFSETS : 0u) | (w->K % w->group_size ? QK_FORMAT_RAGGED_GROUPS : 0u);
 }
 
-int qk_kernel_fits_format(const qk_kernel_desc* k, const qk_weights* w) {
+static int fits_format(const qk_kernel_desc* k, const qk_weights* w, int has_offsets) {
     return (k->bits_mask & (1u << w->bits)) && w->group_size % k->group_multiple == 0 &&
            (k->max_group_size == 0 || w->group_size <= k->max_group_size) &&
-           (format_needs(w) & ~k->format_flags) == 0;
+           (format_needs(w, has_offsets) & ~k->format_flags) == 0;
 }
 
+int qk_kernel_fits_format(const qk_kernel_desc* k, const qk_weights* w) { return fits_format(k, w, w->offsets != NULL); }
+
 int qk_kernel_fits(const qk_kernel_desc* k, const qk_problem* p) {
-    return k->mode == p->mode && (k->dtype_mask & (1u << p->dtype)) && qk_kernel_fits_format(k, p->weights);
+    return k->mode == p->mode && (k->dtype_mask & (1u << p->dtype)) && fits_format(k, p->weights, p->has_offsets);
 }
 
 /* "<who> does not run A8 on float16 input, 4-bit weights, ..." */
@@ -46,7 +49,7 @@ static qk_status does_not_fit(const char* who, const qk_problem* p) {
     const qk_weights* w = p->weights;
     return qk_fail(QK_ERR_UNSUPPORTED, "%s does not run %s on %s input, %d-bit weights, group size %d%s%s", who,
                    mode_name(p->mode), dtype_name(p->dtype), w->bits, w->group_size,
-                   w->offsets ? ", offsets" : "", w->K % w->group_size ? ", a shorter last group" : "");
+                   p->has_offsets ? ", offsets" : "", w->K % w->group_size ? ", a shorter last group" : "");
 }
 
 qk_status qk_backend_from_environment(qk_backend* out) {

@@ -1,8 +1,9 @@
 /* Using qkernels from C: quantize weights, then multiply, two ways.
  *
  *   1. quantizedMatMul: float16 activations, 4-bit weights in groups of 32, weight-only (A16).
- *   2. The versioned API: pack the weights once, then multiply float32 activations with dynamic
- *      int8 activation quantization (A8).
+ *   2. The versioned API: pack the weights once, plan once (the kernels chosen for every M up to
+ *      a maximum), then run the plan: float32 activations with dynamic int8 activation
+ *      quantization (A8). Structs that callers fill begin with a size field: set it to sizeof.
  *
  * Both results are compared with a plain float32 matmul on the dequantized weights.
  *
@@ -77,7 +78,17 @@ int main(void) {
         return fail("qk_quantize");
 
     /* The float32 baseline multiplies by the weights the kernels see: dequantized. */
-    qk_weights weights = {q, scales, zero_points, N, K, GROUP, BITS};
+    qk_weights weights = {
+        .size = sizeof weights,
+        .data = q,
+        .scales = scales,
+        .zero_points = zero_points,
+        .N = N,
+        .K = K,
+        .group_size = GROUP,
+        .bits = BITS,
+        .offsets = NULL, /* none: quantized as above, w = scale * (q - zero point) */
+    };
     float Wq[N * K];
     if (qk_dequantize(&weights, QK_DTYPE_F32, Wq) != QK_OK) return fail("qk_dequantize");
 
@@ -103,32 +114,37 @@ int main(void) {
     printf("\n  max |difference| vs float32 matmul on dequantized weights: %.3g (max |Y| %.3g)\n",
            (double)max_diff16, (double)max_abs16);
 
-    /* ---- 2. Pack once, multiply many times: float32 in and out, int8 activations (A8). ---- */
+    /* ---- 2. Pack once, plan once, run: float32 in and out, int8 activations (A8). ---- */
     qk_packed_weights* packed = NULL;
     if (qk_pack_weights(&weights, QK_BACKEND_AUTO, &packed) != QK_OK) return fail("qk_pack_weights");
-    qk_backend_info backend;
+    qk_backend_info backend = {.size = sizeof backend};
     qk_backend_get(qk_packed_backend(packed), &backend);
 
-    float Y32[M * N], expected32[M * N];
-    qk_matmul_args args = {
-        .input = X,
-        .output = Y32,
-        .bias = NULL,
-        .M = M,
-        .input_dtype = QK_DTYPE_F32,
+    qk_plan_desc desc = {
+        .size = sizeof desc,
         .mode = QK_MODE_A8,
-        .backend = QK_BACKEND_AUTO, /* the packed weights' backend */
-        .kernel = NULL,             /* automatic kernel choice */
+        .input_dtype = QK_DTYPE_F32,
+        .max_m = M,     /* the largest batch it will run */
+        .kernel = NULL, /* automatic kernel choice, per M */
     };
-    if (qk_matmul_packed(packed, &args) != QK_OK) {
-        qk_packed_weights_free(packed);
-        return fail("qk_matmul_packed");
+    qk_plan* plan = NULL;
+    qk_status planned = qk_plan_create(packed, &desc, &plan);
+    qk_packed_weights_free(packed); /* the plan holds the packed weights as long as it needs them */
+    if (planned != QK_OK) return fail("qk_plan_create");
+    qk_kernel_info kernel = {.size = sizeof kernel};
+    qk_plan_kernel(plan, M, &kernel);
+
+    /* Each run is one call with only the cheap checks; several threads may run one plan at once. */
+    float Y32[M * N], expected32[M * N];
+    if (qk_plan_run(plan, X, Y32, /*bias=*/NULL, M, /*stream=*/NULL) != QK_OK) {
+        qk_plan_free(plan);
+        return fail("qk_plan_run");
     }
-    qk_packed_weights_free(packed);
+    qk_plan_free(plan);
 
     matmul_f32(X, Wq, expected32);
     float max_diff32 = 0.0f, max_abs32 = 0.0f;
-    printf("qk_matmul_packed (float32, A8, backend %s), row 0:", backend.name);
+    printf("qk_plan_run (float32, A8, backend %s, kernel %s), row 0:", backend.name, kernel.name);
     for (int i = 0; i < M * N; i++) {
         if (i < N) printf(" %8.4f", Y32[i]);
         max_diff32 = fmaxf(max_diff32, fabsf(Y32[i] - expected32[i]));

@@ -104,10 +104,11 @@ static size_t a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, 
 static qk_status a8(const qk_exec* exec, const qk_kernel_weights* weights, const qk_matmul_args* a) {
     const qk_weights* w = &weights->format;
     int32_t M = a->M, N = w->N, K = w->K, G = w->group_size, groups = qk_groups_per_row(w);
-    float* sx = exec->workspace;                 /* [block_rows] */
-    int* finite = (int*)(sx + ROW_BLOCK);        /* [block_rows] */
-    int16_t* row = (int16_t*)(finite + ROW_BLOCK); /* [K]: q - zp of row n */
-    int16_t* qx = row + K;                       /* [block_rows, K] */
+    int32_t cap = block_rows(M);                 /* laid out as a8_workspace counts it */
+    float* sx = exec->workspace;                 /* [cap] */
+    int* finite = (int*)(sx + cap);              /* [cap] */
+    int16_t* row = (int16_t*)(finite + cap);     /* [K]: q - zp of row n */
+    int16_t* qx = row + K;                       /* [cap, K] */
     for (int32_t m0 = 0; m0 < M; m0 += ROW_BLOCK) {
         int32_t rows = M - m0 < ROW_BLOCK ? M - m0 : ROW_BLOCK;
         for (int32_t m = 0; m < rows; m++) finite[m] = quantize_activation_row(a, m0 + m, K, qx + (size_t)m * K, &sx[m]);

@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 from dataclasses import dataclass
 
+from .. import _checks
 from .._native import check, ffi, lib, new_struct, text
 from ..errors import InvalidArgumentError
 
@@ -130,7 +131,7 @@ def set_num_threads(threads: int) -> None:
     (``QKERNELS_NUM_THREADS`` if set, else the CPUs this process may run on)."""
     if isinstance(threads, bool) or not isinstance(threads, int):
         raise InvalidArgumentError(f"threads must be an int, not {type(threads).__name__}")
-    check(lib.qk_set_num_threads(threads))
+    check(lib.qk_set_num_threads(_checks.integer(threads, "threads")))  # beyond int32: typed, not OverflowError
 
 
 def get_num_threads() -> int:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..weights import dequantize
 from ..torch.linear import QuantLinear, static_int8
-from ..torch.model import _linear_weight, calibrate
+from ..torch.model import calibrate, linear_weight
 
 
 def _pyplot():
@@ -42,7 +42,7 @@ def layer_errors(float_model: nn.Module, quantized: nn.Module, batch: dict) -> d
     errors, hooks = {}, []
 
     def record(name):
-        weight, bias = _linear_weight(float_model.get_submodule(name))
+        weight, bias = linear_weight(float_model.get_submodule(name))
 
         def hook(_module, args, output):
             reference = nn.functional.linear(args[0].double(), weight.double(), None if bias is None else bias.double())

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import reference
-from .._tensors import DTYPE_NAMES, host_tensor, is_torch
 from ..errors import DtypeError, InvalidArgumentError, NonFiniteError
+from ..packing import pack_int4, unpack, unpack_int4
+from ..tensors import FLOAT_DTYPES, host_tensor, is_torch
 from ..weights import QuantizedWeight, quantize_weights
 
 
@@ -22,7 +22,7 @@ def float_array(x: Any, argument: str, *, ndim: int | None = None, dtype=np.floa
         x = x.float().numpy() if str(x.dtype) == "torch.bfloat16" else x.numpy()  # NumPy has no bfloat16
     if not isinstance(x, np.ndarray):
         raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
-    if x.dtype.kind != "f" and x.dtype.name not in DTYPE_NAMES:
+    if x.dtype.kind != "f" and x.dtype.name not in FLOAT_DTYPES:
         raise DtypeError(f"{argument} has dtype {x.dtype}; expected a float dtype")
     out = np.asarray(x, dtype=dtype)
     if ndim is not None and out.ndim != ndim:
@@ -49,9 +49,9 @@ def source_format(x: Any) -> tuple[str, str]:
     """(dtype, kind) that a QuantizedWeight made from `x` records, as quantize_weights would."""
     if is_torch(x):
         name = str(x.dtype).removeprefix("torch.")
-        return (name if name in DTYPE_NAMES else "float32"), "torch"
+        return (name if name in FLOAT_DTYPES else "float32"), "torch"
     name = getattr(getattr(x, "dtype", None), "name", "float32")
-    return (name if name in DTYPE_NAMES else "float32"), "numpy"
+    return (name if name in FLOAT_DTYPES else "float32"), "numpy"
 
 
 def dequantize_exact(qw: QuantizedWeight, columns: np.ndarray) -> np.ndarray:
@@ -62,7 +62,7 @@ def dequantize_exact(qw: QuantizedWeight, columns: np.ndarray) -> np.ndarray:
         q = qw.data[:, columns].astype(np.float64)
     else:  # unpack only the bytes holding these columns, not the whole matrix
         pairs = columns // 2
-        q = reference.unpack_int4(qw.data[:, pairs], 2 * len(pairs))[:, 2 * np.arange(len(pairs)) + columns % 2]
+        q = unpack_int4(qw.data[:, pairs], 2 * len(pairs))[:, 2 * np.arange(len(pairs)) + columns % 2]
         q = q.astype(np.float64)
     groups = columns // qw.group_size
     if qw.zero_points is not None:
@@ -82,7 +82,7 @@ def quantize_rows(x: np.ndarray, bits: int, symmetric: bool):
         # ignores it and the asymmetric range is widened to hold zero anyway (§2).
         x = np.concatenate([x, np.zeros((R, 1), np.float32)], axis=1)
     qw = quantize_weights(x, bits=bits, group_size=None, symmetric=symmetric)
-    q = reference.unpack(qw.data, bits, x.shape[1])[:, :L]
+    q = unpack(qw.data, bits, x.shape[1])[:, :L]
     return q, qw.scales[:, 0], None if symmetric else qw.zero_points[:, 0]
 
 
@@ -100,7 +100,7 @@ def round_to_grid(x: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | N
 def from_integers(q: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: int, group_size: int,
                   dtype: str = "float32", kind: str = "numpy") -> QuantizedWeight:
     """A QuantizedWeight in the canonical format from unpacked integers q [N, K]."""
-    data = reference.pack_int4(q) if bits == 4 else np.ascontiguousarray(q, dtype=np.int8)
+    data = pack_int4(q) if bits == 4 else np.ascontiguousarray(q, dtype=np.int8)
     return QuantizedWeight(data, np.ascontiguousarray(scales, dtype=np.float32),
                            None if zero_points is None else np.ascontiguousarray(zero_points, dtype=np.int8),
                            bits, group_size, q.shape, dtype, kind)

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from .._tensors import float_buffer
 from ..errors import InvalidArgumentError
 from ..ops import matmul
+from ..tensors import float_format
 from ..weights import QuantizedWeight
 from ._common import dequantize_exact, rows_of
 
@@ -43,7 +43,7 @@ def llm_int8_matmul(x: Any, qweight: QuantizedWeight, *, threshold: float = 6.0,
     x: [..., K] float32/float16/bfloat16 NumPy array or CPU torch tensor; Y has its kind, dtype and
     leading shape. Without outlier columns this is ``matmul(x, qweight, mode="a8", bias=bias)``.
     """
-    buf = float_buffer(x, "x")  # the dtypes and containers matmul accepts
+    fmt = float_format(x, "x")  # the dtypes and containers matmul accepts
     rows = rows_of(x, "x", qweight.K)
     outliers = _outliers(rows, threshold)
     if outliers.size == 0:
@@ -52,7 +52,7 @@ def llm_int8_matmul(x: Any, qweight: QuantizedWeight, *, threshold: float = 6.0,
     regular[:, outliers] = 0
     y = matmul(regular, qweight, mode="a8", backend=backend, kernel=kernel, bias=bias).astype(np.float64)
     y += rows[:, outliers] @ dequantize_exact(qweight, outliers).T
-    y = y.reshape(buf.shape[:-1] + (qweight.N,))
-    if buf.kind == "torch":
+    y = y.reshape(fmt.shape[:-1] + (qweight.N,))
+    if fmt.kind == "torch":
         return x.new_tensor(y)  # x.dtype, on the CPU
     return y.astype(x.dtype)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import reference
+from .. import activations
 from ..errors import InvalidArgumentError
 from ..ops import matmul
 from ..weights import QuantizedWeight, dequantize
@@ -91,5 +91,5 @@ def _fake_quantize(w, bits: int, group_size: int, symmetric: bool):
 
 def _token_int8(x: np.ndarray) -> np.ndarray:
     """Token-wise dynamic int8, dequantized: qx · sx of the A8 quantizer (docs/numerics.md §3)."""
-    qx, sx, _ = reference.quantize_activations(x, "float32")
+    qx, sx, _ = activations.quantize_activations(x)
     return qx.astype(np.float32) * sx[:, None]

@@ -21,9 +21,10 @@ METHODS = ("rtn", "gptq", "w8a8", "smoothquant", "llm_int8", "zeroquant")
 _NEEDS_CALIBRATION = {"gptq", "smoothquant"}
 
 
-def _linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(W [N, K], bias) of a linear layer: nn.Linear, or Hugging Face's Conv1D (GPT-2), which
-    stores W transposed; None for anything else."""
+def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(W [N, K], bias) of a float linear layer: nn.Linear, or Hugging Face's Conv1D (GPT-2), which
+    stores W transposed (W is then a transposed view); None for anything else (a QuantLinear too).
+    These are the layers quantize_model replaces and linear_layers lists. W is detached."""
     if isinstance(module, nn.Linear):
         return module.weight.detach(), module.bias
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
@@ -37,7 +38,7 @@ def linear_layers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Mo
     skip = tuple(skip)
     return {
         name: m for name, m in model.named_modules()
-        if _linear_weight(m) is not None and not any(name == s or name.endswith("." + s) for s in skip)
+        if linear_weight(m) is not None and not any(name == s or name.endswith("." + s) for s in skip)
     }
 
 
@@ -56,7 +57,7 @@ def calibrate(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iterab
     (anything with .update(x[..., K])). Returns the collectors by layer name."""
     collectors, hooks = {}, []
     for name, module in layers.items():
-        weight, _ = _linear_weight(module)
+        weight, _ = linear_weight(module)
         collectors[name] = make(weight.shape[1])
         hooks.append(module.register_forward_pre_hook(lambda _m, args, c=collectors[name]: c.update(args[0].detach())))
     try:
@@ -167,7 +168,7 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         collectors = calibrate(model, layers, calib_data, make)
     folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha)
     for index, (name, module) in enumerate(layers.items()):
-        weight, bias = _linear_weight(module)
+        weight, bias = linear_weight(module)
         layer = _quantized_layer(
             method, weight, bias, collectors[name], bits=bits, group_size=group_size, symmetric=symmetric,
             activation=activation, per_tensor=per_tensor, alpha=alpha, threshold=threshold,
@@ -187,7 +188,7 @@ def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms
     for norm_name, names in fold_norms.items():
         norm = model.get_submodule(norm_name)
         act_absmax = np.max([collectors[n].channel_absmax() for n in names], axis=0)
-        s = smoothquant_scales(act_absmax, [_linear_weight(layers[n])[0].float() for n in names], alpha)
+        s = smoothquant_scales(act_absmax, [linear_weight(layers[n])[0].float() for n in names], alpha)
         bias = getattr(norm, "bias", None)  # RMSNorms have none
         gamma, beta = fold_into_norm(norm.weight.detach(), None if bias is None else bias.detach(), s)
         with torch.no_grad():
@@ -255,7 +256,12 @@ def load_quantized(model: nn.Module, source: str | Path | dict) -> nn.Module:
     """Loads a quantized state dict (a path written by save_quantized, or the dict itself) into
     `model`, a model of the same architecture in float or already quantized: the layers the state
     names as quantized become QuantLinear of the saved formats, and every tensor is loaded as saved,
-    nothing re-quantized. Returns the model."""
+    nothing re-quantized. Returns the model.
+
+    A state of another architecture (layers missing or extra, other shapes, a quantized layer
+    where `model` has no linear layer of that size) raises InvalidArgumentError naming what differs,
+    before anything in `model` is changed.
+    """
     if isinstance(source, dict):
         state = source
     elif Path(source).suffix == ".safetensors":
@@ -267,11 +273,86 @@ def load_quantized(model: nn.Module, source: str | Path | dict) -> nn.Module:
         state |= {name + _EXTRA: config for name, config in layers.items()}
     else:
         state = torch.load(source, weights_only=True)
-    for key, config in state.items():
-        if key.endswith(_EXTRA) and isinstance(config, dict) and "bits" in config:
-            _set_module(model, key[: -len(_EXTRA)], QuantLinear.empty(config))
+    replacements = _replacements(model, state)
+    _check_fits(model, state, replacements)
+    for name, layer in replacements.items():
+        _set_module(model, name, layer)
     model.load_state_dict(state)
     return model
+
+
+def _replacements(model: nn.Module, state: dict) -> dict[str, QuantLinear]:
+    """The QuantLinear, with zeroed buffers, for each layer the state saves as quantized; checks that
+    `model` has a linear layer of the same size (or a QuantLinear) there."""
+    modules = dict(model.named_modules())
+    replacements = {}
+    for key, config in state.items():
+        if not (key.endswith(_EXTRA) and isinstance(config, dict) and "bits" in config):
+            continue
+        name = key[: -len(_EXTRA)]
+        if not name:  # the model is one QuantLinear: its set_extra_state checks the format
+            continue
+        if name not in modules:
+            raise InvalidArgumentError(
+                f"the state holds a quantized layer {name!r}, which the model does not have: a model of "
+                "another architecture"
+            )
+        try:
+            layer = QuantLinear.empty(config)
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidArgumentError(f"the state's quantized layer {name!r} has a malformed format {config}: "
+                                       f"{error}") from None
+        target = modules[name]
+        if isinstance(target, QuantLinear):
+            size, bias = (target.out_features, target.in_features), target.bias
+        else:
+            weight_bias = linear_weight(target)
+            if weight_bias is None:
+                raise InvalidArgumentError(
+                    f"the state holds a quantized linear layer {name!r}; the model has a {type(target).__name__} there"
+                )
+            size, bias = tuple(weight_bias[0].shape), weight_bias[1]
+        if size != (layer.out_features, layer.in_features):
+            raise InvalidArgumentError(
+                f"the state's quantized layer {name!r} is [out, in] = {[layer.out_features, layer.in_features]}; "
+                f"the model's is {list(size)}"
+            )
+        if (bias is None) != (layer.bias is None):
+            has = ("has no bias", "has a bias")
+            raise InvalidArgumentError(
+                f"the state's quantized layer {name!r} {has[layer.bias is not None]}; the model's "
+                f"{has[bias is not None]}"
+            )
+        replacements[name] = layer
+    return replacements
+
+
+def _check_fits(model: nn.Module, state: dict, replacements: dict[str, QuantLinear]) -> None:
+    """Raises InvalidArgumentError unless `state` has exactly the keys and tensor shapes that `model`
+    will have once the replacements are made (what a strict load_state_dict needs)."""
+    expected = {
+        key: value for key, value in model.state_dict().items()
+        if not any(key.startswith(name + ".") for name in replacements)
+    }
+    for name, layer in replacements.items():
+        expected |= {f"{name}.{key}": value for key, value in layer.state_dict().items()}
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [
+        f"{key} {list(state[key].shape)} (the model's: {list(value.shape)})" for key, value in expected.items()
+        if key in state and isinstance(value, torch.Tensor) and isinstance(state[key], torch.Tensor)
+        and state[key].shape != value.shape
+    ]
+    problems = [
+        f"{what}: {', '.join(items[:8])}{f' and {len(items) - 8} more' if len(items) > 8 else ''}"
+        for what, items in (("missing from the state", missing), ("not in the model", unexpected),
+                            ("other shapes", shapes))
+        if items
+    ]
+    if problems:
+        raise InvalidArgumentError(
+            "the state does not fit the model (another architecture?); nothing was loaded. " + "; ".join(problems)
+        )
 
 
 def quantized_nbytes(model: nn.Module) -> int:
@@ -281,6 +362,6 @@ def quantized_nbytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "METHODS", "calibrate", "linear_layers", "load_quantized", "pre_norm_groups", "quantize_model", "quantized_layers",
-    "quantized_nbytes", "run_model", "save_quantized",
+    "METHODS", "calibrate", "linear_layers", "linear_weight", "load_quantized", "pre_norm_groups", "quantize_model",
+    "quantized_layers", "quantized_nbytes", "run_model", "save_quantized",
 ]

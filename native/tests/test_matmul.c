@@ -1,0 +1,613 @@
+/* test_matmul: every registered kernel against the oracle of the contract and the reference
+ * kernels, on every kind of problem.
+ *
+ * Every available kernel runs every case (forced through qk_matmul_args.kernel) and must land
+ * within the contract's tolerance of the oracle (problems.h, oracle.h) and of the reference kernel
+ * of its mode; the reference kernels must give the correctly rounded result. A kernel that does
+ * not run a problem (mode, dtype, bits, group size, or format v2 features: offsets, a shorter last
+ * group) must refuse it with QK_ERR_UNSUPPORTED, and automatic dispatch must then pick one that
+ * runs it. The automatic, packed and quantizedMatMul paths must reproduce the forced kernel's
+ * bytes. Outputs are poisoned and fenced by guard bytes; inputs must come back unchanged. Last,
+ * four threads run kernels at once and must match the single-threaded bytes.
+ *
+ * Cases: a sweep of M x N x K edge shapes (partial tiles of every kernel), then random shapes;
+ * each case draws dtype, mode, bits, symmetry, bias and weight source in turn, and at random its
+ * group size (a shorter last group in 30%), offsets (35%) and activation style.
+ *
+ * Usage: test_matmul [--seed S] [--cases N] [--no-sweep] [--case I] [-v]
+ *   --cases N   random-shape cases after the sweep (also env QK_TEST_CASES), default 2304
+ *   --no-sweep  skip the sweep (for slow runs such as valgrind)
+ *   --case I    run only numbered case I (of the sweep + random cases), to reproduce a failure
+ */
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats.h"
+#include "problems.h"
+#include "support.h"
+
+static qk_backend ref_backend;
+static long kernel_runs[MAX_KERNELS];
+static double kernel_worst[MAX_KERNELS]; /* largest |Y - oracle| / tolerance seen */
+static long matmul_runs, ref_only_skips;
+
+static void run_problem(const problem* p) {
+    size_t yb = y_bytes(p), groups = n_groups(p);
+    expectation e = expect(p);
+    qk_weights w = weights_of(p);
+    qk_matmul_args a = args_of(p, NULL);
+    /* Snapshots: no path may write to its inputs. */
+    void *x0 = xdup(p->x, x_bytes(p)), *q0 = xdup(p->q, q_bytes(p));
+    void *s0 = xdup(p->scales, groups * sizeof(float)), *z0 = xdup(p->zp, groups);
+    void *o0 = xdup(p->offsets, groups * sizeof(float)), *b0 = xdup(p->bias, (size_t)p->N * sizeof(float));
+
+    gbuf outs[MAX_KERNELS];
+    memset(outs, 0, sizeof outs);
+    int ref = -1;
+    for (int i = 0; i < n_kernels && ref < 0; i++)
+        if (kernels[i].backend == ref_backend && kernels[i].available && fits(&kernels[i], p)) ref = i;
+    CHECK(ref >= 0, "no reference kernel runs this problem");
+    double* ref_val = xmalloc((size_t)p->M * p->N * sizeof(double));
+
+    /* Every kernel, forced: the reference kernel first, then the others against it. */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n_kernels; i++) {
+            const qk_kernel_info* k = &kernels[i];
+            if (!k->available || (pass == 0) != (i == ref)) continue;
+            int fill = poison_byte();
+            outs[i] = gbuf_new(yb, fill);
+            a.kernel = k->name;
+            a.output = outs[i].p;
+            qk_status s = qk_matmul(&w, &a);
+            matmul_runs++;
+            if (!fits(k, p)) {
+                CHECK(s == QK_ERR_UNSUPPORTED, "%s forced on a problem it does not run: status %d, want %d", k->name,
+                      (int)s, (int)QK_ERR_UNSUPPORTED);
+                CHECK(gbuf_untouched(&outs[i], fill), "%s: failed call wrote its output", k->name);
+                gbuf_free(&outs[i]);
+                continue;
+            }
+            kernel_runs[i]++;
+            if (!CHECK(s == QK_OK, "%s: status %d (%s): %s", k->name, (int)s, qk_status_string(s), qk_last_error())) {
+                gbuf_free(&outs[i]);
+                continue;
+            }
+            CHECK(gbuf_guards_ok(&outs[i]), "%s: wrote outside its output", k->name);
+            if (p->ref_only && k->backend != ref_backend) {
+                ref_only_skips++;
+                continue;
+            }
+            char what[160];
+            snprintf(what, sizeof what, "%s vs oracle", k->name);
+            compare_output(p, outs[i].p, e.val, e.err, what, &kernel_worst[i]);
+            if (k->backend == ref_backend) {
+                snprintf(what, sizeof what, "%s rounding", k->name);
+                compare_exact(p, outs[i].p, &e, what);
+            }
+            if (i == ref) {
+                for (size_t j = 0; j < (size_t)p->M * p->N; j++) ref_val[j] = load_el(outs[i].p, p->dtype, j);
+            } else if (ref >= 0 && outs[ref].p) {
+                snprintf(what, sizeof what, "%s vs %s", k->name, kernels[ref].name);
+                compare_output(p, outs[i].p, ref_val, e.err, what, NULL);
+            }
+        }
+
+    /* Automatic dispatch: a kernel that runs the problem (format v2 features included), the one
+     * qk_select_kernel names, byte for byte. */
+    a.kernel = NULL;
+    qk_kernel_info chosen = {.size = sizeof chosen};
+    qk_status s = qk_select_kernel(&w, &a, &chosen);
+    int ci = s == QK_OK ? find_kernel(chosen.name) : -1;
+    CHECK(s == QK_OK && ci >= 0 && chosen.available && fits(&chosen, p), "qk_select_kernel: status %d, kernel %s",
+          (int)s, s == QK_OK ? chosen.name : "-");
+    gbuf yauto = gbuf_new(yb, poison_byte());
+    a.output = yauto.p;
+    s = qk_matmul(&w, &a);
+    matmul_runs++;
+    CHECK(s == QK_OK, "qk_matmul (automatic): status %d: %s", (int)s, qk_last_error());
+    CHECK(gbuf_guards_ok(&yauto), "qk_matmul (automatic): wrote outside its output");
+    if (ci >= 0 && outs[ci].p)
+        CHECK(same_bytes(&yauto, &outs[ci]), "qk_matmul (automatic) differs from %s forced", chosen.name);
+
+    /* Packed, per backend whose kernels ran: each of them again on the pack, same bytes. Kernels
+     * that read the canonical arrays of a backend with its own layout refuse packed weights. */
+    for (qk_backend b = 1; b <= qk_backend_count(); b++) {
+        int used = 0;
+        for (int i = 0; i < n_kernels; i++) used |= outs[i].p && kernels[i].backend == b;
+        if (!used) continue;
+        qk_packed_weights* packed = NULL;
+        s = pack_copy(p, b, &packed);
+        if (!CHECK(s == QK_OK && packed, "qk_pack_weights(%s): status %d: %s", backend_name(b), (int)s, qk_last_error()))
+            continue;
+        CHECK(qk_packed_backend(packed) == b, "qk_packed_backend is %d, packed for %d", (int)qk_packed_backend(packed),
+              (int)b);
+        CHECK(qk_packed_size(packed) > 0, "qk_packed_size is 0");
+        for (int i = 0; i < n_kernels; i++) {
+            if (!outs[i].p || kernels[i].backend != b) continue;
+            int fill = poison_byte();
+            gbuf y = gbuf_new(yb, fill);
+            a.kernel = kernels[i].name;
+            a.output = y.p;
+            s = qk_matmul_packed(packed, &a);
+            matmul_runs++;
+            if (is_canonical_variant(&kernels[i])) {
+                CHECK(s == QK_ERR_UNSUPPORTED && gbuf_untouched(&y, fill),
+                      "qk_matmul_packed(%s), a canonical-layout kernel on packed weights: status %d", kernels[i].name,
+                      (int)s);
+            } else if (CHECK(s == QK_OK, "qk_matmul_packed(%s): status %d: %s", kernels[i].name, (int)s,
+                             qk_last_error())) {
+                CHECK(gbuf_guards_ok(&y), "qk_matmul_packed(%s): wrote outside its output", kernels[i].name);
+                CHECK(same_bytes(&y, &outs[i]), "qk_matmul_packed(%s) differs from qk_matmul with that kernel",
+                      kernels[i].name);
+            }
+            gbuf_free(&y);
+        }
+        qk_packed_weights_free(packed);
+    }
+
+    /* Packed for the automatic backend, multiplied with automatic kernel choice. Where the
+     * stateless choice is a kernel for packed weights of that backend, it is the same kernel. */
+    {
+        qk_packed_weights* packed = NULL;
+        s = qk_pack_weights(&w, QK_BACKEND_AUTO, &packed);
+        if (CHECK(s == QK_OK && packed, "qk_pack_weights(auto): status %d: %s", (int)s, qk_last_error())) {
+            gbuf y = gbuf_new(yb, poison_byte());
+            a.kernel = NULL;
+            a.output = y.p;
+            s = qk_matmul_packed(packed, &a);
+            matmul_runs++;
+            if (CHECK(s == QK_OK, "qk_matmul_packed(auto): status %d: %s", (int)s, qk_last_error())) {
+                CHECK(gbuf_guards_ok(&y), "qk_matmul_packed(auto): wrote outside its output");
+                if (!p->ref_only || qk_packed_backend(packed) == ref_backend)
+                    compare_output(p, y.p, e.val, e.err, "qk_matmul_packed(auto) vs oracle", NULL);
+                if (ci >= 0 && qk_packed_backend(packed) == chosen.backend && !is_canonical_variant(&chosen))
+                    CHECK(same_bytes(&y, &yauto), "qk_matmul_packed(auto) differs from qk_matmul(auto), same backend");
+            }
+            gbuf_free(&y);
+            qk_packed_weights_free(packed);
+        }
+    }
+
+    /* quantizedMatMul is qk_matmul with float16, A16, no bias, automatic backend, format v1. */
+    if (p->dtype == QK_DTYPE_F16 && p->mode == QK_MODE_A16 && !p->bias && !p->offsets && p->K % p->G == 0) {
+        qk_kernel_info unused = {.size = sizeof unused};
+        qk_kernel_get(-1, &unused); /* leave a failure behind: quantizedMatMul must replace it */
+        gbuf y = gbuf_new(yb, poison_byte());
+        quantizedMatMul(p->x, p->q, p->scales, p->zp, y.p, p->M, p->N, p->K, p->G, p->bits);
+        matmul_runs++;
+        s = qk_last_status();
+        if (CHECK(s == QK_OK, "quantizedMatMul: qk_last_status %d: %s", (int)s, qk_last_error())) {
+            CHECK(qk_last_error()[0] == '\0', "quantizedMatMul: qk_last_error not empty after success");
+            CHECK(gbuf_guards_ok(&y), "quantizedMatMul: wrote outside its output");
+            CHECK(same_bytes(&y, &yauto), "quantizedMatMul differs from qk_matmul(float16, A16)");
+        }
+        gbuf_free(&y);
+    }
+
+    CHECK(memcmp(x0, p->x, x_bytes(p)) == 0 && memcmp(q0, p->q, q_bytes(p)) == 0 &&
+              memcmp(s0, p->scales, groups * sizeof(float)) == 0 && (!p->zp || memcmp(z0, p->zp, groups) == 0) &&
+              (!p->offsets || memcmp(o0, p->offsets, groups * sizeof(float)) == 0) &&
+              (!p->bias || memcmp(b0, p->bias, (size_t)p->N * sizeof(float)) == 0),
+          "an input array changed");
+
+    gbuf_free(&yauto);
+    for (int i = 0; i < n_kernels; i++)
+        if (outs[i].p) gbuf_free(&outs[i]);
+    free(ref_val);
+    free(x0);
+    free(q0);
+    free(s0);
+    free(z0);
+    free(o0);
+    free(b0);
+    expectation_free(&e);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Cases                                                                                       */
+
+typedef struct {
+    qk_dtype dtype;
+    qk_mode mode;
+    int bits, symmetric, bias, raw;
+} combo;
+
+/* The 96 combinations of dtype x mode x bits x symmetry x bias x weight source. */
+enum { N_COMBOS = 96 };
+static combo combo_of(int i) {
+    combo c;
+    c.dtype = all_dtypes[i % 3];
+    i /= 3;
+    c.mode = (qk_mode)(i % 2);
+    i /= 2;
+    c.bits = i % 2 ? 8 : 4;
+    i /= 2;
+    c.symmetric = i % 2;
+    i /= 2;
+    c.bias = i % 2;
+    i /= 2;
+    c.raw = i % 2;
+    return c;
+}
+
+static void run_case(int index, int32_t M, int32_t N, int32_t K, combo c) {
+    problem p = {.M = M, .N = N, .K = K, .bits = K % 2 ? 8 : c.bits, .dtype = c.dtype, .mode = c.mode};
+    p.G = pick_group(K, rnd_percent(30));
+    int style = rnd_int(0, X_STYLES - 1);
+    fill_activations(&p, style);
+    if (c.raw)
+        fill_raw_weights(&p, c.symmetric);
+    else
+        fill_quantized_weights(&p, c.symmetric);
+    if (rnd_percent(35)) fill_offsets(&p);
+    if (c.bias) fill_bias(&p);
+    set_context("case %d: %s, %s weights, %s activations", index, describe(&p), c.raw ? "raw" : "quantized",
+                x_style_names[style]);
+    run_problem(&p);
+    problem_free(&p);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Special problems                                                                            */
+
+/* K = 4096, per-channel, every product at its extreme: qx = +-127, q - zp = -15 / -255. The group
+ * sums reach 4096 * 127 * 255 = 132,648,960: large, but exact even in int32. */
+static void test_overflow_stress(void) {
+    for (int di = 0; di < 3; di++)
+        for (int mode = 0; mode < 2; mode++)
+            for (int bits = 4; bits <= 8; bits += 4)
+                for (int symmetric = 0; symmetric < 2; symmetric++) {
+                    problem p = {.M = 3, .N = 3, .K = 4096, .G = 4096, .bits = bits, .dtype = all_dtypes[di],
+                                 .mode = (qk_mode)mode};
+                    set_context("overflow stress: %s, %s", describe(&p), symmetric ? "symmetric" : "zp = qmax");
+                    /* +max activations, scaled so the results stay finite in the output dtype
+                     * (and, for float16, so the dequantized weights stay normal float16 numbers). */
+                    float xmax = p.dtype == QK_DTYPE_F16 ? 60000.0f : p.dtype == QK_DTYPE_BF16 ? bf16_to_f32(0x7F7F) : FLT_MAX;
+                    float s = p.dtype == QK_DTYPE_F16 ? (bits == 4 ? 0x1p-16f : 0x1p-20f) : 0x1p-120f;
+                    p.x = xmalloc(x_bytes(&p));
+                    for (int32_t k = 0; k < p.K; k++) {
+                        store_el(p.x, p.dtype, k, xmax);                /* qx = 127 */
+                        store_el(p.x, p.dtype, (size_t)p.K + k, -xmax); /* qx = -127 */
+                        store_el(p.x, p.dtype, 2 * (size_t)p.K + k, k % 2 ? xmax : -xmax);
+                    }
+                    p.q = xmalloc(q_bytes(&p));
+                    memset(p.q, bits == 4 ? 0x88 : 0x80, q_bytes(&p)); /* every q = -8 / -128 */
+                    p.scales = xmalloc(n_groups(&p) * sizeof(float));
+                    for (int32_t n = 0; n < p.N; n++) p.scales[n] = s / (float)(1 << n);
+                    if (!symmetric) {
+                        p.zp = xmalloc(n_groups(&p));
+                        memset(p.zp, bits == 4 ? 7 : 127, n_groups(&p));
+                    }
+                    run_problem(&p);
+                    problem_free(&p);
+                }
+}
+
+/* A16 rounding that accumulates: one per-channel group of K = 4096 whose products after the first
+ * are each 0.6 ulp of the running sum, so that every float32 addition rounds the same way. A
+ * float32 sum over all of K misses the float32 tolerance; kernels must fold partial sums into a
+ * wider one (the contract allows float32 accumulation, the tolerance does not allow it unbounded). */
+static void test_long_float32_sums(void) {
+    problem p = {.M = 1, .N = 3, .K = 4096, .G = 4096, .bits = 8, .dtype = QK_DTYPE_F32, .mode = QK_MODE_A16};
+    set_context("long float32 sums: %s, same-sign terms of 0.6 ulp", describe(&p));
+    p.x = xmalloc(x_bytes(&p));
+    store_el(p.x, p.dtype, 0, 1.0f);
+    for (int32_t k = 1; k < p.K; k++) store_el(p.x, p.dtype, k, 0.6f * 0x1p-23f);
+    p.q = xmalloc(q_bytes(&p));
+    memset(p.q, 1, q_bytes(&p));
+    p.scales = xmalloc(n_groups(&p) * sizeof(float));
+    for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = 1.0f;
+    run_problem(&p);
+    problem_free(&p);
+}
+
+/* Large K with many groups whose terms all have one sign, so that summation error grows with the
+ * number of terms and nothing cancels: K = 4096 and 16384 at G = 32 (128 and 512 groups), and a
+ * shorter last group with offsets. (A plain float32 running sum across groups uses about half the
+ * A8 tolerance at 128 groups and can exceed it, rarely, from about 500 groups on.) */
+static void test_many_groups(void) {
+    static const int32_t Ks[3] = {4096, 16384, 4096 + 16};
+    for (int ki = 0; ki < 3; ki++)
+        for (int di = 0; di < 3; di++)
+            for (int mode = 0; mode < 2; mode++) {
+                qk_dtype dt = all_dtypes[di];
+                problem p = {.M = 2, .N = 3, .K = Ks[ki], .G = 32, .bits = 8, .dtype = dt, .mode = (qk_mode)mode};
+                p.x = xmalloc(x_bytes(&p));
+                for (size_t i = 0; i < (size_t)p.M * p.K; i++)
+                    store_el(p.x, dt, i, (float)(0.25 + rnd_unit()) * (dt == QK_DTYPE_F16 ? 0.5f : 1.0f));
+                p.q = xmalloc(q_bytes(&p));
+                for (size_t i = 0; i < q_bytes(&p); i++) p.q[i] = (int8_t)rnd_int(1, 127);
+                p.scales = xmalloc(n_groups(&p) * sizeof(float));
+                for (size_t g = 0; g < n_groups(&p); g++)
+                    p.scales[g] = (float)((1.0 + rnd_unit()) * (dt == QK_DTYPE_F16 ? 0x1p-20 : 0x1p-10));
+                p.zp = xmalloc(n_groups(&p));
+                for (size_t g = 0; g < n_groups(&p); g++) p.zp[g] = (int8_t)rnd_int(-128, 0);
+                if (p.K % p.G) { /* positive offsets keep every term of one sign */
+                    p.offsets = xmalloc(n_groups(&p) * sizeof(float));
+                    for (size_t g = 0; g < n_groups(&p); g++) p.offsets[g] = p.scales[g] * (float)rnd_int(1, 64);
+                }
+                set_context("many groups, one sign: %s (%zu groups)", describe(&p), n_groups(&p) / (size_t)p.N);
+                run_problem(&p);
+                problem_free(&p);
+            }
+}
+
+/* Format v2 at its edges: a last group of one element (G = K - 1, and K = G + 1 at 8 bits), one
+ * group longer than K, and offsets with zero scales (only the offsets term is left). */
+static void test_format_v2_edges(void) {
+    static const struct {
+        int32_t K, G;
+        int bits, zero_scales;
+    } shapes[] = {{64, 63, 4, 0}, {33, 32, 8, 0}, {48, 50, 4, 0}, {40, 16, 8, 1}, {96, 96, 4, 1}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int di = 0; di < 3; di++)
+            for (int mode = 0; mode < 2; mode++) {
+                problem p = {.M = 5, .N = 9, .K = shapes[si].K, .G = shapes[si].G, .bits = shapes[si].bits,
+                             .dtype = all_dtypes[di], .mode = (qk_mode)mode};
+                fill_activations(&p, X_UNIFORM);
+                fill_raw_weights(&p, mode);
+                fill_offsets(&p);
+                if (shapes[si].zero_scales)
+                    for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = 0.0f;
+                fill_bias(&p);
+                set_context("format v2 edges: %s%s", describe(&p), shapes[si].zero_scales ? ", zero scales" : "");
+                run_problem(&p);
+                problem_free(&p);
+            }
+}
+
+/* Rows of NaN / +Inf / -Inf: A8 gives NaN rows and leaves the other rows exactly as they are
+ * with those rows zeroed; A16 follows IEEE arithmetic (the oracle computes what it gives). */
+static void test_nonfinite_rows(void) {
+    static const int bad_rows[3] = {1, 3, 4};
+    const float bad_values[3] = {NAN, INFINITY, -INFINITY};
+    for (int di = 0; di < 3; di++)
+        for (int mode = 0; mode < 2; mode++) {
+            qk_dtype dt = all_dtypes[di];
+            problem p = {.M = 6, .N = 9, .K = 64, .G = 32, .bits = 4, .dtype = dt, .mode = (qk_mode)mode};
+            set_context("non-finite rows: %s", describe(&p));
+            fill_activations(&p, X_UNIFORM);
+            fill_raw_weights(&p, 0);
+            for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = fabsf(p.scales[g]) + 0x1p-10f;
+            void* clean = xdup(p.x, x_bytes(&p));
+            for (int r = 0; r < 3; r++) {
+                store_el(p.x, dt, (size_t)bad_rows[r] * p.K + rnd_int(0, p.K - 1), bad_values[r]);
+                for (int32_t k = 0; k < p.K; k++) store_el(clean, dt, (size_t)bad_rows[r] * p.K + k, 0.0f);
+            }
+            run_problem(&p);
+
+            qk_weights w = weights_of(&p);
+            for (int i = 0; i < n_kernels; i++) {
+                if (!kernels[i].available || !fits(&kernels[i], &p)) continue;
+                gbuf y1 = gbuf_new(y_bytes(&p), poison_byte()), y2 = gbuf_new(y_bytes(&p), poison_byte());
+                qk_matmul_args a = args_of(&p, y1.p);
+                a.kernel = kernels[i].name;
+                qk_status s1 = qk_matmul(&w, &a);
+                a.input = clean;
+                a.output = y2.p;
+                qk_status s2 = qk_matmul(&w, &a);
+                if (CHECK(s1 == QK_OK && s2 == QK_OK, "%s: status %d / %d", kernels[i].name, (int)s1, (int)s2)) {
+                    size_t row = (size_t)p.N * formats[dt].size;
+                    for (int32_t m = 0; m < p.M; m++) {
+                        if (m == 1 || m == 3 || m == 4) continue;
+                        CHECK(memcmp((char*)y1.p + m * row, (char*)y2.p + m * row, row) == 0,
+                              "%s: row %d changed with non-finite values in other rows", kernels[i].name, m);
+                    }
+                    if (mode == QK_MODE_A8)
+                        for (int r = 0; r < 3; r++) {
+                            int all_nan = 1;
+                            for (int32_t n = 0; n < p.N; n++)
+                                all_nan &= isnan(load_el(y1.p, dt, (size_t)bad_rows[r] * p.N + n)) != 0;
+                            CHECK(all_nan, "%s: A8 row %d holding %g is not all NaN", kernels[i].name, bad_rows[r],
+                                  (double)bad_values[r]);
+                        }
+                }
+                gbuf_free(&y1);
+                gbuf_free(&y2);
+            }
+            free(clean);
+            problem_free(&p);
+        }
+}
+
+/* A8 rows whose amax is subnormal (float32, bfloat16): inv = 127 / amax is +Inf, so non-zero
+ * values quantize to +-127 and zeros (0 * Inf = NaN) to 0 (reading 4). Scales are large enough
+ * that every result is a normal float32 number, so every kernel is held to the tolerance. */
+static void test_subnormal_amax(void) {
+    for (int di = 0; di < 2; di++)
+        for (int bits = 4; bits <= 8; bits += 4) {
+            qk_dtype dt = di ? QK_DTYPE_BF16 : QK_DTYPE_F32;
+            problem p = {.M = 5, .N = 7, .K = 64, .G = 16, .bits = bits, .dtype = dt, .mode = QK_MODE_A8};
+            set_context("subnormal amax: %s", describe(&p));
+            fill_activations(&p, X_UNIFORM); /* row 0 stays normal */
+            for (int32_t m = 1; m < p.M; m++)
+                for (int32_t k = 0; k < p.K; k++) {
+                    float v = rnd_percent(25) ? 0.0f : rnd_signed(-133, -127);
+                    if (m == 4 && k == 5) v = 0x1p-133f; /* the smallest bfloat16 subnormal: sx = 2^-133 / 127 is coarse */
+                    if (m == 4 && k != 5) v = 0.0f;
+                    store_el(p.x, dt, (size_t)m * p.K + k, v);
+                }
+            fill_raw_weights(&p, bits == 8);
+            for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = (float)ldexp(1.0 + rnd_unit(), rnd_int(20, 28));
+            fill_bias(&p);
+            run_problem(&p);
+            problem_free(&p);
+        }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Threads: the same bytes as from one thread, and each thread's own last status               */
+
+enum { N_THREADS = 4, THREAD_PROBLEMS = 3 };
+
+typedef struct {
+    const problem* problems;
+    gbuf (*expected)[MAX_KERNELS];
+    pthread_barrier_t* barrier;
+    int id;
+    long passed, failed;
+} thread_job;
+
+static void* thread_main(void* arg) {
+    thread_job* job = arg;
+    qk_kernel_info unused = {.size = sizeof unused};
+    /* Even threads fail, odd threads succeed; after the barrier each still sees its own status. */
+    qk_kernel_get(job->id % 2 ? 0 : -1, &unused);
+    pthread_barrier_wait(job->barrier);
+    if ((qk_last_status() == QK_OK) == (job->id % 2 == 1))
+        job->passed++;
+    else
+        job->failed++;
+    for (int rep = 0; rep < 3; rep++)
+        for (int pi = 0; pi < THREAD_PROBLEMS; pi++) {
+            const problem* p = &job->problems[pi];
+            qk_weights w = weights_of(p);
+            for (int i = 0; i < n_kernels; i++) {
+                if (!job->expected[pi][i].p) continue;
+                gbuf y = gbuf_new(y_bytes(p), 0xFF);
+                qk_matmul_args a = args_of(p, y.p);
+                a.kernel = kernels[i].name;
+                if (qk_matmul(&w, &a) == QK_OK && gbuf_guards_ok(&y) && same_bytes(&y, &job->expected[pi][i]))
+                    job->passed++;
+                else
+                    job->failed++;
+                gbuf_free(&y);
+            }
+        }
+    return NULL;
+}
+
+static void test_threads(void) {
+    set_context("threads");
+    problem problems[THREAD_PROBLEMS] = {
+        {.M = 5, .N = 17, .K = 64, .G = 32, .bits = 4, .dtype = QK_DTYPE_F16, .mode = QK_MODE_A16},
+        {.M = 9, .N = 8, .K = 96, .G = 32, .bits = 8, .dtype = QK_DTYPE_F32, .mode = QK_MODE_A8},
+        {.M = 33, .N = 40, .K = 100, .G = 24, .bits = 4, .dtype = QK_DTYPE_BF16, .mode = QK_MODE_A8},
+    };
+    static gbuf expected[THREAD_PROBLEMS][MAX_KERNELS];
+    memset(expected, 0, sizeof expected);
+    for (int pi = 0; pi < THREAD_PROBLEMS; pi++) {
+        problem* p = &problems[pi];
+        fill_activations(p, X_UNIFORM);
+        fill_raw_weights(p, pi % 2);
+        if (pi == 2) fill_offsets(p);
+        fill_bias(p);
+        qk_weights w = weights_of(p);
+        for (int i = 0; i < n_kernels; i++) {
+            if (!kernels[i].available || !fits(&kernels[i], p)) continue;
+            expected[pi][i] = gbuf_new(y_bytes(p), 0xFF);
+            qk_matmul_args a = args_of(p, expected[pi][i].p);
+            a.kernel = kernels[i].name;
+            CHECK(qk_matmul(&w, &a) == QK_OK, "%s: %s", kernels[i].name, qk_last_error());
+        }
+    }
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, N_THREADS);
+    pthread_t threads[N_THREADS];
+    thread_job jobs[N_THREADS];
+    for (int t = 0; t < N_THREADS; t++) {
+        jobs[t] = (thread_job){problems, expected, &barrier, t, 0, 0};
+        if (pthread_create(&threads[t], NULL, thread_main, &jobs[t]) != 0) {
+            fprintf(stderr, "pthread_create failed\n");
+            exit(2);
+        }
+    }
+    long failed = 0, passed = 0;
+    for (int t = 0; t < N_THREADS; t++) {
+        pthread_join(threads[t], NULL);
+        failed += jobs[t].failed;
+        passed += jobs[t].passed;
+    }
+    CHECK(failed == 0, "%ld of %ld concurrent runs differ from single-threaded ones (or statuses leaked)", failed,
+          failed + passed);
+    pthread_barrier_destroy(&barrier);
+    for (int pi = 0; pi < THREAD_PROBLEMS; pi++) {
+        for (int i = 0; i < n_kernels; i++)
+            if (expected[pi][i].p) gbuf_free(&expected[pi][i]);
+        problem_free(&problems[pi]);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static long random_cases = 2304, only = -1;
+static int sweep = 1;
+
+static int option(int argc, char** argv, int* i) {
+    if (!strcmp(argv[*i], "--cases") && *i + 1 < argc)
+        random_cases = strtol(argv[++*i], NULL, 0);
+    else if (!strcmp(argv[*i], "--case") && *i + 1 < argc)
+        only = strtol(argv[++*i], NULL, 0);
+    else if (!strcmp(argv[*i], "--no-sweep"))
+        sweep = 0;
+    else
+        return 0;
+    return 1;
+}
+
+int main(int argc, char** argv) {
+    if (getenv("QK_TEST_CASES")) random_cases = strtol(getenv("QK_TEST_CASES"), NULL, 0);
+    test_begin("test_matmul", argc, argv, "[--cases N] [--no-sweep] [--case I]", option);
+    double start = test_seconds();
+    load_kernels();
+    ref_backend = backend_id("ref");
+    CHECK(ref_backend != QK_BACKEND_AUTO, "no backend named ref");
+
+    if (only < 0) {
+        reseed(0xFFFFFFFF05ull);
+        test_nonfinite_rows();
+        reseed(0xFFFFFFFF06ull);
+        test_overflow_stress();
+        reseed(0xFFFFFFFF08ull);
+        test_subnormal_amax();
+        reseed(0xFFFFFFFF09ull);
+        test_many_groups();
+        test_long_float32_sums();
+        reseed(0xFFFFFFFF0Aull);
+        test_format_v2_edges();
+        reseed(0xFFFFFFFF07ull);
+        test_threads();
+    }
+
+    /* The sweep: every M x N x K of the edge lists (odd K: 8-bit only), then random shapes. */
+    static const int32_t Ms[] = {1, 2, 3, 7, 8, 9, 17};
+    static const int32_t Ns[] = {1, 3, 8, 15, 17, 33};
+    static const int32_t Ks[] = {2, 8, 30, 32, 64, 96, 128, 256, 512, 1, 15, 33};
+    enum { N_SWEEP = sizeof Ms / sizeof Ms[0] * (sizeof Ns / sizeof Ns[0]) * (sizeof Ks / sizeof Ks[0]) };
+    int index = 0;
+    long cases = 0;
+    if (sweep)
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
+            for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++)
+                for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++, index++) {
+                    if (only >= 0 && index != only) continue;
+                    reseed((uint64_t)index);
+                    run_case(index, Ms[mi], Ns[ni], Ks[ki], combo_of(index % N_COMBOS));
+                    cases++;
+                }
+    index = N_SWEEP;
+    static const int32_t more_M[] = {1, 2, 3, 7, 8, 9, 17, 1, 4, 16, 33, 64, 5, 6}; /* 5, 6: 8-row tiles' tails */
+    static const int32_t more_N[] = {1, 3, 8, 15, 17, 33, 2, 16, 64};
+    static const int32_t more_K[] = {2, 8, 30, 32, 64, 96, 128, 256, 512, 1, 15, 33, 24, 160, 384, 1024};
+    for (long r = 0; r < random_cases; r++, index++) {
+        if (only >= 0 && index != only) continue;
+        reseed((uint64_t)index);
+        int32_t M = PICK(more_M), N = PICK(more_N), K = PICK(more_K);
+        while ((long)M * N * K > 60000) K /= 2; /* keep the scalar reference quick (and QEMU runs) */
+        run_case(index, M, N, K, combo_of((int)(r % N_COMBOS)));
+        cases++;
+    }
+
+    printf("%ld cases, %ld matmul calls in %.2f s; %ld non-reference runs in the float32 subnormal range "
+           "checked for status, guards and packing only\n",
+           cases, matmul_runs, test_seconds() - start, ref_only_skips);
+    for (int i = 0; i < n_kernels; i++)
+        if (kernels[i].available)
+            printf("kernel %-28s %6ld runs, worst |Y - oracle| / tolerance %.3g\n", kernels[i].name, kernel_runs[i],
+                   kernel_worst[i]);
+    return test_end();
+}

@@ -1,0 +1,129 @@
+"""The default measurement of `qkernels bench`: every available kernel and the baselines on each
+layer and M. Every qkernels result is checked against qkernels.reference on the very input it is
+timed with; the candidates of one layer and M are timed in turns (measure_together)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import qkernels
+
+from .baselines import BASELINES, Baseline
+from .layers import MS, SHAPES, Candidate, Layer, group_size_for
+from .timing import MIN_REPEATS, measure_together
+
+_HEADER = (f"{'layer':<11} {'M':>4}  {'mode/weights':<12} {'kernel / baseline':<30} "
+           f"{'ms':>9} {'GB/s':>7} {'GOP/s':>7} {'vs np':>7}  check")
+
+
+def _print_row(row: dict) -> None:
+    name = row["name"] + (" *" if row["auto"] else "")
+    start = f"{row['layer']:<11} {row['M']:>4}  {row['label']:<12} {name:<30}"
+    if "median_ms" not in row:
+        print(f"{start} {row['note']}", flush=True)
+        return
+    speedup = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+    numbers = f"{row['median_ms']:9.3f} {row['gbps']:7.2f} {row['gops']:7.2f} {speedup:>7}"
+    print(f"{start} {numbers}  {row['check']}", flush=True)
+    if row.get("note"):
+        print(f"    {row['note']}", flush=True)
+
+
+def _check_row(cand: Candidate, estimate: float | None, max_call: float) -> tuple[dict, int, list[float] | None]:
+    """Run a candidate once (its warm-up) and check the result: the row so far, the output's bytes
+    (0 when there is none), and its times: [] if it is not timed, [one call] if that call is all it
+    gets, None if it is to be timed with the others."""
+    if estimate is not None and estimate > max_call:
+        return {"note": f"skipped: too slow (est. {estimate:.1f} s)"}, 0, []
+    try:
+        t0 = time.perf_counter()
+        y = cand.calls[0]()
+        first = time.perf_counter() - t0
+    except Exception as error:  # a baseline whose operator this torch build lacks, or a kernel error
+        if cand.check is None:
+            return {"note": f"skipped: {type(error).__name__}: {error}"}, 0, []
+        return {"check": "ERROR", "note": f"error: {type(error).__name__}: {error}"}, 0, []
+    row: dict = {"check": "-"}
+    if cand.check:
+        try:
+            cand.check(y)
+            row["check"] = "ok"
+        except AssertionError as error:
+            row.update(check="FAIL", note=str(error))
+    # One call past the limit (no estimate yet at the smallest M) is its own single measurement.
+    if first > max_call:
+        row.setdefault("note", "timed once: one call takes longer than --max-call")
+        return row, y.nbytes, [first]
+    return row, y.nbytes, None
+
+
+def _timed(row: dict, cand: Candidate, output_bytes: int, times: list[float]) -> dict:
+    median = statistics.median(times)
+    return row | {
+        "median_ms": median * 1e3,
+        "gbps": (cand.weight_bytes + cand.input_bytes + output_bytes) / median / 1e9,
+        "repeats": len(times),
+        "copies": len(cand.calls),
+    }
+
+
+def run(args, kernels: list[qkernels.dispatch.KernelInfo], llc: int) -> list[dict]:
+    """Prints and returns the rows of every layer and M of the command's arguments."""
+    shapes = args.shapes or (SHAPES[:1] if args.quick else SHAPES)
+    ms = sorted(args.m or ((1, 16) if args.quick else MS))
+    dtype, budget = args.dtype, args.budget
+    print(f"activations {dtype}; time: median of >= {MIN_REPEATS} calls over weight copies > 2x LLC, "
+          f"{budget:g} s per row, the rows of one layer and M timed in turns; GB/s: weights (packed) + activations + output; "
+          f"GOP/s: 2*M*N*K; vs np: speed-up over numpy f32\n")
+    print(_HEADER, flush=True)
+    rows: list[dict] = []
+    last: dict[tuple, tuple[int, float]] = {}  # (layer, name, label) -> (M, seconds) of its last row
+    for N, K in shapes:
+        layer = Layer(N, K, llc)
+        configs = [(bits, group_size_for(bits, K, args.group_size)) for bits in args.bits]
+        for bits, G in configs:
+            layer.quantized(bits, G)
+        unavailable: dict[str, list[str]] = {}  # why -> the baselines it stops
+        for name, why in layer.baselines(dtype).items():
+            if isinstance(why, str):
+                unavailable.setdefault(why, []).append(name)
+        for why, names in unavailable.items():
+            print(f"note: {N}x{K}: {', '.join(names)} skipped: {why}", flush=True)
+        for M in ms:
+            xs = layer.activations(M, dtype)
+            candidates = [layer.baseline_candidate(name, b, xs)
+                          for name, b in layer.baselines(dtype).items() if isinstance(b, Baseline)]
+            for bits, G in configs:
+                for mode in args.modes:
+                    picked = qkernels.select(xs[0], layer.quantized(bits, G)[0], mode).name
+                    for k in kernels:
+                        if k.mode == mode and bits in k.bits and G % k.group_multiple == 0:
+                            candidates.append(layer.kernel_candidate(k, bits, G, xs))
+                            candidates[-1].auto = k.name == picked
+            group = []  # (key, row, candidate, output bytes, times or None) of this layer and M
+            for cand in candidates:
+                key = (N, K, cand.name, cand.label)
+                estimate = last[key][1] * M / last[key][0] if key in last else None  # time grows at most ~M
+                row = {"measurement": "layers", "layer": f"{N}x{K}", "N": N, "K": K, "M": M, "label": cand.label,
+                       "name": cand.name, "backend": cand.backend, "auto": cand.auto}
+                checked, output_bytes, times = _check_row(cand, estimate, args.max_call)
+                group.append((key, row | checked, cand, output_bytes, times))
+            # The candidates without times take turns, each from its second copy (the check ran the first).
+            measured = iter(measure_together(
+                [cand.calls[1:] + cand.calls[:1] for _, _, cand, _, times in group if times is None], budget))
+            numpy_ms = None
+            for key, row, cand, output_bytes, times in group:
+                if times is None:
+                    times = next(measured)
+                if times:
+                    row = _timed(row, cand, output_bytes, times)
+                    last[key] = (M, row["median_ms"] / 1e3)
+                    if cand.name == BASELINES[0]:
+                        numpy_ms = row["median_ms"]
+                    row["gops"] = 2 * M * N * K / row["median_ms"] / 1e6
+                    row["speedup"] = numpy_ms and numpy_ms / row["median_ms"]
+                rows.append(row)
+                _print_row(row)
+    print("\n* = the kernel automatic dispatch picks for that problem (qkernels.matmul)")
+    return rows

@@ -17,7 +17,7 @@ def info(_args: argparse.Namespace) -> int:
     print(f"qkernels {qkernels.__version__} (C ABI {qkernels.lib.qk_abi_version()})")
     print(f"library: {qkernels.library_path}")
     print(f"CPU features: {' '.join(dispatch.cpu_features()) or '(none detected)'}")
-    print(f"threads: {dispatch.get_num_threads()} (OMP_NUM_THREADS, or qkernels.set_num_threads)")
+    print(f"threads: {dispatch.get_num_threads()} (QKERNELS_NUM_THREADS, or qkernels.set_num_threads)")
     env = os.environ.get("QKERNELS_BACKEND")
     if env:
         print(f"QKERNELS_BACKEND={env} (forces automatic dispatch)")

@@ -185,7 +185,7 @@ static void test_problem(problem* p) {
         qk_backend packed_for = qk_packed_backend(packed);
         qk_plan_desc desc = {.size = sizeof desc, .mode = p->mode, .input_dtype = p->dtype};
         qk_plan* plan = NULL;
-        int runs = backend_runs(packed_for, p); /* before the call: it calls qk_backend_get, which sets qk_last_status() */
+        int runs = backend_runs(packed_for, p); /* before the call: it calls the library (qk_last_status) */
         s = qk_plan_create(packed, &desc, &plan);
         if (!runs) {
             EXPECT_STATUS(s, QK_ERR_UNSUPPORTED, "qk_plan_create on a backend without a kernel for the problem");

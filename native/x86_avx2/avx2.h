@@ -8,8 +8,8 @@
  *
  * Output features (rows n of W) are cut into panels of 8, one 256-bit register of int32 or float32
  * lanes; the last panel is padded with zero columns. A panel stores its groups one after the other,
- * each group as a 64-byte header followed by ceil(G / 8) blocks of 8 columns x 8 k (k beyond G is
- * zero padding):
+ * each group as a 64-byte header followed by ceil(min(G, K) / 8) blocks of 8 columns x 8 k (k
+ * beyond the group is zero padding):
  *
  *   header   float scale[8]; int32_t zero_point[8];      per column: w = scale * (q - zero_point)
  *   8 bits   64 bytes, two vectors: in vector h, dword j holds column j's q at k 4h .. 4h+3, a byte each
@@ -43,7 +43,7 @@ enum {
 
 typedef struct {
     int32_t panels, groups;
-    int32_t blocks;      /* blocks per group: ceil(G / 8) */
+    int32_t blocks;      /* blocks per group: ceil(min(G, K) / 8) */
     size_t block_bytes;  /* 32 (4 bits) or 64 (8 bits) */
     size_t group_bytes;  /* header + blocks */
     size_t panel_bytes;
@@ -53,7 +53,7 @@ static inline qk_avx2_layout qk_avx2_layout_of(const qk_weights* w) {
     qk_avx2_layout l;
     l.panels = (w->N + QK_AVX2_PANEL - 1) / QK_AVX2_PANEL;
     l.groups = qk_groups_per_row(w);
-    l.blocks = (w->group_size - 1) / QK_AVX2_BLOCK_K + 1;
+    l.blocks = ((w->group_size < w->K ? w->group_size : w->K) - 1) / QK_AVX2_BLOCK_K + 1; /* G > K: padded to K */
     l.block_bytes = w->bits == 4 ? 32 : 64;
     l.group_bytes = QK_AVX2_HEADER + (size_t)l.blocks * l.block_bytes;
     l.panel_bytes = (size_t)l.groups * l.group_bytes;

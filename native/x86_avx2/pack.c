@@ -4,11 +4,11 @@
 
 #include "avx2.h"
 
-/* Elements in group g: G, or fewer in a shorter last group (format v2), which is padded like the
- * others and so never read past the end of a row. */
+/* Group g's length: G, or less for the last group of a row (format v2; no kernel here runs such
+ * weights, but every valid format packs). */
 static int32_t group_length(const qk_weights* w, int32_t g) {
-    int64_t rest = (int64_t)w->K - (int64_t)g * w->group_size;
-    return rest < w->group_size ? (int32_t)rest : w->group_size;
+    int64_t left = (int64_t)w->K - (int64_t)g * w->group_size;
+    return left < w->group_size ? (int32_t)left : w->group_size;
 }
 
 /* Column n's weight at group-relative k of group g, as stored: a byte, or a nibble (padding: 0). */
@@ -51,10 +51,9 @@ static void pack_column(const qk_weights* w, const qk_avx2_layout* l, int32_t pa
     int32_t n = panel * QK_AVX2_PANEL + j;
     for (int32_t g = 0; g < l->groups; g++) {
         uint8_t* block = out + (size_t)g * l->group_bytes + QK_AVX2_HEADER;
-        int32_t length = group_length(w, g);
         for (int32_t b = 0; b < l->blocks; b++, block += l->block_bytes) {
             int32_t k = b * QK_AVX2_BLOCK_K;
-            int whole = n < w->N && k + QK_AVX2_BLOCK_K <= length && (w->bits == 8 || w->group_size % 2 == 0);
+            int whole = n < w->N && k + QK_AVX2_BLOCK_K <= group_length(w, g) && (w->bits == 8 || w->group_size % 2 == 0);
             for (int half = 0; half < (w->bits == 8 ? 2 : 1); half++) {
                 uint32_t dword = 0;
                 if (whole) {

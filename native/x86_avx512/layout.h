@@ -43,7 +43,9 @@ typedef struct {
     size_t panel_bytes;
 } qk_vnni16_layout;
 
-static inline qk_vnni16_layout qk_vnni16_layout_of(const qk_weights* w) {
+/* has_offsets: whether the weights have offsets (a kernel's qk_kernel_weights says so; its format's
+ * array pointers are NULL). */
+static inline qk_vnni16_layout qk_vnni16_layout_of(const qk_weights* w, int has_offsets) {
     qk_vnni16_layout l;
     int32_t span = w->group_size < w->K ? w->group_size : w->K; /* G > K: one group of K */
     l.panels = (w->N + QK_VNNI16_PANEL - 1) / QK_VNNI16_PANEL;
@@ -51,7 +53,7 @@ static inline qk_vnni16_layout qk_vnni16_layout_of(const qk_weights* w) {
     l.k_per_row = w->bits == 4 ? 8 : 4;
     l.rows = (span + l.k_per_row - 1) / l.k_per_row;
     l.bias = w->bits == 4 ? 8 : 128;
-    l.header_bytes = QK_VNNI16_HEADER + (w->offsets ? QK_VNNI16_OFFSETS : 0);
+    l.header_bytes = QK_VNNI16_HEADER + (has_offsets ? QK_VNNI16_OFFSETS : 0);
     l.group_bytes = l.header_bytes + (size_t)l.rows * QK_VNNI16_ROW_BYTES;
     l.panel_bytes = (size_t)l.groups * l.group_bytes;
     return l;

@@ -79,7 +79,7 @@ static void pack_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
 }
 
 qk_status qk_vnni16_pack(const qk_weights* w, void** data, size_t* size) {
-    pack_job job = {w, qk_vnni16_layout_of(w), NULL};
+    pack_job job = {w, qk_vnni16_layout_of(w, w->offsets != NULL), NULL};
     *size = (size_t)job.l.panels * job.l.panel_bytes;
     job.out = qk_aligned_alloc(*size);
     if (!job.out) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", *size);

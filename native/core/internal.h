@@ -105,6 +105,9 @@ void* qk_thread_workspace(size_t size);
 #define QK_BITS_4_8 ((1u << 4) | (1u << 8))
 #define QK_DTYPES_FLOAT ((1u << QK_DTYPE_F32) | (1u << QK_DTYPE_F16) | (1u << QK_DTYPE_BF16))
 #define QK_FORMAT_V2 (QK_FORMAT_OFFSETS | QK_FORMAT_RAGGED_GROUPS)
+/* A8 kernels with int32 group sums: |qx * (q - zp)| <= 127 * 255, so the sums are exact up to this
+ * group size (reading 5). */
+#define QK_A8_INT32_EXACT_GROUP 66311
 
 typedef struct qk_backend_entry {
     const qk_backend_desc* desc;

@@ -395,6 +395,9 @@ static void test_stateless_selection(void) {
                     if (CHECK(qk_select_kernel(&w, &a, &got) == QK_OK, "qk_select_kernel: %s", qk_last_error()))
                         CHECK(strcmp(got.name, kernels[want].name) == 0, "qk_select_kernel chose %s, not %s", got.name,
                               kernels[want].name);
+                    if (CHECK(qk_select_packed_kernel(&w, &a, &got) == QK_OK, "qk_select_packed_kernel: %s", qk_last_error()))
+                        CHECK(strcmp(got.name, kernels[packed].name) == 0, "qk_select_packed_kernel chose %s, not %s",
+                              got.name, kernels[packed].name);
                     /* forced to the packed choice's backend: its own kernels only */
                     a.backend = kernels[packed].backend;
                     want = own >= 0 ? own : packed;

@@ -39,6 +39,7 @@ typedef struct {
     qk_vnni16_layout l;
     size_t group_stride;   /* activations per group, padded: rows * k_per_row */
     size_t row;            /* padded activation row: groups * group_stride */
+    int asymmetric;        /* the weights have zero points */
     int has_offsets;
     float* x;              /* A16: float32 rows */
     int8_t* qx;            /* A8: quantized rows */

@@ -1,7 +1,7 @@
 /* The x86_avx512 backend (AVX-512 F/BW/VL/DQ + VNNI): what its kernels share.
  *
  * Files: layout.h and pack.c are the vnni16 pack (shared with x86_amx); driver.c prepares rows of X
- * and runs tiles on the thread pool; a8.c is the A8 kernels (vpdpbusd, decode and prefill tiles),
+ * and runs tiles on the thread pool; a8.c is the A8 kernel (vpdpbusd; one tile for decode and prefill),
  * a16.c the A16 kernel (AVX-512 FMA); register.c is the kernel table. Rows of X are read and
  * quantized, and results rounded to the output dtype, by the x86_avx2 backend's activation code
  * (x86_avx2/activations.c): the same logic, and every machine with AVX-512 has AVX2.
@@ -82,7 +82,6 @@ QK_AVX512_INLINE void qk_avx512_fold_ps(double* y, __m512 t, __m512 scale) {
 /* ---- the kernels ---- */
 
 size_t qk_avx512_a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
-qk_status qk_avx512_a8_4x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 qk_status qk_avx512_a8_8x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 size_t qk_avx512_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx512_a16_4x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);

@@ -28,7 +28,9 @@
 enum {
     QK_AVX512_TILE_COLUMNS = 2 * QK_VNNI16_PANEL, /* a tile spans two panels */
     QK_AVX512_MAX_TILE_ROWS = 8,
-    QK_AVX512_PREFETCH_BYTES = 2048, /* ahead of each panel's weight stream */
+    /* Software prefetch this far ahead of each panel's weight stream: at M = 1, 4096 x 14336, 4-bit,
+     * without it A8 took 1.07-1.15x and A16 2.1x the time; 4096 bytes ahead changed nothing. */
+    QK_AVX512_PREFETCH_BYTES = 2048,
 };
 
 /* What the tiles read. */

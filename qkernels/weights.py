@@ -120,7 +120,8 @@ class QuantizedWeight:
         return plan
 
     def _make_plan(self, mode: int, dtype: int, backend: int, kernel: str | None):
-        # The backend is that of the kernel automatic selection picks for one row. Selection reads
+        # The backend is that of the kernel automatic selection picks for one row of packed weights
+        # (a stateless call may take another backend's canonical-layout kernel). Selection reads
         # no data, so the activation and output pointers are a placeholder buffer.
         placeholder = _PLACEHOLDER
         args = new_struct("qk_matmul_args")
@@ -129,7 +130,7 @@ class QuantizedWeight:
         kernel_name = ffi.new("char[]", kernel.encode()) if kernel is not None else ffi.NULL
         args.kernel = kernel_name
         info = new_struct("qk_kernel_info")
-        check(lib.qk_select_kernel(self._c, args, info))
+        check(lib.qk_select_packed_kernel(self._c, args, info))
         desc = new_struct("qk_plan_desc")
         desc.mode, desc.input_dtype, desc.kernel = mode, dtype, kernel_name
         out = ffi.new("qk_plan **")

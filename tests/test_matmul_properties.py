@@ -381,7 +381,8 @@ def test_bfloat16_is_exercised():
 
 def _stateless_kernel(qw, p) -> str:
     """The kernel a stateless call (qk_matmul) runs: the backend's canonical variant where one fits
-    and covers M, else the kernel a plan runs. Selection reads no data: placeholder pointers."""
+    and covers M, else (automatic selection) another backend's, else the kernel a plan runs.
+    Selection reads no data: placeholder pointers."""
     placeholder = np.zeros(16, dtype=np.float32)
     args = new_struct("qk_matmul_args")
     args.input = args.output = ffi.from_buffer(placeholder)

@@ -22,7 +22,8 @@ static qk_status prepare(const qk_weights* weights, const qk_matmul_args* args, 
     return s;
 }
 
-qk_status qk_select_kernel(const qk_weights* weights, const qk_matmul_args* args, qk_kernel_info* out) {
+static qk_status select_kernel(const qk_weights* weights, const qk_matmul_args* args, enum qk_layout_need need,
+                               qk_kernel_info* out) {
     if (!out) return qk_fail(QK_ERR_NULL_POINTER, "out is NULL");
     qk_status s = qk_check_struct_size(out->size, offsetof(qk_kernel_info, format_flags), sizeof *out, "qk_kernel_info");
     qk_weights w;
@@ -30,10 +31,18 @@ qk_status qk_select_kernel(const qk_weights* weights, const qk_matmul_args* args
     qk_problem p;
     qk_kernel_ref k;
     if (s == QK_OK) s = prepare(weights, args, 0, &w, &a, &p);
-    if (s == QK_OK) s = qk_select(&p, a.backend, a.kernel, QK_FOR_STATELESS, &k);
+    if (s == QK_OK) s = qk_select(&p, a.backend, a.kernel, need, &k);
     if (s != QK_OK) return s;
     qk_fill_kernel_info(k, out);
     return qk_succeed();
+}
+
+qk_status qk_select_kernel(const qk_weights* weights, const qk_matmul_args* args, qk_kernel_info* out) {
+    return select_kernel(weights, args, QK_FOR_STATELESS, out);
+}
+
+qk_status qk_select_packed_kernel(const qk_weights* weights, const qk_matmul_args* args, qk_kernel_info* out) {
+    return select_kernel(weights, args, QK_FOR_PACKED, out);
 }
 
 /* Stateless: a kernel that reads the canonical arrays where one fits this M; otherwise the best

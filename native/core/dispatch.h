@@ -46,7 +46,8 @@ typedef struct qk_problem {
 enum qk_layout_need {
     QK_FOR_PACKED,      /* packed weights: every kernel but the canonical variants */
     QK_FOR_STATELESS,   /* canonical arrays: the choice for packed weights, then that backend's
-                           canonical variant instead where one fits and covers M */
+                           canonical variant instead where one fits and covers M, else (automatic
+                           selection only) the first available backend's */
 };
 
 int qk_backend_available(qk_backend b);

@@ -38,6 +38,21 @@ static inline size_t qk_group_index(const qk_weights* w, int32_t n, int32_t k) {
     return (size_t)n * qk_groups_per_row(w) + (size_t)(k / w->group_size);
 }
 
+/* Group g's length: G, or less for the last group of a row (format v2). */
+static inline int32_t qk_group_length(const qk_weights* w, int32_t g) {
+    int64_t left = (int64_t)w->K - (int64_t)g * w->group_size;
+    return left < w->group_size ? (int32_t)left : w->group_size;
+}
+
+/* Four canonical int4 bytes (k 0..7 from an even k, low nibble first) reordered so that byte i
+ * holds k i in its low nibble and k i + 4 in its high one: the dword order of the x86 packs. */
+static inline uint32_t qk_int4_dword_halves(uint32_t canonical) {
+    uint32_t even = canonical & 0x0F0F0F0Fu, odd = (canonical >> 4) & 0x0F0F0F0Fu; /* q0 q2 q4 q6, q1 q3 q5 q7 */
+    uint32_t first = (even & 0xFF) | (odd & 0xFF) << 8 | (even & 0xFF00) << 8 | (odd & 0xFF00) << 16;
+    uint32_t second = (even >> 16 & 0xFF) | (odd >> 16 & 0xFF) << 8 | (even >> 8 & 0xFF0000) | (odd & 0xFF000000);
+    return first | second << 4;
+}
+
 /* The zero point of element k of row n (0 when symmetric). */
 static inline int32_t qk_weight_zp(const qk_weights* w, int32_t n, int32_t k) {
     return w->zero_points ? w->zero_points[qk_group_index(w, n, k)] : 0;
@@ -90,6 +105,9 @@ void* qk_thread_workspace(size_t size);
 #define QK_BITS_4_8 ((1u << 4) | (1u << 8))
 #define QK_DTYPES_FLOAT ((1u << QK_DTYPE_F32) | (1u << QK_DTYPE_F16) | (1u << QK_DTYPE_BF16))
 #define QK_FORMAT_V2 (QK_FORMAT_OFFSETS | QK_FORMAT_RAGGED_GROUPS)
+/* A8 kernels with int32 group sums: |qx * (q - zp)| <= 127 * 255, so the sums are exact up to this
+ * group size (reading 5). */
+#define QK_A8_INT32_EXACT_GROUP 66311
 
 typedef struct qk_backend_entry {
     const qk_backend_desc* desc;

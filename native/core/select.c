@@ -101,6 +101,23 @@ static int canonical_variant(qk_backend b, const qk_problem* p, qk_kernel_ref* o
     return 0;
 }
 
+/* A stateless call's kernel when automatic selection chose backend `chosen`: its canonical variant
+ * covering M, else the first canonical variant covering M of an available backend with its own
+ * layout (in dispatch order), so that a call at small M never packs when a fast kernel can read the
+ * caller's arrays (x86_avx512 has no canonical variant; x86_avx2 has). Backends without a layout
+ * (ref) read the canonical arrays in every kernel: no fast path to fall back to. A forced backend
+ * (`automatic` 0) keeps its own kernels. */
+static int stateless_variant(qk_backend chosen, int automatic, const qk_problem* p, qk_kernel_ref* out) {
+    if (canonical_variant(chosen, p, out)) return 1;
+    if (!automatic) return 0;
+    int32_t count = 0;
+    const qk_backend* ids = qk_backend_order(&count);
+    for (int32_t i = 0; i < count; i++)
+        if (qk_backend_available(ids[i]) && qk_backend_entry_get(ids[i])->desc->pack && canonical_variant(ids[i], p, out))
+            return 1;
+    return 0;
+}
+
 qk_status qk_select(const qk_problem* p, qk_backend wanted, const char* kernel, enum qk_layout_need need,
                     qk_kernel_ref* out) {
     if (kernel) {
@@ -115,6 +132,7 @@ qk_status qk_select(const qk_problem* p, qk_backend wanted, const char* kernel, 
         if (s != QK_OK) return s;
     }
     if (wanted != QK_BACKEND_AUTO && !qk_backend_available(wanted)) return qk_backend_unavailable(wanted, "backend");
+    int automatic = wanted == QK_BACKEND_AUTO;
 
     int32_t count = 0;
     const qk_backend* ids = qk_backend_order(&count);
@@ -126,14 +144,15 @@ qk_status qk_select(const qk_problem* p, qk_backend wanted, const char* kernel, 
             const qk_kernel_desc* k = &d->kernels[j];
             if (!qk_kernel_fits(k, p) || qk_is_canonical_variant(ids[i], k)) continue;
             if (k->max_m == 0 || p->M <= k->max_m) {
-                if (need == QK_FOR_PACKED || !canonical_variant(ids[i], p, out)) *out = (qk_kernel_ref){ids[i], k};
+                if (need == QK_FOR_PACKED || !stateless_variant(ids[i], automatic, p, out))
+                    *out = (qk_kernel_ref){ids[i], k};
                 return QK_OK;
             }
             if (!any_m.desc) any_m = (qk_kernel_ref){ids[i], k};
         }
     }
     if (any_m.desc) {
-        if (need == QK_FOR_PACKED || !canonical_variant(any_m.backend, p, out)) *out = any_m;
+        if (need == QK_FOR_PACKED || !stateless_variant(any_m.backend, automatic, p, out)) *out = any_m;
         return QK_OK;
     }
     char who[160];

@@ -240,6 +240,11 @@ void qk_plan_free(qk_plan* plan);
 /* Dispatch as qk_matmul would: which backend and kernel run this problem. */
 qk_status qk_select_kernel(const qk_weights* weights, const qk_matmul_args* args,
                            qk_kernel_info* out);
+/* Dispatch as qk_matmul_packed would on these weights packed for args->backend (QK_BACKEND_AUTO:
+ * automatic selection, among kernels that run packed weights): what a plan runs. It differs from
+ * qk_select_kernel where a stateless call takes a kernel that reads the canonical arrays. */
+qk_status qk_select_packed_kernel(const qk_weights* weights, const qk_matmul_args* args,
+                                  qk_kernel_info* out);
 
 /* Threads of the CPU kernels, process-wide, for calls that start after it. 0 restores the default:
  * QKERNELS_NUM_THREADS if set, else the CPUs this process may run on. At most QK_MAX_THREADS. */

@@ -333,6 +333,84 @@ static void test_pack_lifetime(void) {
     problem_free(&p);
 }
 
+/* ---- stateless selection (qk_select_kernel): never a pack at small M ---- */
+
+static int covers(const qk_kernel_info* k, int32_t M) { return k->max_m == 0 || M <= k->max_m; }
+
+/* Automatic selection for packed weights, written out: the first available kernel in dispatch
+ * order that runs p and covers M, else the first that runs p; -1 if none. */
+static int packed_choice(const problem* p) {
+    int any_m = -1;
+    for (int i = 0; i < n_kernels; i++) {
+        if (!kernels[i].available || is_canonical_variant(&kernels[i]) || !fits(&kernels[i], p)) continue;
+        if (covers(&kernels[i], p->M)) return i;
+        if (any_m < 0) any_m = i;
+    }
+    return any_m;
+}
+
+/* The first canonical variant that runs p and covers M, of backend b (or of any available backend
+ * for QK_BACKEND_AUTO); -1 if none. */
+static int canonical_choice(qk_backend b, const problem* p) {
+    for (int i = 0; i < n_kernels; i++)
+        if ((b == QK_BACKEND_AUTO ? kernels[i].available : kernels[i].backend == b) &&
+            is_canonical_variant(&kernels[i]) && fits(&kernels[i], p) && covers(&kernels[i], p->M))
+            return i;
+    return -1;
+}
+
+/* A stateless call takes the packed choice's backend's canonical variant covering M, else the first
+ * available backend's (a backend without canonical variants, such as x86_avx512, must not make
+ * every call pack), else the packed choice. With a backend forced, only that backend's kernels. */
+static void test_stateless_selection(void) {
+    save_backend_variable();
+    unsetenv("QKERNELS_BACKEND");
+    int fallbacks = 0;
+    for (int di = 0; di < 3; di++)
+        for (int mode = 0; mode < 2; mode++)
+            for (int format = 0; format < 4; format++) { /* as in test_problems */
+                problem p = {.M = 1, .N = 19, .K = format >= 2 ? 100 : 96, .G = 32, .bits = format % 2 ? 4 : 8,
+                             .dtype = all_dtypes[di], .mode = (qk_mode)mode};
+                fill_activations(&p, X_UNIFORM);
+                fill_raw_weights(&p, format == 2);
+                if (format % 2) fill_offsets(&p);
+                int32_t ms[2 * MAX_KERNELS + 3] = {1, 2, 1000}; /* and every kernel's max_m and max_m + 1 */
+                int n = 3;
+                for (int i = 0; i < n_kernels; i++)
+                    if (kernels[i].max_m > 0) {
+                        ms[n++] = kernels[i].max_m;
+                        ms[n++] = kernels[i].max_m + 1;
+                    }
+                for (int j = 0; j < n; j++) {
+                    p.M = ms[j];
+                    set_context("stateless selection: %s", describe(&p));
+                    int packed = packed_choice(&p);
+                    if (!CHECK(packed >= 0, "no kernel runs the problem")) continue;
+                    int own = canonical_choice(kernels[packed].backend, &p), any = canonical_choice(QK_BACKEND_AUTO, &p);
+                    int want = own >= 0 ? own : any >= 0 ? any : packed;
+                    fallbacks += own < 0 && any >= 0;
+                    qk_weights w = weights_of(&p);
+                    qk_matmul_args a = args_of(&p, p.x); /* selection reads and writes neither array */
+                    qk_kernel_info got = {.size = sizeof got};
+                    if (CHECK(qk_select_kernel(&w, &a, &got) == QK_OK, "qk_select_kernel: %s", qk_last_error()))
+                        CHECK(strcmp(got.name, kernels[want].name) == 0, "qk_select_kernel chose %s, not %s", got.name,
+                              kernels[want].name);
+                    if (CHECK(qk_select_packed_kernel(&w, &a, &got) == QK_OK, "qk_select_packed_kernel: %s", qk_last_error()))
+                        CHECK(strcmp(got.name, kernels[packed].name) == 0, "qk_select_packed_kernel chose %s, not %s",
+                              got.name, kernels[packed].name);
+                    /* forced to the packed choice's backend: its own kernels only */
+                    a.backend = kernels[packed].backend;
+                    want = own >= 0 ? own : packed;
+                    if (CHECK(qk_select_kernel(&w, &a, &got) == QK_OK, "qk_select_kernel: %s", qk_last_error()))
+                        CHECK(strcmp(got.name, kernels[want].name) == 0, "%s forced: qk_select_kernel chose %s, not %s",
+                              backend_name(a.backend), got.name, kernels[want].name);
+                }
+                problem_free(&p);
+            }
+    if (test_verbose) printf("stateless selection: %d choices fell back to another backend's canonical variant\n", fallbacks);
+    restore_backend_variable();
+}
+
 int main(int argc, char** argv) {
     test_begin("test_plans", argc, argv, NULL, NULL);
     load_kernels();
@@ -342,5 +420,7 @@ int main(int argc, char** argv) {
     test_concurrent_runs();
     reseed(5);
     test_pack_lifetime();
+    reseed(6);
+    test_stateless_selection();
     return test_end();
 }

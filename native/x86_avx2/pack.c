@@ -4,16 +4,9 @@
 
 #include "avx2.h"
 
-/* Group g's length: G, or less for the last group of a row (format v2; no kernel here runs such
- * weights, but every valid format packs). */
-static int32_t group_length(const qk_weights* w, int32_t g) {
-    int64_t left = (int64_t)w->K - (int64_t)g * w->group_size;
-    return left < w->group_size ? (int32_t)left : w->group_size;
-}
-
 /* Column n's weight at group-relative k of group g, as stored: a byte, or a nibble (padding: 0). */
 static uint8_t stored(const qk_weights* w, int32_t n, int32_t g, int32_t k) {
-    int32_t q = n < w->N && k < group_length(w, g) ? qk_weight_q(w, n, g * w->group_size + k) : 0;
+    int32_t q = n < w->N && k < qk_group_length(w, g) ? qk_weight_q(w, n, g * w->group_size + k) : 0;
     return (uint8_t)(w->bits == 4 ? q & 0xF : q);
 }
 
@@ -28,10 +21,7 @@ static uint32_t whole_dword(const qk_weights* w, int32_t n, int32_t g, int32_t b
         return c;
     }
     memcpy(&c, row + k / 2, 4); /* canonical bytes: q0 | q1 << 4, q2 | q3 << 4, ... (k even) */
-    uint32_t even = c & 0x0F0F0F0Fu, odd = (c >> 4) & 0x0F0F0F0Fu;     /* q0 q2 q4 q6, q1 q3 q5 q7 */
-    uint32_t first = (even & 0xFF) | (odd & 0xFF) << 8 | (even & 0xFF00) << 8 | (odd & 0xFF00) << 16;
-    uint32_t second = (even >> 16 & 0xFF) | (odd >> 16 & 0xFF) << 8 | (even >> 8 & 0xFF0000) | (odd & 0xFF000000);
-    return first | second << 4; /* byte i: k i low, k i + 4 high */
+    return qk_int4_dword_halves(c); /* byte i: k i low, k i + 4 high */
 }
 
 static void pack_header(const qk_weights* w, int32_t panel, int32_t g, uint8_t* out) {
@@ -53,7 +43,7 @@ static void pack_column(const qk_weights* w, const qk_avx2_layout* l, int32_t pa
         uint8_t* block = out + (size_t)g * l->group_bytes + QK_AVX2_HEADER;
         for (int32_t b = 0; b < l->blocks; b++, block += l->block_bytes) {
             int32_t k = b * QK_AVX2_BLOCK_K;
-            int whole = n < w->N && k + QK_AVX2_BLOCK_K <= group_length(w, g) && (w->bits == 8 || w->group_size % 2 == 0);
+            int whole = n < w->N && k + QK_AVX2_BLOCK_K <= qk_group_length(w, g) && (w->bits == 8 || w->group_size % 2 == 0);
             for (int half = 0; half < (w->bits == 8 ? 2 : 1); half++) {
                 uint32_t dword = 0;
                 if (whole) {

@@ -1,0 +1,132 @@
+/* x86_avx512_a16_w4w8_4x32: A16 on the vnni16 pack, with AVX-512 FMA, for every M (tuned for
+ * decode; the backend's A16 at any M).
+ *
+ * Each k's 16 weights become float32 q - zp exactly, in two or three operations:
+ *   4 bits  a shift brings k's nibble to the bottom of each column's dword and vpermps looks it up
+ *           in a 16-entry table, which reads only the index's low 4 bits (no mask, no conversion):
+ *           u - 8 = q for symmetric weights, else u, minus zero (= zp + 8).
+ *   8 bits  the row's bytes xor 0x80 are q (u = q + 128); a left and an arithmetic right shift
+ *           sign-extend k's byte, one vcvtdq2ps, minus zp for asymmetric weights.
+ * Sums of x * (q - zp) run in float32 over runs of at most 128 k as two chains (even and odd k) of
+ * at most 64 terms, whose rounding error is at most 2^-18 of sum |x * (q - zp)|, a quarter of the
+ * float32 tolerance; each run's sum is scaled and folded into float64, so the error does not grow
+ * with K. Rows of |x| >= 2^88 come scaled down by a power of two (qk_avx2_load_row), so that no
+ * float32 sum overflows where the float64 result is finite. Activations past a group's end are
+ * zero. */
+#include "avx512.h"
+
+enum {
+    TILE_ROWS = 4,
+    RUN_K = 128, /* float32 sums over at most this many k, then float64 */
+};
+
+/* Rows x panels of the tile, for one call with constant arguments. Each float32 sum has two chains
+ * whatever the tile, so a row's result never depends on the other rows of its tile. */
+QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmetric, int panels, int rows,
+                               int32_t panel, int32_t m, double* y) {
+    enum { CHAINS = 2 };
+    const qk_vnni16_layout* l = &p->l;
+    const float* x = p->x + (size_t)m * p->row;
+    const ptrdiff_t run_rows = RUN_K / (bits == 4 ? 8 : 4);
+    /* 4 bits: u - 8 (symmetric) or u, by nibble value */
+    const __m512 nibble_values = _mm512_sub_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               _mm512_set1_ps(asymmetric ? 0.0f : 8.0f));
+    for (int32_t g = 0; g < l->groups; g++) {
+        const uint8_t* group[2];
+        __m512 scale[2], zero[2]; /* zero: what is left to subtract, zp + 8 (4 bits) or zp (8 bits) */
+        for (int pi = 0; pi < panels; pi++) {
+            group[pi] = qk_vnni16_group(p->packed, l, panel + pi, g);
+            scale[pi] = _mm512_load_ps((const float*)group[pi]);
+            zero[pi] = _mm512_cvtepi32_ps(_mm512_load_si512((const void*)(group[pi] + 64)));
+            if (bits == 8) zero[pi] = _mm512_sub_ps(zero[pi], _mm512_set1_ps(128.0f));
+        }
+        const float* xg = x + (size_t)g * p->group_stride;
+        for (ptrdiff_t i0 = 0; i0 < l->rows; i0 += run_rows) {
+            ptrdiff_t i1 = l->rows - i0 < run_rows ? l->rows : i0 + run_rows;
+            __m512 sum[TILE_ROWS][2][CHAINS];
+            for (int r = 0; r < rows; r++)
+                for (int pi = 0; pi < panels; pi++) sum[r][pi][0] = sum[r][pi][1] = _mm512_setzero_ps();
+            for (ptrdiff_t i = i0; i < i1; i++) {
+                __m512i v[2];
+                for (int pi = 0; pi < panels; pi++) {
+                    const uint8_t* data = group[pi] + l->header_bytes + i * QK_VNNI16_ROW_BYTES;
+                    _mm_prefetch((const char*)data + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
+                    v[pi] = _mm512_load_si512((const void*)data);
+                    if (bits == 8) v[pi] = _mm512_xor_si512(v[pi], _mm512_set1_epi8((char)0x80)); /* bytes of q */
+                }
+                /* a constant trip count, unrolled, so that shifts and chain indices are constants and
+                 * the sums stay in registers (as a loop to 4 or 8, gcc left it rolled: 4 bits was
+                 * 1.4-1.6x slower at M >= 16) */
+#pragma GCC unroll 8
+                for (int t = 0; t < 8; t++) {
+                    if (bits == 8 && t == 4) break;
+                    __m512 w[2];
+                    for (int pi = 0; pi < panels; pi++) {
+                        if (bits == 4) { /* k 8i + t sits at bit 8 (t % 4) + 4 (t / 4) of its column's dword */
+                            const unsigned shift = 8 * (t % 4) + 4 * (t / 4);
+                            w[pi] = _mm512_permutexvar_ps(shift ? _mm512_srli_epi32(v[pi], shift) : v[pi], nibble_values);
+                        } else {
+                            __m512i top = t == 3 ? v[pi] : _mm512_slli_epi32(v[pi], 24 - 8 * t);
+                            w[pi] = _mm512_cvtepi32_ps(_mm512_srai_epi32(top, 24));
+                        }
+                        if (asymmetric) w[pi] = _mm512_sub_ps(w[pi], zero[pi]); /* q - zp, exact */
+                    }
+                    for (int r = 0; r < rows; r++) {
+                        __m512 xv = _mm512_set1_ps(xg[r * p->row + i * l->k_per_row + t]);
+                        for (int pi = 0; pi < panels; pi++)
+                            sum[r][pi][t % CHAINS] = _mm512_fmadd_ps(xv, w[pi], sum[r][pi][t % CHAINS]);
+                    }
+                }
+            }
+            for (int r = 0; r < rows; r++)
+                for (int pi = 0; pi < panels; pi++)
+                    qk_avx512_fold_ps(y + r * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL,
+                                      _mm512_add_ps(sum[r][pi][0], sum[r][pi][1]), scale[pi]);
+        }
+    }
+}
+
+/* Each tile shape as its own function with constant arguments: [bits 4/8][asymmetric][panels 1/2][rows]. */
+#define A16_FN(bits, asym, panels, rows)                                                                      \
+    static void a16_##bits##_##asym##_##panels##_##rows(const qk_avx512_problem* p, int32_t panel, int32_t m,  \
+                                                        double* y) {                                          \
+        a16_tile(p, bits, asym, panels, rows, panel, m, y);                                                   \
+    }
+#define A16_ROWS(bits, asym, panels)                                                                          \
+    A16_FN(bits, asym, panels, 1) A16_FN(bits, asym, panels, 2) A16_FN(bits, asym, panels, 3)                 \
+    A16_FN(bits, asym, panels, 4)
+A16_ROWS(4, 0, 1)
+A16_ROWS(4, 0, 2)
+A16_ROWS(4, 1, 1)
+A16_ROWS(4, 1, 2)
+A16_ROWS(8, 0, 1)
+A16_ROWS(8, 0, 2)
+A16_ROWS(8, 1, 1)
+A16_ROWS(8, 1, 2)
+
+typedef void a16_fn(const qk_avx512_problem* p, int32_t panel, int32_t m, double* y);
+#define A16_TABLE(bits, asym, panels)                                                                         \
+    {a16_##bits##_##asym##_##panels##_1, a16_##bits##_##asym##_##panels##_2, a16_##bits##_##asym##_##panels##_3, \
+     a16_##bits##_##asym##_##panels##_4}
+static a16_fn* const shapes[2][2][2][TILE_ROWS] = {
+    {{A16_TABLE(4, 0, 1), A16_TABLE(4, 0, 2)}, {A16_TABLE(4, 1, 1), A16_TABLE(4, 1, 2)}},
+    {{A16_TABLE(8, 0, 1), A16_TABLE(8, 0, 2)}, {A16_TABLE(8, 1, 1), A16_TABLE(8, 1, 2)}},
+};
+
+static void tile(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int rows, double* y) {
+    shapes[p->w->bits == 8][p->asymmetric][panels - 1][rows - 1](p, panel, m, y);
+}
+
+size_t qk_avx512_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
+    (void)threads;
+    qk_avx512_problem p = qk_avx512_problem_of(w, a);
+    return qk_avx512_buffers(&p, 1, NULL);
+}
+
+qk_status qk_avx512_a16_4x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
+    qk_avx512_problem p = qk_avx512_problem_of(w, a);
+    qk_avx512_buffers(&p, 1, exec->workspace);
+    qk_avx512_prepare_rows(exec, &p);
+    qk_avx512_run_tiles(exec, &p, TILE_ROWS, tile);
+    return QK_OK;
+}

@@ -1,0 +1,91 @@
+/* The x86_avx512 backend (AVX-512 F/BW/VL/DQ + VNNI): what its kernels share.
+ *
+ * Files: layout.h and pack.c are the vnni16 pack (shared with x86_amx); driver.c prepares rows of X
+ * and runs tiles on the thread pool; a8.c is the A8 kernel (vpdpbusd; one tile for decode and prefill),
+ * a16.c the A16 kernel (AVX-512 FMA); register.c is the kernel table. Rows of X are read and
+ * quantized, and results rounded to the output dtype, by the x86_avx2 backend's activation code
+ * (x86_avx2/activations.c): the same logic, and every machine with AVX-512 has AVX2.
+ *
+ * The emulated test build (CMake QK_EMULATE_X86) compiles these files without AVX-512: the
+ * intrinsics then come from SIMDe, plus native/tests/emulation/simde_shims.h for names SIMDe lacks. */
+#ifndef QK_AVX512_H
+#define QK_AVX512_H
+
+#ifdef QK_EMULATE_X86
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+
+#include "simde_shims.h"
+#else
+#include <immintrin.h>
+#endif
+
+#include "../x86_avx2/avx2.h"
+#include "layout.h"
+
+#define QK_AVX512_INLINE static inline __attribute__((always_inline))
+
+enum {
+    QK_AVX512_TILE_COLUMNS = 2 * QK_VNNI16_PANEL, /* a tile spans two panels */
+    QK_AVX512_MAX_TILE_ROWS = 8,
+    /* Software prefetch this far ahead of each panel's weight stream: at M = 1, 4096 x 14336, 4-bit,
+     * without it A8 took 1.07-1.15x and A16 2.1x the time; 4096 bytes ahead changed nothing. */
+    QK_AVX512_PREFETCH_BYTES = 2048,
+};
+
+/* What the tiles read. */
+typedef struct {
+    const qk_matmul_args* a;
+    const qk_weights* w;   /* shape only */
+    const uint8_t* packed;
+    qk_vnni16_layout l;
+    size_t group_stride;   /* activations per group, padded: rows * k_per_row */
+    size_t row;            /* padded activation row: groups * group_stride */
+    int asymmetric;        /* the weights have zero points */
+    int has_offsets;
+    float* x;              /* A16: float32 rows */
+    int8_t* qx;            /* A8: quantized rows */
+    int32_t* sums;         /* A8: [M][groups] sums of qx */
+    double* row_scale;     /* [M]: each row's float64 sums are multiplied by it (A16: 1 or 2^s; A8: sx or NaN) */
+} qk_avx512_problem;
+
+qk_avx512_problem qk_avx512_problem_of(const qk_kernel_weights* w, const qk_matmul_args* a);
+
+/* The workspace (rows of X as float32 for A16, else quantized with their group sums; the row
+ * scales), measured with base NULL, else laid out in base. Returns its size. */
+size_t qk_avx512_buffers(qk_avx512_problem* p, int a16, void* base);
+
+/* Fills p->x (A16, when set) or p->qx and p->sums (A8), and p->row_scale, on the pool. */
+void qk_avx512_prepare_rows(const qk_exec* exec, const qk_avx512_problem* p);
+
+/* A tile: rows [m, m + rows) of X times `panels` (1 or 2) panels from `panel`, added to y[r * 32 + c]
+ * (float64, before the row scale). */
+typedef void qk_avx512_tile_fn(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int rows, double* y);
+
+/* Every tile on the pool, tile_rows (<= QK_AVX512_MAX_TILE_ROWS) rows at a time, then each result
+ * rounded to the output. */
+void qk_avx512_run_tiles(const qk_exec* exec, const qk_avx512_problem* p, int tile_rows, qk_avx512_tile_fn* tile);
+
+/* y[0..15] += t * scale, in float64 (t: 16 int32 or float32 lanes, scale: 16 float32). */
+QK_AVX512_INLINE void qk_avx512_fold_epi32(double* y, __m512i t, __m512 scale) {
+    __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(t)), hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(t, 1));
+    __m512d s_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(scale)), s_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(scale, 1));
+    _mm512_storeu_pd(y, _mm512_fmadd_pd(lo, s_lo, _mm512_loadu_pd(y)));
+    _mm512_storeu_pd(y + 8, _mm512_fmadd_pd(hi, s_hi, _mm512_loadu_pd(y + 8)));
+}
+
+QK_AVX512_INLINE void qk_avx512_fold_ps(double* y, __m512 t, __m512 scale) {
+    __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(t)), hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(t, 1));
+    __m512d s_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(scale)), s_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(scale, 1));
+    _mm512_storeu_pd(y, _mm512_fmadd_pd(lo, s_lo, _mm512_loadu_pd(y)));
+    _mm512_storeu_pd(y + 8, _mm512_fmadd_pd(hi, s_hi, _mm512_loadu_pd(y + 8)));
+}
+
+/* ---- the kernels ---- */
+
+size_t qk_avx512_a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_avx512_a8_8x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+size_t qk_avx512_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_avx512_a16_4x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+
+#endif /* QK_AVX512_H */

@@ -1,0 +1,34 @@
+/* The x86_avx512 backend: AVX-512 F/BW/VL/DQ and VNNI (with AVX2, FMA and F16C), on the vnni16
+ * pack (layout.h); its kernels. */
+#include "avx512.h"
+
+static const qk_kernel_desc kernels[] = {
+    /* name                       mode         bits        dtypes          G multiple, max G, max M, format, canonical, workspace, run */
+    {"x86_avx512_a8_w4w8_8x32", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0,
+     qk_avx512_a8_workspace, qk_avx512_a8_8x32},
+    {"x86_avx512_a16_w4w8_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_RAGGED_GROUPS, 0,
+     qk_avx512_a16_workspace, qk_avx512_a16_4x32},
+};
+
+/* The emulated test build (QK_EMULATE_X86) runs the same kernels through SIMDe on any AVX2 machine. */
+#ifdef QK_EMULATE_X86
+#define AVX512_FEATURES 0
+#else
+#define AVX512_FEATURES                                                                                       \
+    ((1ull << QK_CPU_AVX512F) | (1ull << QK_CPU_AVX512BW) | (1ull << QK_CPU_AVX512VL) | (1ull << QK_CPU_AVX512DQ) | \
+     (1ull << QK_CPU_AVX512_VNNI))
+#endif
+
+static const qk_backend_desc backend = {
+    .size = sizeof backend,
+    .abi_version = QK_BACKEND_ABI_VERSION,
+    .name = "x86_avx512",
+    .priority = 30,
+    .required_cpu = AVX512_FEATURES | (1ull << QK_CPU_AVX2) | (1ull << QK_CPU_FMA) | (1ull << QK_CPU_F16C),
+    .pack = qk_vnni16_pack,
+    .free_packed = qk_aligned_free,
+    .kernels = kernels,
+    .kernel_count = sizeof kernels / sizeof kernels[0],
+};
+
+qk_status qk_register_x86_avx512(void) { return qk_register_backend(&backend, NULL); }

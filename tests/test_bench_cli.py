@@ -11,7 +11,7 @@ import pytest
 
 import qkernels
 from qkernels import cli
-from qkernels.bench import command, layers
+from qkernels.bench import command, layers, llm
 
 QUICK = ["--quick", "--budget", "0.001"]
 
@@ -157,3 +157,15 @@ def test_info_shows_dispatch_per_m(capsys):
         for mode in ("a16", "a8"):
             ms = [str(M) for M in cli.DISPATCH_MS if picks[mode, M].backend == b.name]
             assert (f"{mode} M={','.join(ms)}" in row) == bool(ms)
+
+
+def test_llm_copies_share_the_canonical_arrays_only_for_packs(monkeypatch):
+    """Where dispatch runs on packs of a backend's own layout, weight copies share the canonical
+    arrays (each packs its own); where a backend borrows the arrays, each copy needs its own."""
+    shared = layers.Layer(8, 256, llc=64 << 10, share_arrays=True).quantized(4, 128)
+    assert len(shared) > 1 and all(qw.data is shared[0].data for qw in shared)
+    copied = layers.Layer(8, 256, llc=64 << 10).quantized(4, 128)
+    assert not any(np.shares_memory(qw.data, copied[0].data) for qw in copied[1:])
+    own_layout = {b.name: b.own_layout for b in qkernels.backends()}
+    monkeypatch.setenv("QKERNELS_BACKEND", "ref")
+    assert llm.packs_own_layout("float16") == own_layout["ref"]

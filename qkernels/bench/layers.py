@@ -73,11 +73,13 @@ class Layer:
     """One (N, K) layer: random float32 weights, and their quantized copies and baseline forms,
     made on first use. rotate=False keeps one copy of everything (for single untimed calls)."""
 
-    def __init__(self, N: int, K: int, llc: int | None = None, rotate: bool = True, rotate_bytes: int | None = None):
+    def __init__(self, N: int, K: int, llc: int | None = None, rotate: bool = True, rotate_bytes: int | None = None,
+                 share_arrays: bool = False):
         self.N, self.K = N, K
         self.llc = llc or llc_bytes()
         self.rotate = rotate
         self.rotate_bytes = rotate_bytes or 2 * self.llc  # what the copies of one operand add up to
+        self.share_arrays = share_arrays  # quantized copies share one set of canonical arrays
         self.rng = np.random.default_rng(0)
         self.w = self.rng.standard_normal((N, K), dtype=np.float32)
         self._quantized: dict[tuple[int, int], list[qkernels.QuantizedWeight]] = {}
@@ -95,12 +97,15 @@ class Layer:
 
     def quantized(self, bits: int, group_size: int) -> list[qkernels.QuantizedWeight]:
         """Separate QuantizedWeight objects, each with its own arrays (read by the stateless path, and
-        by packs that borrow them) and its own cached packs and plans (prepare() makes them before timing)."""
+        by packs that borrow them) and its own cached packs and plans (prepare() makes them before timing).
+        With share_arrays, the objects share the arrays: half the memory where every timed call runs on
+        a pack of a backend's own layout, and no rotation anywhere else."""
         key = (bits, group_size)
         if key not in self._quantized:
             qw = qkernels.quantize_weights(self.w, bits=bits, group_size=group_size)
+            copy = (lambda a: a) if self.share_arrays else np.copy
             self._quantized[key] = [qw] + [
-                qkernels.QuantizedWeight(qw.data.copy(), qw.scales.copy(), qw.zero_points, bits, group_size, qw.shape)
+                qkernels.QuantizedWeight(copy(qw.data), copy(qw.scales), qw.zero_points, bits, group_size, qw.shape)
                 for _ in range(self.count(qw.nbytes) - 1)
             ]
         return self._quantized[key]

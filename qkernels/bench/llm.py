@@ -13,6 +13,8 @@ import statistics
 import time
 from functools import partial
 
+import numpy as np
+
 import qkernels
 
 from .baselines import BASELINES, Baseline, make_baselines
@@ -52,16 +54,23 @@ COLUMNS = {"layer": ("layer", 10, None), "M": ("M", 4, 0), "row": ("label", 11, 
 
 def read_bandwidth(nbytes: int) -> Candidate:
     """Sums of a float64 buffer of nbytes, on torch's threads (NumPy's one where torch is missing):
-    a read stream with little arithmetic per byte (float32 sums are bound by their adds here)."""
+    a plain read stream with little arithmetic per byte (float32 sums are bound by their adds)."""
     try:
         import torch
 
         buffer, how = torch.ones(nbytes // 8, dtype=torch.float64), "torch float64 sum"
     except ImportError:
-        import numpy as np
-
         buffer, how = np.ones(nbytes // 8), "NumPy float64 sum (one thread)"
     return Candidate(f"read bandwidth: {how}, {nbytes >> 20} MiB", "-", buffer.nbytes, 0, [buffer.sum])
+
+
+def packs_own_layout(dtype: str) -> bool:
+    """Whether the kernels automatic dispatch picks for ROWS run on a pack of their backend's own
+    layout (the pack of qkernels.matmul's plan is that of its M = 1 choice): then a call reads
+    only its pack, and weight copies need not copy the canonical arrays."""
+    own_layout = {b.name: b.own_layout for b in qkernels.backends()}
+    qw = qkernels.quantize_weights(np.zeros((64, 512), np.float32), bits=4, group_size=128)
+    return all(own_layout[qkernels.select(np.zeros((1, 512), dtype), qw, mode).backend] for mode, _ in ROWS)
 
 
 def _ratio_title(M: int, row: str, other: str, target: float) -> str:
@@ -155,15 +164,17 @@ def run(args, llc: int, memory: int) -> list[dict]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = args.threads or cores
     rotate_bytes, bandwidth_bytes = min(2 * llc, memory), min(4 * llc, memory)
+    share_arrays = packs_own_layout(args.dtype)
     print(f"LLM layers: activations {args.dtype}, M = {', '.join(map(str, ms))}; {threads} threads for qkernels and "
           f"torch ({cores} usable cores); qkernels with automatic dispatch; every qkernels result checked "
           f"against the reference ({CHECK_ROWS} rows at most)")
     print(f"weights rotated past the LLC ({llc >> 20} MiB): each row cycles through weight copies of "
           f"{rotate_bytes >> 20} MiB or more (2x LLC = {2 * llc >> 20} MiB, capped at {memory >> 20} MiB, --memory-mib)"
+          + ("; qkernels' copies are of the packs it reads (the canonical arrays shared)" if share_arrays else "")
           + ("" if rotate_bytes > llc else ": NOT past the LLC, raise --memory-mib"))
     print(f"activations: {ACTIVATION_COPIES} copies (a layer's input is fresh from the layer before)")
     print(f"memory floor (M = 1): weight bytes read (packed weights + scales) / read bandwidth, the best of "
-          f"sums over {bandwidth_bytes >> 20} MiB (4x LLC, capped) timed in turns with the decode rows")
+          f"plain sums over {bandwidth_bytes >> 20} MiB (4x LLC, capped) timed in turns with the decode rows")
     print(f"time: median of >= {MIN_REPEATS} calls, {args.budget:g} s per row, the rows of one layer and M in turns\n")
     restore_torch_threads = _torch_threads(threads)
     previous = qkernels.get_num_threads()
@@ -172,7 +183,7 @@ def run(args, llc: int, memory: int) -> list[dict]:
     try:
         print_table(COLUMNS, [])
         for N, K in shapes:
-            layer = Layer(N, K, llc, rotate_bytes=rotate_bytes)
+            layer = Layer(N, K, llc, rotate_bytes=rotate_bytes, share_arrays=share_arrays)
             configs = [(mode, bits, group_size_for(bits, K, args.group_size)) for mode, bits in ROWS]
             baselines = make_baselines(layer, args.dtype, (BF16, INT8))
             for name, why in baselines.items():

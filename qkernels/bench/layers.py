@@ -132,7 +132,8 @@ class Layer:
         return Candidate(name, label, weight_bytes, xs[0].nbytes, calls, checker(qw, xs[0], kernel.mode),
                          kernel.backend)
 
-    def auto_candidate(self, mode: str, bits: int, group_size: int, xs: list, check_rows: int | None = None) -> Candidate:
+    def auto_candidate(self, mode: str, bits: int, group_size: int, xs: list,
+                       check_rows: int | None = None) -> Candidate:
         """qkernels.matmul with automatic dispatch, on plans made before timing, named by the kernel
         it picks for these activations. check_rows: check that many rows (from both ends) only."""
         qws = self.quantized(bits, group_size)

@@ -18,7 +18,7 @@ import numpy as np
 import qkernels
 
 from .baselines import BASELINES, Baseline, make_baselines
-from .layers import Candidate, Layer, group_size_for, weights_label
+from .layers import Candidate, Layer, group_size_for
 from .report import print_table
 from .sweep import check_row
 from .timing import MIN_REPEATS, measure_together
@@ -174,7 +174,8 @@ def run(args, llc: int, memory: int) -> list[dict]:
           + ("" if rotate_bytes > llc else ": NOT past the LLC, raise --memory-mib"))
     print(f"activations: {ACTIVATION_COPIES} copies (a layer's input is fresh from the layer before)")
     print(f"memory floor (M = 1): weight bytes read (packed weights + scales) / read bandwidth, the best of "
-          f"plain sums over {bandwidth_bytes >> 20} MiB (4x LLC, capped) timed in turns with the decode rows")
+          f"plain sums over {bandwidth_bytes >> 20} MiB (4x LLC, capped) timed in turns with the decode rows; "
+          "its row's GB/s: the best sum's")
     print(f"time: median of >= {MIN_REPEATS} calls, {args.budget:g} s per row, the rows of one layer and M in turns\n")
     restore_torch_threads = _torch_threads(threads)
     previous = qkernels.get_num_threads()

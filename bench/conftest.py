@@ -1,6 +1,7 @@
 """pytest-benchmark suite configuration: which layers and M values run, and the shared layer.
 
-Smoke mode (--bench-smoke, or QKERNELS_BENCH_SMOKE=1) keeps only the smallest layer at M=1.
+Smoke mode (--bench-smoke, or QKERNELS_BENCH_SMOKE=1) keeps only the smallest layer at M=1, and
+gives `qkernels bench --llm --quick` 1 ms per row and 64 MiB of weight copies.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ def pytest_addoption(parser):
 
 def _smoke(config) -> bool:
     return config.getoption("--bench-smoke") or os.environ.get("QKERNELS_BENCH_SMOKE", "0") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def smoke(pytestconfig) -> bool:
+    return _smoke(pytestconfig)
 
 
 def pytest_generate_tests(metafunc):

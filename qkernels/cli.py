@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+DISPATCH_MS = (1, 16, 512)  # decode, a short batch, prefill: the activation rows `qkernels info` shows
+
 
 def info(_args: argparse.Namespace) -> int:
     import qkernels
@@ -21,21 +23,33 @@ def info(_args: argparse.Namespace) -> int:
     env = os.environ.get("QKERNELS_BACKEND")
     if env:
         print(f"QKERNELS_BACKEND={env} (forces automatic dispatch)")
-    # What automatic dispatch picks for a typical LLM layer: 4-bit, group 128, float16 activations.
-    qw = qkernels.quantize_weights(np.zeros((8, 256), dtype=np.float32), bits=4, group_size=128)
-    x = np.zeros((1, 256), dtype=np.float16)
-    chosen = {}
+    # What automatic dispatch (qkernels.matmul's plan) picks for a typical LLM layer: 4-bit, group
+    # 128, float16 activations, decode to prefill. Selection reads no data: zeros will do.
+    qw = qkernels.quantize_weights(np.zeros((64, 512), dtype=np.float32), bits=4, group_size=128)
+    chosen = {}  # (mode, M) -> KernelInfo
     for mode in ("a16", "a8"):
-        try:
-            chosen[mode] = qkernels.select(x, qw, mode)
-        except qkernels.QKernelsError as error:
-            print(f"dispatch for mode {mode}: {error}")
+        for M in DISPATCH_MS:
+            try:
+                chosen[mode, M] = qkernels.select(np.zeros((M, 512), dtype=np.float16), qw, mode)
+            except qkernels.QKernelsError as error:
+                print(f"dispatch for mode {mode}, M = {M}: {error}")
+    header = f"chosen (M = {','.join(map(str, DISPATCH_MS))})"
     print()
-    print(f"{'backend':18} {'compiled':9} {'detected':9} {'chosen':12} note")
+    print(f"{'backend':18} {'compiled':9} {'detected':9} {header:28} note")
     for b in dispatch.backends():
-        picked = ",".join(mode for mode, k in chosen.items() if k.backend == b.name) or "-"
+        picked = []  # e.g. "a8 M=1,16": the modes and M this backend runs
+        for mode in ("a16", "a8"):
+            ms = [str(M) for M in DISPATCH_MS if (mode, M) in chosen and chosen[mode, M].backend == b.name]
+            picked += [f"{mode} M={','.join(ms)}"] if ms else []
+        picked = "; ".join(picked) or "-"
         yes = lambda flag: "yes" if flag else "no"  # noqa: E731
-        print(f"{b.name:18} {yes(b.compiled):9} {yes(b.detected):9} {picked:12} {b.reason}")
+        print(f"{b.name:18} {yes(b.compiled):9} {yes(b.detected):9} {picked:28} {b.reason}".rstrip())
+    print()
+    print("automatic dispatch (qkernels.matmul), 4-bit weights in groups of 128, float16 activations:")
+    print(f"{'mode':5} " + " ".join(f"{f'M = {M}':28}" for M in DISPATCH_MS).rstrip())
+    for mode in ("a16", "a8"):
+        print(f"{mode:5} " + " ".join(f"{chosen[mode, M].name if (mode, M) in chosen else '-':28}"
+                                      for M in DISPATCH_MS).rstrip())
     print()
     print(f"{'kernel':28} {'backend':18} {'mode':5} {'bits':5} {'group size':14} {'best for M':10} available")
     for k in dispatch.kernels():

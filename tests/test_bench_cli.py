@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 import qkernels
 from qkernels import cli
-from qkernels.bench import command, layers
+from qkernels.bench import command, layers, llm
 
 QUICK = ["--quick", "--budget", "0.001"]
 
@@ -101,3 +102,70 @@ def test_bench_package_keeps_its_public_names():
 
     assert bench.measure_together is bench.timing.measure_together and bench.Layer is layers.Layer
     assert bench.group_size_for(4, 4096) == 128 and bench.group_size_for(4, 64) == 64
+
+
+def _auto_kernel(N: int, K: int, M: int, mode: str, bits: int) -> str:
+    """The kernel automatic dispatch picks for float16 activations on weights of the bench's format."""
+    qw = qkernels.quantize_weights(np.zeros((N, K), np.float32), bits=bits, group_size=layers.group_size_for(bits, K))
+    return qkernels.select(np.zeros((M, K), np.float16), qw, mode).name
+
+
+def test_llm(tmp_path, capsys):
+    """--llm: every row at each M, each qkernels row checked and named by the kernel dispatch picks,
+    the memory floor at M = 1, and the ratios in a column per layer."""
+    pytest.importorskip("torch")
+    out, report = _bench(tmp_path, capsys, "--llm", "--shapes", "64x256,32x512", "--m", "1,16,32", "--threads", "1")
+    rows = [r for r in report["rows"] if r["measurement"] == "llm"]
+    for layer, (N, K) in (("64x256", (64, 256)), ("32x512", (32, 512))):
+        for M in (1, 16, 32):
+            found = {r["key"]: r for r in rows if r["layer"] == layer and r["M"] == M}
+            qkernels_rows = {"a8 w4": ("a8", 4), "a8 w8": ("a8", 8), "a16 w4": ("a16", 4)}
+            baselines = {"torch linear bf16", "torch dynamic int8 (fbgemm)"}
+            assert set(found) == set(qkernels_rows) | baselines | ({"memory floor"} if M == 1 else set())
+            for key, (mode, bits) in qkernels_rows.items():
+                row = found[key]
+                assert row["check"] == "ok" and row["name"] == _auto_kernel(N, K, M, mode, bits)
+                assert row["median_ms"] > 0 and ("vs_floor" in row) == (M == 1)
+                assert f"{layer:<10}  {M:>4}  {row['label']:<11}  {row['name']}" in out
+    ratios = [r for r in report["rows"] if r["measurement"] == "llm-ratio"]
+    assert [r["M"] for r in ratios] == [32] * 5 + [1, 1, 16]  # prefill: the largest M
+    assert all(r["64x256"] > 0 and r["32x512"] > 0 for r in ratios)
+    lines = out.splitlines()
+    for ratio in ratios:
+        line = next(line for line in lines if line.startswith(ratio["ratio"]))
+        assert line.count("met") == 2  # "met" or "NOT met", for each layer
+    assert "read bandwidth" in out and "qkernels backends used:" in out
+
+
+def test_llm_restores_the_thread_counts(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    before = (qkernels.get_num_threads(), torch.get_num_threads())
+    _bench(tmp_path, capsys, "--llm", "--shapes", "16x256", "--m", "1", "--threads", "1")
+    assert (qkernels.get_num_threads(), torch.get_num_threads()) == before
+
+
+def test_info_shows_dispatch_per_m(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    qw = qkernels.quantize_weights(np.zeros((64, 512), np.float32), bits=4, group_size=128)
+    picks = {(mode, M): qkernels.select(np.zeros((M, 512), np.float16), qw, mode)
+             for mode in ("a16", "a8") for M in cli.DISPATCH_MS}
+    for mode in ("a16", "a8"):
+        assert f"{mode:5} " + " ".join(f"{picks[mode, M].name:28}" for M in cli.DISPATCH_MS).rstrip() in out
+    for b in qkernels.backends():
+        row = next(line for line in out.splitlines() if line.startswith(f"{b.name} "))
+        for mode in ("a16", "a8"):
+            ms = [str(M) for M in cli.DISPATCH_MS if picks[mode, M].backend == b.name]
+            assert (f"{mode} M={','.join(ms)}" in row) == bool(ms)
+
+
+def test_llm_copies_share_the_canonical_arrays_only_for_packs(monkeypatch):
+    """Where dispatch runs on packs of a backend's own layout, weight copies share the canonical
+    arrays (each packs its own); where a backend borrows the arrays, each copy needs its own."""
+    shared = layers.Layer(8, 256, llc=64 << 10, share_arrays=True).quantized(4, 128)
+    assert len(shared) > 1 and all(qw.data is shared[0].data for qw in shared)
+    copied = layers.Layer(8, 256, llc=64 << 10).quantized(4, 128)
+    assert not any(np.shares_memory(qw.data, copied[0].data) for qw in copied[1:])
+    own_layout = {b.name: b.own_layout for b in qkernels.backends()}
+    monkeypatch.setenv("QKERNELS_BACKEND", "ref")
+    assert llm.packs_own_layout("float16") == own_layout["ref"]

@@ -32,17 +32,19 @@ class Baseline:
     convert: Callable[[np.ndarray], Any]  # the benchmark's NumPy activations -> this input
 
 
-def make_baselines(layer: Layer, dtype: str) -> dict[str, Baseline | str]:
-    """Each of BASELINES on the layer's weights for activations of `dtype`, or why it cannot run here."""
-    w32 = layer.copies(layer.w)
+def make_baselines(layer: Layer, dtype: str, names: tuple[str, ...] = BASELINES) -> dict[str, Baseline | str]:
+    """Each of `names` (of BASELINES) on the layer's weights for activations of `dtype`, or why it
+    cannot run here. Only these are made: their weight copies take memory."""
     N, K = layer.N, layer.K
-    result: dict[str, Baseline | str] = {
-        BASELINES[0]: Baseline("f32", layer.w.nbytes, w32, lambda x, w: x @ w.T, lambda x: x.astype(np.float32))
-    }
+    result: dict[str, Baseline | str] = {}
+    w32 = layer.copies(layer.w) if {BASELINES[0], BASELINES[1]} & set(names) else []  # shared by both
+    if BASELINES[0] in names:
+        result[BASELINES[0]] = Baseline("f32", layer.w.nbytes, w32, lambda x, w: x @ w.T,
+                                        lambda x: x.astype(np.float32))
     try:
         import torch
     except ImportError:
-        return result | {name: "torch is not installed" for name in BASELINES[1:]}
+        return result | {name: "torch is not installed" for name in BASELINES[1:] if name in names}
     F = torch.nn.functional
 
     def f32(x):
@@ -77,6 +79,8 @@ def make_baselines(layer: Layer, dtype: str) -> dict[str, Baseline | str]:
         BASELINES[4]: int8pack,
     }
     for name, build in builders.items():
+        if name not in names:
+            continue
         try:
             with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
                 warnings.simplefilter("ignore")

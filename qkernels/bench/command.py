@@ -7,7 +7,7 @@ import sys
 
 import qkernels
 
-from . import contended, overhead, stateless, sweep
+from . import contended, llm, overhead, stateless, sweep
 from .layers import BITS, MODES, llc_bytes
 from .report import print_system, system_info, write_json
 from .timing import MIN_REPEATS
@@ -58,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds of timed calls per row, at least {MIN_REPEATS} calls (default 2, --quick 0.3)")
     parser.add_argument("--max-call", type=float,
                         help="skip a row whose single call is estimated to take longer (default 5 s, --quick 1 s)")
+    parser.add_argument("--threads", type=int,
+                        help="--llm: threads for qkernels and torch (default: the cores this process may use)")
+    parser.add_argument("--memory-mib", type=int,
+                        help=f"cap on the memory bandwidth buffers (4x LLC) and on the weight copies of one --llm "
+                        f"row (2x LLC), in MiB (default {llm.MEMORY_MIB}, --quick {llm.QUICK_MEMORY_MIB})")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the command, the machine description and every row as JSON")
     focused = parser.add_argument_group(
@@ -71,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     focused.add_argument("--contended", action="store_true",
                          help="decode, 4-bit g128, on 1 and 2 threads, quiet and with a process spinning on "
                          "one core (target: contended 2 threads / 1 <= 1.3)")
+    focused.add_argument("--llm", action="store_true",
+                         help="issue 16's figures: 4096x14336 and 4096x4096 at M=1,16,512, qkernels A8 4-bit g128, "
+                         "A8 8-bit per channel and A16 4-bit g128 (automatic dispatch) against torch bf16 "
+                         "F.linear, torch dynamic int8 and, at M=1, the memory floor, with their ratios "
+                         "(--quick: 4096x4096 only, shorter rows, 256 MiB of copies)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
         kernels = [k for k in kernels if k.backend == args.backend]
 
     llc = llc_bytes()
-    system = system_info(llc)
+    memory = (args.memory_mib or (llm.QUICK_MEMORY_MIB if args.quick else llm.MEMORY_MIB)) << 20
+    system = system_info(llc, min(max(4 * llc, 64 << 20), memory))
     print_system(system)
     focused = [(args.overhead, lambda: overhead.run(args)), (args.stateless, lambda: stateless.run(args, llc)),
-               (args.contended, lambda: contended.run(args, llc))]
+               (args.contended, lambda: contended.run(args, llc)), (args.llm, lambda: llm.run(args, llc, memory))]
     measurements = [measure for chosen, measure in focused if chosen] or [lambda: sweep.run(args, kernels, llc)]
     rows: list[dict] = []
     try:

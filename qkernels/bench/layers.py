@@ -73,18 +73,22 @@ class Layer:
     """One (N, K) layer: random float32 weights, and their quantized copies and baseline forms,
     made on first use. rotate=False keeps one copy of everything (for single untimed calls)."""
 
-    def __init__(self, N: int, K: int, llc: int | None = None, rotate: bool = True):
+    def __init__(self, N: int, K: int, llc: int | None = None, rotate: bool = True, rotate_bytes: int | None = None,
+                 share_arrays: bool = False):
         self.N, self.K = N, K
         self.llc = llc or llc_bytes()
         self.rotate = rotate
+        self.rotate_bytes = rotate_bytes or 2 * self.llc  # what the copies of one operand add up to
+        self.share_arrays = share_arrays  # quantized copies share one set of canonical arrays
         self.rng = np.random.default_rng(0)
         self.w = self.rng.standard_normal((N, K), dtype=np.float32)
         self._quantized: dict[tuple[int, int], list[qkernels.QuantizedWeight]] = {}
         self._baselines: dict[str, dict[str, Baseline | str]] = {}
 
     def count(self, nbytes: int) -> int:
-        """How many copies of an operand of nbytes calls cycle through: together, over twice the LLC."""
-        return max(1, min(MAX_COPIES, math.ceil(2 * self.llc / nbytes))) if self.rotate else 1
+        """How many copies of an operand of nbytes calls cycle through: together, rotate_bytes or more
+        (by default twice the LLC)."""
+        return max(1, min(MAX_COPIES, math.ceil(self.rotate_bytes / nbytes))) if self.rotate else 1
 
     def copies(self, array: Any) -> list:
         """A NumPy array or torch tensor and enough copies of it to rotate past the cache."""
@@ -93,43 +97,52 @@ class Layer:
 
     def quantized(self, bits: int, group_size: int) -> list[qkernels.QuantizedWeight]:
         """Separate QuantizedWeight objects, each with its own arrays (read by the stateless path, and
-        by packs that borrow them) and its own cached packs and plans (prepare() makes them before timing)."""
+        by packs that borrow them) and its own cached packs and plans (prepare() makes them before timing).
+        With share_arrays, the objects share the arrays: half the memory where every timed call runs on
+        a pack of a backend's own layout, and no rotation anywhere else."""
         key = (bits, group_size)
         if key not in self._quantized:
             qw = qkernels.quantize_weights(self.w, bits=bits, group_size=group_size)
+            copy = (lambda a: a) if self.share_arrays else np.copy
             self._quantized[key] = [qw] + [
-                qkernels.QuantizedWeight(qw.data.copy(), qw.scales.copy(), qw.zero_points, bits, group_size, qw.shape)
+                qkernels.QuantizedWeight(copy(qw.data), copy(qw.scales), qw.zero_points, bits, group_size, qw.shape)
                 for _ in range(self.count(qw.nbytes) - 1)
             ]
         return self._quantized[key]
 
-    def activations(self, M: int, dtype: str) -> list[np.ndarray]:
-        return self.copies(self.rng.standard_normal((M, self.K), dtype=np.float32).astype(dtype))
+    def activations(self, M: int, dtype: str, copies: int | None = None) -> list[np.ndarray]:
+        """Random activations and copies of them: `copies` in all, or enough to rotate past the cache."""
+        x = self.rng.standard_normal((M, self.K), dtype=np.float32).astype(dtype)
+        return [x] + [x.copy() for _ in range(copies - 1)] if copies else self.copies(x)
 
     def kernel_candidate(self, kernel: qkernels.dispatch.KernelInfo, bits: int, group_size: int, xs: list) -> Candidate:
         """One registered kernel, forced with kernel=, on the path that runs it: qkernels.matmul on
         a plan (packed weights), or, for a canonical variant of a backend with its own layout, which
         cannot run on packed weights, the stateless quantized_matmul, named "(stateless)"."""
         qws = self.quantized(bits, group_size)
-        qw, x, dtype = qws[0], xs[0], xs[0].dtype.name
+        qw = qws[0]
         own_layout = next(b.own_layout for b in qkernels.backends() if b.name == kernel.backend)
         if kernel.canonical and own_layout:
             name, run, weight_bytes = f"{kernel.name} (stateless)", stateless_call, qw.nbytes
         else:
-            prepare(qws, x, kernel.mode, kernel.name)
-            name, run = kernel.name, prepared_call
-            # The backend's pack, or the canonical arrays, which a backend without a layout of its own borrows.
-            pack = qw.packed(qkernels.dispatch.backend_code(kernel.backend))
-            weight_bytes = qkernels.lib.qk_packed_size(pack) if own_layout else qw.nbytes
-
-        def check(y):
-            reference.assert_matmul_close(
-                y, x, dtype, qw.data, qw.scales, qw.zero_points, bits, group_size, kernel.mode
-            )
-
+            prepare(qws, xs[0], kernel.mode, kernel.name)
+            name, run, weight_bytes = kernel.name, prepared_call, read_bytes(qw, kernel.backend)
         calls = rotation(partial(run, mode=kernel.mode, kernel=kernel.name), xs, qws)
         label = f"{kernel.mode} {weights_label(bits, group_size, self.K)}"
-        return Candidate(name, label, weight_bytes, x.nbytes, calls, check, kernel.backend)
+        return Candidate(name, label, weight_bytes, xs[0].nbytes, calls, checker(qw, xs[0], kernel.mode),
+                         kernel.backend)
+
+    def auto_candidate(self, mode: str, bits: int, group_size: int, xs: list,
+                       check_rows: int | None = None) -> Candidate:
+        """qkernels.matmul with automatic dispatch, on plans made before timing, named by the kernel
+        it picks for these activations. check_rows: check that many rows (from both ends) only."""
+        qws = self.quantized(bits, group_size)
+        prepare(qws, xs[0], mode)
+        kernel = qkernels.select(xs[0], qws[0], mode)
+        calls = rotation(partial(prepared_call, mode=mode), xs, qws)
+        label = f"{mode} {weights_label(bits, group_size, self.K)}"
+        return Candidate(kernel.name, label, read_bytes(qws[0], kernel.backend), xs[0].nbytes, calls,
+                         checker(qws[0], xs[0], mode, check_rows), kernel.backend, auto=True)
 
     def baselines(self, dtype: str) -> dict[str, Baseline | str]:
         """Each of BASELINES, or why it cannot run here."""
@@ -141,6 +154,26 @@ class Layer:
         inputs = [baseline.convert(x) for x in xs]
         calls = rotation(baseline.run, inputs, baseline.weights)
         return Candidate(name, baseline.label, baseline.weight_bytes, inputs[0].nbytes, calls)
+
+
+def read_bytes(qw: qkernels.QuantizedWeight, backend: str) -> int:
+    """The weight bytes a prepared call on `backend` reads: its pack (packed weights and scales), or
+    the canonical arrays, which a backend without a layout of its own borrows."""
+    if next(b.own_layout for b in qkernels.backends() if b.name == backend):
+        return qkernels.lib.qk_packed_size(qw.packed(qkernels.dispatch.backend_code(backend)))
+    return qw.nbytes
+
+
+def checker(qw: qkernels.QuantizedWeight, x: np.ndarray, mode: str, rows: int | None = None) -> Callable[[Any], None]:
+    """Raises AssertionError unless an output of x on qw is right; rows: checks only the first and
+    last rows/2 rows (the oracle is slow on large layers)."""
+    picked = slice(None) if rows is None or rows >= len(x) else np.r_[:rows // 2, len(x) - (rows - rows // 2):len(x)]
+
+    def check(y):
+        reference.assert_matmul_close(y[picked], x[picked], x.dtype.name, qw.data, qw.scales,
+                                      qw.zero_points, qw.bits, qw.group_size, mode)
+
+    return check
 
 
 def prepare(qws: list[qkernels.QuantizedWeight], x: Any, mode: str, kernel: str | None = None) -> None:

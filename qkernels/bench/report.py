@@ -44,7 +44,8 @@ def copy_bandwidth(nbytes: int) -> float:
     return 2 * src.nbytes / statistics.median(times) / 1e9
 
 
-def system_info(llc: int) -> dict:
+def system_info(llc: int, copy_bytes: int) -> dict:
+    """The machine and the libraries; copy_bytes: the buffer copy_bandwidth copies (over the LLC)."""
     try:
         import torch
 
@@ -63,7 +64,8 @@ def system_info(llc: int) -> dict:
         "threads": qkernels.get_num_threads(),
         "numpy": f"{np.__version__} ({_blas()})",
         "torch": torch_version,
-        "copy_gbps": copy_bandwidth(max(4 * llc, 64 << 20)),
+        "copy_bytes": copy_bytes,
+        "copy_gbps": copy_bandwidth(copy_bytes),
     }
 
 
@@ -73,7 +75,8 @@ def print_system(system: dict) -> None:
     print(f"CPU: {system['cpu']}, {system['cores']} cores ({system['usable_cores']} usable), "
           f"features: {' '.join(system['cpu_features']) or 'none'}, LLC {system['llc_bytes'] >> 20} MiB")
     print(f"NumPy {system['numpy']}; torch {system['torch']}")
-    print(f"memory copy bandwidth: {system['copy_gbps']:.1f} GB/s (np.copyto, one thread, read + write)", flush=True)
+    print(f"memory copy bandwidth: {system['copy_gbps']:.1f} GB/s (np.copyto of {system['copy_bytes'] >> 20} MiB, "
+          "one thread, read + write)", flush=True)
 
 
 def print_table(columns: dict[str, tuple[str, int, int | None]], rows: list[dict], header: bool = True) -> None:

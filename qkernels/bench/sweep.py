@@ -30,7 +30,7 @@ def _print_row(row: dict) -> None:
         print(f"    {row['note']}", flush=True)
 
 
-def _check_row(cand: Candidate, estimate: float | None, max_call: float) -> tuple[dict, int, list[float] | None]:
+def check_row(cand: Candidate, estimate: float | None, max_call: float) -> tuple[dict, int, list[float] | None]:
     """Run a candidate once (its warm-up) and check the result: the row so far, the output's bytes
     (0 when there is none), and its times: [] if it is not timed, [one call] if that call is all it
     gets, None if it is to be timed with the others."""
@@ -107,7 +107,7 @@ def run(args, kernels: list[qkernels.dispatch.KernelInfo], llc: int) -> list[dic
                 estimate = last[key][1] * M / last[key][0] if key in last else None  # time grows at most ~M
                 row = {"measurement": "layers", "layer": f"{N}x{K}", "N": N, "K": K, "M": M, "label": cand.label,
                        "name": cand.name, "backend": cand.backend, "auto": cand.auto}
-                checked, output_bytes, times = _check_row(cand, estimate, args.max_call)
+                checked, output_bytes, times = check_row(cand, estimate, args.max_call)
                 group.append((key, row | checked, cand, output_bytes, times))
             # The candidates without times take turns, each from its second copy (the check ran the first).
             measured = iter(measure_together(

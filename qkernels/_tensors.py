@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ._native import ffi, lib
+from ._native import VOID_POINTER, ffi, lib
 from .errors import DtypeError, InvalidArgumentError
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
@@ -23,14 +23,20 @@ def dtype_code(name: str) -> int:
     return _CODES[name]
 
 
-def _torch():
+def torch_module():
     """torch if the caller could have passed a tensor (it is imported), else None."""
     return sys.modules.get("torch")
 
 
 def is_torch(x: Any) -> bool:
-    torch = _torch()
+    torch = torch_module()
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def is_plain_container(x: Any) -> bool:
+    """Whether x is exactly a NumPy array or a torch tensor, not an instance of a subclass."""
+    torch = torch_module()
+    return type(x) is np.ndarray or (torch is not None and type(x) is torch.Tensor)
 
 
 @dataclass
@@ -47,10 +53,15 @@ class Buffer:
         return pointer_of(self.owner)
 
 
-def host_tensor(x: Any, argument: str):
-    """A torch tensor detached, after checking it is in host memory (this build has no GPU path)."""
-    if x.device.type != "cpu":
+def check_host(x: Any, argument: str) -> None:
+    """A torch tensor must be in host memory (this build has no GPU path)."""
+    if not x.is_cpu:  # x.device would take 0.3 us
         raise InvalidArgumentError(f"{argument} is on {x.device}; this build runs on the CPU only")
+
+
+def host_tensor(x: Any, argument: str):
+    """A torch tensor detached, after checking it is in host memory."""
+    check_host(x, argument)
     return x.detach()
 
 
@@ -77,28 +88,28 @@ def float_buffer(x: Any, argument: str) -> Buffer:
         return Buffer(np.ascontiguousarray(x, dtype=native), name, x.shape, "numpy")  # C reads native byte order
     if not is_torch(x):
         raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
-    torch = _torch()
+    torch = torch_module()
     names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
     if x.dtype not in names:
         raise DtypeError(f"{argument} has dtype {x.dtype}; expected float32, float16 or bfloat16")
     return Buffer(host_tensor(x, argument).contiguous(), names[x.dtype], tuple(x.shape), "torch")
 
 
-def int_array(x: Any, argument: str, dtype) -> np.ndarray:
+def int_array(x: Any, argument: str, dtype: np.dtype) -> np.ndarray:
     """A NumPy (or torch) integer/float array as contiguous NumPy of exactly `dtype`, unconverted."""
-    if is_torch(x):
-        x = host_tensor(x, argument).numpy()
     if not isinstance(x, np.ndarray):
-        raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
-    if x.dtype.newbyteorder("=") != np.dtype(dtype):
-        raise DtypeError(f"{argument} has dtype {x.dtype}; expected {np.dtype(dtype).name}")
+        if not is_torch(x):
+            raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
+        x = host_tensor(x, argument).numpy()
+    if x.dtype != dtype and x.dtype.newbyteorder("=") != dtype:  # the first test alone is cheap (0.05 us)
+        raise DtypeError(f"{argument} has dtype {x.dtype}; expected {dtype.name}")
     return np.ascontiguousarray(x, dtype=dtype)
 
 
 def empty_like_kind(kind: str, shape: tuple[int, ...], dtype: str):
     """A new uninitialised output of the given kind ("numpy" or "torch")."""
     if kind == "torch":
-        torch = _torch()
+        torch = torch_module()
         return torch.empty(shape, dtype=getattr(torch, dtype), device="cpu")  # whatever the default device
     if dtype == "bfloat16":
         try:
@@ -112,5 +123,5 @@ def empty_like_kind(kind: str, shape: tuple[int, ...], dtype: str):
 def pointer_of(array) -> Any:
     """cffi pointer to the first element of a contiguous array or tensor."""
     if not isinstance(array, np.ndarray) and is_torch(array):  # an array is no tensor: no need to ask
-        return ffi.cast("void *", array.data_ptr())
+        return ffi.cast(VOID_POINTER, array.data_ptr())
     return ffi.from_buffer(array)  # 0.4 us; array.ctypes.data takes 1.4 us

@@ -8,27 +8,33 @@ from typing import Any
 import numpy as np
 
 from . import _checks, dispatch
-from ._native import check, ffi, lib, new_struct
-from ._tensors import dtype_code, empty_like_kind, float_buffer, host_tensor, is_torch, pointer_of
+from ._native import FLOAT_ARRAY, FLOAT_POINTER, VOID_POINTER, check, ffi, lib, new_struct
+from ._tensors import (
+    check_host, dtype_code, empty_like_kind, float_buffer, is_plain_container, is_torch, pointer_of, torch_module,
+)
 from .errors import InvalidArgumentError
-from .weights import QuantizedWeight
+from .weights import QuantizedWeight, environment_backend
 
 
-def _bias_array(bias: Any, N: int):
+def _bias_pointer(bias: Any, N: int):
+    """The checked bias as float32 (or None) and a float * to it (NULL for none)."""
     if bias is None:
-        return None
+        return None, ffi.NULL
     _checks.float_array(bias, "bias")  # an integer, complex or string bias is refused, never cast
-    if is_torch(bias):
-        bias = host_tensor(bias, "bias").float().contiguous()
-    else:
+    if isinstance(bias, np.ndarray):
         bias = np.ascontiguousarray(bias, dtype=np.float32)
-    if tuple(bias.shape) != (N,):
+        pointer = ffi.from_buffer(FLOAT_ARRAY, bias)
+    else:
+        check_host(bias, "bias")
+        bias = bias.float().contiguous()  # only its pointer is taken: no need to detach it
+        pointer = ffi.cast(FLOAT_POINTER, bias.data_ptr())  # pointer_of and a cast would take 0.3 us more
+    if bias.shape != (N,):
         raise InvalidArgumentError(f"bias has shape {tuple(bias.shape)}; expected ({N},)")
-    return bias
+    return bias, pointer
 
 
-def _prepare(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any):
-    """The checked input buffer, M, a new output, the bias array and the backend id of one call."""
+def _check(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None):
+    """The checked input buffer, M and the backend id of one call."""
     _checks.instance(qw, QuantizedWeight, "qw")
     if mode not in dispatch.MODES:
         raise InvalidArgumentError(f"mode={mode!r} must be 'a16' or 'a8'")
@@ -43,20 +49,20 @@ def _prepare(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel
     if M <= 0:
         raise InvalidArgumentError(f"x has shape {buf.shape}: M={M} rows; at least one is needed")
     _checks.size(M, "M")
-    out = empty_like_kind(buf.kind, buf.shape[:-1] + (qw.N,), buf.dtype)
     # A use_backend block yields to an explicit kernel= argument (arguments outrank it).
     name = backend or (None if kernel else dispatch.forced_backend()) or "auto"
     backend_id = lib.QK_BACKEND_AUTO if name == "auto" else dispatch.backend_code(name)  # "auto": no C call
-    return buf, M, out, _bias_array(bias, qw.N), backend_id
+    return buf, M, backend_id
 
 
 def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any):
     """The output and the filled qk_matmul_args (plus what must stay alive with them)."""
-    buf, M, out, bias, backend_id = _prepare(x, qw, mode, backend, kernel, bias)
-    kernel_name = ffi.new("char[]", kernel.encode()) if kernel else ffi.NULL
+    buf, M, backend_id = _check(x, qw, mode, backend, kernel)
+    out = empty_like_kind(buf.kind, buf.shape[:-1] + (qw.N,), buf.dtype)
     args = new_struct("qk_matmul_args")
+    bias, args.bias = _bias_pointer(bias, qw.N)
+    kernel_name = ffi.new("char[]", kernel.encode()) if kernel else ffi.NULL
     args.input, args.output = buf.pointer, pointer_of(out)
-    args.bias = ffi.NULL if bias is None else ffi.cast("float *", pointer_of(bias))
     args.M, args.input_dtype, args.mode = M, dtype_code(buf.dtype), dispatch.MODES[mode]
     args.backend, args.kernel = backend_id, kernel_name
     return out, args, (buf, bias, kernel_name)
@@ -83,6 +89,56 @@ def select(x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | Non
     return dispatch.kernel_info_from_c(info)
 
 
+class _PlannedCall:
+    """What the checks of a first call established for every call of the same form: the same weights,
+    mode, backend and kernel arguments, QKERNELS_BACKEND and use_backend block, and an input of the
+    same type (exactly np.ndarray or torch.Tensor), dtype (in native byte order) and shape. Such a
+    call is one qk_plan_run: its plan, M and output shape are known. What the form does not fix is
+    checked on every call: the input's contiguity, a tensor's device, the bias."""
+
+    __slots__ = ("plan", "M", "N", "out_shape")
+
+    def __init__(self, plan, M: int, N: int, out_shape: tuple[int, ...]):
+        self.plan, self.M, self.N, self.out_shape = plan, M, N, out_shape
+
+    def run(self, x: Any, bias: Any):
+        bias, bias_pointer = _bias_pointer(bias, self.N)
+        if type(x) is np.ndarray:
+            x = np.ascontiguousarray(x)  # a copy only if x is not contiguous; its dtype is native already
+            out = np.empty(self.out_shape, x.dtype)
+            check(lib.qk_plan_run(self.plan, ffi.from_buffer(x), ffi.from_buffer(out), bias_pointer, self.M, ffi.NULL))
+            return out
+        check_host(x, "x")
+        x = x.contiguous()
+        # On the CPU whatever the default device; the shape unpacked, as torch parses that 0.4 us faster.
+        out = torch_module().empty(*self.out_shape, dtype=x.dtype, device="cpu")
+        x_pointer, out_pointer = ffi.cast(VOID_POINTER, x.data_ptr()), ffi.cast(VOID_POINTER, out.data_ptr())
+        check(lib.qk_plan_run(self.plan, x_pointer, out_pointer, bias_pointer, self.M, ffi.NULL))
+        return out
+
+
+_FORMS_KEPT = 32  # call forms remembered per weight; more are forgotten (prefill shapes vary with the prompt)
+
+
+def _form(x: Any, mode: str, backend: str | None, kernel: str | None):
+    """The key of a call's form (see _PlannedCall). QKERNELS_BACKEND is read the cheap way: a call
+    after the variable changed has another form."""
+    return (type(x), x.dtype, x.shape, mode, backend, kernel, environment_backend(), dispatch.forced_backend())
+
+
+def _planned_call(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None):
+    """A first call of its form: every check, the plan made or found; remembered for its form.
+    Returns the call and x as it runs it (contiguous, in native byte order)."""
+    buf, M, backend_id = _check(x, qw, mode, backend, kernel)
+    plan = qw.plan(dispatch.MODES[mode], dtype_code(buf.dtype), backend_id, kernel)
+    call = _PlannedCall(plan, M, qw.N, buf.shape[:-1] + (qw.N,))
+    if is_plain_container(x) and buf.owner.dtype == x.dtype:  # no conversion: what run() reads is x
+        if len(qw._forms) >= _FORMS_KEPT:
+            qw._forms.clear()
+        qw._forms[_form(x, mode, backend, kernel)] = call
+    return call, buf.owner
+
+
 def matmul(
     x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | None = None, kernel: str | None = None,
     bias: Any = None,
@@ -94,18 +150,25 @@ def matmul(
     backend, kernel: force a backend or one registered kernel (see qkernels.dispatch);
     bias: [N], applied in float32 before the single rounding to Y's dtype.
     The first call for a mode and dtype makes a plan, cached in `qw`: the kernels selected once
-    and the weights packed once per backend; every call after that is one C call. A forced
-    canonical variant (a kernel for stateless calls) runs on qw's arrays, unpacked.
+    and the weights packed once per backend. `qw` also remembers the form of each checked call
+    (see _PlannedCall): a later call of the same form is one C call after the few checks its form
+    does not settle (about 2.5 us in all at 64x64, M = 1). A forced canonical variant (a kernel for
+    stateless calls) runs on qw's arrays, unpacked.
     """
-    if _canonical_variant(kernel):
-        out, args, _alive = _args(x, qw, mode, backend, kernel, bias)
-        check(lib.qk_matmul(qw.c_weights, args))
-        return out
-    buf, M, out, bias, backend_id = _prepare(x, qw, mode, backend, kernel, bias)
-    plan = qw.plan(dispatch.MODES[mode], dtype_code(buf.dtype), backend_id, kernel)
-    bias_pointer = ffi.NULL if bias is None else ffi.cast("float *", pointer_of(bias))
-    check(lib.qk_plan_run(plan, buf.pointer, pointer_of(out), bias_pointer, M, ffi.NULL))
-    return out
+    try:
+        call = qw._forms[_form(x, mode, backend, kernel)]
+    except (AttributeError, KeyError, TypeError):  # a first call of its form, or one the checks refuse
+        if _canonical_variant(kernel):
+            out, args, _alive = _args(x, qw, mode, backend, kernel, bias)
+            check(lib.qk_matmul(qw.c_weights, args))
+            return out
+        call, x = _planned_call(x, qw, mode, backend, kernel)
+    return call.run(x, bias)
+
+
+def _shape_of(value: Any) -> tuple[int, ...]:
+    """The shape of an array, a tensor or whatever NumPy reads as an array (np.shape takes 0.3 us)."""
+    return tuple(value.shape) if isinstance(value, np.ndarray) or is_torch(value) else np.shape(value)
 
 
 def quantized_matmul(
@@ -117,9 +180,8 @@ def quantized_matmul(
     weights: int8 [N, K*bits/8]; scales: float32 [N, K/group_size]; zero_points: int8 or None.
     """
     bits = _checks.bits(bits)
-    buf_shape = np.shape(x) if not is_torch(x) else tuple(x.shape)
+    buf_shape, weights_shape = _shape_of(x), _shape_of(weights)
     K = buf_shape[-1] if len(buf_shape) else 0
-    weights_shape = np.shape(weights) if not is_torch(weights) else tuple(weights.shape)
     N = weights_shape[0] if weights_shape else 0
     if len(weights_shape) == 2 and len(buf_shape):
         K_weights = weights_shape[1] * 8 // bits

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-import os
-
 from . import _checks
-from ._native import check, ffi, lib, new_struct
+from ._native import FLOAT_ARRAY, INT8_ARRAY, check, ffi, lib, new_struct
 from ._tensors import dtype_code, empty_like_kind, float_buffer, int_array, pointer_of
 from .errors import InvalidArgumentError
+
+# QKERNELS_BACKEND as os.environ has it, read from os.environ's own dict (which every write through
+# os.environ updates): os.environ.get takes 0.7 us when the variable is unset, as it raises and
+# catches a KeyError. The raw value (bytes on POSIX) serves as a cache key.
+environment_backend = functools.partial(os.environ._data.get, os.environ.encodekey("QKERNELS_BACKEND"))
+
+INT8, FLOAT32 = np.dtype(np.int8), np.dtype(np.float32)  # the canonical arrays' dtypes
 
 _GRANULARITIES = {"tensor": lib.QK_PER_TENSOR, "channel": lib.QK_PER_CHANNEL, "group": lib.QK_PER_GROUP}
 
@@ -29,9 +35,10 @@ class QuantizedWeight:
     dtype, kind: the float dtype and container ("numpy" or "torch") the weights came from;
                  dequantize() returns the same.
     offsets:     float32 [N, NG] added after scaling (format v2: llama.cpp's "min"), or None.
-    Frozen: the native view of the arrays, the packs cached per backend and the plans cached per
-    (mode, dtype, backend, kernel), all made on first use, stay valid only while the arrays are the
-    ones given; treat their contents as read-only too.
+    Frozen: the native view of the arrays, the packs cached per backend, the plans cached per
+    (mode, dtype, backend, kernel) and the forms of matmul calls cached with their plan (qkernels.ops),
+    all made on first use, stay valid only while the arrays are the ones given; treat their contents
+    as read-only too.
     """
 
     data: np.ndarray
@@ -45,6 +52,7 @@ class QuantizedWeight:
     offsets: np.ndarray | None = None
     _packs: dict = field(default_factory=dict, init=False, repr=False)
     _plans: dict = field(default_factory=dict, init=False, repr=False)
+    _forms: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         set_field = functools.partial(object.__setattr__, self)  # frozen: only construction sets fields
@@ -54,26 +62,26 @@ class QuantizedWeight:
         set_field("group_size", _checks.group_size(self.group_size))
         if self.bits == 4 and K % 2:
             raise InvalidArgumentError(f"K={K} must be even for 4-bit weights")
-        set_field("data", int_array(self.data, "weights", np.int8))
-        set_field("scales", int_array(self.scales, "scales", np.float32))
+        set_field("data", int_array(self.data, "weights", INT8))
+        set_field("scales", int_array(self.scales, "scales", FLOAT32))
         groups = (N, -(-K // self.group_size))
         if self.data.shape != (N, K * self.bits // 8):
             raise InvalidArgumentError(f"weights has shape {self.data.shape}; expected {(N, K * self.bits // 8)}")
         if self.scales.shape != groups:
             raise InvalidArgumentError(f"scales has shape {self.scales.shape}; expected {groups}")
         if self.zero_points is not None:
-            set_field("zero_points", int_array(self.zero_points, "zero_points", np.int8))
+            set_field("zero_points", int_array(self.zero_points, "zero_points", INT8))
             if self.zero_points.shape != groups:
                 raise InvalidArgumentError(f"zero_points has shape {self.zero_points.shape}; expected {groups}")
         if self.offsets is not None:
-            set_field("offsets", int_array(self.offsets, "offsets", np.float32))
+            set_field("offsets", int_array(self.offsets, "offsets", FLOAT32))
             if self.offsets.shape != groups:
                 raise InvalidArgumentError(f"offsets has shape {self.offsets.shape}; expected {groups}")
         c = new_struct("qk_weights")
-        c.data = ffi.cast("int8_t *", pointer_of(self.data))
-        c.scales = ffi.cast("float *", pointer_of(self.scales))
-        c.zero_points = ffi.NULL if self.zero_points is None else ffi.cast("int8_t *", pointer_of(self.zero_points))
-        c.offsets = ffi.NULL if self.offsets is None else ffi.cast("float *", pointer_of(self.offsets))
+        c.data = ffi.from_buffer(INT8_ARRAY, self.data)
+        c.scales = ffi.from_buffer(FLOAT_ARRAY, self.scales)
+        c.zero_points = ffi.NULL if self.zero_points is None else ffi.from_buffer(INT8_ARRAY, self.zero_points)
+        c.offsets = ffi.NULL if self.offsets is None else ffi.from_buffer(FLOAT_ARRAY, self.offsets)
         c.N, c.K, c.group_size, c.bits = N, K, self.group_size, self.bits
         set_field("_c", c)
 
@@ -113,7 +121,7 @@ class QuantizedWeight:
         """The qk_plan for a mode, input dtype, backend id (0: automatic) and kernel name (None:
         automatic), made on first use: selected once, on weights packed once per backend.
         QKERNELS_BACKEND is part of the key, so that setting it takes effect as it does in C."""
-        key = (mode, dtype, backend, kernel, os.environ.get("QKERNELS_BACKEND"))
+        key = (mode, dtype, backend, kernel, environment_backend())
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._make_plan(mode, dtype, backend, kernel)

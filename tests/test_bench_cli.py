@@ -13,6 +13,8 @@ import qkernels
 from qkernels import cli
 from qkernels.bench import command, layers, llm
 
+from qk_support import HAVE_TORCH
+
 QUICK = ["--quick", "--budget", "0.001"]
 
 
@@ -44,12 +46,12 @@ def test_layer_table(tmp_path, capsys):
 def test_overhead(tmp_path, capsys):
     out, report = _bench(tmp_path, capsys, "--overhead")
     paths = ["qkernels.matmul (prepared)", "qk_plan_run (C, cffi)", "quantized_matmul (stateless)",
-             "qk_matmul (C, cffi)"]
+             "qk_matmul (C, cffi)"] + ["qkernels.matmul (torch tensor)"] * HAVE_TORCH
     for dtype in ("float32", "float16"):
         for mode in ("a16", "a8"):
             for path in paths:
                 assert f"{dtype:<8}  {mode:<4}  {path}" in out
-    assert len(report["rows"]) == 16 and all(r["median_us"] > 0 for r in report["rows"])
+    assert len(report["rows"]) == 4 * len(paths) and all(r["median_us"] > 0 for r in report["rows"])
 
 
 def test_stateless(tmp_path, capsys):

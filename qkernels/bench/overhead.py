@@ -6,6 +6,7 @@ makes, through cffi on preallocated buffers: qkernels.matmul against qk_plan_run
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 from functools import partial
 
@@ -23,7 +24,7 @@ N = K = 64
 DTYPES = ("float32", "float16")
 BATCH = 100  # calls per timed sample: in a sample of one call of a few microseconds, reading the clock would weigh
 GOAL_US = 5.0
-COLUMNS = {"dtype": ("dtype", 8, None), "mode": ("mode", 4, None), "path": ("path", 28, None),
+COLUMNS = {"dtype": ("dtype", 8, None), "mode": ("mode", 4, None), "path": ("path", 30, None),
            "us/call": ("median_us", 8, 2), "over C (us)": ("over_c_us", 11, 2)}
 
 
@@ -39,12 +40,19 @@ def _paths(qw: qkernels.QuantizedWeight, x: np.ndarray, mode: str) -> dict:
     c_stateless = partial(lib.qk_matmul, qw.c_weights, args)
     check(c_run())  # the bare C calls report a failure only by their status
     check(c_stateless())
-    return {
+    paths = {
         "qkernels.matmul (prepared)": (partial(prepared_call, x, qw, mode), "qk_plan_run (C, cffi)"),
         "qk_plan_run (C, cffi)": (c_run, None),
         "quantized_matmul (stateless)": (partial(stateless_call, x, qw, mode), "qk_matmul (C, cffi)"),
         "qk_matmul (C, cffi)": (c_stateless, None),
     }
+    if importlib.util.find_spec("torch"):  # the same call on a torch tensor (a torch output)
+        import torch
+
+        tensor = torch.from_numpy(x)
+        prepare([qw], tensor, mode)
+        paths["qkernels.matmul (torch tensor)"] = (partial(prepared_call, tensor, qw, mode), "qk_plan_run (C, cffi)")
+    return paths
 
 
 def _batch(call):

@@ -131,10 +131,10 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_matmul_args
 #undef QK_FMA_STEP
         }
         for (int r = 0; r < rows; r++) {
-            float t[QK_ARM_PANEL];
-            vst1q_f32(t, acc0[r]);
-            vst1q_f32(t + 4, acc1[r]);
-            for (int c = 0; c < QK_ARM_PANEL; c++) y[r][c] += t[c];
+            qk_arm_fold(&y[r][0], vget_low_f32(acc0[r]));
+            qk_arm_fold(&y[r][2], vget_high_f32(acc0[r]));
+            qk_arm_fold(&y[r][4], vget_low_f32(acc1[r]));
+            qk_arm_fold(&y[r][6], vget_high_f32(acc1[r]));
         }
     }
     int32_t n0 = panel * QK_ARM_PANEL, columns = h->N - n0 < QK_ARM_PANEL ? h->N - n0 : QK_ARM_PANEL;

@@ -1,11 +1,12 @@
 /* A16 for both ARM layouts, in baseline NEON float32.
  *
  * Per panel of 8 columns, the packed weights are dequantized once, w = float32(scale * (q - zp))
- * (q - zp in int16, exact; one rounding), into a k-major scratch of two 4-column halves, then every
- * row tile runs a float32 FMA kernel on it: 8 rows x 8 columns, per k one FMLA by element per row
- * and half, folded into float64 every 64 k. float16 and bfloat16 inputs are converted to float32 once per call, exactly (FCVTL /
- * a shift); float16 arithmetic is not used: the contract wants float32 accumulation, and
- * dequantizing in float16 would round twice. */
+ * or, with offsets, float32(scale * (q - zp) + offset) by one FMA (q - zp in int16, exact; one
+ * rounding either way), into a k-major scratch of two 4-column halves, then every row tile runs a
+ * float32 FMA kernel on it: 8 rows x 8 columns, per k one FMLA by element per row and half, folded
+ * into float64 every 64 k. float16 and bfloat16 inputs are converted to float32 once per call,
+ * exactly (FCVTL / a shift); float16 arithmetic is not used: the contract wants float32
+ * accumulation, and dequantizing in float16 would round twice. */
 #include <string.h>
 
 #include "arm_kernels.h"
@@ -15,59 +16,83 @@ enum { ROWS = 8, RUN_K = 64 };
 /* The four float32 columns of `wide` (lanes: 4 consecutive k) to rows k..k+3 of one half. */
 static inline void store_columns(float* half, int32_t k, float32x4x4_t wide) { vst4q_f32(half + (size_t)k * 4, wide); }
 
-/* int16 q - zp (8 lanes) to two float32x4, times a scale each. */
-static inline void to_float(int16x8_t d, float s_low, float s_high, float32x4_t* low, float32x4_t* high) {
-    *low = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(d))), s_low);
-    *high = vmulq_n_f32(vcvtq_f32_s32(vmovl_high_s16(d)), s_high);
+/* int16 q - zp (8 lanes) to two float32x4, times a scale each, plus an offset each when `offsets`:
+ * with an FMA, so that the weight is rounded once either way. */
+static inline void to_float(int16x8_t d, float s_low, float s_high, float o_low, float o_high, const int offsets,
+                            float32x4_t* low, float32x4_t* high) {
+    float32x4_t a = vcvtq_f32_s32(vmovl_s16(vget_low_s16(d))), b = vcvtq_f32_s32(vmovl_high_s16(d));
+    if (offsets) {
+        *low = vfmaq_n_f32(vdupq_n_f32(o_low), a, s_low);
+        *high = vfmaq_n_f32(vdupq_n_f32(o_high), b, s_high);
+    } else {
+        *low = vmulq_n_f32(a, s_low);
+        *high = vmulq_n_f32(b, s_high);
+    }
 }
 
-/* Dequantizes one panel into half[0] (columns 0-3) and half[1] (columns 4-7), [k_padded][4] each,
- * with the group padding set to exactly 0. */
-static void dequantize_panel(const qk_arm_packed* h, int32_t panel, float* const half[2]) {
-    const int8_t* w = qk_arm_panel_weights(h, panel);
+/* Dequantizes group g of one panel into half[0] (columns 0-3) and half[1] (columns 4-7), [k][4]
+ * each, from w (the group's packed weights), with the group padding set to exactly 0. */
+static inline __attribute__((always_inline)) void dequantize_group(const qk_arm_packed* h, int32_t panel,
+                                                                  int32_t g, const int8_t* w,
+                                                                  float* const half[2], const int offsets) {
     int smmla = h->k_per_register == 8;
-    for (int32_t g = 0; g < h->groups; g++) {
-        const float* s = qk_arm_scales(h, panel, g);
-        int16_t zp[QK_ARM_PANEL] = {0};
-        if (h->has_zero_points)
-            for (int c = 0; c < QK_ARM_PANEL; c++) zp[c] = qk_arm_zero_points(h, panel, g)[c];
-        int32_t end = (g + 1) * h->group_padded;
-        for (int32_t k = g * h->group_padded; k < end; k += 8) {
-            /* 8 k x 8 columns: 4 registers either way (SMMLA: one step; SDOT: two steps) */
-            int8x16_t r[4];
-            if (h->bits == 8) {
-                for (int i = 0; i < 4; i++) r[i] = vld1q_s8(w + 16 * i);
-                w += 64;
-            } else {
-                qk_arm_unpack_int4(vld1q_s8(w), &r[0], &r[1]);
-                qk_arm_unpack_int4(vld1q_s8(w + 16), &r[2], &r[3]);
-                w += 32;
-            }
-            float32x4x4_t lo[2], hi[2]; /* [half]: k..k+3 and k+4..k+7 of the half's 4 columns */
-            for (int i = 0; i < 4; i++) {
-                int16x8_t a = vmovl_s8(vget_low_s8(r[i])), b = vmovl_high_s8(r[i]);
-                if (smmla) { /* register i: columns 2i (a) and 2i+1 (b), 8 k each */
-                    int c = 2 * i;
-                    a = vsubq_s16(a, vdupq_n_s16(zp[c]));
-                    b = vsubq_s16(b, vdupq_n_s16(zp[c + 1]));
-                    to_float(a, s[c], s[c], &lo[c / 4].val[c % 4], &hi[c / 4].val[c % 4]);
-                    to_float(b, s[c + 1], s[c + 1], &lo[c / 4].val[c % 4 + 1], &hi[c / 4].val[c % 4 + 1]);
-                } else { /* register i: 4 k (step i / 2) of columns 4 (i % 2) .. + 3: a holds 2, b 2 */
-                    int c = 4 * (i % 2);
-                    float32x4x4_t* dst = i < 2 ? &lo[i % 2] : &hi[i % 2];
-                    a = vsubq_s16(a, vcombine_s16(vdup_n_s16(zp[c]), vdup_n_s16(zp[c + 1])));
-                    b = vsubq_s16(b, vcombine_s16(vdup_n_s16(zp[c + 2]), vdup_n_s16(zp[c + 3])));
-                    to_float(a, s[c], s[c + 1], &dst->val[0], &dst->val[1]);
-                    to_float(b, s[c + 2], s[c + 3], &dst->val[2], &dst->val[3]);
-                }
-            }
-            for (int i = 0; i < 2; i++) {
-                store_columns(half[i], k, lo[i]);
-                store_columns(half[i], k + 4, hi[i]);
+    const float* s = qk_arm_scales(h, panel, g);
+    float o[QK_ARM_PANEL] = {0};
+    if (offsets) memcpy(o, qk_arm_offsets(h, panel, g), sizeof o);
+    int16_t zp[QK_ARM_PANEL] = {0};
+    if (h->has_zero_points)
+        for (int c = 0; c < QK_ARM_PANEL; c++) zp[c] = qk_arm_zero_points(h, panel, g)[c];
+    int32_t begin = g * h->group_padded, end = begin + qk_arm_group_padded(h, g);
+    for (int32_t k = begin; k < end; k += 8) {
+        /* 8 k x 8 columns: 4 registers either way (SMMLA: one step; SDOT: two steps) */
+        int8x16_t r[4];
+        if (h->bits == 8) {
+            for (int i = 0; i < 4; i++) r[i] = vld1q_s8(w + 16 * i);
+            w += 64;
+        } else {
+            qk_arm_unpack_int4(vld1q_s8(w), &r[0], &r[1]);
+            qk_arm_unpack_int4(vld1q_s8(w + 16), &r[2], &r[3]);
+            w += 32;
+        }
+        float32x4x4_t lo[2], hi[2]; /* [half]: k..k+3 and k+4..k+7 of the half's 4 columns */
+        for (int i = 0; i < 4; i++) {
+            int16x8_t a = vmovl_s8(vget_low_s8(r[i])), b = vmovl_high_s8(r[i]);
+            if (smmla) { /* register i: columns 2i (a) and 2i+1 (b), 8 k each */
+                int c = 2 * i;
+                a = vsubq_s16(a, vdupq_n_s16(zp[c]));
+                b = vsubq_s16(b, vdupq_n_s16(zp[c + 1]));
+                to_float(a, s[c], s[c], o[c], o[c], offsets, &lo[c / 4].val[c % 4], &hi[c / 4].val[c % 4]);
+                to_float(b, s[c + 1], s[c + 1], o[c + 1], o[c + 1], offsets, &lo[c / 4].val[c % 4 + 1],
+                         &hi[c / 4].val[c % 4 + 1]);
+            } else { /* register i: 4 k (step i / 2) of columns 4 (i % 2) .. + 3: a holds 2, b 2 */
+                int c = 4 * (i % 2);
+                float32x4x4_t* dst = i < 2 ? &lo[i % 2] : &hi[i % 2];
+                a = vsubq_s16(a, vcombine_s16(vdup_n_s16(zp[c]), vdup_n_s16(zp[c + 1])));
+                b = vsubq_s16(b, vcombine_s16(vdup_n_s16(zp[c + 2]), vdup_n_s16(zp[c + 3])));
+                to_float(a, s[c], s[c + 1], o[c], o[c + 1], offsets, &dst->val[0], &dst->val[1]);
+                to_float(b, s[c + 2], s[c + 3], o[c + 2], o[c + 3], offsets, &dst->val[2], &dst->val[3]);
             }
         }
-        size_t pad = (size_t)(h->group_padded - h->group_size) * 4;
-        for (int i = 0; i < 2; i++) memset(half[i] + ((size_t)end * 4 - pad), 0, pad * sizeof(float));
+        for (int i = 0; i < 2; i++) {
+            store_columns(half[i], k, lo[i]);
+            store_columns(half[i], k + 4, hi[i]);
+        }
+    }
+    size_t pad = (size_t)(end - begin - qk_arm_group_length(h, g)) * 4;
+    for (int i = 0; i < 2; i++) memset(half[i] + ((size_t)end * 4 - pad), 0, pad * sizeof(float));
+}
+
+/* Dequantizes one panel, w = scale * (q - zp) (+ offset), into half[0] and half[1], [k_padded][4]
+ * each. The offsets are a per-group choice between two copies of the loop, so weights without them
+ * run the same instructions as before offsets existed. */
+static void dequantize_panel(const qk_arm_packed* h, int32_t panel, float* const half[2]) {
+    const int8_t* w = qk_arm_panel_weights(h, panel);
+    size_t group_bytes = (size_t)h->group_padded * QK_ARM_PANEL * (size_t)h->bits / 8;
+    for (int32_t g = 0; g < h->groups; g++, w += group_bytes) {
+        if (h->has_offsets)
+            dequantize_group(h, panel, g, w, half, 1);
+        else
+            dequantize_group(h, panel, g, w, half, 0);
     }
 }
 
@@ -106,10 +131,10 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_matmul_args
 #undef QK_FMA_STEP
         }
         for (int r = 0; r < rows; r++) {
-            float t[QK_ARM_PANEL];
-            vst1q_f32(t, acc0[r]);
-            vst1q_f32(t + 4, acc1[r]);
-            for (int c = 0; c < QK_ARM_PANEL; c++) y[r][c] += t[c];
+            qk_arm_fold(&y[r][0], vget_low_f32(acc0[r]));
+            qk_arm_fold(&y[r][2], vget_high_f32(acc0[r]));
+            qk_arm_fold(&y[r][4], vget_low_f32(acc1[r]));
+            qk_arm_fold(&y[r][6], vget_high_f32(acc1[r]));
         }
     }
     int32_t n0 = panel * QK_ARM_PANEL, columns = h->N - n0 < QK_ARM_PANEL ? h->N - n0 : QK_ARM_PANEL;
@@ -152,18 +177,18 @@ static void convert_rows(void* arg, int32_t begin, int32_t end, int32_t thread) 
         for (int32_t g = 0; g < h->groups; g++) {
             float* dst = c->x + (size_t)m * h->k_padded + (size_t)g * h->group_padded;
             size_t first = (size_t)m * h->K + (size_t)g * h->group_size;
-            int32_t k = 0;
+            int32_t length = qk_arm_group_length(h, g), k = 0;
             if (a->input_dtype == QK_DTYPE_F32) {
-                memcpy(dst, (const float*)a->input + first, (size_t)h->group_size * sizeof(float));
-                k = h->group_size;
+                memcpy(dst, (const float*)a->input + first, (size_t)length * sizeof(float));
+                k = length;
             }
-            for (; k + 4 <= h->group_size; k += 4) {
+            for (; k + 4 <= length; k += 4) {
                 uint16x4_t v = vld1_u16((const uint16_t*)a->input + first + k);
                 vst1q_f32(dst + k, a->input_dtype == QK_DTYPE_F16 ? vcvt_f32_f16(vreinterpret_f16_u16(v))
                                                                    : vreinterpretq_f32_u32(vshll_n_u16(v, 16)));
             }
-            for (; k < h->group_size; k++) dst[k] = qk_load_f32(a->input, a->input_dtype, first + k);
-            memset(dst + h->group_size, 0, (size_t)(h->group_padded - h->group_size) * sizeof(float));
+            for (; k < length; k++) dst[k] = qk_load_f32(a->input, a->input_dtype, first + k);
+            memset(dst + length, 0, (size_t)(qk_arm_group_padded(h, g) - length) * sizeof(float));
         }
 }
 

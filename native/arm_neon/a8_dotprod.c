@@ -7,7 +7,8 @@
  * arithmetic instructions.
  *
  * Accumulator lanes are 4 consecutive columns of one row. Groups are combined as in the SMMLA
- * kernel: exact int32 sums with zp * sum qx subtracted, float32 runs folded into float64. */
+ * kernel: exact int32 sums with zp * sum qx subtracted, offset * sum qx added, float32 runs folded
+ * into float64. */
 #include <string.h>
 
 #include "arm_kernels.h"
@@ -28,7 +29,7 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_arm_a8_prob
     for (int32_t g = 0; g < h->groups; g++) {
         int32x4_t acc[4][2];
         for (int r = 0; r < slots; r++) acc[r][0] = acc[r][1] = vdupq_n_s32(0);
-        for (int32_t k = 0; k < h->group_padded; k += 16) {
+        for (int32_t k = 0, end = qk_arm_group_padded(h, g); k < end; k += 16) {
             int8x16_t xv[4];
             for (int r = 0; r < rows; r++) xv[r] = vld1q_s8(x + (size_t)r * h->k_padded);
             x += 16;
@@ -72,6 +73,14 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_arm_a8_prob
         }
         for (int r = 0; r < rows; r++)
             for (int q = 0; q < 2; q++) run[r][q] = vfmaq_f32(run[r][q], qk_arm_sum_to_float(acc[r][q], bits), scales[q]);
+        if (h->has_offsets) {
+            const float* of = qk_arm_offsets(h, panel, g);
+            float32x4_t offsets[2] = {vld1q_f32(of), vld1q_f32(of + 4)};
+            for (int r = 0; r < rows; r++) {
+                float xs = (float)p->sums[(size_t)(row + r) * h->groups + g]; /* exact: |xs| <= 127 G < 2^24 */
+                for (int q = 0; q < 2; q++) run[r][q] = vfmaq_n_f32(run[r][q], offsets[q], xs);
+            }
+        }
 
         if ((g + 1) % QK_ARM_FOLD_GROUPS == 0 || g + 1 == h->groups)
             for (int r = 0; r < rows; r++)

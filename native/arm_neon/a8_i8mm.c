@@ -8,8 +8,8 @@
  *
  * Accumulator lanes are [r0c0, r0c1, r1c0, r1c1] for rows 2p, 2p+1 and columns 2c, 2c+1. Per
  * group, the int32 sums become exact integers sum qx * (q - zp) = sum qx * q - zp * sum qx, then
- * float32 scale * acc terms, summed in float32 over QK_ARM_FOLD_GROUPS groups and folded into
- * float64 (docs/numerics.md readings 5 and 14). */
+ * float32 terms scale * acc + offset * sum qx, summed in float32 over QK_ARM_FOLD_GROUPS groups and
+ * folded into float64 (docs/numerics.md readings 5 and 14). */
 #include <string.h>
 
 #include "arm_kernels.h"
@@ -40,8 +40,8 @@ static inline __attribute__((always_inline)) void tile_pairs(const qk_arm_a8_pro
         int32x4_t acc[2][4];
         for (int i = 0; i < pairs; i++)
             for (int c = 0; c < 4; c++) acc[i][c] = vdupq_n_s32(0);
-#pragma GCC unroll 2 /* group_padded / 8 is even */
-        for (int32_t k = 0; k < h->group_padded; k += 8) {
+#pragma GCC unroll 2 /* a group's padded length / 8 is even */
+        for (int32_t k = 0, end = qk_arm_group_padded(h, g); k < end; k += 8) {
             int8x16_t wv[4];
             if (bits == 8) {
                 for (int c = 0; c < 4; c++) wv[c] = vld1q_s8(w + 16 * c);
@@ -72,6 +72,16 @@ static inline __attribute__((always_inline)) void tile_pairs(const qk_arm_a8_pro
         for (int i = 0; i < pairs; i++)
             for (int c = 0; c < 4; c++)
                 run[i][c] = vfmaq_f32(run[i][c], qk_arm_sum_to_float(acc[i][c], bits), pair_f32(scales[c / 2], c % 2));
+        if (h->has_offsets) {
+            const float* of = qk_arm_offsets(h, panel, g);
+            float32x4_t offsets[2] = {vld1q_f32(of), vld1q_f32(of + 4)};
+            for (int i = 0; i < pairs; i++) {
+                const int32_t* s = p->sums + (size_t)(row + 2 * i) * h->groups + g;
+                /* exact: |sum qx| <= 127 G < 2^24 */
+                float32x4_t rows_sum = vcvtq_f32_s32(vcombine_s32(vdup_n_s32(s[0]), vdup_n_s32(s[h->groups])));
+                for (int c = 0; c < 4; c++) run[i][c] = vfmaq_f32(run[i][c], rows_sum, pair_f32(offsets[c / 2], c % 2));
+            }
+        }
 
         if ((g + 1) % QK_ARM_FOLD_GROUPS == 0 || g + 1 == h->groups)
             for (int i = 0; i < pairs; i++)

@@ -9,7 +9,8 @@
  * Packed layout (one qk_aligned_alloc block, qk_arm_packed header first):
  *   - Output columns come in panels of QK_ARM_PANEL = 8; the last panel is padded with zero columns.
  *   - Each group of G weights is padded with zeros to group_padded = G rounded up to 16, so that
- *     every kernel loop runs whole steps; activations get zeros at the same positions.
+ *     every kernel loop runs whole steps; activations get zeros at the same positions. A shorter
+ *     last group (G does not divide K) is padded to its own length rounded up to 16, last_padded.
  *   - Per panel, the int8 weights are a stream of 16-byte registers in the order the kernel reads
  *     them. One register holds 16 / k_per_register columns times k_per_register consecutive k:
  *       SMMLA (k_per_register 8): columns c, c+1, 8 k each: the 2x8 right operand of one SMMLA;
@@ -18,7 +19,8 @@
  *                                 2 registers (the panel's 2 column quads) per 4 k.
  *     4-bit weights stay 4-bit: registers 2i and 2i+1 share 16 bytes, 2i in the low nibbles and
  *     2i+1 in the high nibbles, so one load and two or three instructions give both registers.
- *   - scales: float32 [panel][group][8]; zero points (asymmetric only): int8 [panel][group][8].
+ *   - scales: float32 [panel][group][8]; offsets (only if given): float32 [panel][group][8];
+ *     zero points (asymmetric only): int8 [panel][group][8].
  */
 #ifndef QK_ARM_KERNELS_H
 #define QK_ARM_KERNELS_H
@@ -30,27 +32,38 @@
 enum {
     QK_ARM_PANEL = 8,        /* output columns per packed panel */
     QK_ARM_GROUP_STEP = 16,  /* groups are padded to a multiple of this many k */
-    QK_ARM_HEADER = 64,      /* bytes before the packed weights */
+    QK_ARM_HEADER = 128,     /* bytes before the packed weights (a multiple of 64) */
     QK_ARM_FOLD_GROUPS = 8,  /* A8: float32 runs of this many groups are folded into float64 */
     QK_ARM_A8_ROWS = 4,      /* A8: rows per tile, both kernels */
 };
 
 typedef struct {
     int32_t N, K, group_size, bits;
-    int32_t groups, group_padded, k_padded, panels;
+    int32_t groups, group_padded, last_padded, k_padded, panels;
     int32_t k_per_register; /* 8: SMMLA layout, 4: SDOT layout */
-    int32_t has_zero_points;
+    int32_t has_zero_points, has_offsets;
     size_t panel_bytes;     /* packed weights of one panel */
-    size_t scales_at, zero_points_at; /* byte offsets from the start of the block */
+    size_t scales_at, offsets_at, zero_points_at; /* byte offsets from the start of the block */
 } qk_arm_packed;
 
 static inline const qk_arm_packed* qk_arm_header(const qk_kernel_weights* w) { return w->packed; }
 static inline const int8_t* qk_arm_panel_weights(const qk_arm_packed* h, int32_t panel) {
     return (const int8_t*)h + QK_ARM_HEADER + (size_t)panel * h->panel_bytes;
 }
-/* The 8 scales (and zero points) of one panel and group. */
+/* Weights in group g (the last may be shorter), and its padded length in the layout. */
+static inline int32_t qk_arm_group_length(const qk_arm_packed* h, int32_t g) {
+    int32_t first = g * h->group_size; /* below K: no overflow */
+    return h->K - first < h->group_size ? h->K - first : h->group_size;
+}
+static inline int32_t qk_arm_group_padded(const qk_arm_packed* h, int32_t g) {
+    return g + 1 == h->groups ? h->last_padded : h->group_padded;
+}
+/* The 8 scales (offsets, zero points) of one panel and group. */
 static inline const float* qk_arm_scales(const qk_arm_packed* h, int32_t panel, int32_t g) {
     return (const float*)((const char*)h + h->scales_at) + ((size_t)panel * h->groups + g) * QK_ARM_PANEL;
+}
+static inline const float* qk_arm_offsets(const qk_arm_packed* h, int32_t panel, int32_t g) {
+    return (const float*)((const char*)h + h->offsets_at) + ((size_t)panel * h->groups + g) * QK_ARM_PANEL;
 }
 static inline const int8_t* qk_arm_zero_points(const qk_arm_packed* h, int32_t panel, int32_t g) {
     return (const int8_t*)h + h->zero_points_at + ((size_t)panel * h->groups + g) * QK_ARM_PANEL;
@@ -108,11 +121,12 @@ qk_status qk_arm_pack_dotprod(const qk_weights* w, void** packed, size_t* bytes)
 typedef struct {
     const qk_arm_packed* h;
     const int8_t* qx;
-    const int32_t* sums; /* [rows][groups]: sum of qx over each group (for the zero points) */
+    const int32_t* sums; /* [rows][groups]: sum of qx over each group (for zero points and offsets) */
 } qk_arm_a8_problem;
 
 /* Computes rows [row, row + rows) of one panel before the row scale: tile[r][c] =
- * sum_g scale[c,g] * acc[r,c,g] in float64 (float32 over runs of QK_ARM_FOLD_GROUPS groups). */
+ * sum_g (scale[c,g] * acc[r,c,g] + offset[c,g] * xs[r,g]) in float64 (float32 over runs of
+ * QK_ARM_FOLD_GROUPS groups), xs the group sums of qx. */
 typedef void (*qk_arm_a8_tile_fn)(const qk_arm_a8_problem* p, int32_t panel, int32_t row, int32_t rows,
                                   double tile[][QK_ARM_PANEL]);
 

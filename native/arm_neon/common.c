@@ -20,10 +20,8 @@ static void padded_row(const qk_weights* w, const qk_arm_packed* h, int32_t n, i
         for (int32_t k = 0; k < w->K; k++) unpacked[k] = (int8_t)qk_weight_q(w, n, k);
         q = unpacked;
     }
-    for (int32_t g = 0; g < h->groups; g++) {
-        int32_t first = g * w->group_size, length = w->K - first < w->group_size ? w->K - first : w->group_size;
-        memcpy(row + (size_t)g * h->group_padded, q + first, (size_t)length); /* the last group may be shorter */
-    }
+    for (int32_t g = 0; g < h->groups; g++)
+        memcpy(row + (size_t)g * h->group_padded, q + (size_t)g * w->group_size, (size_t)qk_arm_group_length(h, g));
 }
 
 /* One pack: the header, and the panels that the tasks fill. */
@@ -35,7 +33,8 @@ typedef struct {
     size_t rows_bytes;  /* of one thread's part */
 } pack_job;
 
-/* Panels [begin, end): their weight registers, scales and zero points (disjoint parts of the block). */
+/* Panels [begin, end): their weight registers, scales, offsets and zero points (disjoint parts of
+ * the block). */
 static void pack_panels(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const pack_job* job = arg;
     const qk_weights* w = job->w;
@@ -69,30 +68,34 @@ static void pack_panels(void* arg, int32_t begin, int32_t end, int32_t thread) {
                 if (n >= w->N) continue;
                 size_t at = ((size_t)panel * h->groups + g) * QK_ARM_PANEL + c;
                 ((float*)(job->block + h->scales_at))[at] = w->scales[(size_t)n * h->groups + g];
+                if (h->has_offsets) ((float*)(job->block + h->offsets_at))[at] = w->offsets[(size_t)n * h->groups + g];
                 if (h->has_zero_points) ((int8_t*)(job->block + h->zero_points_at))[at] = w->zero_points[(size_t)n * h->groups + g];
             }
     }
 }
 
-/* Packs every valid format, so that packing for this backend never depends on the weights, but the
- * kernels run neither offsets nor a shorter last group (format_flags 0): the core selects none of
- * them for such a pack. So offsets are not stored, and a shorter last group is padded like the rest. */
+/* Packs every valid format: offsets when given, and a shorter last group padded to its own length. */
 static qk_status pack(const qk_weights* w, int32_t k_per_register, void** packed, size_t* bytes) {
     qk_arm_packed h = {.N = w->N, .K = w->K, .group_size = w->group_size, .bits = w->bits,
                        .groups = qk_groups_per_row(w), .k_per_register = k_per_register,
-                       .has_zero_points = w->zero_points != NULL};
+                       .has_zero_points = w->zero_points != NULL, .has_offsets = w->offsets != NULL};
     int64_t longest = w->group_size < w->K ? w->group_size : w->K; /* a group size beyond K pads nothing */
+    int64_t last = w->K - (int64_t)(h.groups - 1) * w->group_size;
     int64_t group_padded = (longest + QK_ARM_GROUP_STEP - 1) / QK_ARM_GROUP_STEP * QK_ARM_GROUP_STEP;
-    if (h.groups * group_padded > INT32_MAX / QK_ARM_PANEL) /* int32 k and register counts */
+    int64_t last_padded = (last + QK_ARM_GROUP_STEP - 1) / QK_ARM_GROUP_STEP * QK_ARM_GROUP_STEP;
+    int64_t k_padded = (h.groups - 1) * group_padded + last_padded;
+    if (k_padded > INT32_MAX / QK_ARM_PANEL) /* int32 k and register counts */
         return qk_fail(QK_ERR_UNSUPPORTED, "K=%d with group size %d is too long for the ARM layout (K padded to %lld)",
-                       w->K, w->group_size, (long long)(h.groups * group_padded));
+                       w->K, w->group_size, (long long)k_padded);
     h.group_padded = (int32_t)group_padded;
-    h.k_padded = h.groups * h.group_padded;
+    h.last_padded = (int32_t)last_padded;
+    h.k_padded = (int32_t)k_padded;
     h.panels = (w->N + QK_ARM_PANEL - 1) / QK_ARM_PANEL;
     h.panel_bytes = (size_t)h.k_padded * QK_ARM_PANEL * (size_t)w->bits / 8;
     size_t group_entries = (size_t)h.panels * h.groups * QK_ARM_PANEL;
     h.scales_at = align64(QK_ARM_HEADER + (size_t)h.panels * h.panel_bytes);
-    h.zero_points_at = align64(h.scales_at + group_entries * sizeof(float));
+    h.offsets_at = align64(h.scales_at + group_entries * sizeof(float));
+    h.zero_points_at = align64(h.offsets_at + (h.has_offsets ? group_entries * sizeof(float) : 0));
     size_t total = h.zero_points_at + (h.has_zero_points ? group_entries : 0);
 
     qk_exec exec = {.size = sizeof exec, .threads = qk_threads_for(1, w->N, w->K)};
@@ -165,12 +168,12 @@ static int quantize_row(const qk_matmul_args* a, const qk_arm_packed* h, int32_t
         finite &= isfinite(v);
         amax = v > amax ? v : amax;
     }
-    int32_t chunks = h->group_padded / 8;
     float32x4_t inv = vdupq_n_f32(finite && amax > 0.0f ? 127.0f / amax : 0.0f); /* +Inf: reading 4 */
     for (int32_t g = 0; g < h->groups; g++) {
-        int32_t sum = 0;
-        for (int32_t j = 0; j < chunks; j++) {
-            int32_t count = h->group_size - 8 * j;
+        int32_t sum = 0, length = qk_arm_group_length(h, g), chunks = qk_arm_group_padded(h, g) / 8;
+        int8_t* chunk = dst + (size_t)g * (h->group_padded / 8) * chunk_stride;
+        for (int32_t j = 0; j < chunks; j++, chunk += chunk_stride) {
+            int32_t count = length - 8 * j;
             count = count > 8 ? 8 : count < 0 ? 0 : count;
             int8x8_t q = vdup_n_s8(0);
             if (count > 0 && finite) {
@@ -178,7 +181,7 @@ static int quantize_row(const qk_matmul_args* a, const qk_arm_packed* h, int32_t
                 load8(a->input, a->input_dtype, first + (size_t)g * h->group_size + 8 * j, count, v);
                 q = quantize8(v, inv);
             }
-            vst1_s8(dst + ((size_t)g * chunks + j) * chunk_stride, q);
+            vst1_s8(chunk, q);
             sum += vaddlv_s8(q);
         }
         sums[g] = sum;

@@ -336,13 +336,15 @@ static void test_many_groups(void) {
             }
 }
 
-/* Format v2 at its edges: a last group of one element (G = K - 1, and K = G + 1 at 8 bits), one
- * group longer than K, and offsets with zero scales (only the offsets term is left). */
+/* Format v2 at its edges: a last group of one element (G = K - 1, and K = G + 1 at 8 bits), of 3,
+ * 5 and 6 elements with K off the ARM kernels' 16-k steps, one group longer than K, and offsets
+ * with zero scales (only the offsets term is left). */
 static void test_format_v2_edges(void) {
     static const struct {
         int32_t K, G;
         int bits, zero_scales;
-    } shapes[] = {{64, 63, 4, 0}, {33, 32, 8, 0}, {48, 50, 4, 0}, {40, 16, 8, 1}, {96, 96, 4, 1}};
+    } shapes[] = {{64, 63, 4, 0}, {33, 32, 8, 0}, {48, 50, 4, 0}, {40, 16, 8, 1}, {96, 96, 4, 1},
+                  {37, 16, 8, 0}, {70, 32, 4, 0}, {19, 8, 8, 0}, {22, 40, 4, 0}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
         for (int di = 0; di < 3; di++)
             for (int mode = 0; mode < 2; mode++) {

@@ -30,12 +30,14 @@ static size_t staged(int32_t k, int bits) {
 typedef struct {
     const qk_matmul_args* a;
     const qk_weights* w;
-    int asymmetric;
-    size_t padded;      /* staged row length: K rounded up to 64 */
+    int asymmetric, offsets;
+    size_t stride;      /* of groups in a staged row: min(G, K) */
+    size_t padded;      /* staged row length: its groups rounded up to 64 */
     int8_t* qx;         /* [M][padded] staged quantized activations */
     int32_t* sums;      /* [M][groups] sums of qx per group */
     double* row_scale;  /* [M]: sx, or NaN for a row holding NaN or Inf */
     float* scale;       /* per thread: [groups][8] the block's scales (qk_avx2_block_params) */
+    float* offset;      /* per thread: [groups][8] its offsets, when there are some */
     int32_t* zp;        /* per thread: [groups][8] its zero points + off */
 } job;
 
@@ -48,8 +50,8 @@ static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
                                            12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     for (int32_t m = begin; m < end; m++) {
         int8_t* qx = j->qx + (size_t)m * j->padded;
-        /* G divides K: groups are contiguous, a dense row */
-        j->row_scale[m] = qk_avx2_quantize_row(j->a, j->w, m, (size_t)j->w->group_size, qx,
+        /* dense: groups at their k */
+        j->row_scale[m] = qk_avx2_quantize_row(j->a, j->w, m, j->stride, qx,
                                                j->sums + (size_t)m * qk_groups_per_row(j->w));
         memset(qx + j->w->K, 0, j->padded - (size_t)j->w->K);
         if (j->w->bits == 4)
@@ -89,7 +91,7 @@ QK_AVX2_INLINE void lane_sums(const __m256i* v, int P, int32_t* out) {
  * rows of W at once, two rows four, more rows two at a time: eight sums in registers. Rows of W past
  * N read row N - 1, and their results are not stored. */
 QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const int8_t* qx, const int32_t* sums,
-                         int32_t n0, const float* scales, const int32_t* zps, __m256d (*y)[2]) {
+                         int32_t n0, const float* scales, const float* offsets, const int32_t* zps, __m256d (*y)[2]) {
     const int P = rows == 1 ? 8 : rows == 2 ? 4 : 2;
     const qk_weights* w = j->w;
     int32_t G = w->group_size, groups = qk_groups_per_row(w), N = w->N, off = bits == 4 ? 8 : 0;
@@ -98,7 +100,7 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
     for (int i = 0; i < BLOCK_N; i++) row[i] = w->data + (size_t)(n0 + i < N ? n0 + i : N - 1) * row_bytes;
     const __m256i ones = _mm256_set1_epi16(1), eights = _mm256_set1_epi8((char)0x88), low_nibbles = _mm256_set1_epi8(0x0F);
     const __m256i lane_shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
-    const int chunks = bits == 4 && G % CHUNK == 0; /* 64 k at a time (then K % 64 == 0 too) */
+    const int chunks = bits == 4 && G % CHUNK == 0; /* 64 k at a time (a shorter last group: 32 k last) */
     for (int32_t g = 0; g < groups; g++) {
         int32_t k0 = g * G, k1 = w->K - k0 < G ? w->K : k0 + G;
         int32_t u0 = (k0 + U - 1) / U, u1 = k1 / U;
@@ -108,17 +110,18 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
             for (int r = 0; r < rows; r++)
                 for (int p = 0; p < P; p++) acc[r][p] = _mm256_setzero_si256();
             /* 4 bits: int16 sums over 256 k, then widened; 8 bits: widened every unit */
-            int32_t step = chunks ? 2 : 1, run = bits == 4 ? INT16_UNITS : u1 - u0;
+            int32_t run = bits == 4 ? INT16_UNITS : u1 - u0;
             for (int32_t ub = u0; ub < u1; ub += run) {
                 int32_t ue = u1 - ub < run ? u1 : ub + run;
                 __m256i part[TILE_ROWS][8];
                 for (int r = 0; r < rows; r++)
                     for (int p = 0; p < P; p++) part[r][p] = _mm256_setzero_si256();
-                for (ptrdiff_t u = ub; u < ue; u += step) {
+                for (ptrdiff_t u = ub; u < ue;) {
+                    const int chunk = bits == 4 && chunks && u + 1 < ue;
 #pragma GCC unroll 8
                     for (int p = 0; p < P; p++) {
                         const int8_t* data = row[n + p] + u * unit_bytes;
-                        if (bits == 4 && chunks) { /* 64 k: u is even */
+                        if (chunk) { /* 64 k: u is even */
                             __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)data), eights); /* q + 8 */
                             __m256i even = _mm256_and_si256(v, low_nibbles), odd = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibbles);
 #pragma GCC unroll 4
@@ -148,6 +151,7 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
                             }
                         }
                     }
+                    u += chunk ? 2 : 1;
                 }
                 for (int r = 0; r < rows; r++)
                     for (int p = 0; p < P; p++)
@@ -173,17 +177,19 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
             __m256i exact = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i*)group_sum[r]),
                                              _mm256_mullo_epi32(zero, _mm256_set1_epi32(sums[(size_t)r * groups + g])));
             qk_avx2_fold_epi32(y[r], exact, s_lo, s_hi);
+            if (offsets) qk_avx2_fold_offsets(y[r], offsets + 8 * g, sums[(size_t)r * groups + g]);
         }
     }
 }
 
 /* Every tile variant with constant parameters (unrolled loops, sums in registers). */
 typedef void tile_fn(const job* j, const int8_t* qx, const int32_t* sums, int32_t n0, const float* scales,
-                     const int32_t* zps, __m256d (*y)[2]);
+                     const float* offsets, const int32_t* zps, __m256d (*y)[2]);
 #define TILE_FN(bits, asym, rows)                                                                        \
     static void tile_##bits##_##asym##_##rows(const job* j, const int8_t* qx, const int32_t* sums, int32_t n0, \
-                                              const float* scales, const int32_t* zps, __m256d (*y)[2]) { \
-        tile(j, bits, asym, rows, qx, sums, n0, scales, zps, y);                                          \
+                                              const float* scales, const float* offsets, const int32_t* zps, \
+                                              __m256d (*y)[2]) {                                          \
+        tile(j, bits, asym, rows, qx, sums, n0, scales, offsets, zps, y);                                 \
     }
 #define TILE_ROWS_FNS(bits, asym) TILE_FN(bits, asym, 1) TILE_FN(bits, asym, 2) TILE_FN(bits, asym, 3) TILE_FN(bits, asym, 4)
 #define TILE_TABLE(bits, asym) {tile_##bits##_##asym##_1, tile_##bits##_##asym##_2, tile_##bits##_##asym##_3, tile_##bits##_##asym##_4}
@@ -200,14 +206,15 @@ static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     tile_fn* const* by_rows = variants[j->w->bits == 8][j->asymmetric];
     float* scales = j->scale + (size_t)thread * groups * BLOCK_N;
     int32_t* zps = j->asymmetric ? j->zp + (size_t)thread * groups * BLOCK_N : NULL;
+    float* offsets = j->offsets ? j->offset + (size_t)thread * groups * BLOCK_N : NULL;
     for (int32_t t = begin; t < end; t++) {
         int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
-        qk_avx2_block_params(j->w, n0, scales, zps, j->w->bits == 4 ? 8 : 0);
+        qk_avx2_block_params(j->w, n0, scales, offsets, zps, j->w->bits == 4 ? 8 : 0);
         for (int32_t m = 0; m < M; m += TILE_ROWS) {
             int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
             __m256d y[TILE_ROWS][2];
             for (int r = 0; r < rows; r++) y[r][0] = y[r][1] = _mm256_setzero_pd();
-            by_rows[rows - 1](j, j->qx + (size_t)m * j->padded, j->sums + (size_t)m * groups, n0, scales, zps, y);
+            by_rows[rows - 1](j, j->qx + (size_t)m * j->padded, j->sums + (size_t)m * groups, n0, scales, offsets, zps, y);
             for (int r = 0; r < rows; r++) {
                 double out[BLOCK_N];
                 _mm256_storeu_pd(out, y[r][0]);
@@ -219,25 +226,27 @@ static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
 }
 
 /* The workspace: staged quantized rows of X, their group sums, the row scales, then per thread a
- * block's scales and zero points. */
+ * block's scales, offsets and zero points. */
 static size_t buffers(job* j, int32_t threads, void* base) {
     size_t used = 0, M = (size_t)j->a->M, params = (size_t)threads * qk_groups_per_row(j->w) * BLOCK_N;
-    j->padded = ((size_t)j->w->K + CHUNK - 1) / CHUNK * CHUNK;
+    j->stride = (size_t)(j->w->group_size < j->w->K ? j->w->group_size : j->w->K);
+    j->padded = ((size_t)qk_groups_per_row(j->w) * j->stride + CHUNK - 1) / CHUNK * CHUNK; /* K, or more with a shorter last group */
     j->qx = qk_avx2_take(base, &used, M * j->padded);
     j->sums = qk_avx2_take(base, &used, M * (size_t)qk_groups_per_row(j->w) * sizeof *j->sums);
     j->row_scale = qk_avx2_take(base, &used, M * sizeof *j->row_scale);
     j->scale = qk_avx2_take(base, &used, params * sizeof *j->scale);
+    j->offset = qk_avx2_take(base, &used, j->offsets ? params * sizeof *j->offset : 0);
     j->zp = qk_avx2_take(base, &used, j->asymmetric ? params * sizeof *j->zp : 0);
     return used;
 }
 
 size_t qk_avx2_a8_c4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
-    job j = {.a = a, .w = &w->format, .asymmetric = w->asymmetric};
+    job j = {.a = a, .w = &w->format, .asymmetric = w->asymmetric, .offsets = w->has_offsets};
     return buffers(&j, threads, NULL);
 }
 
 qk_status qk_avx2_a8_c4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
-    job j = {.a = a, .w = &w->format, .asymmetric = w->asymmetric};
+    job j = {.a = a, .w = &w->format, .asymmetric = w->asymmetric, .offsets = w->has_offsets};
     buffers(&j, exec->threads, exec->workspace);
     int32_t M = a->M, K = w->format.K, grain = (1 << 14) / K;
     qk_parallel_for(exec, M, grain > 1 ? grain : 1, stage_task, &j);

@@ -101,6 +101,7 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int form, int rows, const float
     const int8_t* row[2 * PAIRS];
     for (int i = 0; i < 2 * PAIRS; i++)
         row[i] = w->data + (size_t)(n0 + i < N ? n0 + i : N - 1) * qk_row_bytes(w->K, bits);
+    const size_t ahead = BLOCK_N * qk_row_bytes(w->K, bits); /* the next block's rows */
     /* The scales of rows n0 + i (row N - 1 past N), read at each group. */
     const float *scales[2 * PAIRS], *offsets[2 * PAIRS];
     for (int i = 0; i < 2 * PAIRS; i++) {
@@ -144,6 +145,10 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int form, int rows, const float
 #pragma GCC unroll 4
                 for (int r = 0; r < rows; r++)
                     for (int pi = 0; pi < pairs; pi++) acc[r][pi][0] = acc[r][pi][1] = _mm256_setzero_ps();
+                /* the same bytes of the next block's rows (see a8_c4x8.c) */
+                for (int i = 2 * p0; i < 2 * (p0 + pairs); i++)
+                    for (ptrdiff_t u = ub; u < ue; u += 64 / UNIT_BYTES)
+                        _mm_prefetch((const char*)row[i] + ahead + u * UNIT_BYTES, _MM_HINT_T0);
                 for (ptrdiff_t u = ub; u < ue; u++) {
                     __m256i v[2][2];
                     for (int pi = 0; pi < pairs; pi++) {

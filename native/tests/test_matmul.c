@@ -362,6 +362,32 @@ static void test_format_v2_edges(void) {
             }
 }
 
+/* Shorter last groups of 1..7 elements (K not a multiple of 8, so every vector kernel takes its
+ * tail path), and one group longer than K, at 4 and 8 bits, symmetric and asymmetric, with offsets,
+ * at M on both sides of the kernels' tile sizes and M ranges (4, 6, 16, 32, 48). */
+static void test_ragged_tails(void) {
+    static const int32_t Ms[] = {1, 4, 5, 6, 7, 12, 13, 16, 17, 32, 33, 48, 49};
+    for (int tail = 0; tail <= 7; tail++)
+        for (int bits = 4; bits <= 8; bits += 4) {
+            /* tail 0: G = 64 > K = 44; else G = 16, or 15 for odd tails at 4 bits (K stays even) */
+            int32_t G = tail == 0 ? 64 : bits == 4 && tail % 2 ? 15 : 16;
+            int32_t K = tail == 0 ? 44 : 3 * G + tail;
+            if (bits == 4 && K % 2) continue;
+            for (int mode = 0; mode < 2; mode++)
+                for (int symmetric = 0; symmetric < 2; symmetric++)
+                    for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+                        problem p = {.M = Ms[mi], .N = 17 + 6 * symmetric, .K = K, .G = G, .bits = bits,
+                                     .dtype = all_dtypes[mi % 3], .mode = (qk_mode)mode};
+                        fill_activations(&p, X_UNIFORM);
+                        fill_raw_weights(&p, symmetric);
+                        fill_offsets(&p);
+                        set_context("ragged tails: %s", describe(&p));
+                        run_problem(&p);
+                        problem_free(&p);
+                    }
+        }
+}
+
 /* Rows of NaN / +Inf / -Inf: A8 gives NaN rows and leaves the other rows exactly as they are
  * with those rows zeroed; A16 follows IEEE arithmetic (the oracle computes what it gives). */
 static void test_nonfinite_rows(void) {
@@ -571,6 +597,7 @@ int main(int argc, char** argv) {
         test_long_float32_sums();
         reseed(0xFFFFFFFF0Aull);
         test_format_v2_edges();
+        test_ragged_tails();
         reseed(0xFFFFFFFF07ull);
         test_threads();
     }

@@ -31,17 +31,19 @@ static void dequantize_chunk(const qk_avx2_problem* p, int32_t block, int32_t t0
                 continue;
             }
             const uint8_t* group = p->packed + (size_t)panel * l->panel_bytes + (size_t)(t / l->blocks) * l->group_bytes;
-            const uint8_t* data = group + QK_AVX2_HEADER + (size_t)(t % l->blocks) * l->block_bytes;
+            const uint8_t* data = group + l->header + (size_t)(t % l->blocks) * l->block_bytes;
             __m256 scale = _mm256_load_ps((const float*)group);
+            __m256 offset = p->offsets ? _mm256_load_ps((const float*)(group + QK_AVX2_HEADER)) : _mm256_setzero_ps();
             __m256 zero = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256((const __m256i*)(group + 32))), unit);
             __m256i v0, v1;
             qk_avx2_block_bytes(data, bits, &v0, &v1);
 #pragma GCC unroll 8
             for (int i = 0; i < QK_AVX2_BLOCK_K; i++) {
                 __m256 q = _mm256_sub_ps(_mm256_cvtepi32_ps(qk_avx2_byte_to_top(i < 4 ? v0 : v1, i % 4)), zero);
-                /* (q - zp) * unit / unit exactly, then times scale: w rounded once, and never overflowing
-                 * where w does not */
-                _mm256_store_ps(w + i * COLS, _mm256_mul_ps(_mm256_mul_ps(q, inverse_unit), scale));
+                /* (q - zp) * unit / unit exactly, then times scale (plus offset): w rounded once, and never
+                 * overflowing where w does not */
+                q = _mm256_mul_ps(q, inverse_unit);
+                _mm256_store_ps(w + i * COLS, p->offsets ? _mm256_fmadd_ps(q, scale, offset) : _mm256_mul_ps(q, scale));
             }
         }
     }

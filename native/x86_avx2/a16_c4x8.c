@@ -12,7 +12,8 @@
  *
  * Units that cross a group boundary, or run past K, are summed one k at a time in float64 (none
  * when G and K are multiples of the unit). A task is a block of 8 rows of W for every row of X;
- * rows of |x| >= 2^88 come scaled down (QK_AVX2_LARGE_X). */
+ * rows of |x| >= 2^88 come scaled down (QK_AVX2_LARGE_X). With offsets the weights are formed first
+ * (avx2.h, QK_AVX2_OFFSETS), each lane with its row's scale and offset. */
 #include <stddef.h>
 
 #include "avx2.h"
@@ -56,8 +57,9 @@ static void stage_units(float* x, size_t padded, int bits) {
 typedef struct {
     const qk_matmul_args* a;
     const qk_weights* w;
-    int asymmetric;
-    size_t padded;      /* staged row length: K rounded up to a unit */
+    int form;           /* QK_AVX2_SYMMETRIC, _ASYMMETRIC or _OFFSETS */
+    size_t stride;      /* of groups in a staged row: min(G, K) */
+    size_t padded;      /* staged row length: its groups rounded up to a unit */
     float* x;           /* [M][padded] staged activations */
     double* row_scale;  /* [M] */
 } job;
@@ -67,10 +69,18 @@ static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const job* j = arg;
     for (int32_t m = begin; m < end; m++) {
         float* x = j->x + (size_t)m * j->padded;
-        j->row_scale[m] = qk_avx2_load_row(j->a, j->w, m, (size_t)j->w->group_size, x); /* G divides K: dense */
+        j->row_scale[m] = qk_avx2_load_row(j->a, j->w, m, j->stride, x); /* dense: groups at their k */
         for (size_t k = (size_t)j->w->K; k < j->padded; k++) x[k] = 0.0f;
         stage_units(x, j->padded, j->w->bits);
     }
+}
+
+/* Row n's weight at k, in float64 as the edge loop below sums it: q - zp, or with offsets
+ * w = scale * (q - zp) + offset (the product exact, one rounding). */
+static inline double edge_weight(const qk_weights* w, int form, int32_t n, int32_t k, int32_t zp, double scale,
+                                 double offset) {
+    double q = qk_weight_q(w, n, k) - zp;
+    return form == QK_AVX2_OFFSETS ? scale * q + offset : q;
 }
 
 /* Rows [0, rows) of X (from x, stride padded) times rows [n0, n0 + 8) of W into y: y[r][0] holds
@@ -80,19 +90,25 @@ static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
  * more rows one, each sum two chains (even and odd quads): four to eight independent FMA chains,
  * as in the packed kernel's tiles, with no sum spilled to memory. At the end of a float32 run, two
  * rounds of vhaddps turn each pair's lanes into row sums, in the order of y. */
-QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const float* x, int32_t n0,
+QK_AVX2_INLINE void tile(const job* j, int bits, int form, int rows, const float* x, int32_t n0,
                          __m256d (*y)[2]) {
     enum { PAIRS = 4, CHAINS = 2 };
     const int pairs = rows <= 2 ? 2 : 1;
     const qk_weights* w = j->w;
     int32_t U = unit_k(bits), G = w->group_size, groups = qk_groups_per_row(w), N = w->N;
     const float unit = qk_avx2_weight_unit(bits);
+    const __m256 inverse_unit = _mm256_set1_ps(1.0f / unit);
     const int8_t* row[2 * PAIRS];
     for (int i = 0; i < 2 * PAIRS; i++)
         row[i] = w->data + (size_t)(n0 + i < N ? n0 + i : N - 1) * qk_row_bytes(w->K, bits);
+    const size_t ahead = BLOCK_N * qk_row_bytes(w->K, bits); /* the next block's rows */
     /* The scales of rows n0 + i (row N - 1 past N), read at each group. */
-    const float* scales[2 * PAIRS];
-    for (int i = 0; i < 2 * PAIRS; i++) scales[i] = w->scales + (size_t)(n0 + i < N ? n0 + i : N - 1) * groups;
+    const float *scales[2 * PAIRS], *offsets[2 * PAIRS];
+    for (int i = 0; i < 2 * PAIRS; i++) {
+        size_t first = (size_t)(n0 + i < N ? n0 + i : N - 1) * groups;
+        scales[i] = w->scales + first;
+        offsets[i] = w->offsets ? w->offsets + first : NULL;
+    }
     for (int32_t g = 0; g < groups; g++) {
         int32_t k0 = g * G, k1 = w->K - k0 < G ? w->K : k0 + G;
         int32_t u0 = (k0 + U - 1) / U, u1 = k1 / U;
@@ -101,11 +117,23 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
             _mm256_cvtps_pd(_mm_setr_ps(scales[0][g], scales[2][g], scales[4][g], scales[6][g])),
             _mm256_cvtps_pd(_mm_setr_ps(scales[1][g], scales[3][g], scales[5][g], scales[7][g])),
         };
-        __m256 zero[PAIRS]; /* zp * unit: zp of row 2 pi in the low lane, of row 2 pi + 1 in the high one */
-        if (asymmetric)
-            for (int pi = 0; pi < PAIRS; pi++)
-                zero[pi] = _mm256_setr_m128(_mm_set1_ps(qk_weight_zp(w, n0 + 2 * pi < N ? n0 + 2 * pi : N - 1, k0) * unit),
-                                            _mm_set1_ps(qk_weight_zp(w, n0 + 2 * pi + 1 < N ? n0 + 2 * pi + 1 : N - 1, k0) * unit));
+        /* Per pair, row 2 pi in the low lane and row 2 pi + 1 in the high one: zp * unit, or with
+         * offsets -zp, and the scale and offset that form the weights. */
+        __m256 zero[PAIRS], lane_scale[PAIRS], lane_offset[PAIRS];
+        if (form != QK_AVX2_SYMMETRIC)
+            for (int pi = 0; pi < PAIRS; pi++) {
+                float zp0 = (float)qk_weight_zp(w, n0 + 2 * pi < N ? n0 + 2 * pi : N - 1, k0);
+                float zp1 = (float)qk_weight_zp(w, n0 + 2 * pi + 1 < N ? n0 + 2 * pi + 1 : N - 1, k0);
+                zero[pi] = form == QK_AVX2_OFFSETS ? _mm256_setr_m128(_mm_set1_ps(-zp0), _mm_set1_ps(-zp1))
+                                                   : _mm256_setr_m128(_mm_set1_ps(zp0 * unit), _mm_set1_ps(zp1 * unit));
+            }
+        if (form == QK_AVX2_OFFSETS) {
+            for (int pi = 0; pi < PAIRS; pi++) {
+                lane_scale[pi] = _mm256_setr_m128(_mm_set1_ps(scales[2 * pi][g]), _mm_set1_ps(scales[2 * pi + 1][g]));
+                lane_offset[pi] = _mm256_setr_m128(_mm_set1_ps(offsets[2 * pi][g]), _mm_set1_ps(offsets[2 * pi + 1][g]));
+            }
+            scale[0] = scale[1] = _mm256_set1_pd(unit); /* the sums are of x * w; the caller divides by unit */
+        }
         /* Float32 runs of 128 k: a row's sum stays below 2^127 (|x| < 2^88, |q - zp| * unit < 2^32),
          * and each lane sums 32 terms. */
         const int32_t run = 128 / U;
@@ -117,6 +145,10 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
 #pragma GCC unroll 4
                 for (int r = 0; r < rows; r++)
                     for (int pi = 0; pi < pairs; pi++) acc[r][pi][0] = acc[r][pi][1] = _mm256_setzero_ps();
+                /* the same bytes of the next block's rows (see a8_c4x8.c) */
+                for (int i = 2 * p0; i < 2 * (p0 + pairs); i++)
+                    for (ptrdiff_t u = ub; u < ue; u += 64 / UNIT_BYTES)
+                        _mm_prefetch((const char*)row[i] + ahead + u * UNIT_BYTES, _MM_HINT_T0);
                 for (ptrdiff_t u = ub; u < ue; u++) {
                     __m256i v[2][2];
                     for (int pi = 0; pi < pairs; pi++) {
@@ -137,7 +169,10 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
                         __m256 wq[2];
                         for (int pi = 0; pi < pairs; pi++) {
                             wq[pi] = _mm256_cvtepi32_ps(qk_avx2_byte_to_top(v[pi][h], i)); /* q * unit */
-                            if (asymmetric) wq[pi] = _mm256_sub_ps(wq[pi], zero[p0 + pi]);  /* exact */
+                            if (form == QK_AVX2_ASYMMETRIC) wq[pi] = _mm256_sub_ps(wq[pi], zero[p0 + pi]); /* exact */
+                            if (form == QK_AVX2_OFFSETS) /* q - zp exactly, then w rounded once */
+                                wq[pi] = _mm256_fmadd_ps(_mm256_fmadd_ps(wq[pi], inverse_unit, zero[p0 + pi]),
+                                                         lane_scale[p0 + pi], lane_offset[p0 + pi]);
                         }
 #pragma GCC unroll 4
                         for (int r = 0; r < rows; r++) {
@@ -157,7 +192,8 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
                 y[r][1] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(sums, 1)), scale[1], y[r][1]);
             }
         }
-        /* The k outside whole units, in float64: x * (q - zp) is exact, times unit and the scale. */
+        /* The k outside whole units, in float64: x * (q - zp) is exact, times unit and the scale (with
+         * offsets: x * w, w = scale * (q - zp) + offset as the reference forms it, times unit). */
         int32_t head_end = u0 < u1 ? u0 * U : k1, tail_start = u0 < u1 ? u1 * U : k1;
         if (head_end == k0 && tail_start == k1) continue;
         double scale_of[2][4];
@@ -168,10 +204,11 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
             double edge[2][4];
             for (int i = 0; i < 2 * PAIRS; i++) {
                 int32_t n = n0 + i < N ? n0 + i : N - 1, zp = qk_weight_zp(w, n, k0);
-                double sum = 0.0;
-                for (int32_t k = k0; k < head_end; k++) sum += (double)xr[staged(k, bits)] * (qk_weight_q(w, n, k) - zp);
-                for (int32_t k = tail_start; k < k1; k++) sum += (double)xr[staged(k, bits)] * (qk_weight_q(w, n, k) - zp);
-                edge[i % 2][i / 2] = sum * unit * scale_of[i % 2][i / 2];
+                double s = scales[i][g], offset = form == QK_AVX2_OFFSETS ? offsets[i][g] : 0.0, sum = 0.0;
+                for (int32_t k = k0; k < head_end; k++) sum += (double)xr[staged(k, bits)] * edge_weight(w, form, n, k, zp, s, offset);
+                for (int32_t k = tail_start; k < k1; k++) sum += (double)xr[staged(k, bits)] * edge_weight(w, form, n, k, zp, s, offset);
+                /* scale_of is the unit with offsets */
+                edge[i % 2][i / 2] = sum * scale_of[i % 2][i / 2] * (form == QK_AVX2_OFFSETS ? 1.0 : unit);
             }
             y[r][0] = _mm256_add_pd(y[r][0], _mm256_loadu_pd(edge[0]));
             y[r][1] = _mm256_add_pd(y[r][1], _mm256_loadu_pd(edge[1]));
@@ -181,16 +218,16 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
 
 /* Every tile variant with constant parameters (unrolled loops, sums in registers). */
 typedef void tile_fn(const job* j, const float* x, int32_t n0, __m256d (*y)[2]);
-#define TILE_FN(bits, asym, rows)                                                                        \
-    static void tile_##bits##_##asym##_##rows(const job* j, const float* x, int32_t n0, __m256d (*y)[2]) { \
-        tile(j, bits, asym, rows, x, n0, y);                                                             \
+#define TILE_FN(bits, form, rows)                                                                        \
+    static void tile_##bits##_##form##_##rows(const job* j, const float* x, int32_t n0, __m256d (*y)[2]) { \
+        tile(j, bits, form, rows, x, n0, y);                                                             \
     }
-#define TILE_ROWS_FNS(bits, asym) TILE_FN(bits, asym, 1) TILE_FN(bits, asym, 2) TILE_FN(bits, asym, 3) TILE_FN(bits, asym, 4)
-#define TILE_TABLE(bits, asym) {tile_##bits##_##asym##_1, tile_##bits##_##asym##_2, tile_##bits##_##asym##_3, tile_##bits##_##asym##_4}
-TILE_ROWS_FNS(4, 0) TILE_ROWS_FNS(4, 1) TILE_ROWS_FNS(8, 0) TILE_ROWS_FNS(8, 1)
-static tile_fn* const variants[2][2][TILE_ROWS] = {
-    {TILE_TABLE(4, 0), TILE_TABLE(4, 1)},
-    {TILE_TABLE(8, 0), TILE_TABLE(8, 1)},
+#define TILE_ROWS_FNS(bits, form) TILE_FN(bits, form, 1) TILE_FN(bits, form, 2) TILE_FN(bits, form, 3) TILE_FN(bits, form, 4)
+#define TILE_TABLE(bits, form) {tile_##bits##_##form##_1, tile_##bits##_##form##_2, tile_##bits##_##form##_3, tile_##bits##_##form##_4}
+TILE_ROWS_FNS(4, 0) TILE_ROWS_FNS(4, 1) TILE_ROWS_FNS(4, 2) TILE_ROWS_FNS(8, 0) TILE_ROWS_FNS(8, 1) TILE_ROWS_FNS(8, 2)
+static tile_fn* const variants[2][QK_AVX2_FORMS][TILE_ROWS] = { /* [bits 4/8][form][rows - 1] */
+    {TILE_TABLE(4, 0), TILE_TABLE(4, 1), TILE_TABLE(4, 2)},
+    {TILE_TABLE(8, 0), TILE_TABLE(8, 1), TILE_TABLE(8, 2)},
 };
 
 /* Task t: rows [8t, 8t + 8) of W for every row of X. */
@@ -198,7 +235,7 @@ static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const job* j = arg;
     int32_t M = j->a->M, N = j->w->N;
-    tile_fn* const* by_rows = variants[j->w->bits == 8][j->asymmetric];
+    tile_fn* const* by_rows = variants[j->w->bits == 8][j->form];
     const __m256d inverse_unit = _mm256_set1_pd(1.0 / qk_avx2_weight_unit(j->w->bits));
     for (int32_t t = begin; t < end; t++) {
         int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
@@ -220,8 +257,9 @@ static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
 
 /* The workspace: staged rows of X, then the row scales. */
 static size_t buffers(job* j, void* base) {
-    size_t used = 0;
-    j->padded = ((size_t)j->w->K + unit_k(j->w->bits) - 1) / unit_k(j->w->bits) * unit_k(j->w->bits);
+    size_t used = 0, U = (size_t)unit_k(j->w->bits);
+    j->stride = (size_t)(j->w->group_size < j->w->K ? j->w->group_size : j->w->K);
+    j->padded = ((size_t)qk_groups_per_row(j->w) * j->stride + U - 1) / U * U; /* K, or more with a shorter last group */
     j->x = qk_avx2_take(base, &used, (size_t)j->a->M * j->padded * sizeof *j->x);
     j->row_scale = qk_avx2_take(base, &used, (size_t)j->a->M * sizeof *j->row_scale);
     return used;
@@ -234,7 +272,7 @@ size_t qk_avx2_a16_c4x8_workspace(const qk_kernel_weights* w, const qk_matmul_ar
 }
 
 qk_status qk_avx2_a16_c4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
-    job j = {.a = a, .w = &w->format, .asymmetric = w->asymmetric};
+    job j = {.a = a, .w = &w->format, .form = qk_avx2_form(w->asymmetric, w->has_offsets)};
     buffers(&j, exec->workspace);
     int32_t M = a->M, K = w->format.K, grain = (1 << 14) / K;
     qk_parallel_for(exec, M, grain > 1 ? grain : 1, stage_task, &j);

@@ -29,16 +29,18 @@ QK_AVX2_INLINE __m256i broadcast4(const int8_t* x) {
 }
 
 /* acc holds sum qx * (q + acc_offset) (the 4-bit tile sums u = q + 8); minus (zp + acc_offset) * sum qx,
- * that is sum qx * (q - zp). */
-QK_AVX2_INLINE void group_end(const uint8_t* group, int32_t acc_offset, const int32_t* sums, int32_t groups, int rows,
-                              const __m256i* acc, __m256d* const* y) {
+ * that is sum qx * (q - zp), times the scale; plus offset * sum qx when there are offsets. */
+QK_AVX2_INLINE void group_end(const qk_avx2_problem* p, const uint8_t* group, int32_t acc_offset, const int32_t* sums,
+                              int rows, const __m256i* acc, __m256d* const* y) {
     __m256i zero = _mm256_add_epi32(_mm256_load_si256((const __m256i*)(group + 32)), _mm256_set1_epi32(acc_offset));
     __m256 scale = _mm256_load_ps((const float*)group);
     __m256d scale_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(scale));
     __m256d scale_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(scale, 1));
     for (int r = 0; r < rows; r++) {
-        __m256i exact = _mm256_sub_epi32(acc[r], _mm256_mullo_epi32(zero, _mm256_set1_epi32(sums[(size_t)r * groups])));
+        int32_t sum = sums[(size_t)r * p->l.groups];
+        __m256i exact = _mm256_sub_epi32(acc[r], _mm256_mullo_epi32(zero, _mm256_set1_epi32(sum)));
         qk_avx2_fold_epi32(y[r], exact, scale_lo, scale_hi);
+        if (p->offsets) qk_avx2_fold_offsets(y[r], (const float*)(group + QK_AVX2_HEADER), sum);
     }
 }
 
@@ -64,7 +66,7 @@ QK_AVX2_INLINE void tile_w4(const qk_avx2_problem* p, const uint8_t* panel, cons
             for (int32_t j = 0; j < INT16_BLOCKS; j++) {
                 if (count != INT16_BLOCKS && j == count) break;
                 int32_t b = b0 + j;
-                const uint8_t* block = group + QK_AVX2_HEADER + (size_t)b * 32;
+                const uint8_t* block = group + l->header + (size_t)b * 32;
                 _mm_prefetch((const char*)block + QK_AVX2_PREFETCH_BYTES, _MM_HINT_T0);
                 __m256i v = _mm256_xor_si256(_mm256_load_si256((const __m256i*)block), eights); /* q + 8 */
                 __m256i lo = _mm256_and_si256(v, low_nibbles);                         /* k 0..3 */
@@ -78,7 +80,7 @@ QK_AVX2_INLINE void tile_w4(const qk_avx2_problem* p, const uint8_t* panel, cons
             }
             for (int r = 0; r < rows; r++) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16[r], ones));
         }
-        group_end(group, 8, sums + g, l->groups, rows, acc, y);
+        group_end(p, group, 8, sums + g, rows, acc, y);
     }
 }
 
@@ -92,7 +94,7 @@ QK_AVX2_INLINE void tile_w8(const qk_avx2_problem* p, const uint8_t* panel, cons
         __m256i acc[TILE_ROWS];
         for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_si256();
         for (int32_t b = 0; b < l->blocks; b++) {
-            const uint8_t* block = group + QK_AVX2_HEADER + (size_t)b * 64;
+            const uint8_t* block = group + l->header + (size_t)b * 64;
             _mm_prefetch((const char*)block + QK_AVX2_PREFETCH_BYTES, _MM_HINT_T0);
             __m256i v0 = _mm256_load_si256((const __m256i*)block);        /* k 0..3 */
             __m256i v1 = _mm256_load_si256((const __m256i*)(block + 32)); /* k 4..7 */
@@ -105,7 +107,7 @@ QK_AVX2_INLINE void tile_w8(const qk_avx2_problem* p, const uint8_t* panel, cons
                                                                    _mm256_madd_epi16(p1, ones)));
             }
         }
-        group_end(group, 0, sums + g, l->groups, rows, acc, y);
+        group_end(p, group, 0, sums + g, rows, acc, y);
     }
 }
 

@@ -8,10 +8,11 @@
  *
  * Output features (rows n of W) are cut into panels of 8, one 256-bit register of int32 or float32
  * lanes; the last panel is padded with zero columns. A panel stores its groups one after the other,
- * each group as a 64-byte header followed by ceil(min(G, K) / 8) blocks of 8 columns x 8 k (k
- * beyond the group is zero padding):
+ * each group as a header followed by ceil(min(G, K) / 8) blocks of 8 columns x 8 k (k beyond the
+ * group is zero padding: every group, a shorter last one included, has the same size):
  *
  *   header   float scale[8]; int32_t zero_point[8];      per column: w = scale * (q - zero_point)
+ *            float offset[8] only when the weights have offsets (format v2): w = ... + offset
  *   8 bits   64 bytes, two vectors: in vector h, dword j holds column j's q at k 4h .. 4h+3, a byte each
  *   4 bits   32 bytes, one vector: dword j holds column j's eight q, byte b = k b (low nibble) and
  *            k b+4 (high nibble)
@@ -34,7 +35,8 @@
 enum {
     QK_AVX2_PANEL = 8,      /* columns per panel */
     QK_AVX2_BLOCK_K = 8,    /* k per block */
-    QK_AVX2_HEADER = 64,    /* bytes of a group header */
+    QK_AVX2_HEADER = 64,    /* bytes of a group header: scales and zero points */
+    QK_AVX2_OFFSETS_HEADER = 96, /* ... and offsets, when there are some */
     /* Multiply-adds per chunk of qk_parallel_for: a few microseconds (at M = 1, 4096 x 4096,
      * 4 bits: 128 chunks), so that a thread the machine does not run delays a call by little. */
     QK_AVX2_CHUNK_MACS = 1 << 17,
@@ -44,18 +46,21 @@ enum {
 typedef struct {
     int32_t panels, groups;
     int32_t blocks;      /* blocks per group: ceil(min(G, K) / 8) */
+    size_t header;       /* QK_AVX2_HEADER, or QK_AVX2_OFFSETS_HEADER with offsets */
     size_t block_bytes;  /* 32 (4 bits) or 64 (8 bits) */
     size_t group_bytes;  /* header + blocks */
     size_t panel_bytes;
 } qk_avx2_layout;
 
-static inline qk_avx2_layout qk_avx2_layout_of(const qk_weights* w) {
+/* The layout of w's pack, with or without offsets (w->offsets is NULL where the kernels see it). */
+static inline qk_avx2_layout qk_avx2_layout_of(const qk_weights* w, int offsets) {
     qk_avx2_layout l;
     l.panels = (w->N + QK_AVX2_PANEL - 1) / QK_AVX2_PANEL;
     l.groups = qk_groups_per_row(w);
     l.blocks = ((w->group_size < w->K ? w->group_size : w->K) - 1) / QK_AVX2_BLOCK_K + 1; /* G > K: padded to K */
     l.block_bytes = w->bits == 4 ? 32 : 64;
-    l.group_bytes = QK_AVX2_HEADER + (size_t)l.blocks * l.block_bytes;
+    l.header = offsets ? QK_AVX2_OFFSETS_HEADER : QK_AVX2_HEADER;
+    l.group_bytes = l.header + (size_t)l.blocks * l.block_bytes;
     l.panel_bytes = (size_t)l.groups * l.group_bytes;
     return l;
 }
@@ -111,6 +116,25 @@ QK_AVX2_INLINE void qk_avx2_fold_ps(__m256d y[2], __m256 t, __m256d scale_lo, __
     y[1] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)), scale_hi, y[1]);
 }
 
+/* How the A16 kernels form weights, one variant each: q (times the scale after the sums), q - zp
+ * (the same), or w = fma(q - zp, scale, offset) per weight before the sums (with offsets: products
+ * x * w as the reference's, so that Inf and NaN propagate the same; x * (q - zp) times the scale
+ * plus offset * sum x would give Inf - Inf = NaN where the reference gives +-Inf). */
+enum { QK_AVX2_SYMMETRIC, QK_AVX2_ASYMMETRIC, QK_AVX2_OFFSETS, QK_AVX2_FORMS };
+
+static inline int qk_avx2_form(int asymmetric, int offsets) {
+    return offsets ? QK_AVX2_OFFSETS : asymmetric ? QK_AVX2_ASYMMETRIC : QK_AVX2_SYMMETRIC;
+}
+
+/* A8 with offsets: y (eight float64 columns as two vectors) += offset[0..8) * sum, where sum is a
+ * group's exact integer sum of qx (one FMA, one float64 rounding, per column). */
+QK_AVX2_INLINE void qk_avx2_fold_offsets(__m256d y[2], const float* offset, int32_t sum) {
+    __m256 o = _mm256_loadu_ps(offset);
+    __m256d s = _mm256_set1_pd((double)sum);
+    y[0] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(o)), s, y[0]);
+    y[1] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(o, 1)), s, y[1]);
+}
+
 /* Byte i of every dword moved to the top byte of that dword, the other bytes cleared: a signed
  * byte q becomes the int32 q * 2^24 (a nibble kept in the high half of its byte, q * 2^28), which
  * vcvtdq2ps converts exactly. vpshufb indexes within 128-bit lanes, so dword j of a lane reads byte
@@ -149,6 +173,7 @@ typedef struct {
     qk_avx2_layout l;
     size_t row;            /* padded activation row length, in elements: groups * blocks * 8 */
     int asymmetric;        /* whether the weights have zero points */
+    int offsets;           /* whether they have offsets (in the group headers) */
     float* x;              /* A16: float32 rows */
     int8_t* qx;            /* A8: quantized rows */
     int32_t* sums;         /* A8: [M][groups] sums of qx */
@@ -173,9 +198,9 @@ void qk_avx2_finish(const qk_matmul_args* a, int32_t N, const double* row_scale,
                     double* y);
 
 /* The canonical-layout kernels' per-group parameters of rows [n0, n0 + 8) of W (row N - 1 past N),
- * transposed so that a group's eight are one vector: scale[g * 8 + i], and zp[g * 8 + i] (its zero
- * point plus zp_offset) unless zp is NULL. */
-void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, int32_t* zp, int32_t zp_offset);
+ * transposed so that a group's eight are one vector: scale[g * 8 + i], offset[g * 8 + i] unless
+ * offset is NULL, and zp[g * 8 + i] (its zero point plus zp_offset) unless zp is NULL. */
+void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, float* offset, int32_t* zp, int32_t zp_offset);
 
 /* ---- the kernels (one file each; register.c lists them) ---- */
 

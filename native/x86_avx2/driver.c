@@ -18,7 +18,8 @@ enum {
 
 qk_avx2_problem qk_avx2_problem_of(const qk_kernel_weights* w, const qk_matmul_args* a) {
     qk_avx2_problem p = {
-        .a = a, .w = &w->format, .packed = w->packed, .l = qk_avx2_layout_of(&w->format), .asymmetric = w->asymmetric,
+        .a = a, .w = &w->format, .packed = w->packed, .l = qk_avx2_layout_of(&w->format, w->has_offsets),
+        .asymmetric = w->asymmetric, .offsets = w->has_offsets,
     };
     p.row = (size_t)p.l.groups * (size_t)p.l.blocks * QK_AVX2_BLOCK_K;
     return p;
@@ -122,7 +123,7 @@ static inline void transpose8(const __m256 r[8], float* out) {
     }
 }
 
-void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, int32_t* zp, int32_t zp_offset) {
+void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, float* offset, int32_t* zp, int32_t zp_offset) {
     int32_t groups = qk_groups_per_row(w), g = 0;
     size_t first[QK_AVX2_PANEL];
     for (int i = 0; i < QK_AVX2_PANEL; i++) first[i] = (size_t)(n0 + i < w->N ? n0 + i : w->N - 1) * groups;
@@ -130,6 +131,10 @@ void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, int32_t
         __m256 r[8];
         for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(w->scales + first[i] + g);
         transpose8(r, scale + 8 * g);
+        if (offset) {
+            for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(w->offsets + first[i] + g);
+            transpose8(r, offset + 8 * g);
+        }
         if (!zp) continue;
         for (int i = 0; i < 8; i++) {
             int64_t bytes;
@@ -142,6 +147,7 @@ void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, int32_t
     for (; g < groups; g++)
         for (int i = 0; i < 8; i++) {
             scale[8 * g + i] = w->scales[first[i] + g];
+            if (offset) offset[8 * g + i] = w->offsets[first[i] + g];
             if (zp) zp[8 * g + i] = w->zero_points[first[i] + g] + zp_offset;
         }
 }

@@ -27,11 +27,13 @@ static uint32_t whole_dword(const qk_weights* w, int32_t n, int32_t g, int32_t b
 static void pack_header(const qk_weights* w, int32_t panel, int32_t g, uint8_t* out) {
     float* scale = (float*)out;
     int32_t* zero_point = (int32_t*)(out + 32);
+    float* offset = (float*)(out + QK_AVX2_HEADER);
     for (int32_t j = 0; j < QK_AVX2_PANEL; j++) {
         int32_t n = panel * QK_AVX2_PANEL + j, k = g * w->group_size;
         int valid = n < w->N;
         scale[j] = valid ? qk_weight_scale(w, n, k) : 0.0f;
         zero_point[j] = valid ? qk_weight_zp(w, n, k) : 0;
+        if (w->offsets) offset[j] = valid ? qk_weight_offset(w, n, k) : 0.0f;
     }
 }
 
@@ -40,7 +42,7 @@ static void pack_header(const qk_weights* w, int32_t panel, int32_t g, uint8_t* 
 static void pack_column(const qk_weights* w, const qk_avx2_layout* l, int32_t panel, int32_t j, uint8_t* out) {
     int32_t n = panel * QK_AVX2_PANEL + j;
     for (int32_t g = 0; g < l->groups; g++) {
-        uint8_t* block = out + (size_t)g * l->group_bytes + QK_AVX2_HEADER;
+        uint8_t* block = out + (size_t)g * l->group_bytes + l->header;
         for (int32_t b = 0; b < l->blocks; b++, block += l->block_bytes) {
             int32_t k = b * QK_AVX2_BLOCK_K;
             int whole = n < w->N && k + QK_AVX2_BLOCK_K <= qk_group_length(w, g) && (w->bits == 8 || w->group_size % 2 == 0);
@@ -79,7 +81,7 @@ static void pack_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
 }
 
 qk_status qk_avx2_pack(const qk_weights* w, void** data, size_t* size) {
-    pack_job job = {w, qk_avx2_layout_of(w), NULL};
+    pack_job job = {w, qk_avx2_layout_of(w, w->offsets != NULL), NULL};
     *size = (size_t)job.l.panels * job.l.panel_bytes;
     job.out = qk_aligned_alloc(*size);
     if (!job.out) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", *size);

@@ -1,4 +1,4 @@
-/* test_amx_emulation: the AMX emulator of the emulated test build (emulation/amx.h) against a
+/* test_amx_emulation: the AMX emulator of the emulated test build (emulation/amx_emulation.h) against a
  * scalar model of each instruction, its faults, and, where this CPU has AMX, the real instructions.
  *
  * Each case draws tile shapes (rows, depth, columns within palette 1), strides wider than the
@@ -15,7 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "amx.h"
+#include "amx_emulation.h"
 #include "amx_native.h"
 #include "support.h"
 

@@ -388,6 +388,28 @@ static void test_ragged_tails(void) {
         }
 }
 
+/* Prefill shapes: M across the AMX kernel's 32-row blocks and 128-row task chunks (and the x86
+ * kernels' tiles), N of an odd number of 16-column panels, groups spanning several 64-k tile steps
+ * or ending inside one, 4 and 8 bits, asymmetric with offsets, symmetric without. */
+static void test_prefill_shapes(void) {
+    static const int32_t Ms[] = {31, 32, 33, 127, 128, 129, 161, 260};
+    static const struct { int32_t K, G; } shapes[] = {{256, 128}, {200, 64}, {96, 96}, {160, 40}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int bits = 4; bits <= 8; bits += 4)
+            for (int mode = 0; mode < 2; mode++)
+                for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+                    int symmetric = (int)(mi % 2);
+                    problem p = {.M = Ms[mi], .N = 40 + 9 * symmetric, .K = shapes[si].K, .G = shapes[si].G,
+                                 .bits = bits, .dtype = all_dtypes[mi % 3], .mode = (qk_mode)mode};
+                    fill_activations(&p, X_UNIFORM);
+                    fill_raw_weights(&p, symmetric);
+                    if (!symmetric) fill_offsets(&p);
+                    set_context("prefill shapes: %s", describe(&p));
+                    run_problem(&p);
+                    problem_free(&p);
+                }
+}
+
 /* Rows of NaN / +Inf / -Inf: A8 gives NaN rows and leaves the other rows exactly as they are
  * with those rows zeroed; A16 follows IEEE arithmetic (the oracle computes what it gives). */
 static void test_nonfinite_rows(void) {
@@ -598,6 +620,7 @@ int main(int argc, char** argv) {
         reseed(0xFFFFFFFF0Aull);
         test_format_v2_edges();
         test_ragged_tails();
+        test_prefill_shapes();
         reseed(0xFFFFFFFF07ull);
         test_threads();
     }

@@ -1,0 +1,44 @@
+/* The x86_amx backend: AMX-TILE/INT8/BF16 with x86_avx512's AVX-512 set, on the vnni16 pack.
+ *
+ * Selection takes, within a backend, the first kernel whose max_m covers M: x86_avx512's A8
+ * kernel up to M = 16 (a 32 x 32 AMX block would be mostly padding, and decode is bound by the
+ * weight stream, which both read alike), the AMX kernel above. A16 runs x86_avx512's AVX-512 FMA
+ * kernel at every M (an AMX-BF16 A16 kernel is not written yet). The x86_avx512 kernels appear here
+ * under this backend's names, so that one pack serves every M. */
+#include "amx.h"
+
+static const qk_kernel_desc kernels[] = {
+    /* name                          mode         bits        dtypes          G multiple, max G, max M, format, canonical, workspace, run */
+    {"x86_amx_a8_w4w8_vnni_8x32", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 16, QK_FORMAT_V2, 0,
+     qk_avx512_a8_workspace, qk_avx512_a8_8x32},
+    {"x86_amx_a8_w4w8_32x32", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0,
+     qk_amx_a8_workspace, qk_amx_a8_32x32},
+    {"x86_amx_a16_w4w8_fma_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_RAGGED_GROUPS, 0,
+     qk_avx512_a16_workspace, qk_avx512_a16_4x32},
+};
+
+/* The emulated test build (QK_EMULATE_X86) runs the same kernels through SIMDe and
+ * native/tests/emulation/amx_emulation.h on any AVX2 machine. Natively, qk_cpu_has reports AMX only
+ * where the OS saves the tile state (XCR0) and Linux granted this process the tile data
+ * (arch_prctl, requested once when the features are first read: core/cpu_features.c). */
+#ifdef QK_EMULATE_X86
+#define AMX_FEATURES 0
+#else
+#define AMX_FEATURES                                                                                          \
+    ((1ull << QK_CPU_AVX512F) | (1ull << QK_CPU_AVX512BW) | (1ull << QK_CPU_AVX512VL) | (1ull << QK_CPU_AVX512DQ) | \
+     (1ull << QK_CPU_AVX512_VNNI) | (1ull << QK_CPU_AMX_TILE) | (1ull << QK_CPU_AMX_INT8) | (1ull << QK_CPU_AMX_BF16))
+#endif
+
+static const qk_backend_desc backend = {
+    .size = sizeof backend,
+    .abi_version = QK_BACKEND_ABI_VERSION,
+    .name = "x86_amx",
+    .priority = 40,
+    .required_cpu = AMX_FEATURES | (1ull << QK_CPU_AVX2) | (1ull << QK_CPU_FMA) | (1ull << QK_CPU_F16C),
+    .pack = qk_vnni16_pack,
+    .free_packed = qk_aligned_free,
+    .kernels = kernels,
+    .kernel_count = sizeof kernels / sizeof kernels[0],
+};
+
+qk_status qk_register_x86_amx(void) { return qk_register_backend(&backend, NULL); }

@@ -103,6 +103,8 @@ static void stage_group(const qk_avx512_problem* p, int32_t panel, int32_t g, in
         memcpy(out, rows, (size_t)l->rows * QK_VNNI16_ROW_BYTES);
     }
     memset(out + (size_t)staged * 64, 0, ((size_t)steps * TILE_ROWS - (size_t)staged) * 64);
+    /* gcc's _tile_loadd asm declares no memory read: keep these stores before the tile loads. */
+    __asm__ volatile("" ::: "memory");
 }
 
 /* The products of one 32-row block over one group: C tiles 0, 1 (rows 0..15, panels 0, 1) and 2, 3

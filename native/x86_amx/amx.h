@@ -1,7 +1,8 @@
 /* The x86_amx backend (AMX-TILE/INT8/BF16 with the AVX-512 set of x86_avx512): what its files share.
  *
- * Files: a8.c is the AMX-INT8 A8 prefill kernel; register.c is the kernel table, which also lists
- * x86_avx512's kernels for decode and for A16 (AMX does not pay at M <= 16). All of them run on the
+ * Files: a8.c is the AMX-INT8 A8 prefill kernel, a16.c the AMX-BF16 A16 one; register.c is the
+ * kernel table, which also lists x86_avx512's kernels for decode (AMX does not pay at small M) and
+ * for float32 input. All of them run on the
  * vnni16 pack (x86_avx512/layout.h), so one packed weight serves every M.
  *
  * The emulated test build (CMake QK_EMULATE_X86) compiles these files without AVX-512 and AMX: the
@@ -17,5 +18,7 @@
 
 size_t qk_amx_a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_amx_a8_32x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+size_t qk_amx_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_amx_a16_32x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 
 #endif /* QK_AMX_H */

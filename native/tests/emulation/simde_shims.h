@@ -31,4 +31,16 @@ static inline simde__m512d qk_shim_mm512_cvtepi32_pd(simde__m256i a) {
 }
 #define _mm512_cvtepi32_pd(a) qk_shim_mm512_cvtepi32_pd(a)
 
+/* vpmovdw ymm, zmm: sixteen int32 truncated to their low 16 bits. */
+static inline simde__m256i qk_shim_mm512_cvtepi32_epi16(simde__m512i a) {
+    int32_t in[16];
+    int16_t out[16];
+    simde__m256i r;
+    memcpy(in, &a, sizeof in);
+    for (int i = 0; i < 16; i++) out[i] = (int16_t)(uint16_t)(uint32_t)in[i];
+    memcpy(&r, out, sizeof r);
+    return r;
+}
+#define _mm512_cvtepi32_epi16(a) qk_shim_mm512_cvtepi32_epi16(a)
+
 #endif

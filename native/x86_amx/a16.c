@@ -44,7 +44,8 @@ typedef struct {
     int32_t parts;      /* bfloat16 parts per activation: 1 (bfloat16 input) or 2 (float16) */
     int32_t steps;      /* 32-k steps per group */
     size_t a_row;       /* bfloat16 elements per row of a part: groups * steps * STEP_K */
-    uint16_t* a;        /* [parts][padded_m][a_row] */
+    size_t a_stride;    /* elements from one row to the next: a_row and a cache line (see a8.c) */
+    uint16_t* a;        /* [parts][padded_m][a_stride] */
     size_t scratch;
     uint8_t* scratch0;
 } amx_problem;
@@ -71,8 +72,9 @@ static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmu
     ap->parts = a->input_dtype == QK_DTYPE_BF16 ? 1 : 2;
     ap->steps = (int32_t)((ap->p.group_stride + STEP_K - 1) / STEP_K);
     ap->a_row = (size_t)ap->p.l.groups * (size_t)ap->steps * STEP_K;
+    ap->a_stride = ap->a_row + 32;
     size_t used = qk_avx512_buffers(&ap->p, 1, base); /* float32 rows of X, M of them */
-    ap->a = qk_avx2_take(base, &used, (size_t)ap->parts * (size_t)ap->padded_m * ap->a_row * sizeof(uint16_t));
+    ap->a = qk_avx2_take(base, &used, (size_t)ap->parts * (size_t)ap->padded_m * ap->a_stride * sizeof(uint16_t));
     scratch_parts s;
     ap->scratch = carve_scratch(ap, NULL, &s);
     ap->scratch0 = qk_avx2_take(base, &used, ap->scratch * (size_t)threads);
@@ -84,10 +86,10 @@ static void split_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const amx_problem* ap = arg;
     const qk_avx512_problem* p = &ap->p;
-    size_t part_stride = (size_t)ap->padded_m * ap->a_row, gs = p->group_stride;
+    size_t part_stride = (size_t)ap->padded_m * ap->a_stride, gs = p->group_stride;
     const __m512i high_half = _mm512_set1_epi32((int32_t)0xFFFF0000u);
     for (int32_t m = begin; m < end; m++) {
-        uint16_t* hi = ap->a + (size_t)m * ap->a_row;
+        uint16_t* hi = ap->a + (size_t)m * ap->a_stride;
         if (m >= p->a->M) {
             for (int32_t q = 0; q < ap->parts; q++) memset(hi + q * part_stride, 0, ap->a_row * sizeof *hi);
             continue;
@@ -157,14 +159,14 @@ static void stage_group(const amx_problem* ap, int32_t panel, int32_t g, uint8_t
 /* C tiles 0..3 += the products of steps [s0, s1) of one 32-row block, every part. */
 static void block_products(const amx_problem* ap, const uint16_t* a, uint8_t* const b[2], int32_t s0, int32_t s1,
                            int panels) {
-    size_t stride = ap->a_row * sizeof *a, part_stride = (size_t)ap->padded_m * ap->a_row;
+    size_t stride = ap->a_stride * sizeof *a, part_stride = (size_t)ap->padded_m * ap->a_stride;
     for (int32_t s = s0; s < s1; s++) {
         _tile_loadd(6, b[0] + (size_t)s * TILE_BYTES, 64);
         if (panels == 2) _tile_loadd(7, b[1] + (size_t)s * TILE_BYTES, 64);
         for (int32_t q = 0; q < ap->parts; q++) {
             const uint16_t* as = a + q * part_stride + (size_t)s * STEP_K;
             _tile_loadd(4, as, stride);
-            _tile_loadd(5, as + TILE_ROWS * ap->a_row, stride);
+            _tile_loadd(5, as + TILE_ROWS * ap->a_stride, stride);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(2, 5, 6);
             if (panels == 2) {
@@ -201,7 +203,7 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
                 header[pi] = qk_vnni16_group(p->packed, l, panel + pi, g);
             }
             for (int32_t m = m0; m < m1; m += BLOCK_ROWS) {
-                const uint16_t* a = ap->a + (size_t)m * ap->a_row + (size_t)g * (size_t)ap->steps * STEP_K;
+                const uint16_t* a = ap->a + (size_t)m * ap->a_stride + (size_t)g * (size_t)ap->steps * STEP_K;
                 int32_t rows = m1 - m < BLOCK_ROWS ? m1 - m : BLOCK_ROWS;
                 for (int32_t s0 = 0; s0 < ap->steps; s0 += FOLD_STEPS) {
                     _tile_zero(0);

@@ -73,6 +73,9 @@ static size_t carve_scratch(const amx_problem* ap, uint8_t* base, scratch_parts*
 static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads,
                      void* base) {
     ap->p = qk_avx512_problem_of(w, a);
+    /* One cache line between rows: rows a multiple of 4 KiB apart (K = 4096) would put an A tile's
+     * 16 rows in one set of the 12-way L1 cache. */
+    ap->p.row += 64;
     ap->padded_m = (a->M + BLOCK_ROWS - 1) / BLOCK_ROWS * BLOCK_ROWS;
     ap->steps = (int32_t)((ap->p.group_stride + 63) / 64);
     qk_matmul_args padded = *a; /* the activation buffers, for padded_m rows */

@@ -1,11 +1,11 @@
 /* The x86_amx backend: AMX-TILE/INT8/BF16 with x86_avx512's AVX-512 set, on the vnni16 pack.
  *
- * Selection takes, within a backend, the first kernel whose max_m covers M: x86_avx512's A8
- * kernel up to M = 8 (one 8-row tile; a 32 x 32 AMX block would be mostly padding), the AMX kernel
- * above. Measured at 4096 x 4096, 2 threads, AMX / VNNI time: 4-bit g128 1.6 at M = 1, 1.0 at
- * M = 8, 0.77 at M = 12, 0.71 at M = 16; 8-bit per-channel 1.8, 1.5, 1.1, 0.92. A16 runs x86_avx512's AVX-512 FMA
- * kernel at every M (an AMX-BF16 A16 kernel is not written yet). The x86_avx512 kernels appear here
- * under this backend's names, so that one pack serves every M. */
+ * Selection takes, within a backend, the first kernel whose max_m covers M, so x86_avx512's
+ * kernels (listed here under this backend's names, so that one pack serves every M) run small M,
+ * where a 32 x 32 AMX block would be mostly padding, and AMX the rest. Measured at 4096 x 4096,
+ * 2 threads, float16, AMX time / AVX-512 time: A8 4-bit g128 1.6 at M = 1, 0.85 at M = 8, 0.78 at
+ * M = 16; 8-bit per-channel 1.8, 1.5, 0.89; A16 4-bit g128 1.6 at M = 4, 0.89 at M = 8; 8-bit
+ * per-channel 1.6, 0.81. float32 input runs the FMA kernel at every M (docs/numerics.md reading 21). */
 #include "amx.h"
 
 static const qk_kernel_desc kernels[] = {
@@ -14,7 +14,7 @@ static const qk_kernel_desc kernels[] = {
      qk_avx512_a8_workspace, qk_avx512_a8_8x32},
     {"x86_amx_a8_w4w8_32x32", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0,
      qk_amx_a8_workspace, qk_amx_a8_32x32},
-    {"x86_amx_a16_w4w8_fma_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 8, QK_FORMAT_RAGGED_GROUPS, 0,
+    {"x86_amx_a16_w4w8_fma_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 6, QK_FORMAT_RAGGED_GROUPS, 0,
      qk_avx512_a16_workspace, qk_avx512_a16_4x32},
     {"x86_amx_a16_w4w8_32x32", QK_MODE_A16, QK_BITS_4_8, (1u << QK_DTYPE_F16) | (1u << QK_DTYPE_BF16), 1, 0, 0,
      QK_FORMAT_RAGGED_GROUPS, 0, qk_amx_a16_workspace, qk_amx_a16_32x32},

@@ -1,10 +1,9 @@
-/* x86_amx_a16_w4w8_32x32: A16 (docs/numerics.md section 3) with AMX-BF16, for prefill, on float16
- * and bfloat16 input.
+/* x86_amx_a16_w4w8_32x32: A16 (docs/numerics.md section 3) with AMX-BF16, for prefill.
  *
- * The contract's A16 tolerance for float16 (2^-10 of sum |x * w|) is tighter than one bfloat16
- * rounding of x (2^-9), so each activation is split into exact bfloat16 parts (reading 21): a
- * bfloat16 input is one part; a float16 one is hi + lo, hi its float32 value with the low 16 bits
- * cleared (its top 8 significant bits) and lo = x - hi (at most 3 significant bits), both exact.
+ * The contract's A16 tolerances (float16 2^-10, float32 2^-16 of sum |x * w|) are tighter than one
+ * bfloat16 rounding of x (2^-9), so each activation is split into exact bfloat16 parts (reading 21):
+ * the top 8 significant bits (its float32 value with the low 16 bits cleared), then the same of what
+ * is left, exactly: one part for bfloat16 input, two for float16 (11 bits), three for float32 (24).
  * Weights u - zero are integers of at most 8 significant bits, exact in bfloat16, and so is every
  * product in float32; tdpbf16ps sums them in float32, like the AVX2 and AVX-512 kernels.
  *
@@ -14,7 +13,7 @@
  * and reuses them for every 32-row block of its rows. The activations' parts are laid out per
  * group padded to whole 32-k steps with zeros, so a tile never reads another group's activations
  * (an Inf there times a zero weight would be NaN). C is added into float64, times the group's scale,
- * at the end of each group and at least every FOLD_STEPS steps, which bounds the float32 sums. */
+ * at the end of each group and after at most fold_steps steps, which bounds the float32 sums. */
 #include <string.h>
 
 #include "amx.h"
@@ -24,7 +23,7 @@ enum {
     TILE_BYTES = 16 * 64,
     BLOCK_ROWS = 2 * TILE_ROWS,
     STEP_K = 32,      /* k per bfloat16 tile step */
-    FOLD_STEPS = 4,   /* at most 128 k (256 products) per float32 sum: error <= 2^-16 of sum |x * w| */
+    FOLD_STEPS = 4,   /* float16 / bfloat16: at most 128 k (256 products) per float32 sum (reading 21) */
     CHUNK_ROWS = 256, /* rows per task, as in a8.c */
 };
 
@@ -41,7 +40,8 @@ static const struct __attribute__((aligned(64))) {
 typedef struct {
     qk_avx512_problem p;
     int32_t padded_m;   /* M rounded up to BLOCK_ROWS */
-    int32_t parts;      /* bfloat16 parts per activation: 1 (bfloat16 input) or 2 (float16) */
+    int32_t parts;      /* bfloat16 parts per activation: 1 (bfloat16 input), 2 (float16), 3 (float32) */
+    int32_t fold_steps; /* steps per float32 sum */
     int32_t steps;      /* 32-k steps per group */
     size_t a_row;       /* bfloat16 elements per row of a part: groups * steps * STEP_K */
     size_t a_stride;    /* elements from one row to the next: a_row and a cache line (see a8.c) */
@@ -69,7 +69,8 @@ static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmu
                      void* base) {
     ap->p = qk_avx512_problem_of(w, a);
     ap->padded_m = (a->M + BLOCK_ROWS - 1) / BLOCK_ROWS * BLOCK_ROWS;
-    ap->parts = a->input_dtype == QK_DTYPE_BF16 ? 1 : 2;
+    ap->parts = a->input_dtype == QK_DTYPE_BF16 ? 1 : a->input_dtype == QK_DTYPE_F16 ? 2 : 3;
+    ap->fold_steps = ap->parts == 3 ? 1 : FOLD_STEPS;
     ap->steps = (int32_t)((ap->p.group_stride + STEP_K - 1) / STEP_K);
     ap->a_row = (size_t)ap->p.l.groups * (size_t)ap->steps * STEP_K;
     ap->a_stride = ap->a_row + 32;
@@ -87,7 +88,7 @@ static void split_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const amx_problem* ap = arg;
     const qk_avx512_problem* p = &ap->p;
     size_t part_stride = (size_t)ap->padded_m * ap->a_stride, gs = p->group_stride;
-    const __m512i high_half = _mm512_set1_epi32((int32_t)0xFFFF0000u);
+    const __m512i high_half = _mm512_set1_epi32((int32_t)0xFFFF0000u), quiet = _mm512_set1_epi32(0x00400000);
     for (int32_t m = begin; m < end; m++) {
         uint16_t* hi = ap->a + (size_t)m * ap->a_stride;
         if (m >= p->a->M) {
@@ -100,15 +101,17 @@ static void split_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
             size_t k = 0;
             for (; k < gs; k += 16) { /* gs is a multiple of 4; the loader zero-pads x to the group's end */
                 __mmask16 live = k + 16 <= gs ? 0xFFFF : (__mmask16)((1u << (gs - k)) - 1);
-                __m512 v = _mm512_maskz_loadu_ps(live, x + k);
-                __m512i top = _mm512_and_si512(_mm512_castps_si512(v), high_half);
-                _mm256_mask_storeu_epi16(out + k, live, _mm512_cvtepi32_epi16(_mm512_srli_epi32(top, 16)));
-                if (ap->parts == 2) {
-                    /* lo = x - hi, exact; NaN where x is not finite (Inf - Inf), where hi alone is x. */
-                    __m512 lo = _mm512_sub_ps(v, _mm512_castsi512_ps(top));
-                    lo = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(lo, lo, _CMP_ORD_Q), lo);
-                    _mm256_mask_storeu_epi16(out + part_stride + k, live,
-                                             _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(lo), 16)));
+                __m512 rest = _mm512_maskz_loadu_ps(live, x + k);
+                for (int32_t q = 0; q < ap->parts; q++) {
+                    /* A NaN keeps its quiet bit, so that its top half is a NaN too. */
+                    __m512i bits = _mm512_castps_si512(rest);
+                    bits = _mm512_mask_or_epi32(bits, _mm512_cmp_ps_mask(rest, rest, _CMP_UNORD_Q), bits, quiet);
+                    __m512i top = _mm512_and_si512(bits, high_half);
+                    _mm256_mask_storeu_epi16(out + q * part_stride + k, live,
+                                             _mm512_cvtepi32_epi16(_mm512_srli_epi32(top, 16)));
+                    /* The rest, exact; NaN where x is not finite (Inf - Inf), where the top part alone is x. */
+                    rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(top));
+                    rest = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(rest, rest, _CMP_ORD_Q), rest);
                 }
             }
             size_t tail = (size_t)ap->steps * STEP_K - gs;
@@ -205,12 +208,12 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
             for (int32_t m = m0; m < m1; m += BLOCK_ROWS) {
                 const uint16_t* a = ap->a + (size_t)m * ap->a_stride + (size_t)g * (size_t)ap->steps * STEP_K;
                 int32_t rows = m1 - m < BLOCK_ROWS ? m1 - m : BLOCK_ROWS;
-                for (int32_t s0 = 0; s0 < ap->steps; s0 += FOLD_STEPS) {
+                for (int32_t s0 = 0; s0 < ap->steps; s0 += ap->fold_steps) {
                     _tile_zero(0);
                     _tile_zero(1);
                     _tile_zero(2);
                     _tile_zero(3);
-                    block_products(ap, a, s.b, s0, s0 + FOLD_STEPS < ap->steps ? s0 + FOLD_STEPS : ap->steps, panels);
+                    block_products(ap, a, s.b, s0, s0 + ap->fold_steps < ap->steps ? s0 + ap->fold_steps : ap->steps, panels);
                     _tile_stored(0, s.c, 64);
                     _tile_stored(1, s.c + 256, 64);
                     _tile_stored(2, s.c + 512, 64);

@@ -5,7 +5,7 @@
  * where a 32 x 32 AMX block would be mostly padding, and AMX the rest. Measured at 4096 x 4096,
  * 2 threads, float16, AMX time / AVX-512 time: A8 4-bit g128 1.6 at M = 1, 0.85 at M = 8, 0.78 at
  * M = 16; 8-bit per-channel 1.8, 1.5, 0.89; A16 4-bit g128 1.6 at M = 4, 0.89 at M = 8; 8-bit
- * per-channel 1.6, 0.81. float32 input runs the FMA kernel at every M (docs/numerics.md reading 21). */
+ * per-channel 1.6, 0.81. */
 #include "amx.h"
 
 static const qk_kernel_desc kernels[] = {
@@ -16,8 +16,8 @@ static const qk_kernel_desc kernels[] = {
      qk_amx_a8_workspace, qk_amx_a8_32x32},
     {"x86_amx_a16_w4w8_fma_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 6, QK_FORMAT_RAGGED_GROUPS, 0,
      qk_avx512_a16_workspace, qk_avx512_a16_4x32},
-    {"x86_amx_a16_w4w8_32x32", QK_MODE_A16, QK_BITS_4_8, (1u << QK_DTYPE_F16) | (1u << QK_DTYPE_BF16), 1, 0, 0,
-     QK_FORMAT_RAGGED_GROUPS, 0, qk_amx_a16_workspace, qk_amx_a16_32x32},
+    {"x86_amx_a16_w4w8_32x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_RAGGED_GROUPS, 0,
+     qk_amx_a16_workspace, qk_amx_a16_32x32},
 };
 
 /* The emulated test build (QK_EMULATE_X86) runs the same kernels through SIMDe and

@@ -27,16 +27,6 @@ enum {
     CHUNK_ROWS = 256, /* rows per task, as in a8.c */
 };
 
-static const struct __attribute__((aligned(64))) {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config = {
-    .palette = 1,
-    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
-    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
-};
-
 typedef struct {
     qk_avx512_problem p;
     int32_t padded_m;   /* M rounded up to BLOCK_ROWS */
@@ -193,7 +183,7 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     int32_t M = p->a->M, N = p->w->N;
     scratch_parts s;
     carve_scratch(ap, ap->scratch0 + (size_t)thread * ap->scratch, &s);
-    _tile_loadconfig(&tile_config); /* per task: see a8.c */
+    _tile_loadconfig(&qk_amx_tile_config); /* per task: see a8.c */
     for (int32_t t = begin; t < end; t++) {
         int32_t panel = 2 * (t % job->pairs), m0 = t / job->pairs * CHUNK_ROWS;
         int32_t m1 = M - m0 < CHUNK_ROWS ? M : m0 + CHUNK_ROWS;

@@ -33,18 +33,6 @@ enum {
     CHUNK_ROWS = 256,
 };
 
-/* Palette 1, tiles 0..7 all 16 rows x 64 bytes. Static and constant: no stores for the compiler to
- * drop before ldtilecfg reads it (gcc 12 has dropped stores to a local configuration). */
-static const struct __attribute__((aligned(64))) {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config = {
-    .palette = 1,
-    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
-    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
-};
-
 typedef struct {
     qk_avx512_problem p;
     int32_t padded_m;   /* M rounded up to BLOCK_ROWS */
@@ -151,7 +139,7 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     int32_t M = p->a->M, N = p->w->N;
     scratch_parts s;
     carve_scratch(ap, ap->scratch0 + (size_t)thread * ap->scratch, &s);
-    _tile_loadconfig(&tile_config);
+    _tile_loadconfig(&qk_amx_tile_config);
     for (int32_t t = begin; t < end; t++) {
         int32_t panel = 2 * (t % job->pairs), m0 = t / job->pairs * CHUNK_ROWS;
         int32_t m1 = M - m0 < CHUNK_ROWS ? M : m0 + CHUNK_ROWS;

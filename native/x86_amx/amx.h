@@ -16,6 +16,19 @@
 #include "amx_emulation.h" /* native/tests/emulation/: on the include path of the emulated build only */
 #endif
 
+/* The kernels' tile configuration: palette 1, tiles 0..7 all 16 rows x 64 bytes. Static and
+ * constant: no stores for the compiler to drop before ldtilecfg reads it (gcc 12 has dropped stores
+ * to a local configuration). */
+static const struct __attribute__((aligned(64))) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} qk_amx_tile_config = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+
 size_t qk_amx_a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_amx_a8_32x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 size_t qk_amx_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);

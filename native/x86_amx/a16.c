@@ -19,17 +19,13 @@
 #include "amx.h"
 
 enum {
-    TILE_ROWS = 16,
-    TILE_BYTES = 16 * 64,
-    BLOCK_ROWS = 2 * TILE_ROWS,
     STEP_K = 32,      /* k per bfloat16 tile step */
     FOLD_STEPS = 4,   /* float16 / bfloat16: at most 128 k (256 products) per float32 sum (reading 21) */
-    CHUNK_ROWS = 256, /* rows per task, as in a8.c */
 };
 
 typedef struct {
     qk_avx512_problem p;
-    int32_t padded_m;   /* M rounded up to BLOCK_ROWS */
+    int32_t padded_m;   /* M rounded up to QK_AMX_BLOCK_ROWS */
     int32_t parts;      /* bfloat16 parts per activation: 1 (bfloat16 input), 2 (float16), 3 (float32) */
     int32_t fold_steps; /* steps per float32 sum */
     int32_t steps;      /* 32-k steps per group */
@@ -40,25 +36,10 @@ typedef struct {
     uint8_t* scratch0;
 } amx_problem;
 
-typedef struct {
-    uint8_t* b[2]; /* a group's staged B tiles, per panel */
-    float* c;      /* the four C tiles as stored */
-    double* y;     /* [CHUNK_ROWS][32] results */
-} scratch_parts;
-
-static size_t carve_scratch(const amx_problem* ap, uint8_t* base, scratch_parts* s) {
-    size_t used = 0, b_bytes = (size_t)ap->steps * TILE_BYTES;
-    s->b[0] = qk_avx2_take(base, &used, b_bytes);
-    s->b[1] = qk_avx2_take(base, &used, b_bytes);
-    s->c = qk_avx2_take(base, &used, 4 * TILE_BYTES);
-    s->y = qk_avx2_take(base, &used, (size_t)CHUNK_ROWS * QK_AVX512_TILE_COLUMNS * sizeof(double));
-    return used;
-}
-
 static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads,
                      void* base) {
     ap->p = qk_avx512_problem_of(w, a);
-    ap->padded_m = (a->M + BLOCK_ROWS - 1) / BLOCK_ROWS * BLOCK_ROWS;
+    ap->padded_m = (a->M + QK_AMX_BLOCK_ROWS - 1) / QK_AMX_BLOCK_ROWS * QK_AMX_BLOCK_ROWS;
     ap->parts = a->input_dtype == QK_DTYPE_BF16 ? 1 : a->input_dtype == QK_DTYPE_F16 ? 2 : 3;
     ap->fold_steps = ap->parts == 3 ? 1 : FOLD_STEPS;
     ap->steps = (int32_t)((ap->p.group_stride + STEP_K - 1) / STEP_K);
@@ -66,8 +47,8 @@ static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmu
     ap->a_stride = ap->a_row + 32;
     size_t used = qk_avx512_buffers(&ap->p, 1, base); /* float32 rows of X, M of them */
     ap->a = qk_avx2_take(base, &used, (size_t)ap->parts * (size_t)ap->padded_m * ap->a_stride * sizeof(uint16_t));
-    scratch_parts s;
-    ap->scratch = carve_scratch(ap, NULL, &s);
+    qk_amx_scratch s;
+    ap->scratch = qk_amx_carve_scratch(ap->steps, NULL, &s);
     ap->scratch0 = qk_avx2_take(base, &used, ap->scratch * (size_t)threads);
     return used;
 }
@@ -144,7 +125,7 @@ static void stage_group(const amx_problem* ap, int32_t panel, int32_t g, uint8_t
             staged += 2;
         }
     }
-    memset(out + (size_t)staged * 64, 0, ((size_t)ap->steps * TILE_ROWS - (size_t)staged) * 64);
+    memset(out + (size_t)staged * 64, 0, ((size_t)ap->steps * QK_AMX_TILE_ROWS - (size_t)staged) * 64);
     /* gcc's _tile_loadd asm declares no memory read: keep these stores before the tile loads. */
     __asm__ volatile("" ::: "memory");
 }
@@ -154,12 +135,12 @@ static void block_products(const amx_problem* ap, const uint16_t* a, uint8_t* co
                            int panels) {
     size_t stride = ap->a_stride * sizeof *a, part_stride = (size_t)ap->padded_m * ap->a_stride;
     for (int32_t s = s0; s < s1; s++) {
-        _tile_loadd(6, b[0] + (size_t)s * TILE_BYTES, 64);
-        if (panels == 2) _tile_loadd(7, b[1] + (size_t)s * TILE_BYTES, 64);
+        _tile_loadd(6, b[0] + (size_t)s * QK_AMX_TILE_BYTES, 64);
+        if (panels == 2) _tile_loadd(7, b[1] + (size_t)s * QK_AMX_TILE_BYTES, 64);
         for (int32_t q = 0; q < ap->parts; q++) {
             const uint16_t* as = a + q * part_stride + (size_t)s * STEP_K;
             _tile_loadd(4, as, stride);
-            _tile_loadd(5, as + TILE_ROWS * ap->a_stride, stride);
+            _tile_loadd(5, as + QK_AMX_TILE_ROWS * ap->a_stride, stride);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(2, 5, 6);
             if (panels == 2) {
@@ -180,51 +161,45 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const amx_problem* ap = job->ap;
     const qk_avx512_problem* p = &ap->p;
     const qk_vnni16_layout* l = &p->l;
-    int32_t M = p->a->M, N = p->w->N;
-    scratch_parts s;
-    carve_scratch(ap, ap->scratch0 + (size_t)thread * ap->scratch, &s);
+    qk_amx_scratch s;
+    qk_amx_carve_scratch(ap->steps, ap->scratch0 + (size_t)thread * ap->scratch, &s);
+    float* c = s.c;
     _tile_loadconfig(&qk_amx_tile_config); /* per task: see a8.c */
     for (int32_t t = begin; t < end; t++) {
-        int32_t panel = 2 * (t % job->pairs), m0 = t / job->pairs * CHUNK_ROWS;
-        int32_t m1 = M - m0 < CHUNK_ROWS ? M : m0 + CHUNK_ROWS;
-        int panels = l->panels - panel < 2 ? 1 : 2;
-        memset(s.y, 0, (size_t)(m1 - m0) * QK_AVX512_TILE_COLUMNS * sizeof(double));
+        qk_amx_task k = qk_amx_task_of(p, job->pairs, t);
+        memset(s.y, 0, (size_t)(k.m1 - k.m0) * QK_AVX512_TILE_COLUMNS * sizeof(double));
         for (int32_t g = 0; g < l->groups; g++) {
             const uint8_t* header[2];
-            for (int pi = 0; pi < panels; pi++) {
-                stage_group(ap, panel + pi, g, s.b[pi]);
-                header[pi] = qk_vnni16_group(p->packed, l, panel + pi, g);
+            for (int pi = 0; pi < k.panels; pi++) {
+                stage_group(ap, k.panel + pi, g, s.b[pi]);
+                header[pi] = qk_vnni16_group(p->packed, l, k.panel + pi, g);
             }
-            for (int32_t m = m0; m < m1; m += BLOCK_ROWS) {
+            for (int32_t m = k.m0; m < k.m1; m += QK_AMX_BLOCK_ROWS) {
                 const uint16_t* a = ap->a + (size_t)m * ap->a_stride + (size_t)g * (size_t)ap->steps * STEP_K;
-                int32_t rows = m1 - m < BLOCK_ROWS ? m1 - m : BLOCK_ROWS;
+                int32_t rows = k.m1 - m < QK_AMX_BLOCK_ROWS ? k.m1 - m : QK_AMX_BLOCK_ROWS;
                 for (int32_t s0 = 0; s0 < ap->steps; s0 += ap->fold_steps) {
                     _tile_zero(0);
                     _tile_zero(1);
                     _tile_zero(2);
                     _tile_zero(3);
-                    block_products(ap, a, s.b, s0, s0 + ap->fold_steps < ap->steps ? s0 + ap->fold_steps : ap->steps, panels);
-                    _tile_stored(0, s.c, 64);
-                    _tile_stored(1, s.c + 256, 64);
-                    _tile_stored(2, s.c + 512, 64);
-                    _tile_stored(3, s.c + 768, 64);
-                    for (int pi = 0; pi < panels; pi++) {
+                    block_products(ap, a, s.b, s0, s0 + ap->fold_steps < ap->steps ? s0 + ap->fold_steps : ap->steps,
+                                   k.panels);
+                    _tile_stored(0, c, 64);
+                    _tile_stored(1, c + 256, 64);
+                    _tile_stored(2, c + 512, 64);
+                    _tile_stored(3, c + 768, 64);
+                    for (int pi = 0; pi < k.panels; pi++) {
                         __m512 scale = _mm512_load_ps((const float*)header[pi]);
-                        for (int32_t r = 0; r < rows; r++)
-                            qk_avx512_fold_ps(s.y + (size_t)(m - m0 + r) * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL,
-                                              _mm512_loadu_ps(s.c + (r / TILE_ROWS * 2 + pi) * 256 + (r % TILE_ROWS) * 16),
-                                              scale);
+                        for (int32_t r = 0; r < rows; r++) {
+                            double* y = s.y + (size_t)(m - k.m0 + r) * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL;
+                            const float* sums = c + (r / QK_AMX_TILE_ROWS * 2 + pi) * 256 + (r % QK_AMX_TILE_ROWS) * 16;
+                            qk_avx512_fold_ps(y, _mm512_loadu_ps(sums), scale);
+                        }
                     }
                 }
             }
         }
-        for (int32_t m = m0; m < m1; m++)
-            for (int32_t c = 0; c < panels * QK_VNNI16_PANEL; c += 8) {
-                int32_t n = panel * QK_VNNI16_PANEL + c;
-                if (n < N)
-                    qk_avx2_finish(p->a, N, p->row_scale, m, n, N - n < 8 ? N - n : 8,
-                                   s.y + (size_t)(m - m0) * QK_AVX512_TILE_COLUMNS + c);
-            }
+        qk_avx512_finish_rows(p, k.panel, k.panels, k.m0, k.m1 - k.m0, s.y);
     }
 }
 
@@ -239,7 +214,7 @@ qk_status qk_amx_a16_32x32(const qk_exec* exec, const qk_kernel_weights* w, cons
     qk_avx512_prepare_rows(exec, &ap.p);
     qk_parallel_for(exec, ap.padded_m, 1, split_task, &ap);
     task_job job = {&ap, (ap.p.l.panels + 1) / 2};
-    int32_t chunks = (a->M + CHUNK_ROWS - 1) / CHUNK_ROWS;
+    int32_t chunks = (a->M + QK_AMX_CHUNK_ROWS - 1) / QK_AMX_CHUNK_ROWS;
     qk_parallel_for(exec, chunks * job.pairs, 1, task, &job);
     return QK_OK;
 }

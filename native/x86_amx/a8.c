@@ -5,8 +5,8 @@
  * weights is one B row), C = 16 x 16 int32; tdpbsud adds A . B to C. A block is 32 rows x 32
  * columns: two A tiles, two B tiles, four C tiles, so each tile loaded feeds two products.
  *
- * A task is one pair of panels (32 columns) for a chunk of up to CHUNK_ROWS rows. For each group it
- * stages the group's weights of both panels once into the thread's workspace as whole B tiles:
+ * A task is one pair of panels (32 columns) for a chunk of up to QK_AMX_CHUNK_ROWS rows. For each
+ * group it stages the group's weights of both panels once into the thread's workspace as B tiles:
  * 8-bit rows copied, 4-bit rows widened to bytes (a packed row's low nibbles are the VNNI row of
  * k 8r..8r+3, its high nibbles that of 8r+4..8r+7), both zero-padded to a multiple of 16 rows. The
  * staged tiles then serve every 32-row block of the chunk. The zero padding is what lets the A tiles
@@ -24,38 +24,13 @@
 
 #include "amx.h"
 
-enum {
-    TILE_ROWS = 16,
-    TILE_BYTES = 16 * 64,
-    BLOCK_ROWS = 2 * TILE_ROWS,
-    /* Rows per task: each staged group of weights serves them all (at 128, M = 512 with 8-bit
-     * per-channel weights took 1.45x the time). */
-    CHUNK_ROWS = 256,
-};
-
 typedef struct {
     qk_avx512_problem p;
-    int32_t padded_m;   /* M rounded up to BLOCK_ROWS */
+    int32_t padded_m;   /* M rounded up to QK_AMX_BLOCK_ROWS */
     int32_t steps;      /* 64-k tile steps per group */
     size_t scratch;     /* bytes of one thread's scratch */
     uint8_t* scratch0;  /* thread t's scratch at scratch0 + t * scratch */
 } amx_problem;
-
-/* One thread's scratch: staged B tiles of two panels, the four C tiles as stored, the results. */
-typedef struct {
-    uint8_t* b[2];
-    int32_t* c;
-    double* y;
-} scratch_parts;
-
-static size_t carve_scratch(const amx_problem* ap, uint8_t* base, scratch_parts* s) {
-    size_t used = 0, b_bytes = (size_t)ap->steps * TILE_BYTES;
-    s->b[0] = qk_avx2_take(base, &used, b_bytes);
-    s->b[1] = qk_avx2_take(base, &used, b_bytes);
-    s->c = qk_avx2_take(base, &used, 4 * TILE_BYTES);
-    s->y = qk_avx2_take(base, &used, (size_t)CHUNK_ROWS * QK_AVX512_TILE_COLUMNS * sizeof(double));
-    return used;
-}
 
 /* Lays out the workspace (base NULL: measures it); returns its size. */
 static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads,
@@ -64,15 +39,15 @@ static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmu
     /* One cache line between rows: rows a multiple of 4 KiB apart (K = 4096) would put an A tile's
      * 16 rows in one set of the 12-way L1 cache. */
     ap->p.row += 64;
-    ap->padded_m = (a->M + BLOCK_ROWS - 1) / BLOCK_ROWS * BLOCK_ROWS;
+    ap->padded_m = (a->M + QK_AMX_BLOCK_ROWS - 1) / QK_AMX_BLOCK_ROWS * QK_AMX_BLOCK_ROWS;
     ap->steps = (int32_t)((ap->p.group_stride + 63) / 64);
     qk_matmul_args padded = *a; /* the activation buffers, for padded_m rows */
     padded.M = ap->padded_m;
     ap->p.a = &padded;
     size_t used = qk_avx512_buffers(&ap->p, 0, base);
     ap->p.a = a;
-    scratch_parts s;
-    ap->scratch = carve_scratch(ap, NULL, &s);
+    qk_amx_scratch s;
+    ap->scratch = qk_amx_carve_scratch(ap->steps, NULL, &s);
     ap->scratch0 = qk_avx2_take(base, &used, ap->scratch * (size_t)threads);
     return used;
 }
@@ -93,7 +68,7 @@ static void stage_group(const qk_avx512_problem* p, int32_t panel, int32_t g, in
     } else {
         memcpy(out, rows, (size_t)l->rows * QK_VNNI16_ROW_BYTES);
     }
-    memset(out + (size_t)staged * 64, 0, ((size_t)steps * TILE_ROWS - (size_t)staged) * 64);
+    memset(out + (size_t)staged * 64, 0, ((size_t)steps * QK_AMX_TILE_ROWS - (size_t)staged) * 64);
     /* gcc's _tile_loadd asm declares no memory read: keep these stores before the tile loads. */
     __asm__ volatile("" ::: "memory");
 }
@@ -109,12 +84,12 @@ static void block_products(const int8_t* a, size_t a_stride, uint8_t* const b[2]
     for (int32_t s = 0; s < steps; s++) {
         const int8_t* as = a + (size_t)s * 64;
         _tile_loadd(4, as, a_stride);
-        _tile_loadd(5, as + TILE_ROWS * a_stride, a_stride);
-        _tile_loadd(6, b[0] + (size_t)s * TILE_BYTES, 64);
+        _tile_loadd(5, as + QK_AMX_TILE_ROWS * a_stride, a_stride);
+        _tile_loadd(6, b[0] + (size_t)s * QK_AMX_TILE_BYTES, 64);
         _tile_dpbsud(0, 4, 6);
         _tile_dpbsud(2, 5, 6);
         if (panels == 2) {
-            _tile_loadd(7, b[1] + (size_t)s * TILE_BYTES, 64);
+            _tile_loadd(7, b[1] + (size_t)s * QK_AMX_TILE_BYTES, 64);
             _tile_dpbsud(1, 4, 7);
             _tile_dpbsud(3, 5, 7);
         }
@@ -136,31 +111,29 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const amx_problem* ap = job->ap;
     const qk_avx512_problem* p = &ap->p;
     const qk_vnni16_layout* l = &p->l;
-    int32_t M = p->a->M, N = p->w->N;
-    scratch_parts s;
-    carve_scratch(ap, ap->scratch0 + (size_t)thread * ap->scratch, &s);
+    qk_amx_scratch s;
+    qk_amx_carve_scratch(ap->steps, ap->scratch0 + (size_t)thread * ap->scratch, &s);
+    int32_t* c = s.c;
     _tile_loadconfig(&qk_amx_tile_config);
     for (int32_t t = begin; t < end; t++) {
-        int32_t panel = 2 * (t % job->pairs), m0 = t / job->pairs * CHUNK_ROWS;
-        int32_t m1 = M - m0 < CHUNK_ROWS ? M : m0 + CHUNK_ROWS;
-        int panels = l->panels - panel < 2 ? 1 : 2;
-        memset(s.y, 0, (size_t)(m1 - m0) * QK_AVX512_TILE_COLUMNS * sizeof(double));
+        qk_amx_task k = qk_amx_task_of(p, job->pairs, t);
+        memset(s.y, 0, (size_t)(k.m1 - k.m0) * QK_AVX512_TILE_COLUMNS * sizeof(double));
         for (int32_t g = 0; g < l->groups; g++) {
-            for (int pi = 0; pi < panels; pi++) stage_group(p, panel + pi, g, ap->steps, s.b[pi]);
-            const uint8_t* header[2] = {qk_vnni16_group(p->packed, l, panel, g),
-                                        qk_vnni16_group(p->packed, l, panel + panels - 1, g)};
-            for (int32_t m = m0; m < m1; m += BLOCK_ROWS) {
+            for (int pi = 0; pi < k.panels; pi++) stage_group(p, k.panel + pi, g, ap->steps, s.b[pi]);
+            const uint8_t* header[2] = {qk_vnni16_group(p->packed, l, k.panel, g),
+                                        qk_vnni16_group(p->packed, l, k.panel + k.panels - 1, g)};
+            for (int32_t m = k.m0; m < k.m1; m += QK_AMX_BLOCK_ROWS) {
                 block_products(p->qx + (size_t)m * p->row + (size_t)g * p->group_stride, p->row, s.b, ap->steps,
-                               panels, s.c);
-                int32_t rows = m1 - m < BLOCK_ROWS ? m1 - m : BLOCK_ROWS;
-                for (int pi = 0; pi < panels; pi++) {
+                               k.panels, c);
+                int32_t rows = k.m1 - m < QK_AMX_BLOCK_ROWS ? k.m1 - m : QK_AMX_BLOCK_ROWS;
+                for (int pi = 0; pi < k.panels; pi++) {
                     __m512 scale = _mm512_load_ps((const float*)header[pi]);
                     __m512i zero = _mm512_load_si512((const void*)(header[pi] + 64));
                     for (int32_t r = 0; r < rows; r++) {
                         int32_t xs = p->sums[(size_t)(m + r) * l->groups + g];
-                        __m512i acc = _mm512_loadu_si512((const void*)(s.c + (r / TILE_ROWS * 2 + pi) * 256 +
-                                                                       (r % TILE_ROWS) * 16));
-                        double* y = s.y + (size_t)(m - m0 + r) * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL;
+                        __m512i acc = _mm512_loadu_si512((const void*)(c + (r / QK_AMX_TILE_ROWS * 2 + pi) * 256 +
+                                                                       (r % QK_AMX_TILE_ROWS) * 16));
+                        double* y = s.y + (size_t)(m - k.m0 + r) * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL;
                         qk_avx512_fold_epi32(y, _mm512_sub_epi32(acc, _mm512_mullo_epi32(zero, _mm512_set1_epi32(xs))),
                                              scale);
                         if (p->has_offsets) /* offset * xs: exact in float64 */
@@ -170,13 +143,7 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
                 }
             }
         }
-        for (int32_t m = m0; m < m1; m++)
-            for (int32_t c = 0; c < panels * QK_VNNI16_PANEL; c += 8) { /* qk_avx2_finish rounds 8 at a time */
-                int32_t n = panel * QK_VNNI16_PANEL + c;
-                if (n < N)
-                    qk_avx2_finish(p->a, N, p->row_scale, m, n, N - n < 8 ? N - n : 8,
-                                   s.y + (size_t)(m - m0) * QK_AVX512_TILE_COLUMNS + c);
-            }
+        qk_avx512_finish_rows(p, k.panel, k.panels, k.m0, k.m1 - k.m0, s.y);
     }
 }
 
@@ -194,7 +161,7 @@ qk_status qk_amx_a8_32x32(const qk_exec* exec, const qk_kernel_weights* w, const
     memset(ap.p.qx + (size_t)a->M * ap.p.row, 0, pad * ap.p.row);
     memset(ap.p.sums + (size_t)a->M * ap.p.l.groups, 0, pad * (size_t)ap.p.l.groups * sizeof *ap.p.sums);
     task_job job = {&ap, (ap.p.l.panels + 1) / 2};
-    int32_t chunks = (a->M + CHUNK_ROWS - 1) / CHUNK_ROWS;
+    int32_t chunks = (a->M + QK_AMX_CHUNK_ROWS - 1) / QK_AMX_CHUNK_ROWS;
     qk_parallel_for(exec, chunks * job.pairs, 1, task, &job);
     return QK_OK;
 }

@@ -29,6 +29,50 @@ static const struct __attribute__((aligned(64))) {
     .rows = {16, 16, 16, 16, 16, 16, 16, 16},
 };
 
+/* Both kernels work in blocks of 32 rows x 32 columns (two A tiles, two B tiles, four C tiles),
+ * by tasks of one pair of panels for a chunk of rows. */
+enum {
+    QK_AMX_TILE_ROWS = 16,
+    QK_AMX_TILE_BYTES = 16 * 64,
+    QK_AMX_BLOCK_ROWS = 2 * QK_AMX_TILE_ROWS,
+    /* Rows per task: each group of weights staged once serves them all (at 128, A8 at M = 512 with
+     * 8-bit per-channel weights took 1.45x the time). */
+    QK_AMX_CHUNK_ROWS = 256,
+};
+
+/* One thread's scratch: a group's staged B tiles of two panels, the four C tiles as stored (int32
+ * or float32), the task's float64 results [QK_AMX_CHUNK_ROWS][32]. */
+typedef struct {
+    uint8_t* b[2];
+    void* c;
+    double* y;
+} qk_amx_scratch;
+
+/* Lays out a scratch for groups of `steps` tile steps at base (NULL: measures); returns its size. */
+static inline size_t qk_amx_carve_scratch(int32_t steps, uint8_t* base, qk_amx_scratch* s) {
+    size_t used = 0, b_bytes = (size_t)steps * QK_AMX_TILE_BYTES;
+    s->b[0] = qk_avx2_take(base, &used, b_bytes);
+    s->b[1] = qk_avx2_take(base, &used, b_bytes);
+    s->c = qk_avx2_take(base, &used, 4 * QK_AMX_TILE_BYTES);
+    s->y = qk_avx2_take(base, &used, (size_t)QK_AMX_CHUNK_ROWS * QK_AVX512_TILE_COLUMNS * sizeof(double));
+    return used;
+}
+
+/* Task t of `pairs` panel pairs per chunk: its first panel, panel count (1 or 2) and rows [m0, m1). */
+typedef struct {
+    int32_t panel, m0, m1;
+    int panels;
+} qk_amx_task;
+
+static inline qk_amx_task qk_amx_task_of(const qk_avx512_problem* p, int32_t pairs, int32_t t) {
+    qk_amx_task k;
+    k.panel = 2 * (t % pairs);
+    k.m0 = t / pairs * QK_AMX_CHUNK_ROWS;
+    k.m1 = p->a->M - k.m0 < QK_AMX_CHUNK_ROWS ? p->a->M : k.m0 + QK_AMX_CHUNK_ROWS;
+    k.panels = p->l.panels - k.panel < 2 ? 1 : 2;
+    return k;
+}
+
 size_t qk_amx_a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_amx_a8_32x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 size_t qk_amx_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);

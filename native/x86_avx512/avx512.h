@@ -66,6 +66,11 @@ typedef void qk_avx512_tile_fn(const qk_avx512_problem* p, int32_t panel, int pa
  * rounded to the output. */
 void qk_avx512_run_tiles(const qk_exec* exec, const qk_avx512_problem* p, int tile_rows, qk_avx512_tile_fn* tile);
 
+/* Rows [m, m + rows) of the output, columns of `panels` panels from `panel`, from y[r * 32 + c]
+ * (float64 sums before the row scale): times the row's scale, plus bias, rounded once. */
+void qk_avx512_finish_rows(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int32_t rows,
+                           double* y);
+
 /* y[0..15] += t * scale, in float64 (t: 16 int32 or float32 lanes, scale: 16 float32). */
 QK_AVX512_INLINE void qk_avx512_fold_epi32(double* y, __m512i t, __m512 scale) {
     __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(t)), hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(t, 1));

@@ -36,6 +36,18 @@ size_t qk_avx512_buffers(qk_avx512_problem* p, int a16, void* base) {
     return used;
 }
 
+void qk_avx512_finish_rows(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int32_t rows,
+                           double* y) {
+    int32_t N = p->w->N;
+    for (int32_t r = 0; r < rows; r++)
+        for (int32_t c = 0; c < panels * QK_VNNI16_PANEL; c += 8) { /* qk_avx2_finish rounds 8 at a time */
+            int32_t n = panel * QK_VNNI16_PANEL + c;
+            if (n < N)
+                qk_avx2_finish(p->a, N, p->row_scale, m + r, n, N - n < 8 ? N - n : 8,
+                               y + (size_t)r * QK_AVX512_TILE_COLUMNS + c);
+        }
+}
+
 static void prepare_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const qk_avx512_problem* p = arg;
@@ -61,7 +73,7 @@ static void tiles_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const tiles_job* j = arg;
     const qk_avx512_problem* p = j->p;
-    int32_t M = p->a->M, N = p->w->N;
+    int32_t M = p->a->M;
     for (int32_t t = begin; t < end; t++) {
         int32_t panel = 2 * (t % j->pairs), m0 = t / j->pairs * j->chunk_rows;
         int32_t m1 = M - m0 < j->chunk_rows ? M : m0 + j->chunk_rows;
@@ -71,13 +83,7 @@ static void tiles_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
             double y[QK_AVX512_MAX_TILE_ROWS * QK_AVX512_TILE_COLUMNS];
             memset(y, 0, sizeof y);
             j->tile(p, panel, panels, m, rows, y);
-            for (int r = 0; r < rows; r++)
-                for (int32_t c = 0; c < panels * QK_VNNI16_PANEL; c += 8) { /* qk_avx2_finish rounds 8 at a time */
-                    int32_t n = panel * QK_VNNI16_PANEL + c;
-                    if (n < N)
-                        qk_avx2_finish(p->a, N, p->row_scale, m + r, n, N - n < 8 ? N - n : 8,
-                                       y + r * QK_AVX512_TILE_COLUMNS + c);
-                }
+            qk_avx512_finish_rows(p, panel, panels, m, rows, y);
         }
     }
 }

@@ -72,9 +72,6 @@ static int quantize_activation_row(const qk_matmul_args* a, int32_t m, int32_t K
     return 1;
 }
 
-/* |qx · (q − zp)| <= 127 · 255, so this many products sum exactly in int32 (reading 5). */
-enum { INT32_EXACT_RUN = 66311 };
-
 /* Σ x[k] over [begin, end): at most 127 per term, exact in int64. */
 static int64_t exact_sum(const int16_t* x, int32_t begin, int32_t end) {
     int64_t sum = 0;
@@ -82,12 +79,13 @@ static int64_t exact_sum(const int16_t* x, int32_t begin, int32_t end) {
     return sum;
 }
 
-/* Σ x[k] · w[k] over [begin, end), exactly: int32 runs folded into int64. The operands are int16
- * so that compilers can use 16-bit multiply-add instructions. */
+/* Σ x[k] · w[k] over [begin, end), exactly: int32 runs of at most QK_A8_INT32_EXACT_GROUP products
+ * (exact: reading 5) folded into int64. The operands are int16 so that compilers can use 16-bit
+ * multiply-add instructions. */
 static int64_t exact_dot(const int16_t* x, const int16_t* w, int32_t begin, int32_t end) {
     int64_t sum = 0;
     for (int32_t run = begin; run < end;) {
-        int32_t stop = end - run < INT32_EXACT_RUN ? end : run + INT32_EXACT_RUN, part = 0;
+        int32_t stop = end - run < QK_A8_INT32_EXACT_GROUP ? end : run + QK_A8_INT32_EXACT_GROUP, part = 0;
         for (int32_t k = run; k < stop; k++) part += x[k] * w[k];
         sum += part;
         run = stop; /* never past end: no signed overflow near INT32_MAX */

@@ -45,6 +45,9 @@
 #include <vector_types.h>
 
 #include <deque>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 /* CUDA's qualifiers as host C++ (the toolkit headers above define them as nothing or as
@@ -567,11 +570,18 @@ inline void run_grid(dim3 grid, dim3 threads, size_t shared_bytes, void (*body)(
   running_block = nullptr;
 }
 
-/* Runs kernel_call (the kernel applied to its arguments) as every thread of every block. */
-template <typename KernelCall>
-void launch(dim3 grid, dim3 block, size_t shared_bytes, KernelCall kernel_call) {
+/* Runs kernel(args...) as every thread of every block. As with <<<>>>, the arguments are
+ * evaluated and converted to the kernel's parameter types once; each thread gets its own copy. */
+template <typename... Params, typename... Args>
+void launch(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(Params...), Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "the kernel takes another number of arguments");
+  struct Call {
+    void (*kernel)(Params...);
+    std::tuple<std::decay_t<Params>...> params;
+  } call{kernel, {std::forward<Args>(args)...}};
   run_grid(grid, block, shared_bytes,
-           [](void* call) { (*static_cast<KernelCall*>(call))(); }, &kernel_call);
+           [](void* c) { std::apply(static_cast<Call*>(c)->kernel, static_cast<Call*>(c)->params); },
+           &call);
 }
 
 }  // namespace qk_emu

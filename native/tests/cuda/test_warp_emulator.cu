@@ -373,6 +373,21 @@ static void test_barrier() {
   CHECK(out[0] == -1, "a missing barrier is not visible: thread 0 read %d", out[0]);
 }
 
+template <int Scale>
+__global__ void scaled_index_kernel(int* out, int offset) {
+  offset += 1; /* each thread's own copy of its parameters */
+  out[threadIdx.x] = Scale * (int)threadIdx.x + offset;
+}
+
+static void test_launch_arguments() {
+  int out[32];
+  int evaluations = 0;
+  auto* kernel = scaled_index_kernel<3>;
+  QK_CUDA_LAUNCH(kernel, 1, 32, 0, nullptr, (++evaluations, out), 10);
+  CHECK(evaluations == 1, "the launch evaluated its arguments %d times", evaluations);
+  for (int t = 0; t < 32; ++t) CHECK(out[t] == 3 * t + 11, "thread %d: %d", t, out[t]);
+}
+
 /* ---- errors: each must abort the run with the emulator's message -------------------------- */
 
 __global__ void early_return_kernel(int* out) {
@@ -460,6 +475,7 @@ int main() {
   test_shfl();
   test_cp_async();
   test_barrier();
+  test_launch_arguments();
   test_errors();
   if (failures) {
     fprintf(stderr, "test_warp_emulator: %d failures\n", failures);

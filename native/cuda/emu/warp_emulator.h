@@ -39,6 +39,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <ucontext.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -85,6 +88,14 @@ constexpr unsigned char kPoison = 0xFF;
 
 /* ---- fibers ------------------------------------------------------------------------------ */
 
+/* A fiber that exits never unwinds: under AddressSanitizer its frames' red zones stay poisoned, and
+ * its stack is unpoisoned before the next fiber starts on it. */
+#if defined(__SANITIZE_ADDRESS__)
+inline void reset_stack(void* stack, size_t bytes) { ASAN_UNPOISON_MEMORY_REGION(stack, bytes); }
+#else
+inline void reset_stack(void*, size_t) {}
+#endif
+
 #if defined(__x86_64__) && !defined(QK_CUDA_EMULATE_UCONTEXT)
 /* A suspended fiber is its stack pointer; its stack holds the callee-saved registers, the
  * floating-point control words and the address it resumes at. swapcontext would also save the
@@ -126,6 +137,7 @@ qk_emu_switch:
 
 /* A fiber that starts in entry (which must never return) at its first switch. */
 inline void make_context(Context& context, void* stack, size_t bytes, void (*entry)()) {
+  reset_stack(stack, bytes);
   /* Top down: the return address that qk_emu_switch's ret takes, placed so that entry starts with
    * the stack aligned as after a call; six registers (zero); the control words (this thread's). */
   uint64_t* top = (uint64_t*)(((uintptr_t)stack + bytes) & ~(uintptr_t)15);
@@ -141,6 +153,7 @@ struct Context {
   ucontext_t uc;
 };
 inline void make_context(Context& context, void* stack, size_t bytes, void (*entry)()) {
+  reset_stack(stack, bytes);
   getcontext(&context.uc);
   context.uc.uc_stack.ss_sp = stack;
   context.uc.uc_stack.ss_size = bytes;

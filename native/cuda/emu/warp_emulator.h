@@ -208,7 +208,6 @@ inline Thread& self() {
   return running_block->threads[running_block->current];
 }
 
-inline int linear_thread(const Block& block) { return block.current; }
 
 /* Hands control back to the scheduler until another thread releases this one. */
 inline void wait_for_release(Wait wait) {
@@ -229,8 +228,8 @@ constexpr int warpSize = qk_emu::kWarpSize;
 
 inline void __syncthreads() {
   using namespace qk_emu;
+  self(); /* inside a launch */
   Block& block = *running_block;
-  self();
   if (++block.at_barrier == (int)block.threads.size()) {
     block.at_barrier = 0;
     for (Thread& t : block.threads) t.wait = Wait::Runnable;
@@ -243,8 +242,9 @@ namespace qk_emu {
 
 /* The warp rendezvous: returns in every lane after the last lane ran compute(lane_args). */
 inline void warp_collective(const char* op, void* my_args, void (*compute)(void* const* lane_args)) {
+  self(); /* inside a launch */
   Block& block = *running_block;
-  const int thread = linear_thread(block);
+  const int thread = block.current;
   const int warp = thread / kWarpSize;
   const int lane = thread % kWarpSize;
   if ((warp + 1) * kWarpSize > (int)block.threads.size()) {
@@ -270,8 +270,6 @@ inline void warp_collective(const char* op, void* my_args, void (*compute)(void*
     wait_for_release(Wait::Warp);
   }
 }
-
-inline int lane_id() { return linear_thread(*running_block) % kWarpSize; }
 
 /* ---- mma ---------------------------------------------------------------------------------- */
 
@@ -312,7 +310,7 @@ inline void gather_m16n8k16(void* const* lanes, float a[16][16], float b[16][8])
 inline void mma_m16n8k16_float(FloatInput type, float d[4], const uint32_t a[4],
                                const uint32_t b[2], const float c[4]) {
   MmaArgs<float> args{d, a, b, c, type};
-  warp_collective("mma.m16n8k16.f32", &args, [](void* const* lanes) {
+  warp_collective(type == Float16 ? "mma.m16n8k16.f32.f16" : "mma.m16n8k16.f32.bf16", &args, [](void* const* lanes) {
     float a[16][16], b[16][8], result[16][8];
     gather_m16n8k16(lanes, a, b);
     for (int row = 0; row < 16; ++row) {
@@ -461,8 +459,8 @@ inline void cp_async_wait(int groups_left) {
 /* ---- the launch --------------------------------------------------------------------------- */
 
 inline void* dynamic_shared() {
+  self(); /* inside a launch */
   Block& block = *running_block;
-  self();
   return block.shared_bytes ? block.shared.data() : nullptr;
 }
 

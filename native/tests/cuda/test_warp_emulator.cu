@@ -404,6 +404,12 @@ __global__ void divergent_kernel(int* out) {
   }
 }
 
+__global__ void mixed_mma_kernel(MmaFragments* f) {
+  float d[4];
+  if (threadIdx.x == 7) qk_mma_m16n8k16_bf16(d, f->a[0], f->b[0], f->c[0]);
+  else qk_mma_m16n8k16_f16(d, f->a[0], f->b[0], f->c[0]);
+}
+
 __global__ void barrier_in_warp_branch_kernel(int* out) {
   if (threadIdx.x < 32) {
     out[threadIdx.x] = qk_shfl_xor((int)threadIdx.x, 1);
@@ -453,6 +459,10 @@ static void test_errors() {
   expect_abort("divergent shuffles", "divergent warp collectives", [] {
     QK_CUDA_LAUNCH(divergent_kernel, 1, 64, 0, nullptr, out);
   });
+  expect_abort("float16 and bfloat16 mma", "divergent warp collectives", [] {
+    static MmaFragments f{};
+    QK_CUDA_LAUNCH(mixed_mma_kernel, 1, 32, 0, nullptr, &f);
+  });
   expect_abort("barrier against a collective", "deadlock in block (0,0,0)", [] {
     QK_CUDA_LAUNCH(barrier_in_warp_branch_kernel, 1, 64, 0, nullptr, out);
   });
@@ -463,6 +473,7 @@ static void test_errors() {
     QK_CUDA_LAUNCH(partial_warp_kernel, 1, 48, 0, nullptr, out);
   });
   expect_abort("outside a launch", "outside a kernel launch", [] { qk_cp_async_commit(); });
+  expect_abort("barrier outside a launch", "outside a kernel launch", [] { __syncthreads(); });
 }
 
 int main() {

@@ -208,7 +208,6 @@ inline Thread& self() {
   return running_block->threads[running_block->current];
 }
 
-
 /* Hands control back to the scheduler until another thread releases this one. */
 inline void wait_for_release(Wait wait) {
   Block& block = *running_block;

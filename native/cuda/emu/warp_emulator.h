@@ -18,7 +18,8 @@
  *     retires its group, so a missing wait leaves the poison in place; a thread's groups still in
  *     flight when it exits are dropped.
  *   - dynamic shared memory (QK_DYNAMIC_SHARED) is filled with 0xFF bytes (NaN in float16,
- *     bfloat16 and float32) before each block, with a guard area after it checked after the block.
+ *     bfloat16 and float32) before each block, with a guard area after it checked after the block;
+ *     ldmatrix and cp.async that reach past its end abort at once.
  *     Static __shared__ variables are static thread_local: one per launching host thread, kept from
  *     one block to the next, not poisoned.
  * It does not model timing, bank conflicts, occupancy, register limits, or any memory ordering
@@ -270,6 +271,18 @@ inline void warp_collective(const char* op, void* my_args, void (*compute)(void*
   }
 }
 
+/* Aborts where [p, p + bytes) starts in dynamic shared memory or its guard and ends past the end. */
+inline void check_dynamic_shared(const void* p, size_t bytes, const char* op) {
+  const Block& block = *running_block;
+  const uintptr_t begin = (uintptr_t)block.shared.data(), at = (uintptr_t)p;
+  if (at >= begin && at < begin + block.shared.size() && at + bytes > begin + block.shared_bytes) {
+    char message[160];
+    snprintf(message, sizeof message, "%s past the end of dynamic shared memory (byte %zu of %zu)",
+             op, (size_t)(at - begin), block.shared_bytes);
+    fail(message);
+  }
+}
+
 /* ---- mma ---------------------------------------------------------------------------------- */
 
 enum FloatInput { Float16, BFloat16 };
@@ -388,6 +401,7 @@ inline void ldmatrix(uint32_t* r, const void* smem_row, int matrices, bool trans
       for (int row = 0; row < 8; ++row) {
         const uintptr_t address = (uintptr_t)lane_args(8 * j + row)->row;
         if (address % 16 != 0) fail("ldmatrix: a row address is not 16-byte aligned");
+        check_dynamic_shared((const void*)address, 16, "ldmatrix reads");
         memcpy(m[j][row], (const void*)address, 16);
       }
     }
@@ -434,6 +448,7 @@ inline void cp_async(void* smem, const void* gmem, int src_bytes) {
   if ((uintptr_t)smem % 16 != 0 || (src_bytes > 0 && (uintptr_t)gmem % 16 != 0)) {
     fail("cp.async: a 16-byte copy between addresses not 16-byte aligned");
   }
+  check_dynamic_shared(smem, 16, "cp.async writes");
   CpAsync copy;
   copy.dst = smem;
   memset(copy.bytes, 0, 16);

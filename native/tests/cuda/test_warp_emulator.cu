@@ -424,6 +424,18 @@ __global__ void shared_overrun_kernel(int* out) {
   out[threadIdx.x] = 0;
 }
 
+__global__ void cp_async_overrun_kernel(const uint8_t* global) {
+  QK_DYNAMIC_SHARED(uint8_t, shared);
+  qk_cp_async_16(shared + 16 * (threadIdx.x + 1), global); /* thread 31: one row past the 512 bytes */
+  qk_cp_async_commit();
+  qk_cp_async_wait<0>();
+}
+
+__global__ void ldmatrix_overrun_kernel(uint32_t* out) {
+  QK_DYNAMIC_SHARED(uint8_t, shared);
+  qk_ldmatrix_x4(out + 4 * threadIdx.x, shared + 16 * (threadIdx.x + 1));
+}
+
 __global__ void partial_warp_kernel(int* out) { out[threadIdx.x] = qk_shfl_xor(1, 1); }
 
 template <typename Launch>
@@ -468,6 +480,14 @@ static void test_errors() {
   });
   expect_abort("shared overrun", "past the end of dynamic shared memory", [] {
     QK_CUDA_LAUNCH(shared_overrun_kernel, 1, 32, 32 * sizeof(int), nullptr, out);
+  });
+  expect_abort("cp.async overrun", "cp.async writes past the end of dynamic shared memory", [] {
+    alignas(16) static const uint8_t global[16] = {};
+    QK_CUDA_LAUNCH(cp_async_overrun_kernel, 1, 32, 32 * 16, nullptr, global);
+  });
+  expect_abort("ldmatrix overrun", "ldmatrix reads past the end of dynamic shared memory", [] {
+    static uint32_t registers[32 * 4];
+    QK_CUDA_LAUNCH(ldmatrix_overrun_kernel, 1, 32, 32 * 16, nullptr, registers);
   });
   expect_abort("partial warp", "partial warp", [] {
     QK_CUDA_LAUNCH(partial_warp_kernel, 1, 48, 0, nullptr, out);

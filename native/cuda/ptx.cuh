@@ -31,6 +31,8 @@
   ((void)(stream), ::qk_emu::launch(dim3(grid), dim3(block), (shared_bytes), kernel, __VA_ARGS__))
 #else
 #include <cuda_runtime.h>
+/* Dynamic shared memory; the emulator has its own (extern __shared__ has no host C++ form). */
+#define QK_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
 #define QK_CUDA_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                         \
   kernel<<<(grid), (block), (shared_bytes), (cudaStream_t)(stream)>>>(__VA_ARGS__)
 #endif

@@ -2,7 +2,7 @@
  * must accept the inline PTX) and as host C++ under the warp emulator. Compiled, not run. */
 #include "ptx.cuh"
 __global__ void every_wrapper(const uint4* g, float* f, int32_t* i, uint32_t* u) {
-  __shared__ __align__(16) uint4 s[64];
+  QK_DYNAMIC_SHARED(uint4, s);
   qk_cp_async_16(&s[threadIdx.x], &g[threadIdx.x]);
   qk_cp_async_16_zfill(&s[threadIdx.x + 32], &g[threadIdx.x], 8);
   qk_cp_async_commit();
@@ -26,5 +26,5 @@ __global__ void every_wrapper(const uint4* g, float* f, int32_t* i, uint32_t* u)
   u[threadIdx.x] = x;
 }
 void launch(const uint4* g, float* f, int32_t* i, uint32_t* u, void* stream) {
-  QK_CUDA_LAUNCH(every_wrapper, 1, 32, 0, stream, g, f, i, u);
+  QK_CUDA_LAUNCH(every_wrapper, 1, 32, 64 * sizeof(uint4), stream, g, f, i, u);
 }

@@ -94,7 +94,7 @@ qk_status qk_cuda_pack_host(const qk_weights* w, void* host_out) {
                        "the CUDA pack needs a group size that is a multiple of %d or at least K (got %d, K=%d)",
                        QK_CUDA_GROUP_MULTIPLE, w->group_size, w->K);
     uint8_t* out = host_out;
-    size_t unit_bytes = (size_t)64 * (size_t)w->bits; /* 32 lanes x 16 bytes x bits / 4 */
+    size_t unit_bytes = (size_t)128 * (size_t)w->bits; /* 32 lanes x 16 bytes x bits / 4 */
     for (int32_t b = 0; b < l.n_blocks; b++)
         for (int32_t s = 0; s < 2 * l.k_tiles; s++)
             for (int32_t warp = 0; warp < 4; warp++)

@@ -76,6 +76,7 @@ __device__ __forceinline__ void read_group(group_params& gp, const float* meta, 
                                            int bits) {
     const float* at = meta + wn * QK_CUDA_WARP_N + g * 8; /* column 64 wn + 8 j + g is float 64 wn + 8 g + j */
     int region = 1;
+#pragma unroll
     for (int j = 0; j < 8; j++) {
         gp.scale[j] = at[j];
         float zero = p.asymmetric ? at[QK_CUDA_BLOCK_N + j] : (bits == 8 ? 128.0f : 8.0f);
@@ -85,6 +86,7 @@ __device__ __forceinline__ void read_group(group_params& gp, const float* meta, 
         gp.magic_zero[j] = (uint32_t)hb * 0x10001u;
     }
     if (p.asymmetric) region++;
+#pragma unroll
     for (int j = 0; j < 8; j++) gp.offset[j] = p.has_offsets ? at[region * QK_CUDA_BLOCK_N + j] : 0.0f;
 }
 
@@ -130,8 +132,11 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
     };
 
     float acc[MB][8][4];
+    #pragma unroll
     for (int mb = 0; mb < MB; mb++)
+        #pragma unroll
         for (int j = 0; j < 8; j++)
+            #pragma unroll
             for (int i = 0; i < 4; i++) acc[mb][j][i] = 0.0f;
     group_params gp;
 
@@ -148,8 +153,10 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
         const uint8_t* stage = smem + (i % STAGES) * STAGE_BYTES;
         if (starts_group(p.pack, first + i, first))
             read_group(gp, reinterpret_cast<const float*>(stage + A_BYTES + B_BYTES), p, wn, g, BITS);
+        #pragma unroll
         for (int ks = 0; ks < 2; ks++) { /* two k16 steps per tile */
             uint32_t a[MB][4];
+            #pragma unroll
             for (int mb = 0; mb < MB; mb++) {
                 /* ldmatrix.x4: lanes 0-15 give rows 0-15 at k 0-7 of this k16, lanes 16-31 at k 8-15:
                  * registers a[0..3] come out as the m16n8k16 A fragment. */
@@ -161,7 +168,9 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
             if (BITS == 4) {
                 uint32_t words[4];
                 memcpy(words, unit, 16);
+                #pragma unroll
                 for (int w = 0; w < 4; w++)
+                    #pragma unroll
                     for (int o = 0; o < 4; o++) {
                         /* (word >> 4o) & 0x000F000F | 0x64006400 in one lop3 (LUT 0xEA = (a & b) | c):
                          * the two nibbles of output o become float16 1024 + u. */
@@ -170,9 +179,11 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
                         b[j][o % 2] = dequantize<T>(magic, gp, j, p.has_offsets);
                     }
             } else {
+                #pragma unroll
                 for (int piece = 0; piece < 2; piece++) {
                     uint32_t words[4];
                     memcpy(words, unit + piece * 512, 16);
+                    #pragma unroll
                     for (int w = 0; w < 4; w++) {
                         const int j = 4 * piece + w;
                         /* prmt picks bytes r and r + 2 of the word under 0x64 bytes: float16 1024 + u. */
@@ -181,19 +192,25 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
                     }
                 }
             }
+            #pragma unroll
             for (int mb = 0; mb < MB; mb++)
+                #pragma unroll
                 for (int j = 0; j < 8; j++) dtype<T>::mma(acc[mb][j], a[mb], b[j]);
         }
     }
     qk_cp_async_wait<0>(); /* no copy outlives the block */
 
     const size_t padded_n = (size_t)gridDim.x * QK_CUDA_BLOCK_N;
+    #pragma unroll
     for (int mb = 0; mb < MB; mb++)
+        #pragma unroll
         for (int j = 0; j < 8; j++)
+            #pragma unroll
             for (int h = 0; h < 2; h++) { /* accumulator rows g and g + 8 */
                 const int row = m0 + (wm * MB + mb) * 16 + g + 8 * h;
                 const int n = nb * QK_CUDA_BLOCK_N + wn * QK_CUDA_WARP_N + j * 8 + 2 * t;
                 if (row >= p.M) continue;
+                #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const float v = acc[mb][j][2 * h + e];
                     if (p.partial)

@@ -49,6 +49,15 @@ template <class T> __device__ __forceinline__ T from_double(double v);
 template <> __device__ __forceinline__ __half from_double(double v) { return __double2half(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_double(double v) { return __double2bfloat16(v); }
 
+/* The quiet NaN the CPU backends write for a row without a finite amax (qk_store_f64): 0x7E00 in
+ * float16, 0x7FC0 in bfloat16 (a conversion of a float64 NaN could leave another payload). */
+template <class T> __device__ __forceinline__ T quiet_nan() {
+    const uint16_t bits = __is_same(T, __half) ? 0x7E00 : 0x7FC0;
+    T v;
+    memcpy(&v, &bits, 2);
+    return v;
+}
+
 /* a * b + c with both float64 roundings, never one fused multiply-add (the reference's order). */
 __device__ __forceinline__ double mul_then_add(double a, double b, double c) {
 #ifdef __CUDA_ARCH__
@@ -254,9 +263,9 @@ __global__ void __launch_bounds__(256) a8_kernel(a8_params p) {
         for (int i = 0; i < 4; i++) {
             const int row = rows[i / 2], n = nb * QK_CUDA_BLOCK_N + wn * QK_CUDA_WARP_N + j * 8 + 2 * t + i % 2;
             if (row >= p.M || n >= p.N) continue;
-            const double v = p.s.finite[row] ? mul_then_add((double)p.s.sx[row], y[j][i], p.bias ? (double)p.bias[n] : 0.0)
-                                             : (double)NAN;
-            out[(size_t)row * p.N + n] = from_double<T>(v);
+            out[(size_t)row * p.N + n] =
+                p.s.finite[row] ? from_double<T>(mul_then_add((double)p.s.sx[row], y[j][i], p.bias ? (double)p.bias[n] : 0.0))
+                                : quiet_nan<T>();
         }
 }
 

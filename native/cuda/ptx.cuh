@@ -5,7 +5,8 @@
  *     follows the fragment layouts of the PTX ISA; warp collectives (mma, ldmatrix, shfl) meet all
  *     32 lanes of the warp and compute from every lane's registers at once;
  *   - nvcc's host pass: never called; the bodies are empty there.
- * A kernel file includes this header first; it also provides QK_CUDA_LAUNCH for both builds.
+ * A kernel file includes this header first; it also provides QK_CUDA_LAUNCH for both builds (a
+ * template kernel goes through a pointer, `auto* k = kernel<T, 4>;`, as the macro splits at commas).
  *
  * Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16" and "...m16n8k32"), with
  * g = lane / 4 and t = lane % 4:
@@ -26,9 +27,8 @@
 
 #if defined(QK_CUDA_EMULATE)
 #include "emu/warp_emulator.h"
-#define QK_CUDA_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                         \
-  ((void)(stream), ::qk_emu::launch(dim3(grid), dim3(block), (shared_bytes),                   \
-                                    [&]() { kernel(__VA_ARGS__); }))
+#define QK_CUDA_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  ((void)(stream), ::qk_emu::launch(dim3(grid), dim3(block), (shared_bytes), kernel, __VA_ARGS__))
 #else
 #include <cuda_runtime.h>
 #define QK_CUDA_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                         \

@@ -4,7 +4,8 @@
  *
  * How it runs a launch (QK_CUDA_LAUNCH -> qk_emu::launch):
  *   - the blocks of the grid run one after another on the calling host thread;
- *   - a block's threads are fibers (ucontext, one stack each, a guard page below it), run by a
+ *   - a block's threads are fibers (one stack each, a guard page below it; switched by a few lines
+ *     of assembly on x86-64, by ucontext elsewhere or with QK_CUDA_EMULATE_UCONTEXT), run by a
  *     round-robin scheduler in thread order: a thread runs until it waits, at __syncthreads (all
  *     threads of the block), __syncwarp or a warp collective (all 32 lanes of its warp), or exits.
  *     The last thread to arrive releases the others and carries on. Everything is deterministic.
@@ -17,7 +18,8 @@
  *     retires its group, so a missing wait leaves the poison in place; a thread's groups still in
  *     flight when it exits are dropped.
  *   - dynamic shared memory (QK_DYNAMIC_SHARED) is filled with 0xFF bytes (NaN in float16,
- *     bfloat16 and float32) before each block, with a guard area after it checked after the block.
+ *     bfloat16 and float32) before each block, with a guard area after it checked after the block;
+ *     ldmatrix and cp.async that reach past its end abort at once.
  *     Static __shared__ variables are static thread_local: one per launching host thread, kept from
  *     one block to the next, not poisoned.
  * It does not model timing, bank conflicts, occupancy, register limits, or any memory ordering
@@ -38,12 +40,18 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <ucontext.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <vector_types.h>
 
 #include <deque>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 /* CUDA's qualifiers as host C++ (the toolkit headers above define them as nothing or as
@@ -79,6 +87,85 @@ constexpr unsigned char kPoison = 0xFF;
   abort();
 }
 
+/* ---- fibers ------------------------------------------------------------------------------ */
+
+/* A fiber that exits never unwinds: under AddressSanitizer its frames' red zones stay poisoned, and
+ * its stack is unpoisoned before the next fiber starts on it. */
+#if defined(__SANITIZE_ADDRESS__)
+inline void reset_stack(void* stack, size_t bytes) { ASAN_UNPOISON_MEMORY_REGION(stack, bytes); }
+#else
+inline void reset_stack(void*, size_t) {}
+#endif
+
+#if defined(__x86_64__) && !defined(QK_CUDA_EMULATE_UCONTEXT)
+/* A suspended fiber is its stack pointer; its stack holds the callee-saved registers, the
+ * floating-point control words and the address it resumes at. swapcontext would also save the
+ * signal mask with a system call at each switch, which made the emulator ~50 times slower. */
+struct Context {
+  void* sp;
+};
+extern "C" void qk_emu_switch(void** save_sp, void* load_sp);
+/* .weak: every file that includes this header defines the same function. */
+asm(R"(
+  .pushsection .text
+  .weak qk_emu_switch
+  .type qk_emu_switch, @function
+qk_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size qk_emu_switch, . - qk_emu_switch
+  .popsection
+)");
+
+/* A fiber that starts in entry (which must never return) at its first switch. */
+inline void make_context(Context& context, void* stack, size_t bytes, void (*entry)()) {
+  reset_stack(stack, bytes);
+  /* Top down: the return address that qk_emu_switch's ret takes, placed so that entry starts with
+   * the stack aligned as after a call; six registers (zero); the control words (this thread's). */
+  uint64_t* top = (uint64_t*)(((uintptr_t)stack + bytes) & ~(uintptr_t)15);
+  uint64_t* sp = top - 2 - 6 - 1;
+  memset(sp, 0, 9 * sizeof(uint64_t));
+  top[-2] = (uint64_t)(uintptr_t)entry;
+  asm volatile("stmxcsr (%0)\n\tfnstcw 4(%0)" ::"r"(sp) : "memory");
+  context.sp = sp;
+}
+inline void switch_context(Context& from, Context& to) { qk_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+inline void make_context(Context& context, void* stack, size_t bytes, void (*entry)()) {
+  reset_stack(stack, bytes);
+  getcontext(&context.uc);
+  context.uc.uc_stack.ss_sp = stack;
+  context.uc.uc_stack.ss_size = bytes;
+  context.uc.uc_link = nullptr;
+  makecontext(&context.uc, entry, 0);
+}
+inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
+/* ---- the emulated machine ----------------------------------------------------------------- */
+
 struct CpAsync {
   void* dst;
   unsigned char bytes[16];
@@ -87,7 +174,7 @@ struct CpAsync {
 enum class Wait { Runnable, Barrier, Warp, Exited };
 
 struct Thread {
-  ucontext_t context;
+  Context context;
   void* stack;
   uint3 index;
   Wait wait;
@@ -105,7 +192,7 @@ struct Rendezvous {
 struct Block {
   std::vector<Thread> threads;
   std::vector<Rendezvous> warps;
-  ucontext_t scheduler;
+  Context scheduler;
   int current;
   int at_barrier;
   void (*body)(void*);
@@ -122,14 +209,12 @@ inline Thread& self() {
   return running_block->threads[running_block->current];
 }
 
-inline int linear_thread(const Block& block) { return block.current; }
-
 /* Hands control back to the scheduler until another thread releases this one. */
 inline void wait_for_release(Wait wait) {
   Block& block = *running_block;
   Thread& thread = block.threads[block.current];
   thread.wait = wait;
-  swapcontext(&thread.context, &block.scheduler);
+  switch_context(thread.context, block.scheduler);
 }
 
 }  // namespace qk_emu
@@ -143,8 +228,8 @@ constexpr int warpSize = qk_emu::kWarpSize;
 
 inline void __syncthreads() {
   using namespace qk_emu;
+  self(); /* inside a launch */
   Block& block = *running_block;
-  self();
   if (++block.at_barrier == (int)block.threads.size()) {
     block.at_barrier = 0;
     for (Thread& t : block.threads) t.wait = Wait::Runnable;
@@ -157,8 +242,9 @@ namespace qk_emu {
 
 /* The warp rendezvous: returns in every lane after the last lane ran compute(lane_args). */
 inline void warp_collective(const char* op, void* my_args, void (*compute)(void* const* lane_args)) {
+  self(); /* inside a launch */
   Block& block = *running_block;
-  const int thread = linear_thread(block);
+  const int thread = block.current;
   const int warp = thread / kWarpSize;
   const int lane = thread % kWarpSize;
   if ((warp + 1) * kWarpSize > (int)block.threads.size()) {
@@ -185,7 +271,17 @@ inline void warp_collective(const char* op, void* my_args, void (*compute)(void*
   }
 }
 
-inline int lane_id() { return linear_thread(*running_block) % kWarpSize; }
+/* Aborts where [p, p + bytes) starts in dynamic shared memory or its guard and ends past the end. */
+inline void check_dynamic_shared(const void* p, size_t bytes, const char* op) {
+  const Block& block = *running_block;
+  const uintptr_t begin = (uintptr_t)block.shared.data(), at = (uintptr_t)p;
+  if (at >= begin && at < begin + block.shared.size() && at + bytes > begin + block.shared_bytes) {
+    char message[160];
+    snprintf(message, sizeof message, "%s past the end of dynamic shared memory (byte %zu of %zu)",
+             op, (size_t)(at - begin), block.shared_bytes);
+    fail(message);
+  }
+}
 
 /* ---- mma ---------------------------------------------------------------------------------- */
 
@@ -205,32 +301,35 @@ struct MmaArgs {
   FloatInput type;
 };
 
-/* Element (row, col) of A, B, C from the lanes' fragments; see the layout table in ptx.cuh. */
-inline uint16_t mma16_a(void* const* lanes, int row, int k) {
-  const int lane = (row % 8) * 4 + (k % 8) / 2;
-  const int reg = (row / 8) + 2 * (k / 8);
-  const uint32_t word = static_cast<MmaArgs<float>*>(lanes[lane])->a[reg];
-  return (uint16_t)(word >> (16 * (k % 2)));
-}
-inline uint16_t mma16_b(void* const* lanes, int k, int col) {
-  const int lane = col * 4 + (k % 8) / 2;
-  const uint32_t word = static_cast<MmaArgs<float>*>(lanes[lane])->b[k / 8];
-  return (uint16_t)(word >> (16 * (k % 2)));
+/* The lanes' A (16x16) and B (16x8) fragments as float matrices; see the layouts in ptx.cuh. */
+inline void gather_m16n8k16(void* const* lanes, float a[16][16], float b[16][8]) {
+  const FloatInput type = static_cast<MmaArgs<float>*>(lanes[0])->type;
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    const MmaArgs<float>& args = *static_cast<MmaArgs<float>*>(lanes[lane]);
+    const int g = lane / 4, t = lane % 4;
+    for (int half = 0; half < 2; ++half) {
+      for (int reg = 0; reg < 4; ++reg) {
+        a[g + 8 * (reg % 2)][2 * t + 8 * (reg / 2) + half] =
+            input_to_float(type, (uint16_t)(args.a[reg] >> (16 * half)));
+      }
+      for (int reg = 0; reg < 2; ++reg) {
+        b[2 * t + 8 * reg + half][g] = input_to_float(type, (uint16_t)(args.b[reg] >> (16 * half)));
+      }
+    }
+  }
 }
 
 inline void mma_m16n8k16_float(FloatInput type, float d[4], const uint32_t a[4],
                                const uint32_t b[2], const float c[4]) {
   MmaArgs<float> args{d, a, b, c, type};
-  warp_collective("mma.m16n8k16.f32", &args, [](void* const* lanes) {
-    float result[16][8];
-    const FloatInput in = static_cast<MmaArgs<float>*>(lanes[0])->type;
+  warp_collective(type == Float16 ? "mma.m16n8k16.f32.f16" : "mma.m16n8k16.f32.bf16", &args, [](void* const* lanes) {
+    float a[16][16], b[16][8], result[16][8];
+    gather_m16n8k16(lanes, a, b);
     for (int row = 0; row < 16; ++row) {
       for (int col = 0; col < 8; ++col) {
         const int lane = (row % 8) * 4 + col / 2;
         float sum = static_cast<MmaArgs<float>*>(lanes[lane])->c[(row / 8) * 2 + col % 2];
-        for (int k = 0; k < 16; ++k) {
-          sum += input_to_float(in, mma16_a(lanes, row, k)) * input_to_float(in, mma16_b(lanes, k, col));
-        }
+        for (int k = 0; k < 16; ++k) sum += a[row][k] * b[k][col];
         result[row][col] = sum;
       }
     }
@@ -246,21 +345,26 @@ inline void mma_m16n8k16_float(FloatInput type, float d[4], const uint32_t a[4],
 
 inline void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2],
                             const int32_t c[4]) {
-  MmaArgs<int32_t> args{d, a, b, c, Float16};
+  MmaArgs<int32_t> args{d, a, b, c, Float16 /* unused */};
   warp_collective("mma.m16n8k32.s32.s8", &args, [](void* const* lanes) {
     auto lane_args = [&](int lane) { return static_cast<MmaArgs<int32_t>*>(lanes[lane]); };
+    int8_t a[16][32], b[32][8];
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      const int g = lane / 4, t = lane % 4;
+      for (int byte = 0; byte < 4; ++byte) {
+        for (int reg = 0; reg < 4; ++reg) {
+          a[g + 8 * (reg % 2)][4 * t + 16 * (reg / 2) + byte] = (int8_t)(lane_args(lane)->a[reg] >> (8 * byte));
+        }
+        for (int reg = 0; reg < 2; ++reg) {
+          b[4 * t + 16 * reg + byte][g] = (int8_t)(lane_args(lane)->b[reg] >> (8 * byte));
+        }
+      }
+    }
     int32_t result[16][8];
     for (int row = 0; row < 16; ++row) {
       for (int col = 0; col < 8; ++col) {
-        const int c_lane = (row % 8) * 4 + col / 2;
-        uint32_t sum = (uint32_t)lane_args(c_lane)->c[(row / 8) * 2 + col % 2];
-        for (int k = 0; k < 32; ++k) {
-          const uint32_t a_word = lane_args((row % 8) * 4 + (k % 16) / 4)->a[(row / 8) + 2 * (k / 16)];
-          const uint32_t b_word = lane_args(col * 4 + (k % 16) / 4)->b[k / 16];
-          const int8_t a_value = (int8_t)(a_word >> (8 * (k % 4)));
-          const int8_t b_value = (int8_t)(b_word >> (8 * (k % 4)));
-          sum += (uint32_t)((int32_t)a_value * b_value); /* wraps modulo 2^32 as the hardware */
-        }
+        uint32_t sum = (uint32_t)lane_args((row % 8) * 4 + col / 2)->c[(row / 8) * 2 + col % 2];
+        for (int k = 0; k < 32; ++k) sum += (uint32_t)(a[row][k] * b[k][col]); /* wraps mod 2^32 */
         result[row][col] = (int32_t)sum;
       }
     }
@@ -297,6 +401,7 @@ inline void ldmatrix(uint32_t* r, const void* smem_row, int matrices, bool trans
       for (int row = 0; row < 8; ++row) {
         const uintptr_t address = (uintptr_t)lane_args(8 * j + row)->row;
         if (address % 16 != 0) fail("ldmatrix: a row address is not 16-byte aligned");
+        check_dynamic_shared((const void*)address, 16, "ldmatrix reads");
         memcpy(m[j][row], (const void*)address, 16);
       }
     }
@@ -343,6 +448,7 @@ inline void cp_async(void* smem, const void* gmem, int src_bytes) {
   if ((uintptr_t)smem % 16 != 0 || (src_bytes > 0 && (uintptr_t)gmem % 16 != 0)) {
     fail("cp.async: a 16-byte copy between addresses not 16-byte aligned");
   }
+  check_dynamic_shared(smem, 16, "cp.async writes");
   CpAsync copy;
   copy.dst = smem;
   memset(copy.bytes, 0, 16);
@@ -367,8 +473,8 @@ inline void cp_async_wait(int groups_left) {
 /* ---- the launch --------------------------------------------------------------------------- */
 
 inline void* dynamic_shared() {
+  self(); /* inside a launch */
   Block& block = *running_block;
-  self();
   return block.shared_bytes ? block.shared.data() : nullptr;
 }
 
@@ -379,7 +485,7 @@ inline void thread_entry() {
   thread.wait = Wait::Exited;
   thread.groups.clear();
   thread.open_group.clear();
-  /* uc_link resumes the scheduler */
+  switch_context(thread.context, block.scheduler); /* never resumed */
 }
 
 /* Fiber stacks, kept for the next launch of this host thread. */
@@ -432,11 +538,7 @@ inline void run_block(Block& block) {
     thread.wait = Wait::Runnable;
     thread.groups.clear();
     thread.open_group.clear();
-    getcontext(&thread.context);
-    thread.context.uc_stack.ss_sp = thread.stack;
-    thread.context.uc_stack.ss_size = kStackBytes;
-    thread.context.uc_link = &block.scheduler;
-    makecontext(&thread.context, thread_entry, 0);
+    make_context(thread.context, thread.stack, kStackBytes, thread_entry);
   }
   for (Rendezvous& r : block.warps) r.arrived = 0;
   block.at_barrier = 0;
@@ -450,7 +552,7 @@ inline void run_block(Block& block) {
       if (thread.wait == Wait::Runnable) {
         block.current = (int)t;
         threadIdx = thread.index;
-        swapcontext(&block.scheduler, &thread.context);
+        switch_context(block.scheduler, thread.context);
         ran = true;
       }
       if (thread.wait == Wait::Exited) ++exited;
@@ -493,11 +595,18 @@ inline void run_grid(dim3 grid, dim3 threads, size_t shared_bytes, void (*body)(
   running_block = nullptr;
 }
 
-/* Runs kernel_call (the kernel applied to its arguments) as every thread of every block. */
-template <typename KernelCall>
-void launch(dim3 grid, dim3 block, size_t shared_bytes, KernelCall kernel_call) {
+/* Runs kernel(args...) as every thread of every block. As with <<<>>>, the arguments are
+ * evaluated and converted to the kernel's parameter types once; each thread gets its own copy. */
+template <typename... Params, typename... Args>
+void launch(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(Params...), Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "the kernel takes another number of arguments");
+  struct Call {
+    void (*kernel)(Params...);
+    std::tuple<std::decay_t<Params>...> params;
+  } call{kernel, {std::forward<Args>(args)...}};
   run_grid(grid, block, shared_bytes,
-           [](void* call) { (*static_cast<KernelCall*>(call))(); }, &kernel_call);
+           [](void* c) { std::apply(static_cast<Call*>(c)->kernel, static_cast<Call*>(c)->params); },
+           &call);
 }
 
 }  // namespace qk_emu

@@ -171,6 +171,9 @@ typedef struct qk_backend_info {
                                  qk_backend_get on this thread. */
     const char* library;      /* the shared library it came from ("" when built in) */
     int32_t priority;         /* automatic dispatch tries backends in decreasing priority */
+    int32_t device;           /* runs on a device (cuda): input, output and bias are device pointers,
+                                 work goes on qk_matmul_args.stream, and automatic dispatch never
+                                 picks it */
 } qk_backend_info;
 
 /* The planned entry point: fp16 X[M,K], canonical weights, fp16 Y[M,N], A16, automatic

@@ -93,8 +93,9 @@ int main(int argc, char** argv) {
         return test_end();
     qk_backend_info info = {.size = sizeof info};
     if (!CHECK(qk_backend_get(cuda, &info) == QK_OK, "qk_backend_get(cuda): %s", qk_last_error())) return test_end();
-    CHECK(info.compiled && info.own_layout && info.library[0], "cuda: compiled %d, own_layout %d, library '%s'",
-          info.compiled, info.own_layout, info.library);
+    CHECK(info.compiled && info.own_layout && info.device && info.library[0],
+          "cuda: compiled %d, own_layout %d, device %d, library '%s'", info.compiled, info.own_layout, info.device,
+          info.library);
     printf("cuda: %s%s\n", info.available ? "available" : "unavailable: ", info.reason);
     load_kernels();
     int cuda_kernels = 0, first = -1;

@@ -3,9 +3,10 @@
 # and compute-sanitizer are installed there), from a fresh copy of the repository, in about 8 minutes:
 #   1. builds the library and the CUDA backend for this GPU's architecture only (the compile gates
 #      cover the others);
-#   2. runs the C tests (ctest: the probe, the warp emulator's and the kernels' tests) and the Python
-#      tests that touch the CUDA backend, now on the GPU;
-#   3. runs the Python GPU tests under compute-sanitizer memcheck and racecheck;
+#   2. runs the C tests (ctest: test_cuda_device runs every CUDA kernel on the GPU against the oracle;
+#      the probe's and the warp emulator's tests) and the Python tests of the CUDA backend;
+#   3. runs test_cuda_device under compute-sanitizer memcheck and racecheck, and the Python GPU tests
+#      under memcheck;
 #   4. prints the benchmark table (bench/device/cuda_bench.py).
 # No GPU has run it yet (README, "The CUDA backend").
 #
@@ -38,10 +39,12 @@ step "Python tests on the GPU"
 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_torch_quantlinear.py tests/test_dispatch.py
 
 for tool in memcheck racecheck; do
-  step "compute-sanitizer --tool $tool: the Python GPU tests"
-  compute-sanitizer --tool "$tool" --error-exitcode 1 --target-processes all \
-    "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py -k gpu
+  step "compute-sanitizer --tool $tool: test_cuda_device --quick (every CUDA kernel)"
+  compute-sanitizer --tool "$tool" --error-exitcode 1 "$build/native/tests/test_cuda_device" --quick
 done
+step "compute-sanitizer --tool memcheck: the Python GPU tests"
+compute-sanitizer --tool memcheck --error-exitcode 1 --target-processes all \
+  "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py -k gpu
 
 step "benchmark"
 "$python" bench/device/cuda_bench.py

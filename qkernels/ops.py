@@ -55,7 +55,8 @@ def _check(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: 
     name = backend or (None if kernel else dispatch.forced_backend()) or "auto"
     backend_id = lib.QK_BACKEND_AUTO if name == "auto" else dispatch.backend_code(name)  # "auto": no C call
     named = name if name != "auto" else None if kernel else os.environ.get("QKERNELS_BACKEND")
-    if named in _device_backends():
+    device = _device_backends().get(named)
+    if device is not None and device.available:  # an unavailable one: the C library says why
         raise InvalidArgumentError(
             f"x is in host memory, but backend '{named}' runs on a device and takes device arrays: "
             "qkernels never copies x to the GPU; move it there first (x.cuda())"

@@ -13,6 +13,7 @@ registered" from a skip into a failure, so that a build that silently lost it ca
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -130,8 +131,17 @@ def test_without_a_device_backend_device_arrays_are_refused(qw, monkeypatch):
 
 
 def test_host_arrays_never_reach_a_device_backend(qw, monkeypatch):
+    """Naming the device backend for host arrays: refused before anything is packed. Where it is not
+    detected, that is the error (its reason); where it is (here made to look so), the mix is."""
     _require_cuda_library()
     x = np.ones((2, 64), np.float16)
+    if not CUDA.available:
+        with pytest.raises(BackendUnavailableError, match="'cuda' is not available"):
+            qkernels.matmul(x, qw, backend="cuda")
+        from qkernels import ops
+
+        detected = dataclasses.replace(CUDA, available=True, detected=True, reason="")
+        monkeypatch.setattr(ops, "_device_backends", lambda: {"cuda": detected})
     with pytest.raises(InvalidArgumentError, match="x is in host memory, but backend 'cuda' runs on a device"):
         qkernels.matmul(x, qw, backend="cuda")
     with qkernels.use_backend("cuda"), pytest.raises(InvalidArgumentError, match="host memory"):

@@ -242,7 +242,7 @@ void* grow(scratch_entry* e, size_t bytes) {
 
 } // namespace
 
-extern "C" EXPORT void* qk_cuda_scratch(void* stream, size_t bytes) {
+extern "C" void* qk_cuda_scratch(void* stream, size_t bytes) {
     int device = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return fail_cuda(err, "the current device"), nullptr;
@@ -263,7 +263,7 @@ extern "C" EXPORT void* qk_cuda_scratch(void* stream, size_t bytes) {
     return memory;
 }
 
-extern "C" EXPORT qk_status qk_cuda_check_launch(const char* kernel) {
+extern "C" qk_status qk_cuda_check_launch(const char* kernel) {
     cudaError_t e = cudaGetLastError();
     if (e == cudaSuccess) return QK_OK;
     char what[160];

@@ -201,9 +201,9 @@ def select(x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | Non
 class _PlannedCall:
     """What the checks of a first call established for every call of the same form: the same weights,
     mode, backend and kernel arguments, QKERNELS_BACKEND and use_backend block, and an input of the
-    same type (exactly np.ndarray or torch.Tensor), dtype (in native byte order) and shape. Such a
-    call is one qk_plan_run: its plan, M and output shape are known. What the form does not fix is
-    checked on every call: the input's contiguity, a tensor's device, the bias."""
+    same type (exactly np.ndarray or torch.Tensor), dtype (in native byte order), shape and place (a
+    tensor in host memory). Such a call is one qk_plan_run: its plan, M and output shape are known.
+    What the form does not fix is checked on every call: the input's contiguity, the bias."""
 
     __slots__ = ("plan", "M", "N", "out_shape")
 
@@ -217,8 +217,7 @@ class _PlannedCall:
             out = np.empty(self.out_shape, x.dtype)
             check(lib.qk_plan_run(self.plan, ffi.from_buffer(x), ffi.from_buffer(out), bias_pointer, self.M, ffi.NULL))
             return out
-        check_host(x, "x")
-        x = x.contiguous()
+        x = x.contiguous()  # in host memory: the form's key says so (_form)
         # On the CPU whatever the default device; the shape unpacked, as torch parses that 0.4 us faster.
         out = torch_module().empty(*self.out_shape, dtype=x.dtype, device="cpu")
         x_pointer, out_pointer = ffi.cast(VOID_POINTER, x.data_ptr()), ffi.cast(VOID_POINTER, out.data_ptr())

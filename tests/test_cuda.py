@@ -281,3 +281,14 @@ def test_gpu_quantlinear_runs_the_cuda_backend():
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=2e-2, atol=2e-2)
     with pytest.raises(InvalidArgumentError, match="never moves activations"):
         layer(x)
+
+
+def test_a_device_tensor_never_takes_a_host_calls_form(qw):
+    """The fast path of a repeated call is keyed by the form of x, its place included: a tensor
+    off the CPU after a CPU call of the same shape and dtype is checked anew, never run on the CPU
+    plan (the meta device stands for a GPU here)."""
+    if torch is None:
+        pytest.skip("needs torch")
+    qkernels.matmul(torch.ones(2, 64, dtype=torch.float16), qw)  # the form is remembered
+    with pytest.raises(InvalidArgumentError, match="x is on meta"):
+        qkernels.matmul(torch.ones(2, 64, dtype=torch.float16, device="meta"), qw)

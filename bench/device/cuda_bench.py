@@ -89,7 +89,8 @@ def _candidates(torch, qkernels, mode: str, bits: int, M: int, N: int, K: int, c
         found[f"qkernels cuda {mode}"] = f"{type(error).__name__}: {error}"
     if mode == "a16":
         try:
-            q = torch.randint(0, 16, (N, K), dtype=torch.int32, device="cuda")
+            # torch's tinygemm layout from uint8 [N, K/2] (two 4-bit values a byte), 8 inner k-tiles.
+            q = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, device="cuda")
             packed4 = torch._convert_weight_to_int4pack(q, 8)
             sz = torch.ones(K // 128, N, 2, device="cuda", dtype=torch.bfloat16)
             xb = x.to(torch.bfloat16)
@@ -99,8 +100,8 @@ def _candidates(torch, qkernels, mode: str, bits: int, M: int, N: int, K: int, c
             found["torch _weight_int4pack_mm"] = f"{type(error).__name__}: {error}"
     else:
         xi = torch.randint(-127, 128, (M, K), dtype=torch.int8, device="cuda")
-        weights8 = [torch.randint(-127, 128, (K, N), dtype=torch.int8, device="cuda").t().contiguous().t()
-                    for _ in range(copies)]
+        # W^T as a column-major [K, N] view of the row-major [N, K] weights, as a linear layer holds them.
+        weights8 = [torch.randint(-127, 128, (N, K), dtype=torch.int8, device="cuda").t() for _ in range(copies)]
         found["torch _int_mm"] = lambda i: torch._int_mm(xi, weights8[i])
     return found
 

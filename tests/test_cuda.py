@@ -99,7 +99,7 @@ def test_info_lists_the_cuda_backend_compiled_and_not_detected(capsys):
     assert main(["info"]) == 0
     lines = capsys.readouterr().out.splitlines()
     row = next(line for line in lines if line.startswith("cuda "))
-    assert row.split()[1:4] == ["yes", "no", "-"] and row.endswith(CUDA.reason)
+    assert row.split()[1:6] == ["yes", "no", "device", "arrays", "only"] and row.endswith(CUDA.reason)
     assert CUDA.reason  # e.g. "libcuda.so.1 not found (no NVIDIA driver): ..."
     kernel_rows = [line for line in lines if line.startswith("cuda_")]
     assert len(kernel_rows) == sum(k.backend == "cuda" for k in dispatch.kernels())

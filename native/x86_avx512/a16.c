@@ -10,7 +10,9 @@
  * Sums of x * (q - zp) run in float32 over runs of at most 128 k as two chains (even and odd k) of
  * at most 64 terms, whose rounding error is at most 2^-18 of sum |x * (q - zp)|, a quarter of the
  * float32 tolerance; each run's sum is scaled and folded into float64, so the error does not grow
- * with K. Rows of |x| >= 2^88 come scaled down by a power of two (qk_avx2_load_row), so that no
+ * with K. With offsets each weight is formed first, w = fma(q - zp, scale, offset) (one float32
+ * rounding), and the runs sum x * w: offset * sum x apart would cancel against scale * sum x q
+ * where w is near zero, beyond the tolerance, which is relative to sum |x * w| (as in x86_avx2). Rows of |x| >= 2^88 come scaled down by a power of two (qk_avx2_load_row), so that no
  * float32 sum overflows where the float64 result is finite. Activations past a group's end are
  * zero. */
 #include "avx512.h"
@@ -22,8 +24,8 @@ enum {
 
 /* Rows x panels of the tile, for one call with constant arguments. Each float32 sum has two chains
  * whatever the tile, so a row's result never depends on the other rows of its tile. */
-QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmetric, int panels, int rows,
-                               int32_t panel, int32_t m, double* y) {
+QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmetric, int offsets, int panels,
+                               int rows, int32_t panel, int32_t m, double* y) {
     enum { CHAINS = 2 };
     const qk_vnni16_layout* l = &p->l;
     const float* x = p->x + (size_t)m * p->row;
@@ -34,11 +36,14 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
     for (int32_t g = 0; g < l->groups; g++) {
         const uint8_t* group[2];
         __m512 scale[2], zero[2]; /* zero: what is left to subtract, zp + 8 (4 bits) or zp (8 bits) */
+        __m512 offset[2], fold_scale[2]; /* fold_scale: scale, or 1 when the weights were formed whole */
         for (int pi = 0; pi < panels; pi++) {
             group[pi] = qk_vnni16_group(p->packed, l, panel + pi, g);
             scale[pi] = _mm512_load_ps((const float*)group[pi]);
             zero[pi] = _mm512_cvtepi32_ps(_mm512_load_si512((const void*)(group[pi] + 64)));
             if (bits == 8) zero[pi] = _mm512_sub_ps(zero[pi], _mm512_set1_ps(128.0f));
+            offset[pi] = offsets ? _mm512_load_ps((const float*)(group[pi] + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
+            fold_scale[pi] = offsets ? _mm512_set1_ps(1.0f) : scale[pi];
         }
         const float* xg = x + (size_t)g * p->group_stride;
         for (ptrdiff_t i0 = 0; i0 < l->rows; i0 += run_rows) {
@@ -70,6 +75,7 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
                             w[pi] = _mm512_cvtepi32_ps(_mm512_srai_epi32(top, 24));
                         }
                         if (asymmetric) w[pi] = _mm512_sub_ps(w[pi], zero[pi]); /* q - zp, exact */
+                        if (offsets) w[pi] = _mm512_fmadd_ps(w[pi], scale[pi], offset[pi]);
                     }
                     for (int r = 0; r < rows; r++) {
                         __m512 xv = _mm512_set1_ps(xg[r * p->row + i * l->k_per_row + t]);
@@ -81,40 +87,43 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
             for (int r = 0; r < rows; r++)
                 for (int pi = 0; pi < panels; pi++)
                     qk_avx512_fold_ps(y + r * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL,
-                                      _mm512_add_ps(sum[r][pi][0], sum[r][pi][1]), scale[pi]);
+                                      _mm512_add_ps(sum[r][pi][0], sum[r][pi][1]), fold_scale[pi]);
         }
     }
 }
 
-/* Each tile shape as its own function with constant arguments: [bits 4/8][asymmetric][panels 1/2][rows]. */
-#define A16_FN(bits, asym, panels, rows)                                                                      \
-    static void a16_##bits##_##asym##_##panels##_##rows(const qk_avx512_problem* p, int32_t panel, int32_t m,  \
-                                                        double* y) {                                          \
-        a16_tile(p, bits, asym, panels, rows, panel, m, y);                                                   \
+/* Each tile shape as its own function with constant arguments:
+ * [bits 4/8][asymmetric][offsets][panels 1/2][rows]. */
+#define A16_FN(bits, asym, offs, panels, rows)                                                                 \
+    static void a16_##bits##_##asym##_##offs##_##panels##_##rows(const qk_avx512_problem* p, int32_t panel,    \
+                                                                 int32_t m, double* y) {                       \
+        a16_tile(p, bits, asym, offs, panels, rows, panel, m, y);                                              \
     }
-#define A16_ROWS(bits, asym, panels)                                                                          \
-    A16_FN(bits, asym, panels, 1) A16_FN(bits, asym, panels, 2) A16_FN(bits, asym, panels, 3)                 \
-    A16_FN(bits, asym, panels, 4)
-A16_ROWS(4, 0, 1)
-A16_ROWS(4, 0, 2)
-A16_ROWS(4, 1, 1)
-A16_ROWS(4, 1, 2)
-A16_ROWS(8, 0, 1)
-A16_ROWS(8, 0, 2)
-A16_ROWS(8, 1, 1)
-A16_ROWS(8, 1, 2)
+#define A16_ROWS(bits, asym, offs, panels)                                                                     \
+    A16_FN(bits, asym, offs, panels, 1) A16_FN(bits, asym, offs, panels, 2) A16_FN(bits, asym, offs, panels, 3) \
+    A16_FN(bits, asym, offs, panels, 4)
+#define A16_PANELS(bits, asym, offs) A16_ROWS(bits, asym, offs, 1) A16_ROWS(bits, asym, offs, 2)
+A16_PANELS(4, 0, 0)
+A16_PANELS(4, 0, 1)
+A16_PANELS(4, 1, 0)
+A16_PANELS(4, 1, 1)
+A16_PANELS(8, 0, 0)
+A16_PANELS(8, 0, 1)
+A16_PANELS(8, 1, 0)
+A16_PANELS(8, 1, 1)
 
 typedef void a16_fn(const qk_avx512_problem* p, int32_t panel, int32_t m, double* y);
-#define A16_TABLE(bits, asym, panels)                                                                         \
-    {a16_##bits##_##asym##_##panels##_1, a16_##bits##_##asym##_##panels##_2, a16_##bits##_##asym##_##panels##_3, \
-     a16_##bits##_##asym##_##panels##_4}
-static a16_fn* const shapes[2][2][2][TILE_ROWS] = {
-    {{A16_TABLE(4, 0, 1), A16_TABLE(4, 0, 2)}, {A16_TABLE(4, 1, 1), A16_TABLE(4, 1, 2)}},
-    {{A16_TABLE(8, 0, 1), A16_TABLE(8, 0, 2)}, {A16_TABLE(8, 1, 1), A16_TABLE(8, 1, 2)}},
+#define A16_TABLE(bits, asym, offs, panels)                                                                    \
+    {a16_##bits##_##asym##_##offs##_##panels##_1, a16_##bits##_##asym##_##offs##_##panels##_2,                 \
+     a16_##bits##_##asym##_##offs##_##panels##_3, a16_##bits##_##asym##_##offs##_##panels##_4}
+#define A16_BY_PANELS(bits, asym, offs) {A16_TABLE(bits, asym, offs, 1), A16_TABLE(bits, asym, offs, 2)}
+static a16_fn* const shapes[2][2][2][2][TILE_ROWS] = {
+    {{A16_BY_PANELS(4, 0, 0), A16_BY_PANELS(4, 0, 1)}, {A16_BY_PANELS(4, 1, 0), A16_BY_PANELS(4, 1, 1)}},
+    {{A16_BY_PANELS(8, 0, 0), A16_BY_PANELS(8, 0, 1)}, {A16_BY_PANELS(8, 1, 0), A16_BY_PANELS(8, 1, 1)}},
 };
 
 static void tile(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int rows, double* y) {
-    shapes[p->w->bits == 8][p->asymmetric][panels - 1][rows - 1](p, panel, m, y);
+    shapes[p->w->bits == 8][p->asymmetric][p->has_offsets][panels - 1][rows - 1](p, panel, m, y);
 }
 
 size_t qk_avx512_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {

@@ -121,8 +121,11 @@ qk_status status_of(cudaError_t e) {
     switch (e) {
     case cudaErrorMemoryAllocation:
         return QK_ERR_OUT_OF_MEMORY;
-    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorNoKernelImageForDevice: /* the device or the driver cannot run this library */
     case cudaErrorInsufficientDriver:
+    case cudaErrorCallRequiresNewerDriver:
+    case cudaErrorStubLibrary:
+    case cudaErrorInitializationError:
     case cudaErrorNoDevice:
         return QK_ERR_BACKEND_UNAVAILABLE;
     default:

@@ -1,0 +1,157 @@
+/* test_cuda_kernels: every CUDA kernel (native/cuda, qk_cuda_kernels) run on the host through the
+ * warp emulator (native/cuda/emu) against the test oracle of the contract (oracle.c, problems.c):
+ * A16 within the contract's tolerance, A8 bit-equal to the reference backend.
+ *
+ * Shapes cover partial tiles of every kernel (M, N, K not multiples of 16 / 64 / 256 / 32), split-K
+ * (the emulator reports 2 multiprocessors, so small grids are split), activations that cp.async
+ * cannot read in place (K % 8 != 0, or a pointer 2 bytes off 16-byte alignment), group sizes 32,
+ * 64, 128, per-channel and a shorter last group, symmetric and zero-point weights, offsets, bias,
+ * float16 and bfloat16. Outputs are poisoned and fenced by guard bytes, the pack too; the kernels
+ * get no canonical arrays (NULL), only the pack. Scratch from qk_cuda_scratch comes poisoned.
+ *
+ * Usage: test_cuda_kernels [--seed S] [-v] */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats.h"
+#include "kernels.h"
+#include "problems.h"
+#include "support.h"
+
+/* ---- the services backend.c provides in the library, here on host memory ---- */
+
+static void* scratch;
+static size_t scratch_size;
+
+void* qk_cuda_scratch(void* stream, size_t bytes) {
+    (void)stream;
+    if (bytes > scratch_size) {
+        free(scratch);
+        scratch = NULL;
+        scratch_size = 0;
+        if (posix_memalign(&scratch, 256, bytes) != 0) {
+            scratch = NULL;
+            qk_fail(QK_ERR_OUT_OF_MEMORY, "test scratch of %zu bytes", bytes);
+            return NULL;
+        }
+        scratch_size = bytes;
+    }
+    memset(scratch, 0xFF, bytes); /* NaN in every float type: kernels must not read what they did not write */
+    return scratch;
+}
+
+qk_status qk_cuda_check_launch(const char* kernel) {
+    (void)kernel;
+    return QK_OK;
+}
+
+/* ---- cases ---- */
+
+typedef struct {
+    int32_t M, N, K, G, bits;
+    qk_dtype dtype;
+    int symmetric, offsets, bias, misalign;
+} shape;
+
+/* style: of fill_activations; a NaN in the last row when M > 1 (A8: that row's outputs are NaN,
+ * the others unaffected; A16: it propagates). */
+static void run_case(const qk_kernel_desc* k, const shape* s, int style) {
+    problem p = {.M = s->M, .N = s->N, .K = s->K, .G = s->G, .bits = s->bits, .dtype = s->dtype, .mode = k->mode};
+    fill_activations(&p, style);
+    if (p.M > 1) store_el(p.x, p.dtype, (size_t)(p.M - 1) * p.K + (size_t)p.K / 2, NAN);
+    fill_quantized_weights(&p, s->symmetric);
+    if (s->offsets) fill_offsets(&p);
+    if (s->bias) fill_bias(&p);
+    set_context("%s %s, activations %s", k->name, describe(&p), x_style_names[style]);
+    if (s->misalign) { /* X at 2 bytes past a 16-byte boundary: no cp.async in place */
+        unsigned char* moved = xmalloc(x_bytes(&p) + 16);
+        memcpy(moved + 2, p.x, x_bytes(&p));
+        free(p.x);
+        p.x = moved + 2;
+    }
+
+    qk_weights w = weights_of(&p);
+    size_t bytes = qk_cuda_packed_bytes(&w);
+    CHECK(bytes > 0, "the pack has a size");
+    gbuf pack = gbuf_new(bytes, 0x5A);
+    CHECK(qk_cuda_pack_host(&w, pack.p) == QK_OK, "pack");
+    qk_kernel_weights kw = {.format = w, .asymmetric = !s->symmetric, .has_offsets = s->offsets, .packed = pack.p};
+    kw.format.data = NULL; /* the kernels read the pack only */
+    kw.format.scales = NULL;
+    kw.format.zero_points = NULL;
+    kw.format.offsets = NULL;
+
+    gbuf y = gbuf_new(y_bytes(&p), poison_byte());
+    qk_matmul_args a = args_of(&p, y.p);
+    qk_exec exec = {.size = sizeof exec, .threads = 1};
+    reset_status();
+    qk_status st = k->run(&exec, &kw, &a);
+    CHECK(st == QK_OK, "run: %s", qk_status_string(st));
+    CHECK(gbuf_guards_ok(&y), "output guard bytes");
+    CHECK(gbuf_guards_ok(&pack), "pack guard bytes");
+    /* Products in the float32 subnormal range (problems.h, ref_only): no absolute term in the
+     * tolerance covers float32 accumulation there (docs/numerics.md, reading 13). */
+    if (st == QK_OK && k->mode == QK_MODE_A16 && !p.ref_only) {
+        expectation e = expect(&p);
+        compare_output(&p, y.p, e.val, e.err, k->name, NULL);
+        expectation_free(&e);
+    }
+    if (st == QK_OK && k->mode == QK_MODE_A8) { /* the reference backend's bytes, exactly */
+        gbuf ref = gbuf_new(y_bytes(&p), poison_byte());
+        qk_matmul_args ra = args_of(&p, ref.p);
+        ra.kernel = "ref_a8_w4w8_1x1";
+        CHECK(qk_matmul(&w, &ra) == QK_OK, "reference run: %s", qk_last_error());
+        CHECK(memcmp(ref.p, y.p, y_bytes(&p)) == 0, "bit-equal to the reference");
+        if (memcmp(ref.p, y.p, y_bytes(&p)) != 0 && test_printing()) {
+            const uint16_t *got = y.p, *want = ref.p;
+            for (size_t i = 0, shown = 0; i < (size_t)p.M * p.N && shown < 4; i++)
+                if (got[i] != want[i]) printf("  Y[%zu] = 0x%04x, reference 0x%04x\n", i, got[i], want[i]), shown++;
+        }
+        gbuf_free(&ref);
+    }
+    gbuf_free(&y);
+    gbuf_free(&pack);
+    if (s->misalign) {
+        free((unsigned char*)p.x - 2);
+        p.x = NULL;
+    }
+    problem_free(&p);
+}
+
+/* Problems of both modes: A16 against the oracle's tolerance, A8 bit-equal to the reference. */
+static void mode_cases(const qk_kernel_desc* k) {
+    static const shape shapes[] = {
+        /* M    N    K    G    bits  dtype        sym off bias misalign */
+        {1, 64, 256, 32, 4, QK_DTYPE_F16, 1, 0, 0, 0},     /* split-K over 8 tiles, one n block */
+        {1, 300, 128, 128, 4, QK_DTYPE_BF16, 0, 0, 1, 0},  /* two n blocks, partial */
+        {16, 70, 192, 64, 8, QK_DTYPE_F16, 0, 1, 0, 0},
+        {17, 33, 96, 96, 8, QK_DTYPE_BF16, 1, 0, 1, 0},    /* per-channel, 3 tiles */
+        {5, 40, 100, 100, 4, QK_DTYPE_F16, 0, 0, 0, 0},    /* per-channel, K % 32 != 0: staged X */
+        {3, 20, 160, 64, 4, QK_DTYPE_BF16, 0, 1, 1, 1},    /* shorter last group, misaligned X */
+        {2, 9, 72, 32, 8, QK_DTYPE_F16, 1, 0, 0, 0},       /* shorter last group, K % 32 = 8 */
+        {130, 72, 64, 32, 4, QK_DTYPE_F16, 0, 0, 1, 0},    /* three 64-row blocks, partial */
+        {130, 20, 64, 64, 8, QK_DTYPE_BF16, 1, 1, 0, 0},
+        {40, 260, 128, 32, 4, QK_DTYPE_F16, 0, 1, 1, 0},   /* 4 groups, two n blocks */
+        {33, 17, 512, 128, 8, QK_DTYPE_BF16, 0, 0, 1, 0},  /* 16 tiles: a deep pipeline */
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const shape* s = &shapes[i];
+        if (k->max_m > 0 && s->M > 2 * k->max_m) continue; /* decode: M above its range only near it */
+        if (s->misalign && k->mode == QK_MODE_A8) continue;   /* the quantizer reads X by element anyway */
+        reseed(1000 + i);
+        run_case(k, s, (int)(i % X_STYLES));
+    }
+}
+
+int main(int argc, char** argv) {
+    test_begin("test_cuda_kernels", argc, argv, "", NULL);
+    for (int32_t i = 0; i < qk_cuda_kernel_count; i++) {
+        const qk_kernel_desc* k = &qk_cuda_kernels[i];
+        double t0 = test_seconds();
+        mode_cases(k);
+        if (test_verbose) printf("%s: %.1f s\n", k->name, test_seconds() - t0);
+    }
+    return test_end();
+}

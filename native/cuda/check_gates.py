@@ -91,7 +91,7 @@ def find_cuobjdump(given: str | None) -> str:
 def gate(source: Path, arch: str, nvcc: str, cuobjdump: str, out_dir: Path) -> tuple[bool, str]:
     """Compiles one file for one architecture and checks both gates: (passed, report line)."""
     cubin = out_dir / f"{source.stem}.{arch}.cubin"
-    command = [nvcc, "-cubin", f"-arch={arch}", "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xptxas=-v",
+    command = [nvcc, "-cubin", f"-arch={arch}", "-O3", "-DNDEBUG", "-std=c++17", "--expt-relaxed-constexpr", "-Xptxas=-v",
                *(f"-I{d}" for d in INCLUDES), str(source), "-o", str(cubin)]
     built = subprocess.run(command, capture_output=True, text=True)
     if built.returncode != 0:

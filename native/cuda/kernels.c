@@ -11,9 +11,9 @@ qk_status qk_cuda_a16_decode(const qk_exec* exec, const qk_kernel_weights* w, co
 qk_status qk_cuda_a16_prefill(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 qk_status qk_cuda_a8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 
-/* The A8 kernel accumulates a group in int32: exact while G <= 2^31 / (127 * 255) (docs/numerics.md,
- * reading 5). */
-#define A8_INT32_EXACT_GROUP 66311
+/* The A8 kernel accumulates a group in int32: exact while G <= 2^31 / (127 * 255) = 66311
+ * (docs/numerics.md, reading 5); as a multiple of the group multiple (the registry's rule), 66304. */
+#define A8_INT32_EXACT_GROUP (66311 / QK_CUDA_GROUP_MULTIPLE * QK_CUDA_GROUP_MULTIPLE)
 
 #define BITS_4_8 ((1u << 4) | (1u << 8))
 #define DTYPES_16 ((1u << QK_DTYPE_F16) | (1u << QK_DTYPE_BF16))

@@ -54,7 +54,7 @@ def _check(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: 
     # A use_backend block yields to an explicit kernel= argument (arguments outrank it).
     name = backend or (None if kernel else dispatch.forced_backend()) or "auto"
     backend_id = lib.QK_BACKEND_AUTO if name == "auto" else dispatch.backend_code(name)  # "auto": no C call
-    named = name if name != "auto" else None if kernel else os.environ.get("QKERNELS_BACKEND")
+    named = name if name != "auto" else _kernel_backend(kernel) if kernel else os.environ.get("QKERNELS_BACKEND")
     device = _device_backends().get(named)
     if device is not None and device.available:  # an unavailable one: the C library says why
         raise InvalidArgumentError(
@@ -62,6 +62,11 @@ def _check(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: 
             "qkernels never copies x to the GPU; move it there first (x.cuda())"
         )
     return buf, M, backend_id
+
+
+def _kernel_backend(kernel: str) -> str | None:
+    """The backend of a registered kernel, or None for an unknown name (the C library says so)."""
+    return next((k.backend for k in dispatch.kernels() if k.name == kernel), None)
 
 
 @functools.cache
@@ -79,8 +84,7 @@ def _device_backend_id(backend: str | None, kernel: str | None) -> int:
     use_backend block or the forced kernel's backend), else the best available device backend."""
     name = backend or (None if kernel else dispatch.forced_backend())
     if kernel is not None and name is None:
-        info = next((k for k in dispatch.kernels() if k.name == kernel), None)
-        name = info.backend if info else None  # an unknown kernel: the C library says so
+        name = _kernel_backend(kernel)
     devices = _device_backends()
     if name is None or name == "auto":
         best = next(iter(devices.values()), None)

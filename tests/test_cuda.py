@@ -146,6 +146,9 @@ def test_host_arrays_never_reach_a_device_backend(qw, monkeypatch):
         qkernels.matmul(x, qw, backend="cuda")
     with qkernels.use_backend("cuda"), pytest.raises(InvalidArgumentError, match="host memory"):
         qkernels.matmul(x, qw)
+    a_kernel = next(k.name for k in dispatch.kernels() if k.backend == "cuda" and k.mode == "a16")
+    with pytest.raises(InvalidArgumentError, match="host memory"):
+        qkernels.matmul(x, qw, kernel=a_kernel)
     monkeypatch.setenv("QKERNELS_BACKEND", "cuda")
     with pytest.raises(InvalidArgumentError, match="host memory"):
         qkernels.matmul(x, qw)

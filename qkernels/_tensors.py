@@ -54,9 +54,13 @@ class Buffer:
 
 
 def check_host(x: Any, argument: str) -> None:
-    """A torch tensor must be in host memory (this build has no GPU path)."""
+    """A torch tensor must be in host memory, as the call's other arrays are (a call on device arrays
+    takes them all on the device: qkernels never copies between host and device)."""
     if not x.is_cpu:  # x.device would take 0.3 us
-        raise InvalidArgumentError(f"{argument} is on {x.device}; this build runs on the CPU only")
+        raise InvalidArgumentError(
+            f"{argument} is on {x.device}, but this call runs on host arrays: qkernels never copies between host "
+            "and device"
+        )
 
 
 def host_tensor(x: Any, argument: str):

@@ -41,7 +41,8 @@ def info(_args: argparse.Namespace) -> int:
         for mode in ("a16", "a8"):
             ms = [str(M) for M in DISPATCH_MS if (mode, M) in chosen and chosen[mode, M].backend == b.name]
             picked += [f"{mode} M={','.join(ms)}"] if ms else []
-        picked = "; ".join(picked) or "-"
+        # A device backend runs calls on device arrays only; this table's calls are on host arrays.
+        picked = "; ".join(picked) or ("device arrays only" if b.device else "-")
         yes = lambda flag: "yes" if flag else "no"  # noqa: E731
         print(f"{b.name:18} {yes(b.compiled):9} {yes(b.detected):9} {picked:28} {b.reason}".rstrip())
     print()

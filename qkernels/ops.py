@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import Any
 
 import numpy as np
 
-from . import _checks, dispatch
+from . import _checks, _device, dispatch
 from ._native import FLOAT_ARRAY, FLOAT_POINTER, VOID_POINTER, check, ffi, lib, new_struct
 from ._tensors import (
     check_host, dtype_code, empty_like_kind, float_buffer, is_plain_container, is_torch, pointer_of, torch_module,
@@ -52,7 +54,112 @@ def _check(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: 
     # A use_backend block yields to an explicit kernel= argument (arguments outrank it).
     name = backend or (None if kernel else dispatch.forced_backend()) or "auto"
     backend_id = lib.QK_BACKEND_AUTO if name == "auto" else dispatch.backend_code(name)  # "auto": no C call
+    named = name if name != "auto" else _kernel_backend(kernel) if kernel else os.environ.get("QKERNELS_BACKEND")
+    device = _device_backends().get(named)
+    if device is not None and device.available:  # an unavailable one: the C library says why
+        raise InvalidArgumentError(
+            f"x is in host memory, but backend '{named}' runs on a device and takes device arrays: "
+            "qkernels never copies x to the GPU; move it there first (x.cuda())"
+        )
     return buf, M, backend_id
+
+
+def _kernel_backend(kernel: str) -> str | None:
+    """The backend of a registered kernel, or None for an unknown name (the C library says so)."""
+    return next((k.backend for k in dispatch.kernels() if k.name == kernel), None)
+
+
+@functools.cache
+def _device_backends_of(count: int) -> dict[str, dispatch.BackendInfo]:
+    return {b.name: b for b in dispatch.device_backends()}
+
+
+def _device_backends() -> dict[str, dispatch.BackendInfo]:
+    """The device backends by name, best first (a program may register more at any time)."""
+    return _device_backends_of(lib.qk_backend_count())
+
+
+def _device_backend_id(backend: str | None, kernel: str | None) -> int:
+    """The id of the device backend a call on device arrays runs: the one named (by backend=, a
+    use_backend block or the forced kernel's backend), else the best available device backend."""
+    name = backend or (None if kernel else dispatch.forced_backend())
+    if kernel is not None and name is None:
+        name = _kernel_backend(kernel)
+    devices = _device_backends()
+    if name is None or name == "auto":
+        best = next(iter(devices.values()), None)
+        if best is None:
+            raise _device.device_backend_unavailable(None, "")
+        chosen = next((b for b in devices.values() if b.available), best)
+    elif name in devices:
+        chosen = devices[name]
+    else:
+        dispatch.backend_code(name)  # an unknown name: the usual error
+        raise InvalidArgumentError(
+            f"x is in device memory, but backend '{name}' runs on the CPU: qkernels never copies x to the host"
+        )
+    if not chosen.available:
+        raise _device.device_backend_unavailable(chosen.name, chosen.reason)
+    return chosen.code
+
+
+def _device_arrays(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any,
+                   out: Any):
+    """The checked device arrays of a call on device arrays: x, bias (or None), out (or None: to be
+    allocated), M and the backend id. Host arrays among them raise InvalidArgumentError."""
+    _checks.instance(qw, QuantizedWeight, "qw")
+    if mode not in dispatch.MODES:
+        raise InvalidArgumentError(f"mode={mode!r} must be 'a16' or 'a8'")
+    backend = _checks.optional_name(backend, "backend", automatic=("auto",))
+    kernel = _checks.optional_name(kernel, "kernel")
+    if not _device.is_device_array(x):
+        raise InvalidArgumentError("x is in host memory: out= is only for calls on device arrays")
+    dx = _device.device_array(x, "x")
+    if len(dx.shape) < 1 or dx.shape[-1] != qw.K:
+        raise InvalidArgumentError(f"x has shape {dx.shape}: its last dimension does not match K={qw.K} of the weights")
+    M = math.prod(dx.shape[:-1])
+    if M <= 0:
+        raise InvalidArgumentError(f"x has shape {dx.shape}: M={M} rows; at least one is needed")
+    _checks.size(M, "M")
+    out_shape = dx.shape[:-1] + (qw.N,)
+    dbias = dout = None
+    if bias is not None:
+        if is_torch(bias):
+            _checks.float_array(bias, "bias")  # an integer bias is refused, never cast
+        if not _device.is_device_array(bias):
+            raise InvalidArgumentError("bias is in host memory, but x is in device memory: move bias to x's device")
+        dbias = _device.device_array(bias.float() if is_torch(bias) else bias, "bias", ("float32",))
+        if dbias.shape != (qw.N,):
+            raise InvalidArgumentError(f"bias has shape {dbias.shape}; expected ({qw.N},)")
+    if out is not None:
+        if not _device.is_device_array(out):
+            raise InvalidArgumentError("out is in host memory, but x is in device memory: give a device array")
+        if is_torch(out) and not out.is_contiguous():
+            raise InvalidArgumentError("out is not contiguous")
+        dout = _device.device_array(out, "out", (dx.dtype,))
+        if dout.shape != out_shape:
+            raise InvalidArgumentError(f"out has shape {dout.shape}; expected {out_shape}")
+    return dx, dbias, dout, M, _device_backend_id(backend, kernel)
+
+
+def _device_plan(qw: QuantizedWeight, dx, mode: str, backend_id: int, kernel: str | None):
+    """qw's plan for a device backend on dx's device (packing there on first use)."""
+    with _device.current_device(dx):
+        return qw.plan(dispatch.MODES[mode], dtype_code(dx.dtype), backend_id, kernel, device=dx.device)
+
+
+def _device_matmul(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any,
+                   out: Any):
+    """matmul on device arrays: a device backend, on x's stream, the result in out or a new tensor."""
+    dx, dbias, dout, M, backend_id = _device_arrays(x, qw, mode, backend, kernel, bias, out)
+    plan = _device_plan(qw, dx, mode, backend_id, kernel)
+    with _device.current_device(dx):
+        if dout is None:
+            dout = _device.new_output(dx, dx.shape[:-1] + (qw.N,))
+        bias_pointer = ffi.NULL if dbias is None else ffi.cast(FLOAT_POINTER, dbias.pointer)
+        check(lib.qk_plan_run(plan, ffi.cast(VOID_POINTER, dx.pointer), ffi.cast(VOID_POINTER, dout.pointer),
+                              bias_pointer, M, ffi.cast(VOID_POINTER, dx.stream)))
+    return out if out is not None else dout.owner
 
 
 def _args(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None, bias: Any):
@@ -77,7 +184,13 @@ def _canonical_variant(kernel: str | None) -> bool:
 
 
 def select(x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | None = None, kernel: str | None = None):
-    """The kernel that matmul would run for these arguments (a KernelInfo); runs nothing."""
+    """The kernel that matmul would run for these arguments (a KernelInfo); runs nothing (for
+    device arrays it packs the weights for the device, as matmul's first call would)."""
+    if _device.is_device_array(x):
+        dx, _bias, _out, M, backend_id = _device_arrays(x, qw, mode, backend, kernel, None, None)
+        info = new_struct("qk_kernel_info")
+        check(lib.qk_plan_kernel(_device_plan(qw, dx, mode, backend_id, kernel), M, info))
+        return dispatch.kernel_info_from_c(info)
     _, args, _alive = _args(x, qw, mode, backend, kernel, None)
     if _canonical_variant(kernel):
         info = new_struct("qk_kernel_info")
@@ -92,9 +205,9 @@ def select(x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | Non
 class _PlannedCall:
     """What the checks of a first call established for every call of the same form: the same weights,
     mode, backend and kernel arguments, QKERNELS_BACKEND and use_backend block, and an input of the
-    same type (exactly np.ndarray or torch.Tensor), dtype (in native byte order) and shape. Such a
-    call is one qk_plan_run: its plan, M and output shape are known. What the form does not fix is
-    checked on every call: the input's contiguity, a tensor's device, the bias."""
+    same type (exactly np.ndarray or torch.Tensor), dtype (in native byte order), shape and place (a
+    tensor in host memory). Such a call is one qk_plan_run: its plan, M and output shape are known.
+    What the form does not fix is checked on every call: the input's contiguity, the bias."""
 
     __slots__ = ("plan", "M", "N", "out_shape")
 
@@ -108,8 +221,7 @@ class _PlannedCall:
             out = np.empty(self.out_shape, x.dtype)
             check(lib.qk_plan_run(self.plan, ffi.from_buffer(x), ffi.from_buffer(out), bias_pointer, self.M, ffi.NULL))
             return out
-        check_host(x, "x")
-        x = x.contiguous()
+        x = x.contiguous()  # in host memory: the form's key says so (_form)
         # On the CPU whatever the default device; the shape unpacked, as torch parses that 0.4 us faster.
         out = torch_module().empty(*self.out_shape, dtype=x.dtype, device="cpu")
         x_pointer, out_pointer = ffi.cast(VOID_POINTER, x.data_ptr()), ffi.cast(VOID_POINTER, out.data_ptr())
@@ -123,7 +235,8 @@ _FORMS_KEPT = 32  # call forms remembered per weight; more are forgotten (prefil
 def _form(x: Any, mode: str, backend: str | None, kernel: str | None):
     """The key of a call's form (see _PlannedCall). QKERNELS_BACKEND is read the cheap way: a call
     after the variable changed has another form."""
-    return (type(x), x.dtype, x.shape, mode, backend, kernel, environment_backend(), dispatch.forced_backend())
+    host = type(x) is np.ndarray or x.is_cpu  # a device tensor never takes a host call's form
+    return (type(x), x.dtype, x.shape, mode, backend, kernel, environment_backend(), dispatch.forced_backend(), host)
 
 
 def _planned_call(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: str | None):
@@ -141,12 +254,17 @@ def _planned_call(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, k
 
 def matmul(
     x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | None = None, kernel: str | None = None,
-    bias: Any = None,
+    bias: Any = None, out: Any = None,
 ):
     """Y[..., N] = X[..., K] · Wᵀ (+ bias) with quantized weights.
 
     mode: "a16" (weight-only: float activations) or "a8" (dynamic per-row int8 activations).
-    x: float32 / float16 / bfloat16 NumPy array or CPU torch tensor; Y has its kind and dtype.
+    x: float32 / float16 / bfloat16 NumPy array or CPU torch tensor; Y has its kind and dtype. Or x
+    in device memory: a torch CUDA tensor, an object with __cuda_array_interface__ or a DLPack CUDA
+    tensor; then a device backend (cuda) runs it on x's stream (torch's current stream), bias must be
+    on the device too, and Y is `out` (a device array of shape [..., N], x's dtype) or else a new
+    torch tensor on x's device. Host and device arrays never mix: nothing is copied between them
+    but the weights' pack, once per device.
     backend, kernel: force a backend or one registered kernel (see qkernels.dispatch);
     bias: [N], applied in float32 before the single rounding to Y's dtype.
     The first call for a mode and dtype makes a plan, cached in `qw`: the kernels selected once
@@ -156,8 +274,12 @@ def matmul(
     stateless calls) runs on qw's arrays, unpacked.
     """
     try:
+        if out is not None:
+            raise KeyError  # out= is for device arrays, which have no cached form
         call = qw._forms[_form(x, mode, backend, kernel)]
     except (AttributeError, KeyError, TypeError):  # a first call of its form, or one the checks refuse
+        if out is not None or _device.is_device_array(x):
+            return _device_matmul(x, qw, mode, backend, kernel, bias, out)
         if _canonical_variant(kernel):
             out, args, _alive = _args(x, qw, mode, backend, kernel, bias)
             check(lib.qk_matmul(qw.c_weights, args))
@@ -180,7 +302,9 @@ def quantized_matmul(
     weights: int8 [N, K*bits/8]; scales: float32 [N, K/group_size]; zero_points: int8 or None.
     """
     bits = _checks.bits(bits)
-    buf_shape, weights_shape = _shape_of(x), _shape_of(weights)
+    on_device = _device.is_device_array(x)
+    buf_shape = _device.device_array(x, "x").shape if on_device else _shape_of(x)
+    weights_shape = _shape_of(weights)
     K = buf_shape[-1] if len(buf_shape) else 0
     N = weights_shape[0] if weights_shape else 0
     if len(weights_shape) == 2 and len(buf_shape):
@@ -191,6 +315,8 @@ def quantized_matmul(
                 f"(shape {tuple(weights_shape)}, {bits}-bit)"
             )
     qw = QuantizedWeight(weights, scales, zero_points, bits, group_size, (N, K))
+    if on_device:  # packed for the device for this call only
+        return _device_matmul(x, qw, mode, backend, kernel, bias, None)
     out, args, _alive = _args(x, qw, mode, backend, kernel, bias)
     check(lib.qk_matmul(qw.c_weights, args))
     return out

@@ -33,7 +33,7 @@ def is_torch(x: Any) -> bool:
 
 def host_tensor(x: Any, argument: str):
     """The torch tensor x, detached, after checking that it is in host memory (InvalidArgumentError
-    naming `argument` otherwise: this build has no GPU path and never copies)."""
+    naming `argument` otherwise: qkernels never copies between host and device)."""
     return _tensors.host_tensor(x, argument)
 
 

@@ -108,26 +108,29 @@ class QuantizedWeight:
         """The qk_weights struct viewing these arrays (valid while this object lives)."""
         return self._c
 
-    def packed(self, backend: int):
+    def packed(self, backend: int, device: int | None = None):
         """The qk_packed_weights handle for a backend id, packed on first use. A backend without a
-        layout of its own borrows this object's arrays (no copy): it lives as long as they do."""
-        if backend not in self._packs:
+        layout of its own borrows this object's arrays (no copy): it lives as long as they do. A
+        device backend packs into the memory of the current device, once per `device` (its index)."""
+        key = backend if device is None else (backend, device)
+        if key not in self._packs:
             out = ffi.new("qk_packed_weights **")
             check(lib.qk_pack_weights_borrowing(self._c, backend, out))
-            self._packs[backend] = ffi.gc(out[0], lib.qk_packed_weights_free)
-        return self._packs[backend]
+            self._packs[key] = ffi.gc(out[0], lib.qk_packed_weights_free)
+        return self._packs[key]
 
-    def plan(self, mode: int, dtype: int, backend: int, kernel: str | None):
+    def plan(self, mode: int, dtype: int, backend: int, kernel: str | None, device: int | None = None):
         """The qk_plan for a mode, input dtype, backend id (0: automatic) and kernel name (None:
-        automatic), made on first use: selected once, on weights packed once per backend.
-        QKERNELS_BACKEND is part of the key, so that setting it takes effect as it does in C."""
-        key = (mode, dtype, backend, kernel, environment_backend())
+        automatic), made on first use: selected once, on weights packed once per backend (and per
+        device index, for a device backend). QKERNELS_BACKEND is part of the key, so that setting
+        it takes effect as it does in C."""
+        key = (mode, dtype, backend, kernel, environment_backend(), device)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self._make_plan(mode, dtype, backend, kernel)
+            plan = self._plans[key] = self._make_plan(mode, dtype, backend, kernel, device)
         return plan
 
-    def _make_plan(self, mode: int, dtype: int, backend: int, kernel: str | None):
+    def _make_plan(self, mode: int, dtype: int, backend: int, kernel: str | None, device: int | None):
         # The backend is that of the kernel automatic selection picks for one row of packed weights
         # (a stateless call may take another backend's canonical-layout kernel). Selection reads
         # no data, so the activation and output pointers are a placeholder buffer.
@@ -142,7 +145,7 @@ class QuantizedWeight:
         desc = new_struct("qk_plan_desc")
         desc.mode, desc.input_dtype, desc.kernel = mode, dtype, kernel_name
         out = ffi.new("qk_plan **")
-        check(lib.qk_plan_create(self.packed(info.backend), desc, out))
+        check(lib.qk_plan_create(self.packed(info.backend, device), desc, out))
         return ffi.gc(out[0], lib.qk_plan_free)
 
 

@@ -191,6 +191,7 @@ qk_status qk_backend_get(qk_backend backend, qk_backend_info* out) {
         .reason = e->reason,
         .library = e->library,
         .priority = e->desc->priority,
+        .device = e->desc->uses_stream != 0,
     };
     uint32_t size = out->size;
     memcpy(out, &info, size);

@@ -61,11 +61,13 @@ qk_status qk_backend_from_environment(qk_backend* out);
 qk_status qk_find_kernel(const char* name, qk_backend wanted, const qk_problem* p, qk_kernel_ref* out);
 /* Picks the kernel for a problem. Precedence: a forced kernel, then a forced backend (argument,
  * else QKERNELS_BACKEND), then the first fitting kernel of the available backends in dispatch
- * order, preferring one whose max_m covers M. Forced choices that cannot run fail, never fall back. */
+ * order, preferring one whose max_m covers M. Automatic selection passes over device backends
+ * (uses_stream): they take device pointers and run only when forced. Forced choices that cannot
+ * run fail, never fall back. */
 int qk_is_canonical_variant(qk_backend b, const qk_kernel_desc* k);
 qk_status qk_select(const qk_problem* p, qk_backend wanted, const char* kernel, enum qk_layout_need need,
                     qk_kernel_ref* out);
-/* The best available backend that runs these weights in both modes (automatic packing). */
+/* The best available backend, not a device one, that runs these weights in both modes (automatic packing). */
 qk_backend qk_best_backend_for(const qk_weights* w);
 void qk_fill_kernel_info(qk_kernel_ref k, qk_kernel_info* out);
 

@@ -21,6 +21,12 @@ int qk_backend_available(qk_backend b) {
     return e && e->reason[0] == '\0';
 }
 
+/* Whether automatic selection may pick backend b: available, and not on a device. A device backend
+ * (uses_stream) takes device pointers, which a caller that asked for no backend has not given. */
+static int automatic_candidate(qk_backend b) {
+    return qk_backend_available(b) && !qk_backend_entry_get(b)->desc->uses_stream;
+}
+
 qk_status qk_backend_unavailable(qk_backend b, const char* what) {
     return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "%s '%s' is not available: %s", what, qk_backend_name(b),
                    qk_backend_entry_get(b)->reason);
@@ -113,7 +119,7 @@ static int stateless_variant(qk_backend chosen, int automatic, const qk_problem*
     int32_t count = 0;
     const qk_backend* ids = qk_backend_order(&count);
     for (int32_t i = 0; i < count; i++)
-        if (qk_backend_available(ids[i]) && qk_backend_entry_get(ids[i])->desc->pack && canonical_variant(ids[i], p, out))
+        if (automatic_candidate(ids[i]) && qk_backend_entry_get(ids[i])->desc->pack && canonical_variant(ids[i], p, out))
             return 1;
     return 0;
 }
@@ -138,7 +144,7 @@ qk_status qk_select(const qk_problem* p, qk_backend wanted, const char* kernel, 
     const qk_backend* ids = qk_backend_order(&count);
     qk_kernel_ref any_m = {0, NULL}; /* the best kernel that fits, ignoring its preferred M */
     for (int32_t i = 0; i < count; i++) {
-        if (wanted != QK_BACKEND_AUTO ? ids[i] != wanted : !qk_backend_available(ids[i])) continue;
+        if (wanted != QK_BACKEND_AUTO ? ids[i] != wanted : !automatic_candidate(ids[i])) continue;
         const qk_backend_desc* d = qk_backend_entry_get(ids[i])->desc;
         for (int32_t j = 0; j < d->kernel_count; j++) {
             const qk_kernel_desc* k = &d->kernels[j];
@@ -167,7 +173,7 @@ qk_backend qk_best_backend_for(const qk_weights* w) {
     int32_t count = 0;
     const qk_backend* ids = qk_backend_order(&count);
     for (int32_t i = 0; i < count; i++) {
-        if (!qk_backend_available(ids[i])) continue;
+        if (!automatic_candidate(ids[i])) continue;
         const qk_backend_desc* d = qk_backend_entry_get(ids[i])->desc;
         int modes = 0;
         for (int32_t j = 0; j < d->kernel_count; j++)

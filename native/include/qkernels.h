@@ -134,9 +134,12 @@ typedef struct qk_matmul_args {
     int32_t M;
     qk_dtype input_dtype;
     qk_mode mode;
-    qk_backend backend;   /* QK_BACKEND_AUTO: QKERNELS_BACKEND if set, else the best available */
+    qk_backend backend;   /* QK_BACKEND_AUTO: QKERNELS_BACKEND if set, else the best available
+                             CPU backend (a device backend, such as cuda, runs only when named) */
     const char* kernel;   /* NULL, or the name of one registered kernel to force */
-    void* stream;         /* for a backend that runs on a device queue (a cudaStream_t); NULL on the CPU */
+    void* stream;         /* for a backend that runs on a device queue (a cudaStream_t; NULL: the
+                             default stream), whose input, output and bias are device pointers;
+                             NULL on the CPU */
 } qk_matmul_args;
 
 typedef struct qk_kernel_info {
@@ -168,6 +171,9 @@ typedef struct qk_backend_info {
                                  qk_backend_get on this thread. */
     const char* library;      /* the shared library it came from ("" when built in) */
     int32_t priority;         /* automatic dispatch tries backends in decreasing priority */
+    int32_t device;           /* runs on a device (cuda): input, output and bias are device pointers,
+                                 work goes on qk_matmul_args.stream, and automatic dispatch never
+                                 picks it */
 } qk_backend_info;
 
 /* The planned entry point: fp16 X[M,K], canonical weights, fp16 Y[M,N], A16, automatic
@@ -203,7 +209,7 @@ qk_status qk_matmul(const qk_weights* weights, const qk_matmul_args* args);
 
 /* Pack once for one backend. QK_BACKEND_AUTO: QKERNELS_BACKEND if set, else the best available
  * backend that runs these weights in both modes. The handle copies what it needs; the canonical
- * arrays may be freed after packing. */
+ * arrays may be freed after packing. Automatic choice never packs for a device backend. */
 qk_status qk_pack_weights(const qk_weights* weights, qk_backend backend, qk_packed_weights** out);
 /* As qk_pack_weights, except that a backend without its own layout keeps pointers to the caller's
  * arrays instead of copying them: they must stay alive and unchanged while the handle or any plan

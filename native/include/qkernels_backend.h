@@ -89,8 +89,11 @@ typedef struct qk_backend_desc {
     void (*thread_setup)(void);   /* run once per thread before its first kernel task; or NULL */
     const qk_kernel_desc* kernels;
     int32_t kernel_count;
-    int32_t uses_stream;      /* runs on a device queue: args->stream is its stream. A CPU backend
-                                 (0) is refused a stream, which would mean device pointers. */
+    int32_t uses_stream;      /* runs on a device queue: args->stream is its stream, and input,
+                                 output and bias are device pointers, so automatic dispatch never
+                                 picks it (it runs when forced: by id, QKERNELS_BACKEND or kernel
+                                 name). A CPU backend (0) is refused a stream, which would mean
+                                 device pointers. */
 } qk_backend_desc;
 
 /* Registers a backend; the core keeps the pointer (the desc and its kernels must live as long as

@@ -93,6 +93,7 @@ static void test_backends(void) {
         printf("backend %2d %-20s priority %3d %s%s%s%s\n", (int)b, info.name, info.priority,
                info.available ? "available" : "unavailable: ", info.available ? "" : info.reason,
                info.library[0] ? ", from " : "", info.library);
+        CHECK(info.library[0] || !info.device, "built-in backend %s says it runs on a device", info.name);
         if (expected && !info.library[0])
             CHECK(info.available == listed(info.name, expected), "QK_TEST_BACKENDS=%s, but backend %s is %savailable",
                   expected, info.name, info.available ? "" : "not ");

@@ -5,6 +5,10 @@ Precedence, highest first:
   2. the innermost ``with qkernels.use_backend(name):`` block (per thread and per asyncio task);
   3. the ``QKERNELS_BACKEND`` environment variable (read by the C library on every call);
   4. the best available backend for the problem (the registry's order).
+Device backends (cuda) take device arrays: a call on device arrays runs the best available device
+backend unless 1 or 2 names one (QKERNELS_BACKEND does not apply to it), and automatic dispatch of a
+call on host arrays never picks one. Naming a backend for arrays it cannot reach (a CPU backend for
+device arrays, or a device backend for host arrays) raises InvalidArgumentError.
 A forced backend or kernel that cannot run raises BackendUnavailableError or UnsupportedError with
 the reason; nothing ever falls back silently from a forced choice.
 """
@@ -33,6 +37,7 @@ class BackendInfo:
     reason: str  # why not available; "" when available
     library: str  # the backend library it came from; "" when built in
     priority: int  # automatic dispatch tries higher first
+    device: bool  # runs on a device (cuda): takes device arrays, and automatic dispatch never picks it
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ def backends() -> list[BackendInfo]:
         result.append(
             BackendInfo(
                 text(info.name), code, bool(info.compiled), bool(info.detected), bool(info.available),
-                bool(info.own_layout), text(info.reason), text(info.library), info.priority,
+                bool(info.own_layout), text(info.reason), text(info.library), info.priority, bool(info.device),
             )
         )
     return sorted(result, key=lambda b: -b.priority)  # stable: ties keep registration order
@@ -88,6 +93,11 @@ def backend_code(name: str) -> int:
         return _codes()[name]
     except KeyError:
         raise InvalidArgumentError(f"backend={name!r} is not one of: {', '.join(_codes())}") from None
+
+
+def device_backends() -> list[BackendInfo]:
+    """The registered backends that run on a device (take device arrays), best first."""
+    return [b for b in backends() if b.device]
 
 
 def backend_name(code: int) -> str:
@@ -162,6 +172,7 @@ __all__ = [
     "backend_name",
     "backends",
     "cpu_features",
+    "device_backends",
     "forced_backend",
     "get_num_threads",
     "kernels",

@@ -39,10 +39,12 @@ class QuantLinear(nn.Module):
     threshold) travels in the state dict too, as extra state, so a saved model loads without
     re-quantizing (qkernels.torch.load_quantized).
 
-    Runs on CPU tensors through torch.ops.qkernels.matmul (or matmul_outliers when
-    outlier_threshold is set; in eager inference, their implementations directly, see
-    ops.use_impl), whichever backend automatic dispatch picks; a tensor on another
-    device raises InvalidArgumentError: this build has no GPU kernels and never moves data.
+    Runs through torch.ops.qkernels.matmul (or matmul_outliers when outlier_threshold is set; in
+    eager inference, their implementations directly, see ops.use_impl): on CPU tensors whichever
+    backend automatic dispatch picks; on a model moved to a GPU (model.cuda()) the cuda backend, on
+    torch's current stream, with the weights packed for the device once (from a host copy of the
+    buffers). An input on another device than the layer's buffers raises InvalidArgumentError:
+    qkernels never moves activations between host and device. LLM.int8() outliers run on the CPU only.
     """
 
     def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None = None, *, activation: str = "float",

@@ -7,7 +7,8 @@
 Each takes a weight as the canonical arrays (docs/numerics.md section 1: int8 data, float32 scales,
 int8 zero points or None, float32 offsets or None; the group size need not divide K), offsets last
 so that calls made before format v2 keep working; the matmuls run qkernels.matmul, so automatic
-dispatch picks the fastest backend for the tensors. To a compiler they are opaque: a quantized
+dispatch picks the fastest backend for the tensors (the cuda backend for CUDA tensors, on torch's
+current stream; matmul_outliers and dequantize run on the CPU only). To a compiler they are opaque: a quantized
 model traces with no graph break. An empty batch (no rows) gives an empty output, as nn.Linear does.
 
 The dispatcher costs about 60 us per call in eager mode, more than a decode step's small layers
@@ -28,6 +29,7 @@ from typing import Optional
 import torch
 
 from .. import ops as _ops
+from ..errors import InvalidArgumentError
 from ..quant import llm_int8_matmul
 from ..weights import QuantizedWeight, dequantize
 
@@ -57,18 +59,26 @@ def _key(tensors, bits: int, group_size: int):
         return None
 
 
-def quantized_weight(data, scales, zero_points, bits: int, group_size: int, offsets=None) -> QuantizedWeight:
-    """The QuantizedWeight viewing these tensors: the registered one while it is current, else new."""
+def _canonical(data, scales, zero_points, bits: int, group_size: int, offsets) -> QuantizedWeight:
+    """A QuantizedWeight of these tensors. A QuantizedWeight holds host arrays, which a device backend
+    packs into device memory: weights on a GPU (a QuantLinear moved with .cuda()) are copied to the
+    host for that, once per registered module and change of its buffers."""
+    host = [None if t is None else t.cpu() for t in (data, scales, zero_points, offsets)]
     shape = (data.shape[0], data.shape[1] * 8 // bits)
+    return QuantizedWeight(host[0], host[1], host[2], bits, group_size, shape, kind="torch", offsets=host[3])
+
+
+def quantized_weight(data, scales, zero_points, bits: int, group_size: int, offsets=None) -> QuantizedWeight:
+    """The QuantizedWeight viewing these tensors (of host copies, for tensors on a GPU): the registered
+    one while it is current, else new."""
     key = _key((data, scales, zero_points, offsets), bits, group_size)
     handle = _handles.get(data.data_ptr())
     if handle is not None and key is not None:
         if handle.key != key:
-            handle.qweight = QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch",
-                                             offsets=offsets)
+            handle.qweight = _canonical(data, scales, zero_points, bits, group_size, offsets)
             handle.key = key
         return handle.qweight
-    return QuantizedWeight(data, scales, zero_points, bits, group_size, shape, kind="torch", offsets=offsets)
+    return _canonical(data, scales, zero_points, bits, group_size, offsets)
 
 
 def use_impl(*tensors: torch.Tensor | None) -> bool:
@@ -92,6 +102,11 @@ def use_impl(*tensors: torch.Tensor | None) -> bool:
 
 def matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode, offsets=None):
     """torch.ops.qkernels.matmul without the dispatcher."""
+    if x.is_cpu != data.is_cpu:
+        raise InvalidArgumentError(
+            f"x is on {x.device} but the weights are on {data.device}: qkernels never moves activations between "
+            "host and device; move the input or the module"
+        )
     if x.numel() == 0:
         return _output_like(x, data, bits)
     return _ops.matmul(x, quantized_weight(data, scales, zero_points, bits, group_size, offsets), mode, bias=bias)

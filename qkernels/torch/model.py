@@ -352,17 +352,31 @@ def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms
     return folded
 
 
+# Pre-norm blocks: (norm, the linear layers that alone read its output), relative to the block.
+PRE_NORM_BLOCKS = (
+    # Hugging Face GPT-2: ln_1 → the fused q, k, v projection; ln_2 → the MLP's first layer.
+    (("ln_1", ["attn.c_attn"]), ("ln_2", ["mlp.c_fc"])),
+    # LLaMA, Mistral, Qwen2 (and their relatives): RMSNorms before attention and before the gated MLP.
+    (("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+     ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"])),
+)
+
+
 def pre_norm_groups(model: nn.Module) -> dict[str, list[str]]:
-    """{LayerNorm: [linear layers]} where the norm's output feeds those layers only, for the pre-LN
-    blocks of Hugging Face GPT-2 (ln_1 → attn.c_attn, ln_2 → mlp.c_fc). Post-LN models such as BERT
+    """{norm: [linear layers]} where the norm's output feeds those layers only, for the pre-norm
+    blocks of PRE_NORM_BLOCKS (GPT-2; LLaMA, Mistral, Qwen2), found by the modules' names: a group
+    is listed when the block has the norm and every one of its layers. Post-LN models such as BERT
     have none: each LayerNorm's output is also the residual stream, which folding would change."""
     names = dict(model.named_modules())
-    return {
-        f"{block}.{norm}": [f"{block}.{layer}"]
-        for block in (n[: -len(".ln_1")] for n in names if n.endswith(".ln_1"))
-        for norm, layer in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc"))
-        if f"{block}.{norm}" in names and f"{block}.{layer}" in names
-    }
+    groups = {}
+    for pattern in PRE_NORM_BLOCKS:
+        first_norm = "." + pattern[0][0]
+        for block in (n[: -len(first_norm)] for n in names if n.endswith(first_norm)):
+            for norm, layers in pattern:
+                readers = [f"{block}.{layer}" for layer in layers]
+                if f"{block}.{norm}" in names and all(r in names for r in readers):
+                    groups[f"{block}.{norm}"] = readers
+    return groups
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:

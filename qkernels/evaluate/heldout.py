@@ -3,8 +3,8 @@
     python -m qkernels.evaluate.heldout [--sequences 64 --length 256]
 
 Texts, all from the Python installation, pairwise disjoint:
-  prose       the first 512 sentences of the docstring corpus (corpus.sentences), as `qkernels eval
-              --perplexity` scores by default;
+  prose       the first --prose-sentences (default 256) of the docstring corpus's first 512
+              sentences, which `qkernels eval --perplexity` scores by default;
   code        the source of EVAL_CODE (standard-library modules outside the corpus's);
   calibration half of the sequences from the corpus's other sentences (from position 512 on), half
               from the source of CALIBRATION_CODE (other modules again): generic text of both kinds.
@@ -21,7 +21,7 @@ import time
 from . import corpus
 
 EVAL_SENTENCES = 512
-EVAL_CODE = ("pprint", "shlex")
+EVAL_CODE = ("shlex", "reprlib")
 CALIBRATION_CODE = ("ast", "copy", "glob", "numbers", "operator", "queue", "reprlib", "timeit", "weakref")
 
 
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequences", type=int, default=32, help="calibration sequences (default 32)")
     parser.add_argument("--length", type=int, default=256, help="tokens per calibration sequence (default 256)")
     parser.add_argument("--batch", type=int, default=8, help="calibration sequences per forward pass (default 8)")
+    parser.add_argument("--prose-sentences", type=int, default=256, choices=range(1, EVAL_SENTENCES + 1),
+                        metavar=f"1..{EVAL_SENTENCES}", help="sentences of held-out prose (default 256)")
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=512, help="perplexity: tokens per window, no overlap")
     args = parser.parse_args(argv)
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_smollm2_float()
     ids = calibration_ids(tokenizer, args.sequences, args.length)
     calibration = [{"input_ids": ids[i:i + args.batch]} for i in range(0, len(ids), args.batch)]
-    texts = {"prose": " ".join(corpus.sentences(EVAL_SENTENCES)), "code": corpus.python_source(EVAL_CODE)}
+    texts = {"prose": " ".join(corpus.sentences(args.prose_sentences)), "code": corpus.python_source(EVAL_CODE)}
     print(f"SmolLM2-135M-Instruct (weights dequantized from Q4_1), W4 g{args.group_size} symmetric, lm_head in "
           f"float; calibration {args.sequences} x {args.length} tokens; torch threads {torch.get_num_threads()}")
     print("| method | quantize s (wall) | quantize s (CPU) | " + " | ".join(f"{k} perplexity" for k in texts) + " |")

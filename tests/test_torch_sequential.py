@@ -189,3 +189,24 @@ def test_sentence_transformer_takes_dict_batches():
     linear = len(qt.linear_layers(model))
     qt.quantize_model(model, "w8a8", calib_data=batch)  # one BatchEncoding-like dict, passed whole
     assert len(qt.quantized_layers(model)) == linear > 0 and not qt.linear_layers(model)
+
+
+def test_heldout_texts_are_disjoint_from_calibration():
+    from types import SimpleNamespace
+
+    from qkernels.evaluate import corpus, heldout
+
+    assert not set(heldout.EVAL_CODE) & set(heldout.CALIBRATION_CODE)
+    assert not (set(heldout.EVAL_CODE) | set(heldout.CALIBRATION_CODE)) & set(corpus.MODULES)  # no shared docstrings
+    texts = []
+
+    def bytes_tokenizer(text, return_tensors):  # one token per byte: enough to cut runs
+        texts.append(text)
+        return SimpleNamespace(input_ids=torch.tensor([list(text.encode())]))
+
+    ids = heldout.calibration_ids(bytes_tokenizer, 5, 64)
+    assert ids.shape == (5, 64)
+    prose, code = texts
+    assert not set(corpus.sentences(heldout.EVAL_SENTENCES)) & set(corpus._sentences(prose))
+    assert code == corpus.python_source(heldout.CALIBRATION_CODE)
+    assert bytes(ids[0].tolist()).decode() == prose[:64] and bytes(ids[4].tolist()).decode() in code

@@ -21,7 +21,7 @@ import time
 from . import corpus
 
 EVAL_SENTENCES = 512
-EVAL_CODE = ("shlex", "reprlib")
+EVAL_CODE = ("shlex",)
 CALIBRATION_CODE = ("ast", "copy", "glob", "numbers", "operator", "queue", "reprlib", "timeit", "weakref")
 
 

@@ -7,7 +7,7 @@
     y = qkernels.matmul(x, qw, mode="a16")
 
 Inputs: NumPy arrays or CPU torch tensors; outputs: NumPy (QuantizedWeight for weights) unless a
-function says otherwise. torch is needed only by zeroquant_lkd.
+function says otherwise. torch is needed only by zeroquant_lkd and gptq (its Cholesky factors).
 """
 
 from .gptq import HessianAccumulator, gptq

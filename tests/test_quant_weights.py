@@ -71,7 +71,8 @@ def test_hessian_accumulator_is_two_over_n_xtx():
     for batch in np.array_split(x.reshape(4, -1, x.shape[1]), 2):  # [..., K] batches of unequal use
         h.update(batch)
     expected = 2.0 / x.shape[0] * x.astype(np.float64).T @ x.astype(np.float64)
-    np.testing.assert_allclose(h.hessian(), expected, rtol=1e-12, atol=1e-12)
+    # Summed in float32: within a few float32 roundings of the sum's terms' magnitude.
+    np.testing.assert_allclose(h.hessian(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
     assert h.count == x.shape[0]
 
 

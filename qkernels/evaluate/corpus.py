@@ -8,6 +8,7 @@ fixed (by a hash of each sentence), so one version always gives the same list.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -58,12 +59,28 @@ def _sentences(doc: str):
 def sentences(count: int, offset: int = 0) -> list[str]:
     """`count` distinct sentences, from position `offset` of the fixed order (so that disjoint
     ranges give, say, evaluation and calibration sets)."""
+    ordered = _ordered()
+    if offset + count > len(ordered):
+        raise InvalidArgumentError(f"only {len(ordered)} sentences are available; asked for {offset + count}")
+    return list(ordered[offset : offset + count])
+
+
+def sentence_count() -> int:
+    """How many sentences this Python version's standard library gives."""
+    return len(_ordered())
+
+
+@functools.cache
+def _ordered() -> tuple[str, ...]:
     if sys.flags.optimize >= 2:
         raise InvalidArgumentError("Python runs with -OO: the standard library has no docstrings to read")
     with warnings.catch_warnings():  # reading deprecated aliases (typing.io, typing.re) warns
         warnings.simplefilter("ignore", DeprecationWarning)
         unique = {s for doc in _docstrings() if doc for s in _sentences(doc)}
-    ordered = sorted(unique, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
-    if offset + count > len(ordered):
-        raise InvalidArgumentError(f"only {len(ordered)} sentences are available; asked for {offset + count}")
-    return ordered[offset : offset + count]
+    return tuple(sorted(unique, key=lambda s: hashlib.sha256(s.encode()).hexdigest()))
+
+
+def python_source(modules: tuple[str, ...]) -> str:
+    """The source code of standard-library modules (code with its comments and docstrings), joined
+    by blank lines: text of another kind than the sentences, for held-out evaluation or calibration."""
+    return "\n\n".join(inspect.getsource(importlib.import_module(name)) for name in modules)

@@ -32,9 +32,9 @@ def float_array(x: Any, argument: str, *, ndim: int | None = None, dtype=np.floa
     return out
 
 
-def rows_of(x: Any, argument: str, K: int | None = None) -> np.ndarray:
-    """Layer inputs [..., K] as float64 rows [M, K]."""
-    a = float_array(x, argument)
+def rows_of(x: Any, argument: str, K: int | None = None, dtype=np.float64) -> np.ndarray:
+    """Layer inputs [..., K] as rows [M, K] of `dtype`."""
+    a = float_array(x, argument, dtype=dtype)
     if a.ndim < 1 or (K is not None and a.shape[-1] != K):
         raise InvalidArgumentError(f"{argument} has shape {a.shape}; its last dimension must be K={K}")
     return a.reshape(-1, a.shape[-1])

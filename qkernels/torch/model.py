@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,9 @@ from ..quant import (
     AbsMaxObserver, AbsMaxSampleObserver, HessianAccumulator, fold_into_norm, gptq, rtn, search_smoothing,
     smooth_weight, smoothquant_scales, zeroquant,
 )
+from ..weights import QuantizedWeight
 from .linear import QuantLinear
+from .sequential import block_inputs, run_block, transformer_blocks
 
 METHODS = ("rtn", "gptq", "w8a8", "smoothquant", "llm_int8", "zeroquant")
 _NEEDS_CALIBRATION = {"gptq", "smoothquant"}
@@ -44,30 +48,99 @@ def linear_layers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Mo
 
 
 def run_model(model: nn.Module, batch: Any) -> Any:
-    """model(**batch) for a mapping, model(*batch) for a tuple or list, else model(batch)."""
-    if hasattr(batch, "keys"):  # a dict, or a tokenizer's BatchEncoding
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
+    """Runs one batch of inputs: a mapping (a dict, a tokenizer's BatchEncoding) as keyword
+    arguments, model(**batch), or as one positional argument, model(batch), where the model's
+    forward takes a dict first (a SentenceTransformer); a tuple or list as positional arguments,
+    model(*batch); a tensor as model(batch). Anything else, or arguments the forward cannot take,
+    raises InvalidArgumentError saying what is expected."""
+    if isinstance(batch, Mapping) or hasattr(batch, "keys"):  # BatchEncoding is a UserDict
+        batch = dict(batch)
+        args, kwargs = ((batch,), {}) if _takes_a_dict(model, batch) else ((), batch)
+    elif isinstance(batch, (tuple, list)):
+        args, kwargs = tuple(batch), {}
+    elif isinstance(batch, torch.Tensor):
+        args, kwargs = (batch,), {}
+    else:
+        raise InvalidArgumentError(f"a calibration batch is a {type(batch).__name__}; {_BATCH_FORMS}")
+    try:
+        inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as error:
+        raise InvalidArgumentError(f"{type(model).__name__}.forward cannot take a calibration batch of "
+                                   f"{_described(batch)}: {error}. {_BATCH_FORMS}") from None
+    return model(*args, **kwargs)
+
+
+_BATCH_FORMS = ("each batch must be a dict of keyword arguments (as a tokenizer returns them), a tuple or "
+                "list of positional arguments, or one tensor")
+
+
+def _takes_a_dict(model: nn.Module, batch: dict) -> bool:
+    """Whether forward's first parameter is a required one that the mapping does not name: it then
+    takes the whole mapping (SentenceTransformer.forward(input: dict))."""
+    parameters = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return bool(parameters) and parameters[0].default is inspect.Parameter.empty and parameters[0].name not in batch
+
+
+def _described(batch: Any) -> str:
+    if isinstance(batch, dict):
+        return f"keys {sorted(batch)}"
+    if isinstance(batch, tuple):
+        return f"{len(batch)} positional argument(s)"
+    return f"one {type(batch).__name__}"
+
+
+def calibration_batches(calib_data: Any) -> list:
+    """calib_data as a list of batches: one batch (a mapping or a tensor) or an iterable of batches."""
+    if isinstance(calib_data, (Mapping, torch.Tensor)) or hasattr(calib_data, "keys"):
+        return [calib_data]
+    if isinstance(calib_data, (str, bytes)) or not isinstance(calib_data, Iterable):
+        raise InvalidArgumentError(f"calib_data is a {type(calib_data).__name__}: give one batch or an iterable of "
+                                   f"batches; {_BATCH_FORMS}")
+    return list(calib_data)
 
 
 def calibrate(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iterable,
               make: Callable[[int], Any]) -> dict[str, Any]:
-    """Runs `model` over calib_data with every layer's inputs fed to a collector, make(K) per layer
-    (anything with .update(x[..., K])). Returns the collectors by layer name."""
-    collectors, hooks = {}, []
-    for name, module in layers.items():
-        weight, _ = linear_weight(module)
-        collectors[name] = make(weight.shape[1])
-        hooks.append(module.register_forward_pre_hook(lambda _m, args, c=collectors[name]: c.update(args[0].detach())))
+    """Runs `model` over calib_data (run_model per batch) with every layer's inputs fed to a
+    collector, make(K) per layer (anything with .update(x[..., K])). Layers that read the same
+    input tensor (q, k and v of one attention) share one collector, fed once. Returns the collectors
+    by layer name."""
+    return collect_inputs(layers, make, (functools.partial(run_model, model, b) for b in calib_data))
+
+
+def collect_inputs(layers: dict[str, nn.Module], make: Callable[[int], Any],
+                   passes: Iterable[Callable[[], Any]]) -> dict[str, Any]:
+    """calibrate() for any forward passes: each element of `passes` runs one (without gradients)."""
+    collectors, reader = {}, {}  # reader[name]: the layer whose input `name` reads too, or None
+    last = {}  # the last input fed to a collector in this pass: {"name", "tensor"}
+
+    def feed(name: str, K: int):
+        def update(_module, args):
+            x = args[0]
+            shared = last["name"] if last.get("tensor") is x else None
+            if name not in collectors:
+                reader[name] = shared
+                collectors[name] = collectors[shared] if shared else make(K)
+            elif reader[name] != shared:
+                raise InvalidArgumentError(f"layer {name!r} read the input of {reader[name]!r} in one calibration "
+                                           f"batch and of {shared!r} in another")
+            if shared is None:
+                collectors[name].update(x.detach())
+                last.update(name=name, tensor=x)
+        return update
+
+    hooks = [module.register_forward_pre_hook(feed(name, linear_weight(module)[0].shape[1]))
+             for name, module in layers.items()]
+    count = 0
     try:
         with torch.no_grad():
-            count = 0
-            for batch in calib_data:
-                run_model(model, batch)
+            for run in passes:
+                last.clear()
+                run()
                 count += 1
     finally:
+        last.clear()
         for hook in hooks:
             hook.remove()
     if count == 0:
@@ -77,13 +150,10 @@ def calibrate(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iterab
 
 def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits: int, group_size: int | None,
                      symmetric: bool, activation: str | None, per_tensor: bool, alpha: float | tuple, threshold: float,
-                     gptq_options: dict, folded_s: np.ndarray | None = None) -> QuantLinear:
+                     folded_s: np.ndarray | None = None) -> QuantLinear:
     w = weight.float()
     if method == "rtn":
         return QuantLinear(rtn(w, bits=bits, group_size=group_size, symmetric=symmetric), bias)
-    if method == "gptq":
-        qw = gptq(w, collector.hessian(), bits=bits, group_size=group_size, symmetric=symmetric, **gptq_options)
-        return QuantLinear(qw, bias)
     if method == "w8a8":  # naive: one range for the weights, one for the activations (or per token)
         qw = rtn(w, bits=bits, per_tensor=per_tensor, symmetric=symmetric)
         clip = collector.tensor_absmax() if activation == "tensor" else None
@@ -111,15 +181,18 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
                    threshold: float | None = None,
                    skip: Iterable[str] = (),
                    fold_norms: dict[str, list[str]] | None = None,
-                   gptq_options: dict | None = None, progress: Callable[[int, int], None] | None = None) -> nn.Module:
+                   gptq_options: dict | None = None,
+                   progress: Callable[[int, int], None] | bool | None = None) -> nn.Module:
     """Replaces every linear layer of `model` (nn.Linear; Hugging Face Conv1D) with a QuantLinear,
     in place, and returns the model.
 
     method (defaults in brackets):
       "rtn"          round to nearest, weight-only (A16) [bits 4; group_size None: per channel]
-      "gptq"         GPTQ, weight-only (A16); needs calib_data [bits 4]. Every layer's Hessian is
-                     collected in one pass over the float model (not layer by layer on quantized
-                     predecessors, as the paper does).
+      "gptq"         GPTQ, weight-only (A16); needs calib_data [bits 4]. As published: block by
+                     block, each block's layers calibrated on the outputs of the blocks before it,
+                     already quantized (qkernels.torch.sequential); act_order with static groups
+                     (gptq_options={"act_order": False} for the plain column order); the layers that
+                     read one input (q, k, v) share its Hessian and are quantized together.
       "w8a8"         naive W8A8: one weight range per tensor (per_tensor=False: per output channel);
                      activation "tensor" (static, from calib_data) or "token" (dynamic per row)
                      [bits 8, activation "tensor"]
@@ -135,9 +208,12 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
                      features holding an |x| ≥ threshold in float [bits 8]
       "zeroquant"    ZeroQuant: group-wise weights, dynamic per-row int8 activations [bits 8, group_size 64]
     group_size need not divide a layer's input features K: the last group of each row is then
-    shorter (format v2; G > K is one group per row). calib_data: an iterable of model inputs (each
-    a dict of keyword arguments, a tuple of positional ones, or one tensor), run once without gradients. skip: layer names left in float (a name, or
-    a suffix after a dot, e.g. "lm_head"). progress: called as progress(done, total) per layer.
+    shorter (format v2; G > K is one group per row). calib_data: one batch of model inputs or an
+    iterable of them, each a dict of keyword arguments (a tokenizer's output; passed whole where the
+    model's forward takes a dict, as a SentenceTransformer's does), a tuple or list of positional
+    ones, or one tensor (run_model), run without gradients. skip: layer names left in float (a
+    name, or a suffix after a dot, e.g. "lm_head"). progress: called as progress(done, total) per
+    layer, or True for a tqdm progress bar.
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}")
@@ -167,24 +243,30 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         if missing:
             raise InvalidArgumentError(f"fold_norms[{norm_name!r}] names {missing}: not linear layers being quantized")
     needs_data = method in _NEEDS_CALIBRATION or (method == "w8a8" and activation == "tensor")
-    collectors = dict.fromkeys(layers)
     if needs_data:
         if calib_data is None:
             raise InvalidArgumentError(f"method={method!r} needs calib_data")
-        if method == "gptq":
-            make = HessianAccumulator
-        elif method == "smoothquant" and isinstance(alpha, tuple):  # the α search scores calibration rows
-            make = lambda _K: AbsMaxSampleObserver()  # noqa: E731
-        else:
-            make = lambda _K: AbsMaxObserver()  # noqa: E731
-        collectors = calibrate(model, layers, calib_data, make)
+        calib_data = calibration_batches(calib_data)
+        if not calib_data:
+            raise InvalidArgumentError("calib_data is empty")
+    progress = _progress_bar(progress, len(layers), f"{method} layers")
+    if method == "gptq":
+        _gptq_block_by_block(model, layers, calib_data, dict(bits=bits, group_size=group_size, symmetric=symmetric,
+                                                             **{"act_order": True, **(gptq_options or {})}), progress)
+        return model
+    collectors = dict.fromkeys(layers)
+    if needs_data:
+        # the α search scores the layers' outputs on a sample of their calibration inputs
+        search = method == "smoothquant" and isinstance(alpha, tuple)
+        collectors = calibrate(model, layers, calib_data,
+                               lambda _K: AbsMaxSampleObserver() if search else AbsMaxObserver())
     folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha, activation, per_tensor, bits)
     for index, (name, module) in enumerate(layers.items()):
         weight, bias = linear_weight(module)
         layer = _quantized_layer(
             method, weight, bias, collectors[name], bits=bits, group_size=group_size, symmetric=symmetric,
             activation=activation, per_tensor=per_tensor, alpha=alpha, threshold=threshold,
-            gptq_options=gptq_options or {}, folded_s=folded.get(name),
+            folded_s=folded.get(name),
         )
         _set_module(model, name, layer)
         if progress:
@@ -200,6 +282,74 @@ def _smoothing(collector, weights: list, alpha: float | tuple, activation: str, 
     s, _alpha = search_smoothing(collector.rows(), collector.channel_absmax(), weights, alpha,
                                  activation=activation, per_tensor=per_tensor, bits=bits)
     return s
+
+
+def _progress_bar(progress: Callable[[int, int], None] | bool | None, total: int, description: str):
+    """The progress(done, total) to call per layer: the caller's, or for progress=True a tqdm bar."""
+    if progress is not True:
+        return progress or None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise InvalidArgumentError("progress=True draws a tqdm bar: pip install tqdm") from None
+    bar = tqdm(total=total, desc=description, unit="layer")
+
+    def report(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+        if done == bar.total:
+            bar.close()
+
+    return report
+
+
+def _gptq_block_by_block(model: nn.Module, layers: dict[str, nn.Module], calib_data: list, options: dict,
+                         progress: Callable[[int, int], None] | None) -> None:
+    """GPTQ as published: the layers of each transformer block (sequential.transformer_blocks)
+    quantized on the outputs of the blocks before it, already quantized; the layers outside the
+    blocks (a head that is not skipped) last, from a run of the whole quantized model. A model
+    without such blocks has all its layers' Hessians collected in one run of the float model."""
+    done = 0
+
+    def quantize(names: list[str], collectors: dict[str, HessianAccumulator]) -> None:
+        nonlocal done
+        # Layers that read one input (q, k, v; gate, up) share its Hessian. GPTQ treats each weight row
+        # on its own given the Hessian, so they are quantized as one stacked matrix: one pass, same result.
+        for collector in {id(collectors[n]): collectors[n] for n in names}.values():
+            group = [n for n in names if collectors[n] is collector]
+            weights = [linear_weight(layers[n]) for n in group]
+            stacked = gptq(torch.cat([w.float() for w, _ in weights]), collector.hessian(), **options)
+            start = 0
+            for name, (weight, bias) in zip(group, weights):
+                stop = start + weight.shape[0]
+                _set_module(model, name, QuantLinear(_rows(stacked, start, stop), bias))
+                start = stop
+                done += 1
+                if progress:
+                    progress(done, len(layers))
+
+    found = transformer_blocks(model, layers)
+    if found is None:
+        quantize(list(layers), calibrate(model, layers, calib_data, HessianAccumulator))
+        return
+    blocks_name, blocks = found
+    inputs = block_inputs(model, blocks[0], calib_data, run_model)
+    for index, block in enumerate(blocks):
+        inside = {n: m for n, m in layers.items() if n.startswith(f"{blocks_name}.{index}.")}
+        if inside:
+            quantize(list(inside), collect_inputs(
+                inside, HessianAccumulator, (functools.partial(block, *args, **kwargs) for args, kwargs in inputs)))
+        if index + 1 < len(blocks):
+            inputs = run_block(block, inputs)  # through the quantized layers: the next block's inputs
+    outside = {n: m for n, m in layers.items() if not n.startswith(blocks_name + ".")}
+    if outside:
+        quantize(list(outside), calibrate(model, outside, calib_data, HessianAccumulator))
+
+
+def _rows(qw: QuantizedWeight, start: int, stop: int) -> QuantizedWeight:
+    """Rows [start, stop) of quantized weights (each row holds its own scales and zero points)."""
+    zero_points = None if qw.zero_points is None else qw.zero_points[start:stop]
+    return QuantizedWeight(qw.data[start:stop], qw.scales[start:stop], zero_points, qw.bits, qw.group_size,
+                           (stop - start, qw.shape[1]), qw.dtype, qw.kind)
 
 
 def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms: dict[str, list[str]],
@@ -222,17 +372,31 @@ def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms
     return folded
 
 
+# Pre-norm blocks: (norm, the linear layers that alone read its output), relative to the block.
+PRE_NORM_BLOCKS = (
+    # Hugging Face GPT-2: ln_1 → the fused q, k, v projection; ln_2 → the MLP's first layer.
+    (("ln_1", ["attn.c_attn"]), ("ln_2", ["mlp.c_fc"])),
+    # LLaMA, Mistral, Qwen2 (and their relatives): RMSNorms before attention and before the gated MLP.
+    (("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+     ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"])),
+)
+
+
 def pre_norm_groups(model: nn.Module) -> dict[str, list[str]]:
-    """{LayerNorm: [linear layers]} where the norm's output feeds those layers only, for the pre-LN
-    blocks of Hugging Face GPT-2 (ln_1 → attn.c_attn, ln_2 → mlp.c_fc). Post-LN models such as BERT
+    """{norm: [linear layers]} where the norm's output feeds those layers only, for the pre-norm
+    blocks of PRE_NORM_BLOCKS (GPT-2; LLaMA, Mistral, Qwen2), found by the modules' names: a group
+    is listed when the block has the norm and every one of its layers. Post-LN models such as BERT
     have none: each LayerNorm's output is also the residual stream, which folding would change."""
     names = dict(model.named_modules())
-    return {
-        f"{block}.{norm}": [f"{block}.{layer}"]
-        for block in (n[: -len(".ln_1")] for n in names if n.endswith(".ln_1"))
-        for norm, layer in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc"))
-        if f"{block}.{norm}" in names and f"{block}.{layer}" in names
-    }
+    groups = {}
+    for pattern in PRE_NORM_BLOCKS:
+        first_norm = "." + pattern[0][0]
+        for block in (n[: -len(first_norm)] for n in names if n.endswith(first_norm)):
+            for norm, layers in pattern:
+                readers = [f"{block}.{layer}" for layer in layers]
+                if f"{block}.{norm}" in names and all(r in names for r in readers):
+                    groups[f"{block}.{norm}"] = readers
+    return groups
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -385,6 +549,6 @@ def quantized_nbytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "METHODS", "calibrate", "linear_layers", "linear_weight", "load_quantized", "pre_norm_groups", "quantize_model",
+    "METHODS", "calibrate", "calibration_batches", "collect_inputs", "linear_layers", "linear_weight", "load_quantized", "pre_norm_groups", "quantize_model",
     "quantized_layers", "quantized_nbytes", "run_model", "save_quantized",
 ]

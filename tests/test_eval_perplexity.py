@@ -105,12 +105,12 @@ def test_perplexity_command_on_a_local_checkpoint(gpt2, tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text("the cat is in the house and it is a good cat for the day " * 4)
     argv = ["eval", "--perplexity", str(checkpoint), "--text", str(text), "--max-length", "16", "--stride", "8",
-            "--calibration", "2", "--methods", "rtn-w8,smoothquant-token"]
+            "--calibration", "2", "--methods", "rtn-w8,smoothquant-token,kv-int8"]
     assert cli.main(argv) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     header = [c.strip() for c in rows[0]]
-    values = [float(r[header.index("perplexity")]) for r in rows[1:]]
-    assert len(values) == 3 and all(math.isfinite(v) and v > 1 for v in values)
+    values = [float(r[header.index("ppl text.txt")]) for r in rows[1:]]
+    assert len(values) == 4 and all(math.isfinite(v) and v > 1 for v in values)
     assert values[1] == pytest.approx(values[0], rel=0.05)  # 8-bit weights: close to float
 
 

@@ -117,6 +117,43 @@ def test_smoothquant_shared_input_norm_folding_and_w8a8():
         quant.smoothquant_scales(act, q_proj, 1.5)
 
 
+def _deployed_error(x, weights, s, per_tensor):
+    """Output error of the layers as deployed: smoothed input through the A8 kernel, W·diag(s) by RTN."""
+    return sum(np.sum((qkernels.matmul(quant.smooth_activations(x, s),
+                                       quant.rtn(quant.smooth_weight(w, s), bits=8, per_tensor=per_tensor),
+                                       mode="a8").astype(np.float64) - x.astype(np.float64) @ w.T) ** 2)
+               for w in weights)
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_smoothing_search_picks_the_least_deployed_error(per_tensor):
+    """search_smoothing scores each candidate as the kernels run it: its choice has the least error
+    of all candidates (no smoothing included), measured here through qkernels.matmul."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((96, 32)).astype(np.float32)
+    x[:, [3, 17]] *= 50  # outlier channels
+    weights = [rng.standard_normal((n, 32)).astype(np.float32) * 0.1 for n in (16, 8)]
+    observer = quant.AbsMaxSampleObserver(every=2, max_rows=40)
+    for batch in np.split(x, 3):
+        observer.update(batch)
+    np.testing.assert_array_equal(observer.rows(), x[::2][:40])  # every 2nd row overall, capped
+    alphas = (0.25, 0.5, 0.75)
+    s, alpha = quant.search_smoothing(observer.rows(), observer.channel_absmax(), weights, alphas,
+                                      per_tensor=per_tensor)
+    candidates = {None: np.ones(32, np.float32)} | {
+        a: quant.smoothquant_scales(observer.channel_absmax(), weights, a) for a in alphas}
+    np.testing.assert_array_equal(s, candidates[alpha])
+    rows = observer.rows()
+    errors = {a: _deployed_error(rows, weights, c, per_tensor) for a, c in candidates.items()}
+    assert alpha is not None and errors[alpha] == pytest.approx(min(errors.values()), rel=1e-3)
+    # without outliers smoothing has nothing to gain; a search of one harmful α keeps s = 1
+    plain = rng.standard_normal((64, 32)).astype(np.float32)
+    s, alpha = quant.search_smoothing(plain, np.abs(plain).max(axis=0), weights, (1.0,), per_tensor=True)
+    assert alpha is None and (s == 1).all()
+    with pytest.raises(qkernels.InvalidArgumentError, match="alphas"):
+        quant.search_smoothing(plain, np.abs(plain).max(axis=0), weights, ())
+
+
 # ---------------------------------------------------------------- LLM.int8()
 
 

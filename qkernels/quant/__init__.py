@@ -14,13 +14,16 @@ from .gptq import HessianAccumulator, gptq
 from .kv_cache import QuantizedKV, dequantize_keys, dequantize_values, quantize_kv
 from .llm_int8 import llm_int8_matmul, outlier_columns
 from .mixed_precision import choose_bits, layer_sensitivity
-from .observers import AbsMaxObserver, MSEObserver, PercentileObserver
+from .observers import AbsMaxObserver, AbsMaxSampleObserver, MSEObserver, PercentileObserver
 from .rtn import rtn
-from .smoothquant import fold_into_norm, smooth_activations, smooth_weight, smoothquant, smoothquant_scales
+from .smoothquant import (
+    fold_into_norm, search_smoothing, smooth_activations, smooth_weight, smoothquant, smoothquant_scales,
+)
 from .zeroquant import zeroquant, zeroquant_lkd
 
 __all__ = [
     "AbsMaxObserver",
+    "AbsMaxSampleObserver",
     "HessianAccumulator",
     "MSEObserver",
     "PercentileObserver",
@@ -35,6 +38,7 @@ __all__ = [
     "outlier_columns",
     "quantize_kv",
     "rtn",
+    "search_smoothing",
     "smooth_activations",
     "smooth_weight",
     "smoothquant",

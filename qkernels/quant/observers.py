@@ -61,6 +61,36 @@ class AbsMaxObserver(_Observer):
         return float(self._absmax.max())
 
 
+class AbsMaxSampleObserver(AbsMaxObserver):
+    """AbsMaxObserver that also keeps a sample of the input rows themselves (signed): every
+    `every`-th row, at most `max_rows` of them (4·max_rows·K bytes), for searches that score a
+    quantized layer's output on calibration inputs (SmoothQuant's α search). ``rows()``: float32 [R, K]."""
+
+    def __init__(self, every: int = 4, max_rows: int = 512):
+        super().__init__()
+        if every < 1 or max_rows < 1:
+            raise InvalidArgumentError(f"every={every} and max_rows={max_rows} must be positive")
+        self.every, self.max_rows = every, max_rows
+        self._rows: list[np.ndarray] = []
+        self._kept = 0
+
+    def update(self, x: Any) -> None:
+        rows = rows_of(x, "x", self.K)
+        super().update(rows)
+        # rows seen before this batch decide the phase, so that the sample is every `every`-th row overall
+        first = (-(self.count - rows.shape[0])) % self.every
+        sample = rows[first :: self.every][: self.max_rows - self._kept].astype(np.float32)
+        if len(sample):
+            self._rows.append(sample)
+            self._kept += len(sample)
+
+    def rows(self) -> np.ndarray:
+        self._require_data()
+        if len(self._rows) > 1:
+            self._rows = [np.concatenate(self._rows)]
+        return self._rows[0]
+
+
 class _SampleObserver(_Observer):
     """Keeps every |x| seen (float32, 4·rows·K bytes): the statistics below are exact over all of it."""
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from ..activations import quantize_activations
 from ..errors import InvalidArgumentError
-from ..weights import QuantizedWeight
+from ..weights import QuantizedWeight, dequantize
 from ._common import float_array
 from .rtn import rtn
 
@@ -75,6 +76,51 @@ def smoothquant(weight: Any, act_absmax: Any, *, alpha: float = 0.5, bits: int =
     activation scales)."""
     s = smoothquant_scales(act_absmax, weight, alpha)
     return rtn(smooth_weight(weight, s), bits=bits, per_tensor=per_tensor), s
+
+
+def search_smoothing(rows: Any, act_absmax: Any, weights: Any, alphas: Sequence[float], *,
+                     activation: str = "token", per_tensor: bool = False,
+                     bits: int = 8) -> tuple[np.ndarray, float | None]:
+    """The smoothing that quantizes best on calibration data: for each candidate (no smoothing,
+    s = 1, and ``smoothquant_scales(act_absmax, weights, α)`` for each α in `alphas`), the layers
+    reading the input are quantized as deployed and scored by their output error on the calibration
+    rows, Σ_layers ‖Q(X·diag(s)⁻¹)·Q(W·diag(s))ᵀ − X·Wᵀ‖²; the candidate with the least error wins.
+    This is SmoothQuant's per-model choice of the migration strength (arXiv:2211.10438 §4: α = 0.5
+    for OPT and BLOOM, 0.75–0.85 for GLM-130B and Llama) made per input by search, as AWQ searches
+    its scales (arXiv:2306.00978 §3.2).
+
+    rows: calibration inputs [R, K] (e.g. ``AbsMaxSampleObserver.rows()``); act_absmax: [K], over
+    all calibration inputs; weights: W [N, K] or a sequence of them (q, k, v after one norm).
+    activation: "token" (dynamic per-row int8, the A8 kernels' quantizer) or "tensor" (static per
+    tensor, the clip max|X·diag(s)⁻¹| over calibration data); weights by ``rtn`` (per channel, or
+    per tensor). Returns (s float32 [K], the winning α, or None for no smoothing)."""
+    if activation not in ("token", "tensor"):
+        raise InvalidArgumentError(f"activation={activation!r} must be 'token' or 'tensor'")
+    if not alphas:
+        raise InvalidArgumentError("alphas is empty")
+    act = float_array(act_absmax, "act_absmax", ndim=1)
+    x = float_array(rows, "rows", ndim=2, dtype=np.float32)
+    arrays = [float_array(w, "weight", ndim=2, dtype=np.float32)
+              for w in (list(weights) if isinstance(weights, Sequence) else [weights])]
+    if x.shape[1] != act.shape[0]:
+        raise InvalidArgumentError(f"rows have {x.shape[1]} columns; act_absmax has {act.shape[0]}")
+    exact = [x @ w.T for w in arrays]
+    candidates = [(np.ones_like(act, dtype=np.float32), None)]
+    candidates += [(smoothquant_scales(act, arrays, alpha), alpha) for alpha in alphas]
+
+    def error(s: np.ndarray) -> float:
+        xs = x / s
+        if activation == "token":
+            q, step, _ = quantize_activations(xs)
+            xq = q.astype(np.float32) * step[:, None]
+        else:
+            step = np.float32((act / s).max() / 127)
+            xq = np.clip(np.rint(xs / step), -127, 127).astype(np.float32) * step
+        return sum(float(np.sum((xq @ dequantize(rtn(smooth_weight(w, s), bits=bits, per_tensor=per_tensor),
+                                                 "float32").T - y) ** 2))
+                   for w, y in zip(arrays, exact))
+
+    return min(candidates, key=lambda candidate: error(candidate[0]))
 
 
 def _scales(s: Any, K: int) -> np.ndarray:

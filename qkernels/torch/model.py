@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,8 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..quant import (
-    AbsMaxObserver, HessianAccumulator, fold_into_norm, gptq, rtn, smooth_weight, smoothquant_scales, zeroquant,
+    AbsMaxObserver, AbsMaxSampleObserver, HessianAccumulator, fold_into_norm, gptq, rtn, search_smoothing,
+    smooth_weight, smoothquant_scales, zeroquant,
 )
 from ..weights import QuantizedWeight
 from .linear import QuantLinear
@@ -148,7 +149,7 @@ def collect_inputs(layers: dict[str, nn.Module], make: Callable[[int], Any],
 
 
 def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits: int, group_size: int | None,
-                     symmetric: bool, activation: str | None, per_tensor: bool, alpha: float, threshold: float,
+                     symmetric: bool, activation: str | None, per_tensor: bool, alpha: float | tuple, threshold: float,
                      folded_s: np.ndarray | None = None) -> QuantLinear:
     w = weight.float()
     if method == "rtn":
@@ -159,10 +160,11 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
         return QuantLinear(qw, bias, activation=activation, act_clip=clip)
     if method == "smoothquant":
         act_absmax = collector.channel_absmax()
-        s = smoothquant_scales(act_absmax, w, alpha) if folded_s is None else folded_s
+        s = folded_s if folded_s is not None else _smoothing(collector, [w], alpha, activation, per_tensor, bits)
         qw = rtn(smooth_weight(w, s), bits=bits, per_tensor=per_tensor, symmetric=symmetric)
         clip = float((act_absmax / s).max()) if activation == "tensor" else None
-        input_scale = None if folded_s is not None else torch.from_numpy(1 / s)  # folded: the norm divides
+        # folded: the norm divides; s = 1 (the search chose no smoothing): nothing to divide
+        input_scale = None if folded_s is not None or (s == 1).all() else torch.from_numpy(1 / s)
         return QuantLinear(qw, bias, activation=activation, input_scale=input_scale, act_clip=clip)
     if method == "llm_int8":
         qw = rtn(w, bits=bits, symmetric=symmetric)
@@ -175,7 +177,8 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
 
 def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = None, group_size: int | None = None,
                    calib_data: Iterable | None = None, *, symmetric: bool = True, activation: str | None = None,
-                   per_tensor: bool | None = None, alpha: float | None = None, threshold: float | None = None,
+                   per_tensor: bool | None = None, alpha: float | Sequence[float] | None = None,
+                   threshold: float | None = None,
                    skip: Iterable[str] = (),
                    fold_norms: dict[str, list[str]] | None = None,
                    gptq_options: dict | None = None,
@@ -197,7 +200,10 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
                      as for "w8a8"; needs calib_data [bits 8]. The inputs are divided by s at run
                      time, except for the layers named in fold_norms: {norm name: [layers that
                      alone read its output]} (pre-LN blocks: pre_norm_groups(model)), which share
-                     one s, divided out of that LayerNorm's weight and bias.
+                     one s, divided out of that norm's weight (and bias). alpha: the migration
+                     strength [0.5], or a sequence of them: a search per norm group (per layer
+                     where unfolded) for the α, or no smoothing, whose quantized outputs are
+                     closest to the float ones on calib_data (qkernels.quant.search_smoothing).
       "llm_int8"     LLM.int8(): 8-bit weights per channel, int8 activations per row, the input
                      features holding an |x| ≥ threshold in float [bits 8]
       "zeroquant"    ZeroQuant: group-wise weights, dynamic per-row int8 activations [bits 8, group_size 64]
@@ -222,7 +228,7 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         if value is not None and method not in methods:
             raise InvalidArgumentError(f"{option}= is for {' and '.join(map(repr, methods))}, not {method!r}")
     per_tensor = True if per_tensor is None else per_tensor
-    alpha = 0.5 if alpha is None else alpha
+    alpha = 0.5 if alpha is None else (tuple(alpha) if isinstance(alpha, Sequence) else alpha)
     threshold = 6.0 if threshold is None else threshold
     bits = bits or (4 if method in ("rtn", "gptq") else 8)
     if method == "zeroquant":
@@ -250,8 +256,11 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         return model
     collectors = dict.fromkeys(layers)
     if needs_data:
-        collectors = calibrate(model, layers, calib_data, lambda _K: AbsMaxObserver())
-    folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha)
+        # the α search scores the layers' outputs on a sample of their calibration inputs
+        search = method == "smoothquant" and isinstance(alpha, tuple)
+        collectors = calibrate(model, layers, calib_data,
+                               lambda _K: AbsMaxSampleObserver() if search else AbsMaxObserver())
+    folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha, activation, per_tensor, bits)
     for index, (name, module) in enumerate(layers.items()):
         weight, bias = linear_weight(module)
         layer = _quantized_layer(
@@ -263,6 +272,16 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         if progress:
             progress(index + 1, len(layers))
     return model
+
+
+def _smoothing(collector, weights: list, alpha: float | tuple, activation: str, per_tensor: bool,
+               bits: int) -> np.ndarray:
+    """SmoothQuant's s for layers that read one input: from alpha, or searched over alpha's values."""
+    if not isinstance(alpha, tuple):
+        return smoothquant_scales(collector.channel_absmax(), weights, alpha)
+    s, _alpha = search_smoothing(collector.rows(), collector.channel_absmax(), weights, alpha,
+                                 activation=activation, per_tensor=per_tensor, bits=bits)
+    return s
 
 
 def _progress_bar(progress: Callable[[int, int], None] | bool | None, total: int, description: str):
@@ -334,14 +353,15 @@ def _rows(qw: QuantizedWeight, start: int, stop: int) -> QuantizedWeight:
 
 
 def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms: dict[str, list[str]],
-                    alpha: float) -> dict[str, np.ndarray]:
+                    alpha: float | tuple, activation: str, per_tensor: bool, bits: int) -> dict[str, np.ndarray]:
     """Divides each named norm's weight and bias by the smoothing factors s shared by the layers
     reading it (from their weights together; their inputs are the same). Returns s by layer name."""
     folded = {}
     for norm_name, names in fold_norms.items():
         norm = model.get_submodule(norm_name)
-        act_absmax = np.max([collectors[n].channel_absmax() for n in names], axis=0)
-        s = smoothquant_scales(act_absmax, [linear_weight(layers[n])[0].float() for n in names], alpha)
+        # the layers read the same input: any one's collector holds it
+        s = _smoothing(collectors[names[0]], [linear_weight(layers[n])[0].float() for n in names], alpha,
+                       activation, per_tensor, bits)
         bias = getattr(norm, "bias", None)  # RMSNorms have none
         gamma, beta = fold_into_norm(norm.weight.detach(), None if bias is None else bias.detach(), s)
         with torch.no_grad():

@@ -1,0 +1,73 @@
+"""QuantizedKVCache: the integers it stores against qkernels.quant.quantize_kv, independent of how
+tokens arrive, and a generation loop on a tiny random LLaMA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="needs torch")
+transformers = pytest.importorskip("transformers", reason="needs the eval extra: pip install '.[eval]'")
+from qkernels import quant  # noqa: E402
+from qkernels.errors import InvalidArgumentError  # noqa: E402
+from qkernels.torch.kv_cache import QuantizedKVCache, QuantizedKVLayer  # noqa: E402
+
+BLOCK = 4
+
+
+def _states(T: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(2, 3, T, 8, generator=g)
+    keys[..., 5] *= 20  # a key outlier channel
+    return keys, torch.randn(2, 3, T, 8, generator=g)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_appended_tokens_are_stored_as_quantize_kv_quantizes_them(bits):
+    """Whatever the chunking, each full key block is quantize_kv's keys of that block and every
+    value token quantize_kv's value; the unfinished block is returned in float."""
+    keys, values = _states(11)
+    for chunks in ([11], [1] * 11, [3, 5, 3]):
+        layer, start = QuantizedKVLayer(bits, BLOCK), 0
+        for size in chunks:
+            k, v = layer.update(keys[..., start:start + size, :], values[..., start:start + size, :])
+            start += size
+        assert layer.get_seq_length() == 11 and k.shape == keys.shape
+        for b in range(2):  # blocks [0, 4) and [4, 8); tokens 8..10 wait in float
+            block = slice(b * BLOCK, (b + 1) * BLOCK)
+            expected = quant.quantize_kv(keys[..., block, :], values[..., block, :], bits=bits)
+            np.testing.assert_array_equal(layer.key_blocks.q[..., block, :].numpy(), expected.keys)
+            np.testing.assert_array_equal(k[..., block, :].numpy(), quant.dequantize_keys(expected))
+        np.testing.assert_array_equal(k[..., 8:, :].numpy(), keys[..., 8:, :].numpy())
+        expected = quant.quantize_kv(keys, values, bits=bits)
+        np.testing.assert_array_equal(layer.value_tokens.q.numpy(), expected.values)
+        np.testing.assert_array_equal(v.numpy(), quant.dequantize_values(expected))
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(InvalidArgumentError):
+        QuantizedKVLayer(bits=3)
+    with pytest.raises(InvalidArgumentError):
+        QuantizedKVLayer(block_size=0)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_generation_with_a_quantized_cache(llama):
+    """generate() runs on the cache; int8 logits stay close to the float cache's, int4 further."""
+    ids = torch.randint(0, 64, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        exact = llama(ids).logits
+        errors = {bits: float((llama(ids, cache=QuantizedKVCache(llama.config, bits=bits)).logits - exact).abs().max())
+                  for bits in (8, 4)}
+        cache = QuantizedKVCache(llama.config, bits=4)
+        out = llama.generate(ids[:, :8], cache=cache, max_new_tokens=6, do_sample=False)
+    assert 0 < errors[8] < errors[4] and errors[8] < 0.05 * float(exact.abs().max())
+    assert out.shape == (1, 14) and cache.get_seq_length() == 13  # the last token is not fed back
+    assert cache.nbytes > 0

@@ -17,8 +17,8 @@ from ..quant import (
 )
 from .linear import QuantLinear
 
-METHODS = ("rtn", "gptq", "w8a8", "smoothquant", "llm_int8", "zeroquant")
-_NEEDS_CALIBRATION = {"gptq", "smoothquant"}
+METHODS = ("rtn", "gptq", "awq", "w8a8", "smoothquant", "llm_int8", "zeroquant")
+_NEEDS_CALIBRATION = {"gptq", "awq", "smoothquant"}
 
 
 def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -78,7 +78,7 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
                      symmetric: bool, activation: str | None, per_tensor: bool, alpha: float, threshold: float,
                      gptq_options: dict, folded_s: np.ndarray | None = None) -> QuantLinear:
     w = weight.float()
-    if method == "rtn":
+    if method in ("rtn", "awq"):  # awq: W·diag(s) (qkernels.torch.awq)
         return QuantLinear(rtn(w, bits=bits, group_size=group_size, symmetric=symmetric), bias)
     if method == "gptq":
         qw = gptq(w, collector.hessian(), bits=bits, group_size=group_size, symmetric=symmetric, **gptq_options)
@@ -108,7 +108,8 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
                    per_tensor: bool | None = None, alpha: float | None = None, threshold: float | None = None,
                    skip: Iterable[str] = (),
                    fold_norms: dict[str, list[str]] | None = None,
-                   gptq_options: dict | None = None, progress: Callable[[int, int], None] | None = None) -> nn.Module:
+                   gptq_options: dict | None = None, awq_options: dict | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> nn.Module:
     """Replaces every linear layer of `model` (nn.Linear; Hugging Face Conv1D) with a QuantLinear,
     in place, and returns the model.
 
@@ -117,6 +118,11 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
       "gptq"         GPTQ, weight-only (A16); needs calib_data [bits 4]. Every layer's Hessian is
                      collected in one pass over the float model (not layer by layer on quantized
                      predecessors, as the paper does).
+      "awq"          AWQ, weight-only (A16); needs calib_data [bits 4]: each group of layers that
+                     reads one input gets per-channel scales s = mean|x|^α, α searched on calib_data
+                     (awq_options: {"grid": 20}), multiplied into their weights before RTN and
+                     divided out of the op before (pre_norm_groups' norms; LLaMA-family up_proj for
+                     down_proj, v_proj for o_proj); layers in no such group get plain RTN
       "w8a8"         naive W8A8: one weight range per tensor (per_tensor=False: per output channel);
                      activation "tensor" (static, from calib_data) or "token" (dynamic per row)
                      [bits 8, activation "tensor"]
@@ -142,13 +148,14 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
                                    ("per_tensor", per_tensor, ("w8a8", "smoothquant")),
                                    ("alpha", alpha, ("smoothquant",)), ("threshold", threshold, ("llm_int8",)),
                                    ("gptq_options", gptq_options, ("gptq",)),
+                                   ("awq_options", awq_options, ("awq",)),
                                    ("fold_norms", fold_norms or None, ("smoothquant",))):
         if value is not None and method not in methods:
             raise InvalidArgumentError(f"{option}= is for {' and '.join(map(repr, methods))}, not {method!r}")
     per_tensor = True if per_tensor is None else per_tensor
     alpha = 0.5 if alpha is None else alpha
     threshold = 6.0 if threshold is None else threshold
-    bits = bits or (4 if method in ("rtn", "gptq") else 8)
+    bits = bits or (4 if method in ("rtn", "gptq", "awq") else 8)
     if method == "zeroquant":
         group_size = group_size or 64
     if method in ("w8a8", "smoothquant"):
@@ -162,14 +169,20 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
             raise InvalidArgumentError(f"fold_norms[{norm_name!r}] names {missing}: not linear layers being quantized")
     needs_data = method in _NEEDS_CALIBRATION or (method == "w8a8" and activation == "tensor")
     collectors = dict.fromkeys(layers)
-    if needs_data:
-        if calib_data is None:
-            raise InvalidArgumentError(f"method={method!r} needs calib_data")
+    if needs_data and calib_data is None:
+        raise InvalidArgumentError(f"method={method!r} needs calib_data")
+    scaled = {}
+    if method == "awq":
+        from .awq import awq_weights  # imports this module
+
+        scaled = awq_weights(model, layers, calib_data, bits=bits, group_size=group_size, symmetric=symmetric,
+                             **(awq_options or {}))
+    elif needs_data:
         make = HessianAccumulator if method == "gptq" else (lambda _K: AbsMaxObserver())
         collectors = calibrate(model, layers, calib_data, make)
     folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha)
     for index, (name, module) in enumerate(layers.items()):
-        weight, bias = linear_weight(module)
+        weight, bias = scaled[name] if name in scaled else linear_weight(module)
         layer = _quantized_layer(
             method, weight, bias, collectors[name], bits=bits, group_size=group_size, symmetric=symmetric,
             activation=activation, per_tensor=per_tensor, alpha=alpha, threshold=threshold,
@@ -200,17 +213,31 @@ def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms
     return folded
 
 
+# LLaMA-family decoder blocks (pre-norm: input_layernorm → q, k, v; post_attention_layernorm → gate, up).
+LLAMA_BLOCKS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
+# (block classes, or None for any block that has these children; the norm; the layers reading only its output)
+_PRE_NORMS = (
+    (None, "ln_1", ("attn.c_attn",)), (None, "ln_2", ("mlp.c_fc",)),  # GPT-2
+    (LLAMA_BLOCKS, "input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    (LLAMA_BLOCKS, "post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+)
+
+
 def pre_norm_groups(model: nn.Module) -> dict[str, list[str]]:
-    """{LayerNorm: [linear layers]} where the norm's output feeds those layers only, for the pre-LN
-    blocks of Hugging Face GPT-2 (ln_1 → attn.c_attn, ln_2 → mlp.c_fc). Post-LN models such as BERT
-    have none: each LayerNorm's output is also the residual stream, which folding would change."""
-    names = dict(model.named_modules())
-    return {
-        f"{block}.{norm}": [f"{block}.{layer}"]
-        for block in (n[: -len(".ln_1")] for n in names if n.endswith(".ln_1"))
-        for norm, layer in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc"))
-        if f"{block}.{norm}" in names and f"{block}.{layer}" in names
-    }
+    """{norm: [linear layers]} where the norm's output feeds those layers only, for the pre-LN
+    blocks of Hugging Face GPT-2 (ln_1 → attn.c_attn, ln_2 → mlp.c_fc) and of the LLaMA family
+    (LLAMA_BLOCKS: input_layernorm → q, k, v_proj; post_attention_layernorm → gate, up_proj).
+    Post-LN models such as BERT have none: each LayerNorm's output is also the residual stream,
+    which folding would change."""
+    modules = dict(model.named_modules())
+    groups = {}
+    for block, module in modules.items():
+        prefix = f"{block}." if block else ""
+        for classes, norm, readers in _PRE_NORMS:
+            names = [prefix + name for name in (norm, *readers)]
+            if (classes is None or type(module).__name__ in classes) and all(name in modules for name in names):
+                groups[names[0]] = names[1:]
+    return groups
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:

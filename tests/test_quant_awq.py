@@ -40,7 +40,8 @@ def test_statistics_are_mean_abs_and_second_moment():
 def test_search_error_is_the_output_error_and_beats_rtn(group_size, symmetric):
     rng = np.random.default_rng(1)
     x = outlier_inputs(rng)
-    weights = [rng.normal(size=(48, 64)).astype(np.float32), rng.normal(size=(24, 64)).astype(np.float32)]  # two layers reading x (q and k, say)
+    # two layers reading x (q and k, say)
+    weights = [rng.normal(size=(48, 64)).astype(np.float32), rng.normal(size=(24, 64)).astype(np.float32)]
     stats = ActivationStatistics(64)
     stats.update(x)
     result = awq_scales(weights, stats.mean_abs(), stats.hessian(), bits=4, group_size=group_size,
@@ -53,7 +54,7 @@ def test_search_error_is_the_output_error_and_beats_rtn(group_size, symmetric):
             qw = quant.rtn(quant.smooth_weight(w, s), bits=4, group_size=group_size, symmetric=symmetric)
             direct += output_error(x, w, dequantize(qw).astype(np.float64) / s)
         assert loss == pytest.approx(2 / len(x) * direct, rel=1e-4)  # H = 2/n·XᵀX
-    rtn_error = sum(output_error(x, w, dequantize(quant.rtn(w.astype(np.float32), bits=4, group_size=group_size, symmetric=symmetric))
+    rtn_error = sum(output_error(x, w, dequantize(quant.rtn(w, bits=4, group_size=group_size, symmetric=symmetric))
                                  .astype(np.float64)) for w in weights)
     assert result.losses[0] == pytest.approx(2 / len(x) * rtn_error, rel=1e-4)  # α = 0 is RTN
     assert result.alpha > 0 and result.losses.min() < 0.9 * result.losses[0]  # outliers: AWQ wins clearly

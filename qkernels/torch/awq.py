@@ -49,7 +49,8 @@ def awq_groups(model: nn.Module, layers: dict[str, nn.Module]) -> list[tuple[str
 
 
 def awq_weights(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iterable, *, bits: int,
-                group_size: int | None, symmetric: bool, grid: int = 20) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                group_size: int | None, symmetric: bool,
+                grid: int = 20) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Searches the AWQ scales s of every group of awq_groups on calib_data (one pass over the float
     model, collecting each group's mean |x| and second moment), divides s out of each producer (a
     norm's weight and bias, or a linear layer's output rows and bias: in `model` if it is not being

@@ -34,9 +34,10 @@ class QuantLinear(nn.Module):
 
     Buffers (all in the state dict): qdata, scales, zero_points (asymmetric only), offsets (format
     v2: only where the weights have them; a group size need not divide K either), bias (if any),
-    input_scale [K] (a factor on x before quantization: SmoothQuant's and AWQ's 1/s),
+    input_scale [K] (a factor on x before quantization: SmoothQuant's 1/s),
     input_permutation [K] (int64: the kernel's input column i is x[..., input_permutation[i]], so
-    weight column i belongs to that input; GPTQ act-order checkpoints, qkernels.checkpoints),
+    weight column i belongs to that input; GPTQ act-order checkpoints, qkernels.checkpoints;
+    input_scale then applies in that column order),
     act_clip (a scalar: the static range of "tensor" activations). The format (bits, group size, activation, LLM.int8()
     threshold) travels in the state dict too, as extra state, so a saved model loads without
     re-quantizing (qkernels.torch.load_quantized).

@@ -10,6 +10,7 @@ Inputs: NumPy arrays or CPU torch tensors; outputs: NumPy (QuantizedWeight for w
 function says otherwise. torch is needed only by zeroquant_lkd and gptq (its Cholesky factors).
 """
 
+from .awq import ActivationStatistics, AWQScales, awq_scales
 from .gptq import HessianAccumulator, gptq
 from .kv_cache import QuantizedKV, dequantize_keys, dequantize_values, quantize_kv
 from .llm_int8 import llm_int8_matmul, outlier_columns
@@ -22,12 +23,15 @@ from .smoothquant import (
 from .zeroquant import zeroquant, zeroquant_lkd
 
 __all__ = [
+    "AWQScales",
     "AbsMaxObserver",
     "AbsMaxSampleObserver",
+    "ActivationStatistics",
     "HessianAccumulator",
     "MSEObserver",
     "PercentileObserver",
     "QuantizedKV",
+    "awq_scales",
     "choose_bits",
     "dequantize_keys",
     "dequantize_values",

@@ -34,8 +34,11 @@ class QuantLinear(nn.Module):
 
     Buffers (all in the state dict): qdata, scales, zero_points (asymmetric only), offsets (format
     v2: only where the weights have them; a group size need not divide K either), bias (if any),
-    input_scale [K] (a factor on x before quantization: SmoothQuant's 1/s), act_clip (a scalar:
-    the static range of "tensor" activations). The format (bits, group size, activation, LLM.int8()
+    input_scale [K] (a factor on x before quantization: SmoothQuant's 1/s),
+    input_permutation [K] (int64: the kernel's input column i is x[..., input_permutation[i]], so
+    weight column i belongs to that input; GPTQ act-order checkpoints, qkernels.checkpoints;
+    input_scale then applies in that column order),
+    act_clip (a scalar: the static range of "tensor" activations). The format (bits, group size, activation, LLM.int8()
     threshold) travels in the state dict too, as extra state, so a saved model loads without
     re-quantizing (qkernels.torch.load_quantized).
 
@@ -49,7 +52,7 @@ class QuantLinear(nn.Module):
 
     def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None = None, *, activation: str = "float",
                  input_scale: torch.Tensor | None = None, act_clip: float | None = None,
-                 outlier_threshold: float | None = None):
+                 outlier_threshold: float | None = None, input_permutation: torch.Tensor | None = None):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise InvalidArgumentError(f"activation={activation!r} is not one of {ACTIVATIONS}")
@@ -68,6 +71,12 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         self.register_buffer("input_scale", None if input_scale is None else input_scale.to(torch.float32).clone())
         self.register_buffer("act_clip", None if act_clip is None else torch.tensor(float(act_clip)))
+        if input_permutation is not None:
+            K = self.in_features
+            input_permutation = torch.as_tensor(input_permutation, dtype=torch.int64)
+            if not torch.equal(torch.sort(input_permutation).values, torch.arange(K)):
+                raise InvalidArgumentError(f"input_permutation must be a permutation of range({K})")
+        self.register_buffer("input_permutation", input_permutation)
         self._handle = ops.WeightHandle()
         self._register_weight()
 
@@ -83,7 +92,8 @@ class QuantLinear(nn.Module):
         return cls(qweight, torch.zeros(N) if config["bias"] else None, activation=config["activation"],
                    input_scale=torch.ones(K) if config["input_scale"] else None,
                    act_clip=1.0 if config["activation"] == "tensor" else None,
-                   outlier_threshold=config["outlier_threshold"])
+                   outlier_threshold=config["outlier_threshold"],
+                   input_permutation=torch.arange(K) if config.get("input_permutation") else None)
 
     def _register_weight(self) -> None:
         ops.register_weight(self.qdata, self._handle)
@@ -118,11 +128,11 @@ class QuantLinear(nn.Module):
             "group_size": self.group_size, "activation": self.activation,
             "outlier_threshold": self.outlier_threshold, "zero_points": self.zero_points is not None,
             "bias": self.bias is not None, "input_scale": self.input_scale is not None,
-            "offsets": self.offsets is not None,
+            "offsets": self.offsets is not None, "input_permutation": self.input_permutation is not None,
         }
 
     def set_extra_state(self, state: dict) -> None:
-        state = {"offsets": False} | state  # saved before format v2: no offsets
+        state = {"offsets": False, "input_permutation": False} | state  # saved before these existed
         if state != self.get_extra_state():
             raise InvalidArgumentError(
                 f"the saved layer {state} does not have this QuantLinear's structure {self.get_extra_state()}"
@@ -140,6 +150,8 @@ class QuantLinear(nn.Module):
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_permutation is not None:
+            x = x.index_select(-1, self.input_permutation)
         if self.input_scale is not None:
             x = x * self.input_scale.to(x.dtype)
         direct = ops.use_impl(x, self.bias)  # skips the dispatcher's ~60 us when it would add nothing
@@ -163,6 +175,7 @@ class QuantLinear(nn.Module):
         groups = "channel" if self.group_size >= self.in_features else f"group {self.group_size}"
         extra = f", outliers > {self.outlier_threshold}" if self.outlier_threshold is not None else ""
         smooth = ", smoothed" if self.input_scale is not None else ""
+        smooth += ", inputs permuted" if self.input_permutation is not None else ""
         groups += " with offsets" if self.offsets is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, w{self.bits} per {groups}, "
                 f"activation={self.activation}{smooth}{extra}, {math.ceil(self.nbytes / 1024)} KiB")

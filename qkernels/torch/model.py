@@ -22,8 +22,8 @@ from ..weights import QuantizedWeight
 from .linear import QuantLinear
 from .sequential import block_inputs, run_block, transformer_blocks
 
-METHODS = ("rtn", "gptq", "w8a8", "smoothquant", "llm_int8", "zeroquant")
-_NEEDS_CALIBRATION = {"gptq", "smoothquant"}
+METHODS = ("rtn", "gptq", "awq", "w8a8", "smoothquant", "llm_int8", "zeroquant")
+_NEEDS_CALIBRATION = {"gptq", "awq", "smoothquant"}
 
 
 def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -152,7 +152,7 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
                      symmetric: bool, activation: str | None, per_tensor: bool, alpha: float | tuple, threshold: float,
                      folded_s: np.ndarray | None = None) -> QuantLinear:
     w = weight.float()
-    if method == "rtn":
+    if method in ("rtn", "awq"):  # awq: W·diag(s) (qkernels.torch.awq)
         return QuantLinear(rtn(w, bits=bits, group_size=group_size, symmetric=symmetric), bias)
     if method == "w8a8":  # naive: one range for the weights, one for the activations (or per token)
         qw = rtn(w, bits=bits, per_tensor=per_tensor, symmetric=symmetric)
@@ -181,7 +181,7 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
                    threshold: float | None = None,
                    skip: Iterable[str] = (),
                    fold_norms: dict[str, list[str]] | None = None,
-                   gptq_options: dict | None = None,
+                   gptq_options: dict | None = None, awq_options: dict | None = None,
                    progress: Callable[[int, int], None] | bool | None = None) -> nn.Module:
     """Replaces every linear layer of `model` (nn.Linear; Hugging Face Conv1D) with a QuantLinear,
     in place, and returns the model.
@@ -193,6 +193,11 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
                      already quantized (qkernels.torch.sequential); act_order with static groups
                      (gptq_options={"act_order": False} for the plain column order); the layers that
                      read one input (q, k, v) share its Hessian and are quantized together.
+      "awq"          AWQ, weight-only (A16); needs calib_data [bits 4]: each group of layers that
+                     reads one input gets per-channel scales s = mean|x|^α, α searched on calib_data
+                     (awq_options: {"grid": 20}), multiplied into their weights before RTN and
+                     divided out of the op before (pre_norm_groups' norms; LLaMA-family up_proj for
+                     down_proj, v_proj for o_proj); layers in no such group get plain RTN
       "w8a8"         naive W8A8: one weight range per tensor (per_tensor=False: per output channel);
                      activation "tensor" (static, from calib_data) or "token" (dynamic per row)
                      [bits 8, activation "tensor"]
@@ -224,13 +229,14 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
                                    ("per_tensor", per_tensor, ("w8a8", "smoothquant")),
                                    ("alpha", alpha, ("smoothquant",)), ("threshold", threshold, ("llm_int8",)),
                                    ("gptq_options", gptq_options, ("gptq",)),
+                                   ("awq_options", awq_options, ("awq",)),
                                    ("fold_norms", fold_norms or None, ("smoothquant",))):
         if value is not None and method not in methods:
             raise InvalidArgumentError(f"{option}= is for {' and '.join(map(repr, methods))}, not {method!r}")
     per_tensor = True if per_tensor is None else per_tensor
     alpha = 0.5 if alpha is None else (tuple(alpha) if isinstance(alpha, Sequence) else alpha)
     threshold = 6.0 if threshold is None else threshold
-    bits = bits or (4 if method in ("rtn", "gptq") else 8)
+    bits = bits or (4 if method in ("rtn", "gptq", "awq") else 8)
     if method == "zeroquant":
         group_size = group_size or 64
     if method in ("w8a8", "smoothquant"):
@@ -255,14 +261,20 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
                                                              **{"act_order": True, **(gptq_options or {})}), progress)
         return model
     collectors = dict.fromkeys(layers)
-    if needs_data:
+    scaled = {}
+    if method == "awq":
+        from .awq import awq_weights  # imports this module
+
+        scaled = awq_weights(model, layers, calib_data, bits=bits, group_size=group_size, symmetric=symmetric,
+                             **(awq_options or {}))
+    elif needs_data:
         # the α search scores the layers' outputs on a sample of their calibration inputs
         search = method == "smoothquant" and isinstance(alpha, tuple)
         collectors = calibrate(model, layers, calib_data,
                                lambda _K: AbsMaxSampleObserver() if search else AbsMaxObserver())
     folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha, activation, per_tensor, bits)
     for index, (name, module) in enumerate(layers.items()):
-        weight, bias = linear_weight(module)
+        weight, bias = scaled[name] if name in scaled else linear_weight(module)
         layer = _quantized_layer(
             method, weight, bias, collectors[name], bits=bits, group_size=group_size, symmetric=symmetric,
             activation=activation, per_tensor=per_tensor, alpha=alpha, threshold=threshold,
@@ -372,6 +384,8 @@ def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms
     return folded
 
 
+# LLaMA-family decoder blocks by class name (AWQ's linear-to-linear folds look for them).
+LLAMA_BLOCKS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
 # Pre-norm blocks: (norm, the linear layers that alone read its output), relative to the block.
 PRE_NORM_BLOCKS = (
     # Hugging Face GPT-2: ln_1 → the fused q, k, v projection; ln_2 → the MLP's first layer.

@@ -1,0 +1,7 @@
+"""Quantized checkpoints of other tools, read into (and written from) models that run on the kernels.
+
+    qkernels.checkpoints.gptq_format   AutoGPTQ / GPTQModel (qweight, qzeros, scales, g_idx)
+    qkernels.checkpoints.awq_format    AutoAWQ's GEMM layout
+
+Each maps its format exactly onto the canonical format of docs/numerics.md §1 (docs/checkpoints.md).
+"""

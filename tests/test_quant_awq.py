@@ -1,0 +1,126 @@
+"""AWQ (qkernels.quant.awq_scales, quantize_model(method="awq")): the statistics, the searched
+error against the error computed from stored activations, never worse than RTN, and the folds
+leaving the float model's function unchanged."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from qkernels import InvalidArgumentError, dequantize, quant
+from qkernels.quant.awq import ActivationStatistics, alphas, awq_scales
+
+
+def outlier_inputs(rng, M=256, K=64):
+    """Inputs with a few channels 30 times larger than the rest (what AWQ protects)."""
+    x = rng.normal(size=(M, K))
+    x[:, :4] *= 30
+    return x
+
+
+def output_error(x, w, w_hat):
+    return float(np.sum((x @ (w_hat - w).T) ** 2))
+
+
+def test_statistics_are_mean_abs_and_second_moment():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 16))
+    stats = ActivationStatistics(16)
+    stats.update(x[:20])
+    stats.update(x[20:].reshape(3, 10, 16))
+    np.testing.assert_allclose(stats.mean_abs(), np.abs(x).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats.hessian(), 2 / 50 * x.T @ x, rtol=1e-10)
+    with pytest.raises(InvalidArgumentError, match="no data"):
+        ActivationStatistics(4).mean_abs()
+
+
+@pytest.mark.parametrize("group_size, symmetric", [(32, False), (16, True), (None, False)])
+def test_search_error_is_the_output_error_and_beats_rtn(group_size, symmetric):
+    rng = np.random.default_rng(1)
+    x = outlier_inputs(rng)
+    # two layers reading x (q and k, say)
+    weights = [rng.normal(size=(48, 64)).astype(np.float32), rng.normal(size=(24, 64)).astype(np.float32)]
+    stats = ActivationStatistics(64)
+    stats.update(x)
+    result = awq_scales(weights, stats.mean_abs(), stats.hessian(), bits=4, group_size=group_size,
+                        symmetric=symmetric, grid=10)
+    for alpha, loss in zip(alphas(10), result.losses):
+        s = np.maximum(np.abs(x).mean(axis=0), 1e-4) ** alpha
+        s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
+        direct = 0.0
+        for w in weights:
+            qw = quant.rtn(quant.smooth_weight(w, s), bits=4, group_size=group_size, symmetric=symmetric)
+            direct += output_error(x, w, dequantize(qw).astype(np.float64) / s)
+        assert loss == pytest.approx(2 / len(x) * direct, rel=1e-4)  # H = 2/n·XᵀX
+    rtn_error = sum(output_error(x, w, dequantize(quant.rtn(w, bits=4, group_size=group_size, symmetric=symmetric))
+                                 .astype(np.float64)) for w in weights)
+    assert result.losses[0] == pytest.approx(2 / len(x) * rtn_error, rel=1e-4)  # α = 0 is RTN
+    assert result.alpha > 0 and result.losses.min() < 0.9 * result.losses[0]  # outliers: AWQ wins clearly
+    assert result.scales.dtype == np.float32 and result.scales.shape == (64,)
+
+
+def test_search_arguments_are_checked():
+    w, h = np.ones((4, 8)), np.eye(8)
+    with pytest.raises(InvalidArgumentError, match="grid"):
+        awq_scales([w], np.ones(8), h, grid=0)
+    with pytest.raises(InvalidArgumentError, match="mean_abs"):
+        awq_scales([w], np.ones(7), h)
+    with pytest.raises(InvalidArgumentError, match="bits"):
+        awq_scales([w], np.ones(8), h, bits=3)
+
+
+# ---------------------------------------------------------------- on a model
+
+def _tiny_llama(seed=0):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_folded_scales_keep_the_float_model():
+    """The scaled weights, with s divided out of the norms, up_proj and v_proj, compute the same
+    function as the original float model (before any rounding)."""
+    import torch
+
+    from qkernels.torch import linear_layers
+    from qkernels.torch.awq import awq_groups, awq_weights
+
+    model = _tiny_llama()
+    ids = torch.randint(0, 96, (1, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(ids).logits
+    layers = linear_layers(model, skip=["lm_head"])
+    producers = [producer for producer, _ in awq_groups(model, layers)]
+    assert "model.layers.0.self_attn.v_proj" in producers  # no grouped-query attention here: v → o folds
+    assert "model.layers.1.mlp.up_proj" in producers and "model.layers.1.input_layernorm" in producers
+    scaled = awq_weights(model, layers, [ids], bits=4, group_size=32, symmetric=False, grid=5)
+    with torch.no_grad():
+        for name, (weight, _) in scaled.items():
+            layers[name].weight.copy_(weight)
+        assert not torch.equal(model.model.layers[0].input_layernorm.weight, torch.ones(64))  # folded
+        torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_quantize_model_awq():
+    torch = pytest.importorskip("torch")
+
+    import qkernels.torch as qt
+
+    model = _tiny_llama()
+    calib = [torch.randint(0, 96, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    quantized = qt.quantize_model(copy.deepcopy(model), "awq", group_size=32, calib_data=calib,
+                                  awq_options={"grid": 4})
+    layers = qt.quantized_layers(quantized)
+    assert len(layers) == 15 and {layer.bits for layer in layers.values()} == {4}
+    assert all(layer.input_scale is None for layer in layers.values())  # every scale folded
+    with pytest.raises(InvalidArgumentError, match="needs calib_data"):
+        qt.quantize_model(copy.deepcopy(model), "awq")
+    with pytest.raises(InvalidArgumentError, match="awq_options"):
+        qt.quantize_model(copy.deepcopy(model), "rtn", awq_options={"grid": 4})

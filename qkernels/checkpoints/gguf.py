@@ -107,6 +107,8 @@ def quantized_weight(data: np.ndarray, qtype: str, K: int, name: str = "tensor")
     """A GGUF tensor's bytes (uint8 [N, K / block · bytes per block], as the gguf package's
     ReaderTensor.data has them) in the canonical format, its integers and scales unchanged: see the
     table of the module's docstring."""
+    if qtype in FLOAT_TYPES:
+        raise UnsupportedError(f"{name}: GGUF type {qtype} is float, not quantized weights")
     if qtype not in QUANTIZED_TYPES:
         raise UnsupportedError(
             f"{name}: GGUF type {qtype} has no exact canonical form here (supported: {', '.join(QUANTIZED_TYPES)}; "

@@ -68,9 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write PNG figures to DIR (needs matplotlib)")
     parser.add_argument("--perplexity", metavar="CHECKPOINT",
                         help="instead: perplexity of a local Hugging Face causal-LM checkpoint directory per method")
-    parser.add_argument("--text", type=Path, help="with --perplexity: a UTF-8 text file (default: the sentence corpus)")
-    parser.add_argument("--max-length", type=int, help="with --perplexity: tokens per window (default: the context)")
-    parser.add_argument("--stride", type=int, help="with --perplexity: tokens between windows (default max-length/2)")
+    parser.add_argument("--gguf", nargs="?", const="", metavar="FILE",
+                        help="instead: a GGUF file (default: SmolLM2's) run by the kernels on its own integers "
+                             "against transformers' float load: perplexity, tokens/s, peak memory")
+    parser.add_argument("--text", type=Path,
+                        help="with --perplexity or --gguf: a UTF-8 text file (default: the sentence corpus)")
+    parser.add_argument("--max-length", type=int,
+                        help="with --perplexity or --gguf: tokens per window (default: the context; --gguf: 512)")
+    parser.add_argument("--stride", type=int,
+                        help="with --perplexity or --gguf: tokens between windows (default max-length/2)")
 
 
 def _say(text: str) -> None:
@@ -130,6 +136,10 @@ def _quiet_transformers() -> None:
 
 def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
+    if args.gguf is not None:
+        from .gguf_eval import run as run_gguf
+
+        return run_gguf(args)
     if args.perplexity:
         return run_perplexity(args)
     import torch

@@ -152,8 +152,10 @@ def test_every_layer_meets_the_a16_contract(models):
     model, _, ids, _ = models
     layers = quantized_layers(model)
     inputs = {}
-    hooks = [m.register_forward_pre_hook(lambda _m, args, name=name: inputs.setdefault(name, args[0].reshape(-1, args[0].shape[-1]).clone()))
-             for name, m in layers.items()]
+    def keep(name):
+        return lambda _m, args: inputs.setdefault(name, args[0].reshape(-1, args[0].shape[-1]).clone())
+
+    hooks = [m.register_forward_pre_hook(keep(name)) for name, m in layers.items()]
     try:
         with torch.inference_mode():
             model(ids)

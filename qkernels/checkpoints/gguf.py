@@ -7,7 +7,8 @@ values bit for bit (docs/numerics.md section 5, reading 22):
     Q4_0   d, 32 × 4-bit u: d·(u − 8)              4-bit, G 32, scale d, q = u − 8
     Q4_1   d, m, 32 × 4-bit u: d·u + m             4-bit, G 32, scale d, q = u − 8, zero point −8, offset m
     Q8_0   d, 32 × int8 q: d·q                     8-bit, G 32, scale d
-    Q4_K   256 = 8 × 32: d·sc_j·u − dmin·m_j       4-bit, G 32, scale d·sc_j, q = u − 8, zero point −8, offset −dmin·m_j
+    Q4_K   256 = 8 × 32: d·sc_j·u − dmin·m_j       4-bit, G 32, scale d·sc_j, q = u − 8, zero point −8,
+                                                   offset −dmin·m_j
     Q5_0   d, 32 × 5-bit u: d·(u − 16)             8-bit, G 32, scale d, q = u − 16
     Q5_1   d, m, 32 × 5-bit u: d·u + m             8-bit, G 32, scale d, q = u, offset m
     Q5_K   256 = 8 × 32: d·sc_j·u − dmin·m_j       8-bit, G 32, scale d·sc_j, q = u, offset −dmin·m_j

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{path.name}: perplexity on {source} ({tokens} tokens; windows of {max_length}, stride "
           f"{stride}); prefill: one window of {max_length} tokens; decode: greedy, {DECODE_TOKENS} tokens one "
           f"at a time after a {PROMPT_TOKENS}-token prompt (medians of {REPEATS}); float32 PyTorch on "
-          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; peak MB: the process's peak resident set, base MB: after imports.")
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; peak MB: the "
+          "process's peak resident set, base MB: after imports.")
     print_table(rows)
     return 0

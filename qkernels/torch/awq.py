@@ -10,9 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..quant import fold_into_norm
 from ..quant.awq import ActivationStatistics, awq_scales
-from .model import LLAMA_BLOCKS, calibrate, linear_weight, pre_norm_groups
+from .model import LLAMA_BLOCKS, calibrate, divide_norm, linear_weight, pre_norm_groups
 
 # In LLaMA-family blocks, linear layers that feed linear layers through per-channel operations only:
 # up_proj → (act(gate) · up) → down_proj, and v_proj → attention (a weighted sum over tokens, per
@@ -97,9 +96,4 @@ def _divide_out(model: nn.Module, producer: str, weights: dict, s: np.ndarray, s
             if bias is not None:
                 bias.div_(s_t.to(bias.dtype))
         return
-    bias = getattr(module, "bias", None)  # RMSNorms have none
-    gamma, beta = fold_into_norm(module.weight.detach(), None if bias is None else bias.detach(), s)
-    with torch.no_grad():
-        module.weight.copy_(torch.from_numpy(gamma))
-        if beta is not None:
-            module.bias.copy_(torch.from_numpy(beta))
+    divide_norm(module, s)

@@ -374,14 +374,20 @@ def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms
         # the layers read the same input: any one's collector holds it
         s = _smoothing(collectors[names[0]], [linear_weight(layers[n])[0].float() for n in names], alpha,
                        activation, per_tensor, bits)
-        bias = getattr(norm, "bias", None)  # RMSNorms have none
-        gamma, beta = fold_into_norm(norm.weight.detach(), None if bias is None else bias.detach(), s)
-        with torch.no_grad():
-            norm.weight.copy_(torch.from_numpy(gamma))
-            if beta is not None:
-                norm.bias.copy_(torch.from_numpy(beta))
+        divide_norm(norm, s)
         folded |= dict.fromkeys(names, s)
     return folded
+
+
+def divide_norm(norm: nn.Module, s: np.ndarray) -> None:
+    """Divides a norm's output by s in place: its weight and bias (RMSNorms have none), through
+    qkernels.quant.fold_into_norm."""
+    bias = getattr(norm, "bias", None)
+    gamma, beta = fold_into_norm(norm.weight.detach(), None if bias is None else bias.detach(), s)
+    with torch.no_grad():
+        norm.weight.copy_(torch.from_numpy(gamma))
+        if beta is not None:
+            norm.bias.copy_(torch.from_numpy(beta))
 
 
 # LLaMA-family decoder blocks by class name (AWQ's linear-to-linear folds look for them).

@@ -5,7 +5,8 @@ For each kernel source (native/cuda/*.cu) and each architecture of the library (
 sm_89, sm_90a), it compiles a cubin with nvcc, as CMakeLists.txt compiles the library, and checks:
   1. ptxas -v reports no register spill (spill stores or loads) in any kernel, except those listed
      in ACCEPTED_SPILLS with the reason;
-  2. the SASS (cuobjdump -sass, from PyPI's nvidia-cuda-cuobjdump: the toolkit here lacks it)
+  2. the SASS (cuobjdump -sass, from PyPI's nvidia-cuda-cuobjdump, which runs the nvdisasm of
+     nvidia-cuda-nvdisasm installed beside it: the toolkit here lacks both)
      contains the instructions the design relies on, per source file (REQUIRED_SASS): tensor-core
      MMAs (HMMA for float16/bfloat16, IMMA for int8), LDSM (ldmatrix) and LDGSTS (cp.async).
 It prints one line per file and architecture and exits 1 if any gate fails.
@@ -85,7 +86,7 @@ def find_cuobjdump(given: str | None) -> str:
                 return str(candidate)
     except ImportError:
         pass
-    sys.exit("check_gates: cuobjdump not found: pip install nvidia-cuda-cuobjdump==13.2.86, or pass --cuobjdump")
+    sys.exit("check_gates: cuobjdump not found: pip install nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.5.37, or pass --cuobjdump")
 
 
 def gate(source: Path, arch: str, nvcc: str, cuobjdump: str, out_dir: Path) -> tuple[bool, str]:

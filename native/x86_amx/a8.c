@@ -74,9 +74,12 @@ static void stage_group(const qk_avx512_problem* p, int32_t panel, int32_t g, in
 }
 
 /* The products of one 32-row block over one group: C tiles 0, 1 (rows 0..15, panels 0, 1) and 2, 3
- * (rows 16..31). Tile numbers are instruction immediates, hence the spelled-out cases. */
+ * (rows 16..31), the latter only where the block has more than 16 rows (M = 9..16 and ragged last
+ * blocks would otherwise spend half the tile products on padding). Tile numbers are instruction
+ * immediates, hence the spelled-out cases. */
 static void block_products(const int8_t* a, size_t a_stride, uint8_t* const b[2], int32_t steps, int panels,
-                           int32_t* c) {
+                           int32_t rows, int32_t* c) {
+    int lower = rows > QK_AMX_TILE_ROWS;
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -84,21 +87,25 @@ static void block_products(const int8_t* a, size_t a_stride, uint8_t* const b[2]
     for (int32_t s = 0; s < steps; s++) {
         const int8_t* as = a + (size_t)s * 64;
         _tile_loadd(4, as, a_stride);
-        _tile_loadd(5, as + QK_AMX_TILE_ROWS * a_stride, a_stride);
         _tile_loadd(6, b[0] + (size_t)s * QK_AMX_TILE_BYTES, 64);
         _tile_dpbsud(0, 4, 6);
-        _tile_dpbsud(2, 5, 6);
+        if (lower) {
+            _tile_loadd(5, as + QK_AMX_TILE_ROWS * a_stride, a_stride);
+            _tile_dpbsud(2, 5, 6);
+        }
         if (panels == 2) {
             _tile_loadd(7, b[1] + (size_t)s * QK_AMX_TILE_BYTES, 64);
             _tile_dpbsud(1, 4, 7);
-            _tile_dpbsud(3, 5, 7);
+            if (lower) _tile_dpbsud(3, 5, 7);
         }
     }
     /* C tile t (rows 16 (t / 2).., panel t % 2) stored as 16 rows of 16 int32 at c + t * 256. */
     _tile_stored(0, c, 64);
     _tile_stored(1, c + 256, 64);
-    _tile_stored(2, c + 512, 64);
-    _tile_stored(3, c + 768, 64);
+    if (lower) {
+        _tile_stored(2, c + 512, 64);
+        _tile_stored(3, c + 768, 64);
+    }
 }
 
 typedef struct {
@@ -123,9 +130,9 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
             const uint8_t* header[2] = {qk_vnni16_group(p->packed, l, k.panel, g),
                                         qk_vnni16_group(p->packed, l, k.panel + k.panels - 1, g)};
             for (int32_t m = k.m0; m < k.m1; m += QK_AMX_BLOCK_ROWS) {
-                block_products(p->qx + (size_t)m * p->row + (size_t)g * p->group_stride, p->row, s.b, ap->steps,
-                               k.panels, c);
                 int32_t rows = k.m1 - m < QK_AMX_BLOCK_ROWS ? k.m1 - m : QK_AMX_BLOCK_ROWS;
+                block_products(p->qx + (size_t)m * p->row + (size_t)g * p->group_stride, p->row, s.b, ap->steps,
+                               k.panels, rows, c);
                 for (int pi = 0; pi < k.panels; pi++) {
                     __m512 scale = _mm512_load_ps((const float*)header[pi]);
                     __m512i zero = _mm512_load_si512((const void*)(header[pi] + 64));

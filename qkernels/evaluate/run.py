@@ -59,8 +59,7 @@ METHODS = (
            dict(method="zeroquant", bits=4, group_size=32)),
 )
 SMOOTHQUANT_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-# The causal-LM table (issue 18's rows). A row whose method quantize_model does not have (yet) is
-# skipped with a note, so that a method appears here as soon as it exists.
+# The causal-LM table (issue 18's rows).
 LLM_METHODS = (
     Method("float32", "float32 (PyTorch)", "f32", "f32", None),
     Method("rtn-w8", "RTN", "w8 per channel", "f32", dict(method="rtn", bits=8)),
@@ -272,16 +271,11 @@ def run_perplexity(args: argparse.Namespace) -> int:
     import torch
 
     from ..torch.kv_cache import QuantizedKVCache
-    from ..torch.model import METHODS as AVAILABLE
     from ..torch.model import quantized_nbytes
     from . import heldout
     from .perplexity import load_causal_lm, perplexity_of_ids
 
-    wanted = _methods(args.methods or [m.key for m in LLM_METHODS], LLM_METHODS)
-    methods = [m for m in wanted if m.options is None or m.options["method"] in AVAILABLE]
-    for method in wanted:
-        if method not in methods:
-            _say(f"skipping {method.key}: quantize_model has no method {method.options['method']!r} in this version")
+    methods = _methods(args.methods or [m.key for m in LLM_METHODS], LLM_METHODS)
     max_length = args.max_length or 256
     stride = args.stride or max_length
     if args.perplexity == SMOLLM2:

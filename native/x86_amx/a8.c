@@ -11,7 +11,8 @@
  * k 8r..8r+3, its high nibbles that of 8r+4..8r+7), both zero-padded to a multiple of 16 rows. The
  * staged tiles then serve every 32-row block of the chunk. The zero padding is what lets the A tiles
  * always be 64 k wide: where a group ends inside a tile, A reads on into the next group's
- * activations (or the workspace after them), and multiplies them by zero weights.
+ * activations (or the workspace after them), and multiplies them by zero weights. 8-bit groups of
+ * whole tiles (G a multiple of 64) need neither: their packed rows are loaded as B tiles directly.
  *
  * Per group, C holds sum qx * u exactly (int32; G <= QK_A8_INT32_EXACT_GROUP); stored, it becomes
  * (C - zero * xs) * scale (+ offset * xs) added in float64, as in x86_avx512's kernel, so the result
@@ -28,6 +29,7 @@ typedef struct {
     qk_avx512_problem p;
     int32_t padded_m;   /* M rounded up to QK_AMX_BLOCK_ROWS */
     int32_t steps;      /* 64-k tile steps per group */
+    int direct;         /* B tiles loaded from the packed weights (8-bit groups of whole tiles) */
     size_t scratch;     /* bytes of one thread's scratch */
     uint8_t* scratch0;  /* thread t's scratch at scratch0 + t * scratch */
 } amx_problem;
@@ -41,6 +43,7 @@ static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmu
     ap->p.row += 64;
     ap->padded_m = (a->M + QK_AMX_BLOCK_ROWS - 1) / QK_AMX_BLOCK_ROWS * QK_AMX_BLOCK_ROWS;
     ap->steps = (int32_t)((ap->p.group_stride + 63) / 64);
+    ap->direct = ap->p.w->bits == 8 && ap->p.l.rows == ap->steps * QK_AMX_TILE_ROWS;
     qk_matmul_args padded = *a; /* the activation buffers, for padded_m rows */
     padded.M = ap->padded_m;
     ap->p.a = &padded;
@@ -126,12 +129,18 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
         qk_amx_task k = qk_amx_task_of(p, job->pairs, t);
         memset(s.y, 0, (size_t)(k.m1 - k.m0) * QK_AVX512_TILE_COLUMNS * sizeof(double));
         for (int32_t g = 0; g < l->groups; g++) {
-            for (int pi = 0; pi < k.panels; pi++) stage_group(p, k.panel + pi, g, ap->steps, s.b[pi]);
             const uint8_t* header[2] = {qk_vnni16_group(p->packed, l, k.panel, g),
                                         qk_vnni16_group(p->packed, l, k.panel + k.panels - 1, g)};
+            uint8_t* b[2] = {s.b[0], s.b[1]};
+            for (int pi = 0; pi < k.panels; pi++) {
+                if (ap->direct) /* the packed rows are the B tiles: no copy */
+                    b[pi] = (uint8_t*)header[pi] + l->header_bytes;
+                else
+                    stage_group(p, k.panel + pi, g, ap->steps, s.b[pi]);
+            }
             for (int32_t m = k.m0; m < k.m1; m += QK_AMX_BLOCK_ROWS) {
                 int32_t rows = k.m1 - m < QK_AMX_BLOCK_ROWS ? k.m1 - m : QK_AMX_BLOCK_ROWS;
-                block_products(p->qx + (size_t)m * p->row + (size_t)g * p->group_stride, p->row, s.b, ap->steps,
+                block_products(p->qx + (size_t)m * p->row + (size_t)g * p->group_stride, p->row, b, ap->steps,
                                k.panels, rows, c);
                 for (int pi = 0; pi < k.panels; pi++) {
                     __m512 scale = _mm512_load_ps((const float*)header[pi]);

@@ -30,7 +30,9 @@ def test_statistics_are_mean_abs_and_second_moment():
     stats = ActivationStatistics(16)
     stats.update(x[:20])
     stats.update(x[20:].reshape(3, 10, 16))
-    np.testing.assert_allclose(stats.mean_abs(), np.abs(x).mean(axis=0), rtol=1e-12)
+    # read as float32, summed in float64
+    np.testing.assert_allclose(stats.mean_abs(), np.abs(x.astype(np.float32)).mean(axis=0, dtype=np.float64),
+                               rtol=1e-12)
     h = 2 / 50 * x.T @ x
     # summed in float32 (HessianAccumulator): within float32 rounding of the largest entries
     np.testing.assert_allclose(stats.hessian(), h, rtol=0, atol=1e-5 * np.abs(h).max())

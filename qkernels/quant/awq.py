@@ -19,7 +19,8 @@ class ActivationStatistics:
     """What AWQ needs of a layer's inputs x [..., K]: the mean |x| of each input channel (the
     salience that sets the scales) and the second moment H = 2/n·Σ xᵀx (HessianAccumulator), in
     which the layer's output error ‖X·Ŵᵀ − X·Wᵀ‖²/n is Σ_rows Δ·H·Δᵀ/2 with Δ = Ŵ − W: so the
-    search needs no stored activations."""
+    search needs no stored activations. Inputs are read as float32 (a model's activations already
+    are: no copy), |x| summed in float64."""
 
     def __init__(self, K: int):
         self.K = K
@@ -28,8 +29,8 @@ class ActivationStatistics:
         self.count = 0
 
     def update(self, x: Any) -> None:
-        rows = rows_of(x, "x", self.K)
-        self._abs_sum += np.abs(rows).sum(axis=0)
+        rows = rows_of(x, "x", self.K, dtype=np.float32)
+        self._abs_sum += np.abs(rows).sum(axis=0, dtype=np.float64)
         self.count += rows.shape[0]
         self._second_moment.update(rows)
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from qkernels import InvalidArgumentError, dequantize, quant
-from qkernels.quant.awq import ActivationStatistics, alphas, awq_scales
+from qkernels.quant._common import dequantize_exact
+from qkernels.quant.awq import ActivationStatistics, _round_trip, alphas, awq_scales
 
 
 def outlier_inputs(rng, M=256, K=64):
@@ -30,7 +31,9 @@ def test_statistics_are_mean_abs_and_second_moment():
     stats = ActivationStatistics(16)
     stats.update(x[:20])
     stats.update(x[20:].reshape(3, 10, 16))
-    np.testing.assert_allclose(stats.mean_abs(), np.abs(x).mean(axis=0), rtol=1e-12)
+    # read as float32, summed in float64
+    np.testing.assert_allclose(stats.mean_abs(), np.abs(x.astype(np.float32)).mean(axis=0, dtype=np.float64),
+                               rtol=1e-12)
     h = 2 / 50 * x.T @ x
     # summed in float32 (HessianAccumulator): within float32 rounding of the largest entries
     np.testing.assert_allclose(stats.hessian(), h, rtol=0, atol=1e-5 * np.abs(h).max())
@@ -61,6 +64,22 @@ def test_search_error_is_the_output_error_and_beats_rtn(group_size, symmetric):
     assert result.losses[0] == pytest.approx(2 / len(x) * rtn_error, rel=1e-4)  # α = 0 is RTN
     assert result.alpha > 0 and result.losses.min() < 0.9 * result.losses[0]  # outliers: AWQ wins clearly
     assert result.scales.dtype == np.float32 and result.scales.shape == (64,)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("group_size", [None, 16, 24, 200])  # 24 leaves a shorter last group; 200 > K
+def test_search_round_trip_is_the_quantizer(bits, symmetric, group_size):
+    """The search's NumPy quantizer (on Wᵀ) gives exactly what rtn's integers and scales dequantize to."""
+    rng = np.random.default_rng(2)
+    w = (rng.standard_t(3, size=(6, 64)) * 0.05).astype(np.float32)
+    w[0] = 0  # a zero range
+    w[1, :32] = np.abs(w[1, :32])  # all positive: the asymmetric range widened to hold zero
+    expected = dequantize_exact(quant.rtn(w, bits=bits, group_size=group_size, symmetric=symmetric),
+                                      np.arange(64))
+    got = _round_trip(np.ascontiguousarray(w.T), bits, group_size, symmetric)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got.T, expected)
 
 
 def test_search_arguments_are_checked():

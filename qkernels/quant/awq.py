@@ -9,17 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
-from ._common import check_bits, dequantize_exact, float_array, rows_of
+from ..errors import InvalidArgumentError, NonFiniteError
+from ._common import check_bits, float_array, rows_of
 from .gptq import HessianAccumulator
-from .rtn import rtn
 
 
 class ActivationStatistics:
     """What AWQ needs of a layer's inputs x [..., K]: the mean |x| of each input channel (the
     salience that sets the scales) and the second moment H = 2/n·Σ xᵀx (HessianAccumulator), in
     which the layer's output error ‖X·Ŵᵀ − X·Wᵀ‖²/n is Σ_rows Δ·H·Δᵀ/2 with Δ = Ŵ − W: so the
-    search needs no stored activations."""
+    search needs no stored activations. Inputs are read as float32 (a model's activations already
+    are: no copy), |x| summed in float64."""
 
     def __init__(self, K: int):
         self.K = K
@@ -28,8 +28,8 @@ class ActivationStatistics:
         self.count = 0
 
     def update(self, x: Any) -> None:
-        rows = rows_of(x, "x", self.K)
-        self._abs_sum += np.abs(rows).sum(axis=0)
+        rows = rows_of(x, "x", self.K, dtype=np.float32)
+        self._abs_sum += np.abs(rows).sum(axis=0, dtype=np.float64)
         self.count += rows.shape[0]
         self._second_moment.update(rows)
 
@@ -72,20 +72,25 @@ def awq_scales(weights: Sequence[Any], mean_abs: Any, hessian: Any, *, bits: int
     as rtn(smooth_weight(W, s), ...) and divide its inputs by s (folded into the operation before).
     """
     check_bits(bits)
-    w = np.concatenate([float_array(x, "weight", ndim=2) for x in weights], axis=0)  # q, k, v stacked: same K
-    K = w.shape[1]
+    # Wᵀ [K, N] (q, k, v stacked: one K): a quantization group is a block of consecutive rows, so
+    # that NumPy's elementwise work and reductions run along long contiguous rows.
+    wt = np.ascontiguousarray(
+        np.concatenate([float_array(x, "weight", ndim=2, dtype=np.float32) for x in weights], axis=0).T)
+    K = wt.shape[0]
     salience = float_array(mean_abs, "mean_abs", ndim=1)
-    h = float_array(hessian, "hessian", ndim=2)
+    h = float_array(hessian, "hessian", ndim=2, dtype=np.float32)
     if salience.shape != (K,) or h.shape != (K, K):
         raise InvalidArgumentError(f"mean_abs {salience.shape} and hessian {h.shape} must be [{K}] and [{K}, {K}]")
-    h32 = h.astype(np.float32)
     tried = alphas(grid)
-    losses, candidates = np.empty(len(tried)), []
+    losses, candidates, delta = np.empty(len(tried)), [], np.empty_like(wt)
     for index, alpha in enumerate(tried):
         s = np.maximum(salience, 1e-4) ** alpha
         s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
-        delta = (_round_trip(w * s, bits, group_size, symmetric) / s - w).astype(np.float32)
-        losses[index] = float(np.einsum("nk,nk->", delta @ h32, delta, dtype=np.float64))
+        w_hat = _round_trip(wt * s[:, None], bits, group_size, symmetric)  # Q(W·diag(s))ᵀ, exact
+        w_hat /= s[:, None]
+        np.subtract(w_hat, wt, out=delta, casting="same_kind")  # Δᵀ = (Ŵ − W)ᵀ in float64, kept as float32
+        # Σ_rows Δ·H·Δᵀ = Σ Δᵀ ⊙ (Hᵀ·Δᵀ): one float32 BLAS product, summed in float64
+        losses[index] = float(np.einsum("kn,kn->", h.T @ delta, delta, dtype=np.float64))
         candidates.append(s)
         if progress:
             progress(index + 1, len(tried))
@@ -93,7 +98,32 @@ def awq_scales(weights: Sequence[Any], mean_abs: Any, hessian: Any, *, bits: int
     return AWQScales(candidates[best], float(tried[best]), losses)
 
 
-def _round_trip(w: np.ndarray, bits: int, group_size: int | None, symmetric: bool) -> np.ndarray:
-    """Q(w) dequantized, float64 [N, K]."""
-    q = rtn(w.astype(np.float32), bits=bits, group_size=group_size, symmetric=symmetric)
-    return dequantize_exact(q, np.arange(w.shape[1]))
+def _round_trip(wt: np.ndarray, bits: int, group_size: int | None, symmetric: bool) -> np.ndarray:
+    """Q(W)ᵀ dequantized, float64 [K, N], exact (a float32 scale times a small integer), from
+    wt = Wᵀ (float32 [K, N]). Q is the quantizer of docs/numerics.md §2 (the integers and scales
+    rtn gives), here in NumPy float32 over every group at once, without packing."""
+    K, N = wt.shape
+    G = K if group_size is None else min(group_size, K)
+    groups = -(-K // G)
+    if groups * G != K:  # a shorter last group: zeros change no range (absmax; the widened min/max)
+        wt = np.concatenate([wt, np.zeros((groups * G - K, N), np.float32)])
+    blocks = wt.reshape(groups, G, N)
+    qmax = (1 << (bits - 1)) - 1
+    if symmetric:
+        scale = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(qmax)
+    else:
+        low = np.minimum(blocks.min(axis=1, keepdims=True), np.float32(0))
+        with np.errstate(over="ignore"):
+            scale = (np.maximum(blocks.max(axis=1, keepdims=True), np.float32(0)) - low) / np.float32(2 * qmax + 1)
+    if not np.isfinite(scale).all():  # the quantizer refuses these too
+        raise NonFiniteError("a weight times its AWQ scale, or a group's range, overflows float32")
+    scale[scale == 0] = 1  # a zero range, or a scale that underflows (reading 1)
+    q = np.rint(blocks / scale)
+    if symmetric:
+        np.clip(q, -qmax, qmax, out=q)
+    else:  # rne(x / s) + zp clamped (reading 3), then less zp
+        zero_point = np.clip(np.rint(np.float32(-qmax - 1) - low / scale), -qmax - 1, qmax)
+        q += zero_point
+        np.clip(q, -qmax - 1, qmax, out=q)
+        q -= zero_point
+    return np.multiply(q, scale, dtype=np.float64).reshape(-1, N)[:K]

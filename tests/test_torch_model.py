@@ -259,3 +259,44 @@ def test_deepcopy_and_pickle_a_quantized_model(tmp_path):
         assert torch.equal(copied(x), y) and torch.equal(loaded(x), y)
     assert copied.up.qdata.data_ptr() != quantized.up.qdata.data_ptr()
     assert qt.ops._handles[copied.up.qdata.data_ptr()] is copied.up._handle  # registered: packs are reused
+
+
+class _Counting(torch.nn.Module):
+    """Block's layers, the head's input counted; `up` optionally called twice (shared across depth)."""
+
+    def __init__(self, up_twice: bool):
+        super().__init__()
+        self.block, self.up_twice, self.head_calls = _model(), up_twice, 0
+        self.block.head.register_forward_pre_hook(lambda *_: setattr(self, "head_calls", self.head_calls + 1))
+
+    def forward(self, x):
+        b = self.block
+        h = b.up(b.norm(x))
+        if self.up_twice:
+            h = b.up(b.norm(b.down(torch.nn.functional.gelu(h))))
+        return b.head(b.down(torch.nn.functional.gelu(h)))
+
+
+class _Rows:
+    """A collector that keeps the rows it is fed."""
+
+    def __init__(self, K):
+        self.rows = []
+
+    def update(self, x):
+        self.rows.append(x.clone())
+
+
+def test_calibration_stops_a_pass_once_every_layer_has_read_its_input():
+    model, data = _Counting(up_twice=False), _data(3)
+    collectors = qt.calibrate(model, {"block.up": model.block.up, "block.down": model.block.down}, data, _Rows)
+    # the first pass runs whole (it learns that each layer is called once), the others stop at `down`
+    assert model.head_calls == 1
+    assert [len(c.rows) for c in collectors.values()] == [3, 3]
+
+
+def test_calibration_runs_every_pass_whole_when_a_layer_is_called_twice():
+    model, data = _Counting(up_twice=True), _data(3)
+    collectors = qt.calibrate(model, {"block.up": model.block.up, "block.down": model.block.down}, data, _Rows)
+    assert model.head_calls == 3
+    assert [len(c.rows) for c in collectors.values()] == [6, 6]

@@ -31,7 +31,7 @@ class ActivationStatistics:
         rows = rows_of(x, "x", self.K, dtype=np.float32)
         self._abs_sum += np.abs(rows).sum(axis=0, dtype=np.float64)
         self.count += rows.shape[0]
-        self._second_moment.update(rows)
+        self._second_moment.update(x)  # x itself: a torch tensor's goes through torch's BLAS
 
     def mean_abs(self) -> np.ndarray:
         """float64 [K]."""

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..tensors import is_torch
 from ..weights import QuantizedWeight, quantize_weights
 from ._common import check_bits, float_array, from_integers, quantize_rows, round_to_grid, rows_of, source_format
 
@@ -29,7 +30,13 @@ class HessianAccumulator:
         """Add a batch of layer inputs x [..., K]."""
         rows = rows_of(x, "x", self.K, dtype=np.float32)
         self.count += rows.shape[0]
-        self._sum += rows.T @ rows
+        if is_torch(x):
+            # Torch's BLAS for torch's inputs: NumPy's OpenBLAS threads, woken between torch's own in
+            # a model's calibration pass, made GPTQ on SmolLM2 take 66 s instead of 48 (2 cores).
+            torch = _torch()
+            torch.from_numpy(self._sum).addmm_(torch.from_numpy(rows).T, torch.from_numpy(rows))
+        else:
+            self._sum += rows.T @ rows
 
     def hessian(self) -> np.ndarray:
         """float64 [K, K]."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import json
@@ -109,14 +110,25 @@ def calibrate(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iterab
     return collect_inputs(layers, make, (functools.partial(run_model, model, b) for b in calib_data))
 
 
+class _AllInputsRead(Exception):
+    """Every layer has read its input in this pass: the rest of it (a block's last layer, a
+    model's head and its logits) computes nothing a collector needs. Raised from the second pass
+    on, and only if the first called every layer once (a layer called again later in a pass, as
+    in models that share layers across depth, would miss inputs)."""
+
+
 def collect_inputs(layers: dict[str, nn.Module], make: Callable[[int], Any],
                    passes: Iterable[Callable[[], Any]]) -> dict[str, Any]:
-    """calibrate() for any forward passes: each element of `passes` runs one (without gradients)."""
+    """calibrate() for any forward passes: each element of `passes` runs one (without gradients),
+    until every layer has read its input."""
     collectors, reader = {}, {}  # reader[name]: the layer whose input `name` reads too, or None
     last = {}  # the last input fed to a collector in this pass: {"name", "tensor"}
+    calls = collections.Counter()  # of each layer, in this pass
+    stop_early = False  # whether to raise _AllInputsRead
 
     def feed(name: str, K: int):
         def update(_module, args):
+            calls[name] += 1
             x = args[0]
             shared = last["name"] if last.get("tensor") is x else None
             if name not in collectors:
@@ -128,6 +140,8 @@ def collect_inputs(layers: dict[str, nn.Module], make: Callable[[int], Any],
             if shared is None:
                 collectors[name].update(x.detach())
                 last.update(name=name, tensor=x)
+            if stop_early and len(calls) == len(layers):
+                raise _AllInputsRead
         return update
 
     hooks = [module.register_forward_pre_hook(feed(name, linear_weight(module)[0].shape[1]))
@@ -137,7 +151,13 @@ def collect_inputs(layers: dict[str, nn.Module], make: Callable[[int], Any],
         with torch.no_grad():
             for run in passes:
                 last.clear()
-                run()
+                calls.clear()
+                try:
+                    run()
+                except _AllInputsRead:
+                    pass
+                if count == 0:
+                    stop_early = len(calls) == len(layers) and all(n == 1 for n in calls.values())
                 count += 1
     finally:
         last.clear()

@@ -63,7 +63,11 @@ static void stage_group(const qk_avx512_problem* p, int32_t panel, int32_t g, in
     if (p->w->bits == 4) {
         const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
         for (int32_t r = 0; r < l->rows; r++) {
-            __m512i v = _mm512_load_si512((const void*)(rows + (size_t)r * QK_VNNI16_ROW_BYTES));
+            const uint8_t* row = rows + (size_t)r * QK_VNNI16_ROW_BYTES;
+            /* The panel's groups are contiguous: a stream the hardware prefetcher does not run far
+             * enough ahead of when each group's rows are followed by its tile products and fold. */
+            _mm_prefetch((const char*)row + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
+            __m512i v = _mm512_load_si512((const void*)row);
             _mm512_store_si512((void*)(out + (size_t)(2 * r) * 64), _mm512_and_si512(v, low_nibbles));
             _mm512_store_si512((void*)(out + (size_t)(2 * r + 1) * 64),
                                _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles));

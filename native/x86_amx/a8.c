@@ -84,7 +84,7 @@ static void stage_group(const qk_avx512_problem* p, int32_t panel, int32_t g, in
  * (rows 16..31), the latter only where the block has more than 16 rows (M = 9..16 and ragged last
  * blocks would otherwise spend half the tile products on padding). Tile numbers are instruction
  * immediates, hence the spelled-out cases. */
-static void block_products(const int8_t* a, size_t a_stride, uint8_t* const b[2], int32_t steps, int panels,
+static void block_products(const int8_t* a, size_t a_stride, const uint8_t* const b[2], int32_t steps, int panels,
                            int32_t rows, int32_t* c) {
     int lower = rows > QK_AMX_TILE_ROWS;
     _tile_zero(0);
@@ -135,10 +135,10 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
         for (int32_t g = 0; g < l->groups; g++) {
             const uint8_t* header[2] = {qk_vnni16_group(p->packed, l, k.panel, g),
                                         qk_vnni16_group(p->packed, l, k.panel + k.panels - 1, g)};
-            uint8_t* b[2] = {s.b[0], s.b[1]};
+            const uint8_t* b[2] = {s.b[0], s.b[1]};
             for (int pi = 0; pi < k.panels; pi++) {
                 if (ap->direct) /* the packed rows are the B tiles: no copy */
-                    b[pi] = (uint8_t*)header[pi] + l->header_bytes;
+                    b[pi] = header[pi] + l->header_bytes;
                 else
                     stage_group(p, k.panel + pi, g, ap->steps, s.b[pi]);
             }

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError, NonFiniteError
+from ..tensors import is_torch
 from ._common import check_bits, float_array, rows_of
 from .gptq import HessianAccumulator
 
@@ -31,7 +32,7 @@ class ActivationStatistics:
         rows = rows_of(x, "x", self.K, dtype=np.float32)
         self._abs_sum += np.abs(rows).sum(axis=0, dtype=np.float64)
         self.count += rows.shape[0]
-        self._second_moment.update(x)  # x itself: a torch tensor's goes through torch's BLAS
+        self._second_moment.add_rows(rows, torch_blas=is_torch(x))
 
     def mean_abs(self) -> np.ndarray:
         """float64 [K]."""

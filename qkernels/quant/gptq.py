@@ -28,9 +28,13 @@ class HessianAccumulator:
 
     def update(self, x: Any) -> None:
         """Add a batch of layer inputs x [..., K]."""
-        rows = rows_of(x, "x", self.K, dtype=np.float32)
+        self.add_rows(rows_of(x, "x", self.K, dtype=np.float32), torch_blas=is_torch(x))
+
+    def add_rows(self, rows: np.ndarray, *, torch_blas: bool) -> None:
+        """Add rows already checked and read (float32 [M, K]); torch_blas: sum them with torch's BLAS
+        (for inputs that came from torch)."""
         self.count += rows.shape[0]
-        if is_torch(x):
+        if torch_blas:
             # Torch's BLAS for torch's inputs: NumPy's OpenBLAS threads, woken between torch's own in
             # a model's calibration pass, made GPTQ on SmolLM2 take 66 s instead of 48 (2 cores).
             torch = _torch()

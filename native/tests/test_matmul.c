@@ -96,6 +96,20 @@ static void run_problem(const problem* p) {
             }
         }
 
+    /* Kernels that compute the same operations in the same order give the same bytes
+     * (docs/numerics.md reading 20): x86_amx's A8 kernels are x86_avx512's below M = 9 and AMX above. */
+    static const char* const same_bytes_a8[] = {"x86_avx512_a8_w4w8_8x32", "x86_amx_a8_w4w8_vnni_8x32",
+                                                "x86_amx_a8_w4w8_32x32"};
+    int first_a8 = -1;
+    for (size_t j = 0; j < sizeof same_bytes_a8 / sizeof same_bytes_a8[0]; j++) {
+        int i = find_kernel(same_bytes_a8[j]);
+        if (i < 0 || !outs[i].p) continue;
+        if (first_a8 < 0)
+            first_a8 = i;
+        else
+            CHECK(same_bytes(&outs[i], &outs[first_a8]), "%s differs from %s", kernels[i].name, kernels[first_a8].name);
+    }
+
     /* Automatic dispatch: a kernel that runs the problem (format v2 features included), the one
      * qk_select_kernel names, byte for byte. */
     a.kernel = NULL;

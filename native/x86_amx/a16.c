@@ -165,7 +165,7 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const qk_vnni16_layout* l = &p->l;
     qk_amx_scratch s;
     qk_amx_carve_scratch(ap->steps, ap->scratch0 + (size_t)thread * ap->scratch, &s);
-    float* c = s.c;
+    float* c = s.c[0];
     _tile_loadconfig(&qk_amx_tile_config); /* per task: see a8.c */
     for (int32_t t = begin; t < end; t++) {
         qk_amx_task k = qk_amx_task_of(p, job->pairs, t);

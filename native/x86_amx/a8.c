@@ -1,23 +1,28 @@
 /* x86_amx_a8_w4w8_32x32: A8 (docs/numerics.md section 3) with AMX-INT8, for prefill.
  *
  * Tiles (palette 1, every tile 16 rows x 64 bytes): A = 16 rows of qx x 64 k (signed bytes),
- * B = 64 k x 16 columns of u = q + bias in VNNI order (unsigned bytes: one vnni16 row of 8-bit
- * weights is one B row), C = 16 x 16 int32; tdpbsud adds A . B to C. A block is 32 rows x 32
- * columns: two A tiles, two B tiles, four C tiles, so each tile loaded feeds two products.
+ * B = 64 k x 16 columns in VNNI order, C = 16 x 16 int32. B holds q - zp for 4-bit weights
+ * (signed bytes, tdpbssd: C is the group's acc itself) and u = q + bias for 8-bit ones (unsigned,
+ * tdpbsud: one vnni16 row is one B row; acc = C - zero * xs). A block is 32 rows x 32 columns: two
+ * A tiles, two B tiles, four C tiles, so each tile loaded feeds two products.
  *
  * A task is one pair of panels (32 columns) for a chunk of up to QK_AMX_CHUNK_ROWS rows. For each
- * group it stages the group's weights of both panels once into the thread's workspace as B tiles:
- * 8-bit rows copied, 4-bit rows widened to bytes (a packed row's low nibbles are the VNNI row of
- * k 8r..8r+3, its high nibbles that of 8r+4..8r+7), both zero-padded to a multiple of 16 rows. The
- * staged tiles then serve every 32-row block of the chunk. The zero padding is what lets the A tiles
- * always be 64 k wide: where a group ends inside a tile, A reads on into the next group's
- * activations (or the workspace after them), and multiplies them by zero weights. 8-bit groups of
- * whole tiles (G a multiple of 64) need neither: their packed rows are loaded as B tiles directly.
+ * group it stages the group's weights of both panels once into the thread's workspace as B tiles
+ * (stage_group), zero-padded to a multiple of 16 rows; 8-bit groups of whole tiles (G a multiple of
+ * 64) need no staging: their packed rows are loaded as B tiles directly. The staged tiles then serve
+ * every 32-row block of the chunk.
  *
- * Per group, C holds sum qx * u exactly (int32; G <= QK_A8_INT32_EXACT_GROUP); stored, it becomes
- * (C - zero * xs) * scale (+ offset * xs) added in float64, as in x86_avx512's kernel, so the result
- * is the same bit for bit. Rows of X are quantized by the shared A8 quantizer into a buffer padded
- * to a multiple of 32 rows (zeros), so A tiles never read past it.
+ * Rows of X are quantized by the shared A8 quantizer, each group zero-padded to whole 64-k steps,
+ * and laid out as A tiles (prepare_task): for each 32-row block, its 64-k pieces one after the
+ * other, each the block's 32 rows of 64 bytes. A tile is then 1 KiB contiguous, and a block's
+ * activations are one stream; rows past M are zeros.
+ *
+ * Per group, acc is exact in int32 (G <= QK_A8_INT32_EXACT_GROUP). The fold (fold_block) adds
+ * scale * acc (+ offset * xs) in float32 over runs of groups, each run then added to float64 sums,
+ * with x86_avx512's operations in x86_avx512's order (qk_avx512_a8_fold, reading 20), so the two
+ * kernels' results are equal bit for bit. It runs while the tile unit
+ * computes the next block (a two-stage software pipeline over two C buffers): measured, the fold
+ * and the products had cost about the same, and had added up.
  *
  * The tile configuration is loaded at the start of every task, not once per thread: another library
  * in the process (oneDNN in PyTorch, say) may configure the tiles of the same thread in between. */
@@ -30,6 +35,10 @@ typedef struct {
     int32_t padded_m;   /* M rounded up to QK_AMX_BLOCK_ROWS */
     int32_t steps;      /* 64-k tile steps per group */
     int direct;         /* B tiles loaded from the packed weights (8-bit groups of whole tiles) */
+    int signed_b;       /* B tiles hold q - zp (4 bits), else u (8 bits) */
+    size_t row_bytes;   /* a quantized row: groups * steps * 64 */
+    int8_t* a;          /* the quantized rows as A tiles: [padded_m / 32][groups * steps][32][64] */
+    uint8_t* rows0;     /* thread t's row buffer at rows0 + t * row_bytes */
     size_t scratch;     /* bytes of one thread's scratch */
     uint8_t* scratch0;  /* thread t's scratch at scratch0 + t * scratch */
 } amx_problem;
@@ -38,39 +47,66 @@ typedef struct {
 static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads,
                      void* base) {
     ap->p = qk_avx512_problem_of(w, a);
-    /* One cache line between rows: rows a multiple of 4 KiB apart (K = 4096) would put an A tile's
-     * 16 rows in one set of the 12-way L1 cache. */
-    ap->p.row += 64;
     ap->padded_m = (a->M + QK_AMX_BLOCK_ROWS - 1) / QK_AMX_BLOCK_ROWS * QK_AMX_BLOCK_ROWS;
     ap->steps = (int32_t)((ap->p.group_stride + 63) / 64);
     ap->direct = ap->p.w->bits == 8 && ap->p.l.rows == ap->steps * QK_AMX_TILE_ROWS;
-    qk_matmul_args padded = *a; /* the activation buffers, for padded_m rows */
-    padded.M = ap->padded_m;
-    ap->p.a = &padded;
-    size_t used = qk_avx512_buffers(&ap->p, 0, base);
-    ap->p.a = a;
+    ap->signed_b = ap->p.w->bits == 4;
+    ap->row_bytes = (size_t)ap->p.l.groups * (size_t)ap->steps * 64;
+    size_t used = 0;
+    ap->p.sums = qk_avx2_take(base, &used, (size_t)ap->padded_m * (size_t)ap->p.l.groups * sizeof *ap->p.sums);
+    ap->p.row_scale = qk_avx2_take(base, &used, (size_t)a->M * sizeof *ap->p.row_scale);
+    ap->a = qk_avx2_take(base, &used, (size_t)ap->padded_m * ap->row_bytes);
+    ap->rows0 = qk_avx2_take(base, &used, ap->row_bytes * (size_t)threads);
     qk_amx_scratch s;
     ap->scratch = qk_amx_carve_scratch(ap->steps, NULL, &s);
     ap->scratch0 = qk_avx2_take(base, &used, ap->scratch * (size_t)threads);
     return used;
 }
 
-/* Group g of `panel` as B tiles at out: steps * 16 rows of 64 bytes, zero past the group's rows. */
+/* Rows [begin, end) of X quantized into the thread's row buffer (each group zero-padded to whole
+ * 64-k steps), then copied piece by piece into the A tile layout. Rows past M are zeros. */
+static void prepare_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
+    const amx_problem* ap = arg;
+    const qk_avx512_problem* p = &ap->p;
+    int8_t* row = (int8_t*)ap->rows0 + (size_t)thread * ap->row_bytes;
+    size_t pieces = ap->row_bytes / 64;
+    for (int32_t m = begin; m < end; m++) {
+        int32_t* sums = p->sums + (size_t)m * p->l.groups;
+        if (m < p->a->M) {
+            p->row_scale[m] = qk_avx2_quantize_row(p->a, p->w, m, (size_t)ap->steps * 64, row, sums);
+        } else {
+            memset(row, 0, ap->row_bytes);
+            memset(sums, 0, (size_t)p->l.groups * sizeof *sums);
+        }
+        for (size_t j = 0; j < pieces; j++)
+            _mm512_store_si512((void*)(ap->a + ((size_t)(m / QK_AMX_BLOCK_ROWS) * pieces + j) * 2 * QK_AMX_TILE_BYTES +
+                                       (size_t)(m % QK_AMX_BLOCK_ROWS) * 64),
+                               _mm512_load_si512((const void*)(row + j * 64)));
+    }
+}
+
+/* Group g of `panel` as B tiles at out: steps * 16 rows of 64 bytes, zero past the group's rows.
+ * 4-bit weights are staged signed, as q - zp = u - zero (at most 15 in magnitude), so that the tile
+ * products are the group's acc itself (tdpbssd) and the fold needs no zero * xs; the byte of column
+ * j in a VNNI row is byte j / 4 of the row, so zero * 0x01010101 is zero's VNNI row. k past the
+ * group's end become -zero, where the activations are zeros. 8-bit weights stay u (tdpbsud). */
 static void stage_group(const qk_avx512_problem* p, int32_t panel, int32_t g, int32_t steps, uint8_t* out) {
     const qk_vnni16_layout* l = &p->l;
-    const uint8_t* rows = qk_vnni16_group(p->packed, l, panel, g) + l->header_bytes;
+    const uint8_t* group = qk_vnni16_group(p->packed, l, panel, g);
+    const uint8_t* rows = group + l->header_bytes;
     int32_t staged = p->w->bits == 4 ? 2 * l->rows : l->rows;
     if (p->w->bits == 4) {
         const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
+        __m512i zero = _mm512_mullo_epi32(_mm512_load_si512((const void*)(group + 64)), _mm512_set1_epi32(0x01010101));
         for (int32_t r = 0; r < l->rows; r++) {
             const uint8_t* row = rows + (size_t)r * QK_VNNI16_ROW_BYTES;
             /* The panel's groups are contiguous: a stream the hardware prefetcher does not run far
              * enough ahead of when each group's rows are followed by its tile products and fold. */
             _mm_prefetch((const char*)row + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
             __m512i v = _mm512_load_si512((const void*)row);
-            _mm512_store_si512((void*)(out + (size_t)(2 * r) * 64), _mm512_and_si512(v, low_nibbles));
+            _mm512_store_si512((void*)(out + (size_t)(2 * r) * 64), _mm512_sub_epi8(_mm512_and_si512(v, low_nibbles), zero));
             _mm512_store_si512((void*)(out + (size_t)(2 * r + 1) * 64),
-                               _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles));
+                               _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles), zero));
         }
     } else {
         memcpy(out, rows, (size_t)l->rows * QK_VNNI16_ROW_BYTES);
@@ -80,33 +116,50 @@ static void stage_group(const qk_avx512_problem* p, int32_t panel, int32_t g, in
     __asm__ volatile("" ::: "memory");
 }
 
-/* The products of one 32-row block over one group: C tiles 0, 1 (rows 0..15, panels 0, 1) and 2, 3
- * (rows 16..31), the latter only where the block has more than 16 rows (M = 9..16 and ragged last
- * blocks would otherwise spend half the tile products on padding). Tile numbers are instruction
- * immediates, hence the spelled-out cases. */
-static void block_products(const int8_t* a, size_t a_stride, const uint8_t* const b[2], int32_t steps, int panels,
-                           int32_t rows, int32_t* c) {
-    int lower = rows > QK_AMX_TILE_ROWS;
+/* One block: 32 rows (16 where `lower` is 0) of one group, for the task's panels. */
+typedef struct {
+    int32_t g, m, rows;
+} block;
+
+/* C tile c += A tile a . B tile b: signed B (4 bits, as staged) or unsigned (8 bits). Tile numbers
+ * are instruction immediates, hence a macro. */
+#define PRODUCT(signed_b, c, a, b)    \
+    do {                              \
+        if (signed_b)                 \
+            _tile_dpbssd(c, a, b);    \
+        else                          \
+            _tile_dpbsud(c, a, b);    \
+    } while (0)
+
+/* The products of one block over its group into C tiles 0, 1 (rows 0..15, panels 0, 1) and 2, 3 (rows
+ * 16..31), the latter only where the block has more than 16 rows (M = 9..16 and ragged last blocks
+ * would otherwise spend half the tile products on padding). Issued only: the tile unit runs them
+ * while the caller folds the block before (store_block then waits for them). */
+static void block_products(const int8_t* a, const uint8_t* const b[2], int32_t steps,
+                           int panels, int lower, int signed_b) {
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
     for (int32_t s = 0; s < steps; s++) {
-        const int8_t* as = a + (size_t)s * 64;
-        _tile_loadd(4, as, a_stride);
+        const int8_t* as = a + (size_t)s * 2 * QK_AMX_TILE_BYTES;
+        _tile_loadd(4, as, 64);
         _tile_loadd(6, b[0] + (size_t)s * QK_AMX_TILE_BYTES, 64);
-        _tile_dpbsud(0, 4, 6);
+        PRODUCT(signed_b, 0, 4, 6);
         if (lower) {
-            _tile_loadd(5, as + QK_AMX_TILE_ROWS * a_stride, a_stride);
-            _tile_dpbsud(2, 5, 6);
+            _tile_loadd(5, as + QK_AMX_TILE_BYTES, 64);
+            PRODUCT(signed_b, 2, 5, 6);
         }
         if (panels == 2) {
             _tile_loadd(7, b[1] + (size_t)s * QK_AMX_TILE_BYTES, 64);
-            _tile_dpbsud(1, 4, 7);
-            if (lower) _tile_dpbsud(3, 5, 7);
+            PRODUCT(signed_b, 1, 4, 7);
+            if (lower) PRODUCT(signed_b, 3, 5, 7);
         }
     }
-    /* C tile t (rows 16 (t / 2).., panel t % 2) stored as 16 rows of 16 int32 at c + t * 256. */
+}
+
+/* C tile t (rows 16 (t / 2).., panel t % 2) stored as 16 rows of 16 int32 at c + t * 256. */
+static void store_block(int32_t* c, int lower) {
     _tile_stored(0, c, 64);
     _tile_stored(1, c + 256, 64);
     if (lower) {
@@ -120,6 +173,35 @@ typedef struct {
     int32_t pairs;
 } task_job;
 
+/* Folds a stored block's acc (C, less zero * xs for 8 bits) into the task's float32 runs y32 and
+ * float64 sums y (qk_avx512_a8_fold). */
+QK_AVX512_INLINE void fold_block(const amx_problem* ap, const qk_amx_task* k, const qk_amx_scratch* s, block bk,
+                                 const int32_t* c) {
+    const qk_avx512_problem* p = &ap->p;
+    const int32_t groups = p->l.groups, rows = bk.rows;
+    const qk_a8_run_step step = qk_a8_run_step_of(bk.g, groups, p->has_offsets);
+    const int correct = !ap->signed_b;
+    const int32_t* xs = p->sums + (size_t)bk.m * (size_t)groups + bk.g; /* row r's: xs[r * groups] */
+    for (int pi = 0; pi < k->panels; pi++) {
+        const uint8_t* header = qk_vnni16_group(p->packed, &p->l, k->panel + pi, bk.g);
+        const __m512 scale = _mm512_load_ps((const float*)header);
+        const __m512i zero = _mm512_load_si512((const void*)(header + 64));
+        const __m512 offset =
+            p->has_offsets ? _mm512_load_ps((const float*)(header + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
+        size_t at = (size_t)(bk.m - k->m0) * QK_AVX512_TILE_COLUMNS + (size_t)pi * QK_VNNI16_PANEL;
+        const int32_t* xr = xs;
+        for (int32_t r0 = 0; r0 < rows; r0 += QK_AMX_TILE_ROWS) { /* C tiles pi (rows 0..15), 2 + pi (16..31) */
+            const int32_t* ct = c + (r0 / QK_AMX_TILE_ROWS * 2 + pi) * 256;
+            int32_t n = rows - r0 < QK_AMX_TILE_ROWS ? rows - r0 : QK_AMX_TILE_ROWS;
+            for (int32_t r = 0; r < n; r++, xr += groups, at += QK_AVX512_TILE_COLUMNS) {
+                __m512i acc = _mm512_load_si512((const void*)(ct + r * 16));
+                if (correct) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zero, _mm512_set1_epi32(*xr)));
+                qk_avx512_a8_fold(step, acc, scale, offset, *xr, s->y32 + at, s->y + at);
+            }
+        }
+    }
+}
+
 static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const task_job* job = arg;
     const amx_problem* ap = job->ap;
@@ -127,42 +209,36 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const qk_vnni16_layout* l = &p->l;
     qk_amx_scratch s;
     qk_amx_carve_scratch(ap->steps, ap->scratch0 + (size_t)thread * ap->scratch, &s);
-    int32_t* c = s.c;
     _tile_loadconfig(&qk_amx_tile_config);
+    size_t pieces = ap->row_bytes / 64;
     for (int32_t t = begin; t < end; t++) {
         qk_amx_task k = qk_amx_task_of(p, job->pairs, t);
         memset(s.y, 0, (size_t)(k.m1 - k.m0) * QK_AVX512_TILE_COLUMNS * sizeof(double));
+        /* Software pipeline: block i's products run on the tile unit while block i - 1 is folded from
+         * the other C buffer, so the two overlap instead of adding up. */
+        block previous = {-1, 0, 0};
+        int which = 0;
         for (int32_t g = 0; g < l->groups; g++) {
-            const uint8_t* header[2] = {qk_vnni16_group(p->packed, l, k.panel, g),
-                                        qk_vnni16_group(p->packed, l, k.panel + k.panels - 1, g)};
             const uint8_t* b[2] = {s.b[0], s.b[1]};
             for (int pi = 0; pi < k.panels; pi++) {
                 if (ap->direct) /* the packed rows are the B tiles: no copy */
-                    b[pi] = header[pi] + l->header_bytes;
+                    b[pi] = qk_vnni16_group(p->packed, l, k.panel + pi, g) + l->header_bytes;
                 else
                     stage_group(p, k.panel + pi, g, ap->steps, s.b[pi]);
             }
             for (int32_t m = k.m0; m < k.m1; m += QK_AMX_BLOCK_ROWS) {
-                int32_t rows = k.m1 - m < QK_AMX_BLOCK_ROWS ? k.m1 - m : QK_AMX_BLOCK_ROWS;
-                block_products(p->qx + (size_t)m * p->row + (size_t)g * p->group_stride, p->row, b, ap->steps,
-                               k.panels, rows, c);
-                for (int pi = 0; pi < k.panels; pi++) {
-                    __m512 scale = _mm512_load_ps((const float*)header[pi]);
-                    __m512i zero = _mm512_load_si512((const void*)(header[pi] + 64));
-                    for (int32_t r = 0; r < rows; r++) {
-                        int32_t xs = p->sums[(size_t)(m + r) * l->groups + g];
-                        __m512i acc = _mm512_loadu_si512((const void*)(c + (r / QK_AMX_TILE_ROWS * 2 + pi) * 256 +
-                                                                       (r % QK_AMX_TILE_ROWS) * 16));
-                        double* y = s.y + (size_t)(m - k.m0 + r) * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL;
-                        qk_avx512_fold_epi32(y, _mm512_sub_epi32(acc, _mm512_mullo_epi32(zero, _mm512_set1_epi32(xs))),
-                                             scale);
-                        if (p->has_offsets) /* offset * xs: exact in float64 */
-                            qk_avx512_fold_epi32(y, _mm512_set1_epi32(xs),
-                                                 _mm512_load_ps((const float*)(header[pi] + QK_VNNI16_HEADER)));
-                    }
-                }
+                block bk = {g, m, k.m1 - m < QK_AMX_BLOCK_ROWS ? k.m1 - m : QK_AMX_BLOCK_ROWS};
+                int lower = bk.rows > QK_AMX_TILE_ROWS;
+                block_products(ap->a + ((size_t)(m / QK_AMX_BLOCK_ROWS) * pieces + (size_t)g * (size_t)ap->steps) * 2 *
+                                           QK_AMX_TILE_BYTES,
+                               b, ap->steps, k.panels, lower, ap->signed_b);
+                if (previous.g >= 0) fold_block(ap, &k, &s, previous, s.c[1 - which]);
+                store_block(s.c[which], lower);
+                previous = bk;
+                which = 1 - which;
             }
         }
+        fold_block(ap, &k, &s, previous, s.c[1 - which]);
         qk_avx512_finish_rows(p, k.panel, k.panels, k.m0, k.m1 - k.m0, s.y);
     }
 }
@@ -175,11 +251,8 @@ size_t qk_amx_a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, 
 qk_status qk_amx_a8_32x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
     amx_problem ap;
     layout(&ap, w, a, exec->threads, exec->workspace);
-    qk_avx512_prepare_rows(exec, &ap.p);
-    /* The padding rows: zeros, so that the A tiles past M read zeros. */
-    size_t pad = (size_t)(ap.padded_m - a->M);
-    memset(ap.p.qx + (size_t)a->M * ap.p.row, 0, pad * ap.p.row);
-    memset(ap.p.sums + (size_t)a->M * ap.p.l.groups, 0, pad * (size_t)ap.p.l.groups * sizeof *ap.p.sums);
+    int32_t grain = 16384 / w->format.K; /* a few microseconds per task, as qk_avx512_prepare_rows */
+    qk_parallel_for(exec, ap.padded_m, grain > 1 ? grain : 1, prepare_task, &ap);
     task_job job = {&ap, (ap.p.l.panels + 1) / 2};
     int32_t chunks = (a->M + QK_AMX_CHUNK_ROWS - 1) / QK_AMX_CHUNK_ROWS;
     qk_parallel_for(exec, chunks * job.pairs, 1, task, &job);

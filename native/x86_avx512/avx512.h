@@ -71,14 +71,36 @@ void qk_avx512_run_tiles(const qk_exec* exec, const qk_avx512_problem* p, int ti
 void qk_avx512_finish_rows(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int32_t rows,
                            double* y);
 
-/* y[0..15] += t * scale, in float64 (t: 16 int32 or float32 lanes, scale: 16 float32). */
-QK_AVX512_INLINE void qk_avx512_fold_epi32(double* y, __m512i t, __m512 scale) {
-    __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(t)), hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(t, 1));
-    __m512d s_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(scale)), s_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(scale, 1));
-    _mm512_storeu_pd(y, _mm512_fmadd_pd(lo, s_lo, _mm512_loadu_pd(y)));
-    _mm512_storeu_pd(y + 8, _mm512_fmadd_pd(hi, s_hi, _mm512_loadu_pd(y + 8)));
+/* A8 across groups (docs/numerics.md reading 20), shared by the x86_avx512 and x86_amx kernels so
+ * that both compute the same operations in the same order: per output, acc * scale (+ offset * xs)
+ * summed in float32 over runs of at most 14 groups (7 with offsets), each run then added to float64
+ * sums. Where group g stands in its run: */
+typedef struct {
+    int first, last, offsets;
+} qk_a8_run_step;
+
+QK_AVX512_INLINE qk_a8_run_step qk_a8_run_step_of(int32_t g, int32_t groups, int has_offsets) {
+    int32_t run = has_offsets ? 7 : 14;
+    qk_a8_run_step s = {g % run == 0, g % run == run - 1 || g == groups - 1, has_offsets};
+    return s;
 }
 
+/* Group g's 16 results of one row: run[0..15] (float32) = acc * scale, plus run unless g starts
+ * the run, plus offset * xs with offsets; where g ends the run, y[0..15] (float64) += run instead. */
+QK_AVX512_INLINE void qk_avx512_a8_fold(qk_a8_run_step s, __m512i acc, __m512 scale, __m512 offset, int32_t xs, float* run,
+                                        double* y) {
+    __m512 v = s.first ? _mm512_mul_ps(_mm512_cvtepi32_ps(acc), scale)
+                       : _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), scale, _mm512_load_ps(run));
+    if (s.offsets) v = _mm512_fmadd_ps(offset, _mm512_set1_ps((float)xs), v);
+    if (s.last) {
+        _mm512_storeu_pd(y, _mm512_add_pd(_mm512_loadu_pd(y), _mm512_cvtps_pd(_mm512_castps512_ps256(v))));
+        _mm512_storeu_pd(y + 8, _mm512_add_pd(_mm512_loadu_pd(y + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
+    } else {
+        _mm512_store_ps(run, v);
+    }
+}
+
+/* y[0..15] += t * scale, in float64 (t, scale: 16 float32 lanes). */
 QK_AVX512_INLINE void qk_avx512_fold_ps(double* y, __m512 t, __m512 scale) {
     __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(t)), hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(t, 1));
     __m512d s_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(scale)), s_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(scale, 1));

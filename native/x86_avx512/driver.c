@@ -36,16 +36,50 @@ size_t qk_avx512_buffers(qk_avx512_problem* p, int a16, void* base) {
     return used;
 }
 
+/* Eight float64 results rounded once to the output dtype and stored where `live`, bit for bit as
+ * qk_avx2_store rounds them: float32 directly; float16 and bfloat16 through float32 rounded to odd
+ * (truncated, the last bit set when inexact), which the final rounding to nearest even then makes
+ * one correct rounding (reading 8). */
+QK_AVX512_INLINE void store8(const qk_matmul_args* a, size_t first, __mmask8 live, __m512d y) {
+    __m256 f = _mm512_cvtpd_ps(y);
+    if (a->input_dtype == QK_DTYPE_F32) {
+        _mm256_mask_storeu_ps((float*)a->output + first, live, f);
+        return;
+    }
+    __m512d back = _mm512_cvtps_pd(f);
+    __mmask8 inexact = _mm512_cmp_pd_mask(back, y, _CMP_NEQ_OQ); /* never for NaN */
+    __mmask8 away = _mm512_cmp_pd_mask(_mm512_abs_pd(back), _mm512_abs_pd(y), _CMP_GT_OQ);
+    const __m256i one = _mm256_set1_epi32(1);
+    __m256i bits = _mm256_castps_si256(f);
+    bits = _mm256_mask_sub_epi32(bits, away, bits, one); /* rounded away from zero: one step back */
+    bits = _mm256_mask_or_epi32(bits, inexact, bits, one);
+    __m128i out;
+    if (a->input_dtype == QK_DTYPE_BF16) { /* to nearest even; NaN stays a quiet NaN */
+        __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), one);
+        __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), odd), 16);
+        __m256i quiet = _mm256_srli_epi32(_mm256_or_si256(bits, _mm256_set1_epi32(0x00400000)), 16);
+        __mmask8 nan = _mm256_cmp_ps_mask(_mm256_castsi256_ps(bits), _mm256_castsi256_ps(bits), _CMP_UNORD_Q);
+        out = _mm256_cvtepi32_epi16(_mm256_mask_mov_epi32(rounded, nan, quiet));
+    } else {
+        out = _mm256_cvtps_ph(_mm256_castsi256_ps(bits), _MM_FROUND_TO_NEAREST_INT);
+    }
+    _mm_mask_storeu_epi16((uint16_t*)a->output + first, live, out);
+}
+
 void qk_avx512_finish_rows(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int32_t rows,
                            double* y) {
-    int32_t N = p->w->N;
-    for (int32_t r = 0; r < rows; r++)
-        for (int32_t c = 0; c < panels * QK_VNNI16_PANEL; c += 8) { /* qk_avx2_finish rounds 8 at a time */
-            int32_t n = panel * QK_VNNI16_PANEL + c;
-            if (n < N)
-                qk_avx2_finish(p->a, N, p->row_scale, m + r, n, N - n < 8 ? N - n : 8,
-                               y + (size_t)r * QK_AVX512_TILE_COLUMNS + c);
+    const qk_matmul_args* a = p->a;
+    int32_t N = p->w->N, n0 = panel * QK_VNNI16_PANEL;
+    int32_t count = N - n0 < panels * QK_VNNI16_PANEL ? N - n0 : panels * QK_VNNI16_PANEL;
+    for (int32_t r = 0; r < rows; r++) {
+        __m512d scale = _mm512_set1_pd(p->row_scale[m + r]);
+        for (int32_t c = 0; c < count; c += 8) {
+            __mmask8 live = count - c >= 8 ? 0xFF : (__mmask8)((1u << (count - c)) - 1);
+            __m512d v = _mm512_mul_pd(_mm512_loadu_pd(y + (size_t)r * QK_AVX512_TILE_COLUMNS + c), scale);
+            if (a->bias) v = _mm512_add_pd(v, _mm512_cvtps_pd(_mm256_maskz_loadu_ps(live, a->bias + n0 + c)));
+            store8(a, (size_t)(m + r) * (size_t)N + (size_t)(n0 + c), live, v);
         }
+    }
 }
 
 static void prepare_task(void* arg, int32_t begin, int32_t end, int32_t thread) {

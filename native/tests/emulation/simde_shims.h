@@ -43,4 +43,58 @@ static inline simde__m256i qk_shim_mm512_cvtepi32_epi16(simde__m512i a) {
 }
 #define _mm512_cvtepi32_epi16(a) qk_shim_mm512_cvtepi32_epi16(a)
 
+/* vcvtpd2ps ymm, zmm: eight doubles rounded to float in the current rounding mode. */
+static inline simde__m256 qk_shim_mm512_cvtpd_ps(simde__m512d a) {
+    double in[8];
+    float out[8];
+    simde__m256 r;
+    memcpy(in, &a, sizeof in);
+    for (int i = 0; i < 8; i++) out[i] = (float)in[i];
+    memcpy(&r, out, sizeof r);
+    return r;
+}
+#define _mm512_cvtpd_ps(a) qk_shim_mm512_cvtpd_ps(a)
+
+/* vpsubd / vpord ymm{k}: lanes of k get a - b (wrapping) or a | b, the others keep w. */
+static inline simde__m256i qk_shim_mm256_mask_op_epi32(simde__m256i w, simde__mmask8 k, simde__m256i a,
+                                                       simde__m256i b, int is_or) {
+    uint32_t wv[8], av[8], bv[8];
+    simde__m256i r;
+    memcpy(wv, &w, sizeof wv);
+    memcpy(av, &a, sizeof av);
+    memcpy(bv, &b, sizeof bv);
+    for (int i = 0; i < 8; i++)
+        if (k >> i & 1) wv[i] = is_or ? av[i] | bv[i] : av[i] - bv[i];
+    memcpy(&r, wv, sizeof r);
+    return r;
+}
+#define _mm256_mask_sub_epi32(w, k, a, b) qk_shim_mm256_mask_op_epi32((w), (k), (a), (b), 0)
+#define _mm256_mask_or_epi32(w, k, a, b) qk_shim_mm256_mask_op_epi32((w), (k), (a), (b), 1)
+
+/* vpmovdw xmm, ymm: eight int32 truncated to their low 16 bits. */
+static inline simde__m128i qk_shim_mm256_cvtepi32_epi16(simde__m256i a) {
+    int32_t in[8];
+    int16_t out[8];
+    simde__m128i r;
+    memcpy(in, &a, sizeof in);
+    for (int i = 0; i < 8; i++) out[i] = (int16_t)(uint16_t)(uint32_t)in[i];
+    memcpy(&r, out, sizeof r);
+    return r;
+}
+#define _mm256_cvtepi32_epi16(a) qk_shim_mm256_cvtepi32_epi16(a)
+
+/* vmovups m256{k} / vmovdqu16 m128{k}: only the lanes of k are written (the others not touched). */
+static inline void qk_shim_mask_store(void* p, simde__mmask8 k, const void* a, size_t lane) {
+    for (int i = 0; i < 8; i++)
+        if (k >> i & 1) memcpy((char*)p + i * lane, (const char*)a + i * lane, lane);
+}
+static inline void qk_shim_mm256_mask_storeu_ps(void* p, simde__mmask8 k, simde__m256 a) {
+    qk_shim_mask_store(p, k, &a, 4);
+}
+static inline void qk_shim_mm_mask_storeu_epi16(void* p, simde__mmask8 k, simde__m128i a) {
+    qk_shim_mask_store(p, k, &a, 2);
+}
+#define _mm256_mask_storeu_ps(p, k, a) qk_shim_mm256_mask_storeu_ps((p), (k), (a))
+#define _mm_mask_storeu_epi16(p, k, a) qk_shim_mm_mask_storeu_epi16((p), (k), (a))
+
 #endif

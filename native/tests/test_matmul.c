@@ -402,7 +402,7 @@ static void test_ragged_tails(void) {
         }
 }
 
-/* Prefill shapes: M across the AMX kernel's 32-row blocks and 128-row task chunks (and the x86
+/* Prefill shapes: M across the AMX kernel's 32-row blocks and 256-row chunks (and the x86
  * kernels' tiles), N of an odd number of 16-column panels, groups spanning several 64-k tile steps
  * or ending inside one, 4 and 8 bits, asymmetric with offsets, symmetric without. */
 static void test_prefill_shapes(void) {
@@ -422,6 +422,24 @@ static void test_prefill_shapes(void) {
                     run_problem(&p);
                     problem_free(&p);
                 }
+}
+
+/* Long K at prefill M, A8: the AMX kernel cuts K into slices whose activations fit its L2 budget
+ * (1 MiB per chunk of 256 rows: 64 tile steps). At M = 257 and K = 4608 (72 steps) a group of the
+ * whole K goes on from one slice to the next with its int32 tiles kept, and g128's float32 runs of
+ * groups cross the slice boundary; the last chunk has one row. */
+static void test_long_k_slices(void) {
+    static const struct { int32_t G; int bits, symmetric; } formats[] = {{4608, 8, 1}, {4608, 4, 0}, {128, 4, 0}, {128, 8, 1}};
+    for (size_t fi = 0; fi < sizeof formats / sizeof formats[0]; fi++) {
+        problem p = {.M = 257, .N = 40, .K = 4608, .G = formats[fi].G, .bits = formats[fi].bits,
+                     .dtype = all_dtypes[fi % 3], .mode = QK_MODE_A8};
+        fill_activations(&p, X_UNIFORM);
+        fill_raw_weights(&p, formats[fi].symmetric);
+        if (!formats[fi].symmetric) fill_offsets(&p);
+        set_context("long K slices: %s", describe(&p));
+        run_problem(&p);
+        problem_free(&p);
+    }
 }
 
 /* Rows of NaN / +Inf / -Inf: A8 gives NaN rows and leaves the other rows exactly as they are
@@ -635,6 +653,7 @@ int main(int argc, char** argv) {
         test_format_v2_edges();
         test_ragged_tails();
         test_prefill_shapes();
+        test_long_k_slices();
         reseed(0xFFFFFFFF07ull);
         test_threads();
     }

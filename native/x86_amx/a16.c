@@ -48,7 +48,8 @@ static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmu
     size_t used = qk_avx512_buffers(&ap->p, 1, base); /* float32 rows of X, M of them */
     ap->a = qk_avx2_take(base, &used, (size_t)ap->parts * (size_t)ap->padded_m * ap->a_stride * sizeof(uint16_t));
     qk_amx_scratch s;
-    ap->scratch = qk_amx_carve_scratch(ap->steps, NULL, &s);
+    /* A thread's scratch, then its task's float64 results [QK_AMX_CHUNK_ROWS][32]. */
+    ap->scratch = qk_amx_carve_scratch(ap->steps, NULL, &s) + (size_t)QK_AMX_CHUNK_ROWS * QK_AVX512_TILE_COLUMNS * sizeof(double);
     ap->scratch0 = qk_avx2_take(base, &used, ap->scratch * (size_t)threads);
     return used;
 }
@@ -164,12 +165,13 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const qk_avx512_problem* p = &ap->p;
     const qk_vnni16_layout* l = &p->l;
     qk_amx_scratch s;
-    qk_amx_carve_scratch(ap->steps, ap->scratch0 + (size_t)thread * ap->scratch, &s);
-    float* c = s.c[0];
+    uint8_t* mine = ap->scratch0 + (size_t)thread * ap->scratch;
+    double* y = (double*)(mine + qk_amx_carve_scratch(ap->steps, mine, &s));
+    float* c = s.c;
     _tile_loadconfig(&qk_amx_tile_config); /* per task: see a8.c */
     for (int32_t t = begin; t < end; t++) {
         qk_amx_task k = qk_amx_task_of(p, job->pairs, t);
-        memset(s.y, 0, (size_t)(k.m1 - k.m0) * QK_AVX512_TILE_COLUMNS * sizeof(double));
+        memset(y, 0, (size_t)(k.m1 - k.m0) * QK_AVX512_TILE_COLUMNS * sizeof(double));
         for (int32_t g = 0; g < l->groups; g++) {
             const uint8_t* header[2];
             for (int pi = 0; pi < k.panels; pi++) {
@@ -193,15 +195,15 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
                     for (int pi = 0; pi < k.panels; pi++) {
                         __m512 scale = _mm512_load_ps((const float*)header[pi]);
                         for (int32_t r = 0; r < rows; r++) {
-                            double* y = s.y + (size_t)(m - k.m0 + r) * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL;
+                            double* yr = y + (size_t)(m - k.m0 + r) * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL;
                             const float* sums = c + (r / QK_AMX_TILE_ROWS * 2 + pi) * 256 + (r % QK_AMX_TILE_ROWS) * 16;
-                            qk_avx512_fold_ps(y, _mm512_loadu_ps(sums), scale);
+                            qk_avx512_fold_ps(yr, _mm512_loadu_ps(sums), scale);
                         }
                     }
                 }
             }
         }
-        qk_avx512_finish_rows(p, k.panel, k.panels, k.m0, k.m1 - k.m0, s.y);
+        qk_avx512_finish_rows(p, k.panel, k.panels, k.m0, k.m1 - k.m0, y);
     }
 }
 

@@ -40,25 +40,19 @@ enum {
     QK_AMX_CHUNK_ROWS = 256,
 };
 
-/* One thread's scratch: a group's staged B tiles of two panels; two buffers of the four C tiles as
- * stored (int32 or float32: A8 folds one block's results while the next block's products run); the
- * task's float32 partial sums (A8) and float64 results, [QK_AMX_CHUNK_ROWS][32] each. */
+/* One thread's scratch: the staged B tiles of two panels for `steps` tile steps, and the four C
+ * tiles as stored (int32 or float32). */
 typedef struct {
     uint8_t* b[2];
-    void* c[2];
-    float* y32;
-    double* y;
+    void* c;
 } qk_amx_scratch;
 
-/* Lays out a scratch for groups of `steps` tile steps at base (NULL: measures); returns its size. */
+/* Lays out a scratch for `steps` tile steps at base (NULL: measures); returns its size. */
 static inline size_t qk_amx_carve_scratch(int32_t steps, uint8_t* base, qk_amx_scratch* s) {
-    size_t used = 0, b_bytes = (size_t)steps * QK_AMX_TILE_BYTES, y = (size_t)QK_AMX_CHUNK_ROWS * QK_AVX512_TILE_COLUMNS;
+    size_t used = 0, b_bytes = (size_t)steps * QK_AMX_TILE_BYTES;
     s->b[0] = qk_avx2_take(base, &used, b_bytes);
     s->b[1] = qk_avx2_take(base, &used, b_bytes);
-    s->c[0] = qk_avx2_take(base, &used, 4 * QK_AMX_TILE_BYTES);
-    s->c[1] = qk_avx2_take(base, &used, 4 * QK_AMX_TILE_BYTES);
-    s->y32 = qk_avx2_take(base, &used, y * sizeof(float));
-    s->y = qk_avx2_take(base, &used, y * sizeof(double));
+    s->c = qk_avx2_take(base, &used, 4 * QK_AMX_TILE_BYTES);
     return used;
 }
 

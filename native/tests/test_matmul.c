@@ -301,22 +301,27 @@ static void test_overflow_stress(void) {
                 }
 }
 
-/* A16 rounding that accumulates: one per-channel group of K = 4096 whose products after the first
- * are each 0.6 ulp of the running sum, so that every float32 addition rounds the same way. A
- * float32 sum over all of K misses the float32 tolerance; kernels must fold partial sums into a
- * wider one (the contract allows float32 accumulation, the tolerance does not allow it unbounded). */
+/* A16 rounding that accumulates: one per-channel group whose terms after the first are each 0.6 ulp
+ * of the running sum, so that every float32 addition rounds the same way: per product (K = 4096),
+ * and per 32-k block (K = 16384: the products of a block sum to 0.6 ulp, as AMX-BF16 tile sums of
+ * float32 input do). A float32 sum over all of K misses the float32 tolerance; kernels must fold
+ * partial sums into a wider one (the contract allows float32 accumulation, the tolerance does not
+ * allow it unbounded). */
 static void test_long_float32_sums(void) {
-    problem p = {.M = 1, .N = 3, .K = 4096, .G = 4096, .bits = 8, .dtype = QK_DTYPE_F32, .mode = QK_MODE_A16};
-    set_context("long float32 sums: %s, same-sign terms of 0.6 ulp", describe(&p));
-    p.x = xmalloc(x_bytes(&p));
-    store_el(p.x, p.dtype, 0, 1.0f);
-    for (int32_t k = 1; k < p.K; k++) store_el(p.x, p.dtype, k, 0.6f * 0x1p-23f);
-    p.q = xmalloc(q_bytes(&p));
-    memset(p.q, 1, q_bytes(&p));
-    p.scales = xmalloc(n_groups(&p) * sizeof(float));
-    for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = 1.0f;
-    run_problem(&p);
-    problem_free(&p);
+    static const struct { int32_t K; float term; } sums[] = {{4096, 0.6f * 0x1p-23f}, {16384, 0.6f * 0x1p-28f}};
+    for (size_t si = 0; si < sizeof sums / sizeof sums[0]; si++) {
+        problem p = {.M = 1, .N = 3, .K = sums[si].K, .G = sums[si].K, .bits = 8, .dtype = QK_DTYPE_F32, .mode = QK_MODE_A16};
+        set_context("long float32 sums: %s, same-sign terms of %g", describe(&p), (double)sums[si].term);
+        p.x = xmalloc(x_bytes(&p));
+        store_el(p.x, p.dtype, 0, 1.0f);
+        for (int32_t k = 1; k < p.K; k++) store_el(p.x, p.dtype, k, sums[si].term);
+        p.q = xmalloc(q_bytes(&p));
+        memset(p.q, 1, q_bytes(&p));
+        p.scales = xmalloc(n_groups(&p) * sizeof(float));
+        for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = 1.0f;
+        run_problem(&p);
+        problem_free(&p);
+    }
 }
 
 /* Large K with many groups whose terms all have one sign, so that summation error grows with the
@@ -424,22 +429,28 @@ static void test_prefill_shapes(void) {
                 }
 }
 
-/* Long K at prefill M, A8: the AMX kernel cuts K into slices whose activations fit its L2 budget
- * (1 MiB per chunk of 256 rows: 64 tile steps). At M = 257 and K = 4608 (72 steps) a group of the
- * whole K goes on from one slice to the next with its int32 tiles kept, and g128's float32 runs of
- * groups cross the slice boundary; the last chunk has one row. */
+/* Long K at prefill M: the AMX kernels cut K into slices whose activations fit their L2 budget
+ * (1 MiB per chunk of 256 rows: 64 tile steps of A8, 32 of A16 with float16's two parts). At
+ * M = 257 and K = 4608 a group of the whole K goes on from one slice to the next (A8: its int32
+ * tiles kept; A16: its float32 sums folded at the slice's end), and g128's float32 runs of groups
+ * (A8) cross the slice boundaries; the last chunk has one row. */
 static void test_long_k_slices(void) {
-    static const struct { int32_t G; int bits, symmetric; } formats[] = {{4608, 8, 1}, {4608, 4, 0}, {128, 4, 0}, {128, 8, 1}};
-    for (size_t fi = 0; fi < sizeof formats / sizeof formats[0]; fi++) {
-        problem p = {.M = 257, .N = 40, .K = 4608, .G = formats[fi].G, .bits = formats[fi].bits,
-                     .dtype = all_dtypes[fi % 3], .mode = QK_MODE_A8};
-        fill_activations(&p, X_UNIFORM);
-        fill_raw_weights(&p, formats[fi].symmetric);
-        if (!formats[fi].symmetric) fill_offsets(&p);
-        set_context("long K slices: %s", describe(&p));
-        run_problem(&p);
-        problem_free(&p);
-    }
+    static const struct {
+        int32_t G;
+        int bits, symmetric;
+        qk_dtype dtype;
+    } formats[] = {{4608, 8, 1, QK_DTYPE_F16}, {4608, 4, 0, QK_DTYPE_BF16}, {128, 4, 0, QK_DTYPE_F32}, {128, 8, 1, QK_DTYPE_BF16}};
+    for (size_t fi = 0; fi < sizeof formats / sizeof formats[0]; fi++)
+        for (int mode = 0; mode < 2; mode++) {
+            problem p = {.M = 257, .N = 40, .K = 4608, .G = formats[fi].G, .bits = formats[fi].bits,
+                         .dtype = formats[fi].dtype, .mode = (qk_mode)mode};
+            fill_activations(&p, X_UNIFORM);
+            fill_raw_weights(&p, formats[fi].symmetric);
+            if (!formats[fi].symmetric) fill_offsets(&p);
+            set_context("long K slices: %s", describe(&p));
+            run_problem(&p);
+            problem_free(&p);
+        }
 }
 
 /* Rows of NaN / +Inf / -Inf: A8 gives NaN rows and leaves the other rows exactly as they are

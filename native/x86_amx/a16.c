@@ -8,30 +8,42 @@
  * product in float32; tdpbf16ps sums them in float32, like the AVX2 and AVX-512 kernels.
  *
  * Tiles as in a8.c (32 x 32 blocks: two A tiles of 16 rows x 32 bfloat16, two B tiles of 32 k x 16
- * columns in pairs, four float32 C tiles), one tdpbf16ps per tile pair and part. A task stages each
+ * columns in pairs, four float32 C tiles), one tdpbf16ps per tile pair and part. Tasks as in a8.c:
+ * one pair of panels for a chunk of rows and a slice of K (A_SLICE_BYTES); a task stages each
  * group's weights of its two panels once as bfloat16 B tiles (u - zero, zero-padded to whole tiles)
- * and reuses them for every 32-row block of its rows. The activations' parts are laid out per
- * group padded to whole 32-k steps with zeros, so a tile never reads another group's activations
- * (an Inf there times a zero weight would be NaN). C is added into float64, times the group's scale,
- * at the end of each group and after at most fold_steps steps, which bounds the float32 sums. */
+ * and reuses them for every 32-row block of its rows. The activations' parts are laid out as A
+ * tiles like a8.c's (for each 32-row block, its 32-k pieces one after the other, each piece's parts
+ * one after the other), each group padded to whole 32-k steps with zeros, so a tile never reads
+ * another group's activations (an Inf there times a zero weight would be NaN). C is added into
+ * float32 runs (qk_avx512_run_fma), times the group's scale, at the end of each group and after at
+ * most fold_steps steps, which bounds the float32 tile sums; the runs of at most RUN_FOLDS such
+ * sums are then added to float64 sums. Slices of K end where a tile sum does, so they change no
+ * result. */
 #include <string.h>
 
 #include "amx.h"
 
 enum {
     STEP_K = 32,      /* k per bfloat16 tile step */
-    FOLD_STEPS = 4,   /* float16 / bfloat16: at most 128 k (256 products) per float32 sum (reading 21) */
+    FOLD_STEPS = 4,   /* float16 / bfloat16: at most 128 k (256 products) per float32 tile sum (reading 21) */
+    RUN_FOLDS = 64,   /* tile sums per float32 run, before the float64 sum (reading 21) */
+    A_SLICE_BYTES = 1024 * 1024, /* activation parts of a chunk's slice of K: in L2, as in a8.c */
 };
 
 typedef struct {
     qk_avx512_problem p;
-    int32_t padded_m;   /* M rounded up to QK_AMX_BLOCK_ROWS */
-    int32_t parts;      /* bfloat16 parts per activation: 1 (bfloat16 input), 2 (float16), 3 (float32) */
-    int32_t fold_steps; /* steps per float32 sum */
-    int32_t steps;      /* 32-k steps per group */
-    size_t a_row;       /* bfloat16 elements per row of a part: groups * steps * STEP_K */
-    size_t a_stride;    /* elements from one row to the next: a_row and a cache line (see a8.c) */
-    uint16_t* a;        /* [parts][padded_m][a_stride] */
+    int32_t padded_m;    /* M rounded up to QK_AMX_BLOCK_ROWS */
+    int32_t chunk_rows;  /* rows per chunk: QK_AMX_CHUNK_ROWS, or fewer for a smaller M */
+    int32_t parts;       /* bfloat16 parts per activation: 1 (bfloat16 input), 2 (float16), 3 (float32) */
+    int32_t fold_steps;  /* steps per float32 sum */
+    int32_t steps;       /* 32-k steps per group */
+    int32_t slice_steps; /* steps per slice of K: whole groups, or a multiple of fold_steps */
+    int32_t pairs;       /* panel pairs: tasks per chunk and slice */
+    size_t pieces;       /* 32-k pieces of a row: groups * steps */
+    uint8_t* a;          /* the parts as A tiles: [padded_m / 32][pieces][parts][32][64 bytes] */
+    int per_pair;        /* results per panel pair (K has slices: kept between them), else per thread */
+    double* y;           /* float64 results, [pairs or threads][chunk_rows][32] */
+    float* y32;          /* float32 runs, the same */
     size_t scratch;
     uint8_t* scratch0;
 } amx_problem;
@@ -40,54 +52,61 @@ static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmu
                      void* base) {
     ap->p = qk_avx512_problem_of(w, a);
     ap->padded_m = (a->M + QK_AMX_BLOCK_ROWS - 1) / QK_AMX_BLOCK_ROWS * QK_AMX_BLOCK_ROWS;
+    ap->chunk_rows = ap->padded_m < QK_AMX_CHUNK_ROWS ? ap->padded_m : QK_AMX_CHUNK_ROWS;
     ap->parts = a->input_dtype == QK_DTYPE_BF16 ? 1 : a->input_dtype == QK_DTYPE_F16 ? 2 : 3;
     ap->fold_steps = ap->parts == 3 ? 1 : FOLD_STEPS;
     ap->steps = (int32_t)((ap->p.group_stride + STEP_K - 1) / STEP_K);
-    ap->a_row = (size_t)ap->p.l.groups * (size_t)ap->steps * STEP_K;
-    ap->a_stride = ap->a_row + 32;
+    int32_t budget = (int32_t)(A_SLICE_BYTES / ((size_t)ap->chunk_rows * 64 * (size_t)ap->parts));
+    ap->slice_steps = ap->steps <= budget ? budget / ap->steps * ap->steps
+                                          : (budget > ap->fold_steps ? budget / ap->fold_steps * ap->fold_steps : ap->fold_steps);
+    ap->pairs = (ap->p.l.panels + 1) / 2;
+    ap->pieces = (size_t)ap->p.l.groups * (size_t)ap->steps;
+    ap->per_pair = ap->slice_steps < ap->p.l.groups * ap->steps;
     size_t used = qk_avx512_buffers(&ap->p, 1, base); /* float32 rows of X, M of them */
-    ap->a = qk_avx2_take(base, &used, (size_t)ap->parts * (size_t)ap->padded_m * ap->a_stride * sizeof(uint16_t));
+    ap->a = qk_avx2_take(base, &used, (size_t)ap->padded_m * ap->pieces * (size_t)ap->parts * 64);
+    size_t results = (size_t)(ap->per_pair ? ap->pairs : threads) * (size_t)ap->chunk_rows * QK_AVX512_TILE_COLUMNS;
+    ap->y = qk_avx2_take(base, &used, results * sizeof *ap->y);
+    ap->y32 = qk_avx2_take(base, &used, results * sizeof *ap->y32);
     qk_amx_scratch s;
-    /* A thread's scratch, then its task's float64 results [QK_AMX_CHUNK_ROWS][32]. */
-    ap->scratch = qk_amx_carve_scratch(ap->steps, NULL, &s) + (size_t)QK_AMX_CHUNK_ROWS * QK_AVX512_TILE_COLUMNS * sizeof(double);
+    ap->scratch = qk_amx_carve_scratch(ap->steps < ap->slice_steps ? ap->steps : ap->slice_steps, NULL, &s);
     ap->scratch0 = qk_avx2_take(base, &used, ap->scratch * (size_t)threads);
     return used;
 }
 
-/* Row m's activations as bfloat16 parts (zeros for rows past M and past each group's end). */
+/* Row m's activations as bfloat16 parts in the A tile layout (zeros for rows past M and past each
+ * group's end). */
 static void split_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const amx_problem* ap = arg;
     const qk_avx512_problem* p = &ap->p;
-    size_t part_stride = (size_t)ap->padded_m * ap->a_stride, gs = p->group_stride;
+    size_t gs = p->group_stride, piece_bytes = (size_t)ap->parts * 2 * QK_AMX_TILE_BYTES;
     const __m512i high_half = _mm512_set1_epi32((int32_t)0xFFFF0000u), quiet = _mm512_set1_epi32(0x00400000);
     for (int32_t m = begin; m < end; m++) {
-        uint16_t* hi = ap->a + (size_t)m * ap->a_stride;
+        /* Row m of piece j, part q: at row + j * piece_bytes + q * 2 KiB. */
+        uint8_t* row = ap->a + (size_t)(m / QK_AMX_BLOCK_ROWS) * ap->pieces * piece_bytes + (size_t)(m % QK_AMX_BLOCK_ROWS) * 64;
         if (m >= p->a->M) {
-            for (int32_t q = 0; q < ap->parts; q++) memset(hi + q * part_stride, 0, ap->a_row * sizeof *hi);
+            for (size_t j = 0; j < ap->pieces * (size_t)ap->parts; j++) memset(row + j * 2 * QK_AMX_TILE_BYTES, 0, 64);
             continue;
         }
         for (int32_t g = 0; g < p->l.groups; g++) {
             const float* x = p->x + (size_t)m * p->row + (size_t)g * gs;
-            uint16_t* out = hi + (size_t)g * (size_t)ap->steps * STEP_K;
-            size_t k = 0;
-            for (; k < gs; k += 16) { /* gs is a multiple of 4; the loader zero-pads x to the group's end */
-                __mmask16 live = k + 16 <= gs ? 0xFFFF : (__mmask16)((1u << (gs - k)) - 1);
+            for (size_t k = 0; k < (size_t)ap->steps * STEP_K; k += 16) {
+                /* gs is a multiple of 4; the loader zero-pads x to the group's end, zeros past it */
+                __mmask16 live = k + 16 <= gs ? 0xFFFF : k < gs ? (__mmask16)((1u << (gs - k)) - 1) : 0;
                 __m512 rest = _mm512_maskz_loadu_ps(live, x + k);
+                uint8_t* out = row + ((size_t)g * (size_t)ap->steps + k / STEP_K) * piece_bytes + (k % STEP_K) * 2;
                 for (int32_t q = 0; q < ap->parts; q++) {
                     /* A NaN keeps its quiet bit, so that its top half is a NaN too. */
                     __m512i bits = _mm512_castps_si512(rest);
                     bits = _mm512_mask_or_epi32(bits, _mm512_cmp_ps_mask(rest, rest, _CMP_UNORD_Q), bits, quiet);
                     __m512i top = _mm512_and_si512(bits, high_half);
-                    _mm256_mask_storeu_epi16(out + q * part_stride + k, live,
-                                             _mm512_cvtepi32_epi16(_mm512_srli_epi32(top, 16)));
+                    _mm256_storeu_si256((__m256i*)(out + (size_t)q * 2 * QK_AMX_TILE_BYTES),
+                                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(top, 16)));
                     /* The rest, exact; NaN where x is not finite (Inf - Inf), where the top part alone is x. */
                     rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(top));
                     rest = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(rest, rest, _CMP_ORD_Q), rest);
                 }
             }
-            size_t tail = (size_t)ap->steps * STEP_K - gs;
-            for (int32_t q = 0; q < ap->parts; q++) memset(out + q * part_stride + gs, 0, tail * sizeof *out);
         }
     }
 }
@@ -106,15 +125,18 @@ QK_AVX512_INLINE void bf16_rows(__m512i v, __m512i zero, uint8_t* out) {
                                                                     _mm512_and_si512(w[2 * r + 1], high_half)));
 }
 
-/* Group g of `panel` as bfloat16 B tiles at out: steps * 16 rows of 64 bytes, zero past the group. */
-static void stage_group(const amx_problem* ap, int32_t panel, int32_t g, uint8_t* out) {
+/* Steps [s0, s1) of group g of `panel` as bfloat16 B tiles at out: (s1 - s0) * 16 rows of 64 bytes,
+ * zero past the group. A step is 32 k: 4 packed rows of 4-bit weights, 8 of 8-bit. */
+static void stage_group(const amx_problem* ap, int32_t panel, int32_t g, int32_t s0, int32_t s1, uint8_t* out) {
     const qk_avx512_problem* p = &ap->p;
     const qk_vnni16_layout* l = &p->l;
     const uint8_t* group = qk_vnni16_group(p->packed, l, panel, g);
+    int32_t per_step = STEP_K / l->k_per_row, first = s0 * per_step;
+    int32_t last = l->rows < s1 * per_step ? l->rows : s1 * per_step;
     const uint8_t* rows = group + l->header_bytes;
     __m512i zero = _mm512_load_si512((const void*)(group + 64));
     int32_t staged = 0; /* bfloat16 rows written */
-    for (int32_t r = 0; r < l->rows; r++) {
+    for (int32_t r = first; r < last; r++) {
         const uint8_t* row = rows + (size_t)r * QK_VNNI16_ROW_BYTES;
         _mm_prefetch((const char*)row + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0); /* as in a8.c */
         __m512i v = _mm512_load_si512((const void*)row);
@@ -128,22 +150,27 @@ static void stage_group(const amx_problem* ap, int32_t panel, int32_t g, uint8_t
             staged += 2;
         }
     }
-    memset(out + (size_t)staged * 64, 0, ((size_t)ap->steps * QK_AMX_TILE_ROWS - (size_t)staged) * 64);
+    memset(out + (size_t)staged * 64, 0, ((size_t)(s1 - s0) * QK_AMX_TILE_ROWS - (size_t)staged) * 64);
     /* gcc's _tile_loadd asm declares no memory read: keep these stores before the tile loads. */
     __asm__ volatile("" ::: "memory");
 }
 
-/* C tiles 0..3 += the products of steps [s0, s1) of one 32-row block, every part. */
-static void block_products(const amx_problem* ap, const uint16_t* a, uint8_t* const b[2], int32_t s0, int32_t s1,
+/* C tiles 0..3 = the products of `steps` steps of one 32-row block, every part: a is the block's
+ * first piece, b the staged B tiles of its first step. */
+static void block_products(const amx_problem* ap, const uint8_t* a, const uint8_t* const b[2], int32_t steps,
                            int panels) {
-    size_t stride = ap->a_stride * sizeof *a, part_stride = (size_t)ap->padded_m * ap->a_stride;
-    for (int32_t s = s0; s < s1; s++) {
+    size_t piece_bytes = (size_t)ap->parts * 2 * QK_AMX_TILE_BYTES;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int32_t s = 0; s < steps; s++) {
         _tile_loadd(6, b[0] + (size_t)s * QK_AMX_TILE_BYTES, 64);
         if (panels == 2) _tile_loadd(7, b[1] + (size_t)s * QK_AMX_TILE_BYTES, 64);
         for (int32_t q = 0; q < ap->parts; q++) {
-            const uint16_t* as = a + q * part_stride + (size_t)s * STEP_K;
-            _tile_loadd(4, as, stride);
-            _tile_loadd(5, as + QK_AMX_TILE_ROWS * ap->a_stride, stride);
+            const uint8_t* as = a + (size_t)s * piece_bytes + (size_t)q * 2 * QK_AMX_TILE_BYTES;
+            _tile_loadd(4, as, 64);
+            _tile_loadd(5, as + QK_AMX_TILE_BYTES, 64);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(2, 5, 6);
             if (panels == 2) {
@@ -154,9 +181,11 @@ static void block_products(const amx_problem* ap, const uint16_t* a, uint8_t* co
     }
 }
 
+/* One slice of K, steps [k0, k1) of the groups one after the other, for the rows [m0, m1) of a
+ * chunk: a task per panel pair. */
 typedef struct {
     const amx_problem* ap;
-    int32_t pairs;
+    int32_t m0, m1, k0, k1;
 } task_job;
 
 static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
@@ -165,45 +194,54 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const qk_avx512_problem* p = &ap->p;
     const qk_vnni16_layout* l = &p->l;
     qk_amx_scratch s;
-    uint8_t* mine = ap->scratch0 + (size_t)thread * ap->scratch;
-    double* y = (double*)(mine + qk_amx_carve_scratch(ap->steps, mine, &s));
+    qk_amx_carve_scratch(ap->steps < ap->slice_steps ? ap->steps : ap->slice_steps,
+                         ap->scratch0 + (size_t)thread * ap->scratch, &s);
     float* c = s.c;
     _tile_loadconfig(&qk_amx_tile_config); /* per task: see a8.c */
-    for (int32_t t = begin; t < end; t++) {
-        qk_amx_task k = qk_amx_task_of(p, job->pairs, t);
-        memset(y, 0, (size_t)(k.m1 - k.m0) * QK_AVX512_TILE_COLUMNS * sizeof(double));
-        for (int32_t g = 0; g < l->groups; g++) {
+    size_t piece_bytes = (size_t)ap->parts * 2 * QK_AMX_TILE_BYTES, chunk = (size_t)ap->chunk_rows * QK_AVX512_TILE_COLUMNS;
+    int32_t rows_of_chunk = job->m1 - job->m0;
+    int32_t folds = (ap->steps + ap->fold_steps - 1) / ap->fold_steps; /* tile sums per group */
+    for (int32_t pair = begin; pair < end; pair++) {
+        int32_t panel = 2 * pair;
+        int panels = l->panels - panel < 2 ? 1 : 2;
+        double* y = ap->y + (size_t)(ap->per_pair ? pair : thread) * chunk;
+        float* y32 = ap->y32 + (size_t)(ap->per_pair ? pair : thread) * chunk;
+        if (job->k0 == 0) memset(y, 0, (size_t)rows_of_chunk * QK_AVX512_TILE_COLUMNS * sizeof *y);
+        for (int32_t g = job->k0 / ap->steps; g * ap->steps < job->k1; g++) {
+            /* This slice's steps of group g: [s0, s1), s0 a multiple of fold_steps. */
+            int32_t s0 = job->k0 - g * ap->steps > 0 ? job->k0 - g * ap->steps : 0;
+            int32_t s1 = job->k1 - g * ap->steps < ap->steps ? job->k1 - g * ap->steps : ap->steps;
             const uint8_t* header[2];
-            for (int pi = 0; pi < k.panels; pi++) {
-                stage_group(ap, k.panel + pi, g, s.b[pi]);
-                header[pi] = qk_vnni16_group(p->packed, l, k.panel + pi, g);
+            for (int pi = 0; pi < panels; pi++) {
+                stage_group(ap, panel + pi, g, s0, s1, s.b[pi]);
+                header[pi] = qk_vnni16_group(p->packed, l, panel + pi, g);
             }
-            for (int32_t m = k.m0; m < k.m1; m += QK_AMX_BLOCK_ROWS) {
-                const uint16_t* a = ap->a + (size_t)m * ap->a_stride + (size_t)g * (size_t)ap->steps * STEP_K;
-                int32_t rows = k.m1 - m < QK_AMX_BLOCK_ROWS ? k.m1 - m : QK_AMX_BLOCK_ROWS;
-                for (int32_t s0 = 0; s0 < ap->steps; s0 += ap->fold_steps) {
-                    _tile_zero(0);
-                    _tile_zero(1);
-                    _tile_zero(2);
-                    _tile_zero(3);
-                    block_products(ap, a, s.b, s0, s0 + ap->fold_steps < ap->steps ? s0 + ap->fold_steps : ap->steps,
-                                   k.panels);
+            for (int32_t m = job->m0; m < job->m1; m += QK_AMX_BLOCK_ROWS) {
+                const uint8_t* a = ap->a + ((size_t)(m / QK_AMX_BLOCK_ROWS) * ap->pieces + (size_t)g * (size_t)ap->steps) * piece_bytes;
+                int32_t rows = job->m1 - m < QK_AMX_BLOCK_ROWS ? job->m1 - m : QK_AMX_BLOCK_ROWS;
+                for (int32_t f0 = s0; f0 < s1; f0 += ap->fold_steps) {
+                    int32_t f1 = f0 + ap->fold_steps < s1 ? f0 + ap->fold_steps : s1;
+                    const uint8_t* b[2] = {s.b[0] + (size_t)(f0 - s0) * QK_AMX_TILE_BYTES,
+                                           s.b[1] + (size_t)(f0 - s0) * QK_AMX_TILE_BYTES};
+                    block_products(ap, a + (size_t)f0 * piece_bytes, b, f1 - f0, panels);
                     _tile_stored(0, c, 64);
                     _tile_stored(1, c + 256, 64);
                     _tile_stored(2, c + 512, 64);
                     _tile_stored(3, c + 768, 64);
-                    for (int pi = 0; pi < k.panels; pi++) {
+                    qk_run_step step = qk_run_step_of(g * folds + f0 / ap->fold_steps, l->groups * folds, RUN_FOLDS);
+                    for (int pi = 0; pi < panels; pi++) {
                         __m512 scale = _mm512_load_ps((const float*)header[pi]);
                         for (int32_t r = 0; r < rows; r++) {
-                            double* yr = y + (size_t)(m - k.m0 + r) * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL;
+                            size_t at = (size_t)(m - job->m0 + r) * QK_AVX512_TILE_COLUMNS + (size_t)pi * QK_VNNI16_PANEL;
                             const float* sums = c + (r / QK_AMX_TILE_ROWS * 2 + pi) * 256 + (r % QK_AMX_TILE_ROWS) * 16;
-                            qk_avx512_fold_ps(yr, _mm512_loadu_ps(sums), scale);
+                            qk_avx512_run_end(step, qk_avx512_run_fma(step, _mm512_load_ps(sums), scale, y32 + at), y32 + at,
+                                              y + at);
                         }
                     }
                 }
             }
         }
-        qk_avx512_finish_rows(p, k.panel, k.panels, k.m0, k.m1 - k.m0, y);
+        if (job->k1 == l->groups * ap->steps) qk_avx512_finish_rows(p, panel, panels, job->m0, rows_of_chunk, y);
     }
 }
 
@@ -217,8 +255,12 @@ qk_status qk_amx_a16_32x32(const qk_exec* exec, const qk_kernel_weights* w, cons
     layout(&ap, w, a, exec->threads, exec->workspace);
     qk_avx512_prepare_rows(exec, &ap.p);
     qk_parallel_for(exec, ap.padded_m, 1, split_task, &ap);
-    task_job job = {&ap, (ap.p.l.panels + 1) / 2};
-    int32_t chunks = (a->M + QK_AMX_CHUNK_ROWS - 1) / QK_AMX_CHUNK_ROWS;
-    qk_parallel_for(exec, chunks * job.pairs, 1, task, &job);
+    int32_t k_steps = ap.p.l.groups * ap.steps; /* chunk by chunk, slice by slice, as in a8.c */
+    for (int32_t m0 = 0; m0 < a->M; m0 += ap.chunk_rows)
+        for (int32_t k0 = 0; k0 < k_steps; k0 += ap.slice_steps) {
+            task_job job = {&ap, m0, a->M - m0 < ap.chunk_rows ? a->M : m0 + ap.chunk_rows, k0,
+                            k_steps - k0 < ap.slice_steps ? k_steps : k0 + ap.slice_steps};
+            qk_parallel_for(exec, ap.pairs, 1, task, &job);
+        }
     return QK_OK;
 }

@@ -217,7 +217,7 @@ QK_AVX512_INLINE void fold_block(const amx_problem* ap, int32_t panel, int panel
                                  const int32_t* c, float* y32, double* y) {
     const qk_avx512_problem* p = &ap->p;
     const int32_t groups = p->l.groups, rows = bk.rows;
-    const qk_a8_run_step step = qk_a8_run_step_of(bk.g, groups, p->has_offsets);
+    const qk_run_step step = qk_a8_run_step_of(bk.g, groups, p->has_offsets);
     const int correct = !ap->signed_b;
     const int32_t* xs = p->sums + (size_t)bk.m * (size_t)groups + bk.g; /* row r's: xs[r * groups] */
     for (int pi = 0; pi < panels; pi++) {
@@ -234,7 +234,7 @@ QK_AVX512_INLINE void fold_block(const amx_problem* ap, int32_t panel, int panel
             for (int32_t r = 0; r < n; r++, xr += groups, at += QK_AVX512_TILE_COLUMNS) {
                 __m512i acc = _mm512_load_si512((const void*)(ct + r * 16));
                 if (correct) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zero, _mm512_set1_epi32(*xr)));
-                qk_avx512_a8_fold(step, acc, scale, offset, *xr, y32 + at, y + at);
+                qk_avx512_a8_fold(step, p->has_offsets, acc, scale, offset, *xr, y32 + at, y + at);
             }
         }
     }

@@ -56,21 +56,6 @@ static inline size_t qk_amx_carve_scratch(int32_t steps, uint8_t* base, qk_amx_s
     return used;
 }
 
-/* Task t of `pairs` panel pairs per chunk: its first panel, panel count (1 or 2) and rows [m0, m1). */
-typedef struct {
-    int32_t panel, m0, m1;
-    int panels;
-} qk_amx_task;
-
-static inline qk_amx_task qk_amx_task_of(const qk_avx512_problem* p, int32_t pairs, int32_t t) {
-    qk_amx_task k;
-    k.panel = 2 * (t % pairs);
-    k.m0 = t / pairs * QK_AMX_CHUNK_ROWS;
-    k.m1 = p->a->M - k.m0 < QK_AMX_CHUNK_ROWS ? p->a->M : k.m0 + QK_AMX_CHUNK_ROWS;
-    k.panels = p->l.panels - k.panel < 2 ? 1 : 2;
-    return k;
-}
-
 size_t qk_amx_a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_amx_a8_32x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 size_t qk_amx_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);

@@ -6,9 +6,10 @@
  * each of 16 columns; 4-bit rows are split into their two nibble vectors (k 8r..8r+3 and
  * 8r+4..8r+7) by a mask and a shift. Per group, sum qx * (q - zp) = sum qx * u - zero * xs with
  * xs = sum qx from the quantizer: exact in int32 (vpdpbusd wraps, and the final value fits for
- * G <= QK_A8_INT32_EXACT_GROUP), then scaled and summed over groups in float32 runs added to float64
- * sums (qk_avx512_a8_fold, reading 20), with the offset term offset * xs when the weights have offsets. Activations past a group's end are
- * zero, as are the pack's weights there, so padding adds nothing.
+ * G <= QK_A8_INT32_EXACT_GROUP), then scaled and summed over groups in float32 runs added to
+ * float64 sums (qk_avx512_a8_fold, reading 20), with the offset term offset * xs when the weights
+ * have offsets. Activations past a group's end are zero, as are the pack's weights there, so
+ * padding adds nothing.
  *
  * One tile of up to 8 rows x 32 columns serves every M: 16 accumulators, the weights' nibble split
  * shared by 8 rows. Measured at 4096 x 4096 (weights in cache, shared machine), a 4-row tile took
@@ -63,7 +64,7 @@ QK_AVX512_INLINE void a8_tile(const qk_avx512_problem* p, int bits, int panels, 
                 }
             }
         }
-        qk_a8_run_step step = qk_a8_run_step_of(g, l->groups, p->has_offsets);
+        qk_run_step step = qk_a8_run_step_of(g, l->groups, p->has_offsets);
         for (int pi = 0; pi < panels; pi++) {
             __m512 scale = _mm512_load_ps((const float*)group[pi]);
             __m512i zero = _mm512_load_si512((const void*)(group[pi] + 64));
@@ -71,7 +72,7 @@ QK_AVX512_INLINE void a8_tile(const qk_avx512_problem* p, int bits, int panels, 
             for (int r = 0; r < rows; r++) {
                 int32_t xs = sums[(size_t)r * l->groups + g];
                 size_t at = (size_t)r * QK_AVX512_TILE_COLUMNS + (size_t)pi * QK_VNNI16_PANEL;
-                qk_avx512_a8_fold(step, _mm512_sub_epi32(acc[r][pi], _mm512_mullo_epi32(zero, _mm512_set1_epi32(xs))),
+                qk_avx512_a8_fold(step, p->has_offsets, _mm512_sub_epi32(acc[r][pi], _mm512_mullo_epi32(zero, _mm512_set1_epi32(xs))),
                                   scale, offset, xs, run + at, y + at);
             }
         }

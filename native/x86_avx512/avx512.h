@@ -71,33 +71,45 @@ void qk_avx512_run_tiles(const qk_exec* exec, const qk_avx512_problem* p, int ti
 void qk_avx512_finish_rows(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int32_t rows,
                            double* y);
 
-/* A8 across groups (docs/numerics.md reading 20), shared by the x86_avx512 and x86_amx kernels so
- * that both compute the same operations in the same order: per output, acc * scale (+ offset * xs)
- * summed in float32 over runs of at most 14 groups (7 with offsets), each run then added to float64
- * sums. Where group g stands in its run: */
+/* Float32 runs (docs/numerics.md readings 20 and 21): terms summed in float32 over runs of at most
+ * `length` consecutive terms, each run then added to a float64 sum. Where term i of n stands: */
 typedef struct {
-    int first, last, offsets;
-} qk_a8_run_step;
+    int first, last;
+} qk_run_step;
 
-QK_AVX512_INLINE qk_a8_run_step qk_a8_run_step_of(int32_t g, int32_t groups, int has_offsets) {
-    int32_t run = has_offsets ? 7 : 14;
-    qk_a8_run_step s = {g % run == 0, g % run == run - 1 || g == groups - 1, has_offsets};
+QK_AVX512_INLINE qk_run_step qk_run_step_of(int32_t i, int32_t n, int32_t length) {
+    qk_run_step s = {i % length == 0, i % length == length - 1 || i == n - 1};
     return s;
 }
 
-/* Group g's 16 results of one row: run[0..15] (float32) = acc * scale, plus run unless g starts
- * the run, plus offset * xs with offsets; where g ends the run, y[0..15] (float64) += run instead. */
-QK_AVX512_INLINE void qk_avx512_a8_fold(qk_a8_run_step s, __m512i acc, __m512 scale, __m512 offset, int32_t xs, float* run,
-                                        double* y) {
-    __m512 v = s.first ? _mm512_mul_ps(_mm512_cvtepi32_ps(acc), scale)
-                       : _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), scale, _mm512_load_ps(run));
-    if (s.offsets) v = _mm512_fmadd_ps(offset, _mm512_set1_ps((float)xs), v);
+/* The run's 16 sums plus a * b (just a * b where the run starts). */
+QK_AVX512_INLINE __m512 qk_avx512_run_fma(qk_run_step s, __m512 a, __m512 b, const float* run) {
+    return s.first ? _mm512_mul_ps(a, b) : _mm512_fmadd_ps(a, b, _mm512_load_ps(run));
+}
+
+/* v stored as run[0..15], or, where the run ends, added to y[0..15] (float64) instead. */
+QK_AVX512_INLINE void qk_avx512_run_end(qk_run_step s, __m512 v, float* run, double* y) {
     if (s.last) {
         _mm512_storeu_pd(y, _mm512_add_pd(_mm512_loadu_pd(y), _mm512_cvtps_pd(_mm512_castps512_ps256(v))));
         _mm512_storeu_pd(y + 8, _mm512_add_pd(_mm512_loadu_pd(y + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
     } else {
         _mm512_store_ps(run, v);
     }
+}
+
+/* A8 across groups, shared by the x86_avx512 and x86_amx kernels so that both compute the same
+ * operations in the same order (reading 20): acc * scale (+ offset * xs) in runs of at most 14
+ * groups, 7 with offsets. */
+QK_AVX512_INLINE qk_run_step qk_a8_run_step_of(int32_t g, int32_t groups, int has_offsets) {
+    return qk_run_step_of(g, groups, has_offsets ? 7 : 14);
+}
+
+/* Group g's 16 results of one row into its run and float64 sums. */
+QK_AVX512_INLINE void qk_avx512_a8_fold(qk_run_step s, int has_offsets, __m512i acc, __m512 scale, __m512 offset,
+                                        int32_t xs, float* run, double* y) {
+    __m512 v = qk_avx512_run_fma(s, _mm512_cvtepi32_ps(acc), scale, run);
+    if (has_offsets) v = _mm512_fmadd_ps(offset, _mm512_set1_ps((float)xs), v);
+    qk_avx512_run_end(s, v, run, y);
 }
 
 /* y[0..15] += t * scale, in float64 (t, scale: 16 float32 lanes). */

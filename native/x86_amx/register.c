@@ -3,9 +3,9 @@
  * Selection takes, within a backend, the first kernel whose max_m covers M, so x86_avx512's
  * kernels (listed here under this backend's names, so that one pack serves every M) run small M,
  * where a 32 x 32 AMX block would be mostly padding, and AMX the rest. Measured at 4096 x 4096,
- * 2 threads, float16, AMX time / AVX-512 time: A8 4-bit g128 1.6 at M = 1, 0.85 at M = 8, 0.78 at
- * M = 16; 8-bit per-channel 1.8, 1.5, 0.89; A16 4-bit g128 1.6 at M = 4, 0.89 at M = 8; 8-bit
- * per-channel 1.6, 0.81. */
+ * 2 threads, float16, AMX time / AVX-512 time (2026-12-06): A8 4-bit g128 1.58 at M = 2, 1.05 at
+ * M = 6, 0.90 at M = 8, 0.62 at M = 12; 8-bit per-channel 0.99, 1.10, 1.04, 0.75; A16 4-bit g128
+ * 1.74 at M = 4, 1.11 at M = 6, 0.89 at M = 8; 8-bit per-channel 1.51, 0.93, 0.84. */
 #include "amx.h"
 
 static const qk_kernel_desc kernels[] = {

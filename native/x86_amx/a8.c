@@ -50,8 +50,10 @@ typedef struct {
     size_t row_bytes;     /* a quantized row: groups * steps * 64 */
     int8_t* a;            /* the quantized rows as A tiles: [padded_m / 32][groups * steps][32][64] */
     uint8_t* rows0;       /* thread t's row buffer at rows0 + t * row_bytes */
-    /* One chunk's state between slices, per panel pair: */
-    double* y;            /* float64 sums, [pairs][chunk_rows][32] */
+    /* A task's results, per panel pair where K has slices (kept from one to the next), else per
+     * thread: */
+    int per_pair;
+    double* y;            /* float64 sums, [pairs or threads][chunk_rows][32] */
     float* y32;           /* float32 runs, the same (reading 20) */
     int32_t* kept;        /* C tiles of a group that goes on in the next slice, [pairs][chunk_rows / 32][4 * 256] */
     size_t scratch;       /* bytes of one thread's scratch */
@@ -72,7 +74,8 @@ static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmu
     ap->direct = ap->p.w->bits == 8 && ap->p.l.rows == ap->steps * QK_AMX_TILE_ROWS;
     ap->signed_b = ap->p.w->bits == 4;
     ap->row_bytes = (size_t)ap->p.l.groups * (size_t)ap->steps * 64;
-    size_t used = 0, chunk = (size_t)ap->pairs * (size_t)ap->chunk_rows * QK_AVX512_TILE_COLUMNS;
+    ap->per_pair = ap->slice_steps < ap->p.l.groups * ap->steps;
+    size_t used = 0, chunk = (size_t)(ap->per_pair ? ap->pairs : threads) * (size_t)ap->chunk_rows * QK_AVX512_TILE_COLUMNS;
     ap->p.sums = qk_avx2_take(base, &used, (size_t)ap->padded_m * (size_t)ap->p.l.groups * sizeof *ap->p.sums);
     ap->p.row_scale = qk_avx2_take(base, &used, (size_t)a->M * sizeof *ap->p.row_scale);
     ap->a = qk_avx2_take(base, &used, (size_t)ap->padded_m * ap->row_bytes);
@@ -254,8 +257,8 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     for (int32_t pair = begin; pair < end; pair++) {
         int32_t panel = 2 * pair;
         int panels = l->panels - panel < 2 ? 1 : 2;
-        double* y = ap->y + (size_t)pair * chunk;
-        float* y32 = ap->y32 + (size_t)pair * chunk;
+        double* y = ap->y + (size_t)(ap->per_pair ? pair : thread) * chunk;
+        float* y32 = ap->y32 + (size_t)(ap->per_pair ? pair : thread) * chunk;
         int32_t* kept = ap->kept ? ap->kept + (size_t)pair * (size_t)blocks * 4 * 256 : NULL;
         if (job->k0 == 0) memset(y, 0, (size_t)rows * QK_AVX512_TILE_COLUMNS * sizeof *y);
         for (int32_t g = job->k0 / ap->steps; g * ap->steps < job->k1; g++) {

@@ -221,14 +221,14 @@ QK_AVX512_INLINE void fold_block(const amx_problem* ap, int32_t panel, int panel
     const qk_avx512_problem* p = &ap->p;
     const int32_t groups = p->l.groups, rows = bk.rows;
     const qk_run_step step = qk_a8_run_step_of(bk.g, groups, p->has_offsets);
-    const int correct = !ap->signed_b;
+    const int correct = !ap->signed_b, offsets = p->has_offsets; /* locals: vector stores may alias *p */
     const int32_t* xs = p->sums + (size_t)bk.m * (size_t)groups + bk.g; /* row r's: xs[r * groups] */
     for (int pi = 0; pi < panels; pi++) {
         const uint8_t* header = qk_vnni16_group(p->packed, &p->l, panel + pi, bk.g);
         const __m512 scale = _mm512_load_ps((const float*)header);
         const __m512i zero = _mm512_load_si512((const void*)(header + 64));
         const __m512 offset =
-            p->has_offsets ? _mm512_load_ps((const float*)(header + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
+            offsets ? _mm512_load_ps((const float*)(header + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
         size_t at = (size_t)(bk.m - m0) * QK_AVX512_TILE_COLUMNS + (size_t)pi * QK_VNNI16_PANEL;
         const int32_t* xr = xs;
         for (int32_t r0 = 0; r0 < rows; r0 += QK_AMX_TILE_ROWS) { /* C tiles pi (rows 0..15), 2 + pi (16..31) */
@@ -237,7 +237,7 @@ QK_AVX512_INLINE void fold_block(const amx_problem* ap, int32_t panel, int panel
             for (int32_t r = 0; r < n; r++, xr += groups, at += QK_AVX512_TILE_COLUMNS) {
                 __m512i acc = _mm512_load_si512((const void*)(ct + r * 16));
                 if (correct) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zero, _mm512_set1_epi32(*xr)));
-                qk_avx512_a8_fold(step, p->has_offsets, acc, scale, offset, *xr, y32 + at, y + at);
+                qk_avx512_a8_fold(step, offsets, acc, scale, offset, *xr, y32 + at, y + at);
             }
         }
     }

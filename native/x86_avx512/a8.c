@@ -33,6 +33,7 @@ QK_AVX512_INLINE void a8_tile(const qk_avx512_problem* p, int bits, int panels, 
     const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
     const int8_t* qx = p->qx + (size_t)m * p->row;
     const int32_t* sums = p->sums + (size_t)m * l->groups;
+    const int offsets = p->has_offsets; /* a local: vector stores may alias *p */
     /* The float32 runs (zeroed only so that the compiler sees them written before the first read). */
     float run[QK_AVX512_MAX_TILE_ROWS * QK_AVX512_TILE_COLUMNS] __attribute__((aligned(64))) = {0};
     for (int32_t g = 0; g < l->groups; g++) {
@@ -64,15 +65,15 @@ QK_AVX512_INLINE void a8_tile(const qk_avx512_problem* p, int bits, int panels, 
                 }
             }
         }
-        qk_run_step step = qk_a8_run_step_of(g, l->groups, p->has_offsets);
+        qk_run_step step = qk_a8_run_step_of(g, l->groups, offsets);
         for (int pi = 0; pi < panels; pi++) {
             __m512 scale = _mm512_load_ps((const float*)group[pi]);
             __m512i zero = _mm512_load_si512((const void*)(group[pi] + 64));
-            __m512 offset = p->has_offsets ? _mm512_load_ps((const float*)(group[pi] + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
+            __m512 offset = offsets ? _mm512_load_ps((const float*)(group[pi] + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
             for (int r = 0; r < rows; r++) {
                 int32_t xs = sums[(size_t)r * l->groups + g];
                 size_t at = (size_t)r * QK_AVX512_TILE_COLUMNS + (size_t)pi * QK_VNNI16_PANEL;
-                qk_avx512_a8_fold(step, p->has_offsets, _mm512_sub_epi32(acc[r][pi], _mm512_mullo_epi32(zero, _mm512_set1_epi32(xs))),
+                qk_avx512_a8_fold(step, offsets, _mm512_sub_epi32(acc[r][pi], _mm512_mullo_epi32(zero, _mm512_set1_epi32(xs))),
                                   scale, offset, xs, run + at, y + at);
             }
         }

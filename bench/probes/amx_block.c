@@ -36,6 +36,24 @@ static int8_t a_tiles[32 * 128] __attribute__((aligned(64)));
 static uint8_t b_tiles[2 * 2 * 1024] __attribute__((aligned(64)));
 static int32_t c_ring[8][1024] __attribute__((aligned(64)));
 
+/* One block's products over a 128-k group (two 64-k steps), operands in L1, into C tiles 0..3. */
+static inline void group_products(void) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int s = 0; s < 2; s++) {
+        _tile_loadd(4, a_tiles + s * 64, 128);
+        _tile_loadd(5, a_tiles + 16 * 128 + s * 64, 128);
+        _tile_loadd(6, b_tiles + s * 2048, 64);
+        _tile_loadd(7, b_tiles + s * 2048 + 1024, 64);
+        _tile_dpbsud(0, 4, 6);
+        _tile_dpbsud(2, 5, 6);
+        _tile_dpbsud(1, 4, 7);
+        _tile_dpbsud(3, 5, 7);
+    }
+}
+
 /* 0: products; 1: + C stores; 2: + C loads of this block; 3..5: + C loads from a ring of 2, 4, 8. */
 static double block_ns(int variant, int iterations) {
     int ring = variant < 3 ? 1 : 1 << (variant - 2);
@@ -43,20 +61,7 @@ static double block_ns(int variant, int iterations) {
     double start = seconds();
     for (int i = 0; i < iterations; i++) {
         int32_t* c = c_ring[i % ring];
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int s = 0; s < 2; s++) { /* two 64-k steps: a 128-k group */
-            _tile_loadd(4, a_tiles + s * 64, 128);
-            _tile_loadd(5, a_tiles + 16 * 128 + s * 64, 128);
-            _tile_loadd(6, b_tiles + s * 2048, 64);
-            _tile_loadd(7, b_tiles + s * 2048 + 1024, 64);
-            _tile_dpbsud(0, 4, 6);
-            _tile_dpbsud(2, 5, 6);
-            _tile_dpbsud(1, 4, 7);
-            _tile_dpbsud(3, 5, 7);
-        }
+        group_products();
         if (variant == 0) continue;
         _tile_stored(0, c, 64);
         _tile_stored(1, c + 256, 64);
@@ -111,22 +116,7 @@ static double overlap_ns(int variant, int iterations) {
     double start = seconds();
     for (int i = 0; i < iterations; i++) {
         int32_t *c = c_ring[i & 1], *previous = c_ring[(i + 1) & 1];
-        if (variant != 1) {
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int s = 0; s < 2; s++) {
-                _tile_loadd(4, a_tiles + s * 64, 128);
-                _tile_loadd(5, a_tiles + 16 * 128 + s * 64, 128);
-                _tile_loadd(6, b_tiles + s * 2048, 64);
-                _tile_loadd(7, b_tiles + s * 2048 + 1024, 64);
-                _tile_dpbsud(0, 4, 6);
-                _tile_dpbsud(2, 5, 6);
-                _tile_dpbsud(1, 4, 7);
-                _tile_dpbsud(3, 5, 7);
-            }
-        }
+        if (variant != 1) group_products();
         if (variant != 0) {
             __asm__ volatile("" ::: "memory");
             for (int r = 0; r < 64; r++) {

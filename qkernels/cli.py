@@ -52,14 +52,17 @@ def info(_args: argparse.Namespace) -> int:
         print(f"{mode:5} " + " ".join(f"{chosen[mode, M].name if (mode, M) in chosen else '-':28}"
                                       for M in DISPATCH_MS).rstrip())
     print()
-    print(f"{'kernel':28} {'backend':18} {'mode':5} {'bits':5} {'group size':14} {'best for M':10} available")
+    print(f"{'kernel':28} {'backend':18} {'mode':5} {'bits':5} {'inputs':14} {'group size':14} {'best for M':10} "
+          "available  needs beyond its backend")
     for k in dispatch.kernels():
         bits = "/".join(map(str, k.bits))
+        inputs = "any float" if len(k.dtypes) == 3 else "/".join(k.dtypes)
         groups = ("any" if k.group_multiple == 1 else f"x{k.group_multiple}") + (
             f" <={k.max_group_size}" if k.max_group_size else ""
         )
         best_m = f"<={k.max_m}" if k.max_m else "any"
-        print(f"{k.name:28} {k.backend:18} {k.mode:5} {bits:5} {groups:14} {best_m:10} {k.available}")
+        needs = " ".join(k.cpu_features) or "-"
+        print(f"{k.name:28} {k.backend:18} {k.mode:5} {bits:5} {inputs:14} {groups:14} {best_m:10} {str(k.available):10} {needs}")
     return 0
 
 

@@ -154,8 +154,11 @@ def kernel_params(with_auto: bool = False):
     unavailable), plus "auto" (automatic dispatch) if asked."""
     params = []
     for k in KERNELS:
-        reason = BACKENDS[k.backend].reason or "backend not available"
-        marks = [] if k.available else [pytest.mark.skip(reason=f"{k.name}: backend {k.backend}: {reason}")]
+        if BACKENDS[k.backend].reason:
+            reason = f"backend {k.backend}: {BACKENDS[k.backend].reason}"
+        else:  # the backend runs, the kernel needs more
+            reason = f"this CPU lacks {' '.join(k.cpu_features)}"
+        marks = [] if k.available else [pytest.mark.skip(reason=f"{k.name}: {reason}")]
         params.append(pytest.param(k, id=k.name, marks=marks))
     if with_auto:
         params.append(pytest.param(None, id="auto"))

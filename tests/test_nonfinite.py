@@ -14,8 +14,16 @@ import qkernels
 from qkernels import reference
 from qk_support import KERNELS, USABLE_DTYPES, encode, kinds_for, to_kind, to_rep
 
-A16_KERNELS = [k.name for k in KERNELS if k.mode == "a16" and k.available]
 DTYPES = [d for d in ("float32", "bfloat16") if d in USABLE_DTYPES]  # float16 cannot hold 1e38
+# (kernel, dtype, bits): the available A16 kernels on what they run, and automatic dispatch
+CASES = [
+    (k.name, dtype, bits)
+    for k in KERNELS
+    if k.mode == "a16" and k.available
+    for dtype in DTYPES
+    if dtype in k.dtypes
+    for bits in k.bits
+] + [(None, dtype, bits) for dtype in DTYPES for bits in (4, 8)]
 
 
 def _activations(rng, M: int, K: int) -> np.ndarray:
@@ -59,9 +67,7 @@ def test_issue_example():
     _check(y, x, "float32", qw, 32)
 
 
-@pytest.mark.parametrize("kernel", A16_KERNELS + [None])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("kernel, dtype, bits", CASES)
 @pytest.mark.parametrize("G, symmetric", [(32, True), (128, False), (256, True)])
 @pytest.mark.parametrize("M", [1, 6, 20])
 def test_large_activations_match_the_reference(kernel, dtype, bits, G, symmetric, M):

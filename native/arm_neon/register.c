@@ -6,14 +6,14 @@
 /* Any group size (groups are padded to 16 k at pack time), a shorter last group, and offsets
  * (format v2); A8 sums are exact int32 up to G = 66311 (docs/numerics.md reading 5). */
 static const qk_kernel_desc i8mm_kernels[] = {
-    /* name                      mode         bits        dtypes           G multiple, max G, max M, format, canonical, workspace, run */
-    {"arm_neon_i8mm_a8_w4w8_4x8", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0, qk_arm_a8_workspace, qk_arm_i8mm_a8},
-    {"arm_neon_i8mm_a16_w4w8_8x8", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 0, qk_arm_a16_workspace, qk_arm_a16},
+    /* name                      mode         bits        dtypes           G multiple, max G, max M, format, canonical, workspace, run, CPU features beyond the backend's */
+    {"arm_neon_i8mm_a8_w4w8_4x8", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0, qk_arm_a8_workspace, qk_arm_i8mm_a8, 0},
+    {"arm_neon_i8mm_a16_w4w8_8x8", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 0, qk_arm_a16_workspace, qk_arm_a16, 0},
 };
 
 static const qk_kernel_desc dotprod_kernels[] = {
-    {"arm_neon_dotprod_a8_w4w8_4x8", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0, qk_arm_a8_workspace, qk_arm_dotprod_a8},
-    {"arm_neon_dotprod_a16_w4w8_8x8", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 0, qk_arm_a16_workspace, qk_arm_a16},
+    {"arm_neon_dotprod_a8_w4w8_4x8", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0, qk_arm_a8_workspace, qk_arm_dotprod_a8, 0},
+    {"arm_neon_dotprod_a16_w4w8_8x8", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 0, qk_arm_a16_workspace, qk_arm_a16, 0},
 };
 
 static const qk_backend_desc i8mm = {

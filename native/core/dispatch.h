@@ -52,6 +52,11 @@ enum qk_layout_need {
 
 int qk_backend_available(qk_backend b);
 qk_status qk_backend_unavailable(qk_backend b, const char* what);
+/* Whether qk_cpu_features() lacks some of `required`; if so, says which in out ("this CPU or its
+ * operating system lacks ..."). */
+int qk_lacks_cpu(uint64_t required, char* out, size_t size);
+/* A kernel's backend is available and the CPU has what the kernel needs beyond it. */
+int qk_kernel_available(qk_kernel_ref k);
 const char* qk_backend_name(qk_backend b);
 int qk_kernel_fits_format(const qk_kernel_desc* k, const qk_weights* w);
 int qk_kernel_fits(const qk_kernel_desc* k, const qk_problem* p);

@@ -45,18 +45,20 @@ typedef struct order_snapshot {
 static const order_snapshot no_backends = {NULL, 0};
 static _Atomic(const order_snapshot*) order = &no_backends;
 
+int qk_lacks_cpu(uint64_t required, char* out, size_t size) {
+    uint64_t missing = required & ~qk_cpu_features();
+    if (!missing) return 0;
+    int used = snprintf(out, size, "this CPU or its operating system lacks");
+    for (int f = 0; f < QK_CPU_FEATURE_COUNT && used < (int)size; f++)
+        if (missing >> f & 1) used += snprintf(out + used, size - (size_t)used, " %s", qk_cpu_feature_name(f));
+    return 1;
+}
+
 /* Why the backend cannot run here, or "": missing CPU features first, then the backend's probe. */
 static void set_reason(int id, const qk_backend_desc* d) {
     char* out = reasons[id];
-    uint64_t missing = d->required_cpu & ~qk_cpu_features();
     out[0] = '\0';
-    if (missing) {
-        int used = snprintf(out, REASON_BYTES, "this CPU or its operating system lacks");
-        for (int f = 0; f < QK_CPU_FEATURE_COUNT && used < REASON_BYTES; f++)
-            if (missing >> f & 1)
-                used += snprintf(out + used, REASON_BYTES - (size_t)used, " %s", qk_cpu_feature_name(f));
-        return;
-    }
+    if (qk_lacks_cpu(d->required_cpu, out, REASON_BYTES)) return;
     const char* why = d->probe ? d->probe() : NULL;
     if (why) snprintf(out, REASON_BYTES, "%s", why);
 }

@@ -21,6 +21,10 @@ int qk_backend_available(qk_backend b) {
     return e && e->reason[0] == '\0';
 }
 
+int qk_kernel_available(qk_kernel_ref k) {
+    return qk_backend_available(k.backend) && (k.desc->required_cpu & ~qk_cpu_features()) == 0;
+}
+
 /* Whether automatic selection may pick backend b: available, and not on a device. A device backend
  * (uses_stream) takes device pointers, which a caller that asked for no backend has not given. */
 static int automatic_candidate(qk_backend b) {
@@ -82,6 +86,9 @@ qk_status qk_find_kernel(const char* name, qk_backend wanted, const qk_problem* 
                 return qk_fail(QK_ERR_INVALID_ARGUMENT, "kernel '%s' belongs to backend '%s', not '%s'", k->name,
                                d->name, qk_backend_name(wanted));
             if (!qk_backend_available(ids[i])) return qk_backend_unavailable(ids[i], "kernel's backend");
+            char lacks[256];
+            if (qk_lacks_cpu(k->required_cpu, lacks, sizeof lacks))
+                return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "kernel '%s' is not available: %s", k->name, lacks);
             if (!qk_kernel_fits(k, p)) {
                 char who[160];
                 snprintf(who, sizeof who, "kernel '%s'", k->name);
@@ -99,7 +106,8 @@ static int canonical_variant(qk_backend b, const qk_problem* p, qk_kernel_ref* o
     const qk_backend_desc* d = qk_backend_entry_get(b)->desc;
     for (int32_t j = 0; j < d->kernel_count; j++) {
         const qk_kernel_desc* k = &d->kernels[j];
-        if (k->canonical && qk_kernel_fits(k, p) && (k->max_m == 0 || p->M <= k->max_m)) {
+        if (k->canonical && qk_kernel_fits(k, p) && qk_kernel_available((qk_kernel_ref){b, k}) &&
+            (k->max_m == 0 || p->M <= k->max_m)) {
             *out = (qk_kernel_ref){b, k};
             return 1;
         }
@@ -148,7 +156,8 @@ qk_status qk_select(const qk_problem* p, qk_backend wanted, const char* kernel, 
         const qk_backend_desc* d = qk_backend_entry_get(ids[i])->desc;
         for (int32_t j = 0; j < d->kernel_count; j++) {
             const qk_kernel_desc* k = &d->kernels[j];
-            if (!qk_kernel_fits(k, p) || qk_is_canonical_variant(ids[i], k)) continue;
+            if (!qk_kernel_fits(k, p) || qk_is_canonical_variant(ids[i], k) || !qk_kernel_available((qk_kernel_ref){ids[i], k}))
+                continue;
             if (k->max_m == 0 || p->M <= k->max_m) {
                 if (need == QK_FOR_PACKED || !stateless_variant(ids[i], automatic, p, out))
                     *out = (qk_kernel_ref){ids[i], k};
@@ -177,7 +186,8 @@ qk_backend qk_best_backend_for(const qk_weights* w) {
         const qk_backend_desc* d = qk_backend_entry_get(ids[i])->desc;
         int modes = 0;
         for (int32_t j = 0; j < d->kernel_count; j++)
-            if (qk_kernel_fits_format(&d->kernels[j], w)) modes |= 1 << d->kernels[j].mode;
+            if (qk_kernel_fits_format(&d->kernels[j], w) && qk_kernel_available((qk_kernel_ref){ids[i], &d->kernels[j]}))
+                modes |= 1 << d->kernels[j].mode;
         if (modes == ((1 << QK_MODE_A16) | (1 << QK_MODE_A8))) return ids[i];
     }
     return QK_BACKEND_AUTO;
@@ -194,9 +204,10 @@ void qk_fill_kernel_info(qk_kernel_ref k, qk_kernel_info* out) {
         .group_multiple = k.desc->group_multiple,
         .max_group_size = k.desc->max_group_size,
         .max_m = k.desc->max_m,
-        .available = qk_backend_available(k.backend),
+        .available = qk_kernel_available(k),
         .format_flags = k.desc->format_flags,
         .canonical = k.desc->canonical || !qk_backend_entry_get(k.backend)->desc->pack,
+        .required_cpu = k.desc->required_cpu,
     };
     uint32_t size = out->size;
     memcpy(out, &info, size < sizeof info ? size : sizeof info);

@@ -20,9 +20,9 @@ qk_status qk_cuda_a8(const qk_exec* exec, const qk_kernel_weights* w, const qk_m
 #define FORMAT_V2 (QK_FORMAT_OFFSETS | QK_FORMAT_RAGGED_GROUPS)
 
 const qk_kernel_desc qk_cuda_kernels[] = {
-    /* name                  mode         bits      dtypes     G multiple               max G  max M  format     canonical workspace run */
-    {"cuda_a16_w4w8_16x256", QK_MODE_A16, BITS_4_8, DTYPES_16, QK_CUDA_GROUP_MULTIPLE, 0, 16, FORMAT_V2, 0, NULL, qk_cuda_a16_decode},
-    {"cuda_a16_w4w8_64x256", QK_MODE_A16, BITS_4_8, DTYPES_16, QK_CUDA_GROUP_MULTIPLE, 0, 0, FORMAT_V2, 0, NULL, qk_cuda_a16_prefill},
-    {"cuda_a8_w4w8_32x256", QK_MODE_A8, BITS_4_8, DTYPES_16, QK_CUDA_GROUP_MULTIPLE, A8_INT32_EXACT_GROUP, 0, FORMAT_V2, 0, NULL, qk_cuda_a8},
+    /* name                  mode         bits      dtypes     G multiple               max G  max M  format     canonical workspace run  CPU beyond the backend's */
+    {"cuda_a16_w4w8_16x256", QK_MODE_A16, BITS_4_8, DTYPES_16, QK_CUDA_GROUP_MULTIPLE, 0, 16, FORMAT_V2, 0, NULL, qk_cuda_a16_decode, 0},
+    {"cuda_a16_w4w8_64x256", QK_MODE_A16, BITS_4_8, DTYPES_16, QK_CUDA_GROUP_MULTIPLE, 0, 0, FORMAT_V2, 0, NULL, qk_cuda_a16_prefill, 0},
+    {"cuda_a8_w4w8_32x256", QK_MODE_A8, BITS_4_8, DTYPES_16, QK_CUDA_GROUP_MULTIPLE, A8_INT32_EXACT_GROUP, 0, FORMAT_V2, 0, NULL, qk_cuda_a8, 0},
 };
 const int32_t qk_cuda_kernel_count = sizeof qk_cuda_kernels / sizeof qk_cuda_kernels[0];

@@ -152,9 +152,10 @@ typedef struct qk_kernel_info {
     int32_t group_multiple;   /* group size must be a multiple of this (1: any) */
     int32_t max_group_size;   /* largest group size it runs exactly, e.g. an int32 accumulator's; 0: any */
     int32_t max_m;            /* preferred for M <= max_m; 0: any M */
-    int32_t available;        /* its backend is available here */
+    int32_t available;        /* its backend is available here, and the CPU has required_cpu */
     uint32_t format_flags;    /* QK_FORMAT_* bits: the format v2 features it runs */
     int32_t canonical;        /* reads the canonical layout (runs on unpacked weights) */
+    uint64_t required_cpu;    /* bits of qk_cpu_features() it needs beyond its backend's */
 } qk_kernel_info;
 
 /* Format features a kernel may support, beyond groups that divide K and no offsets. */

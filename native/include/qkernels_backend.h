@@ -25,7 +25,7 @@ extern "C" {
 
 /* Bumped when a declaration below changes incompatibly; a backend states the version it was built
  * with and the core refuses others. */
-enum { QK_BACKEND_ABI_VERSION = 1 };
+enum { QK_BACKEND_ABI_VERSION = 2 }; /* 2: qk_kernel_desc.required_cpu */
 
 /* Weights as a kernel sees them. */
 typedef struct qk_kernel_weights {
@@ -71,6 +71,8 @@ typedef struct qk_kernel_desc {
     size_t (*workspace_size)(const qk_kernel_weights* weights, const qk_matmul_args* args, int32_t threads);
     /* Runs one validated matmul. May fail only before writing the output. */
     qk_status (*run)(const qk_exec* exec, const qk_kernel_weights* weights, const qk_matmul_args* args);
+    uint64_t required_cpu;    /* bits of qk_cpu_features() it needs beyond its backend's (0: none); a
+                                 kernel without them is listed but unavailable, and never selected */
 } qk_kernel_desc;
 
 typedef struct qk_backend_desc {

@@ -135,9 +135,9 @@ static qk_status a8(const qk_exec* exec, const qk_kernel_weights* weights, const
 }
 
 static const qk_kernel_desc kernels[] = {
-    /* name           mode         bits        dtypes           G multiple, max G, max M, format, canonical, workspace, run */
-    {"ref_a16_w4w8_1x1", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 1, a16_workspace, a16},
-    {"ref_a8_w4w8_1x1", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 1, a8_workspace, a8},
+    /* name           mode         bits        dtypes           G multiple, max G, max M, format, canonical, workspace, run, CPU features beyond the backend's */
+    {"ref_a16_w4w8_1x1", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 1, a16_workspace, a16, 0},
+    {"ref_a8_w4w8_1x1", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 1, a8_workspace, a8, 0},
 };
 
 static const qk_backend_desc backend = {

@@ -819,6 +819,40 @@ static void test_unavailable(void) {
           "automatic dispatch chose %s", info.name);
 }
 
+/* A kernel that needs a CPU feature this machine lacks, in an available backend: listed with what it
+ * needs but unavailable, refused when forced with the feature named, passed over by automatic
+ * dispatch though its backend comes first. */
+static void test_kernel_needing_a_feature(void) {
+    set_context("a kernel needing a missing CPU feature");
+    int feature = 0;
+    while (feature < QK_CPU_FEATURE_COUNT && qk_cpu_has((qk_cpu_feature)feature)) feature++;
+    if (feature == QK_CPU_FEATURE_COUNT) return; /* a CPU with every feature: nothing to lack */
+    static qk_kernel_desc needs[] = {
+        {.name = "test_errors_needs_feature_a16_w4w8_1x1", .mode = QK_MODE_A16, .bits_mask = (1u << 4) | (1u << 8),
+         .dtype_mask = 7u, .group_multiple = 1, .canonical = 1, .run = never_runs},
+    };
+    needs[0].required_cpu = 1ull << feature;
+    static const qk_backend_desc backend = {
+        .size = sizeof backend, .abi_version = QK_BACKEND_ABI_VERSION, .name = "test_errors_kernel_needs_feature",
+        .priority = 2000, .kernels = needs, .kernel_count = 1,
+    };
+    qk_backend id = 0;
+    reset_status();
+    EXPECT_STATUS(qk_register_backend(&backend, &id), QK_OK, "qk_register_backend(test_errors_kernel_needs_feature)");
+    load_kernels();
+    int ki = find_kernel(needs[0].name);
+    CHECK(ki == 0 && !kernels[ki].available && kernels[ki].required_cpu == 1ull << feature,
+          "kernel %s: at %d, available %d", needs[0].name, ki, ki >= 0 ? kernels[ki].available : -1);
+    MATMUL_ERROR(QK_ERR_BACKEND_UNAVAILABLE, "a kernel needing a missing feature forced", f.a.kernel = needs[0].name);
+    CHECK(strstr(qk_last_error(), qk_cpu_feature_name((qk_cpu_feature)feature)),
+          "the message '%s' does not name the missing feature", qk_last_error());
+    MATMUL_ERROR(QK_ERR_UNSUPPORTED, "its backend forced, which has no other kernel", f.a.backend = id);
+    qk_kernel_info info = {.size = sizeof info};
+    fixture_reset();
+    CHECK(qk_select_kernel(&f.w, &f.a, &info) == QK_OK && info.backend != id && info.available,
+          "automatic dispatch chose %s", info.name);
+}
+
 int main(int argc, char** argv) {
     test_begin("test_errors", argc, argv, NULL, NULL);
     reseed(2);
@@ -835,6 +869,7 @@ int main(int argc, char** argv) {
     test_threads_errors();
     test_registration();
     test_unavailable();
+    test_kernel_needing_a_feature();
     gbuf_free(&f.out);
     return test_end();
 }

@@ -1,5 +1,6 @@
-/* x86_avx512_a16_w4w8_4x32: A16 on the vnni16 pack, with AVX-512 FMA, for every M (tuned for
- * decode; the backend's A16 at any M).
+/* x86_avx512_a16_w4w8_4x32: A16 on the vnni16 pack, with AVX-512 FMA, for every M: the backend's
+ * A16 wherever a16_bf16.c's kernel does not run (8-bit weights, offsets, bfloat16 or float32
+ * input, or a CPU without AVX512-BF16).
  *
  * Each k's 16 weights become float32 q - zp exactly, in two or three operations:
  *   4 bits  a shift brings k's nibble to the bottom of each column's dword and vpermps looks it up

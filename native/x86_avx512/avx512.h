@@ -2,7 +2,8 @@
  *
  * Files: layout.h and pack.c are the vnni16 pack (shared with x86_amx); driver.c prepares rows of X
  * and runs tiles on the thread pool; a8.c is the A8 kernel (vpdpbusd; one tile for decode and prefill),
- * a16.c the A16 kernel (AVX-512 FMA); register.c is the kernel table. Rows of X are read and
+ * a16.c the A16 kernel (AVX-512 FMA), a16_bf16.c the decode A16 kernel for float16 input and 4-bit
+ * weights (AVX512-BF16 dot products, the one file built for them); register.c is the kernel table. Rows of X are read and
  * quantized, and results rounded to the output dtype, by the x86_avx2 backend's activation code
  * (x86_avx2/activations.c): the same logic, and every machine with AVX-512 has AVX2.
  *
@@ -47,6 +48,7 @@ typedef struct {
     int8_t* qx;            /* A8: quantized rows */
     int32_t* sums;         /* A8: [M][groups] sums of qx */
     double* row_scale;     /* [M]: each row's float64 sums are multiplied by it (A16: 1 or 2^s; A8: sx or NaN) */
+    void (*rewrite_row)(float* row, size_t n); /* A16: applied to each float32 row once loaded, or NULL */
 } qk_avx512_problem;
 
 qk_avx512_problem qk_avx512_problem_of(const qk_kernel_weights* w, const qk_matmul_args* a);
@@ -55,7 +57,8 @@ qk_avx512_problem qk_avx512_problem_of(const qk_kernel_weights* w, const qk_matm
  * scales), measured with base NULL, else laid out in base. Returns its size. */
 size_t qk_avx512_buffers(qk_avx512_problem* p, int a16, void* base);
 
-/* Fills p->x (A16, when set) or p->qx and p->sums (A8), and p->row_scale, on the pool. */
+/* Fills p->x (A16, when set; then p->rewrite_row) or p->qx and p->sums (A8), and p->row_scale, on the
+ * pool. */
 void qk_avx512_prepare_rows(const qk_exec* exec, const qk_avx512_problem* p);
 
 /* A tile: rows [m, m + rows) of X times `panels` (1 or 2) panels from `panel`, added to y[r * 32 + c]
@@ -126,5 +129,14 @@ size_t qk_avx512_a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* 
 qk_status qk_avx512_a8_8x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 size_t qk_avx512_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx512_a16_4x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+/* AVX512-BF16 (a16_bf16.c; its workspace is qk_avx512_a16_workspace's): float16 input, 4-bit weights
+ * without offsets; the CPU feature it needs beyond the backend's (none in the emulated build, where
+ * SIMDe provides it). */
+#ifdef QK_EMULATE_X86
+#define QK_AVX512_BF16_CPU 0
+#else
+#define QK_AVX512_BF16_CPU (1ull << QK_CPU_AVX512_BF16)
+#endif
+qk_status qk_avx512_a16_w4_bf16_2x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 
 #endif /* QK_AVX512_H */

@@ -85,10 +85,16 @@ void qk_avx512_finish_rows(const qk_avx512_problem* p, int32_t panel, int panels
 static void prepare_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const qk_avx512_problem* p = arg;
-    for (int32_t m = begin; m < end; m++)
-        p->row_scale[m] = p->x ? qk_avx2_load_row(p->a, p->w, m, p->group_stride, p->x + (size_t)m * p->row)
-                               : qk_avx2_quantize_row(p->a, p->w, m, p->group_stride, p->qx + (size_t)m * p->row,
-                                                      p->sums + (size_t)m * p->l.groups);
+    for (int32_t m = begin; m < end; m++) {
+        if (p->x) {
+            float* row = p->x + (size_t)m * p->row;
+            p->row_scale[m] = qk_avx2_load_row(p->a, p->w, m, p->group_stride, row);
+            if (p->rewrite_row) p->rewrite_row(row, p->row);
+        } else {
+            p->row_scale[m] = qk_avx2_quantize_row(p->a, p->w, m, p->group_stride, p->qx + (size_t)m * p->row,
+                                                   p->sums + (size_t)m * p->l.groups);
+        }
+    }
 }
 
 void qk_avx512_prepare_rows(const qk_exec* exec, const qk_avx512_problem* p) {

@@ -3,11 +3,13 @@
 #include "avx512.h"
 
 static const qk_kernel_desc kernels[] = {
-    /* name                       mode         bits        dtypes          G multiple, max G, max M, format, canonical, workspace, run */
+    /* name                       mode         bits        dtypes          G multiple, max G, max M, format, canonical, workspace, run, CPU features beyond the backend's */
     {"x86_avx512_a8_w4w8_8x32", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0,
-     qk_avx512_a8_workspace, qk_avx512_a8_8x32},
+     qk_avx512_a8_workspace, qk_avx512_a8_8x32, 0},
+    {"x86_avx512_a16_w4_bf16_2x32", QK_MODE_A16, 1u << 4, 1u << QK_DTYPE_F16, 1, 0, 0,
+     QK_FORMAT_RAGGED_GROUPS, 0, qk_avx512_a16_workspace, qk_avx512_a16_w4_bf16_2x32, QK_AVX512_BF16_CPU},
     {"x86_avx512_a16_w4w8_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 0,
-     qk_avx512_a16_workspace, qk_avx512_a16_4x32},
+     qk_avx512_a16_workspace, qk_avx512_a16_4x32, 0},
 };
 
 /* The emulated test build (QK_EMULATE_X86) runs the same kernels through SIMDe on any AVX2 machine. */

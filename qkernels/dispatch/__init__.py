@@ -54,6 +54,7 @@ class KernelInfo:
     offsets: bool  # runs weights with per-group offsets (format v2)
     ragged_groups: bool  # runs weights whose last group is shorter (format v2)
     canonical: bool  # reads the canonical layout (runs without packing)
+    cpu_features: tuple[str, ...]  # CPU features it needs beyond its backend's (available: the CPU has them)
 
 
 MODES = {"a16": lib.QK_MODE_A16, "a8": lib.QK_MODE_A8}
@@ -118,6 +119,9 @@ def kernel_info_from_c(info) -> KernelInfo:
         offsets=bool(info.format_flags & lib.QK_FORMAT_OFFSETS),
         ragged_groups=bool(info.format_flags & lib.QK_FORMAT_RAGGED_GROUPS),
         canonical=bool(info.canonical),
+        cpu_features=tuple(
+            text(lib.qk_cpu_feature_name(f)) for f in range(lib.QK_CPU_FEATURE_COUNT) if info.required_cpu >> f & 1
+        ),
     )
 
 

@@ -83,18 +83,37 @@ static inline simde__m128i qk_shim_mm256_cvtepi32_epi16(simde__m256i a) {
 }
 #define _mm256_cvtepi32_epi16(a) qk_shim_mm256_cvtepi32_epi16(a)
 
-/* vmovups m256{k} / vmovdqu16 m128{k}: only the lanes of k are written (the others not touched). */
-static inline void qk_shim_mask_store(void* p, simde__mmask8 k, const void* a, size_t lane) {
-    for (int i = 0; i < 8; i++)
+/* vmovups m512{k} / m256{k} / vmovdqu16 m128{k}: only the lanes of k are written (the others not
+ * touched; SIMDe 0.8.2's 512-bit masked store writes zeros there). */
+static inline void qk_shim_mask_store(void* p, uint32_t k, const void* a, int lanes, size_t lane) {
+    for (int i = 0; i < lanes; i++)
         if (k >> i & 1) memcpy((char*)p + i * lane, (const char*)a + i * lane, lane);
 }
+static inline void qk_shim_mm512_mask_storeu_ps(void* p, simde__mmask16 k, simde__m512 a) {
+    qk_shim_mask_store(p, k, &a, 16, 4);
+}
 static inline void qk_shim_mm256_mask_storeu_ps(void* p, simde__mmask8 k, simde__m256 a) {
-    qk_shim_mask_store(p, k, &a, 4);
+    qk_shim_mask_store(p, k, &a, 8, 4);
 }
 static inline void qk_shim_mm_mask_storeu_epi16(void* p, simde__mmask8 k, simde__m128i a) {
-    qk_shim_mask_store(p, k, &a, 2);
+    qk_shim_mask_store(p, k, &a, 8, 2);
 }
+#undef _mm512_mask_storeu_ps
+#define _mm512_mask_storeu_ps(p, k, a) qk_shim_mm512_mask_storeu_ps((p), (k), (a))
 #define _mm256_mask_storeu_ps(p, k, a) qk_shim_mm256_mask_storeu_ps((p), (k), (a))
 #define _mm_mask_storeu_epi16(p, k, a) qk_shim_mm_mask_storeu_epi16((p), (k), (a))
+
+/* vmovups zmm{k}{z}, m512: only the lanes of k are read, the others are zero (SIMDe 0.8.2 reads all
+ * 64 bytes, past the end of a buffer). */
+static inline simde__m512 qk_shim_mm512_maskz_loadu_ps(simde__mmask16 k, const void* p) {
+    float v[16] = {0};
+    simde__m512 r;
+    for (int i = 0; i < 16; i++)
+        if (k >> i & 1) memcpy(&v[i], (const char*)p + 4 * i, 4);
+    memcpy(&r, v, sizeof r);
+    return r;
+}
+#undef _mm512_maskz_loadu_ps
+#define _mm512_maskz_loadu_ps(k, p) qk_shim_mm512_maskz_loadu_ps((k), (p))
 
 #endif

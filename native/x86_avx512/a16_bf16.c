@@ -1,0 +1,156 @@
+/* x86_avx512_a16_w4_bf16_2x32: A16 for float16 input and 4-bit weights without offsets, on
+ * vdpbf16ps (AVX512-BF16), the vnni16 pack. The only file built with -mavx512bf16: the kernel is
+ * listed with that feature as its own requirement, so the rest of the backend runs without it.
+ *
+ * Why: at M = 1 the FMA kernel (a16.c) spends three zmm operations per 16 weights (shift, vpermps,
+ * FMA) and runs slower than memory delivers 4-bit weights (AMD EPYC Zen 4, 2 threads, 4096 x 4096
+ * g128, weights in cache: 0.32-0.35 ms against a floor of 0.27 ms with them in memory). Here 32
+ * weights cost a shift, a vpermw and two vdpbf16ps: each 32-bit lane holds two k of one column as
+ * a pair of bfloat16 weights, and each vdpbf16ps adds both products of a pair. Measured there:
+ * 1.54x the FMA kernel at M = 1, 1.25x from M = 4 to 256 (README, x86_avx512).
+ *
+ * Exactness (docs/numerics.md reading 24):
+ *   weights  q - zp (symmetric: u - 8, an integer in [-8, 7]; else u - zero in [-15, 15]) is exact in
+ *            bfloat16. vpermw looks it up in a table of 32 bfloat16 values by the low 5 bits of each
+ *            16-bit lane: symmetric, index = the nibble plus 16 times the next nibble's low bit (the
+ *            table repeats every 16); else index = nibble - zero + 16, in [1, 31].
+ *   x        a float16 value has 11 significant bits: x = hi + lo with hi its float32 bits truncated
+ *            to bfloat16 (8 significant bits) and lo = x - hi (at most 3 significant bits, so exact in
+ *            bfloat16 too). Infinities have lo = 0 (x - hi would be NaN); NaN stays NaN.
+ *   products hi * w and lo * w are exact in float32 (8 + 4 significant bits), and none is subnormal
+ *            (every nonzero part is a multiple of 2^-24, or of 2^-64 in a row that
+ *            qk_avx2_load_row scaled by 2^-40 for an infinity: far above 2^-126), so vdpbf16ps's flushing
+ *            of denormals never applies; its sums round to nearest even, in float32.
+ * Sums run over runs of at most 128 k in four chains (k pairs by shift), each at most 32 vdpbf16ps of
+ * at most two roundings: an error of at most 2^-18 of sum |x * w| (plus 2^-7 for lo's share), a
+ * 256th of the float16 tolerance; each run is scaled and folded into float64, as in a16.c. A row's
+ * sums never depend on the other rows of its tile. */
+#include <string.h>
+
+#include "avx512.h"
+
+enum {
+    TILE_ROWS = 2,
+    CHAINS = 4, /* one per shift of the packed dword: vdpbf16ps's latency (6 cycles) hidden at M = 1 */
+    RUN_K = 128,
+};
+
+/* Each float16-valued x of the row as bfloat16 hi and lo parts, in place. Per 8 k (32 bytes): the
+ * dwords (hi x0, hi x2), (hi x4, hi x6), (hi x1, hi x3), (hi x5, hi x7), then the same of lo. Dword j
+ * pairs the k whose nibbles a shift by 4 j brings to the bottom of a packed dword's two 16-bit
+ * halves (layout.h: k 8 r + t sits at bit 8 (t % 4) + 4 (t / 4)). n is a multiple of 8. */
+static void split_row(float* row, size_t n) {
+    /* word 2 t + 1 of a float32 lane is its upper half, its bfloat16 truncation; + 32: of lo */
+    static const uint16_t order[32] = {1,  5,  9,  13, 3,  7,  11, 15, 33, 37, 41, 45, 35, 39, 43, 47,
+                                       17, 21, 25, 29, 19, 23, 27, 31, 49, 53, 57, 61, 51, 55, 59, 63};
+    const __m512i words = _mm512_loadu_si512((const void*)order);
+    const __m512 upper = _mm512_castsi512_ps(_mm512_set1_epi32((int)0xFFFF0000u));
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 live = n - i >= 16 ? 0xFFFF : 0x00FF;
+        __m512 x = _mm512_maskz_loadu_ps(live, row + i);
+        __m512 hi = _mm512_and_ps(x, upper);
+        __m512 lo = _mm512_maskz_sub_ps(_mm512_cmp_ps_mask(x, hi, _CMP_NEQ_UQ), x, hi); /* 0 where x = hi (Inf) */
+        __m512i parts = _mm512_permutex2var_epi16(_mm512_castps_si512(x), words, _mm512_castps_si512(lo));
+        _mm512_mask_storeu_ps(row + i, live, _mm512_castsi512_ps(parts));
+    }
+}
+
+/* The 32-entry bfloat16 table vpermw reads: symmetric, entry i = (i % 16) - 8; else i - 16. */
+static __m512i weight_table(int asymmetric) {
+    uint16_t t[32];
+    for (int i = 0; i < 32; i++) {
+        float v = asymmetric ? (float)(i - 16) : (float)(i % 16 - 8);
+        uint32_t bits;
+        memcpy(&bits, &v, sizeof bits);
+        t[i] = (uint16_t)(bits >> 16); /* exact: small integers */
+    }
+    return _mm512_loadu_si512((const void*)t);
+}
+
+QK_AVX512_INLINE __m512 dot(__m512 acc, __m512i w, __m512i x) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
+}
+
+/* Rows x panels of the tile, for one call with constant arguments. */
+QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int asymmetric, int panels, int rows, int32_t panel,
+                                int32_t m, double* y) {
+    const qk_vnni16_layout* l = &p->l;
+    const uint32_t* x = (const uint32_t*)(p->x + (size_t)m * p->row); /* pairs of bfloat16 parts */
+    const ptrdiff_t run_rows = RUN_K / 8;
+    const __m512i table = weight_table(asymmetric), nibbles = _mm512_set1_epi32(0x000F000F);
+    for (int32_t g = 0; g < l->groups; g++) {
+        const uint8_t* group[2];
+        __m512 scale[2];
+        __m512i index_bias[2]; /* asymmetric: 16 - zero in both 16-bit halves of each column's lane */
+        for (int pi = 0; pi < panels; pi++) {
+            group[pi] = qk_vnni16_group(p->packed, l, panel + pi, g);
+            scale[pi] = _mm512_load_ps((const float*)group[pi]);
+            __m512i bias = _mm512_sub_epi32(_mm512_set1_epi32(16), _mm512_load_si512((const void*)(group[pi] + 64)));
+            index_bias[pi] = _mm512_or_si512(bias, _mm512_slli_epi32(bias, 16));
+        }
+        const uint32_t* xg = x + (size_t)g * p->group_stride;
+        for (ptrdiff_t i0 = 0; i0 < l->rows; i0 += run_rows) {
+            ptrdiff_t i1 = l->rows - i0 < run_rows ? l->rows : i0 + run_rows;
+            __m512 sum[TILE_ROWS][2][CHAINS];
+            for (int r = 0; r < rows; r++)
+                for (int pi = 0; pi < panels; pi++)
+                    for (int c = 0; c < CHAINS; c++) sum[r][pi][c] = _mm512_setzero_ps();
+            for (ptrdiff_t i = i0; i < i1; i++) {
+                __m512i v[2];
+                for (int pi = 0; pi < panels; pi++) {
+                    const uint8_t* data = group[pi] + l->header_bytes + i * QK_VNNI16_ROW_BYTES;
+                    _mm_prefetch((const char*)data + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
+                    v[pi] = _mm512_load_si512((const void*)data);
+                }
+#pragma GCC unroll 4
+                for (int j = 0; j < CHAINS; j++) {
+                    __m512i w[2];
+                    for (int pi = 0; pi < panels; pi++) {
+                        __m512i index = j ? _mm512_srli_epi32(v[pi], 4 * j) : v[pi];
+                        if (asymmetric) index = _mm512_add_epi16(_mm512_and_si512(index, nibbles), index_bias[pi]);
+                        w[pi] = _mm512_permutexvar_epi16(index, table);
+                    }
+                    for (int r = 0; r < rows; r++) {
+                        const uint32_t* xr = xg + (size_t)r * p->row + i * 8;
+                        __m512i hi = _mm512_set1_epi32((int)xr[j]), lo = _mm512_set1_epi32((int)xr[4 + j]);
+                        for (int pi = 0; pi < panels; pi++)
+                            sum[r][pi][j] = dot(dot(sum[r][pi][j], w[pi], hi), w[pi], lo);
+                    }
+                }
+            }
+            for (int r = 0; r < rows; r++)
+                for (int pi = 0; pi < panels; pi++)
+                    qk_avx512_fold_ps(y + r * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL,
+                                      _mm512_add_ps(_mm512_add_ps(sum[r][pi][0], sum[r][pi][1]),
+                                                    _mm512_add_ps(sum[r][pi][2], sum[r][pi][3])),
+                                      scale[pi]);
+        }
+    }
+}
+
+/* Each tile shape as its own function with constant arguments: [asymmetric][panels 1/2][rows 1/2]. */
+#define BF16_FN(asym, panels, rows)                                                                          \
+    static void bf16_##asym##_##panels##_##rows(const qk_avx512_problem* p, int32_t panel, int32_t m, double* y) { \
+        bf16_tile(p, asym, panels, rows, panel, m, y);                                                       \
+    }
+BF16_FN(0, 1, 1) BF16_FN(0, 1, 2) BF16_FN(0, 2, 1) BF16_FN(0, 2, 2)
+BF16_FN(1, 1, 1) BF16_FN(1, 1, 2) BF16_FN(1, 2, 1) BF16_FN(1, 2, 2)
+
+typedef void bf16_fn(const qk_avx512_problem* p, int32_t panel, int32_t m, double* y);
+static bf16_fn* const shapes[2][2][TILE_ROWS] = {
+    {{bf16_0_1_1, bf16_0_1_2}, {bf16_0_2_1, bf16_0_2_2}},
+    {{bf16_1_1_1, bf16_1_1_2}, {bf16_1_2_1, bf16_1_2_2}},
+};
+
+static void tile(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int rows, double* y) {
+    shapes[p->asymmetric][panels - 1][rows - 1](p, panel, m, y);
+}
+
+qk_status qk_avx512_a16_w4_bf16_2x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
+    qk_avx512_problem p = qk_avx512_problem_of(w, a);
+    qk_avx512_buffers(&p, 1, exec->workspace);
+    p.rewrite_row = split_row;
+    qk_avx512_prepare_rows(exec, &p);
+    qk_avx512_run_tiles(exec, &p, TILE_ROWS, tile);
+    return QK_OK;
+}

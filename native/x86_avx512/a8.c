@@ -5,16 +5,24 @@
  * broadcast to every dword are the signed one. One vpdpbusd adds the four products of a k-quad to
  * each of 16 columns; 4-bit rows are split into their two nibble vectors (k 8r..8r+3 and
  * 8r+4..8r+7) by a mask and a shift. Per group, sum qx * (q - zp) = sum qx * u - zero * xs with
- * xs = sum qx from the quantizer: exact in int32 (vpdpbusd wraps, and the final value fits for
- * G <= QK_A8_INT32_EXACT_GROUP), then scaled and summed over groups in float32 runs added to
- * float64 sums (qk_avx512_a8_fold, reading 20), with the offset term offset * xs when the weights
- * have offsets. Activations past a group's end are zero, as are the pack's weights there, so
- * padding adds nothing.
+ * xs = sum qx from the quantizer, each sum started at -zero * xs: exact in int32 (vpdpbusd wraps,
+ * and the final value fits for G <= QK_A8_INT32_EXACT_GROUP). Then scaled and summed over groups
+ * in float32 runs added to float64 sums (reading 20), with the offset term offset * xs when the
+ * weights have offsets: the values of x86_amx's qk_avx512_a8_fold (a run here starts from +0 where
+ * that one starts from the first product, which differs only in the sign of a zero, and the
+ * float64 sums, which start at +0, lose it). Activations past a group's end are zero, as are the
+ * pack's weights there, so padding adds nothing.
  *
  * One tile of up to 8 rows x 32 columns serves every M: 16 accumulators, the weights' nibble split
  * shared by 8 rows. Measured at 4096 x 4096 (weights in cache, shared machine), a 4-row tile took
  * 1.12x (4 bits) and 1.13-1.18x (8 bits) its time at M = 16 and 512, a 12-row tile (which spills)
- * 1.14-1.53x; up to M = 4 all are the same single tile. */
+ * 1.14-1.53x; up to M = 4 all are the same single tile.
+ *
+ * The fold of a group's sums into the runs costs as much as a few rows of products (about 100
+ * cycles per tile and group on Zen 4 when it was written with a branch per run start and end for
+ * each sum, GCC 12 keeping part of the tile on the stack): runs are therefore loops of their own.
+ * On Zen 4 (bench/probes/matmul_loop.py, M = 512, 4096^2, 4 bits) that took group size 32 from
+ * 34.8-35.9 to 29.0 ms and 128 from 23.8-24.2 to 22.1-22.8 ms (per channel: 20.0). */
 #include <string.h>
 
 #include "avx512.h"
@@ -34,49 +42,56 @@ QK_AVX512_INLINE void a8_tile(const qk_avx512_problem* p, int bits, int panels, 
     const int8_t* qx = p->qx + (size_t)m * p->row;
     const int32_t* sums = p->sums + (size_t)m * l->groups;
     const int offsets = p->has_offsets; /* a local: vector stores may alias *p */
-    /* The float32 runs (zeroed only so that the compiler sees them written before the first read). */
-    float run[QK_AVX512_MAX_TILE_ROWS * QK_AVX512_TILE_COLUMNS] __attribute__((aligned(64))) = {0};
-    for (int32_t g = 0; g < l->groups; g++) {
-        const uint8_t* group[2];
-        for (int pi = 0; pi < panels; pi++) group[pi] = qk_vnni16_group(p->packed, l, panel + pi, g);
-        const int8_t* xg = qx + (size_t)g * p->group_stride;
-        __m512i acc[QK_AVX512_MAX_TILE_ROWS][2];
-        for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
-        for (ptrdiff_t i = 0; i < l->rows; i++) {
-            __m512i lo[2], hi[2];
+    const int32_t groups = l->groups, run_groups = qk_a8_run_groups(offsets);
+    for (int32_t g0 = 0; g0 < groups; g0 += run_groups) {
+        int32_t g1 = groups - g0 < run_groups ? groups : g0 + run_groups;
+        float run[QK_AVX512_MAX_TILE_ROWS * QK_AVX512_TILE_COLUMNS] __attribute__((aligned(64))) = {0};
+        for (int32_t g = g0; g < g1; g++) {
+            const uint8_t* group[2];
+            for (int pi = 0; pi < panels; pi++) group[pi] = qk_vnni16_group(p->packed, l, panel + pi, g);
+            const int8_t* xg = qx + (size_t)g * p->group_stride;
+            __m512i acc[QK_AVX512_MAX_TILE_ROWS][2];
+            for (int r = 0; r < rows; r++) {
+                __m512i minus_xs = _mm512_set1_epi32((int32_t)(0u - (uint32_t)sums[(size_t)r * groups + g]));
+                for (int pi = 0; pi < panels; pi++)
+                    acc[r][pi] = _mm512_mullo_epi32(_mm512_load_si512((const void*)(group[pi] + 64)), minus_xs);
+            }
+            for (ptrdiff_t i = 0; i < l->rows; i++) {
+                __m512i lo[2], hi[2];
+                for (int pi = 0; pi < panels; pi++) {
+                    const uint8_t* data = group[pi] + l->header_bytes + i * QK_VNNI16_ROW_BYTES;
+                    _mm_prefetch((const char*)data + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
+                    __m512i v = _mm512_load_si512((const void*)data);
+                    if (bits == 4) {
+                        lo[pi] = _mm512_and_si512(v, low_nibbles);
+                        hi[pi] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles);
+                    } else {
+                        lo[pi] = v;
+                    }
+                }
+                for (int r = 0; r < rows; r++) {
+                    const int8_t* x = xg + r * p->row + i * l->k_per_row;
+                    __m512i x0 = broadcast4(x);
+                    for (int pi = 0; pi < panels; pi++) acc[r][pi] = _mm512_dpbusd_epi32(acc[r][pi], lo[pi], x0);
+                    if (bits == 4) {
+                        __m512i x1 = broadcast4(x + 4);
+                        for (int pi = 0; pi < panels; pi++) acc[r][pi] = _mm512_dpbusd_epi32(acc[r][pi], hi[pi], x1);
+                    }
+                }
+            }
             for (int pi = 0; pi < panels; pi++) {
-                const uint8_t* data = group[pi] + l->header_bytes + i * QK_VNNI16_ROW_BYTES;
-                _mm_prefetch((const char*)data + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
-                __m512i v = _mm512_load_si512((const void*)data);
-                if (bits == 4) {
-                    lo[pi] = _mm512_and_si512(v, low_nibbles);
-                    hi[pi] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles);
-                } else {
-                    lo[pi] = v;
-                }
-            }
-            for (int r = 0; r < rows; r++) {
-                const int8_t* x = xg + r * p->row + i * l->k_per_row;
-                __m512i x0 = broadcast4(x);
-                for (int pi = 0; pi < panels; pi++) acc[r][pi] = _mm512_dpbusd_epi32(acc[r][pi], lo[pi], x0);
-                if (bits == 4) {
-                    __m512i x1 = broadcast4(x + 4);
-                    for (int pi = 0; pi < panels; pi++) acc[r][pi] = _mm512_dpbusd_epi32(acc[r][pi], hi[pi], x1);
+                __m512 scale = _mm512_load_ps((const float*)group[pi]);
+                __m512 offset = offsets ? _mm512_load_ps((const float*)(group[pi] + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
+                for (int r = 0; r < rows; r++) {
+                    float* at = run + (size_t)r * QK_AVX512_TILE_COLUMNS + (size_t)pi * QK_VNNI16_PANEL;
+                    __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][pi]), scale, _mm512_load_ps(at));
+                    if (offsets) v = _mm512_fmadd_ps(offset, _mm512_set1_ps((float)sums[(size_t)r * groups + g]), v);
+                    _mm512_store_ps(at, v);
                 }
             }
         }
-        qk_run_step step = qk_a8_run_step_of(g, l->groups, offsets);
-        for (int pi = 0; pi < panels; pi++) {
-            __m512 scale = _mm512_load_ps((const float*)group[pi]);
-            __m512i zero = _mm512_load_si512((const void*)(group[pi] + 64));
-            __m512 offset = offsets ? _mm512_load_ps((const float*)(group[pi] + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
-            for (int r = 0; r < rows; r++) {
-                int32_t xs = sums[(size_t)r * l->groups + g];
-                size_t at = (size_t)r * QK_AVX512_TILE_COLUMNS + (size_t)pi * QK_VNNI16_PANEL;
-                qk_avx512_a8_fold(step, offsets, _mm512_sub_epi32(acc[r][pi], _mm512_mullo_epi32(zero, _mm512_set1_epi32(xs))),
-                                  scale, offset, xs, run + at, y + at);
-            }
-        }
+        for (int i = 0; i < rows * QK_AVX512_TILE_COLUMNS; i += 8)
+            _mm512_storeu_pd(y + i, _mm512_add_pd(_mm512_loadu_pd(y + i), _mm512_cvtps_pd(_mm256_load_ps(run + i))));
     }
 }
 

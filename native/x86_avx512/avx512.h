@@ -100,11 +100,13 @@ QK_AVX512_INLINE void qk_avx512_run_end(qk_run_step s, __m512 v, float* run, dou
     }
 }
 
-/* A8 across groups, shared by the x86_avx512 and x86_amx kernels so that both compute the same
- * operations in the same order (reading 20): acc * scale (+ offset * xs) in runs of at most 14
- * groups, 7 with offsets. */
+/* A8 across groups, the same values in the x86_avx512 and x86_amx kernels (reading 20): acc * scale
+ * (+ offset * xs) in runs of at most 14 groups, 7 with offsets. x86_avx512's tile loops over runs
+ * (a8.c); x86_amx's fold takes a step at a time. */
+QK_AVX512_INLINE int32_t qk_a8_run_groups(int has_offsets) { return has_offsets ? 7 : 14; }
+
 QK_AVX512_INLINE qk_run_step qk_a8_run_step_of(int32_t g, int32_t groups, int has_offsets) {
-    return qk_run_step_of(g, groups, has_offsets ? 7 : 14);
+    return qk_run_step_of(g, groups, qk_a8_run_groups(has_offsets));
 }
 
 /* Group g's 16 results of one row into its run and float64 sums. */

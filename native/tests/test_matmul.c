@@ -326,33 +326,37 @@ static void test_long_float32_sums(void) {
 
 /* Large K with many groups whose terms all have one sign, so that summation error grows with the
  * number of terms and nothing cancels: K = 4096 and 16384 at G = 32 (128 and 512 groups), and a
- * shorter last group with offsets. (A plain float32 running sum across groups uses about half the
- * A8 tolerance at 128 groups and can exceed it, rarely, from about 500 groups on.) */
+ * shorter last group with offsets; 8 and 4 bits (q > 0 > zp). (A plain float32 running sum across
+ * groups uses about half the A8 tolerance at 128 groups and can exceed it, rarely, from about 500
+ * groups on.) */
 static void test_many_groups(void) {
     static const int32_t Ks[3] = {4096, 16384, 4096 + 16};
     for (int ki = 0; ki < 3; ki++)
-        for (int di = 0; di < 3; di++)
-            for (int mode = 0; mode < 2; mode++) {
-                qk_dtype dt = all_dtypes[di];
-                problem p = {.M = 2, .N = 3, .K = Ks[ki], .G = 32, .bits = 8, .dtype = dt, .mode = (qk_mode)mode};
-                p.x = xmalloc(x_bytes(&p));
-                for (size_t i = 0; i < (size_t)p.M * p.K; i++)
-                    store_el(p.x, dt, i, (float)(0.25 + rnd_unit()) * (dt == QK_DTYPE_F16 ? 0.5f : 1.0f));
-                p.q = xmalloc(q_bytes(&p));
-                for (size_t i = 0; i < q_bytes(&p); i++) p.q[i] = (int8_t)rnd_int(1, 127);
-                p.scales = xmalloc(n_groups(&p) * sizeof(float));
-                for (size_t g = 0; g < n_groups(&p); g++)
-                    p.scales[g] = (float)((1.0 + rnd_unit()) * (dt == QK_DTYPE_F16 ? 0x1p-20 : 0x1p-10));
-                p.zp = xmalloc(n_groups(&p));
-                for (size_t g = 0; g < n_groups(&p); g++) p.zp[g] = (int8_t)rnd_int(-128, 0);
-                if (p.K % p.G) { /* positive offsets keep every term of one sign */
-                    p.offsets = xmalloc(n_groups(&p) * sizeof(float));
-                    for (size_t g = 0; g < n_groups(&p); g++) p.offsets[g] = p.scales[g] * (float)rnd_int(1, 64);
+        for (int bits = 8; bits >= 4; bits -= 4)
+            for (int di = 0; di < 3; di++)
+                for (int mode = 0; mode < 2; mode++) {
+                    qk_dtype dt = all_dtypes[di];
+                    problem p = {.M = 2, .N = 3, .K = Ks[ki], .G = 32, .bits = bits, .dtype = dt,
+                                 .mode = (qk_mode)mode};
+                    p.x = xmalloc(x_bytes(&p));
+                    for (size_t i = 0; i < (size_t)p.M * p.K; i++)
+                        store_el(p.x, dt, i, (float)(0.25 + rnd_unit()) * (dt == QK_DTYPE_F16 ? 0.5f : 1.0f));
+                    p.q = xmalloc(q_bytes(&p));
+                    for (size_t i = 0; i < q_bytes(&p); i++) /* 4 bits: two nibbles in [1, 7], low first */
+                        p.q[i] = (int8_t)(bits == 8 ? rnd_int(1, 127) : rnd_int(1, 7) | rnd_int(1, 7) << 4);
+                    p.scales = xmalloc(n_groups(&p) * sizeof(float));
+                    for (size_t g = 0; g < n_groups(&p); g++)
+                        p.scales[g] = (float)((1.0 + rnd_unit()) * (dt == QK_DTYPE_F16 ? 0x1p-20 : 0x1p-10));
+                    p.zp = xmalloc(n_groups(&p));
+                    for (size_t g = 0; g < n_groups(&p); g++) p.zp[g] = (int8_t)rnd_int(bits == 8 ? -128 : -8, 0);
+                    if (p.K % p.G) { /* positive offsets keep every term of one sign */
+                        p.offsets = xmalloc(n_groups(&p) * sizeof(float));
+                        for (size_t g = 0; g < n_groups(&p); g++) p.offsets[g] = p.scales[g] * (float)rnd_int(1, 64);
+                    }
+                    set_context("many groups, one sign: %s (%zu groups)", describe(&p), n_groups(&p) / (size_t)p.N);
+                    run_problem(&p);
+                    problem_free(&p);
                 }
-                set_context("many groups, one sign: %s (%zu groups)", describe(&p), n_groups(&p) / (size_t)p.N);
-                run_problem(&p);
-                problem_free(&p);
-            }
 }
 
 /* Format v2 at its edges: a last group of one element (G = K - 1, and K = G + 1 at 8 bits), of 3,

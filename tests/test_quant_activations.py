@@ -208,9 +208,14 @@ def test_llm_int8_keeps_torch_in_torch_out():
     assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and y.shape == (3, 4)
     np.testing.assert_array_equal(y.numpy(), quant.llm_int8_matmul(x.numpy(), qw))
     for dtype in (torch.float16, torch.bfloat16):
-        y_low = quant.llm_int8_matmul(x.to(dtype), qw)
+        x_low = x.to(dtype)
+        y_low = quant.llm_int8_matmul(x_low, qw)
         assert y_low.dtype == dtype and y_low.shape == (3, 4)
-        np.testing.assert_allclose(y_low.float().numpy(), y.numpy(), rtol=2**-7, atol=0.05)
+        # Against the same input values in float32: only the output's rounding to dtype differs (half
+        # an ulp, 2^-8 relative for bfloat16). Against x itself the rounding of the input can move a
+        # quantized activation by a step, more than any fixed tolerance allows on random data.
+        y_same = quant.llm_int8_matmul(x_low.float(), qw)
+        np.testing.assert_allclose(y_low.float().numpy(), y_same.numpy(), rtol=2**-7)
 
 
 def test_llm_int8_takes_what_matmul_takes():

@@ -138,11 +138,8 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int asymmetric, int 
             }
         }
         for (int r = 0; r < rows; r++)
-            for (int pi = 0; pi < panels; pi++) {
-                double* yr = y + r * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL;
-                _mm512_storeu_pd(yr, _mm512_add_pd(_mm512_loadu_pd(yr), _mm512_cvtps_pd(_mm512_castps512_ps256(run[r][pi]))));
-                _mm512_storeu_pd(yr + 8, _mm512_add_pd(_mm512_loadu_pd(yr + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(run[r][pi], 1))));
-            }
+            for (int pi = 0; pi < panels; pi++)
+                qk_avx512_add_f64(y + r * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL, run[r][pi]);
     }
 }
 

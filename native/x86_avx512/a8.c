@@ -90,8 +90,7 @@ QK_AVX512_INLINE void a8_tile(const qk_avx512_problem* p, int bits, int panels, 
                 }
             }
         }
-        for (int i = 0; i < rows * QK_AVX512_TILE_COLUMNS; i += 8)
-            _mm512_storeu_pd(y + i, _mm512_add_pd(_mm512_loadu_pd(y + i), _mm512_cvtps_pd(_mm256_load_ps(run + i))));
+        for (int i = 0; i < rows * QK_AVX512_TILE_COLUMNS; i += 16) qk_avx512_add_f64(y + i, _mm512_load_ps(run + i));
     }
 }
 

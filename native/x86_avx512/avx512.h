@@ -90,11 +90,16 @@ QK_AVX512_INLINE __m512 qk_avx512_run_fma(qk_run_step s, __m512 a, __m512 b, con
     return s.first ? _mm512_mul_ps(a, b) : _mm512_fmadd_ps(a, b, _mm512_load_ps(run));
 }
 
+/* y[0..15] += v, in float64. */
+QK_AVX512_INLINE void qk_avx512_add_f64(double* y, __m512 v) {
+    _mm512_storeu_pd(y, _mm512_add_pd(_mm512_loadu_pd(y), _mm512_cvtps_pd(_mm512_castps512_ps256(v))));
+    _mm512_storeu_pd(y + 8, _mm512_add_pd(_mm512_loadu_pd(y + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
+}
+
 /* v stored as run[0..15], or, where the run ends, added to y[0..15] (float64) instead. */
 QK_AVX512_INLINE void qk_avx512_run_end(qk_run_step s, __m512 v, float* run, double* y) {
     if (s.last) {
-        _mm512_storeu_pd(y, _mm512_add_pd(_mm512_loadu_pd(y), _mm512_cvtps_pd(_mm512_castps512_ps256(v))));
-        _mm512_storeu_pd(y + 8, _mm512_add_pd(_mm512_loadu_pd(y + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
+        qk_avx512_add_f64(y, v);
     } else {
         _mm512_store_ps(run, v);
     }

@@ -133,13 +133,10 @@ static void stage_group(const amx_problem* ap, int32_t panel, int32_t g, int32_t
     const uint8_t* group = qk_vnni16_group(p->packed, l, panel, g);
     int32_t per_step = STEP_K / l->k_per_row, first = s0 * per_step;
     int32_t last = l->rows < s1 * per_step ? l->rows : s1 * per_step;
-    const uint8_t* rows = group + l->header_bytes;
     __m512i zero = _mm512_load_si512((const void*)(group + 64));
     int32_t staged = 0; /* bfloat16 rows written */
     for (int32_t r = first; r < last; r++) {
-        const uint8_t* row = rows + (size_t)r * QK_VNNI16_ROW_BYTES;
-        _mm_prefetch((const char*)row + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0); /* as in a8.c */
-        __m512i v = _mm512_load_si512((const void*)row);
+        __m512i v = qk_avx512_load_row(group, l, r); /* prefetched, as in a8.c */
         if (p->w->bits == 4) {
             const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
             bf16_rows(_mm512_and_si512(v, low_nibbles), zero, out + (size_t)staged * 64);

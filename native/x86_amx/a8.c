@@ -21,9 +21,10 @@
  * Per group, acc is exact in int32 (G <= QK_A8_INT32_EXACT_GROUP). The fold (fold_block) adds
  * scale * acc (+ offset * xs) in float32 over runs of groups, each run then added to float64 sums,
  * with x86_avx512's values in x86_avx512's order (qk_avx512_a8_fold, reading 20; x86_avx512 loops
- * over runs instead, see its a8.c), so the two kernels' results are equal bit for bit. (Folding one block while the tile unit computed the next,
- * over two C buffers, measured no faster: at 4096^2, M = 512, 4-bit g128, the products alone took
- * 2.6 ms, the fold alone 2.8 ms, and both 6.6 ms either way.)
+ * over runs instead, see its a8.c), so the two kernels' results are equal bit for bit. (Folding one
+ * block while the tile unit computed the next, over two C buffers, measured no faster: at 4096^2,
+ * M = 512, 4-bit g128, the products alone took 2.6 ms, the fold alone 2.8 ms, and both 6.6 ms
+ * either way.)
  *
  * The tile configuration is loaded at the start of every task, not once per thread: another library
  * in the process (oneDNN in PyTorch, say) may configure the tiles of the same thread in between. */
@@ -122,17 +123,16 @@ static void stage_group(const qk_avx512_problem* p, int32_t panel, int32_t g, in
     const uint8_t* group = qk_vnni16_group(p->packed, l, panel, g);
     int32_t staged; /* rows written */
     if (p->w->bits == 4) { /* packed row r: staged rows 2r, 2r + 1 */
-        const uint8_t* rows = group + l->header_bytes + (size_t)s0 * (QK_AMX_TILE_ROWS / 2) * QK_VNNI16_ROW_BYTES;
+        int32_t first = s0 * QK_AMX_TILE_ROWS / 2;
         int32_t end = l->rows < s1 * QK_AMX_TILE_ROWS / 2 ? l->rows : s1 * QK_AMX_TILE_ROWS / 2;
-        int32_t n = end - s0 * QK_AMX_TILE_ROWS / 2;
+        int32_t n = end - first;
         const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
         __m512i zero = _mm512_mullo_epi32(_mm512_load_si512((const void*)(group + 64)), _mm512_set1_epi32(0x01010101));
         for (int32_t r = 0; r < n; r++) {
-            const uint8_t* row = rows + (size_t)r * QK_VNNI16_ROW_BYTES;
-            /* The panel's groups are contiguous: a stream the hardware prefetcher does not run far
-             * enough ahead of when each group's rows are followed by its tile products and fold. */
-            _mm_prefetch((const char*)row + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
-            __m512i v = _mm512_load_si512((const void*)row);
+            /* Prefetched: the panel's groups are contiguous, a stream the hardware prefetcher does
+             * not run far enough ahead of when each group's rows are followed by its tile products
+             * and fold. */
+            __m512i v = qk_avx512_load_row(group, l, first + r);
             _mm512_store_si512((void*)(out + (size_t)(2 * r) * 64), _mm512_sub_epi8(_mm512_and_si512(v, low_nibbles), zero));
             _mm512_store_si512((void*)(out + (size_t)(2 * r + 1) * 64),
                                _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles), zero));

@@ -55,9 +55,7 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
             for (ptrdiff_t i = i0; i < i1; i++) {
                 __m512i v[2];
                 for (int pi = 0; pi < panels; pi++) {
-                    const uint8_t* data = group[pi] + l->header_bytes + i * QK_VNNI16_ROW_BYTES;
-                    _mm_prefetch((const char*)data + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
-                    v[pi] = _mm512_load_si512((const void*)data);
+                    v[pi] = qk_avx512_load_row(group[pi], l, i);
                     if (bits == 8) v[pi] = _mm512_xor_si512(v[pi], _mm512_set1_epi8((char)0x80)); /* bytes of q */
                 }
                 /* a constant trip count, unrolled, so that shifts and chain indices are constants and

@@ -105,11 +105,7 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int asymmetric, int 
                     for (int c = 0; c < CHAINS; c++) sum[r][pi][c] = _mm512_setzero_ps();
             for (ptrdiff_t i = i0; i < i1; i++) {
                 __m512i v[2];
-                for (int pi = 0; pi < panels; pi++) {
-                    const uint8_t* data = group[pi] + l->header_bytes + i * QK_VNNI16_ROW_BYTES;
-                    _mm_prefetch((const char*)data + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
-                    v[pi] = _mm512_load_si512((const void*)data);
-                }
+                for (int pi = 0; pi < panels; pi++) v[pi] = qk_avx512_load_row(group[pi], l, i);
 #pragma GCC unroll 4
                 for (int j = 0; j < CHAINS; j++) {
                     __m512i w[2];

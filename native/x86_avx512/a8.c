@@ -59,9 +59,7 @@ QK_AVX512_INLINE void a8_tile(const qk_avx512_problem* p, int bits, int panels, 
             for (ptrdiff_t i = 0; i < l->rows; i++) {
                 __m512i lo[2], hi[2];
                 for (int pi = 0; pi < panels; pi++) {
-                    const uint8_t* data = group[pi] + l->header_bytes + i * QK_VNNI16_ROW_BYTES;
-                    _mm_prefetch((const char*)data + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
-                    __m512i v = _mm512_load_si512((const void*)data);
+                    __m512i v = qk_avx512_load_row(group[pi], l, i);
                     if (bits == 4) {
                         lo[pi] = _mm512_and_si512(v, low_nibbles);
                         hi[pi] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibbles);

@@ -2,10 +2,10 @@
  *
  * Files: layout.h and pack.c are the vnni16 pack (shared with x86_amx); driver.c prepares rows of X
  * and runs tiles on the thread pool; a8.c is the A8 kernel (vpdpbusd; one tile for decode and prefill),
- * a16.c the A16 kernel (AVX-512 FMA), a16_bf16.c the decode A16 kernel for float16 input and 4-bit
- * weights (AVX512-BF16 dot products, the one file built for them); register.c is the kernel table. Rows of X are read and
- * quantized, and results rounded to the output dtype, by the x86_avx2 backend's activation code
- * (x86_avx2/activations.c): the same logic, and every machine with AVX-512 has AVX2.
+ * a16.c the A16 kernel (AVX-512 FMA), a16_bf16.c the A16 kernel for float16 input and 4-bit weights
+ * (AVX512-BF16 dot products, the one file built for them); register.c is the kernel table. Rows of X
+ * are read and quantized, and results rounded to the output dtype, by the x86_avx2 backend's
+ * activation code (x86_avx2/activations.c): the same logic, and every machine with AVX-512 has AVX2.
  *
  * The emulated test build (CMake QK_EMULATE_X86) compiles these files without AVX-512: the
  * intrinsics then come from SIMDe, plus native/tests/emulation/simde_shims.h for names SIMDe lacks. */
@@ -33,6 +33,13 @@ enum {
      * without it A8 took 1.07-1.15x and A16 2.1x the time; 4096 bytes ahead changed nothing. */
     QK_AVX512_PREFETCH_BYTES = 2048,
 };
+
+/* Data row i of a group (from qk_vnni16_group), prefetching the panel's stream ahead. */
+QK_AVX512_INLINE __m512i qk_avx512_load_row(const uint8_t* group, const qk_vnni16_layout* l, ptrdiff_t i) {
+    const uint8_t* data = group + l->header_bytes + i * QK_VNNI16_ROW_BYTES;
+    _mm_prefetch((const char*)data + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
+    return _mm512_load_si512((const void*)data);
+}
 
 /* What the tiles read. */
 typedef struct {

@@ -8,19 +8,23 @@
  *           u - 8 = q for symmetric weights, else u, minus zero (= zp + 8).
  *   8 bits  the row's bytes xor 0x80 are q (u = q + 128); a left and an arithmetic right shift
  *           sign-extend k's byte, one vcvtdq2ps, minus zp for asymmetric weights.
- * Sums of x * (q - zp) run in float32 over runs of at most 128 k as two chains (even and odd k) of
- * at most 64 terms, whose rounding error is at most 2^-18 of sum |x * (q - zp)|, a quarter of the
- * float32 tolerance; each run's sum is scaled and folded into float64, so the error does not grow
- * with K. With offsets each weight is formed first, w = fma(q - zp, scale, offset) (one float32
- * rounding), and the runs sum x * w: offset * sum x apart would cancel against scale * sum x q
- * where w is near zero, beyond the tolerance, which is relative to sum |x * w| (as in x86_avx2). Rows of |x| >= 2^88 come scaled down by a power of two (qk_avx2_load_row), so that no
- * float32 sum overflows where the float64 result is finite. Activations past a group's end are
- * zero. */
+ * Sums of x * (q - zp) run in float32 over chunks of at most 128 k as two chains (even and odd k)
+ * of at most 64 terms, whose rounding error is at most 2^-18 of sum |x * (q - zp)|, a quarter of the
+ * float32 tolerance. Each chunk's sum times its group's scale is added to a float32 run of at most
+ * RUN_TERMS chunks, and each run to the float64 sums: at most 2^-20 more, and the error does not
+ * grow with K (docs/numerics.md reading 19; a float64 fold per chunk cost group size 32 up to 1.5x
+ * the time of per-channel weights). With offsets each weight is formed first,
+ * w = fma(q - zp, scale, offset) (one float32 rounding), and the runs sum x * w: offset * sum x
+ * apart would cancel against scale * sum x q where w is near zero, beyond the tolerance, which is
+ * relative to sum |x * w| (as in x86_avx2). Rows of |x| >= 2^88 come scaled down by a power of two
+ * (qk_avx2_load_row), so that no float32 sum overflows where the float64 result is finite.
+ * Activations past a group's end are zero. */
 #include "avx512.h"
 
 enum {
     TILE_ROWS = 4,
-    RUN_K = 128, /* float32 sums over at most this many k, then float64 */
+    RUN_K = 128,    /* float32 chains over at most this many k: a chunk */
+    RUN_TERMS = 16, /* chunk sums (times their scale) added in float32 before a float64 sum */
 };
 
 /* Rows x panels of the tile, for one call with constant arguments. Each float32 sum has two chains
@@ -30,29 +34,31 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
     enum { CHAINS = 2 };
     const qk_vnni16_layout* l = &p->l;
     const float* x = p->x + (size_t)m * p->row;
-    const ptrdiff_t run_rows = RUN_K / (bits == 4 ? 8 : 4);
+    const ptrdiff_t chunk_rows = RUN_K / (bits == 4 ? 8 : 4);
     /* 4 bits: u - 8 (symmetric) or u, by nibble value */
     const __m512 nibble_values = _mm512_sub_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                                _mm512_set1_ps(asymmetric ? 0.0f : 8.0f));
-    for (int32_t g = 0; g < l->groups; g++) {
-        const uint8_t* group[2];
-        __m512 scale[2], zero[2]; /* zero: what is left to subtract, zp + 8 (4 bits) or zp (8 bits) */
-        __m512 offset[2], fold_scale[2]; /* fold_scale: scale, or 1 when the weights were formed whole */
-        for (int pi = 0; pi < panels; pi++) {
-            group[pi] = qk_vnni16_group(p->packed, l, panel + pi, g);
-            scale[pi] = _mm512_load_ps((const float*)group[pi]);
-            zero[pi] = _mm512_cvtepi32_ps(_mm512_load_si512((const void*)(group[pi] + 64)));
-            if (bits == 8) zero[pi] = _mm512_sub_ps(zero[pi], _mm512_set1_ps(128.0f));
-            offset[pi] = offsets ? _mm512_load_ps((const float*)(group[pi] + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
-            fold_scale[pi] = offsets ? _mm512_set1_ps(1.0f) : scale[pi];
-        }
-        const float* xg = x + (size_t)g * p->group_stride;
-        for (ptrdiff_t i0 = 0; i0 < l->rows; i0 += run_rows) {
-            ptrdiff_t i1 = l->rows - i0 < run_rows ? l->rows : i0 + run_rows;
+    qk_avx512_chunk c = qk_avx512_chunk_at(l, 0, 0, chunk_rows);
+    while (c.g < l->groups) {
+        __m512 run[TILE_ROWS][2];
+        for (int r = 0; r < rows; r++)
+            for (int pi = 0; pi < panels; pi++) run[r][pi] = _mm512_setzero_ps();
+        for (int term = 0; term < RUN_TERMS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, c, chunk_rows)) {
+            const uint8_t* group[2];
+            __m512 zero[2]; /* what is left to subtract, zp + 8 (4 bits) or zp (8 bits) */
+            __m512 scale[2], offset[2];
+            for (int pi = 0; pi < panels; pi++) {
+                group[pi] = qk_vnni16_group(p->packed, l, panel + pi, c.g);
+                scale[pi] = _mm512_load_ps((const float*)group[pi]);
+                zero[pi] = _mm512_cvtepi32_ps(_mm512_load_si512((const void*)(group[pi] + 64)));
+                if (bits == 8) zero[pi] = _mm512_sub_ps(zero[pi], _mm512_set1_ps(128.0f));
+                offset[pi] = offsets ? _mm512_load_ps((const float*)(group[pi] + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
+            }
+            const float* xg = x + (size_t)c.g * p->group_stride;
             __m512 sum[TILE_ROWS][2][CHAINS];
             for (int r = 0; r < rows; r++)
                 for (int pi = 0; pi < panels; pi++) sum[r][pi][0] = sum[r][pi][1] = _mm512_setzero_ps();
-            for (ptrdiff_t i = i0; i < i1; i++) {
+            for (ptrdiff_t i = c.i0; i < c.i1; i++) {
                 __m512i v[2];
                 for (int pi = 0; pi < panels; pi++) {
                     v[pi] = qk_avx512_load_row(group[pi], l, i);
@@ -84,10 +90,13 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
                 }
             }
             for (int r = 0; r < rows; r++)
-                for (int pi = 0; pi < panels; pi++)
-                    qk_avx512_fold_ps(y + r * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL,
-                                      _mm512_add_ps(sum[r][pi][0], sum[r][pi][1]), fold_scale[pi]);
+                for (int pi = 0; pi < panels; pi++) {
+                    __m512 t = _mm512_add_ps(sum[r][pi][0], sum[r][pi][1]);
+                    /* with offsets the weights were formed whole: t is already scaled */
+                    run[r][pi] = offsets ? _mm512_add_ps(run[r][pi], t) : _mm512_fmadd_ps(t, scale[pi], run[r][pi]);
+                }
         }
+        qk_avx512_add_runs(y, run, rows, panels);
     }
 }
 

@@ -25,8 +25,9 @@
  * vdpbf16ps of at most two roundings: an error of at most 2^-18 of sum |x * w| (plus 2^-7 for lo's
  * share), a 256th of the float16 tolerance. Each chunk's sum times its group's scale is added to a
  * float32 run of at most RUN_TERMS chunks, and each run to the float64 sums: 16 more roundings,
- * at most 2^-20 of the run's sum of |scale * t|. (A float64 fold per chunk, as in a16.c, cost group
- * size 32 1.2-1.4x the time of 128.) A row's sums never depend on the other rows of its tile. */
+ * at most 2^-20 of the run's sum of |scale * t|. (A float64 fold per chunk, as a16.c had too, cost
+ * group size 32 1.2-1.4x the time of 128.) A row's sums never depend on the other rows of its
+ * tile. */
 #include <string.h>
 
 #include "avx512.h"
@@ -81,29 +82,27 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int asymmetric, int 
     const uint32_t* x = (const uint32_t*)(p->x + (size_t)m * p->row); /* pairs of bfloat16 parts */
     const ptrdiff_t chunk_rows = RUN_K / 8;
     const __m512i table = weight_table(asymmetric), nibbles = _mm512_set1_epi32(0x000F000F);
-    int32_t g = 0;
-    ptrdiff_t i0 = 0; /* the next chunk: group g's data rows from i0 */
-    while (g < l->groups) {
+    qk_avx512_chunk c = qk_avx512_chunk_at(l, 0, 0, chunk_rows);
+    while (c.g < l->groups) {
         __m512 run[TILE_ROWS][2];
         for (int r = 0; r < rows; r++)
             for (int pi = 0; pi < panels; pi++) run[r][pi] = _mm512_setzero_ps();
-        for (int term = 0; term < RUN_TERMS && g < l->groups; term++) {
+        for (int term = 0; term < RUN_TERMS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, c, chunk_rows)) {
             const uint8_t* group[2];
             __m512 scale[2];
             __m512i index_bias[2]; /* asymmetric: 16 - zero in both 16-bit halves of each column's lane */
             for (int pi = 0; pi < panels; pi++) {
-                group[pi] = qk_vnni16_group(p->packed, l, panel + pi, g);
+                group[pi] = qk_vnni16_group(p->packed, l, panel + pi, c.g);
                 scale[pi] = _mm512_load_ps((const float*)group[pi]);
                 __m512i bias = _mm512_sub_epi32(_mm512_set1_epi32(16), _mm512_load_si512((const void*)(group[pi] + 64)));
                 index_bias[pi] = _mm512_or_si512(bias, _mm512_slli_epi32(bias, 16));
             }
-            const uint32_t* xg = x + (size_t)g * p->group_stride;
-            ptrdiff_t i1 = l->rows - i0 < chunk_rows ? l->rows : i0 + chunk_rows;
+            const uint32_t* xg = x + (size_t)c.g * p->group_stride;
             __m512 sum[TILE_ROWS][2][CHAINS];
             for (int r = 0; r < rows; r++)
                 for (int pi = 0; pi < panels; pi++)
-                    for (int c = 0; c < CHAINS; c++) sum[r][pi][c] = _mm512_setzero_ps();
-            for (ptrdiff_t i = i0; i < i1; i++) {
+                    for (int j = 0; j < CHAINS; j++) sum[r][pi][j] = _mm512_setzero_ps();
+            for (ptrdiff_t i = c.i0; i < c.i1; i++) {
                 __m512i v[2];
                 for (int pi = 0; pi < panels; pi++) v[pi] = qk_avx512_load_row(group[pi], l, i);
 #pragma GCC unroll 4
@@ -127,15 +126,8 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int asymmetric, int 
                     run[r][pi] = _mm512_fmadd_ps(_mm512_add_ps(_mm512_add_ps(sum[r][pi][0], sum[r][pi][1]),
                                                                _mm512_add_ps(sum[r][pi][2], sum[r][pi][3])),
                                                  scale[pi], run[r][pi]);
-            i0 = i1;
-            if (i0 == l->rows) {
-                g++;
-                i0 = 0;
-            }
         }
-        for (int r = 0; r < rows; r++)
-            for (int pi = 0; pi < panels; pi++)
-                qk_avx512_add_f64(y + r * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL, run[r][pi]);
+        qk_avx512_add_runs(y, run, rows, panels);
     }
 }
 

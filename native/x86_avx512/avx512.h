@@ -103,6 +103,30 @@ QK_AVX512_INLINE void qk_avx512_add_f64(double* y, __m512 v) {
     _mm512_storeu_pd(y + 8, _mm512_add_pd(_mm512_loadu_pd(y + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
 }
 
+/* A16 chunks (docs/numerics.md readings 19 and 24): a panel's data rows, group by group, at most
+ * `rows` at a time, each chunk summed in float32 chains and added to a float32 run. The chunk is
+ * group g's data rows [i0, i1). */
+typedef struct {
+    int32_t g;
+    ptrdiff_t i0, i1;
+} qk_avx512_chunk;
+
+QK_AVX512_INLINE qk_avx512_chunk qk_avx512_chunk_at(const qk_vnni16_layout* l, int32_t g, ptrdiff_t i0, ptrdiff_t rows) {
+    qk_avx512_chunk c = {g, i0, l->rows - i0 < rows ? l->rows : i0 + rows};
+    return c;
+}
+
+QK_AVX512_INLINE qk_avx512_chunk qk_avx512_next_chunk(const qk_vnni16_layout* l, qk_avx512_chunk c, ptrdiff_t rows) {
+    return c.i1 == l->rows ? qk_avx512_chunk_at(l, c.g + 1, 0, rows) : qk_avx512_chunk_at(l, c.g, c.i1, rows);
+}
+
+/* A tile's runs, run[r][pi], added to its float64 sums y[r * 32 + pi * 16 ...]. */
+QK_AVX512_INLINE void qk_avx512_add_runs(double* y, __m512 (*run)[2], int rows, int panels) {
+    for (int r = 0; r < rows; r++)
+        for (int pi = 0; pi < panels; pi++)
+            qk_avx512_add_f64(y + r * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL, run[r][pi]);
+}
+
 /* v stored as run[0..15], or, where the run ends, added to y[0..15] (float64) instead. */
 QK_AVX512_INLINE void qk_avx512_run_end(qk_run_step s, __m512 v, float* run, double* y) {
     if (s.last) {
@@ -127,14 +151,6 @@ QK_AVX512_INLINE void qk_avx512_a8_fold(qk_run_step s, int has_offsets, __m512i 
     __m512 v = qk_avx512_run_fma(s, _mm512_cvtepi32_ps(acc), scale, run);
     if (has_offsets) v = _mm512_fmadd_ps(offset, _mm512_set1_ps((float)xs), v);
     qk_avx512_run_end(s, v, run, y);
-}
-
-/* y[0..15] += t * scale, in float64 (t, scale: 16 float32 lanes). */
-QK_AVX512_INLINE void qk_avx512_fold_ps(double* y, __m512 t, __m512 scale) {
-    __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(t)), hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(t, 1));
-    __m512d s_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(scale)), s_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(scale, 1));
-    _mm512_storeu_pd(y, _mm512_fmadd_pd(lo, s_lo, _mm512_loadu_pd(y)));
-    _mm512_storeu_pd(y + 8, _mm512_fmadd_pd(hi, s_hi, _mm512_loadu_pd(y + 8)));
 }
 
 /* ---- the kernels ---- */

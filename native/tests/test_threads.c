@@ -170,7 +170,8 @@ static void test_many_calls(void) {
         qk_parallel_for(&exec, 2 + i % 3, 1, tiny_task, sum);
         wrong += atomic_load(sum) != 2 + i % 3;
         free(sum);
-        if (i % 100 == 0) usleep(50);  /* let the workers fall asleep: the futex path */
+        if (i % 100 == 0) usleep(300); /* past threads.c's POLL_NS (200 us): workers sleep, the futex path */
+        if (i % 100 == 50) usleep(50);  /* within it: workers poll, yielding their cores */
     }
     CHECK(wrong == 0, "%d of 100000 tiny calls incomplete", wrong);
     printf("many calls: 100000\n");

@@ -11,21 +11,17 @@
  * Sums of x * (q - zp) run in float32 over chunks of at most 128 k as two chains (even and odd k)
  * of at most 64 terms, whose rounding error is at most 2^-18 of sum |x * (q - zp)|, a quarter of the
  * float32 tolerance. Each chunk's sum times its group's scale is added to a float32 run of at most
- * RUN_TERMS chunks, and each run to the float64 sums: at most 2^-20 more, and the error does not
- * grow with K (docs/numerics.md reading 19; a float64 fold per chunk cost group size 32 up to 1.5x
- * the time of per-channel weights). With offsets each weight is formed first,
- * w = fma(q - zp, scale, offset) (one float32 rounding), and the runs sum x * w: offset * sum x
- * apart would cancel against scale * sum x q where w is near zero, beyond the tolerance, which is
+ * 16 chunks (avx512.h, qk_avx512_chunk), and each run to the float64 sums: at most 2^-20 more, and
+ * the error does not grow with K (docs/numerics.md reading 19; a float64 fold per chunk cost group
+ * size 32 about 1.3x the time of per-channel weights, README). With offsets each weight is formed
+ * first, w = fma(q - zp, scale, offset) (one float32 rounding), and the runs sum x * w: offset * sum
+ * x apart would cancel against scale * sum x q where w is near zero, beyond the tolerance, which is
  * relative to sum |x * w| (as in x86_avx2). Rows of |x| >= 2^88 come scaled down by a power of two
  * (qk_avx2_load_row), so that no float32 sum overflows where the float64 result is finite.
  * Activations past a group's end are zero. */
 #include "avx512.h"
 
-enum {
-    TILE_ROWS = 4,
-    RUN_K = 128,    /* float32 chains over at most this many k: a chunk */
-    RUN_TERMS = 16, /* chunk sums (times their scale) added in float32 before a float64 sum */
-};
+enum { TILE_ROWS = 4 };
 
 /* Rows x panels of the tile, for one call with constant arguments. Each float32 sum has two chains
  * whatever the tile, so a row's result never depends on the other rows of its tile. */
@@ -34,16 +30,15 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
     enum { CHAINS = 2 };
     const qk_vnni16_layout* l = &p->l;
     const float* x = p->x + (size_t)m * p->row;
-    const ptrdiff_t chunk_rows = RUN_K / (bits == 4 ? 8 : 4);
     /* 4 bits: u - 8 (symmetric) or u, by nibble value */
     const __m512 nibble_values = _mm512_sub_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                                _mm512_set1_ps(asymmetric ? 0.0f : 8.0f));
-    qk_avx512_chunk c = qk_avx512_chunk_at(l, 0, 0, chunk_rows);
+    qk_avx512_chunk c = qk_avx512_chunk_at(l, 0, 0);
     while (c.g < l->groups) {
         __m512 run[TILE_ROWS][2];
         for (int r = 0; r < rows; r++)
             for (int pi = 0; pi < panels; pi++) run[r][pi] = _mm512_setzero_ps();
-        for (int term = 0; term < RUN_TERMS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, c, chunk_rows)) {
+        for (int term = 0; term < QK_AVX512_RUN_CHUNKS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, c)) {
             const uint8_t* group[2];
             __m512 zero[2]; /* what is left to subtract, zp + 8 (4 bits) or zp (8 bits) */
             __m512 scale[2], offset[2];

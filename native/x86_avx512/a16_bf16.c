@@ -24,10 +24,10 @@
  * Sums run over chunks of at most 128 k in four chains (k pairs by shift), each at most 32
  * vdpbf16ps of at most two roundings: an error of at most 2^-18 of sum |x * w| (plus 2^-7 for lo's
  * share), a 256th of the float16 tolerance. Each chunk's sum times its group's scale is added to a
- * float32 run of at most RUN_TERMS chunks, and each run to the float64 sums: 16 more roundings,
- * at most 2^-20 of the run's sum of |scale * t|. (A float64 fold per chunk, as a16.c had too, cost
- * group size 32 1.2-1.4x the time of 128.) A row's sums never depend on the other rows of its
- * tile. */
+ * float32 run of at most 16 chunks (avx512.h, qk_avx512_chunk), and each run to the float64 sums:
+ * 16 more roundings, at most 2^-20 of the run's sum of |scale * t|. (A float64 fold per chunk, as
+ * a16.c had too, cost group size 32 1.2-1.4x the time of 128.) A row's sums never depend on the
+ * other rows of its tile. */
 #include <string.h>
 
 #include "avx512.h"
@@ -35,8 +35,6 @@
 enum {
     TILE_ROWS = 2,
     CHAINS = 4, /* one per shift of the packed dword: vdpbf16ps's latency (6 cycles) hidden at M = 1 */
-    RUN_K = 128,
-    RUN_TERMS = 16, /* chunk sums times their scale added in float32 before a float64 sum */
 };
 
 /* Each float16-valued x of the row as bfloat16 hi and lo parts, in place. Per 8 k (32 bytes): the
@@ -80,14 +78,13 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int asymmetric, int 
                                 int32_t m, double* y) {
     const qk_vnni16_layout* l = &p->l;
     const uint32_t* x = (const uint32_t*)(p->x + (size_t)m * p->row); /* pairs of bfloat16 parts */
-    const ptrdiff_t chunk_rows = RUN_K / 8;
     const __m512i table = weight_table(asymmetric), nibbles = _mm512_set1_epi32(0x000F000F);
-    qk_avx512_chunk c = qk_avx512_chunk_at(l, 0, 0, chunk_rows);
+    qk_avx512_chunk c = qk_avx512_chunk_at(l, 0, 0);
     while (c.g < l->groups) {
         __m512 run[TILE_ROWS][2];
         for (int r = 0; r < rows; r++)
             for (int pi = 0; pi < panels; pi++) run[r][pi] = _mm512_setzero_ps();
-        for (int term = 0; term < RUN_TERMS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, c, chunk_rows)) {
+        for (int term = 0; term < QK_AVX512_RUN_CHUNKS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, c)) {
             const uint8_t* group[2];
             __m512 scale[2];
             __m512i index_bias[2]; /* asymmetric: 16 - zero in both 16-bit halves of each column's lane */

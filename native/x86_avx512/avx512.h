@@ -103,21 +103,25 @@ QK_AVX512_INLINE void qk_avx512_add_f64(double* y, __m512 v) {
     _mm512_storeu_pd(y + 8, _mm512_add_pd(_mm512_loadu_pd(y + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
 }
 
-/* A16 chunks (docs/numerics.md readings 19 and 24): a panel's data rows, group by group, at most
- * `rows` at a time, each chunk summed in float32 chains and added to a float32 run. The chunk is
- * group g's data rows [i0, i1). */
+/* A16 across groups (docs/numerics.md readings 19 and 24): a panel's data rows, group by group,
+ * in chunks of at most QK_AVX512_CHUNK_K k; each chunk's float32 chains are summed, times the
+ * group's scale, into a float32 run of at most QK_AVX512_RUN_CHUNKS chunks, and each run into the
+ * float64 sums. A chunk is group g's data rows [i0, i1). */
+enum { QK_AVX512_CHUNK_K = 128, QK_AVX512_RUN_CHUNKS = 16 };
+
 typedef struct {
     int32_t g;
     ptrdiff_t i0, i1;
 } qk_avx512_chunk;
 
-QK_AVX512_INLINE qk_avx512_chunk qk_avx512_chunk_at(const qk_vnni16_layout* l, int32_t g, ptrdiff_t i0, ptrdiff_t rows) {
+QK_AVX512_INLINE qk_avx512_chunk qk_avx512_chunk_at(const qk_vnni16_layout* l, int32_t g, ptrdiff_t i0) {
+    ptrdiff_t rows = QK_AVX512_CHUNK_K / l->k_per_row;
     qk_avx512_chunk c = {g, i0, l->rows - i0 < rows ? l->rows : i0 + rows};
     return c;
 }
 
-QK_AVX512_INLINE qk_avx512_chunk qk_avx512_next_chunk(const qk_vnni16_layout* l, qk_avx512_chunk c, ptrdiff_t rows) {
-    return c.i1 == l->rows ? qk_avx512_chunk_at(l, c.g + 1, 0, rows) : qk_avx512_chunk_at(l, c.g, c.i1, rows);
+QK_AVX512_INLINE qk_avx512_chunk qk_avx512_next_chunk(const qk_vnni16_layout* l, qk_avx512_chunk c) {
+    return c.i1 == l->rows ? qk_avx512_chunk_at(l, c.g + 1, 0) : qk_avx512_chunk_at(l, c.g, c.i1);
 }
 
 /* A tile's runs, run[r][pi], added to its float64 sums y[r * 32 + pi * 16 ...]. */

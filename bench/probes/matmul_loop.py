@@ -4,8 +4,8 @@
     ... matmul_loop.py a16 --kernel x86_avx512_a16_w4w8_4x32 1:4096:8:32
 
 Each problem is M:K:bits:G (G a group size, or ch for per channel), N = 4096, float16 activations,
-automatic dispatch unless --kernel names one; each runs for 3 s (at least 5 calls). A quick A/B probe for kernel changes:
-`qkernels bench` is the measurement of record (weights rotated past the LLC, baselines beside).
+automatic dispatch unless --kernel names one; each runs for 3 s (at least 5 calls). A quick A/B
+probe for kernel changes: `qkernels bench` is the measurement of record (weights rotated past the LLC, baselines beside).
 """
 
 import sys

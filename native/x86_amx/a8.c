@@ -20,11 +20,11 @@
  *
  * Per group, acc is exact in int32 (G <= QK_A8_INT32_EXACT_GROUP). The fold (fold_block) adds
  * scale * acc (+ offset * xs) in float32 over runs of groups, each run then added to float64 sums,
- * with x86_avx512's values in x86_avx512's order (qk_avx512_a8_fold, reading 20; x86_avx512 loops
- * over runs instead, see its a8.c), so the two kernels' results are equal bit for bit. (Folding one
- * block while the tile unit computed the next, over two C buffers, measured no faster: at 4096^2,
- * M = 512, 4-bit g128, the products alone took 2.6 ms, the fold alone 2.8 ms, and both 6.6 ms
- * either way.)
+ * with x86_avx512's operations in x86_avx512's order (qk_avx512_a8_fold, which x86_avx512's a8.c
+ * also computes through qk_avx512_a8_add, looping over runs; reading 20), so the two kernels'
+ * results are equal bit for bit. (Folding one block while the tile unit computed the next, over two
+ * C buffers, measured no faster: at 4096^2, M = 512, 4-bit g128, the products alone took 2.6 ms,
+ * the fold alone 2.8 ms, and both 6.6 ms either way.)
  *
  * The tile configuration is loaded at the start of every task, not once per thread: another library
  * in the process (oneDNN in PyTorch, say) may configure the tiles of the same thread in between. */

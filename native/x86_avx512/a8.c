@@ -8,10 +8,9 @@
  * xs = sum qx from the quantizer, each sum started at -zero * xs: exact in int32 (vpdpbusd wraps,
  * and the final value fits for G <= QK_A8_INT32_EXACT_GROUP). Then scaled and summed over groups
  * in float32 runs added to float64 sums (reading 20), with the offset term offset * xs when the
- * weights have offsets: the values of x86_amx's qk_avx512_a8_fold (a run here starts from +0 where
- * that one starts from the first product, which differs only in the sign of a zero, and the
- * float64 sums, which start at +0, lose it). Activations past a group's end are zero, as are the
- * pack's weights there, so padding adds nothing.
+ * weights have offsets: qk_avx512_a8_add, as in x86_amx's fold, so that both give the same bits.
+ * Activations past a group's end are zero, as are the pack's weights there, so padding adds
+ * nothing.
  *
  * One tile of up to 8 rows x 32 columns serves every M: 16 accumulators, the weights' nibble split
  * shared by 8 rows. Measured at 4096 x 4096 (weights in cache, shared machine), a 4-row tile took
@@ -82,9 +81,8 @@ QK_AVX512_INLINE void a8_tile(const qk_avx512_problem* p, int bits, int panels, 
                 __m512 offset = offsets ? _mm512_load_ps((const float*)(group[pi] + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
                 for (int r = 0; r < rows; r++) {
                     float* at = run + (size_t)r * QK_AVX512_TILE_COLUMNS + (size_t)pi * QK_VNNI16_PANEL;
-                    __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][pi]), scale, _mm512_load_ps(at));
-                    if (offsets) v = _mm512_fmadd_ps(offset, _mm512_set1_ps((float)sums[(size_t)r * groups + g]), v);
-                    _mm512_store_ps(at, v);
+                    _mm512_store_ps(at, qk_avx512_a8_add(_mm512_load_ps(at), offsets, acc[r][pi], scale, offset,
+                                                         sums[(size_t)r * groups + g]));
                 }
             }
         }

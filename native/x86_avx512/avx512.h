@@ -149,11 +149,17 @@ QK_AVX512_INLINE qk_run_step qk_a8_run_step_of(int32_t g, int32_t groups, int ha
     return qk_run_step_of(g, groups, qk_a8_run_groups(has_offsets));
 }
 
-/* Group g's 16 results of one row into its run and float64 sums. */
+/* A run's 16 values plus one group's, acc * scale (+ offset * xs): the operations of both A8 kernels. */
+QK_AVX512_INLINE __m512 qk_avx512_a8_add(__m512 run, int has_offsets, __m512i acc, __m512 scale, __m512 offset,
+                                         int32_t xs) {
+    __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), scale, run);
+    return has_offsets ? _mm512_fmadd_ps(offset, _mm512_set1_ps((float)xs), v) : v;
+}
+
+/* Group g's 16 results of one row into its run and float64 sums (a run starts from +0: reading 20). */
 QK_AVX512_INLINE void qk_avx512_a8_fold(qk_run_step s, int has_offsets, __m512i acc, __m512 scale, __m512 offset,
                                         int32_t xs, float* run, double* y) {
-    __m512 v = qk_avx512_run_fma(s, _mm512_cvtepi32_ps(acc), scale, run);
-    if (has_offsets) v = _mm512_fmadd_ps(offset, _mm512_set1_ps((float)xs), v);
+    __m512 v = qk_avx512_a8_add(s.first ? _mm512_setzero_ps() : _mm512_load_ps(run), has_offsets, acc, scale, offset, xs);
     qk_avx512_run_end(s, v, run, y);
 }
 

@@ -11,7 +11,7 @@ import pytest
 
 import qkernels
 from qkernels import cli
-from qkernels.bench import command, layers, llm
+from qkernels.bench import command, layers, llm, sweep
 
 from qk_support import HAVE_TORCH
 
@@ -39,8 +39,34 @@ def test_layer_table(tmp_path, capsys):
     for k in qkernels.kernels():
         if k.available:
             assert any(line.startswith("64x128") and f"{k.mode} w4/ch" in line and k.name in line for line in lines)
-    assert {r["measurement"] for r in report["rows"]} == {"layers"}
-    assert all(r["check"] == "ok" for r in report["rows"] if r["backend"] != "baseline")
+    rows = [r for r in report["rows"] if r["measurement"] == "layers"]
+    assert all(r["check"] == "ok" for r in rows if r["backend"] != "baseline")
+    # The selection check: one per mode, the picked kernel (the row marked *) against the fastest.
+    checks = [r for r in report["rows"] if r["measurement"] == "dispatch"]
+    assert len(rows) + len(checks) == len(report["rows"])
+    assert sorted(c["label"] for c in checks) == ["a16 w4/ch", "a8 w4/ch"]
+    for c in checks:
+        picked = next(r for r in rows if r["label"] == c["label"] and r["auto"])
+        assert c["picked"] == picked["name"] and c["vs_fastest"] == picked["vs_fastest"] >= 1
+    compared = [c for c in checks if c["kernels"] > 1]
+    slow = sum(c["vs_fastest"] > sweep.DISPATCH_SLACK for c in compared)
+    assert f"in {len(compared) - slow} of {len(compared)} cases" in out
+
+
+def test_dispatch_check_names_a_slower_pick(capsys):
+    def row(name, ms, auto=False, label="a8 w4/g128"):
+        return {"layer": "64x128", "M": 16, "label": label, "name": name, "backend": "x", "auto": auto,
+                "median_ms": ms}
+
+    rows = [row("numpy", 0.1) | {"backend": "baseline", "auto": False}, row("fast", 1.0), row("picked", 1.5, True),
+            row("fast_c4x8 (stateless)", 0.5), row("alone", 2.0, True, "a16 w4/g128")]
+    checks = sweep.dispatch_check(rows)
+    assert [(c["label"], c["fastest"], c["vs_fastest"], c["kernels"]) for c in checks] == [
+        ("a8 w4/g128", "fast", 1.5, 2), ("a16 w4/g128", "alone", 1.0, 1)]
+    sweep.print_dispatch_checks(checks)
+    out = capsys.readouterr().out
+    assert "in 0 of 1 cases (1 more with one kernel timed):" in out
+    assert "slower: 64x128 M=16 a8 w4/g128: picked picked, 1.50x the time of fast" in out
 
 
 def test_overhead(tmp_path, capsys):

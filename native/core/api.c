@@ -180,7 +180,7 @@ qk_status qk_backend_get(qk_backend backend, qk_backend_info* out) {
     if (s != QK_OK) return s;
     const qk_backend_entry* e = qk_backend_entry_get(backend);
     if (!e) return qk_fail(QK_ERR_INVALID_ARGUMENT, "backend=%d is not a registered backend id", (int)backend);
-    uint64_t missing = e->desc->required_cpu & ~qk_cpu_features();
+    uint64_t missing = qk_missing_cpu(e->desc->required_cpu);
     qk_backend_info info = {
         .size = sizeof info,
         .name = e->desc->name,

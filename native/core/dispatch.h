@@ -52,7 +52,9 @@ enum qk_layout_need {
 
 int qk_backend_available(qk_backend b);
 qk_status qk_backend_unavailable(qk_backend b, const char* what);
-/* Whether qk_cpu_features() lacks some of `required`; if so, says which in out ("this CPU or its
+/* The features of `required` that qk_cpu_features() lacks. */
+static inline uint64_t qk_missing_cpu(uint64_t required) { return required & ~qk_cpu_features(); }
+/* Whether qk_missing_cpu(required) is not empty; if so, says which in out ("this CPU or its
  * operating system lacks ..."). */
 int qk_lacks_cpu(uint64_t required, char* out, size_t size);
 /* A kernel's backend is available and the CPU has what the kernel needs beyond it. */

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "dispatch.h"
 
 #define QK_BUILTIN(name) qk_status qk_register_##name(void);
 #include "builtin_backends.h"
@@ -46,7 +46,7 @@ static const order_snapshot no_backends = {NULL, 0};
 static _Atomic(const order_snapshot*) order = &no_backends;
 
 int qk_lacks_cpu(uint64_t required, char* out, size_t size) {
-    uint64_t missing = required & ~qk_cpu_features();
+    uint64_t missing = qk_missing_cpu(required);
     if (!missing) return 0;
     int used = snprintf(out, size, "this CPU or its operating system lacks");
     for (int f = 0; f < QK_CPU_FEATURE_COUNT && used < (int)size; f++)

@@ -22,7 +22,7 @@ int qk_backend_available(qk_backend b) {
 }
 
 int qk_kernel_available(qk_kernel_ref k) {
-    return qk_backend_available(k.backend) && (k.desc->required_cpu & ~qk_cpu_features()) == 0;
+    return qk_backend_available(k.backend) && !qk_missing_cpu(k.desc->required_cpu);
 }
 
 /* Whether automatic selection may pick backend b: available, and not on a device. A device backend

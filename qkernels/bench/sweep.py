@@ -1,6 +1,10 @@
 """The default measurement of `qkernels bench`: every available kernel and the baselines on each
 layer and M. Every qkernels result is checked against qkernels.reference on the very input it is
-timed with; the candidates of one layer and M are timed in turns (measure_together)."""
+timed with; the candidates of one layer and M are timed in turns (measure_together).
+
+It also checks the selection policy (for each M and mode the fastest available kernel wins): for
+each layer, M and weight format, the kernel automatic dispatch picks against the fastest kernel
+timed beside it on the same path (prepared; the stateless variants are another call)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,10 @@ import qkernels
 from .baselines import BASELINES, Baseline
 from .layers import MS, SHAPES, Candidate, Layer, group_size_for
 from .timing import MIN_REPEATS, measure_together
+
+# The picked kernel counts as the fastest within this factor of it: rows timed in turns on a shared
+# machine still move by a few per cent.
+DISPATCH_SLACK = 1.10
 
 _HEADER = (f"{'layer':<11} {'M':>4}  {'mode/weights':<12} {'kernel / baseline':<30} "
            f"{'ms':>9} {'GB/s':>7} {'GOP/s':>7} {'vs np':>7}  check")
@@ -68,6 +76,34 @@ def _timed(row: dict, cand: Candidate, output_bytes: int, times: list[float]) ->
     }
 
 
+def dispatch_check(rows: list[dict]) -> list[dict]:
+    """Per mode and weight format of one layer and M: the kernel automatic dispatch picks against the
+    fastest prepared kernel timed beside it (picked / fastest; the rows get "vs_fastest")."""
+    checks = []
+    for label in dict.fromkeys(r["label"] for r in rows if r["backend"] != "baseline"):
+        timed = [r for r in rows if r["label"] == label and r["backend"] != "baseline" and "median_ms" in r
+                 and not r["name"].endswith("(stateless)")]
+        picked = next((r for r in timed if r["auto"]), None)
+        if picked is None:
+            continue
+        fastest = min(timed, key=lambda r: r["median_ms"])
+        picked["vs_fastest"] = picked["median_ms"] / fastest["median_ms"]
+        checks.append({"layer": picked["layer"], "M": picked["M"], "label": label, "picked": picked["name"],
+                       "fastest": fastest["name"], "vs_fastest": picked["vs_fastest"], "kernels": len(timed)})
+    return checks
+
+
+def print_dispatch_checks(checks: list[dict]) -> None:
+    compared = [c for c in checks if c["kernels"] > 1]
+    slow = [c for c in compared if c["vs_fastest"] > DISPATCH_SLACK]
+    alone = f" ({len(checks) - len(compared)} more with one kernel timed)" if len(compared) < len(checks) else ""
+    print(f"automatic dispatch picked the fastest kernel timed (or one within {DISPATCH_SLACK - 1:.0%} of it) "
+          f"in {len(compared) - len(slow)} of {len(compared)} cases{alone}" + (":" if slow else ""))
+    for c in slow:
+        print(f"    slower: {c['layer']} M={c['M']} {c['label']}: picked {c['picked']}, "
+              f"{c['vs_fastest']:.2f}x the time of {c['fastest']}")
+
+
 def run(args, kernels: list[qkernels.dispatch.KernelInfo], llc: int) -> list[dict]:
     """Prints and returns the rows of every layer and M of the command's arguments."""
     shapes = args.shapes or (SHAPES[:1] if args.quick else SHAPES)
@@ -78,6 +114,7 @@ def run(args, kernels: list[qkernels.dispatch.KernelInfo], llc: int) -> list[dic
           f"GOP/s: 2*M*N*K; vs np: speed-up over numpy f32\n")
     print(_HEADER, flush=True)
     rows: list[dict] = []
+    checks: list[dict] = []
     last: dict[tuple, tuple[int, float]] = {}  # (layer, name, label) -> (M, seconds) of its last row
     for N, K in shapes:
         layer = Layer(N, K, llc)
@@ -113,6 +150,7 @@ def run(args, kernels: list[qkernels.dispatch.KernelInfo], llc: int) -> list[dic
             measured = iter(measure_together(
                 [cand.calls[1:] + cand.calls[:1] for _, _, cand, _, times in group if times is None], budget))
             numpy_ms = None
+            timed = []
             for key, row, cand, output_bytes, times in group:
                 if times is None:
                     times = next(measured)
@@ -123,7 +161,11 @@ def run(args, kernels: list[qkernels.dispatch.KernelInfo], llc: int) -> list[dic
                         numpy_ms = row["median_ms"]
                     row["gops"] = 2 * M * N * K / row["median_ms"] / 1e6
                     row["speedup"] = numpy_ms and numpy_ms / row["median_ms"]
-                rows.append(row)
+                timed.append(row)
+            checks += dispatch_check(timed)
+            for row in timed:
                 _print_row(row)
+            rows += timed
     print("\n* = the kernel automatic dispatch picks for that problem (qkernels.matmul)")
-    return rows
+    print_dispatch_checks(checks)
+    return rows + [{"measurement": "dispatch"} | c for c in checks]

@@ -154,8 +154,9 @@ static struct {
 /* Set on the pool's workers, and on a caller while it runs tasks: a call from there runs inline. */
 static _Thread_local int in_task;
 
-/* The set-up functions this thread has run. Backends are few; past the list's end a set-up runs
- * again on each call, which the idempotent set-ups of the hardware (tile configuration) allow. */
+/* The set-up functions this thread has run (a backend's thread_setup). Backends are few; past the
+ * list's end a set-up runs again on each call, which an idempotent set-up allows. (x86_amx has
+ * none: it loads its tile configuration per task, since another library may change it.) */
 static _Thread_local setup_fn* setups_run[16];
 static _Thread_local int setups_count;
 

@@ -437,13 +437,16 @@ static void test_prefill_shapes(void) {
  * (1 MiB per chunk of 256 rows: 64 tile steps of A8, 32 of A16 with float16's two parts). At
  * M = 257 and K = 4608 a group of the whole K goes on from one slice to the next (A8: its int32
  * tiles kept; A16: its float32 sums folded at the slice's end), and g128's float32 runs of groups
- * (A8) cross the slice boundaries; the last chunk has one row. */
+ * (A8) cross the slice boundaries; the last chunk has one row. G = 1184 (37 steps of 32 k) and 2080
+ * (65) are groups longer than a slice whose steps are not whole tile sums of A16 (4 steps): a slice
+ * must still end where a group's tile sum does. */
 static void test_long_k_slices(void) {
     static const struct {
         int32_t G;
         int bits, symmetric;
         qk_dtype dtype;
-    } formats[] = {{4608, 8, 1, QK_DTYPE_F16}, {4608, 4, 0, QK_DTYPE_BF16}, {128, 4, 0, QK_DTYPE_F32}, {128, 8, 1, QK_DTYPE_BF16}};
+    } formats[] = {{4608, 8, 1, QK_DTYPE_F16}, {4608, 4, 0, QK_DTYPE_BF16}, {128, 4, 0, QK_DTYPE_F32},
+                   {128, 8, 1, QK_DTYPE_BF16}, {1184, 4, 1, QK_DTYPE_F16}, {2080, 8, 1, QK_DTYPE_BF16}};
     for (size_t fi = 0; fi < sizeof formats / sizeof formats[0]; fi++)
         for (int mode = 0; mode < 2; mode++) {
             problem p = {.M = 257, .N = 40, .K = 4608, .G = formats[fi].G, .bits = formats[fi].bits,

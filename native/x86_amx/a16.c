@@ -17,8 +17,8 @@
  * another group's activations (an Inf there times a zero weight would be NaN). C is added into
  * float32 runs (qk_avx512_run_fma), times the group's scale, at the end of each group and after at
  * most fold_steps steps, which bounds the float32 tile sums; the runs of at most RUN_FOLDS such
- * sums are then added to float64 sums. Slices of K end where a tile sum does, so they change no
- * result. */
+ * sums are then added to float64 sums. Slices of K end where a tile sum does (a group longer than a
+ * slice is padded to whole tile sums), so they change no result. */
 #include <string.h>
 
 #include "amx.h"
@@ -36,7 +36,7 @@ typedef struct {
     int32_t chunk_rows;  /* rows per chunk: QK_AMX_CHUNK_ROWS, or fewer for a smaller M */
     int32_t parts;       /* bfloat16 parts per activation: 1 (bfloat16 input), 2 (float16), 3 (float32) */
     int32_t fold_steps;  /* steps per float32 sum */
-    int32_t steps;       /* 32-k steps per group */
+    int32_t steps;       /* 32-k steps per group (padded to whole tile sums where a group spans slices) */
     int32_t slice_steps; /* steps per slice of K: whole groups, or a multiple of fold_steps */
     int32_t pairs;       /* panel pairs: tasks per chunk and slice */
     size_t pieces;       /* 32-k pieces of a row: groups * steps */
@@ -57,6 +57,9 @@ static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmu
     ap->fold_steps = ap->parts == 3 ? 1 : FOLD_STEPS;
     ap->steps = (int32_t)((ap->p.group_stride + STEP_K - 1) / STEP_K);
     int32_t budget = (int32_t)(A_SLICE_BYTES / ((size_t)ap->chunk_rows * 64 * (size_t)ap->parts));
+    /* A group longer than a slice goes on in the next one, and a slice must end where one of its
+     * tile sums does: such a group is padded to whole tile sums (zero steps, which add nothing). */
+    if (ap->steps > budget) ap->steps = (ap->steps + ap->fold_steps - 1) / ap->fold_steps * ap->fold_steps;
     ap->slice_steps = ap->steps <= budget ? budget / ap->steps * ap->steps
                                           : (budget > ap->fold_steps ? budget / ap->fold_steps * ap->fold_steps : ap->fold_steps);
     ap->pairs = (ap->p.l.panels + 1) / 2;

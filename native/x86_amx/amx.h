@@ -1,12 +1,13 @@
 /* The x86_amx backend (AMX-TILE/INT8/BF16 with the AVX-512 set of x86_avx512): what its files share.
  *
  * Files: a8.c is the AMX-INT8 A8 prefill kernel, a16.c the AMX-BF16 A16 one; register.c is the
- * kernel table, which also lists x86_avx512's kernels for decode (AMX does not pay at small M) and
- * for float32 input. All of them run on the
- * vnni16 pack (x86_avx512/layout.h), so one packed weight serves every M.
+ * kernel table, which also lists x86_avx512's kernels for small M (AMX does not pay there) and for
+ * A16 weights with offsets (a16.c has none). All of them run on the vnni16 pack
+ * (x86_avx512/layout.h), so one packed weight serves every M.
  *
  * The emulated test build (CMake QK_EMULATE_X86) compiles these files without AVX-512 and AMX: the
- * tile intrinsics then come from native/tests/emulation/amx.h, the AVX-512 ones from SIMDe. */
+ * tile intrinsics then come from native/tests/emulation/amx_emulation.h, the AVX-512 ones from
+ * SIMDe. */
 #ifndef QK_AMX_H
 #define QK_AMX_H
 

@@ -10,7 +10,8 @@
  * bytes. Outputs are poisoned and fenced by guard bytes; inputs must come back unchanged. Last,
  * four threads run kernels at once and must match the single-threaded bytes.
  *
- * Cases: a sweep of M x N x K edge shapes (partial tiles of every kernel), then random shapes;
+ * Cases: a sweep of M x N x K edge shapes (partial tiles of every kernel), then random shapes
+ * (small, and one in 128 of them a prefill problem with long K);
  * each case draws dtype, mode, bits, symmetry, bias and weight source in turn, and at random its
  * group size (a shorter last group in 30%), offsets (35%) and activation style.
  *
@@ -248,9 +249,10 @@ static combo combo_of(int i) {
     return c;
 }
 
-static void run_case(int index, int32_t M, int32_t N, int32_t K, combo c) {
+/* G: a group size, or 0 for one of pick_group's. */
+static void run_case(int index, int32_t M, int32_t N, int32_t K, int32_t G, combo c) {
     problem p = {.M = M, .N = N, .K = K, .bits = K % 2 ? 8 : c.bits, .dtype = c.dtype, .mode = c.mode};
-    p.G = pick_group(K, rnd_percent(30));
+    p.G = G ? G : pick_group(K, rnd_percent(30));
     int style = rnd_int(0, X_STYLES - 1);
     fill_activations(&p, style);
     if (c.raw)
@@ -299,6 +301,30 @@ static void test_overflow_stress(void) {
                     run_problem(&p);
                     problem_free(&p);
                 }
+}
+
+/* Float32 partial sums at the edge of their documented range (docs/numerics.md reading 16): rows of
+ * |x| just under 2^88 (the largest the x86 A16 kernels sum unscaled) times weights 127 * 2^20 < 2^27,
+ * per channel, the first half of K positive and the second negative, so that the result is 0 and
+ * each product is below 2^115. K = 32768: 16384 same-sign products, twice the longest float32 run
+ * (8192 products, x86_amx A16 with bfloat16 input: just under 2^128); a kernel summing more of them
+ * in float32 gives Inf or NaN. */
+static void test_large_products(void) {
+    static const qk_dtype dts[2] = {QK_DTYPE_F32, QK_DTYPE_BF16};
+    for (int di = 0; di < 2; di++)
+        for (int mode = 0; mode < 2; mode++) {
+            problem p = {.M = 8, .N = 16, .K = 32768, .G = 32768, .bits = 8, .dtype = dts[di], .mode = (qk_mode)mode};
+            set_context("large products: %s", describe(&p));
+            float x = dts[di] == QK_DTYPE_BF16 ? bf16_to_f32(0x6B7F) : 0x1.fffffep87f; /* the largest below 2^88 */
+            p.x = xmalloc(x_bytes(&p));
+            for (size_t i = 0; i < (size_t)p.M * p.K; i++) store_el(p.x, p.dtype, i, (int32_t)(i % (size_t)p.K) < p.K / 2 ? x : -x);
+            p.q = xmalloc(q_bytes(&p));
+            memset(p.q, 127, q_bytes(&p));
+            p.scales = xmalloc(n_groups(&p) * sizeof(float));
+            for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = 0x1p20f;
+            run_problem(&p);
+            problem_free(&p);
+        }
 }
 
 /* A16 rounding that accumulates: one per-channel group whose terms after the first are each 0.6 ulp
@@ -667,6 +693,7 @@ int main(int argc, char** argv) {
         reseed(0xFFFFFFFF09ull);
         test_many_groups();
         test_long_float32_sums();
+        test_large_products();
         reseed(0xFFFFFFFF0Aull);
         test_format_v2_edges();
         test_ragged_tails();
@@ -689,7 +716,7 @@ int main(int argc, char** argv) {
                 for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++, index++) {
                     if (only >= 0 && index != only) continue;
                     reseed((uint64_t)index);
-                    run_case(index, Ms[mi], Ns[ni], Ks[ki], combo_of(index % N_COMBOS));
+                    run_case(index, Ms[mi], Ns[ni], Ks[ki], 0, combo_of(index % N_COMBOS));
                     cases++;
                 }
     index = N_SWEEP;
@@ -701,7 +728,20 @@ int main(int argc, char** argv) {
         reseed((uint64_t)index);
         int32_t M = PICK(more_M), N = PICK(more_N), K = PICK(more_K);
         while ((long)M * N * K > 60000) K /= 2; /* keep the scalar reference quick (and QEMU runs) */
-        run_case(index, M, N, K, combo_of((int)(r % N_COMBOS)));
+        run_case(index, M, N, K, 0, combo_of((int)(r % N_COMBOS)));
+        cases++;
+    }
+    /* Random prefill problems, one per 128 random cases: a few hundred rows, K of 1026 to 4800 and
+     * long groups (per channel, longer than K, 128, or any even length from 512 to K / 2), where the AMX
+     * kernels cut K into slices and group sums and runs cross them (a slicing bug once showed only
+     * at such shapes). */
+    long prefill_cases = random_cases / 128 + (random_cases > 0);
+    for (long r = 0; r < prefill_cases; r++, index++) {
+        if (only >= 0 && index != only) continue;
+        reseed((uint64_t)index);
+        int32_t M = rnd_int(129, 300), N = rnd_int(1, 24), K = 2 * rnd_int(513, 2400);
+        int32_t groups[] = {K, K + rnd_int(1, K), 128, 2 * rnd_int(256, K / 4)};
+        run_case(index, M, N, K, groups[rnd_int(0, 3)], combo_of((int)(rnd() % N_COMBOS)));
         cases++;
     }
 

@@ -5,7 +5,8 @@
  * over 128 k as two chains of 64 terms, whose rounding error is at most 64 * 2^-24 = 2^-18 of
  * sum |x * (q - zp)|, a quarter of the float32 tolerance; then each sum is scaled (times
  * scale * 2^-24 or 2^-28, exact in float64) and folded into float64, so the error does not grow
- * with K. Rows of |x| >= 2^88 come scaled down (avx2.h, QK_AVX2_LARGE_X), so the sums stay finite.
+ * with K. Rows of |x| >= 2^88 come scaled down (avx2.h, QK_AVX2_LARGE_X), so the sums stay finite
+ * (with offsets, sums of x * w, while |x| |w| < 2^122: docs/numerics.md reading 16).
  * With offsets the weights are formed first (avx2.h, QK_AVX2_OFFSETS): two FMAs per k and panel
  * where asymmetric weights take one subtraction. */
 #include <stddef.h>

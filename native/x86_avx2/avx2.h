@@ -84,9 +84,9 @@ static inline void* qk_avx2_take(void* base, size_t* used, size_t bytes) {
 /* ---- activations (activations.c) ---- */
 
 /* Rows of |x| >= 2^88 are scaled down by a power of two before the float32 sums: the A16 kernels
- * sum x * (q - zp) * 2^28 (up to 2^32 |x| per term) or x * w over runs of 64 terms per lane, which
- * must not overflow float32 where the float64 result is finite. The factor is applied again to the
- * float64 result, exactly. */
+ * sum x * (q - zp) * 2^28 (up to 2^32 |x| per term, below 2^126 over 64 terms) or x * w over runs of
+ * 64 terms per lane (finite while |x| |w| < 2^122: docs/numerics.md reading 16, with the bounds of
+ * the other backends' longer runs). The factor is applied again to the float64 result, exactly. */
 #define QK_AVX2_LARGE_X 0x1p88f
 
 /* Loads X's row m as float32 into out, group g at g * group_stride (group_stride >= G), zero padded

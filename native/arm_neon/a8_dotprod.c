@@ -82,7 +82,7 @@ static inline __attribute__((always_inline)) void tile_rows(const qk_arm_a8_prob
             }
         }
 
-        if ((g + 1) % QK_ARM_FOLD_GROUPS == 0 || g + 1 == h->groups)
+        if ((g + 1) % qk_arm_fold_groups(h->has_offsets) == 0 || g + 1 == h->groups)
             for (int r = 0; r < rows; r++)
                 for (int q = 0; q < 2; q++) {
                     qk_arm_fold(&tile[r][4 * q], vget_low_f32(run[r][q]));

@@ -8,8 +8,8 @@
  *
  * Accumulator lanes are [r0c0, r0c1, r1c0, r1c1] for rows 2p, 2p+1 and columns 2c, 2c+1. Per
  * group, the int32 sums become exact integers sum qx * (q - zp) = sum qx * q - zp * sum qx, then
- * float32 terms scale * acc + offset * sum qx, summed in float32 over QK_ARM_FOLD_GROUPS groups and
- * folded into float64 (docs/numerics.md readings 5 and 14). */
+ * float32 terms scale * acc + offset * sum qx, summed in float32 over runs of qk_arm_fold_groups
+ * groups and folded into float64 (docs/numerics.md readings 5 and 14). */
 #include <string.h>
 
 #include "arm_kernels.h"
@@ -83,7 +83,7 @@ static inline __attribute__((always_inline)) void tile_pairs(const qk_arm_a8_pro
             }
         }
 
-        if ((g + 1) % QK_ARM_FOLD_GROUPS == 0 || g + 1 == h->groups)
+        if ((g + 1) % qk_arm_fold_groups(h->has_offsets) == 0 || g + 1 == h->groups)
             for (int i = 0; i < pairs; i++)
                 for (int c = 0; c < 4; c++) {
                     qk_arm_fold(&tile[2 * i][2 * c], vget_low_f32(run[i][c]));

@@ -33,9 +33,14 @@ enum {
     QK_ARM_PANEL = 8,        /* output columns per packed panel */
     QK_ARM_GROUP_STEP = 16,  /* groups are padded to a multiple of this many k */
     QK_ARM_HEADER = 128,     /* bytes before the packed weights (a multiple of 64) */
-    QK_ARM_FOLD_GROUPS = 8,  /* A8: float32 runs of this many groups are folded into float64 */
     QK_ARM_A8_ROWS = 4,      /* A8: rows per tile, both kernels */
 };
+
+/* A8: float32 runs of this many groups are folded into float64. A run of R groups rounds R times
+ * (2R with offsets: two fmas a group) plus once where acc itself is not exact in float32, so its
+ * error is at most (R + 1) or (2R + 1) times 2^-24 of its terms' magnitudes: 8 and 7 keep that
+ * within the contract's 2^-20 (docs/numerics.md reading 14; x86 takes 14 and 7, reading 20). */
+static inline int32_t qk_arm_fold_groups(int has_offsets) { return has_offsets ? 7 : 8; }
 
 typedef struct {
     int32_t N, K, group_size, bits;
@@ -126,7 +131,7 @@ typedef struct {
 
 /* Computes rows [row, row + rows) of one panel before the row scale: tile[r][c] =
  * sum_g (scale[c,g] * acc[r,c,g] + offset[c,g] * xs[r,g]) in float64 (float32 over runs of
- * QK_ARM_FOLD_GROUPS groups), xs the group sums of qx. */
+ * qk_arm_fold_groups groups), xs the group sums of qx. */
 typedef void (*qk_arm_a8_tile_fn)(const qk_arm_a8_problem* p, int32_t panel, int32_t row, int32_t rows,
                                   double tile[][QK_ARM_PANEL]);
 

@@ -14,7 +14,10 @@
  * Weights: each lane's B fragments come from one 16-byte shared load per k16 (two for 8-bit), are
  * turned into float16 values 1024 + u by lop3 / prmt (the magic-number trick, pack.c), then into
  * the exact integer u - z = q - zp, and scaled in float32: w = (q - zp) * scale (+ offset, one fma)
- * rounded once to the activation dtype, as docs/numerics.md allows. Accumulation is float32.
+ * rounded once to the activation dtype, as docs/numerics.md allows. Accumulation is float32, in two
+ * levels: the mma accumulators over FOLD_TILES tiles (128 k), then added to a second float32 sum,
+ * so that the rounding error grows with K / 128, not K (reading 22; one float32 sum over K = 16384
+ * could already miss the float16 tolerance).
  * Activations: read in place when 16-byte aligned with K % 8 == 0 (cp.async zero-fills past K and
  * M), else first copied into scratch with K padded.
  */
@@ -29,6 +32,8 @@
 
 namespace qk_cuda {
 namespace {
+
+constexpr int FOLD_TILES = 4; /* tiles of 32 k per float32 mma sum before it joins the outer sum */
 
 struct a16_params {
     const void* x;       /* [M, x_stride] of T */
@@ -131,13 +136,13 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
             load_meta(reinterpret_cast<float*>(stage + A_BYTES + B_BYTES), p.pack, nb, kt, tid, THREADS);
     };
 
-    float acc[MB][8][4];
+    float acc[MB][8][4], sum[MB][8][4]; /* the mma's sum of this fold; the sum of the folds */
     #pragma unroll
     for (int mb = 0; mb < MB; mb++)
         #pragma unroll
         for (int j = 0; j < 8; j++)
             #pragma unroll
-            for (int i = 0; i < 4; i++) acc[mb][j][i] = 0.0f;
+            for (int i = 0; i < 4; i++) acc[mb][j][i] = sum[mb][j][i] = 0.0f;
     group_params gp;
 
     for (int i = 0; i < STAGES - 1; i++) {
@@ -197,6 +202,17 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
                 #pragma unroll
                 for (int j = 0; j < 8; j++) dtype<T>::mma(acc[mb][j], a[mb], b[j]);
         }
+        if ((i + 1) % FOLD_TILES == 0 || i + 1 == count) {
+            #pragma unroll
+            for (int mb = 0; mb < MB; mb++)
+                #pragma unroll
+                for (int j = 0; j < 8; j++)
+                    #pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        sum[mb][j][e] += acc[mb][j][e];
+                        acc[mb][j][e] = 0.0f;
+                    }
+        }
     }
     qk_cp_async_wait<0>(); /* no copy outlives the block */
 
@@ -212,7 +228,7 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
                 if (row >= p.M) continue;
                 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    const float v = acc[mb][j][2 * h + e];
+                    const float v = sum[mb][j][2 * h + e];
                     if (p.partial)
                         p.partial[((size_t)slice * p.M + row) * padded_n + n + e] = v;
                     else if (n + e < p.N)
@@ -222,15 +238,16 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
             }
 }
 
-/* Y = the sum of the slices' partials, in slice order, plus the bias: one thread an element. */
+/* Y = the sum of the slices' partials, in slice order and float64 (finite where the result is),
+ * plus the bias: one thread an element. */
 template <class T>
 __global__ void a16_reduce(const float* partial, int slices, int M, int N, int padded_n, const float* bias, T* y) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)M * N) return;
     const int m = (int)(i / N), n = (int)(i % N);
-    float sum = 0.0f;
+    double sum = 0.0;
     for (int s = 0; s < slices; s++) sum += partial[((size_t)s * M + m) * padded_n + n];
-    y[i] = dtype<T>::from_float(bias ? sum + bias[n] : sum);
+    y[i] = dtype<T>::from_float((float)(bias ? sum + bias[n] : sum));
 }
 
 /* X [M, K] copied to [M, stride] with zeros past K, for activations cp.async cannot read in place. */

@@ -7,9 +7,10 @@
  *      holding NaN or Inf is marked and gives NaN outputs. Also xs[m, g] = sum of qx over group g.
  *   2. a8_kernel: mma.sync m16n8k32 s8 with int32 accumulators per group; at each group's end
  *      acc = sum qx * q - zp * xs (exact: reading 5, int32 arithmetic that wraps only in
- *      intermediates), then in float64, group after group in k order: y += scale * acc (exact
- *      product), y += offset * xs; last y = sx * y + (bias or 0) with two float64 roundings and one
- *      rounding to the output dtype: the reference's order, operation for operation.
+ *      intermediates), then in float64, group after group in k order: y += scale * acc (two
+ *      roundings, never fused), y += offset * xs (an exact product); last y = sx * y + (bias or 0)
+ *      with two float64 roundings and one rounding to the output dtype: the reference's order,
+ *      operation for operation.
  * No split-K here: partial float64 sums added in another order would not be bit-equal.
  *
  * The order of k. The pack holds each lane's weights as m16n8k16 B fragments: of a k16 block,
@@ -248,8 +249,9 @@ __global__ void __launch_bounds__(256) a8_kernel(a8_params p) {
                     const int32_t row_xs = xs[i / 2], e = i % 2;
                     /* sum qx (q - zp) = sum qx q - zp xs: exact in int32 (wrapping unsigned arithmetic) */
                     const int32_t exact = (int32_t)((uint32_t)acc[j][i] - (uint32_t)zp[j][e] * (uint32_t)row_xs);
-                    y[j][i] += (double)scale[j][e] * (double)exact; /* exact product: fused or not, the same */
-                    if (p.has_offsets) y[j][i] += (double)offset[j][e] * (double)row_xs;
+                    /* scale (24 bits) times exact (up to 31) can round: never fused, as the reference */
+                    y[j][i] = mul_then_add((double)scale[j][e], (double)exact, y[j][i]);
+                    if (p.has_offsets) y[j][i] += (double)offset[j][e] * (double)row_xs; /* exact: 24 + 23 bits */
                     acc[j][i] = 0;
                 }
         }

@@ -55,16 +55,9 @@ typedef struct {
     int symmetric, offsets, bias, misalign;
 } shape;
 
-/* style: of fill_activations; a NaN in the last row when M > 1 (A8: that row's outputs are NaN,
- * the others unaffected; A16: it propagates). */
-static void run_case(const qk_kernel_desc* k, const shape* s, int style) {
-    problem p = {.M = s->M, .N = s->N, .K = s->K, .G = s->G, .bits = s->bits, .dtype = s->dtype, .mode = k->mode};
-    fill_activations(&p, style);
-    if (p.M > 1) store_el(p.x, p.dtype, (size_t)(p.M - 1) * p.K + (size_t)p.K / 2, NAN);
-    fill_quantized_weights(&p, s->symmetric);
-    if (s->offsets) fill_offsets(&p);
-    if (s->bias) fill_bias(&p);
-    set_context("%s %s, activations %s", k->name, describe(&p), x_style_names[style]);
+/* p through kernel k (pack, run, check), then freed; s: its symmetry, offsets and placement. */
+static void run_problem(const qk_kernel_desc* k, problem* pp, const shape* s) {
+    problem p = *pp;
     if (s->misalign) { /* X at 2 bytes past a 16-byte boundary: no cp.async in place */
         unsigned char* moved = xmalloc(x_bytes(&p) + 16);
         memcpy(moved + 2, p.x, x_bytes(&p));
@@ -120,6 +113,37 @@ static void run_case(const qk_kernel_desc* k, const shape* s, int style) {
     problem_free(&p);
 }
 
+/* style: of fill_activations; a NaN in the last row when M > 1 (A8: that row's outputs are NaN,
+ * the others unaffected; A16: it propagates). */
+static void run_case(const qk_kernel_desc* k, const shape* s, int style) {
+    problem p = {.M = s->M, .N = s->N, .K = s->K, .G = s->G, .bits = s->bits, .dtype = s->dtype, .mode = k->mode};
+    fill_activations(&p, style);
+    if (p.M > 1) store_el(p.x, p.dtype, (size_t)(p.M - 1) * p.K + (size_t)p.K / 2, NAN);
+    fill_quantized_weights(&p, s->symmetric);
+    if (s->offsets) fill_offsets(&p);
+    if (s->bias) fill_bias(&p);
+    set_context("%s %s, activations %s", k->name, describe(&p), x_style_names[style]);
+    run_problem(k, &p, s);
+}
+
+/* A16 rounding that accumulates (as test_matmul's long float32 sums): one per-channel group, a first
+ * term of 32768 and 65535 of 0.55 ulp of it in float32, weights 1: each float32 addition of a term
+ * to that sum rounds up by 0.45 ulp, so one float32 sum over K misses the float16 tolerance;
+ * sums of 128 k added to an outer sum (a16.cu) do not. N = 1024: four column blocks, more than
+ * the emulator's two multiprocessors, so there is no split-K (whose slices would shorten the sums). */
+static void long_sum_case(const qk_kernel_desc* k) {
+    const shape s = {1, 1024, 65536, 65536, 8, QK_DTYPE_F16, 1, 0, 0, 0};
+    problem p = {.M = s.M, .N = s.N, .K = s.K, .G = s.G, .bits = s.bits, .dtype = s.dtype, .mode = k->mode};
+    p.x = xmalloc(x_bytes(&p));
+    for (size_t i = 0; i < (size_t)p.M * p.K; i++) store_el(p.x, p.dtype, i, i % (size_t)p.K ? 0.55f * 0x1p-8f : 32768.0f);
+    p.q = xmalloc(q_bytes(&p));
+    memset(p.q, 1, q_bytes(&p));
+    p.scales = xmalloc(n_groups(&p) * sizeof(float));
+    for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = 1.0f;
+    set_context("%s %s, long float32 sums", k->name, describe(&p));
+    run_problem(k, &p, &s);
+}
+
 /* Problems of both modes: A16 against the oracle's tolerance, A8 bit-equal to the reference. */
 static void mode_cases(const qk_kernel_desc* k) {
     static const shape shapes[] = {
@@ -151,6 +175,7 @@ int main(int argc, char** argv) {
         const qk_kernel_desc* k = &qk_cuda_kernels[i];
         double t0 = test_seconds();
         mode_cases(k);
+        if (k->mode == QK_MODE_A16) long_sum_case(k);
         if (test_verbose) printf("%s: %.1f s\n", k->name, test_seconds() - t0);
     }
     return test_end();

@@ -317,7 +317,8 @@ static void test_large_products(void) {
             set_context("large products: %s", describe(&p));
             float x = dts[di] == QK_DTYPE_BF16 ? bf16_to_f32(0x6B7F) : 0x1.fffffep87f; /* the largest below 2^88 */
             p.x = xmalloc(x_bytes(&p));
-            for (size_t i = 0; i < (size_t)p.M * p.K; i++) store_el(p.x, p.dtype, i, (int32_t)(i % (size_t)p.K) < p.K / 2 ? x : -x);
+            for (int32_t m = 0; m < p.M; m++)
+                for (int32_t k = 0; k < p.K; k++) store_el(p.x, p.dtype, (size_t)m * p.K + k, k < p.K / 2 ? x : -x);
             p.q = xmalloc(q_bytes(&p));
             memset(p.q, 127, q_bytes(&p));
             p.scales = xmalloc(n_groups(&p) * sizeof(float));

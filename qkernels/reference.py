@@ -232,10 +232,11 @@ def quantize(x, bits, group_size=None, symmetric=True, granularity="group", dtyp
     if not np.isfinite(xf).all():
         raise ValueError("x holds NaN or Inf: the quantizer needs finite input")
     # A shorter last group is padded with zeros, which change no range: absmax ignores them, and
-    # the asymmetric range is widened to hold zero anyway.
-    padded = np.zeros((N, groups * group_size), np.float32)
+    # the asymmetric range is widened to hold zero anyway. G > K is one group of K, not padded to G.
+    span = min(int(group_size), K)
+    padded = np.zeros((N, groups * span), np.float32)
     padded[:, :K] = xf
-    blocks = padded.reshape(N, groups, group_size)
+    blocks = padded.reshape(N, groups, span)
     # One range over the whole matrix for per-tensor (reading 10), else one per row or group.
     axes = (0, 1, 2) if granularity == "tensor" else (2,)
     qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1

@@ -328,6 +328,19 @@ def test_scale_underflow_reading_1():
     np.testing.assert_array_equal(qkernels.dequantize(asym), np.zeros((1, 4), np.float32))
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_group_longer_than_k_is_one_group_of_k(bits):
+    """G > K (any G up to the int32 limit) is per channel: the reference does not pad rows to G."""
+    x = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
+    data, scales, zp = reference.quantize(x, bits, group_size=2**31 - 1, symmetric=False)
+    for got, want in zip((data, scales, zp), reference.quantize(x, bits, granularity="channel", symmetric=False)):
+        np.testing.assert_array_equal(got, want)
+    qw = qkernels.quantize_weights(x, bits=bits, group_size=2**31 - 1, symmetric=False)
+    np.testing.assert_array_equal(qw.data, as_int8(data))
+    np.testing.assert_array_equal(bits_of(qw.scales), bits_of(scales))
+    np.testing.assert_array_equal(qw.zero_points, as_int8(zp))
+
+
 @pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
 def test_per_tensor_uses_one_range(granularity):
     x = np.array([[1, 2, 3, 4], [10, -20, 30, -40]], np.float32)

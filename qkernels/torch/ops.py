@@ -2,7 +2,8 @@
 
     torch.ops.qkernels.matmul(x, data, scales, zero_points, bias, bits, group_size, mode, offsets=None)
     torch.ops.qkernels.matmul_outliers(x, data, scales, zero_points, bias, bits, group_size, threshold, offsets=None)
-    torch.ops.qkernels.dequantize(data, scales, zero_points, bits, group_size, offsets=None)  -> W [N, K] float32
+    torch.ops.qkernels.dequantize(data, scales, zero_points, bits, group_size, offsets=None, dtype="float32")
+        -> W [N, K], rounded once to dtype (float32, float16 or bfloat16)
 
 Each takes a weight as the canonical arrays (docs/numerics.md section 1: int8 data, float32 scales,
 int8 zero points or None, float32 offsets or None; the group size need not divide K), offsets last
@@ -157,16 +158,19 @@ def _(x, data, scales, zero_points, bias, bits, group_size, threshold, offsets=N
     return _output_like(x, data, bits)
 
 
+_DEQUANTIZED = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 @torch.library.custom_op("qkernels::dequantize", mutates_args=())
 def dequantize_weight(data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor], bits: int,
-                      group_size: int, offsets: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """W [N, K] float32 = scales · (q − zero point) + offsets (qkernels.dequantize)."""
-    return dequantize(quantized_weight(data, scales, zero_points, bits, group_size, offsets), "float32")
+                      group_size: int, offsets: Optional[torch.Tensor] = None, dtype: str = "float32") -> torch.Tensor:
+    """W [N, K] = scales · (q − zero point) + offsets, rounded once to dtype (qkernels.dequantize)."""
+    return dequantize(quantized_weight(data, scales, zero_points, bits, group_size, offsets), dtype)
 
 
 @dequantize_weight.register_fake
-def _(data, scales, zero_points, bits, group_size, offsets=None):
-    return data.new_empty((data.shape[0], data.shape[1] * 8 // bits), dtype=torch.float32)
+def _(data, scales, zero_points, bits, group_size, offsets=None, dtype="float32"):
+    return data.new_empty((data.shape[0], data.shape[1] * 8 // bits), dtype=_DEQUANTIZED[dtype])
 
 
 def _save_weight(ctx, inputs, output):

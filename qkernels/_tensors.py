@@ -82,6 +82,12 @@ def _float_dtype(dtype: np.dtype) -> tuple[str, np.dtype] | None:
         return found
 
 
+def torch_dtype_name(dtype: Any) -> str | None:
+    """A torch dtype's name if it is one of DTYPE_NAMES, else None."""
+    name = str(dtype).removeprefix("torch.")
+    return name if name in DTYPE_NAMES else None
+
+
 def float_buffer(x: Any, argument: str) -> Buffer:
     """A float32/float16/bfloat16 array or CPU tensor as a contiguous Buffer."""
     if isinstance(x, np.ndarray):  # first: the common case, and cheaper to recognise than a tensor
@@ -92,11 +98,10 @@ def float_buffer(x: Any, argument: str) -> Buffer:
         return Buffer(np.ascontiguousarray(x, dtype=native), name, x.shape, "numpy")  # C reads native byte order
     if not is_torch(x):
         raise DtypeError(f"{argument} must be a NumPy array or a torch tensor, not {type(x).__name__}")
-    torch = torch_module()
-    names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-    if x.dtype not in names:
+    name = torch_dtype_name(x.dtype)
+    if name is None:
         raise DtypeError(f"{argument} has dtype {x.dtype}; expected float32, float16 or bfloat16")
-    return Buffer(host_tensor(x, argument).contiguous(), names[x.dtype], tuple(x.shape), "torch")
+    return Buffer(host_tensor(x, argument).contiguous(), name, tuple(x.shape), "torch")
 
 
 def int_array(x: Any, argument: str, dtype: np.dtype) -> np.ndarray:

@@ -17,8 +17,8 @@
  * first, w = fma(q - zp, scale, offset) (one float32 rounding), and the runs sum x * w: offset * sum
  * x apart would cancel against scale * sum x q where w is near zero, beyond the tolerance, which is
  * relative to sum |x * w| (as in x86_avx2). Rows of |x| >= 2^88 come scaled down by a power of two
- * (qk_avx2_load_row): a run of 2048 products then stays finite for weights up to 2^28 in
- * magnitude (docs/numerics.md reading 16).
+ * (qk_avx2_load_row): a run of 2048 products then stays finite for weights below 2^29 in
+ * magnitude (2^128 / (2^88 * 2048), docs/numerics.md reading 16).
  * Activations past a group's end are zero. */
 #include "avx512.h"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._tensors import torch_dtype_name
 from .linear import QuantLinear
 
 
@@ -25,7 +26,7 @@ class QuantEmbedding(nn.Module):
         rows = ids.reshape(-1)
         gathered = [None if t is None else t[rows] for t in (self.zero_points, self.offsets)]
         # Rounded once to float16 / bfloat16: float32 first, then the dtype, could round twice.
-        rounded = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(self.dtype, "float32")
+        rounded = torch_dtype_name(self.dtype) or "float32"
         table = torch.ops.qkernels.dequantize(self.qdata[rows], self.scales[rows], gathered[0], self.bits,
                                               self.group_size, gathered[1], rounded)
         return table.to(self.dtype).reshape(*ids.shape, self.embedding_dim)

@@ -158,9 +158,6 @@ def _(x, data, scales, zero_points, bias, bits, group_size, threshold, offsets=N
     return _output_like(x, data, bits)
 
 
-_DEQUANTIZED = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 @torch.library.custom_op("qkernels::dequantize", mutates_args=())
 def dequantize_weight(data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor], bits: int,
                       group_size: int, offsets: Optional[torch.Tensor] = None, dtype: str = "float32") -> torch.Tensor:
@@ -170,7 +167,7 @@ def dequantize_weight(data: torch.Tensor, scales: torch.Tensor, zero_points: Opt
 
 @dequantize_weight.register_fake
 def _(data, scales, zero_points, bits, group_size, offsets=None, dtype="float32"):
-    return data.new_empty((data.shape[0], data.shape[1] * 8 // bits), dtype=_DEQUANTIZED[dtype])
+    return data.new_empty((data.shape[0], data.shape[1] * 8 // bits), dtype=getattr(torch, dtype))
 
 
 def _save_weight(ctx, inputs, output):

@@ -135,7 +135,7 @@ static void long_sum_case(const qk_kernel_desc* k) {
     const shape s = {1, 1024, 65536, 65536, 8, QK_DTYPE_F16, 1, 0, 0, 0};
     problem p = {.M = s.M, .N = s.N, .K = s.K, .G = s.G, .bits = s.bits, .dtype = s.dtype, .mode = k->mode};
     p.x = xmalloc(x_bytes(&p));
-    for (int32_t k = 0; k < p.K; k++) store_el(p.x, p.dtype, (size_t)k, k ? 0.55f * 0x1p-8f : 32768.0f);
+    for (int32_t i = 0; i < p.K; i++) store_el(p.x, p.dtype, (size_t)i, i ? 0.55f * 0x1p-8f : 32768.0f);
     p.q = xmalloc(q_bytes(&p));
     memset(p.q, 1, q_bytes(&p));
     p.scales = xmalloc(n_groups(&p) * sizeof(float));

@@ -55,7 +55,9 @@ def _torch_array(x: Any, argument: str, dtypes: tuple[str, ...]) -> DeviceArray:
     dtype = str(x.dtype).removeprefix("torch.")
     if dtype not in dtypes:
         raise DtypeError(f"{argument} has dtype {x.dtype}; expected {' or '.join(dtypes)}")
-    x = x.detach().contiguous()  # a copy on the device only when x is not contiguous
+    if x.layout is not torch_module().strided:
+        raise InvalidArgumentError(f"{argument} is a {x.layout} tensor; qkernels takes dense (strided) tensors")
+    x = x.detach().resolve_neg().contiguous()  # a copy on the device only for a negated or non-contiguous x
     stream = torch_module().cuda.current_stream(x.device).cuda_stream
     return DeviceArray(x, x.data_ptr(), dtype, tuple(x.shape), x.device.index, stream, "torch")
 

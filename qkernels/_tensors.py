@@ -63,10 +63,18 @@ def check_host(x: Any, argument: str) -> None:
         )
 
 
-def host_tensor(x: Any, argument: str):
-    """A torch tensor detached, after checking it is in host memory."""
+def host_view(x: Any, argument: str):
+    """A torch tensor after checking it is a dense tensor in host memory, with any lazy negation
+    resolved: a negated view (such as `z.conj().imag` of a complex z) holds its values unnegated."""
     check_host(x, argument)
-    return x.detach()
+    if x.layout is not torch_module().strided:
+        raise InvalidArgumentError(f"{argument} is a {x.layout} tensor; qkernels takes dense (strided) tensors")
+    return x.resolve_neg()
+
+
+def host_tensor(x: Any, argument: str):
+    """host_view(x), detached."""
+    return host_view(x, argument).detach()
 
 
 _FLOAT_DTYPES: dict[np.dtype, tuple[str, np.dtype] | None] = {}  # every NumPy dtype seen: see _float_dtype

@@ -12,7 +12,7 @@ import numpy as np
 from . import _checks, _device, dispatch
 from ._native import FLOAT_ARRAY, FLOAT_POINTER, VOID_POINTER, check, ffi, lib, new_struct
 from ._tensors import (
-    check_host, dtype_code, empty_like_kind, float_buffer, is_plain_container, is_torch, pointer_of, torch_module,
+    dtype_code, empty_like_kind, float_buffer, host_view, is_plain_container, is_torch, pointer_of, torch_module,
 )
 from .errors import InvalidArgumentError
 from .weights import QuantizedWeight, environment_backend
@@ -27,8 +27,7 @@ def _bias_pointer(bias: Any, N: int):
         bias = np.ascontiguousarray(bias, dtype=np.float32)
         pointer = ffi.from_buffer(FLOAT_ARRAY, bias)
     else:
-        check_host(bias, "bias")
-        bias = bias.float().contiguous()  # only its pointer is taken: no need to detach it
+        bias = host_view(bias, "bias").float().contiguous()  # only its pointer is taken: no need to detach it
         pointer = ffi.cast(FLOAT_POINTER, bias.data_ptr())  # pointer_of and a cast would take 0.3 us more
     if bias.shape != (N,):
         raise InvalidArgumentError(f"bias has shape {tuple(bias.shape)}; expected ({N},)")
@@ -206,7 +205,7 @@ class _PlannedCall:
     """What the checks of a first call established for every call of the same form: the same weights,
     mode, backend and kernel arguments, QKERNELS_BACKEND and use_backend block, and an input of the
     same type (exactly np.ndarray or torch.Tensor), dtype (in native byte order), shape and place (a
-    tensor in host memory). Such a call is one qk_plan_run: its plan, M and output shape are known.
+    dense tensor in host memory, not a negated view). Such a call is one qk_plan_run: its plan, M and output shape are known.
     What the form does not fix is checked on every call: the input's contiguity, the bias."""
 
     __slots__ = ("plan", "M", "N", "out_shape")
@@ -235,7 +234,8 @@ _FORMS_KEPT = 32  # call forms remembered per weight; more are forgotten (prefil
 def _form(x: Any, mode: str, backend: str | None, kernel: str | None):
     """The key of a call's form (see _PlannedCall). QKERNELS_BACKEND is read the cheap way: a call
     after the variable changed has another form."""
-    host = type(x) is np.ndarray or x.is_cpu  # a device tensor never takes a host call's form
+    # What run() reads as it is: a host array, or a dense host tensor that is not a negated view.
+    host = type(x) is np.ndarray or (x.is_cpu and x.layout is torch_module().strided and not x.is_neg())
     return (type(x), x.dtype, x.shape, mode, backend, kernel, environment_backend(), dispatch.forced_backend(), host)
 
 
@@ -245,10 +245,12 @@ def _planned_call(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, k
     buf, M, backend_id = _check(x, qw, mode, backend, kernel)
     plan = qw.plan(dispatch.MODES[mode], dtype_code(buf.dtype), backend_id, kernel)
     call = _PlannedCall(plan, M, qw.N, buf.shape[:-1] + (qw.N,))
-    if is_plain_container(x) and buf.owner.dtype == x.dtype:  # no conversion: what run() reads is x
-        if len(qw._forms) >= _FORMS_KEPT:
-            qw._forms.clear()
-        qw._forms[_form(x, mode, backend, kernel)] = call
+    if is_plain_container(x) and buf.owner.dtype == x.dtype:  # no conversion...
+        form = _form(x, mode, backend, kernel)
+        if form[-1]:  # ...and run() reads x as it is
+            if len(qw._forms) >= _FORMS_KEPT:
+                qw._forms.clear()
+            qw._forms[form] = call
     return call, buf.owner
 
 

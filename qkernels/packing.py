@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _checks
 from .errors import DtypeError, InvalidArgumentError
 
 __all__ = ["pack_int4", "unpack", "unpack_int4"]
@@ -51,10 +52,8 @@ def unpack_int4(data: Any, K: int) -> np.ndarray:
 
 def unpack(data: Any, bits: int, K: int) -> np.ndarray:
     """Canonical data of either width (QuantizedWeight.data) as int8 values [N, K] (a new array)."""
-    if bits == 4 and not isinstance(bits, bool):
+    if _checks.bits(bits) == 4:
         return unpack_int4(data, K)
-    if bits != 8 or isinstance(bits, bool):
-        raise InvalidArgumentError(f"bits={bits!r} must be 4 or 8")
     data = np.asarray(data)
     if data.dtype != np.int8:
         raise DtypeError(f"data has dtype {data.dtype}; expected int8")

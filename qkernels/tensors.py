@@ -32,8 +32,9 @@ def is_torch(x: Any) -> bool:
 
 
 def host_tensor(x: Any, argument: str):
-    """The torch tensor x, detached, after checking that it is in host memory (InvalidArgumentError
-    naming `argument` otherwise: qkernels never copies between host and device)."""
+    """The torch tensor x, detached and with any lazy negation resolved, after checking that it is a
+    dense tensor in host memory (InvalidArgumentError naming `argument` otherwise: qkernels never
+    copies between host and device)."""
     return _tensors.host_tensor(x, argument)
 
 

@@ -186,6 +186,9 @@ def test_every_form_of_torch_input_runs_as_its_first_call(w):
         "transposed twice": base.T.contiguous().T,
         "requires grad": base.clone().requires_grad_(),
         "parameter": torch.nn.Parameter(base.clone()),
+        # Memory holding -x: a pointer to it would read x (after a plain call of the same form too).
+        "negated view": torch._neg_view(base[:1].clone()),
+        "imaginary part of a conjugate": torch.complex(base[:1], -base[:1]).conj().imag,
     }
     for _ in range(2):
         for name, x in inputs.items():
@@ -199,3 +202,10 @@ def test_every_form_of_torch_input_runs_as_its_first_call(w):
     _same(qkernels.matmul(base, qw, bias=bias), _first_call(w, base, bias=bias))
     with pytest.raises(InvalidArgumentError, match="bias is on meta"):
         qkernels.matmul(base, qw, bias=torch.empty(N, device="meta"))
+    _same(qkernels.matmul(base, qw, bias=torch._neg_view(bias)), _first_call(w, base, bias=-bias))
+    for _ in range(2):  # the second after a dense call of the same form
+        with pytest.raises(InvalidArgumentError, match="x is a torch.sparse_coo tensor"):
+            qkernels.matmul(base[:1].to_sparse(), qw)
+        qkernels.matmul(base[:1], qw)
+    with pytest.raises(InvalidArgumentError, match="bias is a torch.sparse_coo tensor"):
+        qkernels.matmul(base, qw, bias=bias.to_sparse())

@@ -421,6 +421,18 @@ def test_set_num_threads_beyond_int32(threads):
     assert qkernels.get_num_threads() == before
 
 
+def test_set_num_threads_takes_any_integer():
+    before = qkernels.get_num_threads()
+    try:
+        qkernels.set_num_threads(np.int64(1))
+        assert qkernels.get_num_threads() == 1
+        _raises(InvalidArgumentError, r"\bthreads\b", qkernels.set_num_threads, 1.0)
+        _raises(InvalidArgumentError, r"\bthreads\b", qkernels.set_num_threads, True)
+    finally:
+        qkernels.set_num_threads(0)
+    assert qkernels.get_num_threads() == before
+
+
 def test_empty_backend_or_kernel_name_is_not_automatic():
     """backend="" and kernel="" meant automatic; only None (and "auto" for backend) do."""
     qw = _qw()

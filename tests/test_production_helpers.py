@@ -60,6 +60,7 @@ def test_unpack_reads_what_quantize_weights_writes():
         (lambda: packing.unpack_int4(np.zeros((1, 2), np.int8), 5), InvalidArgumentError),
         (lambda: packing.unpack(np.zeros((1, 2), np.int8), 3, 2), InvalidArgumentError),
         (lambda: packing.unpack(np.zeros((1, 2), np.int8), True, 2), InvalidArgumentError),
+        (lambda: packing.unpack(np.zeros((1, 2), np.int8), 4.0, 4), InvalidArgumentError),
         (lambda: packing.unpack(np.zeros((1, 2), np.int8), 8, 4), InvalidArgumentError),
     ],
 )

@@ -243,3 +243,16 @@ def test_quant_embedding_rounds_once_to_its_dtype(dtype):
     assert rows.dtype == once.dtype == dtype and torch.equal(rows.view(torch.int16), once.view(torch.int16))
     twice = qkernels.dequantize(qw, "float32").to(dtype)
     assert not torch.equal(rows, twice)  # the double rounding avoided
+
+
+def test_quant_embedding_ids_out_of_range_are_errors_as_in_nn_embedding():
+    """A negative id raised nothing: indexing took it from the end of the table."""
+    from qkernels.torch.embedding import QuantEmbedding
+
+    qw = quantize_weights(torch.randn(6, 32), bits=4, group_size=16, symmetric=False)
+    table = QuantEmbedding(qt.QuantLinear(qw))
+    rows = table(torch.tensor([[5, 0], [2, 2]]))
+    assert rows.shape == (2, 2, 32) and torch.equal(rows[0, 0], table(torch.tensor([5]))[0])
+    for ids in (torch.tensor([-1]), torch.tensor([6])):
+        with pytest.raises(IndexError):
+            table(ids)

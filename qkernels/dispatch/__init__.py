@@ -143,8 +143,6 @@ def cpu_features() -> list[str]:
 def set_num_threads(threads: int) -> None:
     """Threads for the multithreaded CPU kernels, process-wide; 0 restores the default
     (``QKERNELS_NUM_THREADS`` if set, else the CPUs this process may run on)."""
-    if isinstance(threads, bool) or not isinstance(threads, int):
-        raise InvalidArgumentError(f"threads must be an int, not {type(threads).__name__}")
     check(lib.qk_set_num_threads(_checks.integer(threads, "threads")))  # beyond int32: typed, not OverflowError
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .._tensors import torch_dtype_name
 from .linear import QuantLinear
@@ -24,11 +25,14 @@ class QuantEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = ids.reshape(-1)
-        gathered = [None if t is None else t[rows] for t in (self.zero_points, self.offsets)]
+        # Gathered as nn.Embedding gathers: an id outside [0, num_embeddings) is an IndexError (indexing
+        # would take a negative id from the end of the table).
+        data, scales, zero_points, offsets = (
+            None if t is None else F.embedding(rows, t) for t in (self.qdata, self.scales, self.zero_points, self.offsets)
+        )
         # Rounded once to float16 / bfloat16: float32 first, then the dtype, could round twice.
         rounded = torch_dtype_name(self.dtype) or "float32"
-        table = torch.ops.qkernels.dequantize(self.qdata[rows], self.scales[rows], gathered[0], self.bits,
-                                              self.group_size, gathered[1], rounded)
+        table = torch.ops.qkernels.dequantize(data, scales, zero_points, self.bits, self.group_size, offsets, rounded)
         return table.to(self.dtype).reshape(*ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:

@@ -288,7 +288,7 @@ def problems(draw, kernel=None, modes=("a16", "a8"), dtypes=None, bits=None, wei
     K, G = draw(shapes(bits, kernel.group_multiple if kernel is not None else 1,
                        ragged=ragged if ragged is not None or kernel is None or kernel.ragged_groups else False))
     if kernel is not None and kernel.max_group_size:
-        assume(G <= kernel.max_group_size)  # larger groups are not this kernel's problem
+        assume(min(G, K) <= kernel.max_group_size)  # longer groups are not this kernel's problem
     symmetric = draw(st.booleans())
     source = draw(st.sampled_from(weights or ("raw", "quantized")))
     granularity = "group"

@@ -202,6 +202,26 @@ def _a8_kernels():
     return [p for p in kernel_params(with_auto=True) if p.values[0] is None or p.values[0].mode == "a8"]
 
 
+@pytest.mark.parametrize("kernel", [p for p in kernel_params() if p.values[0].max_group_size])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_group_size_beyond_k_is_one_group_of_k(kernel, bits):
+    """A group size past K is one group of K elements: a kernel's max_group_size bounds that length,
+    not the number (such weights fell back to the reference kernel, or a forced kernel refused them)."""
+    if not kernel.ragged_groups or bits not in kernel.bits:
+        pytest.skip(f"{kernel.name} runs no shorter last group or no {bits}-bit weights")
+    rng = np.random.default_rng(bits)
+    K, G = 64, kernel.max_group_size + kernel.group_multiple
+    qw = qkernels.quantize_weights(rng.standard_normal((40, K)).astype(np.float32), bits=bits, group_size=G,
+                                   symmetric=False)
+    dtype = kernel.dtypes[0]
+    x_rep = encode(rng.standard_normal((5, K)), dtype)
+    x = to_kind(x_rep, dtype, "numpy")
+    assert qkernels.select(x, qw, kernel.mode).backend != "ref"
+    y = qkernels.matmul(x, qw, kernel.mode, kernel=kernel.name)
+    reference.assert_matmul_close(to_rep(y, dtype), x_rep, dtype, qw.data, qw.scales, qw.zero_points, bits, G,
+                                  kernel.mode)
+
+
 @pytest.mark.parametrize("kernel", _a16_kernels())
 @settings(max_examples=examples(40))
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))

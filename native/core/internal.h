@@ -12,6 +12,15 @@
 /* Records success for qk_last_status() and returns QK_OK. */
 qk_status qk_succeed(void);
 
+/* The calling thread's last status and message, kept across work that must not change them. */
+enum { QK_ERROR_BYTES = 512 };
+typedef struct {
+    qk_status status;
+    char message[QK_ERROR_BYTES];
+} qk_saved_status;
+void qk_save_status(qk_saved_status* saved);
+void qk_restore_status(const qk_saved_status* saved);
+
 /* ---- number formats (number_formats.c) ---- */
 
 float qk_f16_to_f32(uint16_t h);

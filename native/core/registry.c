@@ -70,11 +70,12 @@ static int kernels_valid(const qk_backend_desc* d) {
     return 1;
 }
 
-/* A new dispatch-order snapshot with `id` inserted after every backend of equal or higher priority. */
-static qk_status publish_order(int id) {
+/* A new dispatch-order snapshot with `id` inserted after every backend of equal or higher priority,
+ * or NULL when out of memory. */
+static order_snapshot* order_with(int id) {
     const order_snapshot* old = atomic_load(&order);
     order_snapshot* next = malloc(sizeof *next + (size_t)id * sizeof next->ids[0]);
-    if (!next) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot grow the backend registry");
+    if (!next) return NULL;
     int32_t n = 0, placed = 0;
     for (int32_t i = 0; i < old->count; i++) {
         if (!placed && entries[old->ids[i]].desc->priority < entries[id].desc->priority) {
@@ -86,8 +87,7 @@ static qk_status publish_order(int id) {
     if (!placed) next->ids[n++] = id;
     next->count = n;
     next->previous = old;
-    atomic_store(&order, next);
-    return QK_OK;
+    return next;
 }
 
 static qk_status register_locked(const qk_backend_desc* d, qk_backend* id_out) {
@@ -111,9 +111,10 @@ static qk_status register_locked(const qk_backend_desc* d, qk_backend* id_out) {
     if (id > MAX_BACKENDS) return qk_fail(QK_ERR_INVALID_ARGUMENT, "the registry is full (%d backends)", MAX_BACKENDS);
     set_reason(id, d);
     entries[id] = (qk_backend_entry){d, loading_library ? loading_library : "", reasons[id]};
-    qk_status s = publish_order(id);
-    if (s != QK_OK) return s;
-    atomic_store(&registered, id);
+    order_snapshot* next = order_with(id);
+    if (!next) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot grow the backend registry");
+    atomic_store(&registered, id); /* the entry visible before an order that lists it */
+    atomic_store(&order, next);
     if (id_out) *id_out = id;
     return qk_succeed();
 }
@@ -206,13 +207,18 @@ static void register_builtin(qk_status (*reg)(void), const char* name) {
     if (reg() != QK_OK) fprintf(stderr, "qkernels: built-in backend %s did not register: %s\n", name, qk_last_error());
 }
 
+/* Runs once, inside whichever call first needs the registry: that call's thread keeps the status
+ * it had (the registrations set theirs), as a call returning no status must not change it. */
 static void init(void) {
+    qk_saved_status saved;
+    qk_save_status(&saved);
     initializing = 1;
 #define QK_BUILTIN(name) register_builtin(qk_register_##name, #name);
 #include "builtin_backends.h"
 #undef QK_BUILTIN
     load_backend_libraries();
     initializing = 0;
+    qk_restore_status(&saved);
 }
 
 void qk_registry_init(void) {

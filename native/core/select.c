@@ -44,7 +44,8 @@ static uint32_t format_needs(const qk_weights* w, int has_offsets) {
 
 static int fits_format(const qk_kernel_desc* k, const qk_weights* w, int has_offsets) {
     return (k->bits_mask & (1u << w->bits)) && w->group_size % k->group_multiple == 0 &&
-           (k->max_group_size == 0 || w->group_size <= k->max_group_size) &&
+           /* a group size beyond K is one group of K: its length is what a limit bounds */
+           (k->max_group_size == 0 || (w->group_size < w->K ? w->group_size : w->K) <= k->max_group_size) &&
            (format_needs(w, has_offsets) & ~k->format_flags) == 0;
 }
 

@@ -1,11 +1,12 @@
 /* Status codes, their messages, and the thread-local last error. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "internal.h"
 
 static _Thread_local qk_status last_status = QK_OK;
-static _Thread_local char last_message[512];
+static _Thread_local char last_message[QK_ERROR_BYTES];
 
 static const char* const status_strings[QK_ERR_STATUS_COUNT] = {
     [QK_OK] = "success",
@@ -37,6 +38,16 @@ qk_status qk_succeed(void) {
     last_status = QK_OK;
     last_message[0] = '\0';
     return QK_OK;
+}
+
+void qk_save_status(qk_saved_status* saved) {
+    saved->status = last_status;
+    memcpy(saved->message, last_message, sizeof last_message);
+}
+
+void qk_restore_status(const qk_saved_status* saved) {
+    last_status = saved->status;
+    memcpy(last_message, saved->message, sizeof last_message);
 }
 
 qk_status qk_fail(qk_status status, const char* fmt, ...) {

@@ -19,8 +19,9 @@ qk_status qk_read_weights(const qk_weights* in, qk_weights* out) {
     if (!in) return qk_fail(QK_ERR_NULL_POINTER, "weights is NULL");
     qk_status s = qk_check_struct_size(in->size, offsetof(qk_weights, offsets), sizeof *in, "qk_weights");
     if (s != QK_OK) return s;
-    memset(out, 0, sizeof *out); /* fields past the caller's size: NULL */
-    memcpy(out, in, in->size);
+    /* Whole fields only: offsets, the one field past ABI 2's, is NULL unless the size holds all of it. */
+    memset(out, 0, sizeof *out);
+    memcpy(out, in, in->size == sizeof *in ? sizeof *in : offsetof(qk_weights, offsets));
     out->size = sizeof *out;
     return QK_OK;
 }

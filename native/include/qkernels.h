@@ -150,7 +150,7 @@ typedef struct qk_kernel_info {
     uint32_t bits_mask;       /* bit b set: b-bit weights supported (16 for 4-bit, 256 for 8-bit) */
     uint32_t dtype_mask;      /* bit d set: input dtype d supported */
     int32_t group_multiple;   /* group size must be a multiple of this (1: any) */
-    int32_t max_group_size;   /* largest group size it runs exactly, e.g. an int32 accumulator's; 0: any */
+    int32_t max_group_size;   /* longest group it runs exactly (min(group_size, K) elements); 0: any */
     int32_t max_m;            /* preferred for M <= max_m; 0: any M */
     int32_t available;        /* its backend is available here, and the CPU has required_cpu */
     uint32_t format_flags;    /* QK_FORMAT_* bits: the format v2 features it runs */
@@ -247,8 +247,11 @@ void qk_plan_free(qk_plan* plan);
 /* Dispatch as qk_matmul would: which backend and kernel run this problem. */
 qk_status qk_select_kernel(const qk_weights* weights, const qk_matmul_args* args,
                            qk_kernel_info* out);
-/* Dispatch as qk_matmul_packed would on these weights packed for args->backend (QK_BACKEND_AUTO:
- * automatic selection, among kernels that run packed weights): what a plan runs. It differs from
+/* Dispatch as qk_matmul_packed would on these weights packed for args->backend: what a plan runs.
+ * QK_BACKEND_AUTO: the best kernel for args->mode among all backends' kernels that run packed
+ * weights; pack for its backend (out->backend) to run it. qk_pack_weights(QK_BACKEND_AUTO) takes
+ * one backend for both modes, so it can pack for another where the best backend of this mode does
+ * not run the other mode (e.g. a group past an A8 kernel's max_group_size). It differs from
  * qk_select_kernel where a stateless call takes a kernel that reads the canonical arrays. */
 qk_status qk_select_packed_kernel(const qk_weights* weights, const qk_matmul_args* args,
                                   qk_kernel_info* out);

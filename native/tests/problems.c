@@ -39,7 +39,8 @@ int fits(const qk_kernel_info* k, const problem* p) {
     uint32_t needs = (p->offsets ? QK_FORMAT_OFFSETS : 0u) | (p->K % p->G ? QK_FORMAT_RAGGED_GROUPS : 0u);
     return k->mode == p->mode && (k->bits_mask & (1u << p->bits)) && (k->dtype_mask & (1u << p->dtype)) &&
            k->group_multiple > 0 && p->G % k->group_multiple == 0 &&
-           (k->max_group_size == 0 || p->G <= k->max_group_size) && (needs & ~k->format_flags) == 0;
+           (k->max_group_size == 0 || (p->G < p->K ? p->G : p->K) <= k->max_group_size) &&
+           (needs & ~k->format_flags) == 0;
 }
 
 /* Packs copies of p's canonical arrays for backend b and frees the copies (poisoned first): the

@@ -526,16 +526,20 @@ static void test_struct_sizes(void) {
     }
 
     set_context("struct sizes: older and output structs");
-    /* A qk_weights of before offsets: the field after its size is not read (here it would be
-     * misaligned), and the result is the one without offsets. */
+    /* A qk_weights of before offsets, or a size that ends inside the field: the field is not read
+     * (here it would be misaligned), and the result is the one without offsets. */
     {
         gbuf without = gbuf_new(f.out.n, FILL);
         fixture_reset();
         f.a.output = without.p;
         CHECK(qk_matmul(&f.w, &f.a) == QK_OK, "qk_matmul without offsets: %s", qk_last_error());
-        MATMUL_ERROR(QK_OK, "a qk_weights without the offsets field", f.w.size = offsetof(qk_weights, offsets);
-                     f.w.offsets = (const float*)(scales_copy + 1));
-        CHECK(memcmp(f.out.p, without.p, f.out.n) == 0, "a qk_weights without offsets differs from offsets NULL");
+        for (uint32_t cut = 0; cut < sizeof(void*); cut += 4) {
+            MATMUL_ERROR(QK_OK, "a qk_weights without the offsets field", f.w.size = offsetof(qk_weights, offsets) + cut;
+                         f.w.offsets = (const float*)(scales_copy + 1));
+            CHECK(memcmp(f.out.p, without.p, f.out.n) == 0,
+                  "a qk_weights of %u bytes (no offsets) differs from offsets NULL",
+                  (unsigned)(offsetof(qk_weights, offsets) + cut));
+        }
         fixture_reset();
         f.w.size = offsetof(qk_weights, offsets);
         f.w.offsets = (const float*)(scales_copy + 1);

@@ -487,6 +487,53 @@ static void test_long_k_slices(void) {
         }
 }
 
+/* Padding past a group's end (K not a multiple of a block) holds q = zp, weight `offset`: 0.
+ * Here q - zp = 1 with scales near 2^126, so that any other padding value (q = 0, or the lowest
+ * code) formed a weight past float32's range: 0 * Inf, NaN outputs where the result is finite. */
+static void test_padding_weights(void) {
+    static const struct { int bits; int32_t K; int8_t zp; } cases[] = {
+        {4, 2, -8}, {4, 22, -8}, {4, 22, 0}, {8, 2, -128}, {8, 9, -128}, {8, 9, 0}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+        for (int offsets = 0; offsets < 2; offsets++) {
+            problem p = {.M = 2, .N = 3, .K = cases[ci].K, .G = cases[ci].K, .bits = cases[ci].bits,
+                         .dtype = QK_DTYPE_F32, .mode = QK_MODE_A16};
+            set_context("padding weights: %s, zp %d", describe(&p), cases[ci].zp);
+            p.x = xmalloc(x_bytes(&p));
+            for (size_t i = 0; i < (size_t)p.M * p.K; i++) store_el(p.x, p.dtype, i, 0x1p-10f);
+            int8_t q = (int8_t)(cases[ci].zp + 1);
+            p.q = xmalloc(q_bytes(&p));
+            memset(p.q, p.bits == 4 ? (q & 0xF) * 0x11 : (uint8_t)q, q_bytes(&p));
+            p.scales = xmalloc(n_groups(&p) * sizeof(float));
+            for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = 0x1.08p126f;
+            if (cases[ci].zp) { /* zp 0: symmetric weights, no zero points */
+                p.zp = xmalloc(n_groups(&p));
+                memset(p.zp, cases[ci].zp, n_groups(&p));
+            }
+            if (offsets) {
+                p.offsets = xmalloc(n_groups(&p) * sizeof(float));
+                memset(p.offsets, 0, n_groups(&p) * sizeof(float));
+            }
+            run_problem(&p);
+            problem_free(&p);
+        }
+}
+
+/* A group size past K, and past the longest group of the A8 kernels' int32 sums (66,311): one group
+ * of K elements, which those kernels run (they refused it, or automatic dispatch skipped them). */
+static void test_group_beyond_k(void) {
+    for (int di = 0; di < 3; di++)
+        for (int mode = 0; mode < 2; mode++)
+            for (int bits = 4; bits <= 8; bits += 4) {
+                problem p = {.M = 7, .N = 33, .K = 96, .G = 66336, .bits = bits, .dtype = all_dtypes[di],
+                             .mode = (qk_mode)mode};
+                fill_activations(&p, X_UNIFORM);
+                fill_raw_weights(&p, bits == 8);
+                set_context("group beyond K: %s", describe(&p));
+                run_problem(&p);
+                problem_free(&p);
+            }
+}
+
 /* Rows of NaN / +Inf / -Inf: A8 gives NaN rows and leaves the other rows exactly as they are
  * with those rows zeroed; A16 follows IEEE arithmetic (the oracle computes what it gives). */
 static void test_nonfinite_rows(void) {
@@ -700,6 +747,8 @@ int main(int argc, char** argv) {
         test_ragged_tails();
         test_prefill_shapes();
         test_long_k_slices();
+    test_group_beyond_k();
+    test_padding_weights();
         reseed(0xFFFFFFFF07ull);
         test_threads();
     }

@@ -17,6 +17,19 @@
 #include "problems.h"
 #include "support.h"
 
+/* Runs first, before anything sets the registry up: the call that does (here qk_kernel_count,
+ * which returns no status) must leave the thread's last status as it was. */
+static void test_registry_setup_keeps_the_status(void) {
+    set_context("registry set-up");
+    CHECK(qk_matmul(NULL, NULL) == QK_ERR_NULL_POINTER, "qk_matmul(NULL, NULL) did not fail");
+    char message[512];
+    snprintf(message, sizeof message, "%s", qk_last_error());
+    CHECK(qk_kernel_count() > 0, "no kernels");
+    CHECK(qk_last_status() == QK_ERR_NULL_POINTER && strcmp(qk_last_error(), message) == 0,
+          "after qk_kernel_count: status %d '%s'; expected %d '%s'", (int)qk_last_status(), qk_last_error(),
+          (int)QK_ERR_NULL_POINTER, message);
+}
+
 static void test_versions_and_statuses(void) {
     set_context("versions and statuses");
     CHECK(qk_abi_version() == QK_ABI_VERSION, "qk_abi_version %d, header %d", qk_abi_version(), (int)QK_ABI_VERSION);
@@ -253,6 +266,7 @@ static void test_backend_variable(void) {
 int main(int argc, char** argv) {
     test_begin("test_registry", argc, argv, NULL, NULL);
     reseed(1);
+    test_registry_setup_keeps_the_status();
     test_versions_and_statuses();
     test_cpu_features();
     test_backends();

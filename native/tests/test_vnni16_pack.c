@@ -106,7 +106,9 @@ static void check_pack(int32_t N, int32_t K, int32_t G, int32_t bits, int asymme
                         int32_t ks[2] = {r * k_per_row + i, r * k_per_row + 4 + i};
                         for (int h = 0; h < (bits == 4 ? 2 : 1); h++) {
                             int32_t k = first + ks[h];
-                            int expected = valid && k < end ? oracle_q((const int8_t*)data, K, bits, n, k) + bias : 0;
+                            /* padding: the group's zero past its end, 0 past N */
+                            int expected = !valid ? 0 : k < end ? oracle_q((const int8_t*)data, K, bits, n, k) + bias
+                                                                : zero;
                             int got = bits == 8 ? byte : h == 0 ? byte & 0xF : byte >> 4;
                             CHECK(got == expected, "%s: n=%d k=%d: %d, not %d", what, n, k, got, expected);
                         }

@@ -8,8 +8,9 @@
  *
  * Output features (rows n of W) are cut into panels of 8, one 256-bit register of int32 or float32
  * lanes; the last panel is padded with zero columns. A panel stores its groups one after the other,
- * each group as a header followed by ceil(min(G, K) / 8) blocks of 8 columns x 8 k (k beyond the
- * group is zero padding: every group, a shorter last one included, has the same size):
+ * each group as a header followed by ceil(min(G, K) / 8) blocks of 8 columns x 8 k (every group,
+ * a shorter last one included, has the same size; k beyond the group holds q = zero_point, whose
+ * A16 weight is the offset, finite where q = 0 could form one past float32's range):
  *
  *   header   float scale[8]; int32_t zero_point[8];      per column: w = scale * (q - zero_point)
  *            float offset[8] only when the weights have offsets (format v2): w = ... + offset

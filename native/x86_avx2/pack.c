@@ -4,9 +4,11 @@
 
 #include "avx2.h"
 
-/* Column n's weight at group-relative k of group g, as stored: a byte, or a nibble (padding: 0). */
+/* Column n's weight at group-relative k of group g, as stored: a byte, or a nibble (padding: 0 past
+ * N, the group's zero point past its end: avx2.h). */
 static uint8_t stored(const qk_weights* w, int32_t n, int32_t g, int32_t k) {
-    int32_t q = n < w->N && k < qk_group_length(w, g) ? qk_weight_q(w, n, g * w->group_size + k) : 0;
+    int32_t first = g * w->group_size;
+    int32_t q = n >= w->N ? 0 : k < qk_group_length(w, g) ? qk_weight_q(w, n, first + k) : qk_weight_zp(w, n, first);
     return (uint8_t)(w->bits == 4 ? q & 0xF : q);
 }
 

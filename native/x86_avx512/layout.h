@@ -19,8 +19,9 @@
  *   4 bits  row r holds k 8r .. 8r+7: byte 4j + i = u[j][8r + i] | u[j][8r + 4 + i] << 4, so that
  *           (row & 0x0F) is the VNNI row of k 8r .. 8r+3 and (row >> 4) & 0x0F that of 8r+4 .. 8r+7.
  * k beyond a group's end (the padding of its last row, or the rest of a shorter last group) holds
- * u = 0, and so do padded columns; kernels pad activations with zeros there, so padding adds
- * nothing. Headers and rows are 64-byte aligned. */
+ * the group's zero (q = zp: its A16 weight is the offset, finite, where q = 0 or u = 0 could form
+ * one past float32's range), padded columns u = 0 (scale 0); kernels pad activations with zeros
+ * there, so padding adds nothing. Headers and rows are 64-byte aligned. */
 #ifndef QK_VNNI16_LAYOUT_H
 #define QK_VNNI16_LAYOUT_H
 

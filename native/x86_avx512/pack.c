@@ -5,10 +5,11 @@
 #include "layout.h"
 
 /* Column n's u = q + bias at group-relative k of group g, as stored (a byte or a nibble); padding
- * (past N, or past the group's end) is 0. */
+ * is 0 past N and the group's zero (q = zp) past its end (layout.h). */
 static uint32_t stored(const qk_weights* w, int32_t bias, int32_t n, int32_t g, int32_t k) {
-    if (n >= w->N || k >= qk_group_length(w, g)) return 0;
-    return (uint32_t)(qk_weight_q(w, n, g * w->group_size + k) + bias);
+    if (n >= w->N) return 0;
+    int32_t first = g * w->group_size;
+    return (uint32_t)((k < qk_group_length(w, g) ? qk_weight_q(w, n, first + k) : qk_weight_zp(w, n, first)) + bias);
 }
 
 /* Column n's dword of row r of group g. */

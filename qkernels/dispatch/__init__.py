@@ -48,7 +48,7 @@ class KernelInfo:
     bits: tuple[int, ...]
     dtypes: tuple[str, ...]
     group_multiple: int
-    max_group_size: int  # largest group size it runs exactly; 0: any
+    max_group_size: int  # longest group it runs exactly (min(group_size, K) elements); 0: any
     max_m: int  # preferred for M <= max_m; 0: any M
     available: bool
     offsets: bool  # runs weights with per-group offsets (format v2)

@@ -3,6 +3,7 @@ balance, LLM.int8()'s exact outlier path."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -117,10 +118,11 @@ def test_smoothquant_shared_input_norm_folding_and_w8a8():
         quant.smoothquant_scales(act, q_proj, 1.5)
 
 
-def _deployed_error(x, weights, s, per_tensor):
+def _deployed_error(x, weights, s, per_tensor, symmetric=True):
     """Output error of the layers as deployed: smoothed input through the A8 kernel, W·diag(s) by RTN."""
     return sum(np.sum((qkernels.matmul(quant.smooth_activations(x, s),
-                                       quant.rtn(quant.smooth_weight(w, s), bits=8, per_tensor=per_tensor),
+                                       quant.rtn(quant.smooth_weight(w, s), bits=8, per_tensor=per_tensor,
+                                                 symmetric=symmetric),
                                        mode="a8").astype(np.float64) - x.astype(np.float64) @ w.T) ** 2)
                for w in weights)
 
@@ -152,6 +154,34 @@ def test_smoothing_search_picks_the_least_deployed_error(per_tensor):
     assert alpha is None and (s == 1).all()
     with pytest.raises(qkernels.InvalidArgumentError, match="alphas"):
         quant.search_smoothing(plain, np.abs(plain).max(axis=0), weights, ())
+
+
+def test_smoothing_search_scores_zero_point_weights_when_asked():
+    """symmetric=False scores the candidates with zero-point weights, as they are then deployed: on
+    skewed weights its choice has the least error with them, and differs from the symmetric one."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    x[:, 3] *= 30  # an outlier channel
+    weights = [(rng.standard_normal((8, 16)) + 0.8).astype(np.float32)]  # skewed rows: zero points matter
+    act, alphas = np.abs(x).max(axis=0), (0.2, 0.5, 0.8)
+    candidates = {None: np.ones(16, np.float32)} | {a: quant.smoothquant_scales(act, weights, a) for a in alphas}
+    chosen = {}
+    for symmetric in (True, False):
+        _, chosen[symmetric] = quant.search_smoothing(x, act, weights, alphas, per_tensor=True, symmetric=symmetric)
+        errors = {a: _deployed_error(x, weights, c, True, symmetric) for a, c in candidates.items()}
+        assert errors[chosen[symmetric]] == pytest.approx(min(errors.values()), rel=1e-3)
+    assert chosen[True] != chosen[False]
+
+
+def test_smoothing_search_on_all_zero_inputs():
+    """Static activations of all-zero calibration inputs have a zero range: step 1, as deployed
+    (it was 0, and every candidate's error NaN from 0 / 0)."""
+    weights = [np.random.default_rng(2).standard_normal((8, 16)).astype(np.float32)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s, alpha = quant.search_smoothing(np.zeros((4, 16), np.float32), np.zeros(16), weights, (0.5,),
+                                          activation="tensor")
+    assert alpha is None and (s == 1).all()
 
 
 # ---------------------------------------------------------------- LLM.int8()

@@ -9,6 +9,7 @@ import copy
 import numpy as np
 import pytest
 
+import qkernels
 from qkernels import InvalidArgumentError, dequantize, quant
 from qkernels.quant._common import dequantize_exact
 from qkernels.quant.awq import ActivationStatistics, _round_trip, alphas, awq_scales
@@ -90,6 +91,9 @@ def test_search_arguments_are_checked():
         awq_scales([w], np.ones(7), h)
     with pytest.raises(InvalidArgumentError, match="bits"):
         awq_scales([w], np.ones(8), h, bits=3)
+    for group_size in (0, -8, 2.5, True):  # as rtn refuses them (0 was a ZeroDivisionError)
+        with pytest.raises(InvalidArgumentError, match="group_size"):
+            awq_scales([w], np.ones(8), h, group_size=group_size)
 
 
 # ---------------------------------------------------------------- on a model
@@ -112,6 +116,7 @@ def test_folded_scales_keep_the_float_model():
 
     from qkernels.torch import linear_layers
     from qkernels.torch.awq import awq_groups, awq_weights
+    from qkernels.torch.model import divide_output
 
     model = _tiny_llama()
     ids = torch.randint(0, 96, (1, 24), generator=torch.Generator().manual_seed(2))
@@ -121,10 +126,13 @@ def test_folded_scales_keep_the_float_model():
     producers = [producer for producer, _ in awq_groups(model, layers)]
     assert "model.layers.0.self_attn.v_proj" in producers  # no grouped-query attention here: v → o folds
     assert "model.layers.1.mlp.up_proj" in producers and "model.layers.1.input_layernorm" in producers
-    scaled = awq_weights(model, layers, [ids], bits=4, group_size=32, symmetric=False, grid=5)
+    scaled, outside = awq_weights(model, layers, [ids], bits=4, group_size=32, symmetric=False, grid=5)
     with torch.no_grad():
+        assert torch.equal(model(ids).logits, expected)  # changed only below
         for name, (weight, _) in scaled.items():
             layers[name].weight.copy_(weight)
+        for producer, s in outside:
+            divide_output(model, producer, s)
         assert not torch.equal(model.model.layers[0].input_layernorm.weight, torch.ones(64))  # folded
         torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
 
@@ -145,3 +153,54 @@ def test_quantize_model_awq():
         qt.quantize_model(copy.deepcopy(model), "awq")
     with pytest.raises(InvalidArgumentError, match="awq_options"):
         qt.quantize_model(copy.deepcopy(model), "rtn", awq_options={"grid": 4})
+
+
+
+def test_a_failed_quantize_model_awq_leaves_the_model_as_it_was():
+    """The output head cannot be quantized (a NaN) and comes last: the norms and layers AWQ divides
+    its scales out of used to stay divided."""
+    torch = pytest.importorskip("torch")
+
+    import qkernels.torch as qt
+
+    model = _tiny_llama()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    state = copy.deepcopy(model.state_dict())
+    calib = [torch.randint(0, 96, (1, 16), generator=torch.Generator().manual_seed(0))]
+    with pytest.raises(qkernels.NonFiniteError):
+        qt.quantize_model(model, "awq", group_size=32, calib_data=calib, awq_options={"grid": 4})
+    assert not qt.quantized_layers(model)
+    assert all(torch.equal(model.state_dict()[key].nan_to_num(), value.nan_to_num()) for key, value in state.items())
+
+
+def test_quantize_model_awq_leaves_a_group_calibration_never_reaches_unscaled():
+    """A norm group whose layers no calibration input reaches (it raised a KeyError) keeps s = 1:
+    its layers are plain RTN, its norm unchanged, with a warning naming them."""
+    torch = pytest.importorskip("torch")
+
+    import qkernels.torch as qt
+
+    class Block(torch.nn.Module):  # GPT-2's names: ln_1 → attn.c_attn, ln_2 → mlp.c_fc (pre_norm_groups)
+        def __init__(self, mlp: bool):
+            super().__init__()
+            self.ln_1, self.ln_2 = torch.nn.LayerNorm(32), torch.nn.LayerNorm(32)
+            self.attn, self.mlp = torch.nn.Module(), torch.nn.Module()
+            self.attn.c_attn, self.mlp.c_fc = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+            self.use_mlp = mlp
+
+        def forward(self, x):
+            x = x + self.attn.c_attn(self.ln_1(x))
+            return x + self.mlp.c_fc(self.ln_2(x)) if self.use_mlp else x
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Block(mlp=True), Block(mlp=False)).eval()
+    calib = [torch.randn(16, 32, generator=torch.Generator().manual_seed(i)) * 3 for i in range(2)]
+    with pytest.warns(UserWarning, match=r"1 layer\(s\), 1\.mlp\.c_fc: AWQ leaves them unscaled"):
+        quantized = qt.quantize_model(copy.deepcopy(model), "awq", group_size=16, calib_data=calib,
+                                      awq_options={"grid": 4})
+    assert len(qt.quantized_layers(quantized)) == 4
+    assert torch.equal(quantized[1].ln_2.weight, model[1].ln_2.weight)
+    expected = quant.rtn(model[1].mlp.c_fc.weight.detach(), bits=4, group_size=16)
+    assert np.array_equal(quantized[1].mlp.c_fc.qdata.numpy(), expected.data)
+    assert np.array_equal(quantized[1].mlp.c_fc.scales.numpy(), expected.scales)

@@ -220,6 +220,28 @@ def test_zeroquant_lkd_improves_on_rtn(quantize_activations):
     assert lkd.bits == 4 and lkd.group_size == 16
 
 
+@pytest.mark.skipif(not HAVE_TORCH, reason="zeroquant_lkd needs torch")
+def test_zeroquant_lkd_keeps_the_weights_format():
+    """Its result records the dtype and container of the weights, as zeroquant's does (it recorded
+    float32 NumPy: dequantize then gave NumPy for a torch bfloat16 weight)."""
+    import torch
+
+    w, x = _layer(8, N=4, K=16, M=8)
+    for weight in (torch.from_numpy(w).to(torch.bfloat16), w.astype(np.float16)):
+        lkd = quant.zeroquant_lkd(weight, x, bits=4, group_size=8, steps=3)
+        rtn = quant.zeroquant(weight, bits=4, group_size=8)
+        assert (lkd.dtype, lkd.kind) == (rtn.dtype, rtn.kind)
+        assert type(qkernels.dequantize(lkd)) is type(weight) and qkernels.dequantize(lkd).dtype == weight.dtype
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="zeroquant_lkd needs torch")
+def test_zeroquant_lkd_refuses_empty_inputs():
+    """No rows: the loss would be a mean over nothing (it trained on NaN, then failed elsewhere)."""
+    w, _ = _layer(8, N=4, K=16)
+    with pytest.raises(qkernels.InvalidArgumentError, match="inputs"):
+        quant.zeroquant_lkd(w, np.zeros((0, 16), np.float32), bits=4, group_size=8)
+
+
 # ---------------------------------------------------------------- mixed precision
 
 

@@ -8,6 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch")
 transformers = pytest.importorskip("transformers", reason="needs the eval extra: pip install '.[eval]'")
+import qkernels  # noqa: E402
 from qkernels import quant  # noqa: E402
 from qkernels.errors import InvalidArgumentError  # noqa: E402
 from qkernels.torch.kv_cache import QuantizedKVCache, QuantizedKVLayer  # noqa: E402
@@ -42,6 +43,41 @@ def test_appended_tokens_are_stored_as_quantize_kv_quantizes_them(bits):
         expected = quant.quantize_kv(keys, values, bits=bits)
         np.testing.assert_array_equal(layer.value_tokens.q.numpy(), expected.values)
         np.testing.assert_array_equal(v.numpy(), quant.dequantize_values(expected))
+
+
+def _contents(layer):
+    return [t.clone() for t in (layer.key_blocks.q, layer.key_blocks.scales, layer.value_tokens.q,
+                                layer.value_tokens.scales, layer.key_residual)]
+
+
+def test_a_failed_append_leaves_the_cache_as_it_was():
+    """NaN keys that complete a block are refused before anything is stored: the length, values
+    and keys stay consistent (they used to count and store the values of the refused tokens)."""
+    keys, values = _states(7)
+    layer = QuantizedKVLayer(8, BLOCK)
+    layer.update(keys[..., :5, :], values[..., :5, :])
+    before = _contents(layer)
+    bad = keys[..., 5:7, :].clone()
+    bad[..., 0, 0] = float("nan")
+    with pytest.raises(qkernels.NonFiniteError):
+        layer.update(torch.cat([bad, bad], dim=-2), values[..., 3:7, :])  # 4 tokens: the block [4, 8) fills
+    assert layer.get_seq_length() == 5
+    assert all(torch.equal(a, b) for a, b in zip(_contents(layer), before))
+    k2, v2 = layer.update(keys[..., 5:, :], values[..., 5:, :])
+    assert layer.get_seq_length() == 7 and k2.shape[-2] == v2.shape[-2] == 7
+
+
+def test_appending_no_tokens_changes_nothing():
+    """t = 0 returns the cache as it is (the quantizer used to refuse "N=0")."""
+    keys, values = _states(6)
+    layer = QuantizedKVLayer(4, BLOCK)
+    k, v = layer.update(keys[..., :0, :], values[..., :0, :])  # on an empty cache: empty states
+    assert k.shape == v.shape == (2, 3, 0, 8) and layer.get_seq_length() == 0
+    k, v = layer.update(keys, values)
+    before = _contents(layer)
+    k0, v0 = layer.update(keys[..., :0, :], values[..., :0, :])
+    assert torch.equal(k0, k) and torch.equal(v0, v) and layer.get_seq_length() == 6
+    assert all(torch.equal(a, b) for a, b in zip(_contents(layer), before))
 
 
 def test_bad_arguments_are_refused():

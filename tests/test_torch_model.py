@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qk_support import raw_offsets
-from qkernels import InvalidArgumentError, reference
+from qkernels import InvalidArgumentError, NonFiniteError, quant, reference
 
 torch = pytest.importorskip("torch", reason="the PyTorch integration needs torch")
 qt = pytest.importorskip("qkernels.torch")
@@ -300,3 +300,165 @@ def test_calibration_runs_every_pass_whole_when_a_layer_is_called_twice():
     collectors = qt.calibrate(model, {"block.up": model.block.up, "block.down": model.block.down}, data, _Rows)
     assert model.head_calls == 3
     assert [len(c.rows) for c in collectors.values()] == [6, 6]
+
+
+# ---------------------------------------------------------------- layers calibration never reaches
+
+
+class _Routed(torch.nn.Module):
+    """Top-1 routing to two experts (a pre-norm and a linear layer each). The router's bias sends
+    every token to expert 0: calibration never reaches expert 1, as an MoE expert no calibration
+    token is routed to."""
+
+    def __init__(self):
+        super().__init__()
+        self.router = torch.nn.Linear(64, 2)
+        self.experts = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 64)) for _ in range(2))
+        with torch.no_grad():
+            self.router.bias.copy_(torch.tensor([100.0, -100.0]))
+
+    def forward(self, x):
+        choice, out = self.router(x).argmax(-1), torch.zeros_like(x)
+        for index, expert in enumerate(self.experts):
+            chosen = choice == index
+            if chosen.any():
+                out[chosen] = expert(x[chosen])
+        return x + out
+
+
+class _MoE(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(_Routed() for _ in range(2))  # the blocks, for GPTQ
+
+    def forward(self, x):
+        for block in self.layers:
+            x = block(x)
+        return x
+
+
+def _moe():
+    torch.manual_seed(5)
+    return _MoE().eval()
+
+
+UNREACHED = ["layers.0.experts.1.1", "layers.1.experts.1.1"]
+FOLDED = {f"layers.{b}.experts.{e}.0": [f"layers.{b}.experts.{e}.1"] for b in range(2) for e in range(2)}
+
+
+@pytest.mark.parametrize("options", [
+    dict(method="gptq", bits=4, group_size=32),
+    dict(method="w8a8"),
+    dict(method="smoothquant"),
+    dict(method="smoothquant", activation="token", alpha=(0.3, 0.6), fold_norms=FOLDED),
+], ids=["gptq", "w8a8", "smoothquant", "smoothquant-search-folded"])
+def test_layers_calibration_never_reaches_fall_back_with_a_warning(options):
+    """They used to raise a KeyError with the model half quantized. GPTQ: an identity Hessian (RTN's
+    integers); SmoothQuant: s = 1 (their norms unchanged); static activations: per token."""
+    model = _moe()
+    with pytest.warns(UserWarning, match=r"2 layer\(s\), layers\.0\.experts\.1\.1, layers\.1\.experts\.1\.1"):
+        quantized = qt.quantize_model(copy.deepcopy(model), calib_data=_data(2), **options)
+    assert sorted(qt.quantized_layers(quantized)) == sorted(qt.linear_layers(model))
+    for name in UNREACHED:
+        layer = quantized.get_submodule(name)
+        if options["method"] == "gptq":
+            expected = quant.rtn(model.get_submodule(name).weight.detach(), bits=4, group_size=32)
+            assert np.array_equal(layer.qdata.numpy(), expected.data)
+            assert np.array_equal(layer.scales.numpy(), expected.scales)
+        else:
+            assert layer.activation == "token" and layer.input_scale is None
+        norm = name.removesuffix(".1") + ".0"
+        assert torch.equal(quantized.get_submodule(norm).weight, model.get_submodule(norm).weight)
+    if options["method"] != "gptq" and "fold_norms" not in options:  # the calibrated ones: static ranges
+        assert quantized.get_submodule("layers.0.experts.0.1").activation == options.get("activation", "tensor")
+    x = _data(1)[0]
+    with torch.no_grad():
+        for name in UNREACHED:  # quantized, not broken
+            expected, y = model.get_submodule(name)(x), quantized.get_submodule(name)(x)
+            assert float((y - expected).norm() / expected.norm()) < 0.1
+
+
+@pytest.mark.parametrize("method", ["w8a8", "smoothquant"])
+def test_static_activations_of_a_layer_whose_calibration_inputs_were_all_zero(method):
+    """A dead ReLU gives `down` a clip of 0: its step is 1 (a zero range, docs/numerics.md §2), not
+    a NaN from 0 / 0."""
+    model = _model()
+    with torch.no_grad():
+        model.up.bias.fill_(-100.0)  # gelu(up(x)) is 0 on calibration data
+    quantized = qt.quantize_model(copy.deepcopy(model), method, calib_data=_data())
+    assert float(quantized.down.act_clip) == 0
+    x = _data(1)[0]
+    with torch.no_grad():
+        expected, y = model(x), quantized(x)
+    assert torch.isfinite(y).all()
+    assert float((y - expected).norm() / expected.norm()) < 0.2
+
+
+def test_options_are_checked_before_calibration():
+    def unread():  # calibration data that must not be reached
+        raise AssertionError("calibration ran before the options were checked")
+        yield
+
+    for option, options in (("bits", dict(method="smoothquant", bits=5, fold_norms={"norm": ["up"]})),
+                            ("bits", dict(method="gptq", bits=0)),
+                            ("group_size", dict(method="gptq", group_size=0)),
+                            ("group_size", dict(method="awq", group_size=-32)),
+                            ("alpha", dict(method="smoothquant", alpha=1.5)),
+                            ("alpha", dict(method="smoothquant", alpha=(0.5, -0.1))),
+                            ("alpha", dict(method="smoothquant", alpha=())),
+                            ("gptq_options", dict(method="gptq", gptq_options={"dampening": 0.1})),
+                            ("awq_options", dict(method="awq", awq_options={"bits": 8}))):
+        with pytest.raises(InvalidArgumentError, match=option):
+            qt.quantize_model(_model(), calib_data=unread(), **options)
+    for option, options in (("group_size", dict(method="zeroquant", group_size=0)),  # was taken for 64
+                            ("threshold", dict(method="llm_int8", threshold=0.0))):
+        model = _model()
+        with pytest.raises(InvalidArgumentError, match=option):
+            qt.quantize_model(model, **options)
+        assert not qt.quantized_layers(model)
+
+
+@pytest.mark.parametrize("options", [
+    dict(method="smoothquant", fold_norms={"norm": ["up"]}),
+    dict(method="smoothquant", fold_norms={"norm": ["up"]}, alpha=(0.4, 0.8)),
+    dict(method="gptq"),
+    dict(method="w8a8"),
+    dict(method="rtn"),
+], ids=["smoothquant-folded", "smoothquant-search", "gptq", "w8a8", "rtn"])
+def test_a_failed_quantize_model_leaves_the_model_as_it_was(options):
+    """The head's weights cannot be quantized (a NaN), and the head comes last: the norm divided by
+    SmoothQuant's s and the layers already quantized used to stay so."""
+    model = _model()
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(NonFiniteError):
+        qt.quantize_model(model, calib_data=_data(), **options)
+    assert not qt.quantized_layers(model)
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(torch.equal(after[key].nan_to_num(), value.nan_to_num()) for key, value in state.items())
+
+
+def test_smoothing_search_scores_the_weights_quantize_model_deploys():
+    """symmetric=False: the α search scores zero-point weights, as the layers get them. Here that
+    chooses another α than symmetric weights would (it used to score symmetric ones)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    x[:, 3] *= 30  # an outlier channel
+    w = (rng.standard_normal((8, 16)) + 0.8).astype(np.float32)  # skewed rows: zero points matter
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.from_numpy(w))
+    alphas = (0.2, 0.5, 0.8)
+    # every 4th row is sampled for the search: each row four times makes the sample x itself
+    calib = [torch.from_numpy(np.repeat(x, 4, axis=0))]
+    chosen = {}
+    for symmetric in (True, False):
+        s, chosen[symmetric] = quant.search_smoothing(x, np.abs(x).max(axis=0), w, alphas, activation="token",
+                                                      per_tensor=True, symmetric=symmetric)
+        quantized = qt.quantize_model(copy.deepcopy(model), "smoothquant", calib_data=calib, activation="token",
+                                      alpha=alphas, symmetric=symmetric)
+        assert torch.equal(quantized[0].input_scale, torch.from_numpy(1 / s))
+    assert chosen[True] != chosen[False]

@@ -69,6 +69,16 @@ def test_smoothing_and_static_tensor_activations():
     _check(layer(x), torch.from_numpy(rounded), qw, "a16", None, "float32")
 
 
+def test_static_activations_with_a_zero_clip_have_step_one():
+    """act_clip 0 (calibration inputs all zero) is a zero range: step 1 (docs/numerics.md §2), not NaN."""
+    rng = np.random.default_rng(1)
+    qw = _weights(rng, 16, 64, 8, 64, True)
+    layer = QuantLinear(qw, activation="tensor", act_clip=0.0)
+    x = torch.from_numpy(rng.standard_normal((7, 64)).astype(np.float32) * 200)
+    rounded = np.clip(np.rint(x.numpy()), -127, 127).astype(np.float32)
+    _check(layer(x), torch.from_numpy(rounded), qw, "a16", None, "float32")
+
+
 def test_outlier_op_is_llm_int8():
     from qkernels.quant import llm_int8_matmul
 
@@ -79,6 +89,7 @@ def test_outlier_op_is_llm_int8():
     bias = torch.from_numpy(rng.standard_normal(24).astype(np.float32))
     layer = QuantLinear(qw, bias, activation="token", outlier_threshold=6.0)
     assert torch.equal(layer(x), llm_int8_matmul(x, qw, threshold=6.0, bias=bias))
+    assert "outliers |x| >= 6.0" in repr(layer)  # the rule: |x| ≥ threshold is an outlier
 
 
 def _op_samples():

@@ -45,6 +45,25 @@ def check_bits(bits: int) -> None:
         raise InvalidArgumentError(f"bits={bits} must be 4 or 8")
 
 
+def check_group_size(group_size: int | None) -> None:
+    """None (one group per row) or a positive integer, as rtn takes it (a bool or a float is refused)."""
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))
+                                   or group_size <= 0):
+        raise InvalidArgumentError(f"group_size={group_size!r} must be a positive integer")
+
+
+def check_alpha(alpha: float) -> None:
+    """SmoothQuant's migration strength."""
+    if not 0 <= alpha <= 1:
+        raise InvalidArgumentError(f"alpha={alpha} must lie in [0, 1]")
+
+
+def check_threshold(threshold: float) -> None:
+    """LLM.int8()'s outlier threshold."""
+    if not threshold > 0:
+        raise InvalidArgumentError(f"threshold={threshold} must be positive")
+
+
 def source_format(x: Any) -> tuple[str, str]:
     """(dtype, kind) that a QuantizedWeight made from `x` records, as quantize_weights would."""
     if is_torch(x):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, NonFiniteError
 from ..tensors import is_torch
-from ._common import check_bits, float_array, rows_of
+from ._common import check_bits, check_group_size, float_array, rows_of
 from .gptq import HessianAccumulator
 
 
@@ -73,6 +73,7 @@ def awq_scales(weights: Sequence[Any], mean_abs: Any, hessian: Any, *, bits: int
     as rtn(smooth_weight(W, s), ...) and divide its inputs by s (folded into the operation before).
     """
     check_bits(bits)
+    check_group_size(group_size)
     # Wᵀ [K, N] (q, k, v stacked: one K): a quantization group is a block of consecutive rows, so
     # that NumPy's elementwise work and reductions run along long contiguous rows.
     wt = np.ascontiguousarray(

@@ -10,7 +10,9 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from ..tensors import is_torch
 from ..weights import QuantizedWeight, quantize_weights
-from ._common import check_bits, float_array, from_integers, quantize_rows, round_to_grid, rows_of, source_format
+from ._common import (
+    check_bits, check_group_size, float_array, from_integers, quantize_rows, round_to_grid, rows_of, source_format,
+)
 
 
 class HessianAccumulator:
@@ -115,9 +117,8 @@ def gptq(weight: Any, hessian: Any, *, bits: int, group_size: int | None = None,
     H = float_array(hessian, "hessian", ndim=2).copy()
     if H.shape != (K, K):
         raise InvalidArgumentError(f"hessian has shape {H.shape}; expected {(K, K)}")
+    check_group_size(group_size)
     G = K if group_size is None else group_size
-    if isinstance(G, bool) or not isinstance(G, (int, np.integer)) or G <= 0:
-        raise InvalidArgumentError(f"group_size={group_size!r} must be a positive integer")
     if bits == 4 and K % 2:
         raise InvalidArgumentError(f"K={K} must be even for 4-bit weights (two per byte)")
     if block_size < 1:

@@ -6,11 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
 from ..ops import matmul
 from ..tensors import float_format
 from ..weights import QuantizedWeight
-from ._common import dequantize_exact, rows_of
+from ._common import check_threshold, dequantize_exact, rows_of
 
 
 def outlier_columns(x: Any, threshold: float = 6.0) -> np.ndarray:
@@ -20,8 +19,7 @@ def outlier_columns(x: Any, threshold: float = 6.0) -> np.ndarray:
 
 
 def _outliers(rows: np.ndarray, threshold: float) -> np.ndarray:
-    if not threshold > 0:
-        raise InvalidArgumentError(f"threshold={threshold} must be positive")
+    check_threshold(threshold)
     return np.flatnonzero((np.abs(rows) >= threshold).any(axis=0))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from ..activations import quantize_activations
 from ..errors import InvalidArgumentError
 from ..weights import QuantizedWeight, dequantize
-from ._common import float_array
+from ._common import check_alpha, float_array
 from .rtn import rtn
 
 
@@ -25,8 +25,7 @@ def smoothquant_scales(act_absmax: Any, weight: Any, alpha: float = 0.5) -> np.n
     alpha: the migration strength in [0, 1]. A channel whose activation or weight maximum is 0 gets
     s_j = 1 (nothing to balance). Returns float32 [K].
     """
-    if not 0 <= alpha <= 1:
-        raise InvalidArgumentError(f"alpha={alpha} must lie in [0, 1]")
+    check_alpha(alpha)
     act = float_array(act_absmax, "act_absmax", ndim=1)
     weights = list(weight) if isinstance(weight, Sequence) else [weight]
     if not weights:
@@ -79,7 +78,7 @@ def smoothquant(weight: Any, act_absmax: Any, *, alpha: float = 0.5, bits: int =
 
 
 def search_smoothing(rows: Any, act_absmax: Any, weights: Any, alphas: Sequence[float], *,
-                     activation: str = "token", per_tensor: bool = False,
+                     activation: str = "token", per_tensor: bool = False, symmetric: bool = True,
                      bits: int = 8) -> tuple[np.ndarray, float | None]:
     """The smoothing that quantizes best on calibration data: for each candidate (no smoothing,
     s = 1, and ``smoothquant_scales(act_absmax, weights, α)`` for each α in `alphas`), the layers
@@ -93,7 +92,8 @@ def search_smoothing(rows: Any, act_absmax: Any, weights: Any, alphas: Sequence[
     all calibration inputs; weights: W [N, K] or a sequence of them (q, k, v after one norm).
     activation: "token" (dynamic per-row int8, the A8 kernels' quantizer) or "tensor" (static per
     tensor, the clip max|X·diag(s)⁻¹| over calibration data); weights by ``rtn`` (per channel, or
-    per tensor). Returns (s float32 [K], the winning α, or None for no smoothing)."""
+    per tensor; symmetric, or with zero points for symmetric=False: as they will be deployed).
+    Returns (s float32 [K], the winning α, or None for no smoothing)."""
     if activation not in ("token", "tensor"):
         raise InvalidArgumentError(f"activation={activation!r} must be 'token' or 'tensor'")
     if not alphas:
@@ -114,10 +114,10 @@ def search_smoothing(rows: Any, act_absmax: Any, weights: Any, alphas: Sequence[
             q, step, _ = quantize_activations(xs)
             xq = q.astype(np.float32) * step[:, None]
         else:
-            step = np.float32((act / s).max() / 127)
+            step = np.float32((act / s).max() / 127) or np.float32(1)  # a zero range: step 1 (§2)
             xq = np.clip(np.rint(xs / step), -127, 127).astype(np.float32) * step
-        return sum(float(np.sum((xq @ dequantize(rtn(smooth_weight(w, s), bits=bits, per_tensor=per_tensor),
-                                                 "float32").T - y) ** 2))
+        return sum(float(np.sum((xq @ dequantize(rtn(smooth_weight(w, s), bits=bits, per_tensor=per_tensor,
+                                                     symmetric=symmetric), "float32").T - y) ** 2))
                    for w, y in zip(arrays, exact))
 
     return min(candidates, key=lambda candidate: error(candidate[0]))

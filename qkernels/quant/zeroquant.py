@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from .. import activations
 from ..errors import InvalidArgumentError
 from ..ops import matmul
 from ..weights import QuantizedWeight, dequantize
-from ._common import check_bits, float_array, rows_of
+from ._common import check_bits, float_array, rows_of, source_format
 from .rtn import rtn
 
 
@@ -52,6 +53,8 @@ def zeroquant_lkd(weight: Any, inputs: Any, *, bits: int, group_size: int, symme
         raise InvalidArgumentError(f"steps={steps} must not be negative")
     w0 = float_array(weight, "weight", ndim=2, dtype=np.float32)
     x = rows_of(inputs, "inputs", w0.shape[1]).astype(np.float32)
+    if not len(x):  # the loss would be a mean over nothing: NaN
+        raise InvalidArgumentError(f"inputs has shape {tuple(np.shape(inputs))}: no rows to distil on")
     baseline = zeroquant(w0, bits=bits, group_size=group_size, symmetric=symmetric)
     if lr is None:
         lr = float(np.mean(baseline.scales)) / 1000
@@ -79,7 +82,9 @@ def zeroquant_lkd(weight: Any, inputs: Any, *, bits: int, group_size: int, symme
     def deployed_error(qw):
         return float(np.sum((matmul(x, qw, mode=mode).astype(np.float64) - exact) ** 2))
 
-    return trained if deployed_error(trained) <= deployed_error(baseline) else baseline
+    best = trained if deployed_error(trained) <= deployed_error(baseline) else baseline
+    dtype, kind = source_format(weight)  # both were made from float32 NumPy copies of the weights
+    return replace(best, dtype=dtype, kind=kind)
 
 
 def _fake_quantize(w, bits: int, group_size: int, symmetric: bool):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..quant.awq import ActivationStatistics, awq_scales
-from .model import LLAMA_BLOCKS, calibrate, divide_norm, linear_weight, pre_norm_groups
+from .model import LLAMA_BLOCKS, _warn_uncalibrated, calibrate, linear_weight, pre_norm_groups
 
 # In LLaMA-family blocks, linear layers that feed linear layers through per-channel operations only:
 # up_proj → (act(gate) · up) → down_proj, and v_proj → attention (a weighted sum over tokens, per
@@ -49,51 +49,45 @@ def awq_groups(model: nn.Module, layers: dict[str, nn.Module]) -> list[tuple[str
 
 def awq_weights(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iterable, *, bits: int,
                 group_size: int | None, symmetric: bool,
-                grid: int = 20) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+                grid: int = 20) -> tuple[dict[str, tuple], list[tuple[str, np.ndarray]]]:
     """Searches the AWQ scales s of every group of awq_groups on calib_data (one pass over the float
-    model, collecting each group's mean |x| and second moment), divides s out of each producer (a
-    norm's weight and bias, or a linear layer's output rows and bias: in `model` if it is not being
-    quantized) and returns {layer: (float32 weight [N, K], bias)} for every layer of `layers`, the
-    groups' columns multiplied by s. Layers in no group are returned unscaled (plain RTN)."""
+    model, collecting each group's mean |x| and second moment). Returns {layer: (float32 weight
+    [N, K], bias)} for every layer of `layers`, the groups' columns multiplied by s and, where a
+    group's producer is one of `layers`, its output rows and bias divided by s; and [(producer, s)]
+    for the other producers (norms, linear layers left in float), whose outputs are to be divided by
+    s (model.divide_output) once the layers are quantized: `model` itself is not changed. Layers in
+    no group, or in one whose input calibration never reached (with a warning), are returned
+    unscaled (plain RTN)."""
     groups = awq_groups(model, layers)
     weights = {}
     for name, module in layers.items():
         weight, bias = linear_weight(module)
         weights[name] = (weight.float().clone(), None if bias is None else bias.detach().float().clone())
     if not groups:
-        return weights
+        return weights, []
     readers = {names[0]: layers[names[0]] for _, names in groups}  # one layer per input suffices
     statistics = calibrate(model, readers, _progress_bar(calib_data, "AWQ calibration"), ActivationStatistics)
+    reached = [(producer, names) for producer, names in groups
+               if names[0] in statistics and statistics[names[0]].count]
+    _warn_uncalibrated([name for group in groups if group not in reached for name in group[1]],
+                       "AWQ leaves them unscaled (plain RTN)", stacklevel=4)
     found = []
-    for producer, names in _progress_bar(groups, "AWQ scale search"):
+    for producer, names in _progress_bar(reached, "AWQ scale search"):
         stats = statistics[names[0]]
         result = awq_scales([weights[name][0] for name in names], stats.mean_abs(), stats.hessian(), bits=bits,
                             group_size=group_size, symmetric=symmetric, grid=grid)
         found.append((producer, names, result.scales))
     # Every search saw the original weights (a layer can be both a producer and in a group: up_proj).
+    outside = []
     for producer, names, s in found:
         s_t = torch.from_numpy(s)
         for name in names:
             weights[name][0].mul_(s_t)
-        _divide_out(model, producer, weights, s, s_t)
-    return weights
-
-
-def _divide_out(model: nn.Module, producer: str, weights: dict, s: np.ndarray, s_t: torch.Tensor) -> None:
-    """Divides the producer's outputs by s: a norm's weight and bias, or a linear layer's rows and bias."""
-    module = model.get_submodule(producer)
-    if producer in weights:  # a linear layer being quantized: its float copy
-        weight, bias = weights[producer]
+        if producer not in weights:
+            outside.append((producer, s))
+            continue
+        weight, bias = weights[producer]  # a linear layer being quantized: its float copy
         weight.div_(s_t[:, None])
         if bias is not None:
             bias.div_(s_t)
-        return
-    found = linear_weight(module)
-    if found is not None:  # a linear layer left in float: in place
-        weight, bias = found
-        with torch.no_grad():
-            weight.div_(s_t.to(weight.dtype)[:, None])
-            if bias is not None:
-                bias.div_(s_t.to(bias.dtype))
-        return
-    divide_norm(module, s)
+    return weights, outside

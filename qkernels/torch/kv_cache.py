@@ -86,11 +86,15 @@ class QuantizedKVLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Appends [B, H, t, D] keys and values; returns every cached token's keys and values as
-        attention reads them: dequantized (the unfinished key block as given)."""
+        attention reads them: dequantized (the unfinished key block as given). Appending no tokens
+        (t = 0) changes nothing. Everything is quantized before anything is stored, so that an error
+        (NaN or Inf states) leaves the cache as it was."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        self.length += key_states.shape[-2]
-        self.value_tokens.append(*_quantize_last_axis(value_states, self.bits))
+        t = key_states.shape[-2]
+        if not t:  # the quantizer refuses empty rows; nothing cached yet: the empty values given
+            return self.keys_for_attention(), self._dequantized_values() if self.length else value_states.detach()
+        values = _quantize_last_axis(value_states, self.bits)
         pending = torch.cat([self.key_residual, key_states.detach()], dim=-2)
         full = pending.shape[-2] // self.block_size * self.block_size
         if full:
@@ -100,7 +104,9 @@ class QuantizedKVLayer(CacheLayerMixin):
             by_block = blocks.reshape(B, H, -1, self.block_size, D).transpose(-1, -2)
             q, scales, zero_points = _quantize_last_axis(by_block, self.bits)
             self.key_blocks.append(q.transpose(-1, -2).reshape(blocks.shape), scales.squeeze(-1), zero_points.squeeze(-1))
+        self.value_tokens.append(*values)
         self.key_residual = pending[..., full:, :].clone()
+        self.length += t
         return self.keys_for_attention(), self._dequantized_values()
 
     def keys_for_attention(self) -> torch.Tensor:

@@ -22,8 +22,10 @@ ACTIVATIONS = ("float", "token", "tensor")
 
 def static_int8(x: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
     """x rounded to the per-tensor int8 grid of step clip / 127, in float32 (q * step), with a
-    straight-through gradient: the rounding passes grad unchanged, as in quantization-aware training."""
+    straight-through gradient: the rounding passes grad unchanged, as in quantization-aware training.
+    A zero step (clip 0: calibration inputs all zero) is 1, as for any zero range (docs/numerics.md §2)."""
     step = clip.to(torch.float32) / 127
+    step = torch.where(step == 0, 1.0, step)
     xf = x.to(torch.float32)
     grid = torch.clamp(torch.round(xf / step), -127, 127) * step
     return xf + (grid - xf).detach()
@@ -173,7 +175,7 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         groups = "channel" if self.group_size >= self.in_features else f"group {self.group_size}"
-        extra = f", outliers > {self.outlier_threshold}" if self.outlier_threshold is not None else ""
+        extra = f", outliers |x| >= {self.outlier_threshold}" if self.outlier_threshold is not None else ""
         smooth = ", smoothed" if self.input_scale is not None else ""
         smooth += ", inputs permuted" if self.input_permutation is not None else ""
         groups += " with offsets" if self.offsets is not None else ""

@@ -6,6 +6,7 @@ import collections
 import functools
 import inspect
 import json
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _checks
 from ..errors import InvalidArgumentError
 from ..quant import (
     AbsMaxObserver, AbsMaxSampleObserver, HessianAccumulator, fold_into_norm, gptq, rtn, search_smoothing,
     smooth_weight, smoothquant_scales, zeroquant,
 )
+from ..quant._common import check_alpha, check_threshold
 from ..weights import QuantizedWeight
 from .linear import QuantLinear
 from .sequential import block_inputs, run_block, transformer_blocks
@@ -171,7 +174,11 @@ def collect_inputs(layers: dict[str, nn.Module], make: Callable[[int], Any],
 def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits: int, group_size: int | None,
                      symmetric: bool, activation: str | None, per_tensor: bool, alpha: float | tuple, threshold: float,
                      folded_s: np.ndarray | None = None) -> QuantLinear:
+    """The QuantLinear of one layer; collector: its calibration inputs' statistics, None where the
+    method needs none or calibration never reached the layer."""
     w = weight.float()
+    if activation == "tensor" and collector is None:  # no inputs seen, no static range: one per token
+        activation = "token"
     if method in ("rtn", "awq"):  # awq: W·diag(s) (qkernels.torch.awq)
         return QuantLinear(rtn(w, bits=bits, group_size=group_size, symmetric=symmetric), bias)
     if method == "w8a8":  # naive: one range for the weights, one for the activations (or per token)
@@ -179,10 +186,10 @@ def _quantized_layer(method: str, weight: torch.Tensor, bias, collector, *, bits
         clip = collector.tensor_absmax() if activation == "tensor" else None
         return QuantLinear(qw, bias, activation=activation, act_clip=clip)
     if method == "smoothquant":
-        act_absmax = collector.channel_absmax()
-        s = folded_s if folded_s is not None else _smoothing(collector, [w], alpha, activation, per_tensor, bits)
+        s = folded_s if folded_s is not None else _smoothing(collector, [w], alpha, activation, per_tensor,
+                                                              symmetric, bits)
         qw = rtn(smooth_weight(w, s), bits=bits, per_tensor=per_tensor, symmetric=symmetric)
-        clip = float((act_absmax / s).max()) if activation == "tensor" else None
+        clip = float((collector.channel_absmax() / s).max()) if activation == "tensor" else None
         # folded: the norm divides; s = 1 (the search chose no smoothing): nothing to divide
         input_scale = None if folded_s is not None or (s == 1).all() else torch.from_numpy(1 / s)
         return QuantLinear(qw, bias, activation=activation, input_scale=input_scale, act_clip=clip)
@@ -239,6 +246,11 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
     ones, or one tensor (run_model), run without gradients. skip: layer names left in float (a
     name, or a suffix after a dot, e.g. "lm_head"). progress: called as progress(done, total) per
     layer, or True for a tqdm progress bar.
+
+    Options are checked before calibration; an error leaves the model as it was. A layer no
+    calibration input reaches (an MoE expert no token is routed to) is quantized without its
+    statistics, with a warning naming it: GPTQ with an identity Hessian (RTN), SmoothQuant with
+    s = 1, static activations per token instead, AWQ unscaled (docs/quantization.md §10).
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}")
@@ -253,18 +265,36 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
                                    ("fold_norms", fold_norms or None, ("smoothquant",))):
         if value is not None and method not in methods:
             raise InvalidArgumentError(f"{option}= is for {' and '.join(map(repr, methods))}, not {method!r}")
+    from .awq import awq_weights  # imports this module
+
+    # Every option is checked before calibration, which can take long, and before the model changes.
+    for option, options, function in (("gptq_options", gptq_options, gptq),
+                                      ("awq_options", awq_options, awq_weights)):
+        takes = [name for name, p in inspect.signature(function).parameters.items()
+                 if p.kind == p.KEYWORD_ONLY and name not in ("bits", "group_size", "symmetric")]  # ours
+        unknown = sorted(set(options or {}) - set(takes))
+        if unknown:
+            raise InvalidArgumentError(f"{option} names {unknown}: it takes {takes}")
     per_tensor = True if per_tensor is None else per_tensor
     alpha = 0.5 if alpha is None else (tuple(alpha) if isinstance(alpha, Sequence) else alpha)
+    alphas = alpha if isinstance(alpha, tuple) else (alpha,)
+    if not alphas:
+        raise InvalidArgumentError("alpha= is an empty sequence: give one α, or the α values to search")
+    for value in alphas:
+        check_alpha(value)
     threshold = 6.0 if threshold is None else threshold
-    bits = bits or (4 if method in ("rtn", "gptq", "awq") else 8)
-    if method == "zeroquant":
-        group_size = group_size or 64
+    check_threshold(threshold)
+    bits = _checks.bits(bits if bits is not None else (4 if method in ("rtn", "gptq", "awq") else 8))
+    if method == "zeroquant" and group_size is None:
+        group_size = 64
+    if group_size is not None:
+        _checks.group_size(group_size)
     if method in ("w8a8", "smoothquant"):
         activation = activation or "tensor"
         if activation not in ("tensor", "token"):
             raise InvalidArgumentError(f"activation={activation!r} must be 'tensor' or 'token' for {method}")
     layers = linear_layers(model, skip)
-    for norm_name, names in (fold_norms or {}).items():  # before calibration, which can take long
+    for norm_name, names in (fold_norms or {}).items():
         missing = [n for n in names if n not in layers]
         if missing:
             raise InvalidArgumentError(f"fold_norms[{norm_name!r}] names {missing}: not linear layers being quantized")
@@ -277,43 +307,76 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
             raise InvalidArgumentError("calib_data is empty")
     progress = _progress_bar(progress, len(layers), f"{method} layers")
     if method == "gptq":
-        _gptq_block_by_block(model, layers, calib_data, dict(bits=bits, group_size=group_size, symmetric=symmetric,
-                                                             **{"act_order": True, **(gptq_options or {})}), progress)
+        options = dict(bits=bits, group_size=group_size, symmetric=symmetric,
+                       **{"act_order": True, **(gptq_options or {})})
+        try:
+            unreached = _gptq_block_by_block(model, layers, calib_data, options, progress)
+        except BaseException:
+            for name, module in layers.items():  # it replaces layers block by block: the float ones go back
+                _set_module(model, name, module)
+            raise
+        _warn_uncalibrated(unreached, "GPTQ quantized them with an identity Hessian, as RTN does")
         return model
-    collectors = dict.fromkeys(layers)
-    scaled = {}
+    collectors, scaled, outside = {}, {}, []
     if method == "awq":
-        from .awq import awq_weights  # imports this module
-
-        scaled = awq_weights(model, layers, calib_data, bits=bits, group_size=group_size, symmetric=symmetric,
-                             **(awq_options or {}))
+        scaled, outside = awq_weights(model, layers, calib_data, bits=bits, group_size=group_size,
+                                      symmetric=symmetric, **(awq_options or {}))
     elif needs_data:
         # the α search scores the layers' outputs on a sample of their calibration inputs
         search = method == "smoothquant" and isinstance(alpha, tuple)
         collectors = calibrate(model, layers, calib_data,
                                lambda _K: AbsMaxSampleObserver() if search else AbsMaxObserver())
-    folded = _fold_smoothing(model, layers, collectors, fold_norms or {}, alpha, activation, per_tensor, bits)
+        collectors = {name: c for name, c in collectors.items() if c.count}  # not those called on no rows
+        fallbacks = []
+        if method == "smoothquant":
+            fallbacks.append("their inputs are not smoothed (s = 1, or the s of their fold_norms group)")
+        if activation == "tensor":
+            fallbacks.append("their activations are quantized per token (no inputs: no static range)")
+        _warn_uncalibrated([name for name in layers if name not in collectors], "; ".join(fallbacks))
+    norm_s = _norm_smoothing(layers, collectors, fold_norms or {}, alpha, activation, per_tensor, symmetric, bits)
+    folded = {name: s for norm_name, s in norm_s.items() for name in fold_norms[norm_name]}
+    replacements = {}
     for index, (name, module) in enumerate(layers.items()):
         weight, bias = scaled[name] if name in scaled else linear_weight(module)
-        layer = _quantized_layer(
-            method, weight, bias, collectors[name], bits=bits, group_size=group_size, symmetric=symmetric,
+        replacements[name] = _quantized_layer(
+            method, weight, bias, collectors.get(name), bits=bits, group_size=group_size, symmetric=symmetric,
             activation=activation, per_tensor=per_tensor, alpha=alpha, threshold=threshold,
             folded_s=folded.get(name),
         )
-        _set_module(model, name, layer)
         if progress:
             progress(index + 1, len(layers))
+    # The model changes only once every layer is quantized: a failure before leaves it as it was.
+    for producer, s in outside + list(norm_s.items()):
+        divide_output(model, producer, s)
+    for name, layer in replacements.items():
+        _set_module(model, name, layer)
     return model
 
 
-def _smoothing(collector, weights: list, alpha: float | tuple, activation: str, per_tensor: bool,
+def _smoothing(collector, weights: list, alpha: float | tuple, activation: str, per_tensor: bool, symmetric: bool,
                bits: int) -> np.ndarray:
-    """SmoothQuant's s for layers that read one input: from alpha, or searched over alpha's values."""
+    """SmoothQuant's s for layers that read one input: from alpha, or searched over alpha's values;
+    s = 1 (no smoothing) for an input calibration never reached (collector None)."""
+    if collector is None:
+        return np.ones(weights[0].shape[1], np.float32)
     if not isinstance(alpha, tuple):
         return smoothquant_scales(collector.channel_absmax(), weights, alpha)
     s, _alpha = search_smoothing(collector.rows(), collector.channel_absmax(), weights, alpha,
-                                 activation=activation, per_tensor=per_tensor, bits=bits)
+                                 activation=activation, per_tensor=per_tensor, symmetric=symmetric, bits=bits)
     return s
+
+
+def _warn_uncalibrated(names: list[str], fallback: str, stacklevel: int = 3) -> None:
+    """Warns that calibration gave the layers `names` no input (a mixture-of-experts expert no
+    calibration token was routed to, a branch never taken), and what they get instead."""
+    if names:
+        warnings.warn(f"no calibration input reached {len(names)} layer(s), {_listed(names)}: {fallback}",
+                      stacklevel=stacklevel)
+
+
+def _listed(items: list[str]) -> str:
+    """items joined by commas: the first 8 of a longer list, and how many more."""
+    return ", ".join(items[:8]) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
 
 
 def _progress_bar(progress: Callable[[int, int], None] | bool | None, total: int, description: str):
@@ -335,21 +398,28 @@ def _progress_bar(progress: Callable[[int, int], None] | bool | None, total: int
 
 
 def _gptq_block_by_block(model: nn.Module, layers: dict[str, nn.Module], calib_data: list, options: dict,
-                         progress: Callable[[int, int], None] | None) -> None:
+                         progress: Callable[[int, int], None] | None) -> list[str]:
     """GPTQ as published: the layers of each transformer block (sequential.transformer_blocks)
     quantized on the outputs of the blocks before it, already quantized; the layers outside the
     blocks (a head that is not skipped) last, from a run of the whole quantized model. A model
-    without such blocks has all its layers' Hessians collected in one run of the float model."""
-    done = 0
+    without such blocks has all its layers' Hessians collected in one run of the float model.
+    Returns the layers calibration gave no input: they get an identity Hessian (RTN's rounding)."""
+    done, unreached = 0, []
 
     def quantize(names: list[str], collectors: dict[str, HessianAccumulator]) -> None:
         nonlocal done
+        reached = [n for n in names if n in collectors and collectors[n].count]
+        unreached.extend(n for n in names if n not in reached)
         # Layers that read one input (q, k, v; gate, up) share its Hessian. GPTQ treats each weight row
         # on its own given the Hessian, so they are quantized as one stacked matrix: one pass, same result.
-        for collector in {id(collectors[n]): collectors[n] for n in names}.values():
-            group = [n for n in names if collectors[n] is collector]
+        jobs = [([n for n in reached if collectors[n] is collector], collector.hessian)
+                for collector in {id(collectors[n]): collectors[n] for n in reached}.values()]
+        # No input: with an identity Hessian no column's error moves to another, and GPTQ rounds as RTN does.
+        jobs += [([n], functools.partial(np.eye, linear_weight(layers[n])[0].shape[1])) for n in names
+                 if n not in reached]
+        for group, hessian in jobs:
             weights = [linear_weight(layers[n]) for n in group]
-            stacked = gptq(torch.cat([w.float() for w, _ in weights]), collector.hessian(), **options)
+            stacked = gptq(torch.cat([w.float() for w, _ in weights]), hessian(), **options)
             start = 0
             for name, (weight, bias) in zip(group, weights):
                 stop = start + weight.shape[0]
@@ -362,7 +432,7 @@ def _gptq_block_by_block(model: nn.Module, layers: dict[str, nn.Module], calib_d
     found = transformer_blocks(model, layers)
     if found is None:
         quantize(list(layers), calibrate(model, layers, calib_data, HessianAccumulator))
-        return
+        return unreached
     blocks_name, blocks = found
     inputs = block_inputs(model, blocks[0], calib_data, run_model)
     for index, block in enumerate(blocks):
@@ -375,6 +445,7 @@ def _gptq_block_by_block(model: nn.Module, layers: dict[str, nn.Module], calib_d
     outside = {n: m for n, m in layers.items() if not n.startswith(blocks_name + ".")}
     if outside:
         quantize(list(outside), calibrate(model, outside, calib_data, HessianAccumulator))
+    return unreached
 
 
 def _rows(qw: QuantizedWeight, start: int, stop: int) -> QuantizedWeight:
@@ -384,19 +455,33 @@ def _rows(qw: QuantizedWeight, start: int, stop: int) -> QuantizedWeight:
                            (stop - start, qw.shape[1]), qw.dtype, qw.kind)
 
 
-def _fold_smoothing(model: nn.Module, layers: dict, collectors: dict, fold_norms: dict[str, list[str]],
-                    alpha: float | tuple, activation: str, per_tensor: bool, bits: int) -> dict[str, np.ndarray]:
-    """Divides each named norm's weight and bias by the smoothing factors s shared by the layers
-    reading it (from their weights together; their inputs are the same). Returns s by layer name."""
-    folded = {}
+def _norm_smoothing(layers: dict, collectors: dict, fold_norms: dict[str, list[str]], alpha: float | tuple,
+                    activation: str, per_tensor: bool, symmetric: bool, bits: int) -> dict[str, np.ndarray]:
+    """SmoothQuant's s of each norm of fold_norms, to divide it by: shared by the layers reading it
+    (from their weights together; their inputs are the same). Changes nothing."""
+    smoothing = {}
     for norm_name, names in fold_norms.items():
-        norm = model.get_submodule(norm_name)
-        # the layers read the same input: any one's collector holds it
-        s = _smoothing(collectors[names[0]], [linear_weight(layers[n])[0].float() for n in names], alpha,
-                       activation, per_tensor, bits)
-        divide_norm(norm, s)
-        folded |= dict.fromkeys(names, s)
-    return folded
+        # the layers read the same input: any one's collector holds it (none: calibration reached none)
+        collector = next((collectors[n] for n in names if n in collectors), None)
+        smoothing[norm_name] = _smoothing(collector, [linear_weight(layers[n])[0].float() for n in names], alpha,
+                                          activation, per_tensor, symmetric, bits)
+    return smoothing
+
+
+def divide_output(model: nn.Module, name: str, s: np.ndarray) -> None:
+    """Divides the output of the module `name` by s in place: a norm's (divide_norm), or a linear
+    layer's output rows and bias."""
+    module = model.get_submodule(name)
+    found = linear_weight(module)
+    if found is None:
+        divide_norm(module, s)
+        return
+    weight, bias = found
+    s_t = torch.from_numpy(s)
+    with torch.no_grad():
+        weight.div_(s_t.to(weight.dtype)[:, None])
+        if bias is not None:
+            bias.div_(s_t.to(bias.dtype))
 
 
 def divide_norm(norm: nn.Module, s: np.ndarray) -> None:
@@ -571,7 +656,7 @@ def _check_fits(model: nn.Module, state: dict, replacements: dict[str, QuantLine
         and state[key].shape != value.shape
     ]
     problems = [
-        f"{what}: {', '.join(items[:8])}{f' and {len(items) - 8} more' if len(items) > 8 else ''}"
+        f"{what}: {_listed(items)}"
         for what, items in (("missing from the state", missing), ("not in the model", unexpected),
                             ("other shapes", shapes))
         if items

@@ -355,6 +355,64 @@ def test_wrong_architecture_changes_nothing():
     assert all(torch.equal(value, before[key]) for key, value in target.state_dict().items())
 
 
+
+@pytest.mark.parametrize("key, bad, message", [
+    ("1.weight", torch.ones(9), r"1\.weight: the checkpoint's tensor is \[9\]; the model's is \[8\]"),
+    ("0.bias", torch.ones(3, dtype=torch.float16), r"0: .* bias \[3\]; the model's is \[8, 8\], bias \[8\]"),
+])
+def test_wrong_tensor_shapes_change_nothing(key, bad, message):
+    """A float tensor, or a quantized layer's bias, of another shape than the model's: refused by
+    name before the layer is replaced (the bias would otherwise fail only when run)."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+    before = copy.deepcopy(model.state_dict())
+    state = {"0.qweight": GPTQ_QWEIGHT, "0.qzeros": GPTQ_QZEROS["gptq"], "0.scales": GPTQ_SCALES,
+             "0.bias": torch.zeros(8, dtype=torch.float16), "1.weight": torch.ones(8), "1.bias": torch.zeros(8)}
+    with pytest.raises(InvalidArgumentError, match=message):
+        gptq_format.load_gptq_state(model, state | {key: bad}, {"bits": 4, "group_size": 4})
+    assert isinstance(model[0], torch.nn.Linear)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+
+
+def test_layer_to_gptq_needs_the_layers_groups():
+    grouped = qt.QuantLinear(rtn(torch.randn(8, 128), bits=4, group_size=64))
+    for group_size in (96, 32, -1):  # 96 gives the same number of groups (2), but not the same groups
+        with pytest.raises(InvalidArgumentError, match=f"groups of 64; the checkpoint's are {group_size}"):
+            gptq_format.layer_to_gptq(grouped, group_size=group_size, round_float16=True)
+    assert gptq_format.layer_to_gptq(grouped, group_size=64, round_float16=True)["g_idx"].tolist() == \
+        [k // 64 for k in range(128)]
+    per_channel = qt.QuantLinear(rtn(torch.randn(8, 64), bits=4, group_size=128))
+    for group_size in (-1, 64, 128):  # every G >= K is one group per row
+        assert not gptq_format.layer_to_gptq(per_channel, group_size=group_size, round_float16=True)["g_idx"].any()
+
+
+def test_group_size_zero_is_refused():
+    tensors = {"qweight": GPTQ_QWEIGHT, "qzeros": GPTQ_QZEROS["gptq"], "scales": GPTQ_SCALES}
+    with pytest.raises(InvalidArgumentError, match="group_size=0"):
+        gptq_format.layer_from_gptq(tensors, bits=4, group_size=0)
+    with pytest.raises(InvalidArgumentError, match="group_size=-2"):
+        gptq_format.layer_to_gptq(gptq_format.layer_from_gptq(tensors, bits=4, group_size=4), group_size=-2)
+    with pytest.raises(InvalidArgumentError, match="group_size=0"):
+        awq_format.layer_from_awq(AWQ_TENSORS, group_size=0)
+
+
+def test_float_g_idx_is_refused():
+    """Not truncated to integers: 0.9 and 1.5 would read as groups 0 and 1."""
+    g_idx = torch.tensor([0.9, 0.9, 0.9, 0.9, 1.5, 1.5, 1.5, 1.5])
+    tensors = {"qweight": GPTQ_QWEIGHT, "qzeros": GPTQ_QZEROS["gptq"], "scales": GPTQ_SCALES, "g_idx": g_idx}
+    with pytest.raises(InvalidArgumentError, match="g_idx is torch.float32"):
+        gptq_format.layer_from_gptq(tensors, bits=4, group_size=4)
+
+
+def test_awq_refuses_a_layer_its_group_size_does_not_divide(tmp_path):
+    """Groups of 128 for down_proj (K = 256) leave the K = 64 layers per channel: AWQ's [K/G, N]
+    scales cannot hold them, so nothing is written; GPTQ (NG = ceil(K/G)) stores and reads them."""
+    model = qt.quantize_model(tiny_llama(intermediate_size=256), "rtn", bits=4, group_size=128)
+    with pytest.raises(InvalidArgumentError, match="q_proj: K=64 is not a multiple of the checkpoint's group size 128"):
+        awq_format.save_awq(model, tmp_path / "awq", round_float16=True)
+    assert not (tmp_path / "awq").exists()
+    gptq_format.save_gptq(model, tmp_path / "gptq", round_float16=True)
+    assert torch.equal(logits(gptq_format.load_gptq(tmp_path / "gptq")), logits(with_float16_scales(model)))
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_act_order_layer_saves_in_qkernels_format(tmp_path, suffix):
     """QuantLinear.input_permutation travels with save_quantized / load_quantized."""

@@ -217,3 +217,78 @@ def test_quant_embedding_looks_up_dequantized_rows():
     expected = gguf.quants.dequantize(data, QuantType.Q4_K)[ids.numpy()]
     assert rows.shape == (2, 3, 256) and rows.dtype == torch.float32
     assert np.array_equal(rows.numpy().view(np.uint32), expected.view(np.uint32))
+
+
+# ---------------------------------------------------------------- small synthetic files, malformed
+
+
+def write_tiny_llama(path, *, output_rows=None, norm_size=32):
+    """A one-block LLaMA GGUF file (hidden size 32, vocabulary 64): its linear layers and embedding
+    Q8_0, its norms F32 (the final one of norm_size values); an output layer of output_rows rows
+    when given, else none (tied to the embedding)."""
+    rng = np.random.default_rng(0)
+    H, FF = 32, 64
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(H)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(FF)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(64)
+
+    def q8_0(name, N, K):
+        data = gguf.quants.quantize(rng.standard_normal((N, K)).astype(np.float32), QuantType.Q8_0)
+        writer.add_tensor(name, data, raw_dtype=QuantType.Q8_0)
+
+    q8_0("token_embd.weight", 64, H)
+    for name, N, K in (("attn_q", H, H), ("attn_k", H // 2, H), ("attn_v", H // 2, H), ("attn_output", H, H),
+                       ("ffn_gate", FF, H), ("ffn_up", FF, H), ("ffn_down", H, FF)):
+        q8_0(f"blk.0.{name}.weight", N, K)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(H, np.float32))
+    writer.add_tensor("blk.0.ffn_norm.weight", np.ones(H, np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(norm_size, np.float32))
+    if output_rows:
+        q8_0("output.weight", output_rows, H)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture
+def load_model():
+    for package in ("transformers", "accelerate", "torch"):
+        pytest.importorskip(package, reason="needs the eval extra: pip install '.[eval]'")
+    from qkernels.checkpoints.gguf import load_model
+
+    return load_model
+
+
+def test_tiny_file_loads(tmp_path, load_model):
+    """The file the tests below spoil, whole: it loads and runs."""
+    import torch
+
+    write_tiny_llama(tmp_path / "m.gguf")
+    with torch.inference_mode():
+        assert load_model(tmp_path / "m.gguf")(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 64)
+
+
+@pytest.mark.parametrize("spoilt, message", [
+    ({"output_rows": 8}, r"output\.weight \(lm_head\.weight\): the file's is \[N, K\] = \[8, 32\]; the model's is "
+                         r"\[64, 32\]"),  # 8-wide logits, silently, before
+    ({"norm_size": 16}, r"model\.norm\.weight: the checkpoint's tensor is \[16\]; the model's is \[32\]"),
+])
+def test_a_tensor_of_the_wrong_shape_is_refused(tmp_path, load_model, spoilt, message):
+    write_tiny_llama(tmp_path / "m.gguf", **spoilt)
+    with pytest.raises(InvalidArgumentError, match=message):
+        load_model(tmp_path / "m.gguf")
+
+
+@pytest.mark.parametrize("kept", [100, -100])  # bytes of the file kept: in the metadata; all but the last tensor's end
+def test_a_truncated_file_is_refused_by_name(tmp_path, load_model, kept):
+    write_tiny_llama(tmp_path / "whole.gguf")
+    (tmp_path / "m.gguf").write_bytes((tmp_path / "whole.gguf").read_bytes()[:kept])
+    with pytest.raises(InvalidArgumentError, match=r"m\.gguf: not a readable GGUF file, truncated or malformed"):
+        load_model(tmp_path / "m.gguf")

@@ -77,6 +77,13 @@ def canonical_weight(q: np.ndarray, scales: torch.Tensor, zeros: np.ndarray, bit
     return from_integers(q - middle, scales32, None if not zp.any() else zp, bits, group_size)
 
 
+def group_inputs(group_size: int, K: int, name: str) -> int:
+    """G, the inputs per group, of a checkpoint's group_size: K for −1 (one group per row)."""
+    if group_size != -1 and group_size < 1:
+        raise InvalidArgumentError(f"{name}: group_size={group_size}; a checkpoint's is positive, or -1 (per channel)")
+    return K if group_size == -1 else group_size
+
+
 def unsigned_integers(layer: QuantLinear) -> tuple[np.ndarray, np.ndarray]:
     """(q [N, K] in [0, 2^b), zero points [N, NG]): canonical_weight's inverse."""
     middle = 1 << (layer.bits - 1)
@@ -153,7 +160,7 @@ def quantized_prefixes(state: dict[str, torch.Tensor]) -> list[str]:
 
 
 def replace_layers(model: nn.Module, layers: dict[str, QuantLinear]) -> None:
-    """Puts each QuantLinear where `model` has a float linear layer of the same size and bias."""
+    """Puts each QuantLinear where `model` has a float linear layer of the same size and bias shape."""
     modules = dict(model.named_modules())
     for name, layer in layers.items():
         target = modules.get(name)
@@ -161,11 +168,11 @@ def replace_layers(model: nn.Module, layers: dict[str, QuantLinear]) -> None:
         if found is None:
             raise InvalidArgumentError(f"the checkpoint quantizes {name!r}; the model has no linear layer there")
         weight, bias = found
-        if tuple(weight.shape) != (layer.out_features, layer.in_features) or (bias is None) != (layer.bias is None):
+        ours, theirs = (None if b is None else list(b.shape) for b in (layer.bias, bias))
+        if list(weight.shape) != [layer.out_features, layer.in_features] or ours != theirs:
             raise InvalidArgumentError(
-                f"{name}: the checkpoint's layer is [out, in] = {[layer.out_features, layer.in_features]}"
-                f"{' with' if layer.bias is not None else ' without'} bias; the model's is {list(weight.shape)}"
-                f"{' with' if bias is not None else ' without'} bias"
+                f"{name}: the checkpoint's layer is [out, in] = {[layer.out_features, layer.in_features]}, bias "
+                f"{ours}; the model's is {list(weight.shape)}, bias {theirs}"
             )
     for name, layer in layers.items():
         parent, _, child = name.rpartition(".")
@@ -175,7 +182,7 @@ def replace_layers(model: nn.Module, layers: dict[str, QuantLinear]) -> None:
 def check_float_tensors(model: nn.Module, state: dict[str, torch.Tensor], quantized: Sequence[str]) -> None:
     """Raises unless `state` holds every tensor of `model` outside the layers named `quantized`
     (a tensor tied to one it holds, such as an output head sharing the embedding, may be left out)
-    and nothing else."""
+    and nothing else, each of the model's shape."""
     own = {key for key in model.state_dict() if not any(key.startswith(name + ".") for name in quantized)}
     unexpected = sorted(set(state) - own)
     if unexpected:
@@ -185,6 +192,16 @@ def check_float_tensors(model: nn.Module, state: dict[str, torch.Tensor], quanti
     missing = sorted(key for key in own - set(state) if key in tensors and tensors[key].data_ptr() not in loaded)
     if missing:
         raise InvalidArgumentError(f"the checkpoint lacks {missing[:8]}")
+    check_shapes(model, state)
+
+
+def check_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Raises unless each tensor of `state` has the shape of the model's tensor of that name (if any)."""
+    own = model.state_dict()
+    for key in sorted(state.keys() & own.keys()):
+        if state[key].shape != own[key].shape:
+            raise InvalidArgumentError(f"{key}: the checkpoint's tensor is {list(state[key].shape)}; the model's "
+                                       f"is {list(own[key].shape)}")
 
 
 def float_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

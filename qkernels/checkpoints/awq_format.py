@@ -44,7 +44,7 @@ def layer_from_awq(tensors: dict[str, torch.Tensor], *, group_size: int, name: s
         raise InvalidArgumentError(f"{name}: tensors {sorted(missing)} missing, {sorted(unknown)} unexpected")
     qweight, qzeros, scales = tensors["qweight"], tensors["qzeros"], tensors["scales"]
     K, N = qweight.shape[0], qweight.shape[1] * 8
-    G = K if group_size == -1 else group_size
+    G = _packed.group_inputs(group_size, K, name)
     if K % G:
         raise InvalidArgumentError(f"{name}: K={K} is not a multiple of group_size={G}, as AWQ needs")
     for what, tensor, shape in (("qzeros", qzeros, (K // G, N // 8)), ("scales", scales, (K // G, N))):
@@ -114,11 +114,20 @@ def load_awq(directory: str | Path) -> nn.Module:
 
 def awq_state(model: nn.Module, *, round_float16: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, quantization_config) of a model whose quantized layers are 4-bit weight-only
-    QuantLinear of one group size; its other tensors as they are (a tied head once)."""
+    QuantLinear of one group size G that divides every layer's K; its other tensors as they are
+    (a tied head once)."""
     layers = quantized_layers(model)
     if not layers:
         raise InvalidArgumentError("the model has no QuantLinear layer")
     group_size = _packed.common_group_size(layers)
+    # Every layer's scales are [K/G, N] for the checkpoint's one G: a layer whose K it does not divide (a
+    # per-channel layer narrower than the others' groups, say) has no AWQ form, and load_awq would refuse it.
+    ragged = [name for name, layer in layers.items() if group_size != -1 and layer.in_features % group_size]
+    if ragged:
+        raise InvalidArgumentError(
+            f"{ragged[0]}: K={layers[ragged[0]].in_features} is not a multiple of the checkpoint's group size "
+            f"{group_size}, as AWQ needs (GPTQ stores such a layer)"
+        )
     tensors = _packed.float_tensors(model)
     for name, layer in layers.items():
         tensors |= {f"{name}.{key}": value

@@ -153,7 +153,8 @@ def load_model(path: str | Path):
     tensors stored as F32 / F16 / BF16, are float32, as in transformers' float load. No float copy
     of a quantized tensor is made. The tensors transformers' own loader skips (none of
     SmolLM2's) are skipped too; a quantized type outside QUANTIZED_TYPES, or one on a tensor
-    that is neither a linear layer's weight nor the embedding, raises UnsupportedError."""
+    that is neither a linear layer's weight nor the embedding, raises UnsupportedError; a tensor
+    whose shape is not the model's, or a truncated or malformed file, InvalidArgumentError."""
     import gc
 
     import gguf
@@ -166,15 +167,20 @@ def load_model(path: str | Path):
     from ..torch.embedding import QuantEmbedding
     from ..torch.linear import QuantLinear
     from ..torch.model import _set_module
+    from ._packed import check_shapes
 
     path = Path(path)
     if not path.is_file():
         raise InvalidArgumentError(f"{path} is not a file")
-    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    except Exception:  # transformers' readers (struct, numpy errors) say neither "truncated" nor the file's name
+        _reader(path)  # raises that when it is the cause
+        raise
     gc.collect()  # the metadata transformers parsed (its own reader: ~180 MB for a 49k-token vocabulary)
     with init_empty_weights():  # parameters on the meta device; buffers (rotary frequencies) real
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    reader = gguf.GGUFReader(path)
+    reader = _reader(path)
     architecture = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config.to_dict())
     names = get_gguf_hf_weights_map(model, processor)  # GGUF tensor name -> the model's parameter name
@@ -195,8 +201,13 @@ def load_model(path: str | Path):
             raise UnsupportedError(f"{tensor.name} ({names[tensor.name]}) is stored as {qtype}: quantized, but not "
                                    "the weight of a linear layer or an embedding")
         qw = quantized_weight(tensor.data, qtype, int(tensor.shape[0]), tensor.name)
+        expected = tuple(modules[module_name].weight.shape)
+        if qw.shape != expected:
+            raise InvalidArgumentError(f"{tensor.name} ({names[tensor.name]}): the file's is [N, K] = "
+                                       f"{list(qw.shape)}; the model's is {list(expected)}")
         weights[module_name] = _permuted_rows(qw, processor, tensor.name, names)
     del reader, tensor  # the file's memory map: every tensor kept is a copy
+    check_shapes(model, floats)  # before any layer is replaced
     layers = {name: QuantLinear(qw, floats.pop(f"{name}.bias", None)) for name, qw in weights.items()}
     for name, layer in layers.items():
         _set_module(model, name, QuantEmbedding(layer) if isinstance(modules[name], nn.Embedding) else layer)
@@ -209,6 +220,17 @@ def load_model(path: str | Path):
         raise InvalidArgumentError(f"{path.name} has no tensor for {', '.join(absent[:8])}"
                                    f"{f' and {len(absent) - 8} more' if len(absent) > 8 else ''}")
     return model.eval()
+
+
+def _reader(path: Path):
+    """The gguf package's reader of the file; its errors on a truncated or malformed file (a
+    reshape, an index out of bounds) say neither that nor which file."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError) as error:
+        raise InvalidArgumentError(f"{path}: not a readable GGUF file, truncated or malformed ({error})") from error
 
 
 def _permuted_rows(qw: QuantizedWeight, processor, name: str, names: dict) -> QuantizedWeight:

@@ -57,7 +57,7 @@ def layer_from_gptq(tensors: dict[str, torch.Tensor], *, bits: int, group_size: 
     F = 32 // bits
     qweight, qzeros, scales = tensors["qweight"], tensors["qzeros"], tensors["scales"]
     K, N = qweight.shape[0] * F, qweight.shape[1]
-    G = K if group_size == -1 else group_size
+    G = _packed.group_inputs(group_size, K, name)
     NG = -(-K // G)
     for what, tensor, shape in (("qzeros", qzeros, (NG, N // F)), ("scales", scales, (NG, N))):
         if tuple(tensor.shape) != shape or N % F:
@@ -74,7 +74,10 @@ def layer_from_gptq(tensors: dict[str, torch.Tensor], *, bits: int, group_size: 
         zeros = zeros + 1
     permutation = None
     if "g_idx" in tensors:
-        g_idx = tensors["g_idx"].numpy().astype(np.int64)
+        g_idx = tensors["g_idx"]
+        if g_idx.is_floating_point() or g_idx.is_complex() or g_idx.dtype == torch.bool:  # would be truncated
+            raise InvalidArgumentError(f"{name}: g_idx is {g_idx.dtype}; group indices are integers")
+        g_idx = g_idx.numpy().astype(np.int64)
         if g_idx.shape != (K,):
             raise InvalidArgumentError(f"{name}: g_idx is {list(g_idx.shape)}; expected [{K}]")
         order = np.argsort(g_idx, kind="stable")
@@ -92,14 +95,14 @@ def layer_from_gptq(tensors: dict[str, torch.Tensor], *, bits: int, group_size: 
 def layer_to_gptq(layer: QuantLinear, *, checkpoint_format: str = "gptq", group_size: int | None = None,
                   round_float16: bool = False, name: str = "layer") -> dict[str, torch.Tensor]:
     """One QuantLinear's GPTQ tensors (layer_from_gptq's inverse). group_size: the checkpoint's
-    (−1 for per channel; default the layer's). Scales and bias must be float16 numbers unless
-    round_float16 rounds them."""
+    (−1 for per channel; default the layer's), which must make the layer's groups. Scales and bias
+    must be float16 numbers unless round_float16 rounds them."""
     if checkpoint_format not in FORMATS:
         raise InvalidArgumentError(f"checkpoint_format={checkpoint_format!r} is not one of {FORMATS}")
     _packed.check_exportable(layer, name, permutation_ok=True)
     bits, K = layer.bits, layer.in_features
-    G = layer.group_size if group_size is None or group_size == -1 else group_size
-    if -(-K // G) != layer.scales.shape[1]:
+    G = layer.group_size if group_size is None else _packed.group_inputs(group_size, K, name)
+    if min(G, K) != min(layer.group_size, K):  # any G ≥ K is one group per row
         raise InvalidArgumentError(f"{name} has groups of {layer.group_size}; the checkpoint's are {group_size}")
     q, zeros = _packed.unsigned_integers(layer)
     g_idx = np.arange(K) // G

@@ -189,8 +189,8 @@ def dequantize(qw: QuantizedWeight, dtype: str | None = None):
     returned as the kind of container the weights were quantized from."""
     _checks.instance(qw, QuantizedWeight, "qw")
     dtype = dtype or qw.dtype
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise InvalidArgumentError(f"dtype={dtype!r} is not float32, float16 or bfloat16")
+    if not isinstance(dtype, str) or dtype not in ("float32", "float16", "bfloat16"):  # not a NumPy or torch dtype
+        raise InvalidArgumentError(f"dtype={dtype!r} is not 'float32', 'float16' or 'bfloat16' (a name)")
     out = empty_like_kind(qw.kind, qw.shape, dtype)
     check(lib.qk_dequantize(qw.c_weights, dtype_code(dtype), pointer_of(out)))
     return out

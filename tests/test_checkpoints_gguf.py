@@ -292,3 +292,52 @@ def test_a_truncated_file_is_refused_by_name(tmp_path, load_model, kept):
     (tmp_path / "m.gguf").write_bytes((tmp_path / "whole.gguf").read_bytes()[:kept])
     with pytest.raises(InvalidArgumentError, match=r"m\.gguf: not a readable GGUF file, truncated or malformed"):
         load_model(tmp_path / "m.gguf")
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "pt"])
+def test_tiny_model_saved_loads_into_a_float_model(tmp_path, load_model, suffix):
+    """save_quantized, then load_quantized into transformers' float model of the same config: the
+    QuantEmbedding was refused ("missing from the state: model.embed_tokens.weight"); it is rebuilt,
+    lm_head shares its buffers again, and the logits are the saved model's bit for bit."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import qkernels.torch as qt
+    from qkernels.torch.embedding import QuantEmbedding
+
+    if suffix == "safetensors":
+        pytest.importorskip("safetensors", reason="needs the eval extra: pip install '.[eval]'")
+    write_tiny_llama(tmp_path / "m.gguf")
+    saved = load_model(tmp_path / "m.gguf")
+    qt.save_quantized(saved, tmp_path / f"m.{suffix}")
+    loaded = qt.load_quantized(AutoModelForCausalLM.from_config(saved.config, dtype=torch.float32).eval(),
+                               tmp_path / f"m.{suffix}")
+    embedding = loaded.get_input_embeddings()
+    assert isinstance(embedding, QuantEmbedding) and embedding.qdata.data_ptr() == loaded.lm_head.qdata.data_ptr()
+    ids = torch.tensor([[1, 2, 3, 63, 0]])
+    with torch.inference_mode():
+        assert torch.equal(loaded(ids).logits, saved(ids).logits)
+
+
+def test_gptq_and_awq_export_refuse_a_quantized_embedding(tmp_path, load_model):
+    """save_gptq wrote the QuantEmbedding's buffers as float tensors (model.embed_tokens.qdata), a
+    checkpoint load_gptq refused; both exports refuse it, writing nothing. With the float table
+    docs/checkpoints.md gives in its place, the model exports and loads back with the same logits."""
+    import torch
+    from torch import nn
+
+    from qkernels.checkpoints import awq_format, gptq_format
+
+    write_tiny_llama(tmp_path / "m.gguf")
+    model = load_model(tmp_path / "m.gguf")
+    for save in (gptq_format.save_gptq, awq_format.save_awq):
+        with pytest.raises(InvalidArgumentError, match=r"model\.embed_tokens is a QuantEmbedding"):
+            save(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    embedding = model.get_input_embeddings()
+    with torch.no_grad():
+        model.set_input_embeddings(nn.Embedding.from_pretrained(embedding(torch.arange(embedding.num_embeddings))))
+    gptq_format.save_gptq(model, tmp_path / "out")
+    ids = torch.tensor([[1, 2, 3, 63, 0]])
+    with torch.inference_mode():
+        assert torch.equal(gptq_format.load_gptq(tmp_path / "out")(ids).logits, model(ids).logits)

@@ -1056,3 +1056,12 @@ def test_cuda_stream_is_refused_by_the_cpu_library():
     assert lib.qk_matmul(qw.c_weights, args) == lib.QK_ERR_INVALID_ARGUMENT
     assert "stream" in _last_error()
     assert (guarded == 7.0).all()
+
+
+def test_dequantize_takes_dtype_names_only():
+    """A NumPy dtype raised a raw KeyError (it compares equal to its name but is no key of the
+    name table); a torch dtype was refused as if it named another type."""
+    qw = qkernels.quantize_weights(np.ones((4, 8), np.float32), bits=8)
+    for dtype in (np.dtype("float16"), np.float16, "float64"):
+        _raises(InvalidArgumentError, r"\bdtype\b", qkernels.dequantize, qw, dtype)
+    assert qkernels.dequantize(qw, "float16").dtype == np.float16

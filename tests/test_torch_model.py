@@ -240,6 +240,75 @@ def test_load_quantized_refuses_another_architecture(tmp_path, source, target):
     assert torch.equal(loaded(x), saved(x))
 
 
+class TiedLM(torch.nn.Module):
+    """An embedding and an output layer tied to it (SmolLM2's tie_word_embeddings)."""
+
+    def __init__(self, vocab=64, dim=32):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.head = torch.nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+
+def _quantized_lm(tied: bool):
+    """TiedLM with a quantized head (with zero points) and a QuantEmbedding: on the head's buffers
+    when tied, as a GGUF model's, else on a table of its own in the same format."""
+    from qkernels.torch.embedding import QuantEmbedding
+
+    torch.manual_seed(5)
+    model = qt.quantize_model(TiedLM().eval(), "rtn", bits=4, group_size=16, symmetric=False)
+    table = model.head if tied else qt.QuantLinear(quant.rtn(torch.randn(64, 32), bits=4, group_size=16,
+                                                             symmetric=False))
+    model.embed = QuantEmbedding(table)
+    return model
+
+
+@pytest.mark.parametrize("source", ["dict"] + _saved_formats())
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_quant_embedding_is_saved_and_loaded(tmp_path, source, tied):
+    """A QuantEmbedding (a GGUF model's) did not load into a float model ("missing from the state:
+    embed.weight"); its format travels as a QuantLinear's does, and a tied head shares its buffers again."""
+    saved = _quantized_lm(tied)
+    if source == "dict":
+        path = saved.state_dict()
+    else:
+        path = tmp_path / f"lm.{source}"
+        qt.save_quantized(saved, path)
+    loaded = qt.load_quantized(TiedLM().eval(), path)
+    assert loaded.embed.get_extra_state() == saved.embed.get_extra_state()
+    assert (loaded.embed.qdata.data_ptr() == loaded.head.qdata.data_ptr()) == tied  # one copy, as saved
+    ids = torch.tensor([[3, 0, 63, 7], [1, 1, 2, 62]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), saved(ids))
+
+
+def test_load_quantized_refuses_an_embedding_of_another_architecture():
+    """Each an InvalidArgumentError before the model changes."""
+    state = _quantized_lm(tied=True).state_dict()
+    malformed = copy.deepcopy(state)
+    malformed["embed._extra_state"]["dtype"] = "int"  # torch.int32 under another name: loading it would fail
+    not_embedding = TiedLM()
+    not_embedding.embed = torch.nn.Linear(64, 32)
+    for model, source, message in (
+        (TiedLM(vocab=60), state, r"quantized embedding 'embed' is \[num_embeddings, embedding_dim\] = \[64, 32\]; "
+                                  r"the model's is \[60, 32\]"),
+        (not_embedding, state, r"quantized embedding 'embed'; the model has a Linear there"),
+        (TiedLM(), malformed, r"quantized embedding 'embed' has a malformed format .*'dtype': 'int32'"),
+    ):
+        structure = repr(model)
+        with pytest.raises(InvalidArgumentError, match=message):
+            qt.load_quantized(model, source)
+        assert repr(model) == structure
+    quantized = _quantized_lm(tied=False)
+    before = copy.deepcopy(quantized.state_dict())
+    with pytest.raises(InvalidArgumentError, match="structure"):  # a QuantEmbedding checks what it loads, first
+        quantized.load_state_dict(malformed)
+    assert all(torch.equal(t, before[key]) for key, t in quantized.state_dict().items() if isinstance(t, torch.Tensor))
+
+
 def test_compiled_quantized_model_has_no_graph_break():
     quantized = qt.quantize_model(_model(), "smoothquant", calib_data=_data())
     x = _data()[0]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qk_support as qs
-from qkernels import quantize_weights, reference
+from qkernels import InvalidArgumentError, quantize_weights, reference
 
 torch = pytest.importorskip("torch", reason="the PyTorch integration needs torch")
 qt = pytest.importorskip("qkernels.torch")
@@ -172,6 +172,54 @@ def test_weight_changed_in_place_is_seen():
     assert torch.equal(a(x), b(x)) and not torch.equal(a(x), before)
 
 
+def test_loading_a_state_leaves_the_quantized_weight_it_was_built_from_alone():
+    """The buffers were views of the QuantizedWeight's arrays: loading a state changed the caller's
+    weights, whose cached pack then disagreed with their own arrays."""
+    rng = np.random.default_rng(6)
+    qw = _weights(rng, 8, 32, 4, 16, False)
+    arrays = [a.copy() for a in (qw.data, qw.scales, qw.zero_points)]
+    layer = QuantLinear(qw)
+    layer.load_state_dict(QuantLinear(_weights(rng, 8, 32, 4, 16, False)).state_dict())
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, (qw.data, qw.scales, qw.zero_points)))
+
+
+def test_a_refused_state_changes_no_buffer():
+    """A state of another structure (here another activation) was refused after torch had copied
+    its buffers into the layer."""
+    rng = np.random.default_rng(7)
+    layer = QuantLinear(_weights(rng, 8, 32, 4, 16, True))
+    other = QuantLinear(_weights(rng, 8, 32, 4, 16, True), activation="token")
+    before = {k: v.clone() for k, v in layer.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(InvalidArgumentError, match="structure"):
+        layer.load_state_dict(other.state_dict())
+    assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items() if isinstance(v, torch.Tensor))
+
+
+def test_weights_at_a_reused_address_are_not_taken_for_the_old_ones(monkeypatch):
+    """The ops recognised a layer's weights by address, shape and version counter: new tensors at a
+    freed address (a device allocator's, after model.cpu() then .cuda()) holding other values were
+    taken for the old ones. Here the new tensor is a second view of a host buffer rewritten through
+    NumPy (version 0, as a new tensor's), and the QuantizedWeight holds copies, as it holds host
+    copies of device tensors."""
+    from qkernels.torch import ops as qops
+
+    canonical = qops._canonical
+    monkeypatch.setattr(qops, "_canonical", lambda data, *rest: canonical(data.clone(), *rest))
+    q = np.random.default_rng(8).integers(-127, 128, (8, 32), dtype=np.int8)
+    scales, x = torch.ones(8, 1), torch.randn(2, 32)
+    handle = qops.WeightHandle()
+    buffer = q.copy()
+    old = torch.from_numpy(buffer)
+    qops.register_weight(old, handle)
+    torch.ops.qkernels.matmul(x, old, scales, None, None, 8, 32, "a16")
+    buffer[:] = -q
+    new = torch.from_numpy(buffer)
+    assert (new.data_ptr(), new._version) == (old.data_ptr(), old._version)
+    qops.register_weight(new, handle)  # as a module's .cuda() does
+    y = torch.ops.qkernels.matmul(x, new, scales, None, None, 8, 32, "a16")
+    assert torch.equal(y, torch.ops.qkernels.matmul(x, new.clone(), scales, None, None, 8, 32, "a16"))
+
+
 @pytest.mark.parametrize("activation,threshold", [("token", None), ("token", 1.0), ("tensor", None)])
 def test_input_gradient_is_through_the_dequantized_weights(activation, threshold):
     """Straight through every rounding: the int8 activations as well as the weights."""
@@ -267,3 +315,19 @@ def test_quant_embedding_ids_out_of_range_are_errors_as_in_nn_embedding():
     for ids in (torch.tensor([-1]), torch.tensor([6])):
         with pytest.raises(IndexError):
             table(ids)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_quant_embedding_follows_a_half_precision_model(dtype):
+    """model.half() cast the embedding's float32 scales too, and every lookup failed."""
+    from qkernels.torch.embedding import QuantEmbedding
+
+    import qkernels
+
+    qw = quantize_weights(torch.randn(16, 32), bits=4, group_size=16, symmetric=False)
+    table = QuantEmbedding(qt.QuantLinear(qw))
+    ids = torch.tensor([[3, 0], [15, 7]])
+    expected = qkernels.dequantize(qw, str(dtype).removeprefix("torch."))[ids]  # rounded once
+    table.to(dtype)
+    assert table.scales.dtype == torch.float32 and torch.equal(table(ids), expected)
+    assert table(torch.zeros(0, 2, dtype=torch.long)).shape == (0, 2, 32)  # as nn.Embedding: empty

@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..packing import unpack
 from ..quant._common import from_integers
+from ..torch.embedding import QuantEmbedding
 from ..torch.linear import QuantLinear
 from ..torch.model import linear_weight, quantized_layers
 
@@ -206,7 +207,14 @@ def check_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def float_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's tensors other than its QuantLinear layers', each stored once (a tied head is left
-    out, as transformers writes it)."""
+    out, as transformers writes it). A quantized embedding (a GGUF model's QuantEmbedding) is refused:
+    the formats hold embeddings in float, and its buffers would be written as tensors no model has."""
+    embeddings = [name for name, m in model.named_modules() if isinstance(m, QuantEmbedding)]
+    if embeddings:
+        raise InvalidArgumentError(
+            f"{embeddings[0]} is a QuantEmbedding: GPTQ and AWQ checkpoints have no quantized embedding (replace it "
+            "by an nn.Embedding of its dequantized table to export; qkernels.torch.save_quantized stores it as is)"
+        )
     quantized = quantized_layers(model)
     seen, out = set(), {}
     for key, value in model.state_dict().items():

@@ -7,14 +7,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._tensors import torch_dtype_name
-from .linear import QuantLinear
+from ..errors import InvalidArgumentError
+from .linear import QuantLinear, moves_only
 
 
 class QuantEmbedding(nn.Module):
     """nn.Embedding whose table [num_embeddings, embedding_dim] is quantized weights in the canonical
     format: a lookup dequantizes only the rows it gathers (qkernels.dequantize: float32, or the
     dtype given), so the float table never exists. Built on a QuantLinear's buffers, the same
-    tensors, so that a tied output layer (lm_head) and the embedding share one copy."""
+    tensors, so that a tied output layer (lm_head) and the embedding share one copy. The format
+    travels in the state dict as extra state, as a QuantLinear's does (qkernels.torch.load_quantized)."""
 
     def __init__(self, table: QuantLinear, dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -23,7 +25,49 @@ class QuantEmbedding(nn.Module):
         for name in ("qdata", "scales", "zero_points", "offsets"):
             self.register_buffer(name, getattr(table, name))
 
+    @classmethod
+    def empty(cls, config: dict) -> QuantEmbedding:
+        """A QuantEmbedding of the structure `config` (get_extra_state()) with zeroed buffers, to load into.
+        Raises ValueError unless it has exactly that structure (a dtype alias, an unknown key), which
+        set_extra_state would refuse only once the model holds it."""
+        table = QuantLinear.empty({
+            "out_features": config["num_embeddings"], "in_features": config["embedding_dim"], "bits": config["bits"],
+            "group_size": config["group_size"], "zero_points": config["zero_points"], "offsets": config["offsets"],
+            "bias": False, "activation": "float", "outlier_threshold": None, "input_scale": False,
+        })
+        embedding = cls(table, getattr(torch, config["dtype"], None))
+        if embedding.get_extra_state() != config:
+            raise ValueError(f"the QuantEmbedding it describes has the structure {embedding.get_extra_state()}")
+        return embedding
+
+    def get_extra_state(self) -> dict:
+        return {
+            "num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.bits,
+            "group_size": self.group_size, "zero_points": self.zero_points is not None,
+            "offsets": self.offsets is not None, "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def _apply(self, fn, *args, **kwargs):
+        # The lookups' dtype follows model.half() / .to(torch.bfloat16), as nn.Embedding's weight
+        # does; the quantized buffers keep theirs.
+        self.dtype = fn(torch.empty(0, dtype=self.dtype)).dtype
+        return super()._apply(moves_only(fn), *args, **kwargs)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:  # torch checks it only after copying the buffers (a tied lm_head's too)
+            self.set_extra_state(extra)  # another structure: refused before any buffer is copied
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_extra_state(self, state: dict) -> None:
+        if state != self.get_extra_state():
+            raise InvalidArgumentError(
+                f"the saved embedding {state} does not have this QuantEmbedding's structure {self.get_extra_state()}"
+            )
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() == 0:
+            return torch.empty(*ids.shape, self.embedding_dim, dtype=self.dtype, device=self.qdata.device)
         rows = ids.reshape(-1)
         # Gathered as nn.Embedding gathers: an id outside [0, num_embeddings) is an IndexError (indexing
         # would take a negative id from the end of the table).

@@ -31,6 +31,18 @@ def static_int8(x: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
     return xf + (grid - xf).detach()
 
 
+def moves_only(fn):
+    """nn.Module._apply's fn for a module of quantized buffers: model.half() or .to(torch.bfloat16)
+    casts every float buffer, but the quantized format's keep their dtypes (float32 scales and
+    bias) and follow only device moves."""
+
+    def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+        moved = fn(t)
+        return moved if moved.dtype == t.dtype else t.to(moved.device)
+
+    return keep_dtype
+
+
 class QuantLinear(nn.Module):
     """y = x · Wᵀ + b with W quantized (any format of docs/numerics.md section 1).
 
@@ -42,7 +54,9 @@ class QuantLinear(nn.Module):
     input_scale then applies in that column order),
     act_clip (a scalar: the static range of "tensor" activations). The format (bits, group size, activation, LLM.int8()
     threshold) travels in the state dict too, as extra state, so a saved model loads without
-    re-quantizing (qkernels.torch.load_quantized).
+    re-quantizing (qkernels.torch.load_quantized). The buffers are copies of qweight's arrays. A
+    backend's own layout of them is cached and rebuilt when they change in place (torch.no_grad()
+    in-place ops, load_state_dict); a change through `.data` or a NumPy view is not seen.
 
     Runs through torch.ops.qkernels.matmul (or matmul_outliers when outlier_threshold is set; in
     eager inference, their implementations directly, see ops.use_impl): on CPU tensors whichever
@@ -65,11 +79,11 @@ class QuantLinear(nn.Module):
         self.out_features, self.in_features = qweight.shape
         self.bits, self.group_size = qweight.bits, qweight.group_size
         self.activation, self.outlier_threshold = activation, outlier_threshold
-        self.register_buffer("qdata", torch.from_numpy(qweight.data))
-        self.register_buffer("scales", torch.from_numpy(qweight.scales))
-        zero_points = None if qweight.zero_points is None else torch.from_numpy(qweight.zero_points)
-        self.register_buffer("zero_points", zero_points)
-        self.register_buffer("offsets", None if qweight.offsets is None else torch.from_numpy(qweight.offsets))
+        # Copies: loading a state dict writes into the buffers, which must not change qweight (nor a
+        # read-only array, such as a memory-mapped file's, that it may view).
+        for name in ("qdata", "scales", "zero_points", "offsets"):
+            array = getattr(qweight, "data" if name == "qdata" else name)
+            self.register_buffer(name, None if array is None else torch.from_numpy(array.copy()))
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         self.register_buffer("input_scale", None if input_scale is None else input_scale.to(torch.float32).clone())
         self.register_buffer("act_clip", None if act_clip is None else torch.tensor(float(act_clip)))
@@ -101,13 +115,7 @@ class QuantLinear(nn.Module):
         ops.register_weight(self.qdata, self._handle)
 
     def _apply(self, fn, *args, **kwargs):
-        # model.half() or .to(torch.bfloat16) casts every float buffer; the quantized format's
-        # buffers keep their dtypes (float32 scales and bias) and follow only device moves.
-        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
-            moved = fn(t)
-            return moved if moved.dtype == t.dtype else t.to(moved.device)
-
-        result = super()._apply(keep_dtype, *args, **kwargs)
+        result = super()._apply(moves_only(fn), *args, **kwargs)
         self._register_weight()  # .to(), .share_memory() ... may have replaced the buffers
         return result
 
@@ -120,8 +128,11 @@ class QuantLinear(nn.Module):
         self._handle = ops.WeightHandle()
         self._register_weight()
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            self.set_extra_state(extra)  # a layer of another structure: refused before any buffer is copied
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._register_weight()  # load_state_dict(assign=True) replaces the buffers
 
     def get_extra_state(self) -> dict:

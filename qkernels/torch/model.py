@@ -23,6 +23,7 @@ from ..quant import (
 )
 from ..quant._common import check_alpha, check_threshold
 from ..weights import QuantizedWeight
+from .embedding import QuantEmbedding
 from .linear import QuantLinear
 from .sequential import block_inputs, run_block, transformer_blocks
 
@@ -540,8 +541,9 @@ _EXTRA = "._extra_state"
 
 
 def save_quantized(model: nn.Module, path: str | Path) -> None:
-    """Writes the state dict of a quantized model: a .safetensors file (the layers' formats in its
-    metadata; needs the safetensors package) or, for any other suffix, torch.save."""
+    """Writes the state dict of a quantized model: a .safetensors file (the formats of its QuantLinear
+    and QuantEmbedding modules in its metadata; needs the safetensors package) or, for any other
+    suffix, torch.save."""
     path = Path(path)
     state = model.state_dict()
     if path.suffix != ".safetensors":
@@ -567,12 +569,14 @@ def _untied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_quantized(model: nn.Module, source: str | Path | dict) -> nn.Module:
     """Loads a quantized state dict (a path written by save_quantized, or the dict itself) into
     `model`, a model of the same architecture in float or already quantized: the layers the state
-    names as quantized become QuantLinear of the saved formats, and every tensor is loaded as saved,
-    nothing re-quantized. Returns the model.
+    names as quantized become QuantLinear of the saved formats, its quantized embeddings (a GGUF
+    model's) QuantEmbedding, and every tensor is loaded as saved, nothing re-quantized. An embedding
+    saved with the tensors of a quantized layer (a tied lm_head) shares that layer's buffers again.
+    Returns the model.
 
     A state of another architecture (layers missing or extra, other shapes, a quantized layer
-    where `model` has no linear layer of that size) raises InvalidArgumentError naming what differs,
-    before anything in `model` is changed.
+    where `model` has no linear layer of that size, a quantized embedding where it has no embedding
+    of that size) raises InvalidArgumentError naming what differs, before anything in `model` is changed.
     """
     if isinstance(source, dict):
         state = source
@@ -593,53 +597,93 @@ def load_quantized(model: nn.Module, source: str | Path | dict) -> nn.Module:
     return model
 
 
-def _replacements(model: nn.Module, state: dict) -> dict[str, QuantLinear]:
-    """The QuantLinear, with zeroed buffers, for each layer the state saves as quantized; checks that
-    `model` has a linear layer of the same size (or a QuantLinear) there."""
+def _replacements(model: nn.Module, state: dict) -> dict[str, nn.Module]:
+    """The QuantLinear or QuantEmbedding, with zeroed buffers, for each module the state saves as
+    quantized (an embedding on the buffers of the layer it was tied to: _tied); checks that `model`
+    has a module of that kind and size (float or quantized) there."""
     modules = dict(model.named_modules())
     replacements = {}
     for key, config in state.items():
         if not (key.endswith(_EXTRA) and isinstance(config, dict) and "bits" in config):
             continue
         name = key[: -len(_EXTRA)]
-        if not name:  # the model is one QuantLinear: its set_extra_state checks the format
+        if not name:  # the model is one quantized module: its set_extra_state checks the format
             continue
         if name not in modules:
             raise InvalidArgumentError(
                 f"the state holds a quantized layer {name!r}, which the model does not have: a model of "
                 "another architecture"
             )
+        embedding = "num_embeddings" in config  # QuantEmbedding.get_extra_state()
         try:
-            layer = QuantLinear.empty(config)
+            module = QuantEmbedding.empty(config) if embedding else QuantLinear.empty(config)
         except (KeyError, TypeError, ValueError) as error:
-            raise InvalidArgumentError(f"the state's quantized layer {name!r} has a malformed format {config}: "
-                                       f"{error}") from None
-        target = modules[name]
-        if isinstance(target, QuantLinear):
-            size, bias = (target.out_features, target.in_features), target.bias
-        else:
-            weight_bias = linear_weight(target)
-            if weight_bias is None:
-                raise InvalidArgumentError(
-                    f"the state holds a quantized linear layer {name!r}; the model has a {type(target).__name__} there"
-                )
-            size, bias = tuple(weight_bias[0].shape), weight_bias[1]
-        if size != (layer.out_features, layer.in_features):
-            raise InvalidArgumentError(
-                f"the state's quantized layer {name!r} is [out, in] = {[layer.out_features, layer.in_features]}; "
-                f"the model's is {list(size)}"
-            )
-        if (bias is None) != (layer.bias is None):
-            has = ("has no bias", "has a bias")
-            raise InvalidArgumentError(
-                f"the state's quantized layer {name!r} {has[layer.bias is not None]}; the model's "
-                f"{has[bias is not None]}"
-            )
-        replacements[name] = layer
-    return replacements
+            raise InvalidArgumentError(f"the state's quantized {'embedding' if embedding else 'layer'} {name!r} has "
+                                       f"a malformed format {config}: {error}") from None
+        (_check_embedding_target if embedding else _check_layer_target)(name, module, modules[name])
+        replacements[name] = module
+    return {name: _tied(name, module, state, replacements) if isinstance(module, QuantEmbedding) else module
+            for name, module in replacements.items()}
 
 
-def _check_fits(model: nn.Module, state: dict, replacements: dict[str, QuantLinear]) -> None:
+def _check_layer_target(name: str, layer: QuantLinear, target: nn.Module) -> None:
+    """Raises unless `target` is a linear layer (or a QuantLinear) of the layer's size and bias."""
+    if isinstance(target, QuantLinear):
+        size, bias = (target.out_features, target.in_features), target.bias
+    else:
+        weight_bias = linear_weight(target)
+        if weight_bias is None:
+            raise InvalidArgumentError(
+                f"the state holds a quantized linear layer {name!r}; the model has a {type(target).__name__} there"
+            )
+        size, bias = tuple(weight_bias[0].shape), weight_bias[1]
+    if size != (layer.out_features, layer.in_features):
+        raise InvalidArgumentError(
+            f"the state's quantized layer {name!r} is [out, in] = {[layer.out_features, layer.in_features]}; "
+            f"the model's is {list(size)}"
+        )
+    if (bias is None) != (layer.bias is None):
+        has = ("has no bias", "has a bias")
+        raise InvalidArgumentError(
+            f"the state's quantized layer {name!r} {has[layer.bias is not None]}; the model's "
+            f"{has[bias is not None]}"
+        )
+
+
+def _check_embedding_target(name: str, embedding: QuantEmbedding, target: nn.Module) -> None:
+    """Raises unless `target` is an embedding (nn.Embedding or QuantEmbedding) of the embedding's size."""
+    if not isinstance(target, (nn.Embedding, QuantEmbedding)):
+        raise InvalidArgumentError(
+            f"the state holds a quantized embedding {name!r}; the model has a {type(target).__name__} there"
+        )
+    size = [embedding.num_embeddings, embedding.embedding_dim]
+    if [target.num_embeddings, target.embedding_dim] != size:
+        raise InvalidArgumentError(
+            f"the state's quantized embedding {name!r} is [num_embeddings, embedding_dim] = {size}; the model's "
+            f"is {[target.num_embeddings, target.embedding_dim]}"
+        )
+
+
+def _tied(name: str, embedding: QuantEmbedding, state: dict, replacements: dict[str, nn.Module]) -> QuantEmbedding:
+    """The embedding on the buffers of the quantized layer whose saved tensors are its own (a tied
+    output layer, a GGUF model's lm_head), so that the model holds one copy, as the saved one did;
+    else `embedding`. Equal tensors, not shared ones: a .safetensors file holds each copy (_untied)."""
+    keys = [key for key, _ in embedding.named_buffers()]
+    own = [state.get(f"{name}.{key}") for key in keys]
+    for layer_name, layer in replacements.items():
+        if not isinstance(layer, QuantLinear):
+            continue
+        tied = QuantEmbedding(layer, embedding.dtype)
+        theirs = [state.get(f"{layer_name}.{key}") for key in keys]
+        if tied.get_extra_state() == embedding.get_extra_state() and all(
+            isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+            for a, b in zip(own, theirs)
+        ):
+            return tied
+    return embedding
+
+
+def _check_fits(model: nn.Module, state: dict, replacements: dict[str, nn.Module]) -> None:
     """Raises InvalidArgumentError unless `state` has exactly the keys and tensor shapes that `model`
     will have once the replacements are made (what a strict load_state_dict needs)."""
     expected = {

@@ -19,7 +19,9 @@ the op would add nothing: see use_impl.
 A backend with its own weight layout packs the weights on first use and caches the pack in a
 QuantizedWeight. The ops receive tensors, not QuantizedWeights, so a module registers a WeightHandle
 for its buffers (register_weight); the ops find it by the address of the weight data and reuse its
-QuantizedWeight while the buffers are unchanged (same addresses, same in-place version counters).
+QuantizedWeight while the buffers are unchanged: the same tensors, with the same in-place version
+counters. A change through `.data` (a tensor with a version counter of its own) or through a NumPy
+view is not seen: change the buffers in place under torch.no_grad(), or with load_state_dict.
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ class WeightHandle:
     def __init__(self):
         self.key = None
         self.qweight = None
+        self.tensors = ()  # weak references to the tensors of `key`
+
+    def holds(self, key, tensors) -> bool:
+        """Whether qweight is of these tensors: the same key, and the very tensors of it (an address
+        freed and allocated again, as a device allocator does on model.cpu() then .cuda(), holds
+        other data under the same key)."""
+        return key == self.key and all(
+            (ref is None and t is None) or (ref is not None and ref() is t) for ref, t in zip(self.tensors, tensors)
+        )
 
 
 _handles: weakref.WeakValueDictionary[int, WeightHandle] = weakref.WeakValueDictionary()
@@ -72,12 +83,13 @@ def _canonical(data, scales, zero_points, bits: int, group_size: int, offsets) -
 def quantized_weight(data, scales, zero_points, bits: int, group_size: int, offsets=None) -> QuantizedWeight:
     """The QuantizedWeight viewing these tensors (of host copies, for tensors on a GPU): the registered
     one while it is current, else new."""
-    key = _key((data, scales, zero_points, offsets), bits, group_size)
+    tensors = (data, scales, zero_points, offsets)
+    key = _key(tensors, bits, group_size)
     handle = _handles.get(data.data_ptr())
     if handle is not None and key is not None:
-        if handle.key != key:
+        if not handle.holds(key, tensors):
             handle.qweight = _canonical(data, scales, zero_points, bits, group_size, offsets)
-            handle.key = key
+            handle.key, handle.tensors = key, tuple(None if t is None else weakref.ref(t) for t in tensors)
         return handle.qweight
     return _canonical(data, scales, zero_points, bits, group_size, offsets)
 
@@ -161,8 +173,9 @@ def _(x, data, scales, zero_points, bias, bits, group_size, threshold, offsets=N
 @torch.library.custom_op("qkernels::dequantize", mutates_args=())
 def dequantize_weight(data: torch.Tensor, scales: torch.Tensor, zero_points: Optional[torch.Tensor], bits: int,
                       group_size: int, offsets: Optional[torch.Tensor] = None, dtype: str = "float32") -> torch.Tensor:
-    """W [N, K] = scales · (q − zero point) + offsets, rounded once to dtype (qkernels.dequantize)."""
-    return dequantize(quantized_weight(data, scales, zero_points, bits, group_size, offsets), dtype)
+    """W [N, K] = scales · (q − zero point) + offsets, rounded once to dtype (qkernels.dequantize),
+    on data's device (dequantized on the host)."""
+    return dequantize(quantized_weight(data, scales, zero_points, bits, group_size, offsets), dtype).to(data.device)
 
 
 @dequantize_weight.register_fake
@@ -179,7 +192,7 @@ def _save_weight(ctx, inputs, output):
 def _input_gradient(ctx, grad):
     data, scales, zero_points, offsets = ctx.saved_tensors
     w = torch.ops.qkernels.dequantize(data, scales, zero_points, ctx.bits, ctx.group_size, offsets)
-    return (grad @ w.to(grad.dtype),) + (None,) * 8
+    return (grad @ w.to(grad.device, grad.dtype),) + (None,) * 8
 
 
 matmul.register_autograd(_input_gradient, setup_context=_save_weight)

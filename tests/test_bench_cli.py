@@ -162,7 +162,37 @@ def test_llm(tmp_path, capsys):
     for ratio in ratios:
         line = next(line for line in lines if line.startswith(ratio["ratio"]))
         assert line.count("met") == 2  # "met" or "NOT met", for each layer
-    assert "read bandwidth" in out and "qkernels backends used:" in out
+    assert "read bandwidth" in out and "qkernels kernels used" in out
+    for row in rows:
+        assert row["threads"] == 1  # the run's count, not the machine description's default
+        if row["key"] != "memory floor" and row["backend"] != "baseline":
+            assert "note" not in row  # rotated past the (64 KiB) LLC
+            assert row["weight_bytes"] == qkernels.quantize_weights(
+                np.zeros((row["N"], row["K"]), np.float32), bits=int(row["key"][-1]),
+                group_size=128 if row["key"].endswith("4") else None).nbytes  # the format's bytes, no pack's
+
+
+@pytest.mark.parametrize("options", [["--llm", "--bits", "4"], ["--llm", "--modes", "a8"],
+                                     ["--stateless", "--backend", "ref"], ["--overhead", "--shapes", "64x64"],
+                                     ["--threads", "1"]])
+def test_options_a_measurement_would_ignore_are_refused(tmp_path, capsys, options):
+    assert cli.main(["bench", *options]) == 2
+    assert "not read by the measurement chosen" in capsys.readouterr().err
+
+
+def test_llm_says_when_copies_cannot_reach_past_the_llc(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(layers, "MAX_COPIES", 1)
+    _out, report = _bench(tmp_path, capsys, "--llm", "--shapes", "16x256", "--m", "1", "--threads", "1")
+    rows = [r for r in report["rows"] if r["measurement"] == "llm" and r["backend"] not in ("baseline", "")]
+    assert rows and all(r["note"].startswith("weights NOT rotated past the LLC") for r in rows)
+
+
+def test_llm_within_a_backend(tmp_path, capsys):
+    pytest.importorskip("torch")
+    _out, report = _bench(tmp_path, capsys, "--llm", "--backend", "ref", "--shapes", "16x256", "--m", "1",
+                          "--threads", "1")
+    assert {r["backend"] for r in report["rows"] if r["measurement"] == "llm"} == {"ref", "baseline"}
 
 
 def test_llm_restores_the_thread_counts(tmp_path, capsys):

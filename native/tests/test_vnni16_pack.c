@@ -81,7 +81,9 @@ static void check_pack(int32_t N, int32_t K, int32_t G, int32_t bits, int asymme
     char what[128];
     snprintf(what, sizeof what, "N=%d K=%d G=%d bits=%d asymmetric=%d offsets=%d", N, K, G, bits, asymmetric, offsets);
     CHECK(qk_vnni16_pack(&w, &packed, &size) == QK_OK, "%s: pack failed", what);
-    size_t header = 128 + (offsets ? 64 : 0), group_bytes = header + (size_t)rows * 64;
+    /* lines of 64 bytes: scales, zeros (with zero points), offsets (with offsets) */
+    size_t zeros_at = asymmetric ? 64 : 0, offsets_at = offsets ? (asymmetric ? 128 : 64) : 0;
+    size_t header = 64 + (asymmetric ? 64 : 0) + (offsets ? 64 : 0), group_bytes = header + (size_t)rows * 64;
     int32_t panels = (N + 15) / 16;
     CHECK(size == (size_t)panels * NG * group_bytes, "%s: %zu bytes", what, size);
     CHECK((uintptr_t)packed % 64 == 0, "%s: not 64-byte aligned", what);
@@ -94,8 +96,8 @@ static void check_pack(int32_t N, int32_t K, int32_t G, int32_t bits, int asymme
                 size_t param = (size_t)n * NG + g;
                 float scale, offset;
                 memcpy(&scale, p + 4 * j, 4);
-                memcpy(&offset, p + 128 + 4 * j, 4);
-                int32_t zero = (int32_t)load32(p + 64 + 4 * j);
+                memcpy(&offset, p + offsets_at + 4 * j, 4);
+                int32_t zero = zp ? (int32_t)load32(p + zeros_at + 4 * j) : valid ? bias : 0; /* symmetric: bias */
                 CHECK(scale == (valid ? scales[param] : 0.0f), "%s: scale n=%d g=%d", what, n, g);
                 CHECK(zero == (valid ? (zp ? zp[param] : 0) + bias : 0), "%s: zero n=%d g=%d: %d", what, n, g, zero);
                 if (offsets) CHECK(offset == (valid ? offs[param] : 0.0f), "%s: offset n=%d g=%d", what, n, g);

@@ -136,7 +136,7 @@ static void stage_group(const amx_problem* ap, int32_t panel, int32_t g, int32_t
     const uint8_t* group = qk_vnni16_group(p->packed, l, panel, g);
     int32_t per_step = STEP_K / l->k_per_row, first = s0 * per_step;
     int32_t last = l->rows < s1 * per_step ? l->rows : s1 * per_step;
-    __m512i zero = _mm512_load_si512((const void*)(group + 64));
+    __m512i zero = qk_avx512_zero(group, l);
     int32_t staged = 0; /* bfloat16 rows written */
     for (int32_t r = first; r < last; r++) {
         __m512i v = qk_avx512_load_row(group, l, r); /* prefetched, as in a8.c */

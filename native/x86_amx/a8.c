@@ -127,7 +127,7 @@ static void stage_group(const qk_avx512_problem* p, int32_t panel, int32_t g, in
         int32_t end = l->rows < s1 * QK_AMX_TILE_ROWS / 2 ? l->rows : s1 * QK_AMX_TILE_ROWS / 2;
         int32_t n = end - first;
         const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
-        __m512i zero = _mm512_mullo_epi32(_mm512_load_si512((const void*)(group + 64)), _mm512_set1_epi32(0x01010101));
+        __m512i zero = _mm512_mullo_epi32(qk_avx512_zero(group, l), _mm512_set1_epi32(0x01010101));
         for (int32_t r = 0; r < n; r++) {
             /* Prefetched: the panel's groups are contiguous, a stream the hardware prefetcher does
              * not run far enough ahead of when each group's rows are followed by its tile products
@@ -226,9 +226,8 @@ QK_AVX512_INLINE void fold_block(const amx_problem* ap, int32_t panel, int panel
     for (int pi = 0; pi < panels; pi++) {
         const uint8_t* header = qk_vnni16_group(p->packed, &p->l, panel + pi, bk.g);
         const __m512 scale = _mm512_load_ps((const float*)header);
-        const __m512i zero = _mm512_load_si512((const void*)(header + 64));
-        const __m512 offset =
-            offsets ? _mm512_load_ps((const float*)(header + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
+        const __m512i zero = qk_avx512_zero(header, &p->l);
+        const __m512 offset = qk_avx512_offset(header, &p->l);
         size_t at = (size_t)(bk.m - m0) * QK_AVX512_TILE_COLUMNS + (size_t)pi * QK_VNNI16_PANEL;
         const int32_t* xr = xs;
         for (int32_t r0 = 0; r0 < rows; r0 += QK_AMX_TILE_ROWS) { /* C tiles pi (rows 0..15), 2 + pi (16..31) */

@@ -46,9 +46,9 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
             for (int pi = 0; pi < panels; pi++) {
                 group[pi] = qk_vnni16_group(p->packed, l, panel + pi, c.g);
                 scale[pi] = _mm512_load_ps((const float*)group[pi]);
-                zero[pi] = _mm512_cvtepi32_ps(_mm512_load_si512((const void*)(group[pi] + 64)));
+                zero[pi] = _mm512_cvtepi32_ps(qk_avx512_zero(group[pi], l));
                 if (bits == 8) zero[pi] = _mm512_sub_ps(zero[pi], _mm512_set1_ps(128.0f));
-                offset[pi] = offsets ? _mm512_load_ps((const float*)(group[pi] + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
+                offset[pi] = qk_avx512_offset(group[pi], l);
             }
             const float* xg = x + (size_t)c.g * p->group_stride;
             __m512 sum[TILE_ROWS][2][CHAINS];

@@ -91,7 +91,7 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int asymmetric, int 
             for (int pi = 0; pi < panels; pi++) {
                 group[pi] = qk_vnni16_group(p->packed, l, panel + pi, c.g);
                 scale[pi] = _mm512_load_ps((const float*)group[pi]);
-                __m512i bias = _mm512_sub_epi32(_mm512_set1_epi32(16), _mm512_load_si512((const void*)(group[pi] + 64)));
+                __m512i bias = _mm512_sub_epi32(_mm512_set1_epi32(16), qk_avx512_zero(group[pi], l));
                 index_bias[pi] = _mm512_or_si512(bias, _mm512_slli_epi32(bias, 16));
             }
             const uint32_t* xg = x + (size_t)c.g * p->group_stride;

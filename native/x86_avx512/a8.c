@@ -53,7 +53,7 @@ QK_AVX512_INLINE void a8_tile(const qk_avx512_problem* p, int bits, int panels, 
             for (int r = 0; r < rows; r++) {
                 __m512i minus_xs = _mm512_set1_epi32((int32_t)(0u - (uint32_t)sums[(size_t)r * groups + g]));
                 for (int pi = 0; pi < panels; pi++)
-                    acc[r][pi] = _mm512_mullo_epi32(_mm512_load_si512((const void*)(group[pi] + 64)), minus_xs);
+                    acc[r][pi] = _mm512_mullo_epi32(qk_avx512_zero(group[pi], l), minus_xs);
             }
             for (ptrdiff_t i = 0; i < l->rows; i++) {
                 __m512i lo[2], hi[2];
@@ -78,7 +78,7 @@ QK_AVX512_INLINE void a8_tile(const qk_avx512_problem* p, int bits, int panels, 
             }
             for (int pi = 0; pi < panels; pi++) {
                 __m512 scale = _mm512_load_ps((const float*)group[pi]);
-                __m512 offset = offsets ? _mm512_load_ps((const float*)(group[pi] + QK_VNNI16_HEADER)) : _mm512_setzero_ps();
+                __m512 offset = qk_avx512_offset(group[pi], l);
                 for (int r = 0; r < rows; r++) {
                     float* at = run + (size_t)r * QK_AVX512_TILE_COLUMNS + (size_t)pi * QK_VNNI16_PANEL;
                     _mm512_store_ps(at, qk_avx512_a8_add(_mm512_load_ps(at), offsets, acc[r][pi], scale, offset,

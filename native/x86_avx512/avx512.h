@@ -41,6 +41,16 @@ QK_AVX512_INLINE __m512i qk_avx512_load_row(const uint8_t* group, const qk_vnni1
     return _mm512_load_si512((const void*)data);
 }
 
+/* A group's zero[16] (zp + bias) as int32 lanes: its header line, or the bias (no zero points). */
+QK_AVX512_INLINE __m512i qk_avx512_zero(const uint8_t* group, const qk_vnni16_layout* l) {
+    return l->zeros_at ? _mm512_load_si512((const void*)(group + l->zeros_at)) : _mm512_set1_epi32(l->bias);
+}
+
+/* A group's offset[16], or 0 (no offsets). */
+QK_AVX512_INLINE __m512 qk_avx512_offset(const uint8_t* group, const qk_vnni16_layout* l) {
+    return l->offsets_at ? _mm512_load_ps((const float*)(group + l->offsets_at)) : _mm512_setzero_ps();
+}
+
 /* What the tiles read. */
 typedef struct {
     const qk_matmul_args* a;

@@ -16,7 +16,7 @@ enum {
 
 qk_avx512_problem qk_avx512_problem_of(const qk_kernel_weights* w, const qk_matmul_args* a) {
     qk_avx512_problem p = {
-        .a = a, .w = &w->format, .packed = w->packed, .l = qk_vnni16_layout_of(&w->format, w->has_offsets),
+        .a = a, .w = &w->format, .packed = w->packed, .l = qk_vnni16_layout_of(&w->format, w->asymmetric, w->has_offsets),
         .asymmetric = w->asymmetric, .has_offsets = w->has_offsets,
     };
     p.group_stride = (size_t)p.l.rows * p.l.k_per_row;

@@ -6,8 +6,10 @@
  * lanes; the last panel is padded with zero columns. A panel stores its NG = ceil(K / G) groups one
  * after the other, each a header followed by its data rows:
  *
- *   header  float scale[16]; int32_t zero[16];   128 bytes, plus float offset[16] (64 more) only
- *           when the weights have offsets. w = scale * (u - zero) + offset, zero = zp + bias.
+ *   header  float scale[16], 64 bytes; then int32_t zero[16] (64 more) only when the weights have
+ *           zero points (without them zero = bias for every column: a line of constants would be
+ *           6% of a 4-bit g128 pack, read on every call); then float offset[16] (64 more) only
+ *           when they have offsets. w = scale * (u - zero) + offset, zero = zp + bias.
  *   rows    rows_per_group rows of 64 bytes, ceil(min(G, K) / 4) (8 bits) or ceil(min(G, K) / 8)
  *           (4 bits), for every group, the shorter last one included.
  *
@@ -30,8 +32,7 @@
 enum {
     QK_VNNI16_PANEL = 16,       /* columns per panel */
     QK_VNNI16_ROW_BYTES = 64,   /* bytes of a data row: 16 columns x 4 bytes */
-    QK_VNNI16_HEADER = 128,     /* scale[16], zero[16] */
-    QK_VNNI16_OFFSETS = 64,     /* offset[16], after the header, when the weights have offsets */
+    QK_VNNI16_LINE = 64,        /* one header line: scale[16], zero[16] or offset[16] */
 };
 
 typedef struct {
@@ -39,14 +40,16 @@ typedef struct {
     int32_t rows;           /* data rows per group */
     int32_t k_per_row;      /* 4 (8 bits) or 8 (4 bits) */
     int32_t bias;           /* u = q + bias: 128 or 8 */
-    size_t header_bytes;    /* 128, or 192 with offsets */
+    size_t zeros_at;        /* where a header's zero[16] is, or 0: symmetric weights, zero = bias */
+    size_t offsets_at;      /* where its offset[16] is, or 0: no offsets */
+    size_t header_bytes;    /* 64 to 192: the lines above */
     size_t group_bytes;     /* header + rows */
     size_t panel_bytes;
 } qk_vnni16_layout;
 
-/* has_offsets: whether the weights have offsets (a kernel's qk_kernel_weights says so; its format's
- * array pointers are NULL). */
-static inline qk_vnni16_layout qk_vnni16_layout_of(const qk_weights* w, int has_offsets) {
+/* has_zero_points, has_offsets: whether the weights have them (a kernel's qk_kernel_weights says so;
+ * its format's array pointers are NULL). */
+static inline qk_vnni16_layout qk_vnni16_layout_of(const qk_weights* w, int has_zero_points, int has_offsets) {
     qk_vnni16_layout l;
     int32_t span = w->group_size < w->K ? w->group_size : w->K; /* G > K: one group of K */
     l.panels = (w->N + QK_VNNI16_PANEL - 1) / QK_VNNI16_PANEL;
@@ -54,7 +57,9 @@ static inline qk_vnni16_layout qk_vnni16_layout_of(const qk_weights* w, int has_
     l.k_per_row = w->bits == 4 ? 8 : 4;
     l.rows = (span + l.k_per_row - 1) / l.k_per_row;
     l.bias = w->bits == 4 ? 8 : 128;
-    l.header_bytes = QK_VNNI16_HEADER + (has_offsets ? QK_VNNI16_OFFSETS : 0);
+    l.zeros_at = has_zero_points ? QK_VNNI16_LINE : 0;
+    l.offsets_at = has_offsets ? QK_VNNI16_LINE * (has_zero_points ? 2 : 1) : 0;
+    l.header_bytes = QK_VNNI16_LINE * (1 + (has_zero_points ? 1 : 0) + (has_offsets ? 1 : 0));
     l.group_bytes = l.header_bytes + (size_t)l.rows * QK_VNNI16_ROW_BYTES;
     l.panel_bytes = (size_t)l.groups * l.group_bytes;
     return l;

@@ -39,14 +39,14 @@ static uint32_t row_dword(const qk_weights* w, const qk_vnni16_layout* l, int32_
 
 static void pack_header(const qk_weights* w, const qk_vnni16_layout* l, int32_t panel, int32_t g, uint8_t* out) {
     float* scale = (float*)out;
-    int32_t* zero = (int32_t*)(out + 64);
-    float* offset = (float*)(out + QK_VNNI16_HEADER);
+    int32_t* zero = (int32_t*)(out + l->zeros_at);
+    float* offset = (float*)(out + l->offsets_at);
     for (int32_t j = 0; j < QK_VNNI16_PANEL; j++) {
         int32_t n = panel * QK_VNNI16_PANEL + j, k = g * w->group_size;
         int valid = n < w->N;
         scale[j] = valid ? qk_weight_scale(w, n, k) : 0.0f;
-        zero[j] = valid ? qk_weight_zp(w, n, k) + l->bias : 0;
-        if (w->offsets) offset[j] = valid ? qk_weight_offset(w, n, k) : 0.0f;
+        if (l->zeros_at) zero[j] = valid ? qk_weight_zp(w, n, k) + l->bias : 0;
+        if (l->offsets_at) offset[j] = valid ? qk_weight_offset(w, n, k) : 0.0f;
     }
 }
 
@@ -80,7 +80,7 @@ static void pack_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
 }
 
 qk_status qk_vnni16_pack(const qk_weights* w, void** data, size_t* size) {
-    pack_job job = {w, qk_vnni16_layout_of(w, w->offsets != NULL), NULL};
+    pack_job job = {w, qk_vnni16_layout_of(w, w->zero_points != NULL, w->offsets != NULL), NULL};
     *size = (size_t)job.l.panels * job.l.panel_bytes;
     job.out = qk_aligned_alloc(*size);
     if (!job.out) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", *size);

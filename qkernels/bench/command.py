@@ -47,13 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="layers as NxK = output x input features, comma-separated "
                         "(default 4096x4096,11008x4096,4096x11008; --stateless, --contended: 4096x4096)")
     parser.add_argument("--m", type=_ints, help="activation rows M, comma-separated (default 1,16,256)")
-    parser.add_argument("--modes", type=_subset(MODES), default=list(MODES), help="a16,a8 (default both)")
-    parser.add_argument("--bits", type=_subset(BITS), default=list(BITS), help="weight bits 4,8 (default both)")
+    parser.add_argument("--modes", type=_subset(MODES), help="a16,a8 (default both)")
+    parser.add_argument("--bits", type=_subset(BITS), help="weight bits 4,8 (default both)")
     parser.add_argument("--group-size", type=int,
                         help="weight group size for every bit width (default: 4-bit 128, 8-bit per channel)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                         help="activation and output dtype (default float16)")
-    parser.add_argument("--backend", help="time only this backend's kernels (the baselines still run)")
+    parser.add_argument("--backend", help="time only this backend's kernels (the baselines still run; "
+                        "--llm: automatic dispatch within it)")
     parser.add_argument("--budget", type=float,
                         help=f"seconds of timed calls per row, at least {MIN_REPEATS} calls (default 2, --quick 0.3)")
     parser.add_argument("--max-call", type=float,
@@ -83,7 +84,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "(--quick: 4096x4096 only, shorter rows, 256 MiB of copies)")
 
 
+# The options each measurement reads besides the common ones (--quick, --dtype, --budget, --max-call,
+# --memory-mib, --json): one given to a measurement that would ignore it is refused.
+_READS = {"table": {"shapes", "m", "modes", "bits", "group_size", "backend"}, "overhead": {"modes"},
+          "stateless": {"shapes", "modes", "group_size"}, "contended": {"shapes", "modes", "group_size"},
+          "llm": {"shapes", "m", "group_size", "threads", "backend"}}
+
+
+def _ignored(args: argparse.Namespace) -> list[str]:
+    """The options given that none of the chosen measurements reads, as --names."""
+    chosen = [name for name in ("overhead", "stateless", "contended", "llm") if getattr(args, name)] or ["table"]
+    read = set().union(*(_READS[name] for name in chosen))
+    given = {name for name in set().union(*_READS.values()) if getattr(args, name) is not None}
+    return ["--" + name.replace("_", "-") for name in sorted(given - read)]
+
+
 def run(args: argparse.Namespace) -> int:
+    ignored = _ignored(args)
+    if ignored:
+        print(f"qkernels bench: {', '.join(ignored)}: not read by the measurement chosen (see --help)", file=sys.stderr)
+        return 2
+    args.modes, args.bits = args.modes or list(MODES), args.bits or list(BITS)
     args.budget = args.budget or (0.3 if args.quick else 2.0)
     args.max_call = args.max_call or (1.0 if args.quick else 5.0)
     kernels = [k for k in qkernels.kernels() if k.available and k.mode in args.modes and args.dtype in k.dtypes]
@@ -101,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     system = system_info(llc, min(max(4 * llc, 64 << 20), memory))
     print_system(system)
     focused = [(args.overhead, lambda: overhead.run(args)), (args.stateless, lambda: stateless.run(args, llc)),
-               (args.contended, lambda: contended.run(args, llc)), (args.llm, lambda: llm.run(args, llc, memory))]
+               (args.contended, lambda: contended.run(args, llc)), (args.llm, lambda: _llm(args, llc, memory))]
     measurements = [measure for chosen, measure in focused if chosen] or [lambda: sweep.run(args, kernels, llc)]
     rows: list[dict] = []
     try:
@@ -118,3 +139,11 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} qkernels result(s) out of tolerance or in error", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _llm(args: argparse.Namespace, llc: int, memory: int) -> list[dict]:
+    """--llm, within --backend when given (automatic dispatch among its kernels)."""
+    if not args.backend:
+        return llm.run(args, llc, memory)
+    with qkernels.use_backend(args.backend):
+        return llm.run(args, llc, memory)

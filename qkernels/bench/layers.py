@@ -55,7 +55,9 @@ class Candidate:
 
     name: str
     label: str  # mode and weight format
-    weight_bytes: int  # read per call, as the path reads them (packed, or the canonical arrays)
+    # the weights' bytes in their format (qkernels': the canonical arrays, data, scales, zero points,
+    # offsets; a pack's own overhead, such as its padding, is the kernel's cost, not the floor's)
+    weight_bytes: int
     input_bytes: int
     calls: list[Callable[[], Any]]
     check: Callable[[Any], None] | None = None  # raises AssertionError unless calls[0]'s output is right
@@ -123,13 +125,13 @@ class Layer:
         qw = qws[0]
         own_layout = next(b.own_layout for b in qkernels.backends() if b.name == kernel.backend)
         if kernel.canonical and own_layout:
-            name, run, weight_bytes = f"{kernel.name} (stateless)", stateless_call, qw.nbytes
+            name, run = f"{kernel.name} (stateless)", stateless_call
         else:
             prepare(qws, xs[0], kernel.mode, kernel.name)
-            name, run, weight_bytes = kernel.name, prepared_call, read_bytes(qw, kernel.backend)
+            name, run = kernel.name, prepared_call
         calls = rotation(partial(run, mode=kernel.mode, kernel=kernel.name), xs, qws)
         label = f"{kernel.mode} {weights_label(bits, group_size, self.K)}"
-        return Candidate(name, label, weight_bytes, xs[0].nbytes, calls, checker(qw, xs[0], kernel.mode),
+        return Candidate(name, label, qw.nbytes, xs[0].nbytes, calls, checker(qw, xs[0], kernel.mode),
                          kernel.backend)
 
     def auto_candidate(self, mode: str, bits: int, group_size: int, xs: list,
@@ -141,7 +143,7 @@ class Layer:
         kernel = qkernels.select(xs[0], qws[0], mode)
         calls = rotation(partial(prepared_call, mode=mode), xs, qws)
         label = f"{mode} {weights_label(bits, group_size, self.K)}"
-        return Candidate(kernel.name, label, read_bytes(qws[0], kernel.backend), xs[0].nbytes, calls,
+        return Candidate(kernel.name, label, qws[0].nbytes, xs[0].nbytes, calls,
                          checker(qws[0], xs[0], mode, check_rows), kernel.backend, auto=True)
 
     def baselines(self, dtype: str) -> dict[str, Baseline | str]:
@@ -154,14 +156,6 @@ class Layer:
         inputs = [baseline.convert(x) for x in xs]
         calls = rotation(baseline.run, inputs, baseline.weights)
         return Candidate(name, baseline.label, baseline.weight_bytes, inputs[0].nbytes, calls)
-
-
-def read_bytes(qw: qkernels.QuantizedWeight, backend: str) -> int:
-    """The weight bytes a prepared call on `backend` reads: its pack (packed weights and scales), or
-    the canonical arrays, which a backend without a layout of its own borrows."""
-    if next(b.own_layout for b in qkernels.backends() if b.name == backend):
-        return qkernels.lib.qk_packed_size(qw.packed(qkernels.dispatch.backend_code(backend)))
-    return qw.nbytes
 
 
 def checker(qw: qkernels.QuantizedWeight, x: np.ndarray, mode: str, rows: int | None = None) -> Callable[[Any], None]:

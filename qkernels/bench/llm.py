@@ -136,6 +136,8 @@ def _time_group(layer: Layer, M: int, candidates: dict, budget: float, max_call:
         row = {"measurement": "llm", "layer": f"{layer.N}x{layer.K}", "N": layer.N, "K": layer.K, "M": M,
                "key": key, "label": cand.label, "name": cand.name, "backend": cand.backend,
                "weight_bytes": cand.weight_bytes, "copies": len(cand.calls)} | checked
+        if key != FLOOR and cand.weight_bytes * len(cand.calls) <= layer.llc:  # MAX_COPIES reached
+            row["note"] = "weights NOT rotated past the LLC: too few copies of so small a layer"
         group.append((row, cand, output_bytes, times))
     # The candidates without times take turns, each from its second copy (the check ran the first).
     measured = iter(measure_together(
@@ -173,7 +175,8 @@ def run(args, llc: int, memory: int) -> list[dict]:
           + ("; qkernels' copies are of the packs it reads (the canonical arrays shared)" if share_arrays else "")
           + ("" if rotate_bytes > llc else ": NOT past the LLC, raise --memory-mib"))
     print(f"activations: {ACTIVATION_COPIES} copies (a layer's input is fresh from the layer before)")
-    print(f"memory floor (M = 1): weight bytes read (packed weights + scales) / read bandwidth, the best of "
+    print(f"memory floor (M = 1): the weights' bytes (the canonical format's: data and float32 scales, "
+          f"zero points, offsets; not a pack's overhead) / read bandwidth, the best of "
           f"plain sums over {bandwidth_bytes >> 20} MiB (4x LLC, capped) timed in turns with the decode rows; "
           "its row's GB/s: the best sum's")
     print(f"time: median of >= {MIN_REPEATS} calls, {args.budget:g} s per row, the rows of one layer and M in turns\n")
@@ -198,6 +201,7 @@ def run(args, llc: int, memory: int) -> list[dict]:
                 del candidates  # the bandwidth buffer goes before the next M
                 print_table(COLUMNS, group, header=False)
                 for row in group:
+                    row["threads"] = threads  # the JSON's machine description has the default count
                     if row.get("note"):
                         print(f"    {row['name']}: {row['note']}", flush=True)
                 rows += group
@@ -211,9 +215,11 @@ def run(args, llc: int, memory: int) -> list[dict]:
     columns = {"": ("ratio", 46, None)} | {layer: (layer, 14, None) for layer in layers}
     print_table(columns, [{"ratio": r["ratio"]} | {layer: f"{r[layer]:.2f} {'met' if r['met'][layer] else 'NOT met'}"
                                                     for layer in layers if layer in r} for r in table])
-    used = sorted({r["backend"] for r in rows if r["backend"] != "baseline"})
-    print(f"qkernels backends used: {', '.join(used) or 'none'}; CPU features detected: "
-          f"{' '.join(qkernels.cpu_features()) or 'none'}")
+    kernels = {k.name: k for k in qkernels.kernels()}
+    used = sorted({r["name"] for r in rows if r["name"] in kernels})
+    print("qkernels kernels used (their names say their instruction sets): "
+          + (", ".join(f"{name}" + "".join(f" +{f}" for f in kernels[name].cpu_features) for name in used) or "none")
+          + f"; CPU features detected: {' '.join(qkernels.cpu_features()) or 'none'}")
     print(f"took {time.perf_counter() - started:.0f} s")
     return rows + table
 

@@ -39,10 +39,10 @@ QK_AVX2_INLINE void a16_tile(const qk_avx2_problem* p, int bits, int form, int p
         for (int pi = 0; pi < panels; pi++) {
             group[pi] = panel0 + pi * l->panel_bytes + (size_t)g * l->group_bytes;
             scale[pi] = _mm256_load_ps((const float*)group[pi]);
-            zero[pi] = _mm256_cvtepi32_ps(_mm256_load_si256((const __m256i*)(group[pi] + 32)));
+            zero[pi] = _mm256_cvtepi32_ps(qk_avx2_zero_points(group[pi], l));
             /* zp * unit, or -zp for OFFSETS */
             zero[pi] = form == QK_AVX2_OFFSETS ? _mm256_sub_ps(_mm256_setzero_ps(), zero[pi]) : _mm256_mul_ps(zero[pi], unit);
-            if (form == QK_AVX2_OFFSETS) offset[pi] = _mm256_load_ps((const float*)(group[pi] + QK_AVX2_HEADER));
+            if (form == QK_AVX2_OFFSETS) offset[pi] = _mm256_load_ps((const float*)(group[pi] + l->offsets_at));
         }
         const float* xg[TILE_ROWS];
         for (int r = 0; r < rows; r++) xg[r] = x + r * p->row + (size_t)g * l->blocks * QK_AVX2_BLOCK_K;

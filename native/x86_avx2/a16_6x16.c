@@ -33,8 +33,8 @@ static void dequantize_chunk(const qk_avx2_problem* p, int32_t block, int32_t t0
             const uint8_t* group = p->packed + (size_t)panel * l->panel_bytes + (size_t)(t / l->blocks) * l->group_bytes;
             const uint8_t* data = group + l->header + (size_t)(t % l->blocks) * l->block_bytes;
             __m256 scale = _mm256_load_ps((const float*)group);
-            __m256 offset = p->offsets ? _mm256_load_ps((const float*)(group + QK_AVX2_HEADER)) : _mm256_setzero_ps();
-            __m256 zero = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256((const __m256i*)(group + 32))), unit);
+            __m256 offset = p->offsets ? _mm256_load_ps((const float*)(group + l->offsets_at)) : _mm256_setzero_ps();
+            __m256 zero = _mm256_mul_ps(_mm256_cvtepi32_ps(qk_avx2_zero_points(group, l)), unit);
             __m256i v0, v1;
             qk_avx2_block_bytes(data, bits, &v0, &v1);
 #pragma GCC unroll 8

@@ -32,7 +32,7 @@ QK_AVX2_INLINE __m256i broadcast4(const int8_t* x) {
  * that is sum qx * (q - zp), times the scale; plus offset * sum qx when there are offsets. */
 QK_AVX2_INLINE void group_end(const qk_avx2_problem* p, const uint8_t* group, int32_t acc_offset, const int32_t* sums,
                               int rows, const __m256i* acc, __m256d* const* y) {
-    __m256i zero = _mm256_add_epi32(_mm256_load_si256((const __m256i*)(group + 32)), _mm256_set1_epi32(acc_offset));
+    __m256i zero = _mm256_add_epi32(qk_avx2_zero_points(group, &p->l), _mm256_set1_epi32(acc_offset));
     __m256 scale = _mm256_load_ps((const float*)group);
     __m256d scale_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(scale));
     __m256d scale_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(scale, 1));
@@ -40,7 +40,7 @@ QK_AVX2_INLINE void group_end(const qk_avx2_problem* p, const uint8_t* group, in
         int32_t sum = sums[(size_t)r * p->l.groups];
         __m256i exact = _mm256_sub_epi32(acc[r], _mm256_mullo_epi32(zero, _mm256_set1_epi32(sum)));
         qk_avx2_fold_epi32(y[r], exact, scale_lo, scale_hi);
-        if (p->offsets) qk_avx2_fold_offsets(y[r], (const float*)(group + QK_AVX2_HEADER), sum);
+        if (p->offsets) qk_avx2_fold_offsets(y[r], (const float*)(group + p->l.offsets_at), sum);
     }
 }
 

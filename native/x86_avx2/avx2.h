@@ -12,8 +12,10 @@
  * a shorter last one included, has the same size; k beyond the group holds q = zero_point, whose
  * A16 weight is the offset, finite where q = 0 could form one past float32's range):
  *
- *   header   float scale[8]; int32_t zero_point[8];      per column: w = scale * (q - zero_point)
- *            float offset[8] only when the weights have offsets (format v2): w = ... + offset
+ *   header   float scale[8]; then int32_t zero_point[8] only when the weights have zero points
+ *            (else 0: a line of zeros would be 6% of a 4-bit g128 pack, read on every call); then
+ *            float offset[8] only when they have offsets (format v2). Per column:
+ *            w = scale * (q - zero_point) + offset
  *   8 bits   64 bytes, two vectors: in vector h, dword j holds column j's q at k 4h .. 4h+3, a byte each
  *   4 bits   32 bytes, one vector: dword j holds column j's eight q, byte b = k b (low nibble) and
  *            k b+4 (high nibble)
@@ -36,8 +38,7 @@
 enum {
     QK_AVX2_PANEL = 8,      /* columns per panel */
     QK_AVX2_BLOCK_K = 8,    /* k per block */
-    QK_AVX2_HEADER = 64,    /* bytes of a group header: scales and zero points */
-    QK_AVX2_OFFSETS_HEADER = 96, /* ... and offsets, when there are some */
+    QK_AVX2_LINE = 32,      /* one header line: scale[8], zero_point[8] or offset[8] */
     /* Multiply-adds per chunk of qk_parallel_for: a few microseconds (at M = 1, 4096 x 4096,
      * 4 bits: 128 chunks), so that a thread the machine does not run delays a call by little. */
     QK_AVX2_CHUNK_MACS = 1 << 17,
@@ -47,26 +48,36 @@ enum {
 typedef struct {
     int32_t panels, groups;
     int32_t blocks;      /* blocks per group: ceil(min(G, K) / 8) */
-    size_t header;       /* QK_AVX2_HEADER, or QK_AVX2_OFFSETS_HEADER with offsets */
+    size_t zeros_at;     /* where a header's zero_point[8] is, or 0: none (symmetric weights) */
+    size_t offsets_at;   /* where its offset[8] is, or 0: none */
+    size_t header;       /* 32 to 96: the lines above */
     size_t block_bytes;  /* 32 (4 bits) or 64 (8 bits) */
     size_t group_bytes;  /* header + blocks */
     size_t panel_bytes;
 } qk_avx2_layout;
 
-/* The layout of w's pack, with or without offsets (w->offsets is NULL where the kernels see it). */
-static inline qk_avx2_layout qk_avx2_layout_of(const qk_weights* w, int offsets) {
+/* The layout of w's pack, with or without zero points and offsets (w's pointers are NULL where the
+ * kernels see it). */
+static inline qk_avx2_layout qk_avx2_layout_of(const qk_weights* w, int zero_points, int offsets) {
     qk_avx2_layout l;
     l.panels = (w->N + QK_AVX2_PANEL - 1) / QK_AVX2_PANEL;
     l.groups = qk_groups_per_row(w);
     l.blocks = ((w->group_size < w->K ? w->group_size : w->K) - 1) / QK_AVX2_BLOCK_K + 1; /* G > K: padded to K */
     l.block_bytes = w->bits == 4 ? 32 : 64;
-    l.header = offsets ? QK_AVX2_OFFSETS_HEADER : QK_AVX2_HEADER;
+    l.zeros_at = zero_points ? QK_AVX2_LINE : 0;
+    l.offsets_at = offsets ? QK_AVX2_LINE * (zero_points ? 2 : 1) : 0;
+    l.header = QK_AVX2_LINE * (1 + (zero_points ? 1 : 0) + (offsets ? 1 : 0));
     l.group_bytes = l.header + (size_t)l.blocks * l.block_bytes;
     l.panel_bytes = (size_t)l.groups * l.group_bytes;
     return l;
 }
 
 qk_status qk_avx2_pack(const qk_weights* weights, void** data, size_t* size);
+
+/* A group header's zero_point[8] as int32 lanes (0 without zero points). */
+QK_AVX2_INLINE __m256i qk_avx2_zero_points(const uint8_t* group, const qk_avx2_layout* l) {
+    return l->zeros_at ? _mm256_load_si256((const __m256i*)(group + l->zeros_at)) : _mm256_setzero_si256();
+}
 
 /* Tasks per qk_parallel_for chunk when one task is `task_macs` multiply-adds. */
 static inline int32_t qk_avx2_grain(double task_macs) {

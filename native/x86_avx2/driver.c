@@ -18,7 +18,7 @@ enum {
 
 qk_avx2_problem qk_avx2_problem_of(const qk_kernel_weights* w, const qk_matmul_args* a) {
     qk_avx2_problem p = {
-        .a = a, .w = &w->format, .packed = w->packed, .l = qk_avx2_layout_of(&w->format, w->has_offsets),
+        .a = a, .w = &w->format, .packed = w->packed, .l = qk_avx2_layout_of(&w->format, w->asymmetric, w->has_offsets),
         .asymmetric = w->asymmetric, .offsets = w->has_offsets,
     };
     p.row = (size_t)p.l.groups * (size_t)p.l.blocks * QK_AVX2_BLOCK_K;

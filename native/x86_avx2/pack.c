@@ -26,16 +26,16 @@ static uint32_t whole_dword(const qk_weights* w, int32_t n, int32_t g, int32_t b
     return qk_int4_dword_halves(c); /* byte i: k i low, k i + 4 high */
 }
 
-static void pack_header(const qk_weights* w, int32_t panel, int32_t g, uint8_t* out) {
+static void pack_header(const qk_weights* w, const qk_avx2_layout* l, int32_t panel, int32_t g, uint8_t* out) {
     float* scale = (float*)out;
-    int32_t* zero_point = (int32_t*)(out + 32);
-    float* offset = (float*)(out + QK_AVX2_HEADER);
+    int32_t* zero_point = (int32_t*)(out + l->zeros_at);
+    float* offset = (float*)(out + l->offsets_at);
     for (int32_t j = 0; j < QK_AVX2_PANEL; j++) {
         int32_t n = panel * QK_AVX2_PANEL + j, k = g * w->group_size;
         int valid = n < w->N;
         scale[j] = valid ? qk_weight_scale(w, n, k) : 0.0f;
-        zero_point[j] = valid ? qk_weight_zp(w, n, k) : 0;
-        if (w->offsets) offset[j] = valid ? qk_weight_offset(w, n, k) : 0.0f;
+        if (l->zeros_at) zero_point[j] = valid ? qk_weight_zp(w, n, k) : 0;
+        if (l->offsets_at) offset[j] = valid ? qk_weight_offset(w, n, k) : 0.0f;
     }
 }
 
@@ -77,13 +77,13 @@ static void pack_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const pack_job* j = arg;
     for (int32_t p = begin; p < end; p++) {
         uint8_t* panel = j->out + (size_t)p * j->l.panel_bytes;
-        for (int32_t g = 0; g < j->l.groups; g++) pack_header(j->w, p, g, panel + (size_t)g * j->l.group_bytes);
+        for (int32_t g = 0; g < j->l.groups; g++) pack_header(j->w, &j->l, p, g, panel + (size_t)g * j->l.group_bytes);
         for (int32_t c = 0; c < QK_AVX2_PANEL; c++) pack_column(j->w, &j->l, p, c, panel);
     }
 }
 
 qk_status qk_avx2_pack(const qk_weights* w, void** data, size_t* size) {
-    pack_job job = {w, qk_avx2_layout_of(w, w->offsets != NULL), NULL};
+    pack_job job = {w, qk_avx2_layout_of(w, w->zero_points != NULL, w->offsets != NULL), NULL};
     *size = (size_t)job.l.panels * job.l.panel_bytes;
     job.out = qk_aligned_alloc(*size);
     if (!job.out) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", *size);

@@ -47,7 +47,7 @@ typedef enum qk_status {
     QK_ERR_BACKEND_UNAVAILABLE = 8, /* forced backend or kernel not compiled in or not detected */
     QK_ERR_UNSUPPORTED = 9,       /* the backend or kernel cannot run this problem */
     QK_ERR_MISALIGNED = 10,       /* a pointer is not aligned to its element size */
-    QK_ERR_BUFFER_TOO_SMALL = 11, /* a caller-sized buffer is too small */
+    QK_ERR_BUFFER_TOO_SMALL = 11, /* reserved: no call returns it yet (none takes a buffer length) */
     QK_ERR_NON_FINITE = 12,       /* NaN or Inf given to a quantizer */
     QK_ERR_OUT_OF_MEMORY = 13,
     QK_ERR_STATUS_COUNT = 14

@@ -49,6 +49,32 @@ def test_windows_score_each_token_once():
         windows(1, 16, 8)
 
 
+def test_one_token_windows_are_refused(gpt2, ids):
+    """max_length = 1 scores nothing (each window's first token has no context): refused by name
+    (it used to end in ZeroDivisionError)."""
+    with pytest.raises(InvalidArgumentError, match="max_length=1"):
+        windows(45, 1, 1)
+    with pytest.raises(InvalidArgumentError, match="max_length=1"):
+        perplexity_of_ids(gpt2, ids, max_length=1, stride=1)
+
+
+def test_a_cache_the_model_does_not_fill_is_refused(gpt2, ids):
+    """A model that swallows cache= (transformers before 5.24 took past_key_values) would report the
+    float cache's perplexity as the quantized cache's: refused instead."""
+    import functools
+
+    from qkernels.torch.kv_cache import QuantizedKVCache
+
+    def ignores_cache(window, **kwargs):
+        return gpt2(window)
+
+    make_cache = functools.partial(QuantizedKVCache, gpt2.config, bits=8)
+    with pytest.raises(InvalidArgumentError, match="cache"):
+        perplexity_of_ids(ignores_cache, ids, max_length=CONTEXT, stride=CONTEXT, cache=make_cache)
+    int8 = perplexity_of_ids(gpt2, ids, max_length=CONTEXT, stride=CONTEXT, cache=make_cache)
+    assert int8.perplexity != perplexity_of_ids(gpt2, ids, max_length=CONTEXT, stride=CONTEXT).perplexity
+
+
 def test_non_overlapping_windows_are_the_mean_of_hugging_face_losses(gpt2, ids):
     """stride = max_length: each chunk scored alone, as model(chunk, labels=chunk).loss does."""
     result = perplexity_of_ids(gpt2, ids, max_length=CONTEXT, stride=CONTEXT)
@@ -89,29 +115,79 @@ def test_quantized_gpt2_perplexity(gpt2, ids):
     assert result.perplexity == pytest.approx(float_result.perplexity, rel=0.02)
 
 
-def test_perplexity_command_on_a_local_checkpoint(gpt2, tmp_path, capsys):
-    """`qkernels eval --perplexity DIR`: a checkpoint directory saved here (model and tokenizer)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+TEXT = "the cat is in the house and it is a good cat for the day " * 4  # 60 tokens, one a word
 
-    from qkernels import cli
+
+@pytest.fixture(scope="module")
+def checkpoint(gpt2, tmp_path_factory):
+    """A checkpoint directory saved here (the tiny GPT-2 and a word-level tokenizer) and a text file."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = "the a of to and is in it that for on with as be this by".split()
     vocab = {"[UNK]": 0} | {w: i + 1 for i, w in enumerate(words)}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    checkpoint = tmp_path / "tiny-gpt2"
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(checkpoint)
-    gpt2.save_pretrained(checkpoint)
-    text = tmp_path / "text.txt"
-    text.write_text("the cat is in the house and it is a good cat for the day " * 4)
-    argv = ["eval", "--perplexity", str(checkpoint), "--text", str(text), "--max-length", "16", "--stride", "8",
-            "--calibration", "2", "--methods", "rtn-w8,smoothquant-token,kv-int8"]
+    directory = tmp_path_factory.mktemp("perplexity")
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(
+        directory / "tiny-gpt2")
+    gpt2.save_pretrained(directory / "tiny-gpt2")
+    (directory / "text.txt").write_text(TEXT)
+    return directory
+
+
+def _eval_table(checkpoint, capsys, *options):
+    """The rows of `qkernels eval --perplexity` on the tiny checkpoint, as {column: cell} dicts."""
+    from qkernels import cli
+
+    argv = ["eval", "--perplexity", str(checkpoint / "tiny-gpt2"), "--text", str(checkpoint / "text.txt"),
+            "--max-length", "16", "--stride", "8", "--calibration", "2", *options]
     assert cli.main(argv) == 0
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    header = [c.strip() for c in rows[0]]
-    values = [float(r[header.index("ppl text.txt")]) for r in rows[1:]]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")]
+    return [dict(zip(rows[0], r)) for r in rows[1:]]
+
+
+def test_perplexity_command_on_a_local_checkpoint(checkpoint, capsys):
+    """`qkernels eval --perplexity DIR`: a checkpoint directory saved here (model and tokenizer)."""
+    rows = _eval_table(checkpoint, capsys, "--methods", "rtn-w8,smoothquant-token,kv-int8")
+    values = [float(r["ppl text.txt"]) for r in rows]
     assert len(values) == 4 and all(math.isfinite(v) and v > 1 for v in values)
     assert values[1] == pytest.approx(values[0], rel=0.05)  # 8-bit weights: close to float
+
+
+def test_perplexity_command_reports_scored_tokens_per_second(checkpoint, capsys, monkeypatch):
+    """tok/s is what the caption says: scored tokens (59 of the 60 here) per second of perplexity
+    (it used to count every token). The clock advances one second per reading."""
+    import types
+
+    from qkernels.evaluate import run
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(run, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    (row,) = _eval_table(checkpoint, capsys, "--methods", "float32")
+    assert float(row["tok/s"]) == sum(end - first for _begin, end, first in windows(60, 16, 8)) == 59
+
+
+def test_perplexity_command_runs_without_the_kv_cache_module(checkpoint, capsys, monkeypatch):
+    """Only the KV methods import QuantizedKVCache (it needs transformers >= 5.24): the others run
+    where that import fails."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "qkernels.torch.kv_cache", None)  # importing it raises ImportError
+    rows = _eval_table(checkpoint, capsys, "--methods", "rtn-w8")
+    assert [r["method"] for r in rows] == ["float32 (PyTorch)", "RTN"]
+    assert all(math.isfinite(float(r["ppl text.txt"])) for r in rows)
+
+
+@pytest.mark.parametrize("kind", ["--perplexity", "--gguf"])
+def test_eval_command_refuses_one_token_windows(kind, checkpoint):
+    """--max-length 1: a clean message before anything loads (--perplexity used to end in
+    ZeroDivisionError; --gguf would fail on the directory given as its file)."""
+    from qkernels import cli
+
+    with pytest.raises(SystemExit, match="--max-length 1 must be at least 2"):
+        cli.main(["eval", kind, str(checkpoint / "tiny-gpt2"), "--text", str(checkpoint / "text.txt"),
+                  "--max-length", "1", "--calibration", "2"])
 
 
 def test_smoothquant_folded_into_gpt2_pre_norms(gpt2, ids):

@@ -279,6 +279,22 @@ def test_choose_bits_is_optimal_for_equal_sized_layers(errors, upgrades):
     assert sum(layers[n][b][1] for n, b in choice.items()) == pytest.approx(_brute_force(layers, budget)[0])
 
 
+def test_choose_bits_is_a_heuristic_even_on_convex_curves():
+    """Every layer convex (error drop per extra byte decreasing), the budget used up exactly, and
+    still not optimal: l2's last upgrade (4 bytes) no longer fits, so l1's nearly useless one (3
+    bytes) is taken. The docs used to promise optimality here."""
+    layers = {"l0": {2: (2, 20.0), 4: (3, 17.3468), 8: (5, 12.6955)},
+              "l1": {2: (4, 20.0), 4: (6, 17.6298), 8: (9, 17.6045)},
+              "l2": {2: (4, 20.0), 4: (6, 14.8222), 8: (10, 11.9031)}}
+    choice = quant.choose_bits(layers, 20)
+    assert choice == {"l0": 8, "l1": 8, "l2": 4}
+    assert sum(layers[n][b][0] for n, b in choice.items()) == 20
+    error = sum(layers[n][b][1] for n, b in choice.items())
+    optimum, best = _brute_force(layers, 20)
+    assert best == {"l0": 8, "l1": 2, "l2": 8}
+    assert (round(error, 2), round(optimum, 2)) == (45.12, 44.60)
+
+
 def test_choose_bits_respects_the_budget_and_refuses_an_impossible_one():
     layers = {"a": {4: (10, 1.0), 8: (20, 0.1)}, "b": {4: (30, 0.5), 8: (60, 0.4)}, "c": {4: (5, 2.0), 8: (10, 0.0)}}
     assert quant.choose_bits(layers, 45) == {"a": 4, "b": 4, "c": 4}

@@ -67,6 +67,30 @@ def test_a_failed_append_leaves_the_cache_as_it_was():
     assert layer.get_seq_length() == 7 and k2.shape[-2] == v2.shape[-2] == 7
 
 
+@pytest.mark.parametrize("which", ["key_states", "value_states"])
+def test_non_finite_states_for_the_unfinished_block_are_refused(which):
+    """A NaN key that would wait in the float residual (no block completes) is refused too, and
+    named; the cache keeps growing afterwards (it used to accept the NaN, return it to attention,
+    and fail every later append that completed its block)."""
+    keys, values = _states(9)
+    layer = QuantizedKVLayer(8, BLOCK)
+    bad = {"key_states": keys[..., :2, :].clone(), "value_states": values[..., :2, :].clone()}
+    bad[which][..., 0, 0] = float("nan")
+    with pytest.raises(qkernels.NonFiniteError, match=which):  # on an empty cache: stays empty
+        layer.update(bad["key_states"], bad["value_states"])
+    assert layer.get_seq_length() == 0 and layer.nbytes == 0
+    layer.update(keys[..., :5, :], values[..., :5, :])
+    before = _contents(layer)
+    bad = {"key_states": keys[..., 5:7, :].clone(), "value_states": values[..., 5:7, :].clone()}
+    bad[which][..., 0, 0] = float("inf")
+    with pytest.raises(qkernels.NonFiniteError, match=which):  # tokens 5, 6: the block [4, 8) stays open
+        layer.update(bad["key_states"], bad["value_states"])
+    assert layer.get_seq_length() == 5
+    assert all(torch.equal(a, b) for a, b in zip(_contents(layer), before))
+    k, v = layer.update(keys[..., 5:, :], values[..., 5:, :])  # completes the block [4, 8)
+    assert layer.get_seq_length() == 9 and k.shape[-2] == v.shape[-2] == 9 and torch.isfinite(k).all()
+
+
 def test_appending_no_tokens_changes_nothing():
     """t = 0 returns the cache as it is (the quantizer used to refuse "N=0")."""
     keys, values = _states(6)

@@ -66,7 +66,7 @@ def measure(which: str, path: str, text: str, max_length: int, stride: int) -> d
             start = time.perf_counter()
             for _ in range(DECODE_TOKENS):
                 token = out.logits[:, -1:].argmax(-1)
-                out = model(token, past_key_values=out.past_key_values, use_cache=True)
+                out = model(token, cache=out.cache, use_cache=True)
             decode.append(time.perf_counter() - start)
     return {
         "model": LABELS[which], "weights MB": quantized_nbytes(model) / 1e6, "perplexity": result.perplexity,

@@ -1,6 +1,8 @@
 """Perplexity of a causal language model over a text, by a sliding window with a stride (the
-recipe of the Hugging Face "Perplexity of fixed-length models" guide): every token after the
-first is scored exactly once, given up to max_length − 1 tokens of context before it."""
+recipe of the Hugging Face "Perplexity of fixed-length models" guide): each token is scored at most
+once, given up to max_length − 1 tokens of context before it in its window. Overlapping windows
+(stride < max_length) score every token after the text's first; non-overlapping ones
+(stride = max_length) every token but each window's first, which has no context in its window."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ if TYPE_CHECKING:  # torch is imported where it computes: `qkernels info` and `b
 class Perplexity:
     perplexity: float  # exp(nll / tokens)
     nll: float  # summed negative log-likelihood, nats
-    tokens: int  # tokens scored: all but the first
+    tokens: int  # tokens scored: all but the text's first, or each window's first without overlap
     windows: int  # forward passes
 
 
@@ -28,6 +30,9 @@ def windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, i
     """(begin, end, first scored position) of each window over `length` tokens: windows of up to
     max_length tokens start every `stride` tokens; each scores the tokens after the previous
     window's end (and never its own first token, which has no context in the window)."""
+    if max_length < 2:
+        raise InvalidArgumentError(f"max_length={max_length} must be at least 2: a window scores every token "
+                                   "but its first")
     if not 0 < stride <= max_length:
         raise InvalidArgumentError(f"stride={stride} must lie in [1, max_length={max_length}]")
     if length < 2:
@@ -48,7 +53,8 @@ def perplexity_of_ids(model: nn.Module, ids: torch.Tensor, *, max_length: int, s
     """Perplexity of token ids [T] (or [1, T]) under `model` (called as model(input_ids) and
     returning .logits [1, T, vocab], as Hugging Face causal LMs do). cache: makes a fresh KV cache
     per window, passed as model(input_ids, cache=cache()) (e.g. a QuantizedKVCache: attention
-    then reads the keys and values as that cache stores them)."""
+    then reads the keys and values as that cache stores them); a cache the model left unfilled
+    raises InvalidArgumentError."""
     import torch
 
     ids = ids.reshape(-1)
@@ -57,7 +63,17 @@ def perplexity_of_ids(model: nn.Module, ids: torch.Tensor, *, max_length: int, s
     with torch.inference_mode():
         for index, (begin, end, first) in enumerate(plan):
             window = ids[begin:end].unsqueeze(0)
-            logits = (model(window) if cache is None else model(window, cache=cache())).logits[0].double()
+            if cache is None:
+                logits = model(window).logits[0].double()
+            else:
+                window_cache = cache()
+                logits = model(window, cache=window_cache).logits[0].double()
+                # A model that does not take cache= (before transformers 5.24: past_key_values)
+                # ignores it silently and runs its own float cache: check that this one was filled.
+                if window_cache.get_seq_length() != window.shape[1]:
+                    raise InvalidArgumentError(
+                        f"cache: the model left {window_cache.get_seq_length()} of the window's {window.shape[1]} "
+                        "tokens in it; it does not take cache= (transformers >= 5.24 needed)")
             # logits[t − begin − 1] predicts token t, for t in [first, end)
             log_probs = torch.log_softmax(logits[first - begin - 1 : end - begin - 1], dim=-1)
             nll -= float(log_probs.gather(1, ids[first:end].unsqueeze(1)).sum())

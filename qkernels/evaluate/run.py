@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -170,6 +171,9 @@ def _quiet_transformers() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_length is not None and args.max_length < 2:  # refused before any model loads
+        raise SystemExit(f"qkernels eval: --max-length {args.max_length} must be at least 2: a window scores "
+                         "every token but its first")
     _quiet_transformers()
     if args.gguf is not None:
         from .gguf_eval import run as run_gguf
@@ -270,7 +274,6 @@ def write_plots(directory: Path, float_model, models: dict, batch: dict) -> list
 def run_perplexity(args: argparse.Namespace) -> int:
     import torch
 
-    from ..torch.kv_cache import QuantizedKVCache
     from ..torch.model import quantized_nbytes
     from . import heldout
     from .perplexity import load_causal_lm, perplexity_of_ids
@@ -305,16 +308,20 @@ def run_perplexity(args: argparse.Namespace) -> int:
             float_model, method, calibration, skip=("lm_head",)
         )
         quantize_seconds = time.perf_counter() - start
-        cache = None if method.kv_bits is None else (
-            lambda bits=method.kv_bits: QuantizedKVCache(float_model.config, bits=bits))
-        start, scores = time.perf_counter(), {}
+        cache = None
+        if method.kv_bits is not None:
+            # Imported here: it needs transformers >= 5.24, which the other methods do not.
+            from ..torch.kv_cache import QuantizedKVCache
+
+            cache = functools.partial(QuantizedKVCache, float_model.config, bits=method.kv_bits)
+        start, results = time.perf_counter(), {}
         for key, text_ids in ids.items():
-            scores[key] = perplexity_of_ids(model, text_ids, max_length=max_length, stride=stride,
-                                            progress=_progress(f"perplexity, {key}"), cache=cache).perplexity
-        rate = sum(len(t) for t in ids.values()) / (time.perf_counter() - start)
+            results[key] = perplexity_of_ids(model, text_ids, max_length=max_length, stride=stride,
+                                             progress=_progress(f"perplexity, {key}"), cache=cache)
+        rate = sum(r.tokens for r in results.values()) / (time.perf_counter() - start)  # scored tokens
         float_rate = float_rate or rate
         rows.append({"method": method.label, "weights": method.weights, "activations": method.activations}
-                    | {f"ppl {key}": f"{value:.3f}" for key, value in scores.items()}
+                    | {f"ppl {key}": f"{r.perplexity:.3f}" for key, r in results.items()}
                     | {"model MB": quantized_nbytes(model) / 1e6, "quantize s": quantize_seconds,
                        "tok/s": rate, "vs f32": rate / float_rate})
     described = f"{args.text}" if args.text else (

@@ -42,9 +42,11 @@ def choose_bits(layers: Mapping[str, Mapping[int, tuple[int, float]]], budget_by
     (one layer to a larger option with less error) that removes the most error per extra byte among
     those that still fit, until none fits.
 
-    layers: name → {bits: (size_bytes, error)} (e.g. from ``layer_sensitivity``). Returns name → bits.
-    The greedy choice is optimal when each layer's options lie on a convex error-versus-size curve
-    and the budget is used up exactly; otherwise it is a heuristic (exact solutions are NP-hard).
+    layers: name → {bits: (size_bytes, error)} (e.g. from ``layer_sensitivity``). Returns name → bits,
+    never over the budget. The greedy choice is a heuristic (exact solutions are NP-hard): optimal
+    when every layer has two options of equal sizes, but not in general, even on convex
+    error-versus-size curves with the budget used up exactly — an upgrade that no longer fits is
+    passed over for a less efficient one, and another set of upgrades can remove more error.
     Raises InvalidArgumentError when even the smallest options exceed the budget.
     """
     choice = {}

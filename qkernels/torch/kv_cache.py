@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, NonFiniteError
 from ..quant._common import check_bits, quantize_rows
 
 
@@ -87,8 +87,13 @@ class QuantizedKVLayer(CacheLayerMixin):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Appends [B, H, t, D] keys and values; returns every cached token's keys and values as
         attention reads them: dequantized (the unfinished key block as given). Appending no tokens
-        (t = 0) changes nothing. Everything is quantized before anything is stored, so that an error
-        (NaN or Inf states) leaves the cache as it was."""
+        (t = 0) changes nothing. Everything is checked and quantized before anything is stored, so
+        that an error (NaN or Inf states) leaves the cache as it was."""
+        # Up front: a NaN key would otherwise wait in the float residual, reach attention, and make
+        # every later append that completes its block fail.
+        for name, states in (("key_states", key_states), ("value_states", value_states)):
+            if not torch.isfinite(states).all():
+                raise NonFiniteError(f"{name} holds NaN or Inf")
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         t = key_states.shape[-2]
@@ -151,7 +156,7 @@ class QuantizedKVLayer(CacheLayerMixin):
 
 class QuantizedKVCache(Cache):
     """A transformers Cache of QuantizedKVLayer, one per decoder layer of `config`: pass it as
-    `cache=` (past_key_values before transformers 5.x) to a model's forward or to generate()."""
+    `cache=` (transformers >= 5.24) to a model's forward or to generate()."""
 
     def __init__(self, config, bits: int = 8, block_size: int = 32):
         layers = config.get_text_config().num_hidden_layers

@@ -227,3 +227,15 @@ def test_llm_copies_share_the_canonical_arrays_only_for_packs(monkeypatch):
     own_layout = {b.name: b.own_layout for b in qkernels.backends()}
     monkeypatch.setenv("QKERNELS_BACKEND", "ref")
     assert llm.packs_own_layout("float16") == own_layout["ref"]
+
+
+def test_llm_rotation_note_keeps_the_checks_note():
+    """The rotation note replaced a failed check's message."""
+
+    def wrong(_y):
+        raise AssertionError("3 outputs out of tolerance")
+
+    cand = layers.Candidate("bad", "a8 w4/g128", 1, 1, [lambda: np.zeros(4), lambda: np.zeros(4)], wrong, backend="ref")
+    layer = type("L", (), {"N": 4, "K": 4, "llc": 1 << 20})()
+    (row,) = llm._time_group(layer, 1, {"a8 w4": cand}, 0.01, 5.0, {})
+    assert row["check"] == "FAIL" and row["note"].startswith("3 outputs out of tolerance; weights NOT rotated")

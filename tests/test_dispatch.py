@@ -127,13 +127,13 @@ def test_backend_detection_follows_cpu_features():
 # ---------------------------------------------------------------- automatic choice
 
 
-def _expected_kernel(mode, bits, dtype, G, M, backend=None):
+def _expected_kernel(mode, bits, dtype, G, K, M, backend=None):
     """Dispatch as documented: the first registry line, among available kernels (of `backend` if
-    forced), that runs mode / bits / dtype / group size and prefers this M; else the first that
-    runs it whatever its preferred M."""
+    forced), that runs mode / bits / dtype / group size (its max_group_size bounds a group's length,
+    min(G, K)) and prefers this M; else the first that runs it whatever its preferred M."""
     fits = [k for k in KERNELS if k.available and (backend is None or k.backend == backend) and k.mode == mode
             and bits in k.bits and dtype in k.dtypes and G % k.group_multiple == 0
-            and (k.max_group_size == 0 or G <= k.max_group_size)]
+            and (k.max_group_size == 0 or min(G, K) <= k.max_group_size)]
     preferred = [k for k in fits if k.max_m == 0 or M <= k.max_m]
     return (preferred or fits)[0]
 
@@ -146,21 +146,22 @@ def test_select_follows_the_registry(mode, bits, dtype):
     limits = {k.max_m for k in KERNELS if k.max_m}
     limits_g = sorted({k.max_group_size for k in KERNELS if k.max_group_size})
     for G, K in ((32, 64), (64, 128), (3, 12), (128, 128)) + tuple((g, 2 * g) for g in limits_g) + tuple(
-            (2 * g, 2 * g) for g in limits_g):
+            (2 * g, 2 * g) for g in limits_g) + tuple((2 * g, 64) for g in limits_g):  # G > K: one group of K
         qw = qkernels.quantize_weights(rng.standard_normal((4, K)).astype(np.float32), bits=bits, group_size=G)
         for M in sorted({1, 2, 16, 17, 300} | limits | {m + 1 for m in limits}):
             x = np.zeros((M, K), dtype)
             chosen = qkernels.select(x, qw, mode)
-            assert chosen == _expected_kernel(mode, bits, dtype, G, M), (G, M)
+            assert chosen == _expected_kernel(mode, bits, dtype, G, K, M), (G, M)
             for b in AVAILABLE:
                 try:
                     forced = qkernels.select(x, qw, mode, backend=b.name)
                 except qkernels.UnsupportedError:
                     assert not any(k.backend == b.name and k.mode == mode and bits in k.bits and dtype in k.dtypes
-                                   and G % k.group_multiple == 0 and (k.max_group_size == 0 or G <= k.max_group_size)
+                                   and G % k.group_multiple == 0
+                                   and (k.max_group_size == 0 or min(G, K) <= k.max_group_size)
                                    for k in KERNELS)
                     continue
-                assert forced == _expected_kernel(mode, bits, dtype, G, M, backend=b.name)
+                assert forced == _expected_kernel(mode, bits, dtype, G, K, M, backend=b.name)
 
 
 def test_select_reports_the_kernel_matmul_runs(problem):

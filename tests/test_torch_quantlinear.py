@@ -331,3 +331,19 @@ def test_quant_embedding_follows_a_half_precision_model(dtype):
     table.to(dtype)
     assert table.scales.dtype == torch.float32 and torch.equal(table(ids), expected)
     assert table(torch.zeros(0, 2, dtype=torch.long)).shape == (0, 2, 32)  # as nn.Embedding: empty
+
+
+def test_quant_embedding_loads_a_state_of_another_lookup_dtype_or_without_extra_state():
+    """The lookups' dtype is not structure (a .half() model's state loads into a float one, as with
+    nn.Embedding), and a state saved before QuantEmbedding had extra state still loads."""
+    from qkernels.torch.embedding import QuantEmbedding
+
+    qw = quantize_weights(torch.randn(16, 32), bits=4, group_size=16, symmetric=False)
+    half = torch.nn.Sequential(QuantEmbedding(qt.QuantLinear(qw))).half()
+    target = torch.nn.Sequential(QuantEmbedding(qt.QuantLinear(quantize_weights(torch.randn(16, 32), bits=4,
+                                                                                  group_size=16, symmetric=False))))
+    target.load_state_dict(half.state_dict())
+    assert target[0].dtype == torch.float32 and target(torch.tensor([1, 5])).dtype == torch.float32
+    assert all(torch.equal(getattr(target[0], name), getattr(half[0], name)) for name in ("qdata", "scales"))
+    old = {key: value for key, value in half.state_dict().items() if not key.endswith("_extra_state")}
+    target.load_state_dict(old)

@@ -116,7 +116,8 @@ static void prepare_task(void* arg, int32_t begin, int32_t end, int32_t thread) 
  * past the group's rows. 4-bit weights are staged signed, as q - zp = u - zero (at most 15 in
  * magnitude), so that the tile products are the group's acc itself (tdpbssd) and the fold needs no
  * zero * xs; the byte of column j in a VNNI row is byte j / 4 of the row, so zero * 0x01010101 is
- * zero's VNNI row. k past the group's end become -zero, where the activations are zeros. 8-bit
+ * zero's VNNI row. k past the group's end hold u = zero and become 0 (the activations there are
+ * zeros too). 8-bit
  * weights stay u (tdpbsud). */
 static void stage_group(const qk_avx512_problem* p, int32_t panel, int32_t g, int32_t s0, int32_t s1, uint8_t* out) {
     const qk_vnni16_layout* l = &p->l;

@@ -137,7 +137,8 @@ def _time_group(layer: Layer, M: int, candidates: dict, budget: float, max_call:
                "key": key, "label": cand.label, "name": cand.name, "backend": cand.backend,
                "weight_bytes": cand.weight_bytes, "copies": len(cand.calls)} | checked
         if key != FLOOR and cand.weight_bytes * len(cand.calls) <= layer.llc:  # MAX_COPIES reached
-            row["note"] = "weights NOT rotated past the LLC: too few copies of so small a layer"
+            note = "weights NOT rotated past the LLC: too few copies of so small a layer"
+            row["note"] = f"{row['note']}; {note}" if row.get("note") else note  # after check_row's
         group.append((row, cand, output_bytes, times))
     # The candidates without times take turns, each from its second copy (the check ran the first).
     measured = iter(measure_together(

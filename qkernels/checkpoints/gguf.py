@@ -208,7 +208,8 @@ def load_model(path: str | Path):
         weights[module_name] = _permuted_rows(qw, processor, tensor.name, names)
     del reader, tensor  # the file's memory map: every tensor kept is a copy
     check_shapes(model, floats)  # before any layer is replaced
-    layers = {name: QuantLinear(qw, floats.pop(f"{name}.bias", None)) for name, qw in weights.items()}
+    # One at a time, each QuantizedWeight dropped once its layer holds a copy: peak one model, not two.
+    layers = {name: QuantLinear(weights.pop(name), floats.pop(f"{name}.bias", None)) for name in list(weights)}
     for name, layer in layers.items():
         _set_module(model, name, QuantEmbedding(layer) if isinstance(modules[name], nn.Embedding) else layer)
     _tie_output(model, layers, floats)

@@ -54,13 +54,17 @@ class QuantEmbedding(nn.Module):
         return super()._apply(moves_only(fn), *args, **kwargs)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        extra = state_dict.get(prefix + "_extra_state")
-        if extra is not None:  # torch checks it only after copying the buffers (a tied lm_head's too)
-            self.set_extra_state(extra)  # another structure: refused before any buffer is copied
+        # A state saved before QuantEmbedding had extra state is taken as of this structure (torch
+        # loads from its own copy of the dict). Torch checks the extra state only after copying the
+        # buffers (a tied lm_head's too): another structure is refused here, before any is copied.
+        state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
+        self.set_extra_state(state_dict[prefix + "_extra_state"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_extra_state(self, state: dict) -> None:
-        if state != self.get_extra_state():
+        # The lookups' dtype is no structure: a load keeps this module's, as nn.Embedding keeps its
+        # weight's dtype.
+        if _structure(state) != _structure(self.get_extra_state()):
             raise InvalidArgumentError(
                 f"the saved embedding {state} does not have this QuantEmbedding's structure {self.get_extra_state()}"
             )
@@ -81,3 +85,8 @@ class QuantEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, w{self.bits} per group {self.group_size}"
+
+
+def _structure(state: dict) -> dict:
+    """A QuantEmbedding's extra state less its lookups' dtype."""
+    return {key: value for key, value in state.items() if key != "dtype"}

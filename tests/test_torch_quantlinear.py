@@ -281,6 +281,8 @@ def test_empty_batch_and_wrong_width():
     rng = np.random.default_rng(9)
     layer = QuantLinear(_weights(rng, 12, 32, 8, 32, True))
     assert layer(torch.randn(0, 32)).shape == (0, 12)
+    with pytest.raises(InvalidArgumentError, match="K=32"):  # no rows, but the wrong K: as with rows
+        layer(torch.randn(0, 31))
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode(allow_non_fake_inputs=True):

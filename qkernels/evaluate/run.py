@@ -327,7 +327,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
     described = f"{args.text}" if args.text else (
         f"held-out prose (the first {heldout.EVAL_SENTENCES} corpus sentences) and code (the source of "
         f"{', '.join(heldout.EVAL_CODE)})")
-    print(f"Perplexity of {name}: the first {args.tokens} tokens of {described}; non-overlapping windows of "
+    overlap = "non-overlapping windows" if stride == max_length else "overlapping windows"
+    print(f"Perplexity of {name}: the first {args.tokens} tokens of {described}; {overlap} of "
           f"{max_length} tokens (stride {stride}); lm_head kept in float; calibration: {sequences} x {max_length} "
           f"tokens of other corpus sentences and other modules' source, disjoint from the texts; tok/s: scored "
           f"tokens per second, float32 PyTorch on {torch.get_num_threads()} threads.")

@@ -121,7 +121,7 @@ def matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode, offs
             "host and device; move the input or the module"
         )
     if x.numel() == 0:
-        return _output_like(x, data, bits)
+        return _empty_output(x, data, bits)
     return _ops.matmul(x, quantized_weight(data, scales, zero_points, bits, group_size, offsets), mode, bias=bias)
 
 
@@ -132,6 +132,15 @@ def matmul(
 ) -> torch.Tensor:
     """y[..., N] = x[..., K] · Wᵀ (+ bias) in mode "a16" or "a8" (qkernels.matmul)."""
     return matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode, offsets)
+
+
+def _empty_output(x: torch.Tensor, data: torch.Tensor, bits: int) -> torch.Tensor:
+    """The output of no rows, in eager mode: a wrong K is the InvalidArgumentError a call with rows
+    would raise (torch._check's RuntimeError is for tracing)."""
+    K = data.shape[1] * 8 // bits
+    if x.shape[-1] != K:
+        raise InvalidArgumentError(f"x has shape {tuple(x.shape)}: its last dimension does not match K={K} of the weights")
+    return _output_like(x, data, bits)
 
 
 def _output_like(x: torch.Tensor, data: torch.Tensor, bits: int) -> torch.Tensor:
@@ -149,7 +158,7 @@ def _(x, data, scales, zero_points, bias, bits, group_size, mode, offsets=None):
 def matmul_outliers_impl(x, data, scales, zero_points, bias, bits, group_size, threshold, offsets=None):
     """torch.ops.qkernels.matmul_outliers without the dispatcher."""
     if x.numel() == 0:
-        return _output_like(x, data, bits)
+        return _empty_output(x, data, bits)
     qweight = quantized_weight(data, scales, zero_points, bits, group_size, offsets)
     return llm_int8_matmul(x, qweight, threshold=threshold, bias=bias)
 

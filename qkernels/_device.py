@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._tensors import is_torch, torch_module
+from ._tensors import dense_values, is_torch, torch_module
 from .errors import BackendUnavailableError, DtypeError, InvalidArgumentError
 
 # __cuda_array_interface__ typestrs of the float dtypes (bfloat16 has none: pass a torch tensor).
@@ -55,9 +55,7 @@ def _torch_array(x: Any, argument: str, dtypes: tuple[str, ...]) -> DeviceArray:
     dtype = str(x.dtype).removeprefix("torch.")
     if dtype not in dtypes:
         raise DtypeError(f"{argument} has dtype {x.dtype}; expected {' or '.join(dtypes)}")
-    if x.layout is not torch_module().strided:
-        raise InvalidArgumentError(f"{argument} is a {x.layout} tensor; qkernels takes dense (strided) tensors")
-    x = x.detach().resolve_neg().contiguous()  # a copy on the device only for a negated or non-contiguous x
+    x = dense_values(x.detach(), argument).contiguous()  # a copy on the device only for a negated or non-contiguous x
     stream = torch_module().cuda.current_stream(x.device).cuda_stream
     return DeviceArray(x, x.data_ptr(), dtype, tuple(x.shape), x.device.index, stream, "torch")
 

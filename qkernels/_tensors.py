@@ -63,13 +63,19 @@ def check_host(x: Any, argument: str) -> None:
         )
 
 
-def host_view(x: Any, argument: str):
-    """A torch tensor after checking it is a dense tensor in host memory, with any lazy negation
-    resolved: a negated view (such as `z.conj().imag` of a complex z) holds its values unnegated."""
-    check_host(x, argument)
+def dense_values(x: Any, argument: str):
+    """A torch tensor, on whatever device, after checking it is dense (strided), with any lazy
+    negation resolved: a negated view (such as `z.conj().imag` of a complex z) holds its values
+    unnegated, and a pointer to it would read them so."""
     if x.layout is not torch_module().strided:
         raise InvalidArgumentError(f"{argument} is a {x.layout} tensor; qkernels takes dense (strided) tensors")
     return x.resolve_neg()
+
+
+def host_view(x: Any, argument: str):
+    """dense_values(x) after checking x is in host memory."""
+    check_host(x, argument)
+    return dense_values(x, argument)
 
 
 def host_tensor(x: Any, argument: str):

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _checks
 from ._native import FLOAT_ARRAY, INT8_ARRAY, check, ffi, lib, new_struct
-from ._tensors import dtype_code, empty_like_kind, float_buffer, int_array, pointer_of
+from ._tensors import DTYPE_NAMES, dtype_code, empty_like_kind, float_buffer, int_array, pointer_of
 from .errors import InvalidArgumentError
 
 # QKERNELS_BACKEND as os.environ has it, read from os.environ's own dict (which every write through
@@ -189,7 +189,7 @@ def dequantize(qw: QuantizedWeight, dtype: str | None = None):
     returned as the kind of container the weights were quantized from."""
     _checks.instance(qw, QuantizedWeight, "qw")
     dtype = dtype or qw.dtype
-    if not isinstance(dtype, str) or dtype not in ("float32", "float16", "bfloat16"):  # not a NumPy or torch dtype
+    if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:  # a name, not a NumPy or torch dtype
         raise InvalidArgumentError(f"dtype={dtype!r} is not 'float32', 'float16' or 'bfloat16' (a name)")
     out = empty_like_kind(qw.kind, qw.shape, dtype)
     check(lib.qk_dequantize(qw.c_weights, dtype_code(dtype), pointer_of(out)))

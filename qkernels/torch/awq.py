@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..quant.awq import ActivationStatistics, awq_scales
-from .model import LLAMA_BLOCKS, _warn_uncalibrated, calibrate, linear_weight, pre_norm_groups
+from .model import LLAMA_BLOCKS, _warn_uncalibrated, calibrate, divide_rows, linear_weight, pre_norm_groups
 
 # In LLaMA-family blocks, linear layers that feed linear layers through per-channel operations only:
 # up_proj → (act(gate) · up) → down_proj, and v_proj → attention (a weighted sum over tokens, per
@@ -86,8 +86,5 @@ def awq_weights(model: nn.Module, layers: dict[str, nn.Module], calib_data: Iter
         if producer not in weights:
             outside.append((producer, s))
             continue
-        weight, bias = weights[producer]  # a linear layer being quantized: its float copy
-        weight.div_(s_t[:, None])
-        if bias is not None:
-            bias.div_(s_t)
+        divide_rows(*weights[producer], s_t)  # a linear layer being quantized: its float copy
     return weights, outside

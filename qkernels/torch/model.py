@@ -477,12 +477,15 @@ def divide_output(model: nn.Module, name: str, s: np.ndarray) -> None:
     if found is None:
         divide_norm(module, s)
         return
-    weight, bias = found
-    s_t = torch.from_numpy(s)
+    divide_rows(*found, torch.from_numpy(s))
+
+
+def divide_rows(weight: torch.Tensor, bias: torch.Tensor | None, s: torch.Tensor) -> None:
+    """Divides a linear layer's output rows (weight [N, K]) and bias [N] by s [N] in place."""
     with torch.no_grad():
-        weight.div_(s_t.to(weight.dtype)[:, None])
+        weight.div_(s.to(weight.dtype)[:, None])
         if bias is not None:
-            bias.div_(s_t.to(bias.dtype))
+            bias.div_(s.to(bias.dtype))
 
 
 def divide_norm(norm: nn.Module, s: np.ndarray) -> None:

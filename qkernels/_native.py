@@ -3,9 +3,9 @@
 The header's region between the QK_CDEF markers is plain C written for cffi's parser, so the
 Python layer and the C ABI cannot drift apart. An installed package (also an editable one, whose
 compiled files live in site-packages) has the library and the header side by side. Set
-QKERNELS_LIBRARY to use a library built elsewhere (for example by CMake); its header is then looked
-up beside it, in ../include (an install prefix), or in this source tree's native/include, never in
-an installed package, which may come from another build.
+QKERNELS_LIBRARY to use a library built elsewhere; its header is then looked up beside it (a CMake
+build directory has a copy), in ../include (an install prefix), or in this source tree's
+native/include, never in an installed package, which may come from another build.
 """
 
 from __future__ import annotations

@@ -613,6 +613,32 @@ static void test_subnormal_amax(void) {
         }
 }
 
+/* A16 rows whose every element is tiny (float32 and bfloat16: normal numbers from 2^-90 down, and
+ * subnormals), times scales of 2^100 to 2^110, so that every exact term x * w is a normal float32
+ * number and every kernel is held to the tolerance (reading 13 exempts only subnormal terms). What
+ * kernels form from such x (x86_amx's bfloat16 parts of it, x * (q - zp) in x86_avx512) can be
+ * subnormal, which bfloat16 products read as zero and float32 ones round coarsely: unless the row
+ * is scaled up first, the result misses the tolerance (docs/numerics.md reading 16). */
+static void test_tiny_rows(void) {
+    for (int di = 0; di < 2; di++)
+        for (int bits = 4; bits <= 8; bits += 4)
+            for (int symmetric = 0; symmetric < 2; symmetric++) {
+                qk_dtype dt = di ? QK_DTYPE_BF16 : QK_DTYPE_F32;
+                problem p = {.M = 9, .N = 33, .K = 192, .G = symmetric ? 64 : 192, .bits = bits, .dtype = dt,
+                             .mode = QK_MODE_A16};
+                p.x = xmalloc(x_bytes(&p));
+                for (int32_t m = 0; m < p.M; m++) {
+                    int e = rnd_int(-140, -90);
+                    for (int32_t k = 0; k < p.K; k++) store_el(p.x, dt, (size_t)m * p.K + k, rnd_signed(e - 9, e));
+                }
+                fill_raw_weights(&p, symmetric);
+                for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = (float)ldexp(1.0 + rnd_unit(), rnd_int(100, 110));
+                set_context("tiny rows: %s", describe(&p));
+                run_problem(&p);
+                problem_free(&p);
+            }
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Threads: the same bytes as from one thread, and each thread's own last status               */
 
@@ -738,6 +764,7 @@ int main(int argc, char** argv) {
         test_overflow_stress();
         reseed(0xFFFFFFFF08ull);
         test_subnormal_amax();
+        test_tiny_rows();
         reseed(0xFFFFFFFF09ull);
         test_many_groups();
         test_long_float32_sums();

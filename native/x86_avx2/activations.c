@@ -47,12 +47,14 @@ double qk_avx2_load_row(const qk_matmul_args* a, const qk_weights* w, int32_t m,
         for (; j < group_stride; j++) row[j] = 0.0f;
     }
     amax = fmaxf(amax, hmax8(vmax));
-    if (amax < QK_AVX2_LARGE_X) return 1.0;
-    /* 2^s: the least power of two that brings amax below 2^88 (ilogbf(amax) = e for 2^e <= amax <
-     * 2^(e+1)); for Inf, the largest (40), which brings every finite value below 2^88. */
-    int s = isinf(amax) ? 40 : ilogbf(amax) - 87;
-    float down = ldexpf(1.0f, -s);
-    for (size_t i = 0; i < (size_t)groups * group_stride; i++) out[i] *= down; /* exact but for tiny values */
+    if ((amax >= QK_AVX2_SMALL_X || amax == 0.0f) && amax < QK_AVX2_LARGE_X) return 1.0;
+    /* 2^s (ilogbf(amax) = e for 2^e <= amax < 2^(e+1), subnormals included): large rows, the least
+     * power of two that brings amax below 2^88, and for Inf the largest (40), which brings every
+     * finite value below 2^88; small rows, 2^(e + 32), which brings amax to [2^-32, 2^-31) (2^-s up
+     * to 2^117: in float64, exact). */
+    int s = isinf(amax) ? 40 : amax < QK_AVX2_SMALL_X ? ilogbf(amax) + 32 : ilogbf(amax) - 87;
+    double factor = ldexp(1.0, -s);
+    for (size_t i = 0; i < (size_t)groups * group_stride; i++) out[i] = (float)(out[i] * factor); /* exact but for tiny values of large rows */
     return ldexp(1.0, s);
 }
 

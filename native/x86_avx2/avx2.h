@@ -100,10 +100,18 @@ static inline void* qk_avx2_take(void* base, size_t* used, size_t bytes) {
  * 64 terms per lane (finite while |x| |w| < 2^122: docs/numerics.md reading 16, with the bounds of
  * the other backends' longer runs). The factor is applied again to the float64 result, exactly. */
 #define QK_AVX2_LARGE_X 0x1p88f
+/* Rows whose largest magnitude is below 2^-32 (float32 or bfloat16 input; never float16) are scaled
+ * up, to a largest magnitude in [2^-32, 2^-31), as if they were the smallest rows left unscaled:
+ * what the kernels form from x (x86_amx's bfloat16 parts of it, x * (q - zp)) is then never
+ * subnormal where x is within 2^-71 of its row's largest, so bfloat16 products that read
+ * subnormals as zero, and float32 ones that round them coarsely, lose nothing the tolerance counts
+ * (docs/numerics.md reading 16), and no float32 sum grows beyond those of unscaled rows. */
+#define QK_AVX2_SMALL_X 0x1p-32f
 
 /* Loads X's row m as float32 into out, group g at g * group_stride (group_stride >= G), zero padded
- * to the next group. A row with a magnitude of QK_AVX2_LARGE_X or more (Inf included) is stored
- * times 2^-s; returns 2^s, what the row's sums must be multiplied by (1 for every other row). */
+ * to the next group. A row with a magnitude of QK_AVX2_LARGE_X or more (Inf included), or a nonzero
+ * row whose magnitudes are all below QK_AVX2_SMALL_X, is stored times 2^-s; returns 2^s, what the
+ * row's sums must be multiplied by (1 for every other row). */
 double qk_avx2_load_row(const qk_matmul_args* a, const qk_weights* w, int32_t m, size_t group_stride, float* out);
 
 /* The A8 activation quantizer (docs/numerics.md section 3) for row m, groups laid out as above:

@@ -38,6 +38,12 @@ def _find_library_and_header() -> tuple[Path, Path]:
         found = sorted(directory.glob("libqkernels.so*")) + sorted(directory.glob("libqkernels*.dylib"))
         if found and (directory / "qkernels.h").is_file():
             return found[0], directory / "qkernels.h"
+    if _SOURCE_HEADER.is_file():  # this is a checkout's qkernels/, found first on sys.path (the current directory?)
+        raise ImportError(
+            f"qkernels was imported from the source tree {_SOURCE_HEADER.parents[2]}, which has no built library: "
+            "run from another directory to use the installed package, or build with CMake and set "
+            "QKERNELS_LIBRARY to the built library"
+        )
     raise ImportError(
         f"libqkernels is not installed in {', '.join(map(str, _PACKAGE_DIRS))}: install the package with "
         "`pip install .`, or build it with CMake and set QKERNELS_LIBRARY to the built library"

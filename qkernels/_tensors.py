@@ -132,7 +132,8 @@ def int_array(x: Any, argument: str, dtype: np.dtype) -> np.ndarray:
 def empty_like_kind(kind: str, shape: tuple[int, ...], dtype: str):
     """A new uninitialised output of the given kind ("numpy" or "torch")."""
     if kind == "torch":
-        torch = torch_module()
+        import torch  # the weights came from tensors; this call may be the first to need torch
+
         return torch.empty(shape, dtype=getattr(torch, dtype), device="cpu")  # whatever the default device
     if dtype == "bfloat16":
         try:

@@ -88,6 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_arguments(eval_parser)
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["qkernels", *(sys.argv[1:] if argv is None else argv)])  # for bench's JSON
+    try:
+        status = _run(args)
+        sys.stdout.flush()  # here, so that a reader gone away shows below, not at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # The reader stopped reading (qkernels info | head): stop quietly, as other commands do. The
+        # interpreter flushes stdout again at exit: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         return bench(args)
     if args.command == "eval":

@@ -62,6 +62,10 @@ class QuantizedWeight:
         set_field("group_size", _checks.group_size(self.group_size))
         if self.bits == 4 and K % 2:
             raise InvalidArgumentError(f"K={K} must be even for 4-bit weights")
+        if self.dtype not in DTYPE_NAMES:
+            raise InvalidArgumentError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
+        if self.kind not in ("numpy", "torch"):
+            raise InvalidArgumentError(f"kind={self.kind!r} is not 'numpy' or 'torch'")
         set_field("data", int_array(self.data, "weights", INT8))
         set_field("scales", int_array(self.scales, "scales", FLOAT32))
         groups = (N, -(-K // self.group_size))

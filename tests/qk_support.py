@@ -12,6 +12,7 @@ import importlib.util
 import math
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,22 @@ from hypothesis import strategies as st
 
 import qkernels
 from qkernels import reference
+
+# ---------------------------------------------------------------- subprocesses
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of this test run for a Python subprocess: the qkernels package this run
+    imports on the path, the library it loaded by its absolute path (the subprocess may run in
+    another directory), and no QKERNELS_BACKEND."""
+    env = dict(os.environ)
+    package_root = str(Path(qkernels.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    if "QKERNELS_LIBRARY" in env:
+        env["QKERNELS_LIBRARY"] = str(qkernels._native.library_path)
+    env.pop("QKERNELS_BACKEND", None)
+    return env
+
 
 # ---------------------------------------------------------------- profiles
 

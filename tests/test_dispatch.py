@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import qkernels
+from qk_support import subprocess_env
 from qkernels import dispatch, ffi, lib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,15 +327,6 @@ def test_use_backend_auto_inside_a_forced_block_restores_automatic_choice(proble
 # ---------------------------------------------------------------- command line, version
 
 
-def _subprocess_env():
-    """The environment of this test run, with the qkernels package this run imports on the path."""
-    env = dict(os.environ)
-    package_root = str(Path(qkernels.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    env.pop("QKERNELS_BACKEND", None)
-    return env
-
-
 def _check_info_output(output: str):
     assert qkernels.__version__ in output
     for b in BACKENDS:
@@ -347,21 +339,34 @@ def _check_info_output(output: str):
 
 @pytest.mark.parametrize("argv", [["-m", "qkernels", "info"], ["-m", "qkernels"]], ids=["info", "no-command"])
 def test_python_m_qkernels_info(argv, tmp_path):
-    result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=_subprocess_env(),
+    result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=subprocess_env(),
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     _check_info_output(result.stdout)
+
+
+def test_info_into_a_closed_pipe_stops_quietly(tmp_path):
+    """`qkernels info | head`: the reader gone, the command stops without a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE
+    try:
+        result = subprocess.run([sys.executable, "-m", "qkernels", "info"], stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, env=subprocess_env(), cwd=tmp_path, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert result.stderr == ""
 
 
 def test_info_and_bench_parse_without_torch(tmp_path):
     """torch is optional: `qkernels info` runs, and `bench --help` parses, when it cannot be imported."""
     block_torch = "import sys; sys.modules['torch'] = None; from qkernels import cli; sys.exit(cli.main(sys.argv[1:]))"
     result = subprocess.run([sys.executable, "-c", block_torch, "info"], capture_output=True, text=True,
-                            env=_subprocess_env(), cwd=tmp_path, timeout=120)
+                            env=subprocess_env(), cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     _check_info_output(result.stdout)
     result = subprocess.run([sys.executable, "-c", block_torch, "bench", "--help"], capture_output=True, text=True,
-                            env=_subprocess_env(), cwd=tmp_path, timeout=120)
+                            env=subprocess_env(), cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
 
 
@@ -372,14 +377,14 @@ def test_qkernels_console_script_info(tmp_path):
     script = shutil.which("qkernels")
     if script is None:
         pytest.skip("the qkernels console script is not installed")
-    result = subprocess.run([script, "info"], capture_output=True, text=True, env=_subprocess_env(), cwd=tmp_path,
+    result = subprocess.run([script, "info"], capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ref" in result.stdout
 
 
 def test_info_reports_the_environment_override(tmp_path):
-    env = _subprocess_env() | {"QKERNELS_BACKEND": "ref"}
+    env = subprocess_env() | {"QKERNELS_BACKEND": "ref"}
     result = subprocess.run([sys.executable, "-m", "qkernels", "info"], capture_output=True, text=True, env=env,
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr

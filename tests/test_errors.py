@@ -4,7 +4,10 @@ buffers poisoned and surrounded by guard bytes, which must all be unchanged afte
 
 from __future__ import annotations
 
+import platform
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,7 +27,7 @@ from qkernels import (
 from qkernels import dispatch
 from qkernels._native import new_struct
 from qkernels.errors import error_for_status
-from qk_support import KERNELS, pack4
+from qk_support import KERNELS, pack4, subprocess_env
 
 BACKENDS = qkernels.backends()
 UNAVAILABLE = [b.name for b in BACKENDS if not b.available]
@@ -180,6 +183,26 @@ WEIGHT_CASES = [
 ]
 
 
+@pytest.mark.parametrize("override, pattern", [(dict(dtype="float64"), "dtype"), (dict(dtype=np.float16), "dtype"),
+                                               (dict(kind="jax"), "kind")])
+def test_quantized_weight_dtype_and_kind_errors(override, pattern):
+    data, scales, zp = _raw(4, 0)
+    _raises(InvalidArgumentError, pattern, qkernels.QuantizedWeight, data, scales, zp, 4, G, (N, K), **override)
+
+
+def test_dequantize_to_torch_without_torch_imported_first():
+    pytest.importorskip("torch")
+    code = ("import sys, numpy as np, qkernels\n"
+            "qw = qkernels.QuantizedWeight(np.zeros((4, 32), np.int8), np.ones((4, 2), np.float32), None, 4, 32, (4, 64),"
+            " dtype='float16', kind='torch')\n"
+            "assert 'torch' not in sys.modules\n"
+            "w = qkernels.dequantize(qw)\n"
+            "print(type(w).__module__, w.dtype, tuple(w.shape))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["torch", "torch.float16", "(4,", "64)"]
+
+
 @pytest.mark.parametrize("override, cls, pattern", [c[1:] for c in WEIGHT_CASES], ids=[c[0] for c in WEIGHT_CASES])
 def test_quantized_weight_errors(override, cls, pattern):
     data, scales, zp = _raw(4, 0)
@@ -227,6 +250,20 @@ def test_forced_unavailable_backend(how, name, monkeypatch):
 def test_unknown_backend_name(how, monkeypatch):
     pattern = "QKERNELS_BACKEND" if how == "environment" else "backend"
     _raises(InvalidArgumentError, pattern, _forced(how, "no_such_backend", monkeypatch))
+
+
+# One of qkernels's own backends that no build for this architecture has.
+UNBUILT = "x86_amx" if platform.machine().lower() in ("aarch64", "arm64") else "arm_neon_i8mm"
+
+
+@pytest.mark.parametrize("how", ["argument", "use_backend", "environment"])
+def test_backend_not_compiled_in_is_unavailable_not_unknown(how, monkeypatch):
+    _raises(BackendUnavailableError, f"{UNBUILT}.* not compiled into this library", _forced(how, UNBUILT, monkeypatch))
+
+
+def test_kernel_of_a_backend_not_compiled_in_is_unavailable():
+    _raises(BackendUnavailableError, f"backend '{UNBUILT}' is not compiled into this library", qkernels.matmul, X16,
+            _qw(), kernel=f"{UNBUILT}_a8_w4w8_4x8")
 
 
 def test_use_backend_rejects_unknown_name_at_the_with():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -18,6 +19,17 @@ def test_corpus_is_fixed_prose_and_ranges_are_disjoint():
     assert len(set(first)) == 40
     assert not set(first) & set(corpus.sentences(20, offset=40))
     assert all(s[0].isupper() and s[-1] in ".!?" and 6 <= len(s.split()) <= 40 for s in first)
+
+
+@pytest.mark.parametrize("extra", [[], ["--perplexity"], ["--gguf"]])
+def test_eval_without_transformers_names_the_extra(monkeypatch, extra):
+    from qkernels import cli
+
+    # Importing transformers, or any module of it another test imported, then raises ImportError.
+    for name in [n for n in sys.modules if n.startswith("transformers.")] + ["transformers"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(SystemExit, match=r"eval extra: pip install 'qkernels\[eval\]'"):
+        cli.main(["eval", *extra])
 
 
 @pytest.fixture(scope="module")

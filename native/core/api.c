@@ -199,13 +199,32 @@ qk_status qk_backend_get(qk_backend backend, qk_backend_info* out) {
     return qk_succeed();
 }
 
+static int registered(const char* name) {
+    for (qk_backend id = 1; id <= qk_backend_count(); id++)
+        if (strcmp(qk_backend_entry_get(id)->desc->name, name) == 0) return id;
+    return QK_BACKEND_AUTO;
+}
+
+const char* qk_unbuilt_backend(const char* name, int kernel) {
+    /* Every built-in backend of every architecture (CMakeLists.txt), and the CUDA library's. */
+    static const char* const project[] = {"x86_amx",          "x86_avx512", "x86_avx2", "arm_neon_i8mm",
+                                          "arm_neon_dotprod", "cuda",       "ref"};
+    for (size_t i = 0; i < sizeof project / sizeof project[0]; i++) {
+        size_t n = strlen(project[i]);
+        int match = kernel ? strncmp(name, project[i], n) == 0 && name[n] == '_' : strcmp(name, project[i]) == 0;
+        if (match && registered(project[i]) == QK_BACKEND_AUTO) return project[i];
+    }
+    return NULL;
+}
+
 qk_status qk_backend_find(const char* name, qk_backend* out) {
     if (!name) return qk_fail(QK_ERR_NULL_POINTER, "name is NULL");
     if (!out) return qk_fail(QK_ERR_NULL_POINTER, "out is NULL");
-    for (qk_backend id = 1; id <= qk_backend_count(); id++)
-        if (strcmp(qk_backend_entry_get(id)->desc->name, name) == 0) {
-            *out = id;
-            return qk_succeed();
-        }
+    qk_backend id = registered(name);
+    if (id != QK_BACKEND_AUTO) {
+        *out = id;
+        return qk_succeed();
+    }
+    if (qk_unbuilt_backend(name, 0)) return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "backend '%s' is " QK_NOT_BUILT, name);
     return qk_fail(QK_ERR_INVALID_ARGUMENT, "no backend named '%s' is registered", name);
 }

@@ -68,6 +68,8 @@ qk_status qk_backend_from_environment(qk_backend* out) {
     const char* name = getenv("QKERNELS_BACKEND");
     if (!name || !*name || strcmp(name, "auto") == 0) return QK_OK;
     if (qk_backend_find(name, out) == QK_OK) return QK_OK;
+    if (qk_unbuilt_backend(name, 0))
+        return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "QKERNELS_BACKEND='%s' is " QK_NOT_BUILT, name);
     return qk_fail(QK_ERR_INVALID_ARGUMENT, "QKERNELS_BACKEND='%s' names no registered backend", name);
 }
 
@@ -99,6 +101,10 @@ qk_status qk_find_kernel(const char* name, qk_backend wanted, const qk_problem* 
             return QK_OK;
         }
     }
+    const char* unbuilt = qk_unbuilt_backend(name, 1);
+    if (unbuilt)
+        return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "kernel '%s' is not registered: its backend '%s' is " QK_NOT_BUILT,
+                       name, unbuilt);
     return qk_fail(QK_ERR_INVALID_ARGUMENT, "kernel '%s' is not a registered kernel", name);
 }
 

@@ -11,7 +11,7 @@ static _Thread_local char last_message[QK_ERROR_BYTES];
 static const char* const status_strings[QK_ERR_STATUS_COUNT] = {
     [QK_OK] = "success",
     [QK_ERR_NULL_POINTER] = "a required pointer is NULL",
-    [QK_ERR_INVALID_SIZE] = "a matrix dimension is not positive",
+    [QK_ERR_INVALID_SIZE] = "a matrix dimension is out of range",
     [QK_ERR_INVALID_GROUP] = "group size is not a positive divisor of K",
     [QK_ERR_ODD_K] = "4-bit weights need an even K",
     [QK_ERR_INVALID_BITS] = "bits must be 4 or 8",

@@ -38,13 +38,14 @@ enum { QK_ABI_VERSION = 2 };
 typedef enum qk_status {
     QK_OK = 0,
     QK_ERR_NULL_POINTER = 1,      /* a required pointer is NULL */
-    QK_ERR_INVALID_SIZE = 2,      /* M, N or K is <= 0 */
+    QK_ERR_INVALID_SIZE = 2,      /* M, N or K is <= 0, or M is above a plan's max_m */
     QK_ERR_INVALID_GROUP = 3,     /* group size <= 0 (or, at quantizedMatMul, not a divisor of K) */
     QK_ERR_ODD_K = 4,             /* 4-bit weights need an even K */
     QK_ERR_INVALID_BITS = 5,      /* bits is not 4 or 8 */
     QK_ERR_INVALID_DTYPE = 6,     /* dtype not accepted for this argument */
-    QK_ERR_INVALID_ARGUMENT = 7,  /* any other out-of-range enum or value */
-    QK_ERR_BACKEND_UNAVAILABLE = 8, /* forced backend or kernel not compiled in or not detected */
+    QK_ERR_INVALID_ARGUMENT = 7,  /* any other out-of-range enum or value, a name of no backend or kernel */
+    QK_ERR_BACKEND_UNAVAILABLE = 8, /* forced backend or kernel not compiled in (one of qkernels's own,
+                                       for another architecture or left out of this build) or not detected */
     QK_ERR_UNSUPPORTED = 9,       /* the backend or kernel cannot run this problem */
     QK_ERR_MISALIGNED = 10,       /* a pointer is not aligned to its element size */
     QK_ERR_BUFFER_TOO_SMALL = 11, /* reserved: no call returns it yet (none takes a buffer length) */

@@ -73,6 +73,14 @@ static void fixture_reset(void) {
     } while (0)
 
 /* qk_matmul on the fixture after the statements in ..., expecting want. */
+/* One of qkernels's own backends that no build for this architecture has: forcing it is
+ * QK_ERR_BACKEND_UNAVAILABLE, not an unknown name. */
+#if defined(__x86_64__)
+#define UNBUILT_BACKEND "arm_neon_i8mm"
+#else
+#define UNBUILT_BACKEND "x86_amx"
+#endif
+
 #define MATMUL_ERROR(want, what, ...)                                 \
     do {                                                              \
         fixture_reset();                                              \
@@ -155,6 +163,9 @@ static void test_matmul_errors(void) {
     MATMUL_ERROR(QK_ERR_INVALID_ARGUMENT, "backend past the last id", f.a.backend = qk_backend_count() + 1);
     MATMUL_ERROR(QK_ERR_INVALID_ARGUMENT, "backend -1", f.a.backend = -1);
     MATMUL_ERROR(QK_ERR_INVALID_ARGUMENT, "unknown kernel", f.a.kernel = "no_such_kernel_1x1");
+    MATMUL_ERROR(QK_ERR_INVALID_ARGUMENT, "unknown kernel of a registered backend", f.a.kernel = "ref_no_such_1x1");
+    MATMUL_ERROR(QK_ERR_BACKEND_UNAVAILABLE, "a kernel of one of qkernels's backends this build lacks",
+                 f.a.kernel = UNBUILT_BACKEND "_a8_w4w8_4x8");
     MATMUL_ERROR(QK_ERR_INVALID_ARGUMENT, "empty kernel name", f.a.kernel = "");
     MATMUL_ERROR(QK_ERR_UNSUPPORTED, "A8 kernel forced on A16", f.a.kernel = ref_kernel(QK_MODE_A8));
     /* A stream would mean device pointers: a CPU backend refuses one. */
@@ -478,6 +489,8 @@ static void test_registry_errors(void) {
     EXPECT(qk_backend_find("ref", NULL), QK_ERR_NULL_POINTER, "qk_backend_find(ref, NULL)");
     fixture_reset();
     EXPECT(qk_backend_find("no_such_backend", &id), QK_ERR_INVALID_ARGUMENT, "qk_backend_find(no_such_backend)");
+    fixture_reset();
+    EXPECT(qk_backend_find(UNBUILT_BACKEND, &id), QK_ERR_BACKEND_UNAVAILABLE, "qk_backend_find(" UNBUILT_BACKEND ")");
     fixture_reset();
     EXPECT(qk_backend_find("auto", &id), QK_ERR_INVALID_ARGUMENT, "qk_backend_find(auto)");
     CHECK(id == -7, "qk_backend_find: a failure wrote *out");

@@ -42,7 +42,7 @@ def _subset(choices):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="4096x4096 at M=1,16 only, 0.3 s per row: well under a minute, even on the ref backend")
+                        help="4096x4096 at M=1,16 only, 0.3 s per row: about a minute on 2 cores, even on the ref backend")
     parser.add_argument("--shapes", type=_shapes,
                         help="layers as NxK = output x input features, comma-separated "
                         "(default 4096x4096,11008x4096,4096x11008; --stateless, --contended: 4096x4096)")

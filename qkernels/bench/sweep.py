@@ -96,6 +96,9 @@ def dispatch_check(rows: list[dict]) -> list[dict]:
 def print_dispatch_checks(checks: list[dict]) -> None:
     compared = [c for c in checks if c["kernels"] > 1]
     slow = [c for c in compared if c["vs_fastest"] > DISPATCH_SLACK]
+    if not compared:
+        print(f"automatic dispatch: not checked, no case timed more than one kernel ({len(checks)} cases)")
+        return
     alone = f" ({len(checks) - len(compared)} more with one kernel timed)" if len(compared) < len(checks) else ""
     print(f"automatic dispatch picked the fastest kernel timed (or one within {DISPATCH_SLACK - 1:.0%} of it) "
           f"in {len(compared) - len(slow)} of {len(compared)} cases{alone}" + (":" if slow else ""))

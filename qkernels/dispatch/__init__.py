@@ -93,7 +93,12 @@ def backend_code(name: str) -> int:
     try:
         return _codes()[name]
     except KeyError:
-        raise InvalidArgumentError(f"backend={name!r} is not one of: {', '.join(_codes())}") from None
+        pass
+    # One of qkernels's own backends that this library lacks is BackendUnavailableError (the C
+    # library knows their names); any other name, InvalidArgumentError.
+    if isinstance(name, str) and lib.qk_backend_find(name.encode(), ffi.new("qk_backend*")) == lib.QK_ERR_BACKEND_UNAVAILABLE:
+        check(lib.QK_ERR_BACKEND_UNAVAILABLE)
+    raise InvalidArgumentError(f"backend={name!r} is not one of: {', '.join(_codes())}")
 
 
 def device_backends() -> list[BackendInfo]:

@@ -163,8 +163,15 @@ def _linear_mb(model) -> float:
 
 
 def _quiet_transformers() -> None:
-    """No weight-loading progress bars or load reports between our progress lines."""
-    from transformers.utils import logging
+    """No weight-loading progress bars or load reports between our progress lines. Every evaluation
+    needs transformers: without it, the command says which extra to install."""
+    try:
+        from transformers.utils import logging
+    except ImportError:
+        raise SystemExit(
+            "qkernels eval needs the eval extra: pip install 'qkernels[eval]' (install the torch build you "
+            "want first)"
+        ) from None
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()

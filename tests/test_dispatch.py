@@ -437,6 +437,21 @@ def test_thread_count_is_settable_and_leaves_results_unchanged(mode):
         assert np.array_equal(y, results[0])
 
 
+@pytest.mark.parametrize("value, warning", [("3", None), ("abc", "not a positive integer"), ("-3", "not a positive integer"),
+                                            ("3x", "not a positive integer"), ("1000", "above QK_MAX_THREADS")])
+def test_environment_thread_count_is_used_or_reported(value, warning, tmp_path):
+    env = subprocess_env() | {"QKERNELS_NUM_THREADS": value}
+    code = "import os, qkernels; print(qkernels.get_num_threads(), len(os.sched_getaffinity(0)))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    threads, cpus = map(int, run.stdout.split())
+    if warning is None:
+        assert (threads, run.stderr) == (3, "")
+    else:
+        assert warning in run.stderr and "QKERNELS_NUM_THREADS" in run.stderr
+        assert threads == (256 if value == "1000" else min(cpus, 256))
+
+
 @pytest.mark.parametrize("threads", [-1, 1.5, True, "2"])
 def test_bad_thread_counts_raise(threads):
     with pytest.raises(qkernels.InvalidArgumentError, match="threads"):

@@ -190,7 +190,7 @@ def test_quantized_weight_dtype_and_kind_errors(override, pattern):
     _raises(InvalidArgumentError, pattern, qkernels.QuantizedWeight, data, scales, zp, 4, G, (N, K), **override)
 
 
-def test_dequantize_to_torch_without_torch_imported_first():
+def test_dequantize_to_torch_without_torch_imported_first(tmp_path):
     pytest.importorskip("torch")
     code = ("import sys, numpy as np, qkernels\n"
             "qw = qkernels.QuantizedWeight(np.zeros((4, 32), np.int8), np.ones((4, 2), np.float32), None, 4, 32, (4, 64),"
@@ -198,7 +198,8 @@ def test_dequantize_to_torch_without_torch_imported_first():
             "assert 'torch' not in sys.modules\n"
             "w = qkernels.dequantize(qw)\n"
             "print(type(w).__module__, w.dtype, tuple(w.shape))\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path,
+                         timeout=120)  # another directory: `python -c` puts the current one first on sys.path
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["torch", "torch.float16", "(4,", "64)"]
 

@@ -19,6 +19,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -31,18 +32,30 @@
 static atomic_int requested;       /* qk_set_num_threads; 0: the default */
 static atomic_int default_threads; /* 0: not computed yet (again after qk_set_num_threads(0)) */
 
+/* QKERNELS_NUM_THREADS if it is a positive integer, else the CPUs this process may run on; at most
+ * QK_MAX_THREADS. The count is read where no status can be returned (the first parallel call), so
+ * a value that is not used as given is reported on stderr, once per reading, not ignored silently. */
 static int32_t compute_default(void) {
     const char* env = getenv("QKERNELS_NUM_THREADS");
     if (env && *env) {
         char* end;
         errno = 0;
         long n = strtol(env, &end, 10);
-        if (*end == '\0' && errno == 0 && n > 0) return n < QK_MAX_THREADS ? (int32_t)n : QK_MAX_THREADS;
+        if (*end == '\0' && errno == 0 && n > 0) {
+            if (n <= QK_MAX_THREADS) return (int32_t)n;
+            fprintf(stderr, "qkernels: QKERNELS_NUM_THREADS=%s is above QK_MAX_THREADS: using %d threads\n", env,
+                    QK_MAX_THREADS);
+            return QK_MAX_THREADS;
+        }
     }
     cpu_set_t set;
     long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
                                                          : sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n < QK_MAX_THREADS ? (int32_t)n : QK_MAX_THREADS;
+    n = n < 1 ? 1 : n < QK_MAX_THREADS ? n : QK_MAX_THREADS;
+    if (env && *env)
+        fprintf(stderr, "qkernels: QKERNELS_NUM_THREADS='%s' is not a positive integer: using %ld threads (the CPUs "
+                        "this process may run on)\n", env, n);
+    return (int32_t)n;
 }
 
 qk_status qk_set_num_threads(int32_t threads) {

@@ -170,11 +170,13 @@ def quantize_weights(
     if len(buf.shape) != 2:
         raise InvalidArgumentError(f"w must be 2-D [N, K]; it has shape {buf.shape}")
     N, K = _checks.size(buf.shape[0], "N"), _checks.size(buf.shape[1], "K")
+    if N == 0 or K == 0:  # else C would see an empty array's NULL pointer
+        raise InvalidArgumentError(f"w has shape {buf.shape}: N and K must be positive")
     granularity = granularity or ("channel" if group_size is None else "group")
     if granularity not in _GRANULARITIES:
         raise InvalidArgumentError(f"granularity={granularity!r} is not one of {sorted(_GRANULARITIES)}")
     G = _checks.group_size(group_size) if granularity == "group" else K  # the output shapes need it now
-    groups = (N, -(-K // G) if G else 0)  # the last group of a row may be shorter (format v2); K=0: C says so
+    groups = (N, -(-K // G))  # the last group of a row may be shorter (format v2)
     data = np.empty((N, K * bits // 8), dtype=np.int8)
     scales = np.empty(groups, dtype=np.float32)
     zero_points = None if symmetric else np.empty(groups, dtype=np.int8)

@@ -254,3 +254,12 @@ def test_llm_int8_takes_what_matmul_takes():
         quant.llm_int8_matmul(np.full((1, 4), 9.0), qw)  # float64, like matmul
     with pytest.raises(qkernels.InvalidArgumentError, match="last dimension"):
         quant.llm_int8_matmul(np.full((1, 3), 9.0, np.float32), qw)
+
+
+@pytest.mark.parametrize("make, option", [(lambda v: quant.MSEObserver(grid=v), "grid"),
+                                          (lambda v: quant.AbsMaxSampleObserver(every=v), "every"),
+                                          (lambda v: quant.AbsMaxSampleObserver(max_rows=v), "max_rows")])
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_observer_options_are_positive_integers(make, option, value):
+    with pytest.raises(qkernels.InvalidArgumentError, match=option):  # a float once failed later, in update()
+        make(value)

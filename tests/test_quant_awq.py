@@ -85,8 +85,11 @@ def test_search_round_trip_is_the_quantizer(bits, symmetric, group_size):
 
 def test_search_arguments_are_checked():
     w, h = np.ones((4, 8)), np.eye(8)
-    with pytest.raises(InvalidArgumentError, match="grid"):
-        awq_scales([w], np.ones(8), h, grid=0)
+    for grid in (0, 2.5, True):
+        with pytest.raises(InvalidArgumentError, match="grid"):
+            awq_scales([w], np.ones(8), h, grid=grid)
+    with pytest.raises(InvalidArgumentError, match="weights is empty"):
+        awq_scales([], np.ones(8), h)
     with pytest.raises(InvalidArgumentError, match="mean_abs"):
         awq_scales([w], np.ones(7), h)
     with pytest.raises(InvalidArgumentError, match="bits"):
@@ -181,7 +184,7 @@ def test_quantize_model_awq_leaves_a_group_calibration_never_reaches_unscaled():
 
     import qkernels.torch as qt
 
-    class Block(torch.nn.Module):  # GPT-2's names: ln_1 → attn.c_attn, ln_2 → mlp.c_fc (pre_norm_groups)
+    class GPT2Block(torch.nn.Module):  # GPT-2's class and names: ln_1 → attn.c_attn, ln_2 → mlp.c_fc (pre_norm_groups)
         def __init__(self, mlp: bool):
             super().__init__()
             self.ln_1, self.ln_2 = torch.nn.LayerNorm(32), torch.nn.LayerNorm(32)
@@ -194,7 +197,7 @@ def test_quantize_model_awq_leaves_a_group_calibration_never_reaches_unscaled():
             return x + self.mlp.c_fc(self.ln_2(x)) if self.use_mlp else x
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(Block(mlp=True), Block(mlp=False)).eval()
+    model = torch.nn.Sequential(GPT2Block(mlp=True), GPT2Block(mlp=False)).eval()
     calib = [torch.randn(16, 32, generator=torch.Generator().manual_seed(i)) * 3 for i in range(2)]
     with pytest.warns(UserWarning, match=r"1 layer\(s\), 1\.mlp\.c_fc: AWQ leaves them unscaled"):
         quantized = qt.quantize_model(copy.deepcopy(model), "awq", group_size=16, calib_data=calib,

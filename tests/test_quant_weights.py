@@ -302,3 +302,9 @@ def test_choose_bits_respects_the_budget_and_refuses_an_impossible_one():
     assert quant.choose_bits(layers, 1000) == {"a": 8, "b": 8, "c": 8}
     with pytest.raises(qkernels.InvalidArgumentError, match="budget"):
         quant.choose_bits(layers, 44)
+
+
+@pytest.mark.parametrize("shape", [(0, 16), (4, 0)])
+def test_rtn_of_an_empty_matrix_names_its_shape(shape):
+    with pytest.raises(qkernels.InvalidArgumentError, match="N and K must be positive"):  # was "input is NULL"
+        quant.rtn(np.zeros(shape, np.float32), bits=4)

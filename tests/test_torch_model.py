@@ -116,6 +116,40 @@ def test_fold_norms_is_checked_before_calibration():
         qt.quantize_model(_model(), "gptq", calib_data=unread(), fold_norms={"norm": ["up"]})
     with pytest.raises(InvalidArgumentError, match="not linear layers"):
         qt.quantize_model(_model(), "smoothquant", calib_data=unread(), fold_norms={"norm": ["up", "norm"]})
+    # The norms themselves: a module of the model, with a weight to fold s into. (A misspelt second
+    # norm once raised AttributeError after calibration, the first norm already divided.)
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(InvalidArgumentError, match=r"fold_norms\['norm_typo'\]: not a module"):
+        qt.quantize_model(model, "smoothquant", calib_data=unread(), fold_norms={"norm": ["up"], "norm_typo": ["head"]})
+    model.norm = torch.nn.LayerNorm(64, elementwise_affine=False)
+    with pytest.raises(InvalidArgumentError, match=r"fold_norms\['norm'\]: a LayerNorm without a weight"):
+        qt.quantize_model(model, "smoothquant", calib_data=unread(), fold_norms={"norm": ["up"]})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model.up, torch.nn.Linear)
+
+
+def test_a_failing_fold_leaves_the_model_as_it_was(monkeypatch):
+    """Every norm's and layer's new values are computed before the first is written."""
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    calls = []
+
+    def fold_twice_then_fail(gamma, beta, s):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the second fold fails")
+        return real_fold(gamma, beta, s)
+
+    import qkernels.torch.model as model_module
+
+    real_fold = model_module.fold_into_norm
+    monkeypatch.setattr(model_module, "fold_into_norm", fold_twice_then_fail)
+    model.norm2 = torch.nn.LayerNorm(64)  # the head's input norm, unused by forward: its group is not calibrated
+    with pytest.raises(RuntimeError, match="second fold"):
+        qt.quantize_model(model, "smoothquant", calib_data=_data(), fold_norms={"norm": ["up"], "norm2": ["head"]})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
+    assert isinstance(model.up, torch.nn.Linear) and isinstance(model.head, torch.nn.Linear)
 
 
 def _saved_formats():

@@ -43,6 +43,21 @@ def test_pre_norm_groups_of_llama_family_blocks(kind):
     assert qt.pre_norm_groups(model) == LLAMA_GROUPS("model.layers.0") | LLAMA_GROUPS("model.layers.1")
 
 
+@pytest.mark.parametrize("kind", ["Gemma", "Gemma2", "Phi", "Cohere"])
+def test_no_pre_norm_groups_in_blocks_that_only_share_the_names(kind):
+    """Gemma's RMSNorm scales by 1 + weight, Gemma 2's post_attention_layernorm normalises the
+    attention's output, Phi's and Cohere's MLP read input_layernorm too: folding into those norms
+    changed the model (AWQ came out 5-13x worse than RTN at 8 bits), so none is a group."""
+    config = getattr(transformers, f"{kind}Config")(vocab_size=96, hidden_size=32, intermediate_size=64,
+                                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                                    head_dim=8)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    names = dict(model.named_modules())
+    assert "model.layers.0.input_layernorm" in names and "model.layers.0.self_attn.q_proj" in names
+    assert qt.pre_norm_groups(model) == {}
+
+
 def test_pre_norm_groups_on_smollm2_module_tree():
     # SmolLM2-135M's architecture (its GGUF file's sizes), built on the meta device: no weights needed.
     config = transformers.LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

@@ -52,6 +52,12 @@ def check_group_size(group_size: int | None) -> None:
         raise InvalidArgumentError(f"group_size={group_size!r} must be a positive integer")
 
 
+def check_count(value: Any, argument: str) -> None:
+    """A positive integer option (a grid size, a sampling step): a bool or a float is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidArgumentError(f"{argument}={value!r} must be a positive integer")
+
+
 def check_alpha(alpha: float) -> None:
     """SmoothQuant's migration strength."""
     if not 0 <= alpha <= 1:

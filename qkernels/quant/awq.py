@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, NonFiniteError
 from ..tensors import is_torch
-from ._common import check_bits, check_group_size, float_array, rows_of
+from ._common import check_bits, check_count, check_group_size, float_array, rows_of
 from .gptq import HessianAccumulator
 
 
@@ -54,8 +54,7 @@ class AWQScales:
 
 def alphas(grid: int) -> np.ndarray:
     """The exponents searched: 0, 1/grid, ..., (grid − 1)/grid (as the paper's and AutoAWQ's grid)."""
-    if grid < 1:
-        raise InvalidArgumentError(f"grid={grid} must be at least 1")
+    check_count(grid, "grid")
     return np.arange(grid) / grid
 
 
@@ -74,6 +73,9 @@ def awq_scales(weights: Sequence[Any], mean_abs: Any, hessian: Any, *, bits: int
     """
     check_bits(bits)
     check_group_size(group_size)
+    tried = alphas(grid)
+    if len(weights) == 0:
+        raise InvalidArgumentError("weights is empty: give the layers that read the input")
     # Wᵀ [K, N] (q, k, v stacked: one K): a quantization group is a block of consecutive rows, so
     # that NumPy's elementwise work and reductions run along long contiguous rows.
     wt = np.ascontiguousarray(
@@ -83,7 +85,6 @@ def awq_scales(weights: Sequence[Any], mean_abs: Any, hessian: Any, *, bits: int
     h = float_array(hessian, "hessian", ndim=2, dtype=np.float32)
     if salience.shape != (K,) or h.shape != (K, K):
         raise InvalidArgumentError(f"mean_abs {salience.shape} and hessian {h.shape} must be [{K}] and [{K}, {K}]")
-    tried = alphas(grid)
     losses, candidates, delta = np.empty(len(tried)), [], np.empty_like(wt)
     for index, alpha in enumerate(tried):
         s = np.maximum(salience, 1e-4) ** alpha

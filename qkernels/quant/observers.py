@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ._common import check_bits, rows_of
+from ._common import check_bits, check_count, rows_of
 
 
 class _Observer:
@@ -68,8 +68,8 @@ class AbsMaxSampleObserver(AbsMaxObserver):
 
     def __init__(self, every: int = 4, max_rows: int = 512):
         super().__init__()
-        if every < 1 or max_rows < 1:
-            raise InvalidArgumentError(f"every={every} and max_rows={max_rows} must be positive")
+        check_count(every, "every")
+        check_count(max_rows, "max_rows")
         self.every, self.max_rows = every, max_rows
         self._rows: list[np.ndarray] = []
         self._kept = 0
@@ -143,8 +143,7 @@ class MSEObserver(_SampleObserver):
     def __init__(self, bits: int = 8, grid: int = 100):
         super().__init__()
         check_bits(bits)
-        if grid < 1:
-            raise InvalidArgumentError(f"grid={grid} must be at least 1")
+        check_count(grid, "grid")
         self.bits, self.grid = bits, grid
 
     def _best_clip(self, a: np.ndarray, axis) -> np.ndarray:

@@ -295,7 +295,12 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         if activation not in ("tensor", "token"):
             raise InvalidArgumentError(f"activation={activation!r} must be 'tensor' or 'token' for {method}")
     layers = linear_layers(model, skip)
+    modules = dict(model.named_modules())
     for norm_name, names in (fold_norms or {}).items():
+        norm = modules.get(norm_name)
+        if not isinstance(getattr(norm, "weight", None), torch.Tensor):
+            raise InvalidArgumentError(f"fold_norms[{norm_name!r}]: " + (
+                "not a module of the model" if norm is None else f"a {type(norm).__name__} without a weight to fold s into"))
         missing = [n for n in names if n not in layers]
         if missing:
             raise InvalidArgumentError(f"fold_norms[{norm_name!r}] names {missing}: not linear layers being quantized")
@@ -346,9 +351,11 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int | None = Non
         )
         if progress:
             progress(index + 1, len(layers))
-    # The model changes only once every layer is quantized: a failure before leaves it as it was.
-    for producer, s in outside + list(norm_s.items()):
-        divide_output(model, producer, s)
+    # The model changes only once every layer is quantized and every division computed: a failure
+    # before leaves it as it was.
+    divisions = [output_division(model, producer, s) for producer, s in outside + list(norm_s.items())]
+    for write in divisions:
+        write()
     for name, layer in replacements.items():
         _set_module(model, name, layer)
     return model
@@ -470,14 +477,34 @@ def _norm_smoothing(layers: dict, collectors: dict, fold_norms: dict[str, list[s
 
 
 def divide_output(model: nn.Module, name: str, s: np.ndarray) -> None:
-    """Divides the output of the module `name` by s in place: a norm's (divide_norm), or a linear
+    """Divides the output of the module `name` by s in place: a norm's weight and bias, or a linear
     layer's output rows and bias."""
+    output_division(model, name, s)()
+
+
+def output_division(model: nn.Module, name: str, s: np.ndarray) -> Callable[[], None]:
+    """divide_output's new values, computed now (a failure here changes nothing), written into the
+    module by the function returned."""
     module = model.get_submodule(name)
     found = linear_weight(module)
-    if found is None:
-        divide_norm(module, s)
-        return
-    divide_rows(*found, torch.from_numpy(s))
+    if found is not None:
+        weight, bias = found
+        s_t = torch.from_numpy(s)
+        new = (weight / s_t.to(weight.dtype)[:, None], None if bias is None else bias / s_t.to(bias.dtype))
+        params = (weight, bias)
+    else:  # a norm: qkernels.quant.fold_into_norm (RMSNorms have no bias)
+        bias = getattr(module, "bias", None)
+        gamma, beta = fold_into_norm(module.weight.detach(), None if bias is None else bias.detach(), s)
+        new = (torch.from_numpy(gamma), None if beta is None else torch.from_numpy(beta))
+        params = (module.weight, bias)
+
+    def write() -> None:
+        with torch.no_grad():
+            for param, value in zip(params, new):
+                if value is not None:
+                    param.copy_(value)
+
+    return write
 
 
 def divide_rows(weight: torch.Tensor, bias: torch.Tensor | None, s: torch.Tensor) -> None:
@@ -488,43 +515,38 @@ def divide_rows(weight: torch.Tensor, bias: torch.Tensor | None, s: torch.Tensor
             bias.div_(s.to(bias.dtype))
 
 
-def divide_norm(norm: nn.Module, s: np.ndarray) -> None:
-    """Divides a norm's output by s in place: its weight and bias (RMSNorms have none), through
-    qkernels.quant.fold_into_norm."""
-    bias = getattr(norm, "bias", None)
-    gamma, beta = fold_into_norm(norm.weight.detach(), None if bias is None else bias.detach(), s)
-    with torch.no_grad():
-        norm.weight.copy_(torch.from_numpy(gamma))
-        if beta is not None:
-            norm.bias.copy_(torch.from_numpy(beta))
-
-
 # LLaMA-family decoder blocks by class name (AWQ's linear-to-linear folds look for them).
 LLAMA_BLOCKS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
-# Pre-norm blocks: (norm, the linear layers that alone read its output), relative to the block.
+# Pre-norm blocks, by class name: (classes, (norm, the linear layers that alone read its output),
+# relative to the block). Norms here compute x̂ · weight (+ bias), so that dividing weight and bias
+# by s divides their output by s.
 PRE_NORM_BLOCKS = (
     # Hugging Face GPT-2: ln_1 → the fused q, k, v projection; ln_2 → the MLP's first layer.
-    (("ln_1", ["attn.c_attn"]), ("ln_2", ["mlp.c_fc"])),
-    # LLaMA, Mistral, Qwen2 (and their relatives): RMSNorms before attention and before the gated MLP.
-    (("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-     ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"])),
+    (("GPT2Block",), (("ln_1", ["attn.c_attn"]), ("ln_2", ["mlp.c_fc"]))),
+    # LLaMA, Mistral, Qwen2/3: RMSNorms before attention and before the gated MLP.
+    (LLAMA_BLOCKS, (("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+                    ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"]))),
 )
 
 
 def pre_norm_groups(model: nn.Module) -> dict[str, list[str]]:
-    """{norm: [linear layers]} where the norm's output feeds those layers only, for the pre-norm
-    blocks of PRE_NORM_BLOCKS (GPT-2; LLaMA, Mistral, Qwen2), found by the modules' names: a group
-    is listed when the block has the norm and every one of its layers. Post-LN models such as BERT
-    have none: each LayerNorm's output is also the residual stream, which folding would change."""
-    names = dict(model.named_modules())
+    """{norm: [linear layers]} where the norm's output feeds those layers only, for the blocks of
+    PRE_NORM_BLOCKS (GPT-2; LLaMA, Mistral, Qwen2/3), recognised by their class names, not by their
+    modules' names alone: blocks with the same names can compute something else (Gemma's RMSNorm
+    scales by 1 + weight; Gemma 2's post_attention_layernorm normalises the attention's output;
+    Phi's and Cohere's MLP also read input_layernorm's output), and folding s into them would
+    change the model. A group is listed when the block has the norm, with a weight, and every one of
+    its layers. Post-LN models such as BERT have none: each LayerNorm's output is also the residual
+    stream, which folding would change."""
     groups = {}
-    for pattern in PRE_NORM_BLOCKS:
-        first_norm = "." + pattern[0][0]
-        for block in (n[: -len(first_norm)] for n in names if n.endswith(first_norm)):
+    for block, module in model.named_modules():
+        for classes, pattern in PRE_NORM_BLOCKS:
+            if type(module).__name__ not in classes:
+                continue
+            children = dict(module.named_modules())
             for norm, layers in pattern:
-                readers = [f"{block}.{layer}" for layer in layers]
-                if f"{block}.{norm}" in names and all(r in names for r in readers):
-                    groups[f"{block}.{norm}"] = readers
+                if getattr(children.get(norm), "weight", None) is not None and all(r in children for r in layers):
+                    groups[f"{block}.{norm}"] = [f"{block}.{layer}" for layer in layers]
     return groups
 
 

@@ -567,3 +567,12 @@ def test_smoothing_search_scores_the_weights_quantize_model_deploys():
                                       alpha=alphas, symmetric=symmetric)
         assert torch.equal(quantized[0].input_scale, torch.from_numpy(1 / s))
     assert chosen[True] != chosen[False]
+
+
+@pytest.mark.parametrize("method", ["smoothquant", "w8a8"])  # AWQ's statistics come through the same hook
+def test_non_finite_calibration_input_names_the_layer(method):
+    model = _model()
+    with torch.no_grad():
+        model.up.weight[0, 0] = float("inf")  # down's inputs hold Inf (and NaN): not the caller's data
+    with pytest.raises(NonFiniteError, match=r"calibration input of layer 'down'"):
+        qt.quantize_model(model, method, calib_data=_data(), skip=["up"])

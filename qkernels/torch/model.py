@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import _checks
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, NonFiniteError
 from ..quant import (
     AbsMaxObserver, AbsMaxSampleObserver, HessianAccumulator, fold_into_norm, gptq, rtn, search_smoothing,
     smooth_weight, smoothquant_scales, zeroquant,
@@ -142,7 +142,11 @@ def collect_inputs(layers: dict[str, nn.Module], make: Callable[[int], Any],
                 raise InvalidArgumentError(f"layer {name!r} read the input of {reader[name]!r} in one calibration "
                                            f"batch and of {shared!r} in another")
             if shared is None:
-                collectors[name].update(x.detach())
+                try:
+                    collectors[name].update(x.detach())
+                except NonFiniteError as e:  # say where: a layer's input is not the caller's data
+                    e.args = (f"the calibration input of layer {name!r}: {e}",)
+                    raise
                 last.update(name=name, tensor=x)
             if stop_early and len(calls) == len(layers):
                 raise _AllInputsRead

@@ -1,6 +1,7 @@
 /* The entry points that select per call (qk_matmul, qk_matmul_packed, quantizedMatMul), quantize
  * and dequantize, and what is registered. Plans are in plan.c, packs in pack.c. */
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "dispatch.h"
@@ -83,6 +84,30 @@ qk_status qk_matmul_packed(const qk_packed_weights* packed, const qk_matmul_args
     return s == QK_OK ? qk_succeed() : s;
 }
 
+/* quantizedMatMul's messages name its parameters, not the fields of the structs it fills for
+ * qk_matmul: the last error, reworded. */
+static void name_entry_point_parameters(void) {
+    static const char* const names[][2] = {
+        {"args->input", "input"},      {"args->output", "output"},          {"weights->data", "weights"},
+        {"weights->scales", "scales"}, {"weights->zero_points", "zeroPoints"}, {"group_size", "groupSize"},
+    };
+    char message[QK_ERROR_BYTES];
+    size_t used = 0;
+    for (const char* at = qk_last_error(); *at && used + 1 < sizeof message;) {
+        size_t i = 0, n = sizeof names / sizeof names[0];
+        while (i < n && strncmp(at, names[i][0], strlen(names[i][0])) != 0) i++;
+        if (i == n) {
+            message[used++] = *at++;
+            continue;
+        }
+        used += (size_t)snprintf(message + used, sizeof message - used, "%s", names[i][1]);
+        if (used >= sizeof message) used = sizeof message - 1;
+        at += strlen(names[i][0]);
+    }
+    message[used] = '\0';
+    qk_fail(qk_last_status(), "%s", message);
+}
+
 void quantizedMatMul(const void* input, const int8_t* weights, const float* scales,
                      const int8_t* zeroPoints, void* output, int M, int N, int K, int groupSize,
                      int bits) {
@@ -94,7 +119,7 @@ void quantizedMatMul(const void* input, const int8_t* weights, const float* scal
                     .N = N, .K = K, .group_size = groupSize, .bits = bits};
     qk_matmul_args a = {.size = sizeof a, .input = input, .output = output, .M = M,
                         .input_dtype = QK_DTYPE_F16, .mode = QK_MODE_A16, .backend = QK_BACKEND_AUTO};
-    qk_matmul(&w, &a);
+    if (qk_matmul(&w, &a) != QK_OK) name_entry_point_parameters();
 }
 
 /* ---- quantize / dequantize ---- */

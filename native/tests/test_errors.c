@@ -110,12 +110,15 @@ static void fixture_reset(void) {
         }                                                                                                     \
     } while (0)
 
-/* quantizedMatMul(input, weights, scales, zp, output, M, N, K, group, bits) after a success. */
-#define QMM_ERROR(want, what, ...)                                  \
-    do {                                                            \
-        fixture_reset();                                            \
-        quantizedMatMul(__VA_ARGS__);                               \
-        EXPECT(qk_last_status(), (want), "quantizedMatMul: " what); \
+/* quantizedMatMul(input, weights, scales, zp, output, M, N, K, group, bits) after a success; its
+ * message names the parameter (`word`), not a field of the structs it fills for qk_matmul. */
+#define QMM_ERROR(want, word, what, ...)                                                               \
+    do {                                                                                               \
+        fixture_reset();                                                                               \
+        quantizedMatMul(__VA_ARGS__);                                                                  \
+        EXPECT(qk_last_status(), (want), "quantizedMatMul: " what);                                    \
+        CHECK(strstr(qk_last_error(), word) && !strstr(qk_last_error(), "->"),                         \
+              "quantizedMatMul: " what ": message '%s' does not name %s", qk_last_error(), word);      \
     } while (0)
 
 /* The kernel of `mode` of the ref backend. */
@@ -404,25 +407,25 @@ static void test_quantized_matmul_errors(void) {
     const int8_t* q = f.q;
     const float* s = f.scales;
     const int8_t* z = f.zp;
-    QMM_ERROR(QK_ERR_NULL_POINTER, "input NULL", NULL, q, s, z, y, EM, EN, EK, EG, 4);
-    QMM_ERROR(QK_ERR_NULL_POINTER, "weights NULL", x, NULL, s, z, y, EM, EN, EK, EG, 4);
-    QMM_ERROR(QK_ERR_NULL_POINTER, "scales NULL", x, q, NULL, z, y, EM, EN, EK, EG, 4);
-    QMM_ERROR(QK_ERR_NULL_POINTER, "output NULL", x, q, s, z, NULL, EM, EN, EK, EG, 4);
-    QMM_ERROR(QK_ERR_INVALID_SIZE, "M = 0", x, q, s, z, y, 0, EN, EK, EG, 4);
-    QMM_ERROR(QK_ERR_INVALID_SIZE, "N < 0", x, q, s, z, y, EM, -1, EK, EG, 4);
-    QMM_ERROR(QK_ERR_INVALID_SIZE, "K = 0", x, q, s, z, y, EM, EN, 0, EG, 4);
-    QMM_ERROR(QK_ERR_INVALID_GROUP, "group 0", x, q, s, z, y, EM, EN, EK, 0, 4);
+    QMM_ERROR(QK_ERR_NULL_POINTER, "input", "input NULL", NULL, q, s, z, y, EM, EN, EK, EG, 4);
+    QMM_ERROR(QK_ERR_NULL_POINTER, "weights", "weights NULL", x, NULL, s, z, y, EM, EN, EK, EG, 4);
+    QMM_ERROR(QK_ERR_NULL_POINTER, "scales", "scales NULL", x, q, NULL, z, y, EM, EN, EK, EG, 4);
+    QMM_ERROR(QK_ERR_NULL_POINTER, "output", "output NULL", x, q, s, z, NULL, EM, EN, EK, EG, 4);
+    QMM_ERROR(QK_ERR_INVALID_SIZE, "M=", "M = 0", x, q, s, z, y, 0, EN, EK, EG, 4);
+    QMM_ERROR(QK_ERR_INVALID_SIZE, "N=", "N < 0", x, q, s, z, y, EM, -1, EK, EG, 4);
+    QMM_ERROR(QK_ERR_INVALID_SIZE, "K=", "K = 0", x, q, s, z, y, EM, EN, 0, EG, 4);
+    QMM_ERROR(QK_ERR_INVALID_GROUP, "groupSize", "group 0", x, q, s, z, y, EM, EN, EK, 0, 4);
     /* The planned entry point keeps format v1: the group size divides K. */
-    QMM_ERROR(QK_ERR_INVALID_GROUP, "group not dividing K", x, q, s, z, y, EM, EN, EK, 7, 4);
-    QMM_ERROR(QK_ERR_INVALID_GROUP, "group > K", x, q, s, z, y, EM, EN, EK, 2 * EK, 4);
-    QMM_ERROR(QK_ERR_ODD_K, "odd K, 4-bit", x, q, s, z, y, EM, EN, 15, 5, 4);
-    QMM_ERROR(QK_ERR_INVALID_BITS, "bits 3", x, q, s, z, y, EM, EN, EK, EG, 3);
-    QMM_ERROR(QK_ERR_MISALIGNED, "input at an odd address", (const char*)x + 1, q, s, z, y, EM, EN, EK, EG, 4);
-    QMM_ERROR(QK_ERR_MISALIGNED, "output at an odd address", x, q, s, z, (char*)y + 1, EM, EN, EK, EG, 4);
-    QMM_ERROR(QK_ERR_MISALIGNED, "scales at an odd address", x, q, (const float*)(scales_copy + 1), z, y, EM, EN, EK,
+    QMM_ERROR(QK_ERR_INVALID_GROUP, "groupSize", "group not dividing K", x, q, s, z, y, EM, EN, EK, 7, 4);
+    QMM_ERROR(QK_ERR_INVALID_GROUP, "groupSize", "group > K", x, q, s, z, y, EM, EN, EK, 2 * EK, 4);
+    QMM_ERROR(QK_ERR_ODD_K, "K=", "odd K, 4-bit", x, q, s, z, y, EM, EN, 15, 5, 4);
+    QMM_ERROR(QK_ERR_INVALID_BITS, "bits", "bits 3", x, q, s, z, y, EM, EN, EK, EG, 3);
+    QMM_ERROR(QK_ERR_MISALIGNED, "input", "input at an odd address", (const char*)x + 1, q, s, z, y, EM, EN, EK, EG, 4);
+    QMM_ERROR(QK_ERR_MISALIGNED, "output", "output at an odd address", x, q, s, z, (char*)y + 1, EM, EN, EK, EG, 4);
+    QMM_ERROR(QK_ERR_MISALIGNED, "scales", "scales at an odd address", x, q, (const float*)(scales_copy + 1), z, y, EM, EN, EK,
               EG, 4);
     f.zp[1] = -100;
-    QMM_ERROR(QK_ERR_INVALID_ARGUMENT, "4-bit zero point -100", x, q, s, z, y, EM, EN, EK, EG, 4);
+    QMM_ERROR(QK_ERR_INVALID_ARGUMENT, "zeroPoints", "4-bit zero point -100", x, q, s, z, y, EM, EN, EK, EG, 4);
     f.zp[1] = 0;
     /* and a success clears an earlier failure */
     fixture_reset();

@@ -748,6 +748,10 @@ def test_qk_matmul_environment_backend(env, status, words, monkeypatch):
 
 ENTRY_POINT_CASES = [c for c in MATMUL_C_CASES if not any(
     word in c[0] for word in ("args", "dtype", "mode", "backend", "kernel", "bias"))]
+# quantizedMatMul's messages name its parameters, not the struct fields qk_matmul's name.
+ENTRY_POINT_NAMES = {"args->input": "input", "args->output": "output", "weights->data": "weights",
+                     "weights->scales": "scales", "weights->zero_points": "zeroPoints", "zero_points": "zeroPoints",
+                     "group_size": "groupSize"}
 
 
 @pytest.mark.parametrize("mutate, status, words", [c[1:] for c in ENTRY_POINT_CASES],
@@ -759,7 +763,9 @@ def test_quantizedMatMul_fails_without_writing(mutate, status, words):
     mutate(call)
     if call.wp == ffi.NULL:  # the entry point takes the arrays, not a struct: NULL weights data instead
         call.w.data = ffi.NULL
-    _check_failure(call.run_entry_point(), status, words if call.wp != ffi.NULL else "weights", call.out)
+    words = ENTRY_POINT_NAMES.get(words, words) if call.wp != ffi.NULL else "weights"
+    _check_failure(call.run_entry_point(), status, words, call.out)
+    assert "->" not in _last_error()
 
 
 @pytest.mark.parametrize("G", [48, 128])

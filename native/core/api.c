@@ -224,7 +224,7 @@ qk_status qk_backend_get(qk_backend backend, qk_backend_info* out) {
     return qk_succeed();
 }
 
-static int registered(const char* name) {
+static qk_backend registered(const char* name) {
     for (qk_backend id = 1; id <= qk_backend_count(); id++)
         if (strcmp(qk_backend_entry_get(id)->desc->name, name) == 0) return id;
     return QK_BACKEND_AUTO;

@@ -277,7 +277,7 @@ qk_status run(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_a
     const size_t x_bytes = in_place ? 0 : (size_t)M * padded_k * sizeof(T);
     if (partial_bytes + x_bytes > 0) {
         uint8_t* scratch = static_cast<uint8_t*>(qk_cuda_scratch(exec->stream, partial_bytes + x_bytes));
-        if (!scratch) return QK_ERR_OUT_OF_MEMORY; /* qk_cuda_scratch has said why */
+        if (!scratch) return qk_last_status(); /* qk_cuda_scratch has failed: its status, and why */
         if (slices > 1) p.partial = reinterpret_cast<float*>(scratch);
         if (!in_place) {
             T* staged = reinterpret_cast<T*>(scratch + partial_bytes); /* 16-byte aligned: partials are 1 KiB rows */

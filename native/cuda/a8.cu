@@ -282,7 +282,7 @@ qk_status run(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_a
     const int M = a->M, K = w->format.K, padded_k = l.k_tiles * QK_CUDA_TILE_K;
     const size_t qx_bytes = (size_t)M * padded_k, xs_bytes = (size_t)M * l.groups * sizeof(int32_t);
     uint8_t* scratch = static_cast<uint8_t*>(qk_cuda_scratch(exec->stream, qx_bytes + xs_bytes + 2 * (size_t)M * 4));
-    if (!scratch) return QK_ERR_OUT_OF_MEMORY; /* qk_cuda_scratch has said why */
+    if (!scratch) return qk_last_status(); /* qk_cuda_scratch has failed: its status, and why */
     a8_scratch s = {reinterpret_cast<int8_t*>(scratch), reinterpret_cast<int32_t*>(scratch + qx_bytes),
                     reinterpret_cast<float*>(scratch + qx_bytes + xs_bytes),
                     reinterpret_cast<int32_t*>(scratch + qx_bytes + xs_bytes + (size_t)M * 4)};

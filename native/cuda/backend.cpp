@@ -188,6 +188,9 @@ qk_kernel_desc registered[MAX_KERNELS];
 template <int I>
 qk_status checked_run(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
     const char* name = qk_cuda_kernels[I].name;
+    /* Clear an error an earlier runtime call left on this thread (a failed cudaMalloc in a pack),
+     * which qk_cuda_check_launch would otherwise report for this run, after its kernel wrote Y. */
+    (void)cudaGetLastError();
     qk_status s = check_reachable(a->input, "args->input", name);
     if (s == QK_OK) s = check_reachable(a->output, "args->output", name);
     if (s == QK_OK && a->bias) s = check_reachable(a->bias, "args->bias", name);

@@ -96,9 +96,10 @@ static inline void* qk_avx2_take(void* base, size_t* used, size_t bytes) {
 /* ---- activations (activations.c) ---- */
 
 /* Rows of |x| >= 2^88 are scaled down by a power of two before the float32 sums: the A16 kernels
- * sum x * (q - zp) * 2^28 (up to 2^32 |x| per term, below 2^126 over 64 terms) or x * w over runs of
- * 64 terms per lane (finite while |x| |w| < 2^122: docs/numerics.md reading 16, with the bounds of
- * the other backends' longer runs). The factor is applied again to the float64 result, exactly. */
+ * sum x * (q - zp) * 2^28 (up to 2^32 |x| per term, below 2^127 over 128 terms: two chains of 64)
+ * or x * w (with offsets, and in a16_6x16.c) over 128 or 64 terms (finite while |x| |w| T < 2^128:
+ * docs/numerics.md reading 16, with the bounds of the other backends' longer runs). The factor is
+ * applied again to the float64 result, exactly. */
 #define QK_AVX2_LARGE_X 0x1p88f
 /* Rows whose largest magnitude is below 2^-32 (float32 or bfloat16 input; never float16) are scaled
  * up, to a largest magnitude in [2^-32, 2^-31), as if they were the smallest rows left unscaled:

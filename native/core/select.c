@@ -67,9 +67,10 @@ qk_status qk_backend_from_environment(qk_backend* out) {
     *out = QK_BACKEND_AUTO;
     const char* name = getenv("QKERNELS_BACKEND");
     if (!name || !*name || strcmp(name, "auto") == 0) return QK_OK;
-    if (qk_backend_find(name, out) == QK_OK) return QK_OK;
-    if (qk_unbuilt_backend(name, 0))
-        return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "QKERNELS_BACKEND='%s' is " QK_NOT_BUILT, name);
+    qk_status s = qk_backend_find(name, out);
+    if (s == QK_OK) return QK_OK;
+    if (s == QK_ERR_BACKEND_UNAVAILABLE) /* one of qkernels's own, not in this build */
+        return qk_fail(s, "QKERNELS_BACKEND='%s' is " QK_NOT_BUILT, name);
     return qk_fail(QK_ERR_INVALID_ARGUMENT, "QKERNELS_BACKEND='%s' names no registered backend", name);
 }
 

@@ -492,31 +492,29 @@ def output_division(model: nn.Module, name: str, s: np.ndarray) -> Callable[[], 
     module = model.get_submodule(name)
     found = linear_weight(module)
     if found is not None:
-        weight, bias = found
-        s_t = torch.from_numpy(s)
-        new = (weight / s_t.to(weight.dtype)[:, None], None if bias is None else bias / s_t.to(bias.dtype))
-        params = (weight, bias)
+        params, new = found, _rows_divided(*found, torch.from_numpy(s))
     else:  # a norm: qkernels.quant.fold_into_norm (RMSNorms have no bias)
         bias = getattr(module, "bias", None)
         gamma, beta = fold_into_norm(module.weight.detach(), None if bias is None else bias.detach(), s)
-        new = (torch.from_numpy(gamma), None if beta is None else torch.from_numpy(beta))
-        params = (module.weight, bias)
-
-    def write() -> None:
-        with torch.no_grad():
-            for param, value in zip(params, new):
-                if value is not None:
-                    param.copy_(value)
-
-    return write
+        params, new = (module.weight, bias), (torch.from_numpy(gamma), None if beta is None else torch.from_numpy(beta))
+    return functools.partial(_assign, params, new)
 
 
 def divide_rows(weight: torch.Tensor, bias: torch.Tensor | None, s: torch.Tensor) -> None:
     """Divides a linear layer's output rows (weight [N, K]) and bias [N] by s [N] in place."""
+    _assign((weight, bias), _rows_divided(weight, bias, s))
+
+
+def _rows_divided(weight: torch.Tensor, bias: torch.Tensor | None, s: torch.Tensor) -> tuple:
+    return weight / s.to(weight.dtype)[:, None], None if bias is None else bias / s.to(bias.dtype)
+
+
+def _assign(params: tuple, values: tuple) -> None:
+    """Each tensor of params (None: skipped) takes the value beside it, in place."""
     with torch.no_grad():
-        weight.div_(s.to(weight.dtype)[:, None])
-        if bias is not None:
-            bias.div_(s.to(bias.dtype))
+        for param, value in zip(params, values):
+            if param is not None and value is not None:
+                param.copy_(value)
 
 
 # LLaMA-family decoder blocks by class name (AWQ's linear-to-linear folds look for them).

@@ -35,8 +35,9 @@ def _no_backend_from_environment(monkeypatch):
 @pytest.fixture(scope="module")
 def problem():
     rng = np.random.default_rng(0)
-    qw = qkernels.quantize_weights(rng.standard_normal((8, 128)).astype(np.float32), bits=4, group_size=64)
-    return rng.standard_normal((3, 128)).astype(np.float16), qw
+    # groups of 128: a multiple of every kernel's group_multiple, so that each can be forced on it
+    qw = qkernels.quantize_weights(rng.standard_normal((8, 256)).astype(np.float32), bits=4, group_size=128)
+    return rng.standard_normal((3, 256)).astype(np.float16), qw
 
 
 # ---------------------------------------------------------------- backends, kernels, CPU features
@@ -170,7 +171,7 @@ def test_select_reports_the_kernel_matmul_runs(problem):
     the kernel's backend), and forcing that kernel gives the same bits."""
     x, _ = problem
     for mode in ("a16", "a8"):
-        qw = qkernels.quantize_weights(np.random.default_rng(2).standard_normal((8, 128)).astype(np.float32),
+        qw = qkernels.quantize_weights(np.random.default_rng(2).standard_normal((8, 256)).astype(np.float32),
                                        bits=4, group_size=64)
         chosen = qkernels.select(x, qw, mode)
         assert chosen.available and chosen.mode == mode
@@ -293,9 +294,9 @@ def test_environment_is_read_on_every_call(problem, unavailable, monkeypatch):
     x, qw = problem
     for _ in range(2):
         monkeypatch.setenv("QKERNELS_BACKEND", unavailable)
-        assert _fails(lambda: qkernels.quantized_matmul(x, qw.data, qw.scales, bits=4, group_size=64))
+        assert _fails(lambda: qkernels.quantized_matmul(x, qw.data, qw.scales, bits=4, group_size=qw.group_size))
         monkeypatch.delenv("QKERNELS_BACKEND")
-        qkernels.quantized_matmul(x, qw.data, qw.scales, bits=4, group_size=64)
+        qkernels.quantized_matmul(x, qw.data, qw.scales, bits=4, group_size=qw.group_size)
 
 
 def test_kernel_argument_outranks_the_environment(problem, unavailable, monkeypatch):

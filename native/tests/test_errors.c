@@ -458,7 +458,8 @@ static void test_registry_errors(void) {
         f.a.mode = kernels[i].mode;
         f.w.bits = kernels[i].bits_mask & (1u << 4) ? 4 : 8;
         if (f.w.bits == 8) f.w.zero_points = NULL;
-        f.w.group_size = EK % kernels[i].group_multiple == 0 ? kernels[i].group_multiple : EK;
+        int32_t multiple = kernels[i].group_multiple; /* else one group longer than K (a shorter last group) */
+        f.w.group_size = EK % multiple == 0 ? multiple : (EK / multiple + 1) * multiple;
         for (int d = 0; d < 3; d++)
             if (kernels[i].dtype_mask & (1u << d)) {
                 f.a.input_dtype = (qk_dtype)d;

@@ -460,6 +460,32 @@ static void test_prefill_shapes(void) {
                 }
 }
 
+/* Groups of whole 128-k chunks, the unit of x86_avx512_a16_w4_bf16_c2x4 (canonical layout): one
+ * chunk, two, a last group cut short (K % 128 = 44: a last chunk read past the row's end), one group
+ * longer than K, 20 chunks (float32 runs of 16 chunks end inside a group and inside the row); every
+ * activation style, symmetric and asymmetric weights, offsets (refused) in some; M across 2-row tiles
+ * and past its max_m, N across 4-row tasks. */
+static void test_whole_chunk_groups(void) {
+    static const struct { int32_t K, G; } shapes[] = {{128, 128}, {256, 128}, {384, 256}, {300, 128},
+                                                      {200, 256}, {2560, 128}, {2560, 2560}};
+    static const int32_t Ms[] = {1, 2, 3, 5, 33}, Ns[] = {1, 3, 4, 5, 9, 17};
+    int index = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++, index++) {
+            int symmetric = index % 2;
+            problem p = {.M = Ms[mi], .N = Ns[index % 6], .K = shapes[si].K, .G = shapes[si].G,
+                         .bits = index % 4 == 3 ? 8 : 4, .dtype = index % 5 == 4 ? QK_DTYPE_F32 : QK_DTYPE_F16,
+                         .mode = index % 4 == 2 ? QK_MODE_A8 : QK_MODE_A16};
+            int style = index % X_STYLES;
+            fill_activations(&p, style);
+            fill_quantized_weights(&p, symmetric);
+            if (index % 7 == 6) fill_offsets(&p);
+            set_context("whole-chunk groups: %s, %s activations", describe(&p), x_style_names[style]);
+            run_problem(&p);
+            problem_free(&p);
+        }
+}
+
 /* Long K at prefill M: the AMX kernels cut K into slices whose activations fit their L2 budget
  * (1 MiB per chunk of 256 rows: 64 tile steps of A8, 32 of A16 with float16's two parts). At
  * M = 257 and K = 4608 a group of the whole K goes on from one slice to the next (A8: its int32
@@ -535,14 +561,15 @@ static void test_group_beyond_k(void) {
 }
 
 /* Rows of NaN / +Inf / -Inf: A8 gives NaN rows and leaves the other rows exactly as they are
- * with those rows zeroed; A16 follows IEEE arithmetic (the oracle computes what it gives). */
-static void test_nonfinite_rows(void) {
+ * with those rows zeroed; A16 follows IEEE arithmetic (the oracle computes what it gives). Two
+ * shapes: groups of 32, and of 128 (what kernels with a group multiple of 128 run). */
+static void nonfinite_rows(int32_t K, int32_t G) {
     static const int bad_rows[3] = {1, 3, 4};
     const float bad_values[3] = {NAN, INFINITY, -INFINITY};
     for (int di = 0; di < 3; di++)
         for (int mode = 0; mode < 2; mode++) {
             qk_dtype dt = all_dtypes[di];
-            problem p = {.M = 6, .N = 9, .K = 64, .G = 32, .bits = 4, .dtype = dt, .mode = (qk_mode)mode};
+            problem p = {.M = 6, .N = 9, .K = K, .G = G, .bits = 4, .dtype = dt, .mode = (qk_mode)mode};
             set_context("non-finite rows: %s", describe(&p));
             fill_activations(&p, X_UNIFORM);
             fill_raw_weights(&p, 0);
@@ -586,6 +613,11 @@ static void test_nonfinite_rows(void) {
             free(clean);
             problem_free(&p);
         }
+}
+
+static void test_nonfinite_rows(void) {
+    nonfinite_rows(64, 32);
+    nonfinite_rows(256, 128);
 }
 
 /* A8 rows whose amax is subnormal (float32, bfloat16): inv = 127 / amax is +Inf, so non-zero
@@ -773,6 +805,7 @@ int main(int argc, char** argv) {
         test_format_v2_edges();
         test_ragged_tails();
         test_prefill_shapes();
+        test_whole_chunk_groups();
         test_long_k_slices();
     test_group_beyond_k();
     test_padding_weights();

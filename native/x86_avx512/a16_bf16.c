@@ -1,6 +1,7 @@
 /* x86_avx512_a16_w4_bf16_2x32: A16 for float16 input and 4-bit weights without offsets, on
- * vdpbf16ps (AVX512-BF16), the vnni16 pack. The only file built with -mavx512bf16: the kernel is
- * listed with that feature as its own requirement, so the rest of the backend runs without it.
+ * vdpbf16ps (AVX512-BF16), the vnni16 pack. Built with -mavx512bf16 (as is its canonical variant,
+ * a16_bf16_c2x4.c): the kernel is listed with that feature as its own requirement, so the rest of
+ * the backend runs without it.
  *
  * Why: at M = 1 the FMA kernel (a16.c) spends three zmm operations per 16 weights (shift, vpermps,
  * FMA) and runs slower than memory delivers 4-bit weights (AMD EPYC Zen 4, 2 threads, 4096 x 4096

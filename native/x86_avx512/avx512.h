@@ -3,7 +3,8 @@
  * Files: layout.h and pack.c are the vnni16 pack (shared with x86_amx); driver.c prepares rows of X
  * and runs tiles on the thread pool; a8.c is the A8 kernel (vpdpbusd; one tile for decode and prefill),
  * a16.c the A16 kernel (AVX-512 FMA), a16_bf16.c the A16 kernel for float16 input and 4-bit weights
- * (AVX512-BF16 dot products, the one file built for them); register.c is the kernel table. Rows of X
+ * (AVX512-BF16 dot products) and a16_bf16_c2x4.c its variant on the canonical layout (the two files
+ * built for AVX512-BF16); register.c is the kernel table. Rows of X
  * are read and quantized, and results rounded to the output dtype, by the x86_avx2 backend's
  * activation code (x86_avx2/activations.c): the same logic, and every machine with AVX-512 has AVX2.
  *
@@ -188,5 +189,8 @@ qk_status qk_avx512_a16_4x32(const qk_exec* exec, const qk_kernel_weights* w, co
 #define QK_AVX512_BF16_CPU (1ull << QK_CPU_AVX512_BF16)
 #endif
 qk_status qk_avx512_a16_w4_bf16_2x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+/* Its canonical-layout variant (a16_bf16_c2x4.c, also built with AVX512-BF16), for stateless calls. */
+size_t qk_avx512_a16_bf16_c2x4_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_avx512_a16_w4_bf16_c2x4(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 
 #endif /* QK_AVX512_H */

@@ -1,0 +1,221 @@
+/* x86_avx512_a16_w4_bf16_c2x4: A16 on the canonical layout, for stateless calls at small M (nothing
+ * is packed), float16 input and 4-bit weights without offsets, G a multiple of 128: vdpbf16ps
+ * (AVX512-BF16), as a16_bf16.c on the vnni16 pack. Built with -mavx512bf16 and listed with that
+ * feature as its own requirement; elsewhere stateless calls run x86_avx2's canonical variant.
+ *
+ * Why: x86_avx2_a16_w4w8_c4x8 spends about 54 operations per 128 weights (an extraction, a
+ * conversion and an FMA per 8) and ran a stateless M = 1 call at 2.35x the time of a prepared one on
+ * an AMD EPYC Zen 4 (README, x86_avx512). Here 128 weights of one row cost a load, three shifts,
+ * four vpermw and eight vdpbf16ps.
+ *
+ * A chunk is 128 k of a row of W: 64 bytes, one zmm. Its dword i holds k 8i .. 8i + 7, element 8i + t
+ * in bits 4t .. 4t + 3 (low nibble first). A shift right by 4s (s = 0..3) brings k 8i + s to the bottom
+ * of the dword's low 16-bit half and k 8i + 4 + s to the bottom of its high half; vpermw reads the
+ * low 5 bits of each half as an index into a table of 32 bfloat16 values whose entry v is
+ * q(v mod 16) - zp (q: the nibble's two's complement value; the table repeats every 16, so the bit
+ * above the nibble does not matter; |q - zp| <= 15 is exact in bfloat16). The activations are
+ * staged to match: per chunk, for the hi and then the lo bfloat16 part of each float16 value (split
+ * as a16_bf16.c does), per s, 16 dwords (x[8i + s], x[8i + 4 + s]); one vdpbf16ps adds the two
+ * products of each lane. A tile is 1 or 2 rows of X by 4 rows of W, one chain per part and pair.
+ *
+ * Sums (docs/numerics.md reading 26): each lane of a chain adds 8 exact products of one chunk in 4
+ * vdpbf16ps; a chunk's two chains are added, times the group's scale, into a float32 run of at most
+ * 16 chunks (QK_AVX512_RUN_CHUNKS, as reading 24), and each run's 16 lanes into float64 sums. Rows
+ * whose |x| reach 2^88 (Inf) come scaled down by the x86_avx2 row loader, which also zero-pads the
+ * last group; the bytes of a last chunk past K are read as zeros, times zero activations. */
+#include <string.h>
+
+#include "avx512.h"
+
+enum {
+    TILE_ROWS = 2,    /* rows of X */
+    TILE_W_ROWS = 4,  /* rows of W */
+    BLOCK_N = 8,      /* rows of W per task */
+    CHUNK_K = 128,
+    CHUNK_BYTES = 64,
+    TABLE_WORDS = 32, /* vpermw's index: 5 bits */
+    ZERO_POINTS = 16, /* a table per 4-bit zero point, -8 .. 7 */
+};
+
+typedef struct {
+    const qk_matmul_args* a;
+    const qk_weights* w;
+    size_t stride;       /* of groups in a staged row: min(G, K), a whole number of chunks unless one group */
+    size_t padded;       /* staged row length in k: its groups rounded up to a chunk */
+    uint32_t* x;         /* [M][padded] staged pairs of bfloat16 parts, one dword per k */
+    double* row_scale;   /* [M] */
+    uint16_t* tables;    /* [ZERO_POINTS][TABLE_WORDS]: table zp + 8 */
+} job;
+
+/* One chunk of float16-valued float32 activations, in place, into the staged order (above). */
+static void stage_chunk(float* chunk) {
+    /* vpermt2w index: word 8s + 2j + h of a 32-k piece's output is element 8j + 4h + s, whose upper
+     * (bfloat16) half is word 2 (8j + 4h + s) + 1 of the two float32 sources. */
+    uint16_t order[32];
+    for (int s = 0; s < 4; s++)
+        for (int j = 0; j < 4; j++)
+            for (int h = 0; h < 2; h++) order[8 * s + 2 * j + h] = (uint16_t)(2 * (8 * j + 4 * h + s) + 1);
+    const __m512i words = _mm512_loadu_si512((const void*)order);
+    const __m512 upper = _mm512_castsi512_ps(_mm512_set1_epi32((int)0xFFFF0000u));
+    __m512i parts[2][4]; /* [hi, lo][32-k piece b]: per s, the dwords of lanes 4b .. 4b + 3 */
+    for (int b = 0; b < 4; b++) {
+        __m512 x[2], hi[2], lo[2];
+        for (int i = 0; i < 2; i++) {
+            x[i] = _mm512_loadu_ps(chunk + 32 * b + 16 * i);
+            hi[i] = _mm512_and_ps(x[i], upper);
+            lo[i] = _mm512_maskz_sub_ps(_mm512_cmp_ps_mask(x[i], hi[i], _CMP_NEQ_UQ), x[i], hi[i]); /* Inf: 0 */
+        }
+        parts[0][b] = _mm512_permutex2var_epi16(_mm512_castps_si512(hi[0]), words, _mm512_castps_si512(hi[1]));
+        parts[1][b] = _mm512_permutex2var_epi16(_mm512_castps_si512(lo[0]), words, _mm512_castps_si512(lo[1]));
+    }
+    uint32_t* out = (uint32_t*)chunk;
+    for (int p = 0; p < 2; p++)
+        for (int b = 0; b < 4; b++) {
+            uint32_t* lanes = out + (4 * p) * 16 + 4 * b; /* + 16 s */
+            _mm_storeu_si128((__m128i*)lanes, _mm512_extracti32x4_epi32(parts[p][b], 0));
+            _mm_storeu_si128((__m128i*)(lanes + 16), _mm512_extracti32x4_epi32(parts[p][b], 1));
+            _mm_storeu_si128((__m128i*)(lanes + 32), _mm512_extracti32x4_epi32(parts[p][b], 2));
+            _mm_storeu_si128((__m128i*)(lanes + 48), _mm512_extracti32x4_epi32(parts[p][b], 3));
+        }
+}
+
+static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
+    (void)thread;
+    const job* j = arg;
+    size_t loaded = (size_t)qk_groups_per_row(j->w) * j->stride;
+    for (int32_t m = begin; m < end; m++) {
+        float* x = (float*)(j->x + (size_t)m * j->padded);
+        j->row_scale[m] = qk_avx2_load_row(j->a, j->w, m, j->stride, x); /* dense: groups at their k */
+        for (size_t k = loaded; k < j->padded; k++) x[k] = 0.0f;
+        for (size_t k = 0; k < j->padded; k += CHUNK_K) stage_chunk(x + k);
+    }
+}
+
+/* Entry v of table zp + 8: q(v mod 16) - zp in bfloat16 (exact: small integers). */
+static void fill_tables(uint16_t* tables) {
+    for (int zp = -8; zp < 8; zp++)
+        for (int v = 0; v < TABLE_WORDS; v++) {
+            int q = v % 16 < 8 ? v % 16 : v % 16 - 16;
+            float value = (float)(q - zp);
+            uint32_t bits;
+            memcpy(&bits, &value, sizeof bits);
+            tables[(zp + 8) * TABLE_WORDS + v] = (uint16_t)(bits >> 16);
+        }
+}
+
+/* Rows [0, rows) of X (staged, from x) times rows [n0, n0 + 4) of W, added to y[r][at + c] (float64,
+ * before the row scale). Rows of W past N read row N - 1; their results are not stored. */
+QK_AVX512_INLINE void tile(const job* j, int rows, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at) {
+    const qk_weights* w = j->w;
+    const int32_t N = w->N, K = w->K, groups = qk_groups_per_row(w);
+    const size_t row_bytes = qk_row_bytes(K, 4), ahead = TILE_W_ROWS * row_bytes; /* the next tile's rows */
+    const int32_t chunks = (K + CHUNK_K - 1) / CHUNK_K, whole = K / CHUNK_K;
+    const int32_t group_chunks = (int32_t)((j->stride + CHUNK_K - 1) / CHUNK_K);
+    const uint8_t* wrow[TILE_W_ROWS];
+    const float* scales[TILE_W_ROWS];
+    const int8_t* zps[TILE_W_ROWS];
+    for (int c = 0; c < TILE_W_ROWS; c++) {
+        size_t n = (size_t)(n0 + c < N ? n0 + c : N - 1);
+        wrow[c] = (const uint8_t*)w->data + n * row_bytes;
+        scales[c] = w->scales + n * groups;
+        zps[c] = w->zero_points ? w->zero_points + n * groups : NULL;
+    }
+    __m512 run[TILE_ROWS][TILE_W_ROWS]; /* a run starts from +0, as reading 20's */
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < TILE_W_ROWS; c++) run[r][c] = _mm512_setzero_ps();
+    for (int32_t ch = 0, g = 0, in_group = 0, in_run = 0; ch < chunks; ch++) {
+        if (in_group == group_chunks) g++, in_group = 0;
+        in_group++;
+        const int run_ends = ++in_run == QK_AVX512_RUN_CHUNKS || ch == chunks - 1;
+        __m512i v[TILE_W_ROWS], table[TILE_W_ROWS];
+        for (int c = 0; c < TILE_W_ROWS; c++) {
+            const uint8_t* at = wrow[c] + (size_t)ch * CHUNK_BYTES;
+            if (ch < whole) {
+                v[c] = _mm512_loadu_si512((const void*)at);
+                _mm_prefetch((const char*)at + ahead, _MM_HINT_T1);
+            } else { /* the last chunk, K % 128 k: bytes past the row read as zeros */
+                uint8_t last[CHUNK_BYTES] = {0};
+                memcpy(last, at, row_bytes - (size_t)ch * CHUNK_BYTES);
+                v[c] = _mm512_loadu_si512((const void*)last);
+            }
+            table[c] = _mm512_loadu_si512((const void*)(j->tables + (size_t)((zps[c] ? zps[c][g] : 0) + 8) * TABLE_WORDS));
+        }
+        __m512 acc[TILE_ROWS][TILE_W_ROWS][2];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < TILE_W_ROWS; c++) acc[r][c][0] = acc[r][c][1] = _mm512_setzero_ps();
+        const uint32_t* xc = x + (size_t)ch * CHUNK_K;
+#pragma GCC unroll 4
+        for (int s = 0; s < 4; s++) {
+            __m512i wv[TILE_W_ROWS];
+            for (int c = 0; c < TILE_W_ROWS; c++)
+                wv[c] = _mm512_permutexvar_epi16(s ? _mm512_srli_epi32(v[c], 4 * s) : v[c], table[c]);
+            for (int r = 0; r < rows; r++)
+                for (int part = 0; part < 2; part++) {
+                    __m512bh xs = (__m512bh)_mm512_loadu_si512((const void*)(xc + (size_t)r * j->padded + (4 * part + s) * 16));
+                    for (int c = 0; c < TILE_W_ROWS; c++)
+                        acc[r][c][part] = _mm512_dpbf16_ps(acc[r][c][part], (__m512bh)wv[c], xs);
+                }
+        }
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < TILE_W_ROWS; c++) {
+                __m512 t = _mm512_add_ps(acc[r][c][0], acc[r][c][1]), scale = _mm512_set1_ps(scales[c][g]);
+                run[r][c] = _mm512_fmadd_ps(t, scale, run[r][c]);
+                if (run_ends) {
+                    float lanes[16];
+                    _mm512_storeu_ps(lanes, run[r][c]);
+                    double sum = 0.0;
+                    for (int i = 0; i < 16; i++) sum += lanes[i];
+                    y[r][at + c] += sum;
+                    run[r][c] = _mm512_setzero_ps();
+                }
+            }
+        if (run_ends) in_run = 0;
+    }
+}
+
+static void tile_1(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at) { tile(j, 1, x, n0, y, at); }
+static void tile_2(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at) { tile(j, 2, x, n0, y, at); }
+
+/* Task t: rows [8t, 8t + 8) of W (two tiles: eight outputs are one vector store) for every row of X. */
+static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
+    (void)thread;
+    const job* j = arg;
+    int32_t M = j->a->M, N = j->w->N;
+    for (int32_t t = begin; t < end; t++) {
+        int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
+        for (int32_t m = 0; m < M; m += TILE_ROWS) {
+            int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
+            double y[TILE_ROWS][BLOCK_N] = {{0}};
+            for (int32_t half = 0; half < count; half += TILE_W_ROWS)
+                (rows == 1 ? tile_1 : tile_2)(j, j->x + (size_t)m * j->padded, n0 + half, y, half);
+            for (int r = 0; r < rows; r++) qk_avx2_finish(j->a, N, j->row_scale, m + r, n0, count, y[r]);
+        }
+    }
+}
+
+/* The workspace: staged rows of X, the row scales, the weight tables. */
+static size_t buffers(job* j, void* base) {
+    size_t used = 0;
+    j->stride = (size_t)(j->w->group_size < j->w->K ? j->w->group_size : j->w->K);
+    j->padded = ((size_t)qk_groups_per_row(j->w) * j->stride + CHUNK_K - 1) / CHUNK_K * CHUNK_K;
+    j->x = qk_avx2_take(base, &used, (size_t)j->a->M * j->padded * sizeof *j->x);
+    j->row_scale = qk_avx2_take(base, &used, (size_t)j->a->M * sizeof *j->row_scale);
+    j->tables = qk_avx2_take(base, &used, ZERO_POINTS * TABLE_WORDS * sizeof *j->tables);
+    return used;
+}
+
+size_t qk_avx512_a16_bf16_c2x4_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
+    (void)threads;
+    job j = {.a = a, .w = &w->format};
+    return buffers(&j, NULL);
+}
+
+qk_status qk_avx512_a16_w4_bf16_c2x4(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
+    job j = {.a = a, .w = &w->format};
+    buffers(&j, exec->workspace);
+    fill_tables(j.tables);
+    int32_t M = a->M, K = w->format.K, grain = (1 << 14) / K;
+    qk_parallel_for(exec, M, grain > 1 ? grain : 1, stage_task, &j);
+    qk_parallel_for(exec, (w->format.N + BLOCK_N - 1) / BLOCK_N, qk_avx2_grain((double)M * BLOCK_N * K), block_task, &j);
+    return QK_OK;
+}

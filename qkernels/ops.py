@@ -64,14 +64,18 @@ def _check(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, kernel: 
 
 
 @functools.cache
-def _kernel_backends_of(count: int) -> dict[str, str]:
-    return {k.name: k.backend for k in dispatch.kernels()}
+def _kernels_of(count: int) -> dict[str, tuple[str, bool]]:
+    """Per registered kernel name: its backend, and whether it is a canonical variant (reads the
+    canonical arrays although its backend packs). Cached per registry size, since a program may
+    register more: reading the registry takes 0.13 ms, which forced kernels paid on every call."""
+    own_layout = {b.name: b.own_layout for b in dispatch.backends()}
+    return {k.name: (k.backend, k.canonical and own_layout[k.backend]) for k in dispatch.kernels()}
 
 
 def _kernel_backend(kernel: str) -> str | None:
-    """The backend of a registered kernel, or None for an unknown name (the C library says so).
-    Cached per registry size (a program may register more): reading the registry took 0.13 ms a call."""
-    return _kernel_backends_of(lib.qk_kernel_count()).get(kernel)
+    """The backend of a registered kernel, or None for an unknown name (the C library says so)."""
+    entry = _kernels_of(lib.qk_kernel_count()).get(kernel)
+    return entry[0] if entry else None
 
 
 @functools.cache
@@ -184,8 +188,7 @@ def _canonical_variant(kernel: str | None) -> bool:
     """Whether a forced kernel reads the canonical arrays although its backend packs (a canonical
     variant, made for stateless calls). Plans run packed weights, so such a kernel runs on the
     QuantizedWeight's own arrays through qk_matmul instead."""
-    info = next((k for k in dispatch.kernels() if k.name == kernel), None) if kernel else None
-    return bool(info and info.canonical and next(b.own_layout for b in dispatch.backends() if b.name == info.backend))
+    return bool(kernel) and _kernels_of(lib.qk_kernel_count()).get(kernel, (None, False))[1]
 
 
 def select(x: Any, qw: QuantizedWeight, mode: str = "a16", *, backend: str | None = None, kernel: str | None = None):

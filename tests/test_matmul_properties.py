@@ -212,7 +212,7 @@ def test_group_size_beyond_k_is_one_group_of_k(kernel, bits):
     if not kernel.ragged_groups or bits not in kernel.bits:
         pytest.skip(f"{kernel.name} runs no shorter last group or no {bits}-bit weights")
     rng = np.random.default_rng(bits)
-    K, G = 64, kernel.max_group_size + kernel.group_multiple
+    K, G = 64, (kernel.max_group_size // kernel.group_multiple + 1) * kernel.group_multiple  # past the limit
     qw = qkernels.quantize_weights(rng.standard_normal((40, K)).astype(np.float32), bits=bits, group_size=G,
                                    symmetric=False)
     dtype = kernel.dtypes[0]
@@ -548,14 +548,16 @@ def test_a8_zero_and_tiny_rows_exact_cases():
     bias = np.array([0.5, -0.25, 0.0], dtype=np.float32)
     tiny = np.float32(1e-40)  # subnormal: 127 / tiny overflows to +Inf
     x = np.array([[0.0] * K, [tiny, -tiny, 0, 0, tiny, 0, 0, tiny]], dtype=np.float32)
-    qw = qkernels.QuantizedWeight(data, scales, None, 8, K, (N, K))
-    for kernel in [None] + [k.name for k in KERNELS if k.available and k.mode == "a8"]:
-        y = qkernels.matmul(x, qw, "a8", bias=bias, kernel=kernel)
+    for k in [None] + [k for k in KERNELS if k.available and k.mode == "a8"]:
+        # one group of K, or one longer than K for a kernel whose group sizes are multiples of more
+        G = K if k is None or K % k.group_multiple == 0 else k.group_multiple
+        qw = qkernels.QuantizedWeight(data, scales, None, 8, G, (N, K))
+        y = qkernels.matmul(x, qw, "a8", bias=bias, kernel=k and k.name)
         np.testing.assert_array_equal(y[0], bias)
         sx = np.float64(np.float32(tiny / np.float32(127)))
         expected = sx * np.array([127 * 2, -127 * 2, 127 * 2 - 127 * 2], dtype=np.float64) + bias
         np.testing.assert_array_equal(y[1], expected.astype(np.float32))
-        reference.assert_matmul_close(y, x, "float32", data, scales, None, 8, K, "a8", bias)
+        reference.assert_matmul_close(y, x, "float32", data, scales, None, 8, G, "a8", bias)
 
 
 @pytest.mark.parametrize("backend", [b.name for b in qkernels.backends() if b.available])

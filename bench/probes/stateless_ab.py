@@ -1,7 +1,8 @@
-"""Stateless A16 calls on canonical arrays, two canonical-layout kernels forced, against the prepared
-(packed) call, interleaved call by call, medians over 3 s per M; the weights stay hot in the cache.
+"""Stateless calls on canonical arrays, the canonical-layout kernels of one mode forced, against the
+prepared (packed) call, interleaved call by call, medians over 3 s per M; the weights stay hot in
+the cache.
 
-    QKERNELS_LIBRARY=$PWD/build/dev/libqkernels.so python bench/probes/stateless_ab.py sym 1,2,4,8,16,32
+    QKERNELS_LIBRARY=$PWD/build/dev/libqkernels.so python bench/probes/stateless_ab.py a16 sym 1,2,4,8,16,32
 
 N = K = 4096, 4-bit weights in groups of 128 (sym: symmetric, asym: with zero points), float16
 activations. A quick A/B probe: `qkernels bench --stateless` is the measurement of record.
@@ -14,20 +15,23 @@ import numpy as np
 
 import qkernels
 
-KERNELS = ("x86_avx512_a16_w4_bf16_c2x4", "x86_avx2_a16_w4w8_c4x8")
+KERNELS = {
+    "a16": ("x86_avx512_a16_w4_bf16_c2x4", "x86_avx2_a16_w4w8_c4x8"),
+    "a8": ("x86_avx512_a8_w4w8_vnni_c2x8", "x86_avx2_a8_w4w8_c4x8"),
+}
 
 
-def main(symmetry: str, ms: str) -> None:
+def main(mode: str, symmetry: str, ms: str) -> None:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4096, 4096)).astype(np.float32)
     qw = qkernels.quantize_weights(w, bits=4, group_size=128, symmetric=symmetry == "sym")
 
     def stateless(kernel):
         return lambda x: qkernels.quantized_matmul(
-            x, qw.data, qw.scales, qw.zero_points, bits=4, group_size=128, kernel=kernel
+            x, qw.data, qw.scales, qw.zero_points, bits=4, group_size=128, mode=mode, kernel=kernel
         )
 
-    paths = {k: stateless(k) for k in KERNELS} | {"prepared": lambda x: qkernels.matmul(x, qw, "a16")}
+    paths = {k: stateless(k) for k in KERNELS[mode]} | {"prepared": lambda x: qkernels.matmul(x, qw, mode)}
     for m in map(int, ms.split(",")):
         x = rng.standard_normal((m, 4096)).astype(np.float16)
         times = {k: [] for k in paths}
@@ -41,8 +45,8 @@ def main(symmetry: str, ms: str) -> None:
                 times[k].append(time.perf_counter() - t)
         med = {k: np.median(v) * 1e3 for k, v in times.items()}
         rows = ", ".join(f"{k} {t:.3f} ms ({t / med['prepared']:.2f})" for k, t in med.items())
-        print(f"{symmetry} M={m}: {rows}", flush=True)
+        print(f"{mode} {symmetry} M={m}: {rows}", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -97,18 +97,23 @@ static void run_problem(const problem* p) {
             }
         }
 
-    /* Kernels that compute the same operations in the same order give the same bytes
-     * (docs/numerics.md reading 20): x86_amx's A8 kernels are x86_avx512's below M = 9 and AMX above. */
-    static const char* const same_bytes_a8[] = {"x86_avx512_a8_w4w8_8x32", "x86_amx_a8_w4w8_vnni_8x32",
-                                                "x86_amx_a8_w4w8_32x32"};
-    int first_a8 = -1;
-    for (size_t j = 0; j < sizeof same_bytes_a8 / sizeof same_bytes_a8[0]; j++) {
-        int i = find_kernel(same_bytes_a8[j]);
-        if (i < 0 || !outs[i].p) continue;
-        if (first_a8 < 0)
-            first_a8 = i;
-        else
-            CHECK(same_bytes(&outs[i], &outs[first_a8]), "%s differs from %s", kernels[i].name, kernels[first_a8].name);
+    /* Kernels that compute the same operations in the same order give the same bytes: x86_amx's A8
+     * kernels are x86_avx512's below M = 9 and AMX above (docs/numerics.md reading 20); the
+     * canonical-layout A8 variants fold the same exact group sums in float64 in group order. */
+    static const char* const twins[][3] = {
+        {"x86_avx512_a8_w4w8_8x32", "x86_amx_a8_w4w8_vnni_8x32", "x86_amx_a8_w4w8_32x32"},
+        {"x86_avx2_a8_w4w8_c4x8", "x86_avx512_a8_w4w8_vnni_c2x8", NULL},
+    };
+    for (size_t set = 0; set < sizeof twins / sizeof twins[0]; set++) {
+        int first = -1;
+        for (size_t j = 0; j < 3 && twins[set][j]; j++) {
+            int i = find_kernel(twins[set][j]);
+            if (i < 0 || !outs[i].p) continue;
+            if (first < 0)
+                first = i;
+            else
+                CHECK(same_bytes(&outs[i], &outs[first]), "%s differs from %s", kernels[i].name, kernels[first].name);
+        }
     }
 
     /* Automatic dispatch: a kernel that runs the problem (format v2 features included), the one
@@ -484,6 +489,26 @@ static void test_whole_chunk_groups(void) {
             run_problem(&p);
             problem_free(&p);
         }
+    /* Random shapes of the same kind: K of 1 to 24 chunks (a last one cut short in a third), G of 1
+     * to 4 chunks or longer than K; float16 A16 in half of them. */
+    for (int r = 0; r < 96; r++) {
+        int32_t K = 128 * rnd_int(1, 24) - (rnd_percent(33) ? 2 * rnd_int(1, 63) : 0);
+        int32_t G = rnd_percent(25) ? 128 * (K / 128 + rnd_int(1, 2)) : 128 * rnd_int(1, 4);
+        int half = r % 2;
+        problem p = {.M = rnd_int(1, 33), .N = rnd_int(1, 20), .K = K, .G = G, .bits = half || rnd_percent(50) ? 4 : 8,
+                     .dtype = half ? QK_DTYPE_F16 : all_dtypes[rnd_int(0, 2)],
+                     .mode = half ? QK_MODE_A16 : (qk_mode)rnd_int(0, 1)};
+        int style = rnd_int(0, X_STYLES - 1);
+        fill_activations(&p, style);
+        if (rnd_percent(50))
+            fill_quantized_weights(&p, rnd_percent(50));
+        else
+            fill_raw_weights(&p, rnd_percent(50));
+        if (rnd_percent(15)) fill_offsets(&p);
+        set_context("whole-chunk groups, random: %s, %s activations", describe(&p), x_style_names[style]);
+        run_problem(&p);
+        problem_free(&p);
+    }
 }
 
 /* Long K at prefill M: the AMX kernels cut K into slices whose activations fit their L2 budget

@@ -33,19 +33,7 @@ static size_t staged(int32_t k, int bits) {
     return bits == 8 ? (size_t)k : (size_t)(k - r) + (size_t)(r % 2 * (STAGE / 2) + r / 2);
 }
 
-typedef struct {
-    const qk_matmul_args* a;
-    const qk_weights* w;
-    int asymmetric, offsets;
-    size_t stride;      /* of groups in a staged row: min(G, K) */
-    size_t padded;      /* staged row length: its groups rounded up to 32 */
-    int8_t* qx;         /* [M][padded] staged quantized activations */
-    int32_t* sums;      /* [M][groups] sums of qx per group */
-    double* row_scale;  /* [M]: sx, or NaN for a row holding NaN or Inf */
-    float* scale;       /* per thread: [groups][8] the block's scales (qk_avx2_block_params) */
-    float* offset;      /* per thread: [groups][8] its offsets, when there are some */
-    int32_t* zp;        /* per thread: [groups][8] its zero points + off */
-} job;
+typedef qk_avx2_canonical_a8 job;
 
 static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
@@ -170,8 +158,6 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
 }
 
 /* Every tile variant with constant parameters (unrolled loops, sums in registers). */
-typedef void tile_fn(const job* j, const int8_t* qx, const int32_t* sums, int32_t n0, const float* scales,
-                     const float* offsets, const int32_t* zps, __m256d (*y)[2]);
 #define TILE_FN(bits, asym, rows)                                                                        \
     static void tile_##bits##_##asym##_##rows(const job* j, const int8_t* qx, const int32_t* sums, int32_t n0, \
                                               const float* scales, const float* offsets, const int32_t* zps, \
@@ -181,62 +167,26 @@ typedef void tile_fn(const job* j, const int8_t* qx, const int32_t* sums, int32_
 #define TILE_ROWS_FNS(bits, asym) TILE_FN(bits, asym, 1) TILE_FN(bits, asym, 2) TILE_FN(bits, asym, 3) TILE_FN(bits, asym, 4)
 #define TILE_TABLE(bits, asym) {tile_##bits##_##asym##_1, tile_##bits##_##asym##_2, tile_##bits##_##asym##_3, tile_##bits##_##asym##_4}
 TILE_ROWS_FNS(4, 0) TILE_ROWS_FNS(4, 1) TILE_ROWS_FNS(8, 0) TILE_ROWS_FNS(8, 1)
-static tile_fn* const variants[2][2][TILE_ROWS] = {
+static qk_avx2_canonical_a8_tile* const variants[2][2][TILE_ROWS] = {
     {TILE_TABLE(4, 0), TILE_TABLE(4, 1)},
     {TILE_TABLE(8, 0), TILE_TABLE(8, 1)},
 };
 
-/* Task t: rows [8t, 8t + 8) of W for every row of X. */
-static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
-    const job* j = arg;
-    int32_t M = j->a->M, N = j->w->N, groups = qk_groups_per_row(j->w);
-    tile_fn* const* by_rows = variants[j->w->bits == 8][j->asymmetric];
-    float* scales = j->scale + (size_t)thread * groups * BLOCK_N;
-    int32_t* zps = j->asymmetric ? j->zp + (size_t)thread * groups * BLOCK_N : NULL;
-    float* offsets = j->offsets ? j->offset + (size_t)thread * groups * BLOCK_N : NULL;
-    for (int32_t t = begin; t < end; t++) {
-        int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
-        qk_avx2_block_params(j->w, n0, scales, offsets, zps, j->w->bits == 4 ? 8 : 0);
-        for (int32_t m = 0; m < M; m += TILE_ROWS) {
-            int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
-            __m256d y[TILE_ROWS][2];
-            for (int r = 0; r < rows; r++) y[r][0] = y[r][1] = _mm256_setzero_pd();
-            by_rows[rows - 1](j, j->qx + (size_t)m * j->padded, j->sums + (size_t)m * groups, n0, scales, offsets, zps, y);
-            for (int r = 0; r < rows; r++) {
-                double out[BLOCK_N];
-                _mm256_storeu_pd(out, y[r][0]);
-                _mm256_storeu_pd(out + 4, y[r][1]);
-                qk_avx2_finish(j->a, N, j->row_scale, m + r, n0, count, out);
-            }
-        }
-    }
-}
-
-/* The workspace: staged quantized rows of X, their group sums, the row scales, then per thread a
- * block's scales, offsets and zero points. */
-static size_t buffers(job* j, int32_t threads, void* base) {
-    size_t used = 0, M = (size_t)j->a->M, params = (size_t)threads * qk_groups_per_row(j->w) * BLOCK_N;
-    j->stride = (size_t)(j->w->group_size < j->w->K ? j->w->group_size : j->w->K);
-    j->padded = ((size_t)qk_groups_per_row(j->w) * j->stride + STAGE - 1) / STAGE * STAGE; /* K, or more with a shorter last group */
-    j->qx = qk_avx2_take(base, &used, M * j->padded);
-    j->sums = qk_avx2_take(base, &used, M * (size_t)qk_groups_per_row(j->w) * sizeof *j->sums);
-    j->row_scale = qk_avx2_take(base, &used, M * sizeof *j->row_scale);
-    j->scale = qk_avx2_take(base, &used, params * sizeof *j->scale);
-    j->offset = qk_avx2_take(base, &used, j->offsets ? params * sizeof *j->offset : 0);
-    j->zp = qk_avx2_take(base, &used, j->asymmetric ? params * sizeof *j->zp : 0);
-    return used;
+static job job_of(const qk_kernel_weights* w, const qk_matmul_args* a) {
+    int bits = w->format.bits;
+    job j = {.a = a, .w = &w->format, .asymmetric = w->asymmetric, .offsets = w->has_offsets,
+             .zp_offset = bits == 4 ? 8 : 0, .tile_rows = TILE_ROWS, .tiles = variants[bits == 8][w->asymmetric != 0]};
+    return j;
 }
 
 size_t qk_avx2_a8_c4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
-    job j = {.a = a, .w = &w->format, .asymmetric = w->asymmetric, .offsets = w->has_offsets};
-    return buffers(&j, threads, NULL);
+    job j = job_of(w, a);
+    return qk_avx2_canonical_a8_buffers(&j, threads, STAGE, NULL);
 }
 
 qk_status qk_avx2_a8_c4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
-    job j = {.a = a, .w = &w->format, .asymmetric = w->asymmetric, .offsets = w->has_offsets};
-    buffers(&j, exec->threads, exec->workspace);
-    int32_t M = a->M, K = w->format.K, grain = (1 << 14) / K;
-    qk_parallel_for(exec, M, grain > 1 ? grain : 1, stage_task, &j);
-    qk_parallel_for(exec, (w->format.N + BLOCK_N - 1) / BLOCK_N, qk_avx2_grain((double)M * BLOCK_N * K), block_task, &j);
+    job j = job_of(w, a);
+    qk_avx2_canonical_a8_buffers(&j, exec->threads, STAGE, exec->workspace);
+    qk_avx2_canonical_a8_run(exec, &j, stage_task);
     return QK_OK;
 }

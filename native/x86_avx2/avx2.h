@@ -223,6 +223,43 @@ void qk_avx2_finish(const qk_matmul_args* a, int32_t N, const double* row_scale,
  * offset is NULL, and zp[g * 8 + i] (its zero point plus zp_offset) unless zp is NULL. */
 void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, float* offset, int32_t* zp, int32_t zp_offset);
 
+/* What the canonical-layout A8 variants share (x86_avx2's a8_c4x8.c, x86_avx512's a8_c2x8.c): a
+ * call's staged quantized rows of X, per-thread parameters of a block of 8 rows of W, and the loop
+ * that runs a kernel's tiles over the blocks. */
+typedef struct qk_avx2_canonical_a8 qk_avx2_canonical_a8;
+
+/* Rows [0, rows) of X (staged, from qx; group sums from sums) times rows [n0, n0 + 8) of W into y[r]
+ * (eight float64 columns as two vectors, zero on entry), before the row scale; rows of W past N
+ * read row N - 1. scales, offsets and zps: the block's qk_avx2_block_params. */
+typedef void qk_avx2_canonical_a8_tile(const qk_avx2_canonical_a8* j, const int8_t* qx, const int32_t* sums,
+                                       int32_t n0, const float* scales, const float* offsets, const int32_t* zps,
+                                       __m256d (*y)[2]);
+
+struct qk_avx2_canonical_a8 {
+    const qk_matmul_args* a;
+    const qk_weights* w;
+    int asymmetric, offsets;
+    int32_t zp_offset;  /* added to the zero points in zp */
+    int tile_rows;      /* rows of X per tile (at most 4) */
+    qk_avx2_canonical_a8_tile* const* tiles; /* [rows - 1] */
+    size_t stride;      /* of groups in a staged row: min(G, K) */
+    size_t padded;      /* staged row length: its groups rounded up to the kernel's unit */
+    int8_t* qx;         /* [M][padded] staged quantized activations (the kernel's order) */
+    int32_t* sums;      /* [M][groups] sums of qx per group */
+    double* row_scale;  /* [M]: sx, or NaN for a row holding NaN or Inf */
+    float* scale;       /* per thread: [groups][8] a block's scales */
+    float* offset;      /* per thread: [groups][8] its offsets, when there are some */
+    int32_t* zp;        /* per thread: [groups][8] its zero points + zp_offset, when there are some */
+};
+
+/* The workspace of j (staged rows padded to `unit` k, then the per-thread parameters), laid out in
+ * base, or only measured with base NULL. Returns its size. */
+size_t qk_avx2_canonical_a8_buffers(qk_avx2_canonical_a8* j, int32_t threads, size_t unit, void* base);
+
+/* The call: `stage` (tasks: rows of X) fills qx, sums and row_scale, then every block of 8 rows of W
+ * runs j->tiles for every row of X, and each result is rounded to the output. */
+void qk_avx2_canonical_a8_run(const qk_exec* exec, const qk_avx2_canonical_a8* j, qk_task_fn* stage);
+
 /* ---- the kernels (one file each; register.c lists them) ---- */
 
 size_t qk_avx2_a16_4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);

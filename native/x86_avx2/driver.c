@@ -151,3 +151,50 @@ void qk_avx2_block_params(const qk_weights* w, int32_t n0, float* scale, float* 
             if (zp) zp[8 * g + i] = w->zero_points[first[i] + g] + zp_offset;
         }
 }
+
+size_t qk_avx2_canonical_a8_buffers(qk_avx2_canonical_a8* j, int32_t threads, size_t unit, void* base) {
+    size_t used = 0, M = (size_t)j->a->M, groups = (size_t)qk_groups_per_row(j->w);
+    size_t params = (size_t)threads * groups * QK_AVX2_PANEL;
+    j->stride = (size_t)(j->w->group_size < j->w->K ? j->w->group_size : j->w->K);
+    j->padded = (groups * j->stride + unit - 1) / unit * unit; /* K, or more with a shorter last group */
+    j->qx = qk_avx2_take(base, &used, M * j->padded);
+    j->sums = qk_avx2_take(base, &used, M * groups * sizeof *j->sums);
+    j->row_scale = qk_avx2_take(base, &used, M * sizeof *j->row_scale);
+    j->scale = qk_avx2_take(base, &used, params * sizeof *j->scale);
+    j->offset = qk_avx2_take(base, &used, j->offsets ? params * sizeof *j->offset : 0);
+    j->zp = qk_avx2_take(base, &used, j->asymmetric ? params * sizeof *j->zp : 0);
+    return used;
+}
+
+/* Task t: rows [8t, 8t + 8) of W for every row of X. */
+static void canonical_a8_block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
+    const qk_avx2_canonical_a8* j = arg;
+    enum { BLOCK_N = QK_AVX2_PANEL };
+    int32_t M = j->a->M, N = j->w->N, groups = qk_groups_per_row(j->w);
+    float* scales = j->scale + (size_t)thread * groups * BLOCK_N;
+    int32_t* zps = j->asymmetric ? j->zp + (size_t)thread * groups * BLOCK_N : NULL;
+    float* offsets = j->offsets ? j->offset + (size_t)thread * groups * BLOCK_N : NULL;
+    for (int32_t t = begin; t < end; t++) {
+        int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
+        qk_avx2_block_params(j->w, n0, scales, offsets, zps, j->zp_offset);
+        for (int32_t m = 0; m < M; m += j->tile_rows) {
+            int rows = M - m < j->tile_rows ? M - m : j->tile_rows;
+            __m256d y[4][2];
+            for (int r = 0; r < rows; r++) y[r][0] = y[r][1] = _mm256_setzero_pd();
+            j->tiles[rows - 1](j, j->qx + (size_t)m * j->padded, j->sums + (size_t)m * groups, n0, scales, offsets, zps, y);
+            for (int r = 0; r < rows; r++) {
+                double out[BLOCK_N];
+                _mm256_storeu_pd(out, y[r][0]);
+                _mm256_storeu_pd(out + 4, y[r][1]);
+                qk_avx2_finish(j->a, N, j->row_scale, m + r, n0, count, out);
+            }
+        }
+    }
+}
+
+void qk_avx2_canonical_a8_run(const qk_exec* exec, const qk_avx2_canonical_a8* j, qk_task_fn* stage) {
+    int32_t M = j->a->M, K = j->w->K, grain = (1 << 14) / K;
+    qk_parallel_for(exec, M, grain > 1 ? grain : 1, stage, (void*)j);
+    qk_parallel_for(exec, (j->w->N + QK_AVX2_PANEL - 1) / QK_AVX2_PANEL, qk_avx2_grain((double)M * QK_AVX2_PANEL * K),
+                    canonical_a8_block_task, (void*)j);
+}

@@ -120,6 +120,12 @@ QK_AVX512_INLINE void tile(const job* j, int rows, const uint32_t* x, int32_t n0
         scales[c] = w->scales + n * groups;
         zps[c] = w->zero_points ? w->zero_points + n * groups : NULL;
     }
+    uint8_t last[TILE_W_ROWS][CHUNK_BYTES]; /* a last chunk cut short by K: bytes past the row read as zeros */
+    if (whole < chunks)
+        for (int c = 0; c < TILE_W_ROWS; c++) {
+            memset(last[c], 0, CHUNK_BYTES);
+            memcpy(last[c], wrow[c] + (size_t)whole * CHUNK_BYTES, row_bytes - (size_t)whole * CHUNK_BYTES);
+        }
     __m512 run[TILE_ROWS][TILE_W_ROWS]; /* a run starts from +0, as reading 20's */
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < TILE_W_ROWS; c++) run[r][c] = _mm512_setzero_ps();
@@ -130,14 +136,8 @@ QK_AVX512_INLINE void tile(const job* j, int rows, const uint32_t* x, int32_t n0
         __m512i v[TILE_W_ROWS], table[TILE_W_ROWS];
         for (int c = 0; c < TILE_W_ROWS; c++) {
             const uint8_t* at = wrow[c] + (size_t)ch * CHUNK_BYTES;
-            if (ch < whole) {
-                v[c] = _mm512_loadu_si512((const void*)at);
-                _mm_prefetch((const char*)at + ahead, _MM_HINT_T1);
-            } else { /* the last chunk, K % 128 k: bytes past the row read as zeros */
-                uint8_t last[CHUNK_BYTES] = {0};
-                memcpy(last, at, row_bytes - (size_t)ch * CHUNK_BYTES);
-                v[c] = _mm512_loadu_si512((const void*)last);
-            }
+            _mm_prefetch((const char*)at + ahead, _MM_HINT_T1);
+            v[c] = _mm512_loadu_si512((const void*)(ch < whole ? at : last[c]));
             table[c] = _mm512_loadu_si512((const void*)(j->tables + (size_t)((zps[c] ? zps[c][g] : 0) + 8) * TABLE_WORDS));
         }
         __m512 acc[TILE_ROWS][TILE_W_ROWS][2];

@@ -89,6 +89,12 @@ class QuantizedWeight:
         c.N, c.K, c.group_size, c.bits = N, K, self.group_size, self.bits
         set_field("_c", c)
 
+    def __reduce__(self):
+        """Pickles and copies carry the arrays and make their own native view, packs and plans
+        (which hold native pointers) on first use."""
+        return (QuantizedWeight, (self.data, self.scales, self.zero_points, self.bits, self.group_size, self.shape,
+                                  self.dtype, self.kind, self.offsets))
+
     @property
     def N(self) -> int:
         return self.shape[0]

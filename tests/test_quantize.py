@@ -376,6 +376,28 @@ def test_dequantize_defaults_to_the_weights_dtype_and_container(dtype):
             assert isinstance(w, np.ndarray) and w.dtype.name == dtype
 
 
+def test_quantized_weights_pickle_and_copy():
+    """Pickles and copies keep every field and give the same results; packs and plans (native
+    pointers) are made afresh, not shared."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(5)
+    qw = qkernels.quantize_weights(rng.standard_normal((9, 96)).astype(np.float32), bits=4, group_size=32,
+                                   symmetric=False)
+    qw = qkernels.QuantizedWeight(qw.data, qw.scales, qw.zero_points, 4, 32, (9, 96), "float16", "numpy",
+                                  rng.standard_normal(qw.scales.shape).astype(np.float32))
+    x = rng.standard_normal((2, 96)).astype(np.float16)
+    y = qkernels.matmul(x, qw)
+    for other in (pickle.loads(pickle.dumps(qw)), copy.deepcopy(qw), copy.copy(qw)):
+        assert other is not qw and not other._packs and not other._plans
+        for name in ("bits", "group_size", "shape", "dtype", "kind"):
+            assert getattr(other, name) == getattr(qw, name)
+        for name in ("data", "scales", "zero_points", "offsets"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(qw, name))
+        np.testing.assert_array_equal(qkernels.matmul(x, other).view(np.uint16), y.view(np.uint16))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_quantizer_reads_non_native_byte_order_and_strides(dtype):
     rng = np.random.default_rng(4)

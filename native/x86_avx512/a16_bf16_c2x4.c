@@ -51,10 +51,8 @@ typedef struct {
 static void stage_chunk(float* chunk) {
     /* vpermt2w index: word 8s + 2j + h of a 32-k piece's output is element 8j + 4h + s, whose upper
      * (bfloat16) half is word 2 (8j + 4h + s) + 1 of the two float32 sources. */
-    uint16_t order[32];
-    for (int s = 0; s < 4; s++)
-        for (int j = 0; j < 4; j++)
-            for (int h = 0; h < 2; h++) order[8 * s + 2 * j + h] = (uint16_t)(2 * (8 * j + 4 * h + s) + 1);
+    static const uint16_t order[32] = {1, 9,  17, 25, 33, 41, 49, 57, 3, 11, 19, 27, 35, 43, 51, 59,
+                                       5, 13, 21, 29, 37, 45, 53, 61, 7, 15, 23, 31, 39, 47, 55, 63};
     const __m512i words = _mm512_loadu_si512((const void*)order);
     const __m512 upper = _mm512_castsi512_ps(_mm512_set1_epi32((int)0xFFFF0000u));
     __m512i parts[2][4]; /* [hi, lo][32-k piece b]: per s, the dwords of lanes 4b .. 4b + 3 */
@@ -121,11 +119,7 @@ QK_AVX512_INLINE void tile(const job* j, int rows, const uint32_t* x, int32_t n0
         zps[c] = w->zero_points ? w->zero_points + n * groups : NULL;
     }
     uint8_t last[TILE_W_ROWS][CHUNK_BYTES]; /* a last chunk cut short by K: bytes past the row read as zeros */
-    if (whole < chunks)
-        for (int c = 0; c < TILE_W_ROWS; c++) {
-            memset(last[c], 0, CHUNK_BYTES);
-            memcpy(last[c], wrow[c] + (size_t)whole * CHUNK_BYTES, row_bytes - (size_t)whole * CHUNK_BYTES);
-        }
+    qk_avx512_short_chunks(last, wrow, TILE_W_ROWS, row_bytes);
     __m512 run[TILE_ROWS][TILE_W_ROWS]; /* a run starts from +0, as reading 20's */
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < TILE_W_ROWS; c++) run[r][c] = _mm512_setzero_ps();

@@ -100,11 +100,7 @@ QK_AVX512_INLINE void tile(const job* j, int bits, int rows, const int8_t* qx, c
     const uint8_t* row[BLOCK_N];
     for (int c = 0; c < BLOCK_N; c++) row[c] = (const uint8_t*)w->data + (size_t)(n0 + c < N ? n0 + c : N - 1) * row_bytes;
     uint8_t last[BLOCK_N][CHUNK_BYTES]; /* a last chunk cut short by K: zero bytes (u = 8 or 128) times zero activations */
-    if (whole < chunks)
-        for (int c = 0; c < BLOCK_N; c++) {
-            memset(last[c], 0, CHUNK_BYTES);
-            memcpy(last[c], row[c] + (size_t)whole * CHUNK_BYTES, row_bytes - (size_t)whole * CHUNK_BYTES);
-        }
+    qk_avx512_short_chunks(last, row, BLOCK_N, row_bytes);
     for (int32_t g = 0, ch = 0; g < groups; g++) {
         __m512i acc[TILE_ROWS][BLOCK_N];
         for (int r = 0; r < rows; r++)

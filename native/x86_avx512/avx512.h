@@ -23,6 +23,8 @@
 #include <immintrin.h>
 #endif
 
+#include <string.h>
+
 #include "../x86_avx2/avx2.h"
 #include "layout.h"
 
@@ -51,6 +53,18 @@ QK_AVX512_INLINE __m512i qk_avx512_zero(const uint8_t* group, const qk_vnni16_la
 /* A group's offset[16], or 0 (no offsets). */
 QK_AVX512_INLINE __m512 qk_avx512_offset(const uint8_t* group, const qk_vnni16_layout* l) {
     return l->offsets_at ? _mm512_load_ps((const float*)(group + l->offsets_at)) : _mm512_setzero_ps();
+}
+
+/* The canonical-layout variants (a8_c2x8.c, a16_bf16_c2x4.c) read rows of W 64 bytes at a time. Where
+ * K cuts a row's last chunk short, they read it from copies that are zero past the row's end: the
+ * last chunks of `rows` rows of row_bytes each, into last[0 .. rows) (nothing to do without one). */
+QK_AVX512_INLINE void qk_avx512_short_chunks(uint8_t (*last)[64], const uint8_t* const* row, int rows, size_t row_bytes) {
+    size_t start = row_bytes / 64 * 64;
+    if (start == row_bytes) return;
+    for (int c = 0; c < rows; c++) {
+        memset(last[c], 0, 64);
+        memcpy(last[c], row[c] + start, row_bytes - start);
+    }
 }
 
 /* What the tiles read. */

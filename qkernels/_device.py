@@ -33,7 +33,7 @@ class DeviceArray:
     pointer: int
     dtype: str  # float32, float16 or bfloat16
     shape: tuple[int, ...]
-    device: int | None  # the CUDA device index; None when the producer does not say (the current one)
+    device: int | None  # the CUDA device index; None when neither the array nor torch says (the current one)
     stream: int  # the cudaStream_t to run on (0: the legacy default stream)
     kind: str  # "torch" or "cuda_array_interface"
 
@@ -83,7 +83,18 @@ def _interface_array(x: Any, argument: str, dtypes: tuple[str, ...]) -> DeviceAr
     # Work goes on the producer's stream, so it is ordered after whatever the producer queued.
     if stream is None or stream == _LEGACY_DEFAULT_STREAM:
         stream = 0
-    return DeviceArray(x, int(pointer), dtype, shape, None, int(stream), "cuda_array_interface")
+    return DeviceArray(x, int(pointer), dtype, shape, _current_device_index(), int(stream), "cuda_array_interface")
+
+
+def _current_device_index() -> int | None:
+    """The current CUDA device by torch, when torch (imported) has CUDA: the interface names no device,
+    and the weights' pack is cached per device index. Without torch it is None, one pack for every
+    device: the cuda backend then refuses (InvalidArgumentError naming both devices) a call whose
+    current device is not the one the weights were packed on, rather than read another GPU's memory."""
+    torch = torch_module()
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.current_device()
 
 
 def device_array(x: Any, argument: str, dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")) -> DeviceArray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -209,6 +210,26 @@ def test_interface_arrays_are_parsed():
     assert (a.pointer, a.dtype, a.shape, a.stream, a.device) == (4096, "float32", (3, 4), 7, None)
     assert _device.device_array(FakeDeviceArray((1, 4), strides=(99, 2), stream=1), "x").stream == 0  # one row
     assert _device.device_array(FakeDeviceArray((2, 4), stream=2), "x").stream == 2  # per-thread default stream
+
+
+def test_interface_arrays_take_torchs_current_device(monkeypatch):
+    """The interface names no device; the pack is cached per device index, so the index comes from
+    torch where torch has CUDA (here a stand-in saying device 1), else it is None."""
+    from qkernels import _device
+
+    class Cuda:
+        @staticmethod
+        def is_available():
+            return True
+
+        @staticmethod
+        def current_device():
+            return 1
+
+    monkeypatch.setitem(sys.modules, "torch", type("FakeTorch", (), {"cuda": Cuda, "Tensor": type(None)}))
+    assert _device.device_array(FakeDeviceArray((2, 4)), "x").device == 1
+    monkeypatch.delitem(sys.modules, "torch")
+    assert _device.device_array(FakeDeviceArray((2, 4)), "x").device is None
 
 
 def test_dlpack_cuda_objects_are_device_arrays(qw):

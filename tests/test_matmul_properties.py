@@ -362,7 +362,7 @@ def test_non_contiguous_and_non_native_byte_order_inputs(mode):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_non_contiguous_torch_inputs(dtype):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     rng = np.random.default_rng(12)
     K, N = 48, 7
     qw = qkernels.quantize_weights(rng.standard_normal((N, K)).astype(np.float32), bits=4, group_size=16,

@@ -7,7 +7,7 @@
  * through a STAGES-deep cp.async pipeline: activations, the pack's weights and (at a group's first
  * tile) its scales / zeros / offsets land in shared memory while earlier stages compute.
  *   - decode (M <= 16): BM = 16, and split-K: slices of K in grid.z write float32 partial sums to
- *     qk_cuda_scratch, and a second kernel adds them in slice order (deterministic) with the bias,
+ *     device scratch, and a second kernel adds them in slice order (deterministic) with the bias,
  *     so that a GEMV still fills the GPU;
  *   - prefill: BM = 64 (2 x 4 warps, 2 m16 blocks each), split-K only while there are fewer tiles
  *     than multiprocessors.
@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wm = warp / kWarpsN, wn = warp % kWarpsN;
     const int g = lane / 4, t = lane % 4;
-    const int nb = blockIdx.x, m0 = blockIdx.y * BM, slice = blockIdx.z;
+    const int nb = tile_n(p.pack), m0 = tile_m(p.pack) * BM, slice = blockIdx.z;
     const int first = slice * p.tiles_per_slice;
     const int count = p.pack.k_tiles - first < p.tiles_per_slice ? p.pack.k_tiles - first : p.tiles_per_slice;
     const T* x = static_cast<const T*>(p.x);
@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(128 * WARPS_M) a16_kernel(a16_params p) {
     }
     qk_cp_async_wait<0>(); /* no copy outlives the block */
 
-    const size_t padded_n = (size_t)gridDim.x * QK_CUDA_BLOCK_N;
+    const size_t padded_n = (size_t)p.pack.n_blocks * QK_CUDA_BLOCK_N;
     #pragma unroll
     for (int mb = 0; mb < MB; mb++)
         #pragma unroll
@@ -270,34 +270,41 @@ qk_status run(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_a
     const int M = a->M, N = w->format.N, K = w->format.K, m_blocks = (M + BM - 1) / BM;
     a16_params p = {a->input, a->output, nullptr, a->bias, view_of(l, w->packed), M, N, K, K, 0,
                     w->asymmetric, w->has_offsets};
-    const int slices = split_k(l.n_blocks * m_blocks, l.k_tiles, &p.tiles_per_slice);
+    unsigned grid = 0;
+    qk_status s = tiles(l.n_blocks, m_blocks, name, &grid);
+    if (s != QK_OK) return s;
+    const int slices = split_k((int)grid, l.k_tiles, &p.tiles_per_slice);
     const int padded_k = l.k_tiles * QK_CUDA_TILE_K;
     const bool in_place = K % 8 == 0 && (uintptr_t)a->input % 16 == 0;
     const size_t partial_bytes = slices > 1 ? (size_t)slices * M * l.n_blocks * QK_CUDA_BLOCK_N * sizeof(float) : 0;
     const size_t x_bytes = in_place ? 0 : (size_t)M * padded_k * sizeof(T);
+    uint8_t* scratch = nullptr;
     if (partial_bytes + x_bytes > 0) {
-        uint8_t* scratch = static_cast<uint8_t*>(qk_cuda_scratch(exec->stream, partial_bytes + x_bytes));
-        if (!scratch) return qk_last_status(); /* qk_cuda_scratch has failed: its status, and why */
+        scratch = static_cast<uint8_t*>(qk_cuda_scratch_acquire(exec->stream, partial_bytes + x_bytes));
+        if (!scratch) return qk_last_status(); /* the scratch has failed: its status, and why */
         if (slices > 1) p.partial = reinterpret_cast<float*>(scratch);
         if (!in_place) {
             T* staged = reinterpret_cast<T*>(scratch + partial_bytes); /* 16-byte aligned: partials are 1 KiB rows */
             const size_t elements = (size_t)M * padded_k;
             QK_CUDA_LAUNCH(a16_stage_x<T>, (unsigned)((elements + 255) / 256), 256, 0, exec->stream,
                            static_cast<const T*>(a->input), M, K, padded_k, staged);
-            qk_status s = qk_cuda_check_launch(name);
-            if (s != QK_OK) return s;
+            s = qk_cuda_check_launch(name);
             p.x = staged;
             p.x_stride = p.x_cols = padded_k;
         }
     }
-    void (*kernel)(a16_params) = a16_kernel<T, BITS, WARPS_M, MB, STAGES>;
-    QK_CUDA_LAUNCH(kernel, dim3(l.n_blocks, m_blocks, slices), THREADS, SHARED, exec->stream, p);
-    qk_status s = qk_cuda_check_launch(name);
-    if (s != QK_OK || slices == 1) return s;
-    const size_t elements = (size_t)M * N;
-    QK_CUDA_LAUNCH(a16_reduce<T>, (unsigned)((elements + 255) / 256), 256, 0, exec->stream, p.partial, slices, M, N,
-                   l.n_blocks * QK_CUDA_BLOCK_N, a->bias, static_cast<T*>(a->output));
-    return qk_cuda_check_launch(name);
+    if (s == QK_OK) {
+        void (*kernel)(a16_params) = a16_kernel<T, BITS, WARPS_M, MB, STAGES>;
+        QK_CUDA_LAUNCH(kernel, dim3(grid, 1, slices), THREADS, SHARED, exec->stream, p);
+        s = qk_cuda_check_launch(name);
+    }
+    if (s == QK_OK && slices > 1) {
+        const size_t elements = (size_t)M * N;
+        QK_CUDA_LAUNCH(a16_reduce<T>, (unsigned)((elements + 255) / 256), 256, 0, exec->stream, p.partial, slices, M,
+                       N, l.n_blocks * QK_CUDA_BLOCK_N, a->bias, static_cast<T*>(a->output));
+        s = qk_cuda_check_launch(name);
+    }
+    return scratch ? release_scratch(exec->stream, scratch, s) : s;
 }
 
 template <int WARPS_M, int MB, int STAGES>

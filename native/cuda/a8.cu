@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(256) a8_kernel(a8_params p) {
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wm = warp / kWarpsN, wn = warp % kWarpsN;
     const int g = lane / 4, t = lane % 4;
-    const int nb = blockIdx.x, m0 = blockIdx.y * BM, count = p.pack.k_tiles;
+    const int nb = tile_n(p.pack), m0 = tile_m(p.pack) * BM, count = p.pack.k_tiles;
 
     auto load_stage = [&](int kt) {
         uint8_t* stage = smem + (kt % STAGES) * STAGE_BYTES;
@@ -281,20 +281,25 @@ qk_status run(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_a
         return qk_fail(QK_ERR_UNSUPPORTED, "%s: group size %d", name, w->format.group_size);
     const int M = a->M, K = w->format.K, padded_k = l.k_tiles * QK_CUDA_TILE_K;
     const size_t qx_bytes = (size_t)M * padded_k, xs_bytes = (size_t)M * l.groups * sizeof(int32_t);
-    uint8_t* scratch = static_cast<uint8_t*>(qk_cuda_scratch(exec->stream, qx_bytes + xs_bytes + 2 * (size_t)M * 4));
-    if (!scratch) return qk_last_status(); /* qk_cuda_scratch has failed: its status, and why */
+    unsigned grid = 0;
+    qk_status st = tiles(l.n_blocks, (M + BM - 1) / BM, name, &grid);
+    if (st != QK_OK) return st;
+    uint8_t* scratch = static_cast<uint8_t*>(qk_cuda_scratch_acquire(exec->stream, qx_bytes + xs_bytes + 2 * (size_t)M * 4));
+    if (!scratch) return qk_last_status(); /* the scratch has failed: its status, and why */
     a8_scratch s = {reinterpret_cast<int8_t*>(scratch), reinterpret_cast<int32_t*>(scratch + qx_bytes),
                     reinterpret_cast<float*>(scratch + qx_bytes + xs_bytes),
                     reinterpret_cast<int32_t*>(scratch + qx_bytes + xs_bytes + (size_t)M * 4)};
     QK_CUDA_LAUNCH(quantize_rows<T>, M, kQuantizeThreads, 0, exec->stream, static_cast<const T*>(a->input), K,
                    padded_k, l.group_tiles * QK_CUDA_TILE_K, l.groups, s);
-    qk_status st = qk_cuda_check_launch(name);
-    if (st != QK_OK) return st;
-    a8_params p = {s, a->output, a->bias, view_of(l, w->packed), M, w->format.N, padded_k, w->asymmetric,
-                   w->has_offsets};
-    void (*kernel)(a8_params) = a8_kernel<T, BITS, STAGES>;
-    QK_CUDA_LAUNCH(kernel, dim3(l.n_blocks, (M + BM - 1) / BM), 256, SHARED, exec->stream, p);
-    return qk_cuda_check_launch(name);
+    st = qk_cuda_check_launch(name);
+    if (st == QK_OK) {
+        a8_params p = {s, a->output, a->bias, view_of(l, w->packed), M, w->format.N, padded_k, w->asymmetric,
+                       w->has_offsets};
+        void (*kernel)(a8_params) = a8_kernel<T, BITS, STAGES>;
+        QK_CUDA_LAUNCH(kernel, grid, 256, SHARED, exec->stream, p);
+        st = qk_cuda_check_launch(name);
+    }
+    return release_scratch(exec->stream, scratch, st);
 }
 
 }  // namespace

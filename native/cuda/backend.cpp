@@ -46,6 +46,7 @@ typedef int (*cu_get_error_name_fn)(int error, const char** name);
 enum {
     CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75,
     CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76,
+    CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED = 115, /* the scratch is stream-ordered (cudaMallocFromPoolAsync) */
     MIN_COMPUTE_CAPABILITY = 80, /* mma.sync, ldmatrix and cp.async: Ampere and later */
 };
 
@@ -58,7 +59,8 @@ const char* driver_error(cu_get_error_name_fn get_name, int error) {
 }
 
 /* Why the backend cannot run here, or NULL. Every visible GPU must have compute capability 8.0 or
- * later: the kernels run on whichever device is current, and an older one has no code for them. */
+ * later and support memory pools: the kernels run on whichever device is current, and an older one
+ * has no code for them. */
 const char* probe() {
     void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!driver) {
@@ -109,6 +111,14 @@ const char* probe() {
                      "CUDA device %d has compute capability %d.%d; the kernels need 8.0 or later "
                      "(CUDA_VISIBLE_DEVICES can hide it)",
                      d, major, minor);
+            return reason;
+        }
+        int pools = 0;
+        if (attribute(&pools, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, d) != 0 || !pools) {
+            snprintf(reason, sizeof reason,
+                     "CUDA device %d does not support memory pools (cudaMallocAsync), which the backend's scratch "
+                     "needs (CUDA_VISIBLE_DEVICES can hide it)",
+                     d);
             return reason;
         }
     }
@@ -166,9 +176,12 @@ void free_packed(void* packed) { cudaFree(packed); }
 
 /* ---- host pointers never reach a kernel ---- */
 
-/* QK_OK when the device can read `pointer` (device, managed, or mapped host memory), else a failure
- * naming the argument. Plain host memory (malloc, NumPy, a CPU tensor) is refused. */
-qk_status check_reachable(const void* pointer, const char* argument, const char* kernel) {
+/* QK_OK when the current device can read `pointer` (its own memory, managed memory, or mapped
+ * host memory), else a failure naming the argument. Plain host memory (malloc, NumPy, a CPU tensor)
+ * is refused, and so is memory of another GPU: the kernels run on the current device, which reads
+ * another's memory only with peer access, and a pack or an array on the wrong device is a mistake
+ * of the caller's, better named than served slowly or faulting. */
+qk_status check_reachable(const void* pointer, int device, const char* argument, const char* kernel) {
     cudaPointerAttributes attributes;
     cudaError_t e = cudaPointerGetAttributes(&attributes, pointer);
     if (e != cudaSuccess) return fail_cuda(e, argument);
@@ -176,6 +189,11 @@ qk_status check_reachable(const void* pointer, const char* argument, const char*
         return qk_fail(QK_ERR_INVALID_ARGUMENT,
                        "%s is host memory, which kernel '%s' cannot read: the cuda backend takes device pointers",
                        argument, kernel);
+    if (attributes.type == cudaMemoryTypeDevice && attributes.device != device)
+        return qk_fail(QK_ERR_INVALID_ARGUMENT,
+                       "%s is memory of CUDA device %d, and kernel '%s' runs on the current device, %d: make the "
+                       "device of the data current (the weights are packed on the device current when packing)",
+                       argument, attributes.device, kernel, device);
     return QK_OK;
 }
 
@@ -191,9 +209,13 @@ qk_status checked_run(const qk_exec* exec, const qk_kernel_weights* w, const qk_
     /* Clear an error an earlier runtime call left on this thread (a failed cudaMalloc in a pack),
      * which qk_cuda_check_launch would otherwise report for this run, after its kernel wrote Y. */
     (void)cudaGetLastError();
-    qk_status s = check_reachable(a->input, "args->input", name);
-    if (s == QK_OK) s = check_reachable(a->output, "args->output", name);
-    if (s == QK_OK && a->bias) s = check_reachable(a->bias, "args->bias", name);
+    int device = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e != cudaSuccess) return fail_cuda(e, "the current device");
+    qk_status s = check_reachable(w->packed, device, "the weights' pack", name);
+    if (s == QK_OK) s = check_reachable(a->input, device, "args->input", name);
+    if (s == QK_OK) s = check_reachable(a->output, device, "args->output", name);
+    if (s == QK_OK && a->bias) s = check_reachable(a->bias, device, "args->bias", name);
     return s == QK_OK ? qk_cuda_kernels[I].run(exec, w, a) : s;
 }
 
@@ -202,71 +224,67 @@ constexpr auto checked_runs(std::integer_sequence<int, I...>) {
     return std::array<decltype(&checked_run<0>), sizeof...(I)>{&checked_run<I>...};
 }
 
-/* ---- per-stream scratch ---- */
+/* ---- scratch: stream-ordered, from a pool per device ---- */
 
-struct scratch_entry {
-    int device;
-    void* stream;
-    void* memory;
-    size_t bytes;
-};
-enum { MAX_SCRATCH = 256 };
-scratch_entry scratch_entries[MAX_SCRATCH];
-int scratch_count;
-pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Each run takes its scratch with cudaMallocFromPoolAsync on its stream and gives it back with
+ * cudaFreeAsync after its last launch (kernels.h). So runs on one stream from several host threads,
+ * on the per-thread default streams, or on a new stream per request never share a buffer nor keep
+ * one per stream (a table of buffers per stream did both until 2026-12-07), and a stream can be
+ * captured into a CUDA graph at any call: there the allocation and the free become nodes of the
+ * graph. The pool is the backend's own, not the device's default one, whose release threshold other
+ * code in the process may rely on: it keeps up to kKeptScratch bytes of freed memory for the next
+ * runs (beyond that, freed memory goes back to the driver at the next synchronization). */
+constexpr uint64_t kKeptScratch = 256ull << 20;
+enum { MAX_DEVICES = 64 };
+cudaMemPool_t pools[MAX_DEVICES];
+pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Grows entry e to `bytes`. The old buffer may still be in use by work queued on its stream: wait
- * for that stream first. Growing allocates, which a stream being captured into a CUDA graph cannot
- * do: such a capture must come after a first run at its largest size. */
-void* grow(scratch_entry* e, size_t bytes) {
-    cudaStream_t stream = (cudaStream_t)e->stream;
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    cudaError_t err = cudaStreamIsCapturing(stream, &capture);
-    if (err != cudaSuccess) return fail_cuda(err, "scratch for a stream"), nullptr;
-    if (capture != cudaStreamCaptureStatusNone) {
-        qk_fail(QK_ERR_INVALID_ARGUMENT,
-                "cuda: %zu bytes of scratch needed while the stream is captured into a CUDA graph: run the "
-                "call once on this stream before capturing it",
-                bytes);
+/* The current device's pool, made on first use; NULL after qk_fail. */
+cudaMemPool_t current_pool() {
+    int device = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e != cudaSuccess) return fail_cuda(e, "the current device"), nullptr;
+    if (device >= MAX_DEVICES) {
+        qk_fail(QK_ERR_UNSUPPORTED, "cuda: device %d: the backend keeps scratch pools for %d devices", device,
+                (int)MAX_DEVICES);
         return nullptr;
     }
-    if (e->memory) {
-        err = cudaStreamSynchronize(stream);
-        if (err != cudaSuccess) return fail_cuda(err, "waiting for the stream before its scratch grows"), nullptr;
-        cudaFree(e->memory);
-        e->memory = nullptr;
-        e->bytes = 0;
+    pthread_mutex_lock(&pools_lock);
+    if (!pools[device]) {
+        cudaMemPoolProps props = {};
+        props.allocType = cudaMemAllocationTypePinned;
+        props.location.type = cudaMemLocationTypeDevice;
+        props.location.id = device;
+        cudaMemPool_t pool = nullptr;
+        uint64_t kept = kKeptScratch;
+        e = cudaMemPoolCreate(&pool, &props);
+        if (e == cudaSuccess) e = cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &kept);
+        if (e == cudaSuccess)
+            pools[device] = pool;
+        else {
+            if (pool) cudaMemPoolDestroy(pool);
+            fail_cuda(e, "creating the scratch memory pool");
+        }
     }
-    err = cudaMalloc(&e->memory, bytes);
-    if (err != cudaSuccess) {
-        e->memory = nullptr;
-        return fail_cuda(err, "allocating scratch"), nullptr;
-    }
-    e->bytes = bytes;
-    return e->memory;
+    cudaMemPool_t pool = pools[device];
+    pthread_mutex_unlock(&pools_lock);
+    return pool;
 }
 
 } // namespace
 
-extern "C" void* qk_cuda_scratch(void* stream, size_t bytes) {
-    int device = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err != cudaSuccess) return fail_cuda(err, "the current device"), nullptr;
-    pthread_mutex_lock(&scratch_lock);
-    scratch_entry* e = nullptr;
-    for (int i = 0; i < scratch_count && !e; i++)
-        if (scratch_entries[i].device == device && scratch_entries[i].stream == stream) e = &scratch_entries[i];
-    if (!e && scratch_count < MAX_SCRATCH) {
-        e = &scratch_entries[scratch_count++];
-        *e = scratch_entry{device, stream, nullptr, 0};
-    }
+extern "C" void* qk_cuda_scratch_acquire(void* stream, size_t bytes) {
+    cudaMemPool_t pool = current_pool();
+    if (!pool) return nullptr;
     void* memory = nullptr;
-    if (!e)
-        qk_fail(QK_ERR_OUT_OF_MEMORY, "cuda: scratch is kept for at most %d streams", (int)MAX_SCRATCH);
-    else
-        memory = e->bytes >= bytes ? e->memory : grow(e, bytes);
-    pthread_mutex_unlock(&scratch_lock);
+    cudaError_t e = cudaMallocFromPoolAsync(&memory, bytes, pool, (cudaStream_t)stream);
+    if (e != cudaSuccess) return fail_cuda(e, "allocating scratch on the stream"), nullptr;
     return memory;
+}
+
+extern "C" qk_status qk_cuda_scratch_release(void* stream, void* memory) {
+    cudaError_t e = cudaFreeAsync(memory, (cudaStream_t)stream);
+    return e == cudaSuccess ? QK_OK : fail_cuda(e, "releasing scratch on the stream");
 }
 
 extern "C" qk_status qk_cuda_check_launch(const char* kernel) {

@@ -3,7 +3,7 @@
  * Both read the device pack (pack.c), never the canonical arrays; group sizes are multiples of 32
  * (per-channel: G >= K, then a multiple of 32 too, as dispatch checks group_multiple); a shorter
  * last group and offsets are run. The A8 kernel (M of any size, no split-K: its float64 group sums
- * must be added in the reference's order) equals the reference backend bit for bit. Scratch comes from qk_cuda_scratch, so workspace_size is NULL. */
+ * must be added in the reference's order) equals the reference backend bit for bit. Scratch comes from qk_cuda_scratch_acquire, so workspace_size is NULL. */
 #include "kernels.h"
 #include "layout.h"
 

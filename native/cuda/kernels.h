@@ -20,7 +20,7 @@ extern "C" {
 #endif
 
 /* Every CUDA kernel, best first: the backend registers this table as it is. A kernel's
- * workspace_size is 0; device scratch comes from qk_cuda_scratch. */
+ * workspace_size is 0; device scratch comes from qk_cuda_scratch_acquire. */
 extern const qk_kernel_desc qk_cuda_kernels[];
 extern const int32_t qk_cuda_kernel_count;
 
@@ -30,12 +30,16 @@ size_t qk_cuda_packed_bytes(const qk_weights* weights);
 qk_status qk_cuda_pack_host(const qk_weights* weights, void* host_out);
 
 /* Device scratch of at least `bytes` for work on `stream` (split-K partial sums, quantized
- * activations), valid until the next call on the same stream; NULL after qk_fail on failure.
- * Provided by backend.c in the library and by the emulator harness in the test build. */
-void* qk_cuda_scratch(void* stream, size_t bytes);
+ * activations), stream-ordered: work queued on `stream` after this call may use it until
+ * qk_cuda_scratch_release(stream, memory), which the caller queues after that work, on every path
+ * (a failed launch too). Each call gets memory of its own, so calls from several host threads, on
+ * one stream or on many, never share it. NULL after qk_fail on failure. Provided by backend.cpp
+ * in the library and by the emulator harness in the test build. */
+void* qk_cuda_scratch_acquire(void* stream, size_t bytes);
+qk_status qk_cuda_scratch_release(void* stream, void* memory);
 
 /* After a launch: QK_OK, or qk_fail with the launch error naming `kernel`. Provided as
- * qk_cuda_scratch is. */
+ * the scratch is. */
 qk_status qk_cuda_check_launch(const char* kernel);
 
 #ifdef __cplusplus

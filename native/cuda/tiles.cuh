@@ -7,6 +7,7 @@
 #define QK_CUDA_TILES_CUH
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "kernels.h"
 #include "layout.h"
@@ -25,15 +26,28 @@ constexpr int kMetaBytes = 3 * QK_CUDA_BLOCK_N * (int)sizeof(float);
 struct pack_view {
     const uint8_t* weights;
     const float* meta;
-    int k_tiles, groups, group_tiles, regions;
+    int n_blocks, k_tiles, groups, group_tiles, regions;
     int tile_bytes;
 };
 
 inline pack_view view_of(const qk_cuda_layout& l, const void* packed) {
     const uint8_t* base = static_cast<const uint8_t*>(packed);
-    return pack_view{base, reinterpret_cast<const float*>(base + l.meta_offset), l.k_tiles, l.groups,
+    return pack_view{base, reinterpret_cast<const float*>(base + l.meta_offset), l.n_blocks, l.k_tiles, l.groups,
                      l.group_tiles, l.meta_regions, (int)l.tile_bytes};
 }
+
+/* The output tiles of a grid are numbered along x alone, n blocks fastest: the order in which a
+ * (n blocks, m blocks) grid runs, without grid y's limit of 65,535 m blocks (2.1 million rows of
+ * A8). Grid x takes 2^31 - 1 blocks: `tiles` sets it, or fails naming the kernel beyond that. */
+inline qk_status tiles(int n_blocks, int m_blocks, const char* name, unsigned* grid_x) {
+    const long long count = (long long)n_blocks * m_blocks;
+    if (count > 0x7FFFFFFF)
+        return qk_fail(QK_ERR_INVALID_ARGUMENT, "%s: %lld output tiles, more than a grid holds (2^31 - 1)", name, count);
+    *grid_x = (unsigned)count;
+    return QK_OK;
+}
+__device__ __forceinline__ int tile_n(const pack_view& p) { return (int)(blockIdx.x % (unsigned)p.n_blocks); }
+__device__ __forceinline__ int tile_m(const pack_view& p) { return (int)(blockIdx.x / (unsigned)p.n_blocks); }
 
 /* Tile kt starts a group's metadata for a slice that starts at tile `first`. */
 __device__ __forceinline__ bool starts_group(const pack_view& p, int kt, int first) {
@@ -57,6 +71,17 @@ __device__ __forceinline__ void load_meta(float* smem, const pack_view& p, int n
  * banks; XOR-ing the chunk with bits of the row spreads them over all 32 banks (conflict-free). */
 __device__ __forceinline__ int swizzle(int r, int c, int chunks) {
     return chunks == 4 ? c ^ ((r >> 1) & 3) : c ^ ((r >> 2) & 1);
+}
+
+/* The scratch released after the launches that used it (qk_cuda_scratch_release), whatever `launched`
+ * (their status) is. When a launch failed, its failure is the one reported: a release that fails
+ * too (a sticky device error fails both) does not replace the message. */
+inline qk_status release_scratch(void* stream, void* scratch, qk_status launched) {
+    if (launched == QK_OK) return qk_cuda_scratch_release(stream, scratch);
+    char why[512];
+    snprintf(why, sizeof why, "%s", qk_last_error());
+    if (qk_cuda_scratch_release(stream, scratch) != QK_OK) qk_fail(launched, "%s", why);
+    return launched;
 }
 
 /* Streaming multiprocessors of the current device (the emulator: a small made-up count, so that

@@ -7,7 +7,7 @@
  * cannot read in place (K % 8 != 0, or a pointer 2 bytes off 16-byte alignment), group sizes 32,
  * 64, 128, per-channel and a shorter last group, symmetric and zero-point weights, offsets, bias,
  * float16 and bfloat16. Outputs are poisoned and fenced by guard bytes, the pack too; the kernels
- * get no canonical arrays (NULL), only the pack. Scratch from qk_cuda_scratch comes poisoned.
+ * get no canonical arrays (NULL), only the pack. Scratch comes poisoned and is poisoned when released.
  *
  * Usage: test_cuda_kernels [--seed S] [-v] */
 #include <math.h>
@@ -22,24 +22,35 @@
 
 /* ---- the services backend.c provides in the library, here on host memory ---- */
 
-static void* scratch;
-static size_t scratch_size;
+/* Scratch as backend.cpp gives it, one allocation per run, but poisoned when taken (kernels must not
+ * read what they did not write) and when given back (nothing may use it after its release); every
+ * run must give back what it took (run_problem checks). */
+static int scratch_outstanding;
 
-void* qk_cuda_scratch(void* stream, size_t bytes) {
+enum { SCRATCH_HEADER = 256 }; /* its size, ahead of the 256-byte aligned memory given out */
+
+void* qk_cuda_scratch_acquire(void* stream, size_t bytes) {
     (void)stream;
-    if (bytes > scratch_size) {
-        free(scratch);
-        scratch = NULL;
-        scratch_size = 0;
-        if (posix_memalign(&scratch, 256, bytes) != 0) {
-            scratch = NULL;
-            qk_fail(QK_ERR_OUT_OF_MEMORY, "test scratch of %zu bytes", bytes);
-            return NULL;
-        }
-        scratch_size = bytes;
+    void* base = NULL;
+    if (posix_memalign(&base, 256, SCRATCH_HEADER + bytes) != 0) {
+        qk_fail(QK_ERR_OUT_OF_MEMORY, "test scratch of %zu bytes", bytes);
+        return NULL;
     }
-    memset(scratch, 0xFF, bytes); /* NaN in every float type: kernels must not read what they did not write */
-    return scratch;
+    memcpy(base, &bytes, sizeof bytes);
+    memset((char*)base + SCRATCH_HEADER, 0xFF, bytes); /* NaN in every float type */
+    scratch_outstanding++;
+    return (char*)base + SCRATCH_HEADER;
+}
+
+qk_status qk_cuda_scratch_release(void* stream, void* memory) {
+    (void)stream;
+    char* base = (char*)memory - SCRATCH_HEADER;
+    size_t bytes;
+    memcpy(&bytes, base, sizeof bytes);
+    memset(memory, 0xFF, bytes);
+    free(base);
+    scratch_outstanding--;
+    return QK_OK;
 }
 
 qk_status qk_cuda_check_launch(const char* kernel) {
@@ -82,6 +93,7 @@ static void run_problem(const qk_kernel_desc* k, problem* pp, const shape* s) {
     reset_status();
     qk_status st = k->run(&exec, &kw, &a);
     CHECK(st == QK_OK, "run: %s", qk_status_string(st));
+    CHECK(scratch_outstanding == 0, "%d scratch allocations not released", scratch_outstanding);
     CHECK(gbuf_guards_ok(&y), "output guard bytes");
     CHECK(gbuf_guards_ok(&pack), "pack guard bytes");
     /* Products in the float32 subnormal range (problems.h, ref_only): no absolute term in the
@@ -159,6 +171,7 @@ static void mode_cases(const qk_kernel_desc* k) {
         {130, 20, 64, 64, 8, QK_DTYPE_BF16, 1, 1, 0, 0},
         {40, 260, 128, 32, 4, QK_DTYPE_F16, 0, 1, 1, 0},   /* 4 groups, two n blocks */
         {33, 17, 512, 128, 8, QK_DTYPE_BF16, 0, 0, 1, 0},  /* 16 tiles: a deep pipeline */
+        {70, 300, 64, 64, 4, QK_DTYPE_BF16, 1, 0, 0, 0},   /* 2 x 2 tiles of every kernel (grid order) */
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const shape* s = &shapes[i];

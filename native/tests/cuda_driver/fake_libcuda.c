@@ -4,6 +4,7 @@
  *   FAKE_CUDA_DRIVER_VERSION  cuDriverGetVersion's answer (default 13000: CUDA 13.0)
  *   FAKE_CUDA_DEVICES         "" or unset: cuInit fails with CUDA_ERROR_NO_DEVICE; else a comma-
  *                             separated compute capability per device, e.g. "9.0" or "8.6,7.5"
+ *   FAKE_CUDA_MEMORY_POOLS    "0": no device supports memory pools (default: all do)
  * It has nothing else: the CUDA runtime, which needs much more of the driver, fails cleanly on it,
  * which is what the test checks of a backend that passed the probe on a broken driver. */
 #include <stdio.h>
@@ -13,7 +14,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 enum { SUCCESS = 0, ERROR_INVALID_VALUE = 1, ERROR_NO_DEVICE = 100 };
-enum { MAX_DEVICES = 8, ATTRIBUTE_MAJOR = 75, ATTRIBUTE_MINOR = 76 };
+enum { MAX_DEVICES = 8, ATTRIBUTE_MAJOR = 75, ATTRIBUTE_MINOR = 76, ATTRIBUTE_MEMORY_POOLS = 115 };
 
 static int capabilities[MAX_DEVICES][2];
 
@@ -42,8 +43,13 @@ EXPORT int cuDeviceGetCount(int* count) {
 }
 
 EXPORT int cuDeviceGetAttribute(int* value, int attribute, int device) {
-    if (device < 0 || device >= devices() || (attribute != ATTRIBUTE_MAJOR && attribute != ATTRIBUTE_MINOR))
-        return ERROR_INVALID_VALUE;
+    if (device < 0 || device >= devices()) return ERROR_INVALID_VALUE;
+    if (attribute == ATTRIBUTE_MEMORY_POOLS) {
+        const char* pools = getenv("FAKE_CUDA_MEMORY_POOLS");
+        *value = !pools || strcmp(pools, "0") != 0;
+        return SUCCESS;
+    }
+    if (attribute != ATTRIBUTE_MAJOR && attribute != ATTRIBUTE_MINOR) return ERROR_INVALID_VALUE;
     *value = capabilities[device][attribute == ATTRIBUTE_MINOR];
     return SUCCESS;
 }

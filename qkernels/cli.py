@@ -36,7 +36,12 @@ def info(_args: argparse.Namespace) -> int:
     header = f"chosen (M = {','.join(map(str, DISPATCH_MS))})"
     print()
     print(f"{'backend':18} {'compiled':9} {'detected':9} {header:28} note")
-    for b in dispatch.backends():
+    # Every backend of qkernels's, those this library lacks last: "compiled no", detection not
+    # checked ("-"), and why it is not built.
+    for b in dispatch.backends(not_built=True):
+        if not b.compiled:
+            print(f"{b.name:18} {'no':9} {'-':9} {'-':28} {b.reason}")
+            continue
         picked = []  # e.g. "a8 M=1,16": the modes and M this backend runs
         for mode in ("a16", "a8"):
             ms = [str(M) for M in DISPATCH_MS if (mode, M) in chosen and chosen[mode, M].backend == b.name]

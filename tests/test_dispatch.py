@@ -328,10 +328,23 @@ def test_use_backend_auto_inside_a_forced_block_restores_automatic_choice(proble
 # ---------------------------------------------------------------- command line, version
 
 
+# qkernels's own backends, every architecture's and the CUDA library's: native/core/api.c's list,
+# written out here so that a backend dropped from it fails.
+PROJECT_BACKENDS = {"x86_amx", "x86_avx512", "x86_avx2", "arm_neon_i8mm", "arm_neon_dotprod", "cuda", "ref"}
+# One that no build for this architecture has, and why `qkernels info` says it is missing.
+if platform.machine().lower() in ("aarch64", "arm64"):
+    OTHER_ARCHITECTURE = ("x86_amx", "not built: x86-64 builds only")
+else:
+    OTHER_ARCHITECTURE = ("arm_neon_i8mm", "not built: aarch64 builds only")
+
+
 def _check_info_output(output: str):
     assert qkernels.__version__ in output
     for b in BACKENDS:
         assert re.search(rf"^{re.escape(b.name)}\s", output, re.M), f"backend {b.name} missing:\n{output}"
+    for b in dispatch.backends(not_built=True)[len(BACKENDS):]:
+        assert re.search(rf"^{re.escape(b.name)} +no +- +- +{re.escape(b.reason)}$", output, re.M), (
+            f"backend {b.name} (not built) missing:\n{output}")
     for k in KERNELS:
         assert k.name in output, f"kernel {k.name} missing"
     for feature in qkernels.cpu_features():
@@ -344,6 +357,51 @@ def test_python_m_qkernels_info(argv, tmp_path):
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     _check_info_output(result.stdout)
+
+
+def test_backends_not_built_are_the_project_backends_this_library_lacks():
+    every = dispatch.backends(not_built=True)
+    assert every[:len(BACKENDS)] == BACKENDS  # the registered ones first, as backends() gives them
+    missing = every[len(BACKENDS):]
+    assert {b.name for b in every} >= PROJECT_BACKENDS
+    assert {b.name for b in missing} == PROJECT_BACKENDS - {b.name for b in BACKENDS}
+    assert all(not (b.compiled or b.detected or b.available) and b.code == 0 for b in missing)
+    assert all(b.reason.startswith("not built: ") for b in missing)
+    assert dict((b.name, b.reason) for b in missing)[OTHER_ARCHITECTURE[0]] == OTHER_ARCHITECTURE[1]
+    if "cuda" not in {b.name for b in BACKENDS}:
+        assert "libqkernels_cuda.so is built only where CMake finds nvcc" in next(
+            b.reason for b in missing if b.name == "cuda")
+    # forcing one of them is refused as not compiled in, not as an unknown name
+    for b in missing:
+        with pytest.raises(qkernels.BackendUnavailableError, match="not compiled into this library"):
+            dispatch.backend_code(b.name)
+
+
+def test_info_lists_every_backend_compiled_or_not(capsys):
+    """The backend table: the registered backends as before (compiled yes), then every backend of
+    the project's that this library lacks, compiled no, with why."""
+    from qkernels import cli
+
+    assert cli.main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("backend "))
+    assert lines[start] == f"{'backend':18} {'compiled':9} {'detected':9} {'chosen (M = 1,16,512)':28} note"
+    table = lines[start + 1:lines.index("", start)]
+    every = dispatch.backends(not_built=True)
+    assert [row.split()[0] for row in table] == [b.name for b in every]
+    qw = qkernels.quantize_weights(np.zeros((64, 512), np.float32), bits=4, group_size=128)
+    picks = {(mode, M): qkernels.select(np.zeros((M, 512), np.float16), qw, mode).backend
+             for mode in ("a16", "a8") for M in cli.DISPATCH_MS}
+    for b, row in zip(BACKENDS, table):  # as the rows have always been
+        chosen = "; ".join(f"{mode} M={','.join(ms)}" for mode in ("a16", "a8")
+                           if (ms := [str(M) for M in cli.DISPATCH_MS if picks[mode, M] == b.name]))
+        chosen = chosen or ("device arrays only" if b.device else "-")
+        detected = "yes" if b.detected else "no"
+        assert row == f"{b.name:18} {'yes':9} {detected:9} {chosen:28} {b.reason}".rstrip()
+    for b, row in zip(every[len(BACKENDS):], table[len(BACKENDS):]):
+        assert row == f"{b.name:18} {'no':9} {'-':9} {'-':28} {b.reason}"
+    name, reason = OTHER_ARCHITECTURE
+    assert f"{name:18} {'no':9} {'-':9} {'-':28} {reason}" in table
 
 
 def test_info_into_a_closed_pipe_stops_quietly(tmp_path):

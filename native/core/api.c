@@ -230,16 +230,51 @@ static qk_backend registered(const char* name) {
     return QK_BACKEND_AUTO;
 }
 
+/* Why a backend of qkernels's own is missing from this library, by how CMakeLists.txt gates it:
+ * the x86 ones are compiled only for x86-64 and the ARM ones only for aarch64 (QK_BACKENDS may
+ * leave either out of a build for its own architecture), and libqkernels_cuda.so is a separate
+ * library, built only where CMake finds nvcc and registered only when the core loads it. */
+#if defined(__x86_64__) || defined(_M_X64)
+#define QK_X86_NOT_BUILT "not built: left out of this build (CMake's QK_BACKENDS)"
+#else
+#define QK_X86_NOT_BUILT "not built: x86-64 builds only"
+#endif
+#if defined(__aarch64__) || defined(_M_ARM64)
+#define QK_ARM_NOT_BUILT "not built: left out of this build (CMake's QK_BACKENDS)"
+#else
+#define QK_ARM_NOT_BUILT "not built: aarch64 builds only"
+#endif
+
+/* Every built-in backend of every architecture (CMakeLists.txt), and the CUDA library's: the one
+ * list of qkernels's own backends, which forcing (qk_unbuilt_backend) and qk_project_backend read. */
+static const struct {
+    const char* name;
+    const char* not_built; /* the reason, where this library does not register it */
+} project[] = {
+    {"x86_amx", QK_X86_NOT_BUILT},
+    {"x86_avx512", QK_X86_NOT_BUILT},
+    {"x86_avx2", QK_X86_NOT_BUILT},
+    {"arm_neon_i8mm", QK_ARM_NOT_BUILT},
+    {"arm_neon_dotprod", QK_ARM_NOT_BUILT},
+    {"cuda", "not built: libqkernels_cuda.so is built only where CMake finds nvcc (CUDA 12 or later); none was "
+             "loaded from beside libqkernels.so or QKERNELS_BACKEND_PATH"},
+    {"ref", "not built: every qkernels build has it"}, /* CMakeLists.txt refuses a QK_BACKENDS without ref */
+};
+
 const char* qk_unbuilt_backend(const char* name, int kernel) {
-    /* Every built-in backend of every architecture (CMakeLists.txt), and the CUDA library's. */
-    static const char* const project[] = {"x86_amx",          "x86_avx512", "x86_avx2", "arm_neon_i8mm",
-                                          "arm_neon_dotprod", "cuda",       "ref"};
     for (size_t i = 0; i < sizeof project / sizeof project[0]; i++) {
-        size_t n = strlen(project[i]);
-        int match = kernel ? strncmp(name, project[i], n) == 0 && name[n] == '_' : strcmp(name, project[i]) == 0;
-        if (match && registered(project[i]) == QK_BACKEND_AUTO) return project[i];
+        const char* own = project[i].name;
+        size_t n = strlen(own);
+        int match = kernel ? strncmp(name, own, n) == 0 && name[n] == '_' : strcmp(name, own) == 0;
+        if (match && registered(own) == QK_BACKEND_AUTO) return own;
     }
     return NULL;
+}
+
+const char* qk_project_backend(int32_t index, const char** not_built) {
+    if (index < 0 || (size_t)index >= sizeof project / sizeof project[0]) return NULL;
+    if (not_built) *not_built = registered(project[index].name) == QK_BACKEND_AUTO ? project[index].not_built : NULL;
+    return project[index].name;
 }
 
 qk_status qk_backend_find(const char* name, qk_backend* out) {

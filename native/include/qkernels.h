@@ -269,6 +269,11 @@ qk_status qk_kernel_get(int32_t index, qk_kernel_info* out);
 int32_t qk_backend_count(void);             /* ids run from 1 to this */
 qk_status qk_backend_get(qk_backend backend, qk_backend_info* out);
 qk_status qk_backend_find(const char* name, qk_backend* out);
+/* qkernels's own backends, whether this library registers them or not: every built-in backend of
+ * every architecture, and the CUDA library's. The name of the index-th (from 0), NULL past the last;
+ * *not_built (if not_built is not NULL) is NULL where this library registers it, else why it does
+ * not (static text beginning "not built: ", e.g. "not built: aarch64 builds only"). */
+const char* qk_project_backend(int32_t index, const char** not_built);
 uint64_t qk_cpu_features(void);
 int32_t qk_cpu_has(qk_cpu_feature feature);
 const char* qk_cpu_feature_name(qk_cpu_feature feature);  /* NULL if not a feature */

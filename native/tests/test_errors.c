@@ -498,6 +498,20 @@ static void test_registry_errors(void) {
     fixture_reset();
     EXPECT(qk_backend_find("auto", &id), QK_ERR_INVALID_ARGUMENT, "qk_backend_find(auto)");
     CHECK(id == -7, "qk_backend_find: a failure wrote *out");
+    /* qk_project_backend: every registered built-in is there, without a reason; the other
+     * architecture's is there, with one; past the end, NULL. */
+    int saw_ref = 0, saw_unbuilt = 0;
+    int32_t known = 0;
+    for (const char *name, *why; (name = qk_project_backend(known, &why)) != NULL; known++) {
+        int is_registered = qk_backend_find(name, &id) == QK_OK;
+        CHECK(is_registered == (why == NULL), "qk_project_backend(%s): a reason iff not registered", name);
+        CHECK(why == NULL || strncmp(why, "not built: ", 11) == 0, "qk_project_backend(%s): reason '%s'", name, why);
+        saw_ref |= strcmp(name, "ref") == 0 && why == NULL;
+        saw_unbuilt |= strcmp(name, UNBUILT_BACKEND) == 0 && why != NULL;
+    }
+    CHECK(saw_ref && saw_unbuilt, "qk_project_backend: ref (registered) and " UNBUILT_BACKEND " (not built) listed");
+    CHECK(qk_project_backend(-1, NULL) == NULL && qk_project_backend(known, NULL) == NULL,
+          "qk_project_backend: out of range is NULL");
 }
 
 /* Struct sizes: callers set size to sizeof the struct they were compiled with. An older, shorter

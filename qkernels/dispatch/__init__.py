@@ -29,12 +29,12 @@ _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("qkernels_b
 @dataclass(frozen=True)
 class BackendInfo:
     name: str
-    code: int  # the id the library assigned when the backend registered
-    compiled: bool
-    detected: bool
+    code: int  # the id the library assigned when the backend registered; 0 for one not built
+    compiled: bool  # registered: built in, or from a backend library (backends(not_built=True) adds the others)
+    detected: bool  # the machine has what it needs (False, unchecked, for one not built)
     available: bool
     own_layout: bool  # packs weights into its own layout (else runs on the canonical arrays)
-    reason: str  # why not available; "" when available
+    reason: str  # why not available ("not built: ..." for one not built); "" when available
     library: str  # the backend library it came from; "" when built in
     priority: int  # automatic dispatch tries higher first
     device: bool  # runs on a device (cuda): takes device arrays, and automatic dispatch never picks it
@@ -62,8 +62,14 @@ _MODE_NAMES = {code: name for name, code in MODES.items()}
 _DTYPE_NAMES = {lib.QK_DTYPE_F32: "float32", lib.QK_DTYPE_F16: "float16", lib.QK_DTYPE_BF16: "bfloat16"}
 
 
-def backends() -> list[BackendInfo]:
-    """Every registered backend, in dispatch order (best first), with whether it can run here and why not."""
+def backends(not_built: bool = False) -> list[BackendInfo]:
+    """Every registered backend, in dispatch order (best first), with whether it can run here and why not.
+
+    not_built: then also qkernels's own backends that this library lacks (another architecture's,
+    left out of this build, or cuda without its library), after the registered ones, with
+    compiled=False and the reason ("not built: aarch64 builds only"). Their names, and why each is
+    missing, come from the C library (qk_project_backend), which refuses forcing them by the same
+    list: it is the one list of the project's backends."""
     result = []
     for code in range(1, lib.qk_backend_count() + 1):
         info = new_struct("qk_backend_info")
@@ -74,7 +80,14 @@ def backends() -> list[BackendInfo]:
                 bool(info.own_layout), text(info.reason), text(info.library), info.priority, bool(info.device),
             )
         )
-    return sorted(result, key=lambda b: -b.priority)  # stable: ties keep registration order
+    result.sort(key=lambda b: -b.priority)  # stable: ties keep registration order
+    reason = ffi.new("const char**")
+    index = 0
+    while not_built and (name := lib.qk_project_backend(index, reason)) != ffi.NULL:
+        if reason[0] != ffi.NULL:
+            result.append(BackendInfo(text(name), 0, False, False, False, False, text(reason[0]), "", 0, False))
+        index += 1
+    return result
 
 
 def _codes() -> dict[str, int]:

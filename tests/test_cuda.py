@@ -308,6 +308,19 @@ def test_gpu_quantlinear_runs_the_cuda_backend():
         layer(x)
 
 
+def test_gpu_quantlinear_refuses_an_input_on_another_gpu():
+    _gpu()
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    from qkernels.torch import QuantLinear
+
+    rng = np.random.default_rng(3)
+    layer = QuantLinear(qkernels.quantize_weights(rng.standard_normal((64, 128)).astype(np.float32), bits=4,
+                                                  group_size=32)).half().to("cuda:0")
+    with pytest.raises(InvalidArgumentError, match="x is on cuda:1 but the weights are on cuda:0"):
+        layer(torch.randn(3, 128, dtype=torch.float16, device="cuda:1"))
+
+
 def test_a_device_tensor_never_takes_a_host_calls_form(qw):
     """The fast path of a repeated call is keyed by the form of x, its place included: a tensor
     off the CPU after a CPU call of the same shape and dtype is checked anew, never run on the CPU

@@ -12,8 +12,9 @@
  *   - weights are canonical host arrays; pack writes the device layout on the host
  *     (qk_cuda_pack_host) and copies it to the current device once;
  *   - input, output and bias are device pointers, and the work goes on the caller's stream
- *     (qk_matmul_args.stream; NULL: the legacy default stream). Every run checks that the three
- *     pointers are memory the device can reach and refuses host memory before anything launches;
+ *     (qk_matmul_args.stream; NULL: the legacy default stream). Every run checks that the pack, the
+ *     input, output and bias, and the stream are on the current device, and refuses host memory
+ *     before anything launches;
  *   - automatic dispatch never picks it (select.c): it runs only when asked for by id, by name
  *     (QKERNELS_BACKEND) or by kernel name, so host data never reaches it by default.
  */
@@ -25,6 +26,7 @@
 #include <string.h>
 
 #include <array>
+#include <atomic>
 #include <utility>
 
 #include "kernels.h"
@@ -147,9 +149,60 @@ qk_status fail_cuda(cudaError_t e, const char* what) {
     return qk_fail(status_of(e), "cuda: %s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
+/* ---- scratch: stream-ordered, from a pool per device ---- */
+
+/* Each run takes its scratch with cudaMallocFromPoolAsync on its stream and gives it back with
+ * cudaFreeAsync after its last launch (kernels.h). So runs on one stream from several host threads,
+ * on the per-thread default streams, or on a new stream per request never share a buffer nor keep
+ * one per stream (a table of buffers per stream did both until 2026-12-07), and a stream can be
+ * captured into a CUDA graph at any call after the pack: there the allocation and the free become
+ * memory nodes of the graph, which owns that memory (not the pool). The pool is the backend's own, not the device's default one, whose release threshold other
+ * code in the process may rely on: it keeps up to kKeptScratch bytes of freed memory for the next
+ * runs (beyond that, freed memory goes back to the driver at the next synchronization). */
+constexpr uint64_t kKeptScratch = 256ull << 20;
+enum { MAX_DEVICES = 64 };
+std::atomic<cudaMemPool_t> pools[MAX_DEVICES]; /* read without the lock once made */
+pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The current device's pool; NULL after qk_fail. It is made by the first pack on the device (runs
+ * need a pack there), so that no run, which may be captured into a CUDA graph, creates it. */
+cudaMemPool_t current_pool() {
+    int device = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e != cudaSuccess) return fail_cuda(e, "the current device"), nullptr;
+    if (device >= MAX_DEVICES) {
+        qk_fail(QK_ERR_UNSUPPORTED, "cuda: device %d: the backend keeps scratch pools for %d devices", device,
+                (int)MAX_DEVICES);
+        return nullptr;
+    }
+    cudaMemPool_t made = pools[device].load(std::memory_order_acquire);
+    if (made) return made;
+    pthread_mutex_lock(&pools_lock);
+    if (!pools[device].load(std::memory_order_relaxed)) {
+        cudaMemPoolProps props = {};
+        props.allocType = cudaMemAllocationTypePinned;
+        props.location.type = cudaMemLocationTypeDevice;
+        props.location.id = device;
+        cudaMemPool_t pool = nullptr;
+        uint64_t kept = kKeptScratch;
+        e = cudaMemPoolCreate(&pool, &props);
+        if (e == cudaSuccess) e = cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &kept);
+        if (e == cudaSuccess)
+            pools[device].store(pool, std::memory_order_release);
+        else {
+            if (pool) cudaMemPoolDestroy(pool);
+            fail_cuda(e, "creating the scratch memory pool");
+        }
+    }
+    cudaMemPool_t pool = pools[device].load(std::memory_order_relaxed);
+    pthread_mutex_unlock(&pools_lock);
+    return pool;
+}
+
 /* ---- pack: the device layout written on the host, then copied to the current device ---- */
 
 qk_status pack(const qk_weights* w, void** packed, size_t* bytes) {
+    if (!current_pool()) return qk_last_status(); /* the device's scratch pool, before any run there */
     size_t size = qk_cuda_packed_bytes(w);
     void* host = malloc(size);
     if (!host) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cuda: cannot allocate %zu bytes to pack on the host", size);
@@ -197,6 +250,25 @@ qk_status check_reachable(const void* pointer, int device, const char* argument,
     return QK_OK;
 }
 
+/* QK_OK when `stream` is the current device's: a launch on another device's stream fails, and
+ * would say only that. The legacy and per-thread default streams are every device's.
+ * cudaStreamGetDevice is CUDA 12.8's: built with an older toolkit, the launch's error stands. */
+qk_status check_stream(void* stream, int device, const char* kernel) {
+#if CUDART_VERSION >= 12080
+    int of = device;
+    cudaError_t e = cudaStreamGetDevice((cudaStream_t)stream, &of);
+    if (e != cudaSuccess) return fail_cuda(e, "the stream's device");
+    if (of != device)
+        return qk_fail(QK_ERR_INVALID_ARGUMENT,
+                       "the stream belongs to CUDA device %d, and kernel '%s' runs on the current device, %d: make "
+                       "the stream's device current",
+                       of, kernel, device);
+#else
+    (void)stream, (void)device, (void)kernel;
+#endif
+    return QK_OK;
+}
+
 /* kernels.h's table as registered: each run checks its pointers, then calls the kernel's own run.
  * A run function does not learn which table entry it is, so each entry gets its own instance of
  * checked_run (a fixed number of them: registration fails if the table outgrows them). */
@@ -212,7 +284,8 @@ qk_status checked_run(const qk_exec* exec, const qk_kernel_weights* w, const qk_
     int device = 0;
     cudaError_t e = cudaGetDevice(&device);
     if (e != cudaSuccess) return fail_cuda(e, "the current device");
-    qk_status s = check_reachable(w->packed, device, "the weights' pack", name);
+    qk_status s = check_stream(exec->stream, device, name);
+    if (s == QK_OK) s = check_reachable(w->packed, device, "the weights' pack", name);
     if (s == QK_OK) s = check_reachable(a->input, device, "args->input", name);
     if (s == QK_OK) s = check_reachable(a->output, device, "args->output", name);
     if (s == QK_OK && a->bias) s = check_reachable(a->bias, device, "args->bias", name);
@@ -222,53 +295,6 @@ qk_status checked_run(const qk_exec* exec, const qk_kernel_weights* w, const qk_
 template <int... I>
 constexpr auto checked_runs(std::integer_sequence<int, I...>) {
     return std::array<decltype(&checked_run<0>), sizeof...(I)>{&checked_run<I>...};
-}
-
-/* ---- scratch: stream-ordered, from a pool per device ---- */
-
-/* Each run takes its scratch with cudaMallocFromPoolAsync on its stream and gives it back with
- * cudaFreeAsync after its last launch (kernels.h). So runs on one stream from several host threads,
- * on the per-thread default streams, or on a new stream per request never share a buffer nor keep
- * one per stream (a table of buffers per stream did both until 2026-12-07), and a stream can be
- * captured into a CUDA graph at any call: there the allocation and the free become nodes of the
- * graph. The pool is the backend's own, not the device's default one, whose release threshold other
- * code in the process may rely on: it keeps up to kKeptScratch bytes of freed memory for the next
- * runs (beyond that, freed memory goes back to the driver at the next synchronization). */
-constexpr uint64_t kKeptScratch = 256ull << 20;
-enum { MAX_DEVICES = 64 };
-cudaMemPool_t pools[MAX_DEVICES];
-pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* The current device's pool, made on first use; NULL after qk_fail. */
-cudaMemPool_t current_pool() {
-    int device = 0;
-    cudaError_t e = cudaGetDevice(&device);
-    if (e != cudaSuccess) return fail_cuda(e, "the current device"), nullptr;
-    if (device >= MAX_DEVICES) {
-        qk_fail(QK_ERR_UNSUPPORTED, "cuda: device %d: the backend keeps scratch pools for %d devices", device,
-                (int)MAX_DEVICES);
-        return nullptr;
-    }
-    pthread_mutex_lock(&pools_lock);
-    if (!pools[device]) {
-        cudaMemPoolProps props = {};
-        props.allocType = cudaMemAllocationTypePinned;
-        props.location.type = cudaMemLocationTypeDevice;
-        props.location.id = device;
-        cudaMemPool_t pool = nullptr;
-        uint64_t kept = kKeptScratch;
-        e = cudaMemPoolCreate(&pool, &props);
-        if (e == cudaSuccess) e = cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &kept);
-        if (e == cudaSuccess)
-            pools[device] = pool;
-        else {
-            if (pool) cudaMemPoolDestroy(pool);
-            fail_cuda(e, "creating the scratch memory pool");
-        }
-    }
-    cudaMemPool_t pool = pools[device];
-    pthread_mutex_unlock(&pools_lock);
-    return pool;
 }
 
 } // namespace

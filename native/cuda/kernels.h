@@ -20,7 +20,7 @@ extern "C" {
 #endif
 
 /* Every CUDA kernel, best first: the backend registers this table as it is. A kernel's
- * workspace_size is 0; device scratch comes from qk_cuda_scratch_acquire. */
+ * workspace_size is NULL (no host workspace); device scratch comes from qk_cuda_scratch_acquire. */
 extern const qk_kernel_desc qk_cuda_kernels[];
 extern const int32_t qk_cuda_kernel_count;
 

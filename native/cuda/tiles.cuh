@@ -101,7 +101,7 @@ inline int multiprocessors() {
 /* Split-K: slices of at least 4 k tiles each, enough of them for `blocks` output tiles to give
  * every multiprocessor about two thread blocks. Sets tiles per slice; returns the slice count. */
 inline int split_k(int blocks, int k_tiles, int* tiles_per_slice) {
-    int want = (2 * multiprocessors() + blocks - 1) / blocks, most = k_tiles / 4;
+    int want = (int)((2LL * multiprocessors() + blocks - 1) / blocks), most = k_tiles / 4;
     int slices = want < most ? want : most;
     if (slices < 1) slices = 1;
     *tiles_per_slice = (k_tiles + slices - 1) / slices;

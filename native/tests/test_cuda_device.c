@@ -13,9 +13,9 @@
  * The backend's host side (backend.cpp): several host threads calling at once on one stream, on
  * their per-thread default streams, and on a new stream per call (more streams than the table of
  * scratch buffers per stream that this replaced could hold), each output equal byte for byte to
- * the same call made alone; a call captured into a CUDA graph on its stream's first use; more rows
- * than grid y would hold (65,535 tiles); and, with two GPUs, weights or data on another device than
- * the current one refused.
+ * the same call made alone; a call captured into a CUDA graph on its stream's first use, in both
+ * capture modes; more rows than grid y would hold (65,535 tiles); and, with two GPUs, a pack, input
+ * or output on another device than the current one refused.
  *
  * --quick: two shapes and three M, fewer concurrent calls, no huge M (for the runs under
  * compute-sanitizer, many times slower).
@@ -217,33 +217,40 @@ typedef struct {
     char error[256];
 } caller;
 
+/* New streams stay alive until the caller's last call, so that their handles are all distinct (the
+ * per-stream table this replaced failed from the 257th). */
 static void* call_repeatedly(void* argument) {
     caller* c = argument;
+    cudaStream_t* made = calloc((size_t)c->calls, sizeof *made);
     for (int i = 0; i < c->calls && c->status == QK_OK; i++) {
         cudaStream_t stream = c->use == SHARED_STREAM ? c->shared : cudaStreamPerThread;
-        if (c->use == NEW_STREAM_EACH_CALL && cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+        if (c->use == NEW_STREAM_EACH_CALL && cudaStreamCreateWithFlags(&made[i], cudaStreamNonBlocking) != cudaSuccess) {
             c->status = QK_ERR_OUT_OF_MEMORY;
             snprintf(c->error, sizeof c->error, "cudaStreamCreateWithFlags failed");
             break;
         }
+        if (c->use == NEW_STREAM_EACH_CALL) stream = made[i];
         qk_matmul_args a = args_of(c->p, c->dy + (size_t)i * y_bytes(c->p));
         a.input = c->dx;
         a.kernel = c->kernel;
         a.stream = stream;
         c->status = qk_matmul_packed(c->packed, &a);
         if (c->status != QK_OK) snprintf(c->error, sizeof c->error, "%s", qk_last_error());
-        if (c->use == NEW_STREAM_EACH_CALL) cudaStreamDestroy(stream); /* its work still completes */
     }
     if (c->use == PER_THREAD_STREAM) cudaStreamSynchronize(cudaStreamPerThread);
+    for (int i = 0; i < c->calls; i++)
+        if (made[i]) cudaStreamDestroy(made[i]); /* their work still completes */
+    free(made);
     return NULL;
 }
 
 /* CALLERS host threads, each with activations of its own, call kernel k `calls` times at once, with
  * streams used as `use` says; every output must be the bytes of the same call made alone. A scratch
- * buffer shared between calls in flight (as per-stream buffers were) mixes callers' activations. */
+ * buffer shared between calls in flight (as per-stream buffers were) mixes callers' activations
+ * when one caller's launches fall between another's: likely over these many calls, not certain. */
 static void test_concurrent_calls(const qk_kernel_info* k, qk_backend cuda, stream_use use) {
     enum { CALLERS = 4 };
-    const int calls = use == NEW_STREAM_EACH_CALL ? (quick ? 20 : 80) : (quick ? 4 : 16); /* 320 streams */
+    const int calls = use == NEW_STREAM_EACH_CALL ? (quick ? 20 : 80) : (quick ? 8 : 64); /* 320 streams */
     problem p = scratch_problem(k);
     set_context("%s: %d threads x %d calls on %s, %s", k->name, CALLERS, calls, stream_use_names[use], describe(&p));
     qk_packed_weights* packed = NULL;
@@ -286,12 +293,13 @@ static void test_concurrent_calls(const qk_kernel_info* k, qk_backend cuda, stre
     problem_free(&p);
 }
 
-/* A call captured into a CUDA graph on a stream's first use (its scratch becomes nodes of the
- * graph), replayed twice: each replay's output is the call's alone. */
-static void test_graph_capture(const qk_kernel_info* k, qk_backend cuda) {
+/* A call captured into a CUDA graph on a stream's first use (its scratch becomes memory nodes of
+ * the graph), in the capture mode given, replayed twice: each replay's output is the call's alone. */
+static void test_graph_capture(const qk_kernel_info* k, qk_backend cuda, enum cudaStreamCaptureMode mode) {
     problem p = scratch_problem(k);
     fill_activations(&p, X_UNIFORM);
-    set_context("%s: captured into a graph, %s", k->name, describe(&p));
+    set_context("%s: captured into a graph (%s mode), %s", k->name,
+                mode == cudaStreamCaptureModeGlobal ? "global" : "thread-local", describe(&p));
     qk_packed_weights* packed = NULL;
     if (!CHECK(pack_copy(&p, cuda, &packed) == QK_OK, "pack: %s", qk_last_error())) {
         problem_free(&p);
@@ -305,14 +313,15 @@ static void test_graph_capture(const qk_kernel_info* k, qk_backend cuda) {
     CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     cudaGraph_t graph = NULL;
     cudaGraphExec_t replay = NULL;
-    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    CUDA_OK(cudaStreamBeginCapture(stream, mode));
     qk_matmul_args a = args_of(&p, dy);
     a.input = dx;
     a.kernel = k->name;
     a.stream = stream;
     qk_status s = qk_matmul_packed(packed, &a);
-    CUDA_OK(cudaStreamEndCapture(stream, &graph));
-    if (CHECK(s == QK_OK, "captured call: status %d: %s", (int)s, qk_last_error())) {
+    cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+    if (CHECK(s == QK_OK, "captured call: status %d: %s", (int)s, qk_last_error()) &&
+        CHECK(ended == cudaSuccess, "cudaStreamEndCapture: %s", cudaGetErrorString(ended))) {
         CUDA_OK(cudaGraphInstantiate(&replay, graph, 0));
         void* y = xmalloc(y_bytes(&p));
         for (int r = 0; r < 2; r++) {
@@ -325,7 +334,8 @@ static void test_graph_capture(const qk_kernel_info* k, qk_backend cuda) {
         free(y);
         cudaGraphExecDestroy(replay);
     }
-    cudaGraphDestroy(graph);
+    (void)cudaGetLastError(); /* a failed capture leaves its error here: the tests after this one go on */
+    if (graph) cudaGraphDestroy(graph);
     cudaStreamDestroy(stream);
     cudaFree(dx);
     cudaFree(dy);
@@ -386,13 +396,13 @@ static void test_huge_m(const qk_kernel_info* k, qk_backend cuda) {
     problem_free(&p);
 }
 
-/* With two GPUs: weights packed on device 0 run with device 1 current, and activations on device 0
- * given to a run on device 1, are refused naming the device, with nothing written. */
+/* With two GPUs: weights packed on device 0 run with device 1 current, and activations or an output
+ * on device 0 given to a run on device 1, are refused naming the device, with nothing written. */
 static void test_other_device(const qk_kernel_info* k, qk_backend cuda) {
     int count = 0;
     CUDA_OK(cudaGetDeviceCount(&count));
     if (count < 2) {
-        if (test_printing()) printf("%s: one GPU, no test of memory on another device\n", k->name);
+        printf("%s: one GPU: memory on another device not tested\n", k->name);
         return;
     }
     problem p = scratch_problem(k);
@@ -405,20 +415,25 @@ static void test_other_device(const qk_kernel_info* k, qk_backend cuda) {
     CUDA_OK(cudaSetDevice(1));
     CHECK(pack_copy(&p, cuda, &on1) == QK_OK, "pack on device 1: %s", qk_last_error());
     void* x1 = to_device(p.x, x_bytes(&p));
-    unsigned char* y1 = NULL;
+    unsigned char *y0 = NULL, *y1 = NULL;
     CUDA_OK(cudaMalloc((void**)&y1, y_bytes(&p)));
-    struct { qk_packed_weights* packed; void* x; const char* named; } cases[] = {
-        {on0, x1, "the weights' pack is memory of CUDA device 0"}, {on1, x0, "args->input is memory of CUDA device 0"}};
-    for (int c = 0; c < 2 && on0 && on1; c++) {
-        CUDA_OK(cudaMemset(y1, POISON, y_bytes(&p)));
-        qk_matmul_args a = args_of(&p, y1);
+    CUDA_OK(cudaSetDevice(0));
+    CUDA_OK(cudaMalloc((void**)&y0, y_bytes(&p)));
+    CUDA_OK(cudaSetDevice(1));
+    struct { qk_packed_weights* packed; void* x; unsigned char* y; const char* named; } cases[] = {
+        {on0, x1, y1, "the weights' pack is memory of CUDA device 0"},
+        {on1, x0, y1, "args->input is memory of CUDA device 0"},
+        {on1, x1, y0, "args->output is memory of CUDA device 0"}};
+    for (int c = 0; c < 3 && on0 && on1; c++) {
+        CUDA_OK(cudaMemset(cases[c].y, POISON, y_bytes(&p)));
+        qk_matmul_args a = args_of(&p, cases[c].y);
         a.input = cases[c].x;
         a.kernel = k->name;
         qk_status s = qk_matmul_packed(cases[c].packed, &a);
         CHECK(s == QK_ERR_INVALID_ARGUMENT && strstr(qk_last_error(), cases[c].named), "case %d: status %d: %s", c,
               (int)s, qk_last_error());
         unsigned char* back = xmalloc(y_bytes(&p));
-        CUDA_OK(cudaMemcpy(back, y1, y_bytes(&p), cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(back, cases[c].y, y_bytes(&p), cudaMemcpyDeviceToHost));
         size_t i = 0;
         while (i < y_bytes(&p) && back[i] == POISON) i++;
         CHECK(i == y_bytes(&p), "case %d: a refused call wrote its output", c);
@@ -429,6 +444,7 @@ static void test_other_device(const qk_kernel_info* k, qk_backend cuda) {
     qk_packed_weights_free(on1);
     CUDA_OK(cudaSetDevice(0));
     cudaFree(x0);
+    cudaFree(y0);
     qk_packed_weights_free(on0);
     problem_free(&p);
 }
@@ -448,7 +464,8 @@ int main(int argc, char** argv) {
     int ran = 0;
     for (int i = 0; i < n_kernels; i++)
         if (kernels[i].backend == cuda) {
-            test_graph_capture(&kernels[i], cuda);
+            test_graph_capture(&kernels[i], cuda, cudaStreamCaptureModeThreadLocal);
+            test_graph_capture(&kernels[i], cuda, cudaStreamCaptureModeGlobal); /* torch's default */
             run_kernel(&kernels[i], cuda, stream);
             for (int use = SHARED_STREAM; use <= NEW_STREAM_EACH_CALL; use++)
                 test_concurrent_calls(&kernels[i], cuda, (stream_use)use);

@@ -115,10 +115,10 @@ def use_impl(*tensors: torch.Tensor | None) -> bool:
 
 def matmul_impl(x, data, scales, zero_points, bias, bits, group_size, mode, offsets=None):
     """torch.ops.qkernels.matmul without the dispatcher."""
-    if x.is_cpu != data.is_cpu:
+    if x.device != data.device:  # another GPU too: the weights' pack is made for the data's device
         raise InvalidArgumentError(
             f"x is on {x.device} but the weights are on {data.device}: qkernels never moves activations between "
-            "host and device; move the input or the module"
+            "host and device or between devices; move the input or the module"
         )
     if x.numel() == 0:
         return _empty_output(x, data, bits)

@@ -171,7 +171,10 @@ static void mode_cases(const qk_kernel_desc* k) {
         {130, 20, 64, 64, 8, QK_DTYPE_BF16, 1, 1, 0, 0},
         {40, 260, 128, 32, 4, QK_DTYPE_F16, 0, 1, 1, 0},   /* 4 groups, two n blocks */
         {33, 17, 512, 128, 8, QK_DTYPE_BF16, 0, 0, 1, 0},  /* 16 tiles: a deep pipeline */
-        {70, 300, 64, 64, 4, QK_DTYPE_BF16, 1, 0, 0, 0},   /* 2 x 2 tiles of every kernel (grid order) */
+        {70, 300, 64, 64, 4, QK_DTYPE_BF16, 1, 0, 0, 0},   /* 3 x 2 tiles (A8), 2 x 2 (A16 prefill) */
+        {3, 300, 256, 64, 4, QK_DTYPE_F16, 0, 0, 1, 0},    /* 2 n blocks and split-K */
+        {20, 64, 256, 64, 4, QK_DTYPE_F16, 0, 0, 1, 0},    /* decode: 2 m blocks and split-K (partials' rows) */
+        {130, 300, 256, 64, 4, QK_DTYPE_F16, 0, 0, 1, 0},  /* 5 x 2 tiles (A8), 3 x 2 (A16 prefill) */
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const shape* s = &shapes[i];

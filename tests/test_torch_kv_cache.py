@@ -46,8 +46,9 @@ def test_appended_tokens_are_stored_as_quantize_kv_quantizes_them(bits):
 
 
 def _contents(layer):
-    return [t.clone() for t in (layer.key_blocks.q, layer.key_blocks.scales, layer.value_tokens.q,
-                                layer.value_tokens.scales, layer.key_residual)]
+    return [None if t is None else t.clone() for t in (layer.key_blocks.q, layer.key_blocks.scales,
+                                                       layer.value_tokens.q, layer.value_tokens.scales,
+                                                       layer.key_residual)]
 
 
 def test_a_failed_append_leaves_the_cache_as_it_was():
@@ -104,6 +105,75 @@ def test_appending_no_tokens_changes_nothing():
     assert all(torch.equal(a, b) for a, b in zip(_contents(layer), before))
 
 
+def _appended(keys, values, chunks, bits=8):
+    layer, start = QuantizedKVLayer(bits, BLOCK), 0
+    for size in chunks:
+        layer.update(keys[..., start:start + size, :], values[..., start:start + size, :])
+        start += size
+    return layer
+
+
+def _same_state(a, b):
+    contents = (lambda layer: _contents(layer) + [layer.key_blocks.zero_points, layer.value_tokens.zero_points])
+    same = (lambda x, y: x is y is None or (x is not None and y is not None and torch.equal(x, y)))
+    if not (a.is_initialized and b.is_initialized):  # empty: as new
+        return a.is_initialized == b.is_initialized and a.get_seq_length() == b.get_seq_length() == 0
+    return a.get_seq_length() == b.get_seq_length() and all(same(x, y) for x, y in zip(contents(a), contents(b)))
+
+
+@pytest.mark.parametrize("before, last", [([5], 6), ([3, 4], 9), ([8], 1), ([1, 1, 1], 4), ([], 10)])
+def test_crop_takes_back_the_last_update_exactly(before, last):
+    """After taking back r of the last update's tokens, the cache is the cache of the tokens kept:
+    the same integers, scales, zero points and float residual, and the same answer to the next
+    update (blocks the update completed are reopened from their float keys)."""
+    keys, values = _states(sum(before) + last + 3)
+    T = sum(before) + last
+    for r in range(last + 1):
+        layer = _appended(keys, values, before + [last])
+        layer.crop(-r)
+        kept = _appended(keys, values, before + ([last - r] if last > r else []))
+        assert _same_state(layer, kept), r
+        more = slice(T - r, T - r + 3)
+        for a, b in zip(layer.update(keys[..., more, :], values[..., more, :]),
+                        kept.update(keys[..., more, :], values[..., more, :])):
+            assert torch.equal(a, b)
+
+
+def test_crop_past_the_last_update_is_refused():
+    """Tokens of a key block quantized before the last update cannot be taken back exactly: refused,
+    the cache unchanged; within the last update, and past a block boundary the residual alone
+    covers, it is taken back; positive counts (the legacy "keep this many") are refused."""
+    keys, values = _states(12)
+    layer = _appended(keys, values, [9, 1])  # blocks 0, 1 quantized by the first update; 8, 9 in float
+    before = _contents(layer)
+    for r in (3, 10):  # token 7 lies in block 1
+        with pytest.raises(InvalidArgumentError, match="before the last update"):
+            layer.crop(-r)
+        assert layer.get_seq_length() == 10 and all(torch.equal(a, b) for a, b in zip(_contents(layer), before))
+    layer.crop(-2)  # tokens 8, 9: the residual
+    assert _same_state(layer, _appended(keys, values, [8]))
+    with pytest.raises(InvalidArgumentError, match="minus the number"):
+        layer.crop(4)
+    with pytest.raises(InvalidArgumentError, match="holds 8 tokens"):
+        layer.crop(-9)
+
+
+def test_reorder_and_select_batch_rows():
+    """Beam search's reorder_cache, and the batch repetition and selection of other decoding modes:
+    the cache of the rows so arranged, down to the float keys crop would restore."""
+    keys, values = _states(10)
+    for arrange, index in ((lambda c: c.reorder_cache(torch.tensor([1, 1])), [1, 1]),
+                           (lambda c: c.batch_select_indices(torch.tensor([1])), [1]),
+                           (lambda c: c.batch_repeat_interleave(2), [0, 0, 1, 1])):
+        layer = _appended(keys, values, [5, 3])
+        arrange(layer)
+        rows = _appended(keys[index], values[index], [5, 3])
+        assert _same_state(layer, rows) and torch.equal(layer.recent_keys, rows.recent_keys)
+        layer.crop(-3)  # the crop that assisted decoding would make, on the arranged rows
+        rows.crop(-3)
+        assert _same_state(layer, rows)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(InvalidArgumentError):
         QuantizedKVLayer(bits=3)
@@ -131,3 +201,15 @@ def test_generation_with_a_quantized_cache(llama):
     assert 0 < errors[8] < errors[4] and errors[8] < 0.05 * float(exact.abs().max())
     assert out.shape == (1, 14) and cache.get_seq_length() == 13  # the last token is not fed back
     assert cache.nbytes > 0
+
+
+def test_beam_search_and_prompt_lookup_decoding_run_on_the_cache(llama):
+    """generate() with beams (reorder_cache) and with prompt lookup (assisted decoding: crop)."""
+    ids = torch.randint(0, 8, (1, 24), generator=torch.Generator().manual_seed(2))  # repeats: lookups hit
+    with torch.no_grad():
+        cache = QuantizedKVCache(llama.config, bits=8)
+        beams = llama.generate(ids, cache=cache, max_new_tokens=6, num_beams=3, do_sample=False)
+        assert beams.shape == (1, 30) and cache.get_seq_length() == 29
+        cache = QuantizedKVCache(llama.config, bits=8, block_size=4)  # small blocks: crops reopen some
+        looked_up = llama.generate(ids, cache=cache, max_new_tokens=9, prompt_lookup_num_tokens=3, do_sample=False)
+        assert looked_up.shape == (1, 33) and cache.get_seq_length() == 32

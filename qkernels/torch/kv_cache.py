@@ -12,6 +12,11 @@ the keys of the block not yet full stay in float, at most block_size − 1 token
 start at positions 0, G, 2G, ..., so the stored integers do not depend on how the tokens arrive
 (one by one, in chunks, or all at once). What attention reads does: a key is read in float until
 its block is full, then dequantized.
+
+Beam search reorders the cache (reorder_cache), and assisted decoding (an assistant model, or
+prompt lookup) takes back the tokens the model did not accept (crop): the float keys of the blocks
+the last update completed are kept until the next update, so that taking back up to that update's
+tokens leaves the cache exactly as if they had never arrived; taking back more is refused.
 """
 
 from __future__ import annotations
@@ -45,6 +50,20 @@ class _Quantized:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.q, self.scales, self.zero_points) if t is not None)
 
+    def map(self, f) -> None:
+        """f applied to each tensor (a batch reordering, repetition or selection)."""
+        if self.q is not None:
+            self.q, self.scales, self.zero_points = f(self.q), f(self.scales), f(self.zero_points)
+
+    def truncate(self, tokens: int, metadata: int) -> None:
+        """The first `tokens` along axis -2 of q and `metadata` of the scales and zero points (none:
+        empty, as before the first append)."""
+        if not tokens:
+            self.q = self.scales = self.zero_points = None
+        elif self.q is not None:
+            self.q = self.q[..., :tokens, :]
+            self.scales, self.zero_points = self.scales[..., :metadata, :], self.zero_points[..., :metadata, :]
+
 
 def _quantize_last_axis(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The contract's asymmetric quantizer (docs/numerics.md §2) with one range per vector along the
@@ -66,6 +85,7 @@ class QuantizedKVLayer(CacheLayerMixin):
     values per token; `bits` 8 or 4; zero points (asymmetric ranges)."""
 
     is_sliding = False
+    is_croppable = True  # back to the start of the last update, exactly (crop)
 
     def __init__(self, bits: int = 8, block_size: int = 32):
         super().__init__()
@@ -82,6 +102,9 @@ class QuantizedKVLayer(CacheLayerMixin):
         self.dtype, self.device = key_states.dtype, key_states.device
         self.key_blocks, self.value_tokens = _Quantized(), _Quantized()
         self.key_residual = key_states[..., :0, :].detach().clone()  # the block not yet full, in float
+        # The float keys of the blocks the last update completed, from block recent_first on: what
+        # crop restores when it takes back tokens of those blocks.
+        self.recent_keys, self.recent_first = self.key_residual, 0
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -102,6 +125,7 @@ class QuantizedKVLayer(CacheLayerMixin):
         values = _quantize_last_axis(value_states, self.bits)
         pending = torch.cat([self.key_residual, key_states.detach()], dim=-2)
         full = pending.shape[-2] // self.block_size * self.block_size
+        first = self._complete_blocks()
         if full:
             blocks = pending[..., :full, :]
             B, H, _, D = blocks.shape
@@ -110,6 +134,7 @@ class QuantizedKVLayer(CacheLayerMixin):
             q, scales, zero_points = _quantize_last_axis(by_block, self.bits)
             self.key_blocks.append(q.transpose(-1, -2).reshape(blocks.shape), scales.squeeze(-1), zero_points.squeeze(-1))
         self.value_tokens.append(*values)
+        self.recent_keys, self.recent_first = pending[..., :full, :], first
         self.key_residual = pending[..., full:, :].clone()
         self.length += t
         return self.keys_for_attention(), self._dequantized_values()
@@ -129,11 +154,12 @@ class QuantizedKVLayer(CacheLayerMixin):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: integers (one per byte, 4-bit too), scales, zero points, the float key residual."""
+        """Bytes held: integers (one per byte, 4-bit too), scales, zero points, the float key residual
+        and the float keys of the blocks the last update completed (for crop)."""
         if not self.is_initialized:
             return 0
-        residual = self.key_residual.numel() * self.key_residual.element_size()
-        return self.key_blocks.nbytes + self.value_tokens.nbytes + residual
+        floats = sum(t.numel() * t.element_size() for t in (self.key_residual, self.recent_keys))
+        return self.key_blocks.nbytes + self.value_tokens.nbytes + floats
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.length + query_length, 0
@@ -147,11 +173,57 @@ class QuantizedKVLayer(CacheLayerMixin):
     def reset(self) -> None:
         self.is_initialized, self.length = False, 0
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise InvalidArgumentError("QuantizedKVCache does not reorder beams (beam search): use greedy or sampling")
+    def _complete_blocks(self) -> int:
+        return 0 if self.key_blocks.q is None else self.key_blocks.q.shape[-2] // self.block_size
 
-    def crop(self, max_length: int) -> None:
-        raise InvalidArgumentError("QuantizedKVCache cannot be cropped (assisted decoding)")
+    def _map_batch(self, f) -> None:
+        """f (on the batch axis, 0) applied to every tensor held."""
+        if self.length:
+            self.key_blocks.map(f)
+            self.value_tokens.map(f)
+            self.key_residual, self.recent_keys = f(self.key_residual), f(self.recent_keys)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row i of the batch becomes row beam_idx[i]."""
+        self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map_batch(lambda t: t[indices, ...])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Takes back the last -tokens_to_remove tokens (transformers' convention: a count <= 0), as
+        if they had never arrived. Key blocks those tokens belong to are reopened from their float
+        keys, which are kept only for the blocks the last update completed: a crop past the start of
+        the last update's first such block is refused, with nothing changed."""
+        if tokens_to_remove > 0:
+            raise InvalidArgumentError(f"crop({tokens_to_remove}): pass minus the number of tokens to take back")
+        if not tokens_to_remove or not self.is_initialized:
+            return
+        length = self.length + tokens_to_remove
+        if length < 0:
+            raise InvalidArgumentError(f"crop({tokens_to_remove}): the cache holds {self.length} tokens")
+        G, complete = self.block_size, self._complete_blocks()
+        keep = length // G
+        if keep < min(complete, self.recent_first):
+            raise InvalidArgumentError(
+                f"crop({tokens_to_remove}) reaches key block {keep}, quantized before the last update: "
+                "QuantizedKVCache takes back only what its last update completed"
+            )
+        if not length:
+            self.reset()  # as new
+            return
+        if keep < complete:  # complete blocks to reopen: their float keys, then the residual's
+            floats = torch.cat([self.recent_keys[..., (keep - self.recent_first) * G:, :], self.key_residual], dim=-2)
+            self.recent_keys = self.recent_keys[..., :(keep - self.recent_first) * G, :]
+            self.key_blocks.truncate(keep * G, keep)
+        else:
+            floats = self.key_residual
+        self.key_residual = floats[..., :length - min(keep, complete) * G, :].clone()
+        self.value_tokens.truncate(length, length)
+        self.length = length
 
 
 class QuantizedKVCache(Cache):

@@ -71,6 +71,9 @@ def test_issue_example():
 @pytest.mark.parametrize("G, symmetric", [(32, True), (128, False), (256, True)])
 @pytest.mark.parametrize("M", [1, 6, 20])
 def test_large_activations_match_the_reference(kernel, dtype, bits, G, symmetric, M):
+    info = next((k for k in KERNELS if k.name == kernel), None)
+    if info is not None and G % info.group_multiple:  # x86_avx512_a16_w4_bf16_c2x4 (bfloat16): G of 128s
+        pytest.skip(f"{kernel} runs groups of a multiple of {info.group_multiple}")
     rng = np.random.default_rng([bits, G, M])
     qw = _weights(rng, bits, G, symmetric)
     x_rep = encode(_activations(rng, M, qw.K), dtype)

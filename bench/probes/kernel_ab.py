@@ -2,10 +2,11 @@
 slows them alike), medians over 4 s per M; the weights stay hot in the cache.
 
     QKERNELS_LIBRARY=$PWD/build/dev/libqkernels.so python bench/probes/kernel_ab.py sym 1,16,256 \\
-        x86_avx512_a16_w4_bf16_2x32 x86_avx512_a16_w4w8_4x32
+        x86_avx512_a16_w4_bf16_2x32 x86_avx512_a16_w4w8_4x32 [--dtype bfloat16]
 
 N = K = 4096, 4-bit weights in groups of 128 (sym: symmetric, asym: with zero points), float16
-activations. A quick A/B probe: `qkernels bench` is the measurement of record.
+activations (--dtype: float16, bfloat16 through ml_dtypes, or float32). A quick A/B probe:
+`qkernels bench` is the measurement of record.
 """
 
 import sys
@@ -16,12 +17,26 @@ import numpy as np
 import qkernels
 
 
-def main(symmetry: str, ms: str, kernels: list[str]) -> None:
+def activation_dtype(argv: list[str]):
+    """The --dtype D option taken out of argv (float16 without it), as a NumPy dtype."""
+    name = "float16"
+    if "--dtype" in argv:
+        i = argv.index("--dtype")
+        name = argv[i + 1]
+        del argv[i : i + 2]
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
+def main(symmetry: str, ms: str, kernels: list[str], dtype=np.float16) -> None:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4096, 4096)).astype(np.float32)
     qw = qkernels.quantize_weights(w, bits=4, group_size=128, symmetric=symmetry == "sym")
     for m in map(int, ms.split(",")):
-        x = rng.standard_normal((m, 4096)).astype(np.float16)
+        x = rng.standard_normal((m, 4096)).astype(dtype)
         times = {k: [] for k in kernels}
         for k in kernels:
             qkernels.matmul(x, qw, "a16", kernel=k)
@@ -33,8 +48,10 @@ def main(symmetry: str, ms: str, kernels: list[str]) -> None:
                 times[k].append(time.perf_counter() - t)
         medians = [np.median(times[k]) * 1e3 for k in kernels]
         rows = ", ".join(f"{k} {t:.3f} ms ({t / medians[0]:.2f})" for k, t in zip(kernels, medians))
-        print(f"{symmetry} M={m}: {rows}", flush=True)
+        print(f"{symmetry} {np.dtype(dtype).name} M={m}: {rows}", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3:])
+    args = sys.argv[1:]
+    dtype = activation_dtype(args)
+    main(args[0], args[1], args[2:], dtype)

@@ -2,10 +2,12 @@
 prepared (packed) call, interleaved call by call, medians over 3 s per M; the weights stay hot in
 the cache.
 
-    QKERNELS_LIBRARY=$PWD/build/dev/libqkernels.so python bench/probes/stateless_ab.py a16 sym 1,2,4,8,16,32
+    QKERNELS_LIBRARY=$PWD/build/dev/libqkernels.so python bench/probes/stateless_ab.py a16 sym 1,2,4,8,16,32 \\
+        [--dtype bfloat16]
 
 N = K = 4096, 4-bit weights in groups of 128 (sym: symmetric, asym: with zero points), float16
-activations. A quick A/B probe: `qkernels bench --stateless` is the measurement of record.
+activations (--dtype as kernel_ab.py's). A quick A/B probe: `qkernels bench --stateless` is the
+measurement of record.
 """
 
 import sys
@@ -14,6 +16,7 @@ import time
 import numpy as np
 
 import qkernels
+from kernel_ab import activation_dtype
 
 KERNELS = {
     "a16": ("x86_avx512_a16_w4_bf16_c2x4", "x86_avx2_a16_w4w8_c4x8"),
@@ -21,7 +24,7 @@ KERNELS = {
 }
 
 
-def main(mode: str, symmetry: str, ms: str) -> None:
+def main(mode: str, symmetry: str, ms: str, dtype=np.float16) -> None:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4096, 4096)).astype(np.float32)
     qw = qkernels.quantize_weights(w, bits=4, group_size=128, symmetric=symmetry == "sym")
@@ -33,7 +36,7 @@ def main(mode: str, symmetry: str, ms: str) -> None:
 
     paths = {k: stateless(k) for k in KERNELS[mode]} | {"prepared": lambda x: qkernels.matmul(x, qw, mode)}
     for m in map(int, ms.split(",")):
-        x = rng.standard_normal((m, 4096)).astype(np.float16)
+        x = rng.standard_normal((m, 4096)).astype(dtype)
         times = {k: [] for k in paths}
         for f in paths.values():
             f(x)
@@ -45,8 +48,10 @@ def main(mode: str, symmetry: str, ms: str) -> None:
                 times[k].append(time.perf_counter() - t)
         med = {k: np.median(v) * 1e3 for k, v in times.items()}
         rows = ", ".join(f"{k} {t:.3f} ms ({t / med['prepared']:.2f})" for k, t in med.items())
-        print(f"{mode} {symmetry} M={m}: {rows}", flush=True)
+        print(f"{mode} {symmetry} {np.dtype(dtype).name} M={m}: {rows}", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    args = sys.argv[1:]
+    dtype = activation_dtype(args)
+    main(args[0], args[1], args[2], dtype)

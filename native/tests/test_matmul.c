@@ -467,9 +467,9 @@ static void test_prefill_shapes(void) {
 
 /* Groups of whole 128-k chunks, the unit of x86_avx512_a16_w4_bf16_c2x4 (canonical layout): one
  * chunk, two, a last group cut short (K % 128 = 44: a last chunk read past the row's end), one group
- * longer than K, 20 chunks (float32 runs of 16 chunks end inside a group and inside the row); every
- * activation style, symmetric and asymmetric weights, offsets (refused) in some; M across 2-row tiles
- * and past its max_m, N across 4-row tasks. */
+ * longer than K, 20 chunks (float32 runs of 16 chunks end inside a group and inside the row); float16,
+ * bfloat16 and float32, every activation style, symmetric and asymmetric weights, offsets (refused)
+ * in some; M across 2-row tiles and past its max_m, N across 4-row tasks. */
 static void test_whole_chunk_groups(void) {
     static const struct { int32_t K, G; } shapes[] = {{128, 128}, {256, 128}, {384, 256}, {300, 128},
                                                       {200, 256}, {2560, 128}, {2560, 2560}};
@@ -479,7 +479,8 @@ static void test_whole_chunk_groups(void) {
         for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++, index++) {
             int symmetric = index % 2;
             problem p = {.M = Ms[mi], .N = Ns[index % 6], .K = shapes[si].K, .G = shapes[si].G,
-                         .bits = index % 4 == 3 ? 8 : 4, .dtype = index % 5 == 4 ? QK_DTYPE_F32 : QK_DTYPE_F16,
+                         .bits = index % 4 == 3 ? 8 : 4,
+                         .dtype = index % 5 == 4 ? QK_DTYPE_F32 : index % 5 == 1 ? QK_DTYPE_BF16 : QK_DTYPE_F16,
                          .mode = index % 4 == 2 ? QK_MODE_A8 : QK_MODE_A16};
             int style = index % X_STYLES;
             fill_activations(&p, style);
@@ -490,13 +491,13 @@ static void test_whole_chunk_groups(void) {
             problem_free(&p);
         }
     /* Random shapes of the same kind: K of 1 to 24 chunks (a last one cut short in a third), G of 1
-     * to 4 chunks or longer than K; float16 A16 in half of them. */
+     * to 4 chunks or longer than K; float16 or bfloat16 A16 in half of them. */
     for (int r = 0; r < 96; r++) {
         int32_t K = 128 * rnd_int(1, 24) - (rnd_percent(33) ? 2 * rnd_int(1, 63) : 0);
         int32_t G = rnd_percent(25) ? 128 * (K / 128 + rnd_int(1, 2)) : 128 * rnd_int(1, 4);
         int half = r % 2;
         problem p = {.M = rnd_int(1, 33), .N = rnd_int(1, 20), .K = K, .G = G, .bits = half || rnd_percent(50) ? 4 : 8,
-                     .dtype = half ? QK_DTYPE_F16 : all_dtypes[rnd_int(0, 2)],
+                     .dtype = half ? (r % 4 == 1 ? QK_DTYPE_BF16 : QK_DTYPE_F16) : all_dtypes[rnd_int(0, 2)],
                      .mode = half ? QK_MODE_A16 : (qk_mode)rnd_int(0, 1)};
         int style = rnd_int(0, X_STYLES - 1);
         fill_activations(&p, style);
@@ -696,6 +697,67 @@ static void test_tiny_rows(void) {
             }
 }
 
+/* bfloat16 A16 rows where vdpbf16ps's flushing could show (x86_avx512_a16_w4_bf16_2x32 and _c2x4 take
+ * bfloat16 x as one part: docs/numerics.md reading 24). It reads subnormal bfloat16 inputs as zero and
+ * flushes subnormal results, partial sums included. Rows: 0 and 8 normal; 1 bfloat16 subnormals
+ * beside two elements of 1 and 2 (different chunks); 2 all tiny (below 2^-32); 3 all subnormal
+ * (below 2^-126); 4 pairs of products of 2^-126 to 2^-125 that cancel to a subnormal sum, both
+ * within one vdpbf16ps of the packed kernel (k 8r, 8r + 2) and of the canonical one (8r + 1, 8r + 5),
+ * beside elements of 1; 5 the same pairs alone (the row loader scales the row up: nothing is
+ * flushed; unscaled, it misses the tolerance); 6 an infinity, 7 a NaN. Weights: q - zp in [1, 3],
+ * constant over each 8-k block so that the pairs cancel for every n; scales of 2^100 to 2^110, so
+ * that every exact term is a normal float32 number (reading 13) and every kernel is held to the
+ * tolerance. Rows 1 and 4 meet it because their large elements' products bound what is flushed
+ * (reading 24); with those weights zero they would not (reading 16's known deviation). */
+static void test_bf16_flushes(void) {
+    static const int32_t Ks[] = {384, 300}; /* 300: a last group and chunk cut short */
+    for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+        for (int symmetric = 0; symmetric < 2; symmetric++) {
+            problem p = {.M = 9, .N = 9, .K = Ks[ki], .G = 128, .bits = 4, .dtype = QK_DTYPE_BF16, .mode = QK_MODE_A16};
+            int32_t NG = (p.K + p.G - 1) / p.G;
+            p.scales = xmalloc(n_groups(&p) * sizeof(float));
+            for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = (float)ldexp(1.0 + rnd_unit(), rnd_int(100, 110));
+            if (!symmetric) {
+                p.zp = xmalloc(n_groups(&p));
+                for (size_t g = 0; g < n_groups(&p); g++) p.zp[g] = (int8_t)rnd_int(-8, 4);
+            }
+            p.q = xmalloc(q_bytes(&p));
+            for (int32_t n = 0; n < p.N; n++)
+                for (int32_t k = 0; k < p.K; k += 8) {
+                    int q = (p.zp ? p.zp[n * NG + k / p.G] : 0) + rnd_int(1, 3);
+                    for (int32_t b = k / 2; b < (k + 8) / 2 && b < p.K / 2; b++)
+                        p.q[(size_t)n * p.K / 2 + b] = (int8_t)(uint8_t)((q & 15) * 17); /* both nibbles q */
+                }
+            p.x = xmalloc(x_bytes(&p));
+            for (int32_t m = 0; m < p.M; m++)
+                for (int32_t k = 0; k < p.K; k++) {
+                    float v = rnd_signed(-2, 0);
+                    if (m == 1) v = k == 3 ? 1.0f : k == 131 ? -2.0f : rnd_signed(-133, -127);
+                    if (m == 2) v = rnd_signed(-60, -40);
+                    if (m == 3) v = rnd_signed(-133, -127);
+                    if (m == 4 || m == 5) v = m == 4 && (k == 3 || k == 259) ? 1.0f : 0.0f; /* pairs below */
+                    store_el(p.x, p.dtype, (size_t)m * p.K + k, v);
+                }
+            /* The pairs: 2^-126 (1 + i 2^-7), i in [64, 127], and -2^-126 (1 + j 2^-7), i - j in [24, 40]
+             * (both bfloat16), whose products with one w sum to (i - j) 2^-133 w: subnormal (w <= 3),
+             * and of one sign, about 5 times 2^-7 of the row's sum of |x w|: flushed, they miss the
+             * tolerance. */
+            for (int32_t m = 4; m <= 5; m++)
+                for (int32_t k = 0; k + 5 < p.K; k += 8)
+                    for (int pair = 0; pair < 2; pair++) {
+                        int i = rnd_int(64, 127), j = i - rnd_int(24, 40);
+                        size_t at = (size_t)m * p.K + k + pair; /* partner at k + 2 (packed), k + 5 (canonical) */
+                        store_el(p.x, p.dtype, at, (float)ldexp(1.0 + i / 128.0, -126));
+                        store_el(p.x, p.dtype, at + (pair ? 4 : 2), -(float)ldexp(1.0 + j / 128.0, -126));
+                    }
+            store_el(p.x, p.dtype, 6 * (size_t)p.K + 77, INFINITY);
+            store_el(p.x, p.dtype, 7 * (size_t)p.K + 200, NAN);
+            set_context("bfloat16 flushes: %s", describe(&p));
+            run_problem(&p);
+            problem_free(&p);
+        }
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Threads: the same bytes as from one thread, and each thread's own last status               */
 
@@ -822,6 +884,7 @@ int main(int argc, char** argv) {
         reseed(0xFFFFFFFF08ull);
         test_subnormal_amax();
         test_tiny_rows();
+        test_bf16_flushes();
         reseed(0xFFFFFFFF09ull);
         test_many_groups();
         test_long_float32_sums();

@@ -6,9 +6,9 @@
  * 2 threads, float16, AMX time / AVX-512 time (2026-12-06): A8 4-bit g128 1.58 at M = 2, 1.05 at
  * M = 6, 0.90 at M = 8, 0.62 at M = 12; 8-bit per-channel 0.99, 1.10, 1.04, 0.75; A16 4-bit g128
  * 1.74 at M = 4, 1.11 at M = 6, 0.89 at M = 8; 8-bit per-channel 1.51, 0.93, 0.84. For float16
- * input and 4-bit weights without offsets the AVX512-BF16 kernel takes the FMA kernel's range (it
- * was 1.25-1.5x faster on Zen 4; the crossover above was measured with the FMA kernel and is still
- * to be re-taken with it on an AMX machine). */
+ * and bfloat16 input and 4-bit weights without offsets the AVX512-BF16 kernel takes the FMA kernel's
+ * range (it was faster on Zen 4: README, x86_avx512; the crossover above was measured with the FMA
+ * kernel and is still to be re-taken with it on an AMX machine). */
 #include "amx.h"
 
 static const qk_kernel_desc kernels[] = {
@@ -17,7 +17,7 @@ static const qk_kernel_desc kernels[] = {
      qk_avx512_a8_workspace, qk_avx512_a8_8x32, 0},
     {"x86_amx_a8_w4w8_32x32", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0,
      qk_amx_a8_workspace, qk_amx_a8_32x32, 0},
-    {"x86_amx_a16_w4_bf16_2x32", QK_MODE_A16, 1u << 4, 1u << QK_DTYPE_F16, 1, 0, 6, QK_FORMAT_RAGGED_GROUPS, 0,
+    {"x86_amx_a16_w4_bf16_2x32", QK_MODE_A16, 1u << 4, QK_AVX512_BF16_DTYPES, 1, 0, 6, QK_FORMAT_RAGGED_GROUPS, 0,
      qk_avx512_a16_workspace, qk_avx512_a16_w4_bf16_2x32, QK_AVX512_BF16_CPU},
     {"x86_amx_a16_w4w8_fma_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 6, QK_FORMAT_V2, 0,
      qk_avx512_a16_workspace, qk_avx512_a16_4x32, 0},

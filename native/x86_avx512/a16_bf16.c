@@ -1,14 +1,15 @@
-/* x86_avx512_a16_w4_bf16_2x32: A16 for float16 input and 4-bit weights without offsets, on
- * vdpbf16ps (AVX512-BF16), the vnni16 pack. Built with -mavx512bf16 (as is its canonical variant,
+/* x86_avx512_a16_w4_bf16_2x32: A16 for float16 and bfloat16 input and 4-bit weights without offsets,
+ * on vdpbf16ps (AVX512-BF16), the vnni16 pack. Built with -mavx512bf16 (as is its canonical variant,
  * a16_bf16_c2x4.c): the kernel is listed with that feature as its own requirement, so the rest of
  * the backend runs without it.
  *
  * Why: at M = 1 the FMA kernel (a16.c) spends three zmm operations per 16 weights (shift, vpermps,
  * FMA) and runs slower than memory delivers 4-bit weights (AMD EPYC Zen 4, 2 threads, 4096 x 4096
  * g128, weights in cache: 0.32-0.35 ms against a floor of 0.27 ms with them in memory). Here 32
- * weights cost a shift, a vpermw and two vdpbf16ps: each 32-bit lane holds two k of one column as
- * a pair of bfloat16 weights, and each vdpbf16ps adds both products of a pair. Measured there:
- * 1.54x the FMA kernel at M = 1, 1.25x from M = 4 to 256 (README, x86_avx512).
+ * weights cost a shift, a vpermw and two vdpbf16ps for float16 x (one for bfloat16): each 32-bit
+ * lane holds two k of one column as a pair of bfloat16 weights, and each vdpbf16ps adds both
+ * products of a pair. Measured there (README, x86_avx512): float16 1.54x the FMA kernel at M = 1,
+ * 1.25x from M = 4 to 256; bfloat16 2.0-2.2x at M = 1 to 64.
  *
  * Exactness (docs/numerics.md reading 24):
  *   weights  q - zp (symmetric: u - 8, an integer in [-8, 7]; else u - zero in [-15, 15]) is exact in
@@ -17,13 +18,20 @@
  *            table repeats every 16); else index = nibble - zero + 16, in [1, 31].
  *   x        a float16 value has 11 significant bits: x = hi + lo with hi its float32 bits truncated
  *            to bfloat16 (8 significant bits) and lo = x - hi (at most 3 significant bits, so exact in
- *            bfloat16 too). Infinities have lo = 0 (x - hi would be NaN); NaN stays NaN.
- *   products hi * w and lo * w are exact in float32 (8 + 4 significant bits), and none is subnormal
- *            (every nonzero part is a multiple of 2^-24, or of 2^-64 in a row that
- *            qk_avx2_load_row scaled by 2^-40 for an infinity: far above 2^-126), so vdpbf16ps's flushing
- *            of denormals never applies; its sums round to nearest even, in float32.
+ *            bfloat16 too). Infinities have lo = 0 (x - hi would be NaN); NaN stays NaN. A bfloat16
+ *            value is its own hi (lo = 0; the row loader's scaling by a power of two keeps that
+ *            but where it makes x a float32 subnormal, which vdpbf16ps reads as zero either way),
+ *            so bfloat16 rows take one part: one vdpbf16ps per pair of weights.
+ *   products hi * w and lo * w are exact in float32 (8 + 4 significant bits). Float16: none is
+ *            subnormal, nor any nonzero sum of them (every nonzero part is a multiple of 2^-24, or
+ *            of 2^-64 in a row that qk_avx2_load_row scaled by 2^-40 for an infinity: far above
+ *            2^-126), so vdpbf16ps's flushing of denormals never applies. Bfloat16: x below 2^-126
+ *            reads as zero and a sum that cancels below 2^-126 is flushed, at most 16 * 2^-126 of
+ *            t lost per k; the loader scales rows whose elements are all below 2^-32 up to
+ *            [2^-32, 2^-31), so a row with any loss holds an |x| >= 2^-32 whose product bounds it
+ *            (reading 24). Sums round to nearest even, in float32.
  * Sums run over chunks of at most 128 k in four chains (k pairs by shift), each at most 32
- * vdpbf16ps of at most two roundings: an error of at most 2^-18 of sum |x * w| (plus 2^-7 for lo's
+ * vdpbf16ps (16 for bfloat16) of at most two roundings: an error of at most 2^-18 of sum |x * w| (plus 2^-7 for lo's
  * share), a 256th of the float16 tolerance. Each chunk's sum times its group's scale is added to a
  * float32 run of at most 16 chunks (avx512.h, qk_avx512_chunk), and each run to the float64 sums:
  * 16 more roundings, at most 2^-20 of the run's sum of |scale * t|. (A float64 fold per chunk, as
@@ -38,7 +46,8 @@ enum {
     CHAINS = 4, /* one per shift of the packed dword: vdpbf16ps's latency (6 cycles) hidden at M = 1 */
 };
 
-/* Each float16-valued x of the row as bfloat16 hi and lo parts, in place. Per 8 k (32 bytes): the
+/* Each float16- or bfloat16-valued x of the row as bfloat16 hi and lo parts, in place (bfloat16:
+ * lo = 0, left unread). Per 8 k (32 bytes): the
  * dwords (hi x0, hi x2), (hi x4, hi x6), (hi x1, hi x3), (hi x5, hi x7), then the same of lo. Dword j
  * pairs the k whose nibbles a shift by 4 j brings to the bottom of a packed dword's two 16-bit
  * halves (layout.h: k 8 r + t sits at bit 8 (t % 4) + 4 (t / 4)). n is a multiple of 8. */
@@ -74,9 +83,10 @@ QK_AVX512_INLINE __m512 dot(__m512 acc, __m512i w, __m512i x) {
     return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
 }
 
-/* Rows x panels of the tile, for one call with constant arguments. */
-QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int asymmetric, int panels, int rows, int32_t panel,
-                                int32_t m, double* y) {
+/* Rows x panels of the tile, for one call with constant arguments; parts: of each x (1 for bfloat16
+ * input, 2 for float16). */
+QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int parts, int asymmetric, int panels, int rows,
+                                int32_t panel, int32_t m, double* y) {
     const qk_vnni16_layout* l = &p->l;
     const uint32_t* x = (const uint32_t*)(p->x + (size_t)m * p->row); /* pairs of bfloat16 parts */
     const __m512i table = weight_table(asymmetric), nibbles = _mm512_set1_epi32(0x000F000F);
@@ -113,9 +123,12 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int asymmetric, int 
                     }
                     for (int r = 0; r < rows; r++) {
                         const uint32_t* xr = xg + (size_t)r * p->row + i * 8;
-                        __m512i hi = _mm512_set1_epi32((int)xr[j]), lo = _mm512_set1_epi32((int)xr[4 + j]);
-                        for (int pi = 0; pi < panels; pi++)
-                            sum[r][pi][j] = dot(dot(sum[r][pi][j], w[pi], hi), w[pi], lo);
+                        __m512i hi = _mm512_set1_epi32((int)xr[j]);
+                        for (int pi = 0; pi < panels; pi++) sum[r][pi][j] = dot(sum[r][pi][j], w[pi], hi);
+                        if (parts == 2) { /* float16; a bfloat16 x is its hi part (lo = 0) */
+                            __m512i lo = _mm512_set1_epi32((int)xr[4 + j]);
+                            for (int pi = 0; pi < panels; pi++) sum[r][pi][j] = dot(sum[r][pi][j], w[pi], lo);
+                        }
                     }
                 }
             }
@@ -129,22 +142,27 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int asymmetric, int 
     }
 }
 
-/* Each tile shape as its own function with constant arguments: [asymmetric][panels 1/2][rows 1/2]. */
-#define BF16_FN(asym, panels, rows)                                                                          \
-    static void bf16_##asym##_##panels##_##rows(const qk_avx512_problem* p, int32_t panel, int32_t m, double* y) { \
-        bf16_tile(p, asym, panels, rows, panel, m, y);                                                       \
+/* Each tile shape as its own function with constant arguments: [parts 1/2][asymmetric][panels 1/2][rows 1/2]. */
+#define BF16_FN(parts, asym, panels, rows)                                                                        \
+    static void bf16_##parts##_##asym##_##panels##_##rows(const qk_avx512_problem* p, int32_t panel, int32_t m,   \
+                                                          double* y) {                                          \
+        bf16_tile(p, parts, asym, panels, rows, panel, m, y);                                                   \
     }
-BF16_FN(0, 1, 1) BF16_FN(0, 1, 2) BF16_FN(0, 2, 1) BF16_FN(0, 2, 2)
-BF16_FN(1, 1, 1) BF16_FN(1, 1, 2) BF16_FN(1, 2, 1) BF16_FN(1, 2, 2)
+#define BF16_FNS(parts) \
+    BF16_FN(parts, 0, 1, 1) BF16_FN(parts, 0, 1, 2) BF16_FN(parts, 0, 2, 1) BF16_FN(parts, 0, 2, 2) \
+    BF16_FN(parts, 1, 1, 1) BF16_FN(parts, 1, 1, 2) BF16_FN(parts, 1, 2, 1) BF16_FN(parts, 1, 2, 2)
+BF16_FNS(1)
+BF16_FNS(2)
 
 typedef void bf16_fn(const qk_avx512_problem* p, int32_t panel, int32_t m, double* y);
-static bf16_fn* const shapes[2][2][TILE_ROWS] = {
-    {{bf16_0_1_1, bf16_0_1_2}, {bf16_0_2_1, bf16_0_2_2}},
-    {{bf16_1_1_1, bf16_1_1_2}, {bf16_1_2_1, bf16_1_2_2}},
-};
+#define BF16_SHAPES(parts)                                                                                   \
+    {{{bf16_##parts##_0_1_1, bf16_##parts##_0_1_2}, {bf16_##parts##_0_2_1, bf16_##parts##_0_2_2}},           \
+     {{bf16_##parts##_1_1_1, bf16_##parts##_1_1_2}, {bf16_##parts##_1_2_1, bf16_##parts##_1_2_2}}}
+static bf16_fn* const shapes[2][2][2][TILE_ROWS] = {BF16_SHAPES(1), BF16_SHAPES(2)};
 
 static void tile(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int rows, double* y) {
-    shapes[p->asymmetric][panels - 1][rows - 1](p, panel, m, y);
+    int parts = p->a->input_dtype == QK_DTYPE_BF16 ? 1 : 2;
+    shapes[parts - 1][p->asymmetric][panels - 1][rows - 1](p, panel, m, y);
 }
 
 qk_status qk_avx512_a16_w4_bf16_2x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {

@@ -1,12 +1,12 @@
 /* x86_avx512_a16_w4_bf16_c2x4: A16 on the canonical layout, for stateless calls at small M (nothing
- * is packed), float16 input and 4-bit weights without offsets, G a multiple of 128: vdpbf16ps
- * (AVX512-BF16), as a16_bf16.c on the vnni16 pack. Built with -mavx512bf16 and listed with that
- * feature as its own requirement; elsewhere stateless calls run x86_avx2's canonical variant.
+ * is packed), float16 and bfloat16 input and 4-bit weights without offsets, G a multiple of 128:
+ * vdpbf16ps (AVX512-BF16), as a16_bf16.c on the vnni16 pack. Built with -mavx512bf16 and listed with
+ * that feature as its own requirement; elsewhere stateless calls run x86_avx2's canonical variant.
  *
  * Why: x86_avx2_a16_w4w8_c4x8 spends about 54 operations per 128 weights (an extraction, a
  * conversion and an FMA per 8) and ran a stateless M = 1 call at 2.35x the time of a prepared one on
  * an AMD EPYC Zen 4 (README, x86_avx512). Here 128 weights of one row cost a load, three shifts,
- * four vpermw and eight vdpbf16ps.
+ * four vpermw and eight vdpbf16ps (four for bfloat16 input: one part, below).
  *
  * A chunk is 128 k of a row of W: 64 bytes, one zmm. Its dword i holds k 8i .. 8i + 7, element 8i + t
  * in bits 4t .. 4t + 3 (low nibble first). A shift right by 4s (s = 0..3) brings k 8i + s to the bottom
@@ -16,13 +16,16 @@
  * above the nibble does not matter; |q - zp| <= 15 is exact in bfloat16). The activations are
  * staged to match: per chunk, for the hi and then the lo bfloat16 part of each float16 value (split
  * as a16_bf16.c does), per s, 16 dwords (x[8i + s], x[8i + 4 + s]); one vdpbf16ps adds the two
- * products of each lane. A tile is 1 or 2 rows of X by 4 rows of W, one chain per part and pair.
+ * products of each lane. A tile is 1 or 2 rows of X by 4 rows of W, one chain per part and pair. A
+ * bfloat16 x is its own hi part (lo = 0, left unread): one chain, half the vdpbf16ps.
  *
  * Sums (docs/numerics.md reading 26): each lane of a chain adds 8 exact products of one chunk in 4
- * vdpbf16ps; a chunk's two chains are added, times the group's scale, into a float32 run of at most
- * 16 chunks (QK_AVX512_RUN_CHUNKS, as reading 24), and each run's 16 lanes into float64 sums. Rows
- * whose |x| reach 2^88 (Inf) come scaled down by the x86_avx2 row loader, which also zero-pads the
- * last group; the bytes of a last chunk past K are read as zeros, times zero activations. */
+ * vdpbf16ps; a chunk's two chains (one for bfloat16) are added, times the group's scale, into a
+ * float32 run of at most 16 chunks (QK_AVX512_RUN_CHUNKS, as reading 24), and each run's 16 lanes
+ * into float64 sums. Rows whose |x| reach 2^88 (Inf) come scaled down by the x86_avx2 row loader,
+ * and nonzero rows whose |x| are all below 2^-32 scaled up (what vdpbf16ps flushes in bfloat16 rows
+ * then stays within the tolerance: reading 24); it also zero-pads the last group; the bytes of a
+ * last chunk past K are read as zeros, times zero activations. */
 #include <string.h>
 
 #include "avx512.h"
@@ -47,7 +50,7 @@ typedef struct {
     uint16_t* tables;    /* [ZERO_POINTS][TABLE_WORDS]: table zp + 8 */
 } job;
 
-/* One chunk of float16-valued float32 activations, in place, into the staged order (above). */
+/* One chunk of float16- or bfloat16-valued float32 activations, in place, into the staged order (above). */
 static void stage_chunk(float* chunk) {
     /* vpermt2w index: word 8s + 2j + h of a 32-k piece's output is element 8j + 4h + s, whose upper
      * (bfloat16) half is word 2 (8j + 4h + s) + 1 of the two float32 sources. */
@@ -102,8 +105,10 @@ static void fill_tables(uint16_t* tables) {
 }
 
 /* Rows [0, rows) of X (staged, from x) times rows [n0, n0 + 4) of W, added to y[r][at + c] (float64,
- * before the row scale). Rows of W past N read row N - 1; their results are not stored. */
-QK_AVX512_INLINE void tile(const job* j, int rows, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at) {
+ * before the row scale), with the first `parts` parts of each x (1: bfloat16 input, whose lo is 0; 2:
+ * float16). Rows of W past N read row N - 1; their results are not stored. */
+QK_AVX512_INLINE void tile(const job* j, int parts, int rows, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N],
+                           int32_t at) {
     const qk_weights* w = j->w;
     const int32_t N = w->N, K = w->K, groups = qk_groups_per_row(w);
     const size_t row_bytes = qk_row_bytes(K, 4), ahead = TILE_W_ROWS * row_bytes; /* the next tile's rows */
@@ -136,7 +141,8 @@ QK_AVX512_INLINE void tile(const job* j, int rows, const uint32_t* x, int32_t n0
         }
         __m512 acc[TILE_ROWS][TILE_W_ROWS][2];
         for (int r = 0; r < rows; r++)
-            for (int c = 0; c < TILE_W_ROWS; c++) acc[r][c][0] = acc[r][c][1] = _mm512_setzero_ps();
+            for (int c = 0; c < TILE_W_ROWS; c++)
+                for (int part = 0; part < parts; part++) acc[r][c][part] = _mm512_setzero_ps();
         const uint32_t* xc = x + (size_t)ch * CHUNK_K;
 #pragma GCC unroll 4
         for (int s = 0; s < 4; s++) {
@@ -144,7 +150,7 @@ QK_AVX512_INLINE void tile(const job* j, int rows, const uint32_t* x, int32_t n0
             for (int c = 0; c < TILE_W_ROWS; c++)
                 wv[c] = _mm512_permutexvar_epi16(s ? _mm512_srli_epi32(v[c], 4 * s) : v[c], table[c]);
             for (int r = 0; r < rows; r++)
-                for (int part = 0; part < 2; part++) {
+                for (int part = 0; part < parts; part++) {
                     __m512bh xs = (__m512bh)_mm512_loadu_si512((const void*)(xc + (size_t)r * j->padded + (4 * part + s) * 16));
                     for (int c = 0; c < TILE_W_ROWS; c++)
                         acc[r][c][part] = _mm512_dpbf16_ps(acc[r][c][part], (__m512bh)wv[c], xs);
@@ -152,7 +158,8 @@ QK_AVX512_INLINE void tile(const job* j, int rows, const uint32_t* x, int32_t n0
         }
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < TILE_W_ROWS; c++) {
-                __m512 t = _mm512_add_ps(acc[r][c][0], acc[r][c][1]), scale = _mm512_set1_ps(scales[c][g]);
+                __m512 t = parts == 2 ? _mm512_add_ps(acc[r][c][0], acc[r][c][1]) : acc[r][c][0];
+                __m512 scale = _mm512_set1_ps(scales[c][g]);
                 run[r][c] = _mm512_fmadd_ps(t, scale, run[r][c]);
                 if (run_ends) {
                     float lanes[16];
@@ -167,21 +174,28 @@ QK_AVX512_INLINE void tile(const job* j, int rows, const uint32_t* x, int32_t n0
     }
 }
 
-static void tile_1(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at) { tile(j, 1, x, n0, y, at); }
-static void tile_2(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at) { tile(j, 2, x, n0, y, at); }
+/* Each tile shape as its own function with constant arguments: tiles[parts 1/2][rows 1/2]. */
+typedef void tile_fn(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at);
+#define TILE_FN(parts, rows)                                                                                  \
+    static void tile_##parts##_##rows(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at) { \
+        tile(j, parts, rows, x, n0, y, at);                                                                   \
+    }
+TILE_FN(1, 1) TILE_FN(1, 2) TILE_FN(2, 1) TILE_FN(2, 2)
+static tile_fn* const tiles[2][TILE_ROWS] = {{tile_1_1, tile_1_2}, {tile_2_1, tile_2_2}};
 
 /* Task t: rows [8t, 8t + 8) of W (two tiles: eight outputs are one vector store) for every row of X. */
 static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const job* j = arg;
     int32_t M = j->a->M, N = j->w->N;
+    tile_fn* const* shapes = tiles[j->a->input_dtype == QK_DTYPE_BF16 ? 0 : 1];
     for (int32_t t = begin; t < end; t++) {
         int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
         for (int32_t m = 0; m < M; m += TILE_ROWS) {
             int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
             double y[TILE_ROWS][BLOCK_N] = {{0}};
             for (int32_t half = 0; half < count; half += TILE_W_ROWS)
-                (rows == 1 ? tile_1 : tile_2)(j, j->x + (size_t)m * j->padded, n0 + half, y, half);
+                shapes[rows - 1](j, j->x + (size_t)m * j->padded, n0 + half, y, half);
             for (int r = 0; r < rows; r++) qk_avx2_finish(j->a, N, j->row_scale, m + r, n0, count, y[r]);
         }
     }

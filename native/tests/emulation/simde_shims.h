@@ -5,6 +5,7 @@
 #ifndef QK_SIMDE_SHIMS_H
 #define QK_SIMDE_SHIMS_H
 
+#include <math.h>
 #include <string.h>
 
 /* vcvtps2pd zmm, ymm: eight floats widened, exactly. */
@@ -115,5 +116,41 @@ static inline simde__m512 qk_shim_mm512_maskz_loadu_ps(simde__mmask16 k, const v
 }
 #undef _mm512_maskz_loadu_ps
 #define _mm512_maskz_loadu_ps(k, p) qk_shim_mm512_maskz_loadu_ps((k), (p))
+
+/* vdpbf16ps zmm, zmm, zmm as the instruction is defined (Intel SDM; so it behaves on Zen 4): per lane,
+ * the products of the odd and then the even bfloat16 pair added in turn, each addition rounded to
+ * nearest even in float32, with subnormal inputs read as zero and subnormal results flushed to
+ * zero whatever MXCSR says. SIMDe 0.8.2 keeps subnormals, which would hide from the emulated tests
+ * what the x86_avx512 BF16 kernels must bound (docs/numerics.md reading 24). */
+static inline float qk_shim_daz(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7F800000u) == 0) bits &= 0x80000000u;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+static inline simde__m512 qk_shim_mm512_dpbf16_ps(simde__m512 src, simde__m512bh a, simde__m512bh b) {
+    float acc[16];
+    uint16_t x[32], y[32];
+    simde__m512 r;
+    memcpy(acc, &src, sizeof acc);
+    memcpy(x, &a, sizeof x);
+    memcpy(y, &b, sizeof y);
+    for (int i = 0; i < 16; i++) {
+        float v = qk_shim_daz(acc[i]);
+        for (int j = 1; j >= 0; j--) {
+            uint32_t xb = (uint32_t)x[2 * i + j] << 16, yb = (uint32_t)y[2 * i + j] << 16;
+            float xf, yf;
+            memcpy(&xf, &xb, 4);
+            memcpy(&yf, &yb, 4);
+            v = qk_shim_daz(fmaf(qk_shim_daz(xf), qk_shim_daz(yf), v)); /* the product exact, one rounding */
+        }
+        acc[i] = v;
+    }
+    memcpy(&r, acc, sizeof r);
+    return r;
+}
+#undef _mm512_dpbf16_ps
+#define _mm512_dpbf16_ps(src, a, b) qk_shim_mm512_dpbf16_ps((src), (a), (b))
 
 #endif

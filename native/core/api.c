@@ -261,12 +261,15 @@ static const struct {
     {"ref", "not built: every qkernels build has it"}, /* CMakeLists.txt refuses a QK_BACKENDS without ref */
 };
 
-const char* qk_unbuilt_backend(const char* name, int kernel) {
+const char* qk_unbuilt_backend(const char* name, int kernel, const char** why) {
     for (size_t i = 0; i < sizeof project / sizeof project[0]; i++) {
         const char* own = project[i].name;
         size_t n = strlen(own);
         int match = kernel ? strncmp(name, own, n) == 0 && name[n] == '_' : strcmp(name, own) == 0;
-        if (match && registered(own) == QK_BACKEND_AUTO) return own;
+        if (match && registered(own) == QK_BACKEND_AUTO) {
+            if (why) *why = project[i].not_built;
+            return own;
+        }
     }
     return NULL;
 }
@@ -285,6 +288,7 @@ qk_status qk_backend_find(const char* name, qk_backend* out) {
         *out = id;
         return qk_succeed();
     }
-    if (qk_unbuilt_backend(name, 0)) return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "backend '%s' is " QK_NOT_BUILT, name);
+    const char* why = NULL;
+    if (qk_unbuilt_backend(name, 0, &why)) return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "backend '%s' is %s", name, why);
     return qk_fail(QK_ERR_INVALID_ARGUMENT, "no backend named '%s' is registered", name);
 }

@@ -53,10 +53,10 @@ enum qk_layout_need {
 int qk_backend_available(qk_backend b);
 qk_status qk_backend_unavailable(qk_backend b, const char* what);
 /* The backend of qkernels's own that `name` is, or whose kernel it names ("<backend>_..."), when
- * this library does not register it (another architecture's, or left out of this build); else NULL.
+ * this library does not register it (another architecture's, left out of this build, or cuda
+ * without its library), and *why (if why is not NULL) the reason ("not built: ..."); else NULL.
  * Forcing such a name is QK_ERR_BACKEND_UNAVAILABLE, not an unknown name. */
-const char* qk_unbuilt_backend(const char* name, int kernel);
-#define QK_NOT_BUILT "not compiled into this library (another architecture's, or left out of this build)"
+const char* qk_unbuilt_backend(const char* name, int kernel, const char** why);
 /* The features of `required` that qk_cpu_features() lacks. */
 static inline uint64_t qk_missing_cpu(uint64_t required) { return required & ~qk_cpu_features(); }
 /* Whether qk_missing_cpu(required) is not empty; if so, says which in out ("this CPU or its

@@ -69,8 +69,9 @@ qk_status qk_backend_from_environment(qk_backend* out) {
     if (!name || !*name || strcmp(name, "auto") == 0) return QK_OK;
     qk_status s = qk_backend_find(name, out);
     if (s == QK_OK) return QK_OK;
-    if (s == QK_ERR_BACKEND_UNAVAILABLE) /* one of qkernels's own, not in this build */
-        return qk_fail(s, "QKERNELS_BACKEND='%s' is " QK_NOT_BUILT, name);
+    const char* why = NULL;
+    if (qk_unbuilt_backend(name, 0, &why)) /* one of qkernels's own, not in this build */
+        return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "QKERNELS_BACKEND='%s' is %s", name, why);
     return qk_fail(QK_ERR_INVALID_ARGUMENT, "QKERNELS_BACKEND='%s' names no registered backend", name);
 }
 
@@ -102,10 +103,11 @@ qk_status qk_find_kernel(const char* name, qk_backend wanted, const qk_problem* 
             return QK_OK;
         }
     }
-    const char* unbuilt = qk_unbuilt_backend(name, 1);
+    const char* why = NULL;
+    const char* unbuilt = qk_unbuilt_backend(name, 1, &why);
     if (unbuilt)
-        return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "kernel '%s' is not registered: its backend '%s' is " QK_NOT_BUILT,
-                       name, unbuilt);
+        return qk_fail(QK_ERR_BACKEND_UNAVAILABLE, "kernel '%s' is not registered: its backend '%s' is %s", name,
+                       unbuilt, why);
     return qk_fail(QK_ERR_INVALID_ARGUMENT, "kernel '%s' is not a registered kernel", name);
 }
 

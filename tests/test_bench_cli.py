@@ -36,9 +36,9 @@ def _bench(tmp_path, capsys, *options: str) -> tuple[str, dict]:
 def test_layer_table(tmp_path, capsys):
     out, report = _bench(tmp_path, capsys, "--shapes", "64x128", "--m", "1", "--bits", "4")
     lines = out.splitlines()
-    for k in qkernels.kernels():
-        if k.available:
-            assert any(line.startswith("64x128") and f"{k.mode} w4/ch" in line and k.name in line for line in lines)
+    for k in qkernels.kernels():  # every kernel that runs 4-bit per channel (G = K = 128), float16, has a row
+        listed = any(line.startswith("64x128") and f"{k.mode} w4/ch" in line and k.name in line for line in lines)
+        assert listed == (k.available and k.runs(k.mode, 4, 128, 128, "float16")), k.name
     rows = [r for r in report["rows"] if r["measurement"] == "layers"]
     assert all(r["check"] == "ok" for r in rows if r["backend"] != "baseline")
     # The selection check: one per mode, the picked kernel (the row marked *) against the fastest.

@@ -35,9 +35,18 @@ def _no_backend_from_environment(monkeypatch):
 @pytest.fixture(scope="module")
 def problem():
     rng = np.random.default_rng(0)
-    # groups of 128: a multiple of every kernel's group_multiple, so that each can be forced on it
+    # groups of 128: a multiple of every kernel's group_multiple but one's (every_kernel's weights)
     qw = qkernels.quantize_weights(rng.standard_normal((8, 256)).astype(np.float32), bits=4, group_size=128)
     return rng.standard_normal((3, 256)).astype(np.float16), qw
+
+
+@pytest.fixture
+def every_kernel(problem):
+    """problem's x, and for each available kernel the weights it is forced on: problem's, or, for a
+    kernel of small groups only (x86_avx512_a16_w4_bf16_g32_c2x4), the same matrix in groups of 32."""
+    x, qw = problem
+    small = qkernels.quantize_weights(qkernels.dequantize(qw), bits=4, group_size=32)
+    return x, [(k, qw if k.runs(k.mode, 4, 128, qw.K, "float16") else small) for k in KERNELS if k.available]
 
 
 # ---------------------------------------------------------------- backends, kernels, CPU features
@@ -183,11 +192,10 @@ def test_select_reports_the_kernel_matmul_runs(problem):
         np.testing.assert_array_equal(y.view(np.uint16), forced.view(np.uint16))
 
 
-def test_select_with_a_forced_kernel_returns_it(problem):
-    x, qw = problem
-    for k in KERNELS:
-        if k.available:
-            assert qkernels.select(x, qw, k.mode, kernel=k.name) == k
+def test_select_with_a_forced_kernel_returns_it(every_kernel):
+    x, forced = every_kernel
+    for k, qw in forced:
+        assert qkernels.select(x, qw, k.mode, kernel=k.name) == k
 
 
 # ---------------------------------------------------------------- use_backend
@@ -299,22 +307,20 @@ def test_environment_is_read_on_every_call(problem, unavailable, monkeypatch):
         qkernels.quantized_matmul(x, qw.data, qw.scales, bits=4, group_size=qw.group_size)
 
 
-def test_kernel_argument_outranks_the_environment(problem, unavailable, monkeypatch):
-    x, qw = problem
+def test_kernel_argument_outranks_the_environment(every_kernel, unavailable, monkeypatch):
+    x, forced = every_kernel
     monkeypatch.setenv("QKERNELS_BACKEND", unavailable)
-    for k in KERNELS:
-        if k.available:
-            qkernels.matmul(x, qw, k.mode, kernel=k.name)
+    for k, qw in forced:
+        qkernels.matmul(x, qw, k.mode, kernel=k.name)
 
 
-def test_kernel_argument_outranks_use_backend(problem, unavailable):
+def test_kernel_argument_outranks_use_backend(every_kernel, unavailable):
     """dispatch's documented precedence puts the call's kernel= argument above use_backend."""
-    x, qw = problem
-    for k in KERNELS:
-        if k.available:
-            with qkernels.use_backend(unavailable):
-                y = qkernels.matmul(x, qw, k.mode, kernel=k.name)
-            np.testing.assert_array_equal(y, qkernels.matmul(x, qw, k.mode, kernel=k.name))
+    x, forced = every_kernel
+    for k, qw in forced:
+        with qkernels.use_backend(unavailable):
+            y = qkernels.matmul(x, qw, k.mode, kernel=k.name)
+        np.testing.assert_array_equal(y, qkernels.matmul(x, qw, k.mode, kernel=k.name))
 
 
 def test_use_backend_auto_inside_a_forced_block_restores_automatic_choice(problem, unavailable):

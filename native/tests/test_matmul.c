@@ -512,6 +512,30 @@ static void test_whole_chunk_groups(void) {
     }
 }
 
+/* Groups of 32 and 64 k, several to a 128-k chunk of a canonical row (x86_avx512's g32_c2x4 takes
+ * a chunk's scales and zero points lane by lane): K of 1 to 24 chunks, ragged against G and against
+ * the chunk (a last chunk holding fewer groups), K below G; zero points over their whole range, which
+ * that kernel subtracts as integers; runs of 16 chunks crossed; float16 and bfloat16 A16 mostly. */
+static void test_small_groups(void) {
+    for (int r = 0; r < 120; r++) {
+        int32_t G = r % 2 ? 32 : 64, K = rnd_percent(15) ? 2 * rnd_int(1, G / 2 - 1) : 2 * rnd_int(1, 24 * 64);
+        int a16 = r % 4 != 3;
+        problem p = {.M = rnd_int(1, 33), .N = rnd_int(1, 20), .K = K, .G = G, .bits = a16 || rnd_percent(50) ? 4 : 8,
+                     .dtype = a16 ? (r % 3 ? QK_DTYPE_F16 : QK_DTYPE_BF16) : all_dtypes[rnd_int(0, 2)],
+                     .mode = a16 ? QK_MODE_A16 : QK_MODE_A8};
+        int style = rnd_int(0, X_STYLES - 1);
+        fill_activations(&p, style);
+        if (rnd_percent(50))
+            fill_quantized_weights(&p, r % 5 == 0);
+        else
+            fill_raw_weights(&p, r % 5 == 0);
+        if (rnd_percent(10)) fill_offsets(&p);
+        set_context("small groups: %s, %s activations", describe(&p), x_style_names[style]);
+        run_problem(&p);
+        problem_free(&p);
+    }
+}
+
 /* Long K at prefill M: the AMX kernels cut K into slices whose activations fit their L2 budget
  * (1 MiB per chunk of 256 rows: 64 tile steps of A8, 32 of A16 with float16's two parts). At
  * M = 257 and K = 4608 a group of the whole K goes on from one slice to the next (A8: its int32
@@ -894,6 +918,7 @@ int main(int argc, char** argv) {
         test_ragged_tails();
         test_prefill_shapes();
         test_whole_chunk_groups();
+        test_small_groups();
         test_long_k_slices();
     test_group_beyond_k();
     test_padding_weights();

@@ -1,7 +1,10 @@
-/* x86_avx512_a16_w4_bf16_c2x4: A16 on the canonical layout, for stateless calls at small M (nothing
- * is packed), float16 and bfloat16 input and 4-bit weights without offsets, G a multiple of 128:
- * vdpbf16ps (AVX512-BF16), as a16_bf16.c on the vnni16 pack. Built with -mavx512bf16 and listed with
- * that feature as its own requirement; elsewhere stateless calls run x86_avx2's canonical variant.
+/* x86_avx512_a16_w4_bf16_c2x4 and _g32_c2x4: A16 on the canonical layout, for stateless calls at
+ * small M (nothing is packed), float16 and bfloat16 input and 4-bit weights without offsets, G a
+ * multiple of 128 (c2x4) or G = 32 or 64 (g32_c2x4: groups of 32 k, the small groups GGUF's and
+ * some GPTQ checkpoints use): vdpbf16ps (AVX512-BF16), as a16_bf16.c on the vnni16 pack. One
+ * function runs both (two registry lines, since a group size is described as a multiple and a
+ * maximum). Built with -mavx512bf16 and listed with that feature as its own requirement; elsewhere
+ * stateless calls run x86_avx2's canonical variant.
  *
  * Why: x86_avx2_a16_w4w8_c4x8 spends about 54 operations per 128 weights (an extraction, a
  * conversion and an FMA per 8) and ran a stateless M = 1 call at 2.35x the time of a prepared one on
@@ -18,6 +21,13 @@
  * as a16_bf16.c does), per s, 16 dwords (x[8i + s], x[8i + 4 + s]); one vdpbf16ps adds the two
  * products of each lane. A tile is 1 or 2 rows of X by 4 rows of W, one chain per part and pair. A
  * bfloat16 x is its own hi part (lo = 0, left unread): one chain, half the vdpbf16ps.
+ *
+ * Small groups: lane i of a chunk holds k 8i .. 8i + 7, so with G = 32 or 64 each lane lies in one
+ * group (lanes 4j .. 4j + 3, or 8j .. 8j + 7, are the chunk's group j): the scales multiply the
+ * chunk's lanes as a vector of the groups' scales, and zero points, which differ between the lanes
+ * of one vpermw, are subtracted as integers first: u - z = (q + 8) - (zp + 8) = q - zp in [-15, 15],
+ * whose low 5 bits index a table of those integers in bfloat16 (a vpternlogd and a vpsubw more per
+ * 32 weights; symmetric weights keep the table of zp = 0).
  *
  * Sums (docs/numerics.md reading 26): each lane of a chain adds 8 exact products of one chunk in 4
  * vdpbf16ps; a chunk's two chains (one for bfloat16) are added, times the group's scale, into a
@@ -43,11 +53,12 @@ enum {
 typedef struct {
     const qk_matmul_args* a;
     const qk_weights* w;
+    int lane_shift;      /* small groups: lane i is in the chunk's group i >> lane_shift (2: G = 32, 3: 64) */
     size_t stride;       /* of groups in a staged row: min(G, K), a whole number of chunks unless one group */
     size_t padded;       /* staged row length in k: its groups rounded up to a chunk */
     uint32_t* x;         /* [M][padded] staged pairs of bfloat16 parts, one dword per k */
     double* row_scale;   /* [M] */
-    uint16_t* tables;    /* [ZERO_POINTS][TABLE_WORDS]: table zp + 8 */
+    uint16_t* tables;    /* [ZERO_POINTS + 1][TABLE_WORDS]: table zp + 8, then the differences' (small groups) */
 } job;
 
 /* One chunk of float16- or bfloat16-valued float32 activations, in place, into the staged order (above). */
@@ -92,28 +103,60 @@ static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     }
 }
 
-/* Entry v of table zp + 8: q(v mod 16) - zp in bfloat16 (exact: small integers). */
+static uint16_t bfloat16_of(int integer) { /* exact: |integer| <= 16 */
+    float value = (float)integer;
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return (uint16_t)(bits >> 16);
+}
+
+/* Entry v of table zp + 8: q(v mod 16) - zp in bfloat16 (exact: small integers). Entry e of the last
+ * table (small groups): e read as a 5-bit two's complement integer, the difference q - zp. */
 static void fill_tables(uint16_t* tables) {
     for (int zp = -8; zp < 8; zp++)
         for (int v = 0; v < TABLE_WORDS; v++) {
             int q = v % 16 < 8 ? v % 16 : v % 16 - 16;
-            float value = (float)(q - zp);
-            uint32_t bits;
-            memcpy(&bits, &value, sizeof bits);
-            tables[(zp + 8) * TABLE_WORDS + v] = (uint16_t)(bits >> 16);
+            tables[(zp + 8) * TABLE_WORDS + v] = bfloat16_of(q - zp);
         }
+    for (int e = 0; e < TABLE_WORDS; e++) tables[ZERO_POINTS * TABLE_WORDS + e] = bfloat16_of(e < 16 ? e : e - 32);
 }
+
+/* Small groups: the zero points zp[0 .. n) of a chunk's groups (n = 128 / G, fewer in the row's last
+ * chunk: groups past the row get any z, times zero activations), as z = zp + 8 in both 16-bit halves
+ * of each lane. Four bytes at once where the row has them (`four`): z = (zp & 15) ^ 8 for 4-bit zero
+ * points, then vpshufb with `pick` (lane i: bytes [i >> shift, zero, i >> shift, zero]) spreads them. */
+QK_AVX512_INLINE __m512i lane_zeros(const int8_t* zp, int n, int four, __m512i pick) {
+    uint32_t bytes = 0;
+    if (four)
+        memcpy(&bytes, zp, 4);
+    else
+        for (int i = 0; i < n; i++) bytes |= (uint32_t)(uint8_t)zp[i] << (8 * i);
+    return _mm512_shuffle_epi8(_mm512_set1_epi32((int)((bytes & 0x0F0F0F0Fu) ^ 0x08080808u)), pick);
+}
+
+/* How a tile reads groups: G a multiple of 128 (one scale and zero point per chunk), or G = 32 or
+ * 64 (per lane) without or with zero points: tile's loop for each, none carrying another's work. */
+enum { WHOLE_CHUNK_GROUPS, SMALL_GROUPS, SMALL_GROUPS_ZERO_POINTS };
 
 /* Rows [0, rows) of X (staged, from x) times rows [n0, n0 + 4) of W, added to y[r][at + c] (float64,
  * before the row scale), with the first `parts` parts of each x (1: bfloat16 input, whose lo is 0; 2:
- * float16). Rows of W past N read row N - 1; their results are not stored. */
-QK_AVX512_INLINE void tile(const job* j, int parts, int rows, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N],
-                           int32_t at) {
+ * float16), groups read as `groups_kind` says. Rows of W past N read row N - 1; their results are
+ * not stored. */
+QK_AVX512_INLINE void tile(const job* j, int groups_kind, int parts, int rows, const uint32_t* x, int32_t n0,
+                           double (*y)[BLOCK_N], int32_t at) {
+    const int small = groups_kind != WHOLE_CHUNK_GROUPS, zeros = groups_kind == SMALL_GROUPS_ZERO_POINTS;
     const qk_weights* w = j->w;
     const int32_t N = w->N, K = w->K, groups = qk_groups_per_row(w);
     const size_t row_bytes = qk_row_bytes(K, 4), ahead = TILE_W_ROWS * row_bytes; /* the next tile's rows */
     const int32_t chunks = (K + CHUNK_K - 1) / CHUNK_K, whole = K / CHUNK_K;
     const int32_t group_chunks = (int32_t)((j->stride + CHUNK_K - 1) / CHUNK_K);
+    const int chunk_groups = small ? 16 >> j->lane_shift : 1;
+    const __m512i lane_group = _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                 small ? j->lane_shift : 0);
+    const __m512i nibbles = _mm512_set1_epi32(0x000F000F), eight = _mm512_set1_epi32(0x00080008);
+    const __m512i pick = _mm512_or_si512(_mm512_or_si512(lane_group, _mm512_slli_epi32(lane_group, 16)),
+                                         _mm512_set1_epi32((int)0x80008000u)); /* vpshufb: 0x80 gives zero */
+    const __m512i differences = _mm512_loadu_si512((const void*)(j->tables + ZERO_POINTS * TABLE_WORDS));
     const uint8_t* wrow[TILE_W_ROWS];
     const float* scales[TILE_W_ROWS];
     const int8_t* zps[TILE_W_ROWS];
@@ -129,15 +172,23 @@ QK_AVX512_INLINE void tile(const job* j, int parts, int rows, const uint32_t* x,
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < TILE_W_ROWS; c++) run[r][c] = _mm512_setzero_ps();
     for (int32_t ch = 0, g = 0, in_group = 0, in_run = 0; ch < chunks; ch++) {
-        if (in_group == group_chunks) g++, in_group = 0;
+        if (small) /* the chunk's first group, and how many of its groups the row has */
+            g = ch * chunk_groups;
+        else if (in_group == group_chunks)
+            g++, in_group = 0;
         in_group++;
+        const int here = groups - g < chunk_groups ? groups - g : chunk_groups;
         const int run_ends = ++in_run == QK_AVX512_RUN_CHUNKS || ch == chunks - 1;
         __m512i v[TILE_W_ROWS], table[TILE_W_ROWS];
         for (int c = 0; c < TILE_W_ROWS; c++) {
             const uint8_t* at = wrow[c] + (size_t)ch * CHUNK_BYTES;
             _mm_prefetch((const char*)at + ahead, _MM_HINT_T1);
             v[c] = _mm512_loadu_si512((const void*)(ch < whole ? at : last[c]));
-            table[c] = _mm512_loadu_si512((const void*)(j->tables + (size_t)((zps[c] ? zps[c][g] : 0) + 8) * TABLE_WORDS));
+            if (zeros)
+                table[c] = lane_zeros(zps[c] + g, here, g + 4 <= groups, pick); /* z, subtracted below */
+            else
+                table[c] = _mm512_loadu_si512(
+                    (const void*)(j->tables + (size_t)((!small && zps[c] ? zps[c][g] : 0) + 8) * TABLE_WORDS));
         }
         __m512 acc[TILE_ROWS][TILE_W_ROWS][2];
         for (int r = 0; r < rows; r++)
@@ -147,8 +198,14 @@ QK_AVX512_INLINE void tile(const job* j, int parts, int rows, const uint32_t* x,
 #pragma GCC unroll 4
         for (int s = 0; s < 4; s++) {
             __m512i wv[TILE_W_ROWS];
-            for (int c = 0; c < TILE_W_ROWS; c++)
-                wv[c] = _mm512_permutexvar_epi16(s ? _mm512_srli_epi32(v[c], 4 * s) : v[c], table[c]);
+            for (int c = 0; c < TILE_W_ROWS; c++) {
+                __m512i shifted = s ? _mm512_srli_epi32(v[c], 4 * s) : v[c];
+                if (zeros) { /* (nibble ^ 8) - z: vpternlogd 0x6A is (a & b) ^ c */
+                    __m512i u = _mm512_ternarylogic_epi32(shifted, nibbles, eight, 0x6A);
+                    wv[c] = _mm512_permutexvar_epi16(_mm512_sub_epi16(u, table[c]), differences);
+                } else
+                    wv[c] = _mm512_permutexvar_epi16(shifted, table[c]);
+            }
             for (int r = 0; r < rows; r++)
                 for (int part = 0; part < parts; part++) {
                     __m512bh xs = (__m512bh)_mm512_loadu_si512((const void*)(xc + (size_t)r * j->padded + (4 * part + s) * 16));
@@ -156,10 +213,12 @@ QK_AVX512_INLINE void tile(const job* j, int parts, int rows, const uint32_t* x,
                         acc[r][c][part] = _mm512_dpbf16_ps(acc[r][c][part], (__m512bh)wv[c], xs);
                 }
         }
-        for (int r = 0; r < rows; r++)
-            for (int c = 0; c < TILE_W_ROWS; c++) {
+        for (int c = 0; c < TILE_W_ROWS; c++) {
+            const __m512 scale = small ? _mm512_permutexvar_ps(lane_group, _mm512_maskz_loadu_ps(
+                                                                               (__mmask16)((1u << here) - 1), scales[c] + g))
+                                       : _mm512_set1_ps(scales[c][g]);
+            for (int r = 0; r < rows; r++) {
                 __m512 t = parts == 2 ? _mm512_add_ps(acc[r][c][0], acc[r][c][1]) : acc[r][c][0];
-                __m512 scale = _mm512_set1_ps(scales[c][g]);
                 run[r][c] = _mm512_fmadd_ps(t, scale, run[r][c]);
                 if (run_ends) {
                     float lanes[16];
@@ -170,25 +229,30 @@ QK_AVX512_INLINE void tile(const job* j, int parts, int rows, const uint32_t* x,
                     run[r][c] = _mm512_setzero_ps();
                 }
             }
+        }
         if (run_ends) in_run = 0;
     }
 }
 
-/* Each tile shape as its own function with constant arguments: tiles[parts 1/2][rows 1/2]. */
+/* Each tile shape as its own function with constant arguments: tiles[groups kind][parts 1/2][rows 1/2]. */
 typedef void tile_fn(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at);
-#define TILE_FN(parts, rows)                                                                                  \
-    static void tile_##parts##_##rows(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at) { \
-        tile(j, parts, rows, x, n0, y, at);                                                                   \
+#define TILE_FN(kind, parts, rows)                                                                          \
+    static void tile_##kind##_##parts##_##rows(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], \
+                                               int32_t at) {                                                \
+        tile(j, kind, parts, rows, x, n0, y, at);                                                           \
     }
-TILE_FN(1, 1) TILE_FN(1, 2) TILE_FN(2, 1) TILE_FN(2, 2)
-static tile_fn* const tiles[2][TILE_ROWS] = {{tile_1_1, tile_1_2}, {tile_2_1, tile_2_2}};
+#define TILE_FNS(kind) TILE_FN(kind, 1, 1) TILE_FN(kind, 1, 2) TILE_FN(kind, 2, 1) TILE_FN(kind, 2, 2)
+TILE_FNS(0) TILE_FNS(1) TILE_FNS(2)
+#define TILE_TABLE(kind) {{tile_##kind##_1_1, tile_##kind##_1_2}, {tile_##kind##_2_1, tile_##kind##_2_2}}
+static tile_fn* const tiles[3][2][TILE_ROWS] = {TILE_TABLE(0), TILE_TABLE(1), TILE_TABLE(2)};
 
 /* Task t: rows [8t, 8t + 8) of W (two tiles: eight outputs are one vector store) for every row of X. */
 static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const job* j = arg;
     int32_t M = j->a->M, N = j->w->N;
-    tile_fn* const* shapes = tiles[j->a->input_dtype == QK_DTYPE_BF16 ? 0 : 1];
+    const int kind = !j->lane_shift ? WHOLE_CHUNK_GROUPS : j->w->zero_points ? SMALL_GROUPS_ZERO_POINTS : SMALL_GROUPS;
+    tile_fn* const* shapes = tiles[kind][j->a->input_dtype == QK_DTYPE_BF16 ? 0 : 1];
     for (int32_t t = begin; t < end; t++) {
         int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
         for (int32_t m = 0; m < M; m += TILE_ROWS) {
@@ -205,10 +269,11 @@ static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
 static size_t buffers(job* j, void* base) {
     size_t used = 0;
     j->stride = (size_t)(j->w->group_size < j->w->K ? j->w->group_size : j->w->K);
+    j->lane_shift = j->w->group_size == 32 ? 2 : j->w->group_size == 64 ? 3 : 0;
     j->padded = ((size_t)qk_groups_per_row(j->w) * j->stride + CHUNK_K - 1) / CHUNK_K * CHUNK_K;
     j->x = qk_avx2_take(base, &used, (size_t)j->a->M * j->padded * sizeof *j->x);
     j->row_scale = qk_avx2_take(base, &used, (size_t)j->a->M * sizeof *j->row_scale);
-    j->tables = qk_avx2_take(base, &used, ZERO_POINTS * TABLE_WORDS * sizeof *j->tables);
+    j->tables = qk_avx2_take(base, &used, (ZERO_POINTS + 1) * TABLE_WORDS * sizeof *j->tables);
     return used;
 }
 

@@ -138,7 +138,7 @@ def run(args, kernels: list[qkernels.dispatch.KernelInfo], llc: int) -> list[dic
                 for mode in args.modes:
                     picked = qkernels.select(xs[0], layer.quantized(bits, G)[0], mode).name
                     for k in kernels:
-                        if k.mode == mode and bits in k.bits and G % k.group_multiple == 0:
+                        if k.runs(mode, bits, G, K, dtype):
                             candidates.append(layer.kernel_candidate(k, bits, G, xs))
                             candidates[-1].auto = k.name == picked
             group = []  # (key, row, candidate, output bytes, times or None) of this layer and M

@@ -56,6 +56,12 @@ class KernelInfo:
     canonical: bool  # reads the canonical layout (runs without packing)
     cpu_features: tuple[str, ...]  # CPU features it needs beyond its backend's (available: the CPU has them)
 
+    def runs(self, mode: str, bits: int, group_size: int, K: int, dtype: str) -> bool:
+        """Whether it runs this mode, weight width, group size (against K) and input dtype; the format
+        v2 features (offsets, a shorter last group) are the caller's to check."""
+        return (self.mode == mode and bits in self.bits and dtype in self.dtypes and group_size % self.group_multiple == 0
+                and (self.max_group_size == 0 or min(group_size, K) <= self.max_group_size))
+
 
 MODES = {"a16": lib.QK_MODE_A16, "a8": lib.QK_MODE_A8}
 _MODE_NAMES = {code: name for name, code in MODES.items()}

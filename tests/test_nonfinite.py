@@ -68,7 +68,7 @@ def test_issue_example():
 
 
 @pytest.mark.parametrize("kernel, dtype, bits", CASES)
-@pytest.mark.parametrize("G, symmetric", [(32, True), (128, False), (256, True)])
+@pytest.mark.parametrize("G, symmetric", [(32, True), (64, False), (128, False), (256, True)])
 @pytest.mark.parametrize("M", [1, 6, 20])
 def test_large_activations_match_the_reference(kernel, dtype, bits, G, symmetric, M):
     info = next((k for k in KERNELS if k.name == kernel), None)

@@ -36,6 +36,9 @@ def main(mode: str, symmetry: str, ms: str, dtype=np.float16, group: int = 128) 
             x, qw.data, qw.scales, qw.zero_points, bits=4, group_size=group, mode=mode, kernel=kernel
         )
 
+    if group % 128 and not (mode == "a16" and group in (32, 64)):
+        sys.exit(f"--group {group}: the x86_avx512 variants run {mode} with groups of a multiple of 128"
+                 + (", or 32 or 64" if mode == "a16" else ""))
     kernels = [SMALL_GROUPS.get(k, k) if group < 128 else k for k in KERNELS[mode]]
     paths = {k: stateless(k) for k in kernels} | {"prepared": lambda x: qkernels.matmul(x, qw, mode)}
     for m in map(int, ms.split(",")):

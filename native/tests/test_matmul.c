@@ -520,7 +520,7 @@ static void test_small_groups(void) {
     for (int r = 0; r < 120; r++) {
         int32_t G = r % 2 ? 32 : 64, K = rnd_percent(15) ? 2 * rnd_int(1, G / 2 - 1) : 2 * rnd_int(1, 24 * 64);
         int a16 = r % 4 != 3;
-        problem p = {.M = rnd_int(1, 33), .N = rnd_int(1, 20), .K = K, .G = G, .bits = a16 || rnd_percent(50) ? 4 : 8,
+        problem p = {.M = rnd_int(1, 64), .N = rnd_int(1, 20), .K = K, .G = G, .bits = a16 || rnd_percent(50) ? 4 : 8,
                      .dtype = a16 ? (r % 3 ? QK_DTYPE_F16 : QK_DTYPE_BF16) : all_dtypes[rnd_int(0, 2)],
                      .mode = a16 ? QK_MODE_A16 : QK_MODE_A8};
         int style = rnd_int(0, X_STYLES - 1);

@@ -1,7 +1,8 @@
 /* x86_avx512_a16_w4_bf16_c2x4 and _g32_c2x4: A16 on the canonical layout, for stateless calls at
  * small M (nothing is packed), float16 and bfloat16 input and 4-bit weights without offsets, G a
  * multiple of 128 (c2x4) or G = 32 or 64 (g32_c2x4: groups of 32 k, the small groups GGUF's and
- * some GPTQ checkpoints use): vdpbf16ps (AVX512-BF16), as a16_bf16.c on the vnni16 pack. One
+ * some GPTQ checkpoints use; also one group G >= K, as whole-chunk groups, which its registry line
+ * lets through when K <= 64): vdpbf16ps (AVX512-BF16), as a16_bf16.c on the vnni16 pack. One
  * function runs both (two registry lines, since a group size is described as a multiple and a
  * maximum). Built with -mavx512bf16 and listed with that feature as its own requirement; elsewhere
  * stateless calls run x86_avx2's canonical variant.
@@ -54,7 +55,8 @@ typedef struct {
     const qk_matmul_args* a;
     const qk_weights* w;
     int lane_shift;      /* small groups: lane i is in the chunk's group i >> lane_shift (2: G = 32, 3: 64) */
-    size_t stride;       /* of groups in a staged row: min(G, K), a whole number of chunks unless one group */
+    size_t stride;       /* of groups in a staged row: min(G, K); G a multiple of 128: a whole number of chunks
+                            unless one group; G = 32 or 64: 4 or 2 groups to a chunk */
     size_t padded;       /* staged row length in k: its groups rounded up to a chunk */
     uint32_t* x;         /* [M][padded] staged pairs of bfloat16 parts, one dword per k */
     double* row_scale;   /* [M] */
@@ -153,6 +155,7 @@ QK_AVX512_INLINE void tile(const job* j, int groups_kind, int parts, int rows, c
     const int chunk_groups = small ? 16 >> j->lane_shift : 1;
     const __m512i lane_group = _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                                  small ? j->lane_shift : 0);
+    /* For zero points per lane (the compiler drops them elsewhere): */
     const __m512i nibbles = _mm512_set1_epi32(0x000F000F), eight = _mm512_set1_epi32(0x00080008);
     const __m512i pick = _mm512_or_si512(_mm512_or_si512(lane_group, _mm512_slli_epi32(lane_group, 16)),
                                          _mm512_set1_epi32((int)0x80008000u)); /* vpshufb: 0x80 gives zero */
@@ -174,21 +177,22 @@ QK_AVX512_INLINE void tile(const job* j, int groups_kind, int parts, int rows, c
     for (int32_t ch = 0, g = 0, in_group = 0, in_run = 0; ch < chunks; ch++) {
         if (small) /* the chunk's first group, and how many of its groups the row has */
             g = ch * chunk_groups;
-        else if (in_group == group_chunks)
-            g++, in_group = 0;
-        in_group++;
-        const int here = groups - g < chunk_groups ? groups - g : chunk_groups;
+        else if (++in_group > group_chunks)
+            g++, in_group = 1;
+        const int here = small && groups - g < chunk_groups ? groups - g : chunk_groups;
         const int run_ends = ++in_run == QK_AVX512_RUN_CHUNKS || ch == chunks - 1;
-        __m512i v[TILE_W_ROWS], table[TILE_W_ROWS];
+        /* Per row of W: the chunk, and its lookup table (zp = 0 for SMALL_GROUPS: symmetric) or, with
+         * zero points per lane, the lanes' z to subtract before the table of differences. */
+        __m512i v[TILE_W_ROWS], table[TILE_W_ROWS], z[TILE_W_ROWS];
         for (int c = 0; c < TILE_W_ROWS; c++) {
             const uint8_t* at = wrow[c] + (size_t)ch * CHUNK_BYTES;
             _mm_prefetch((const char*)at + ahead, _MM_HINT_T1);
             v[c] = _mm512_loadu_si512((const void*)(ch < whole ? at : last[c]));
             if (zeros)
-                table[c] = lane_zeros(zps[c] + g, here, g + 4 <= groups, pick); /* z, subtracted below */
+                z[c] = lane_zeros(zps[c] + g, here, g + 4 <= groups, pick);
             else
                 table[c] = _mm512_loadu_si512(
-                    (const void*)(j->tables + (size_t)((!small && zps[c] ? zps[c][g] : 0) + 8) * TABLE_WORDS));
+                    (const void*)(j->tables + (size_t)((zps[c] ? zps[c][g] : 0) + 8) * TABLE_WORDS));
         }
         __m512 acc[TILE_ROWS][TILE_W_ROWS][2];
         for (int r = 0; r < rows; r++)
@@ -202,7 +206,7 @@ QK_AVX512_INLINE void tile(const job* j, int groups_kind, int parts, int rows, c
                 __m512i shifted = s ? _mm512_srli_epi32(v[c], 4 * s) : v[c];
                 if (zeros) { /* (nibble ^ 8) - z: vpternlogd 0x6A is (a & b) ^ c */
                     __m512i u = _mm512_ternarylogic_epi32(shifted, nibbles, eight, 0x6A);
-                    wv[c] = _mm512_permutexvar_epi16(_mm512_sub_epi16(u, table[c]), differences);
+                    wv[c] = _mm512_permutexvar_epi16(_mm512_sub_epi16(u, z[c]), differences);
                 } else
                     wv[c] = _mm512_permutexvar_epi16(shifted, table[c]);
             }
@@ -269,6 +273,8 @@ static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
 static size_t buffers(job* j, void* base) {
     size_t used = 0;
     j->stride = (size_t)(j->w->group_size < j->w->K ? j->w->group_size : j->w->K);
+    /* The registry lines let through G a multiple of 128, G = 32 or 64, or one group (G >= K: as
+     * whole-chunk groups); the run refuses anything else (a new registry line must come here). */
     j->lane_shift = j->w->group_size == 32 ? 2 : j->w->group_size == 64 ? 3 : 0;
     j->padded = ((size_t)qk_groups_per_row(j->w) * j->stride + CHUNK_K - 1) / CHUNK_K * CHUNK_K;
     j->x = qk_avx2_take(base, &used, (size_t)j->a->M * j->padded * sizeof *j->x);
@@ -284,6 +290,9 @@ size_t qk_avx512_a16_bf16_c2x4_workspace(const qk_kernel_weights* w, const qk_ma
 }
 
 qk_status qk_avx512_a16_w4_bf16_c2x4(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
+    const int32_t G = w->format.group_size;
+    if (!(G == 32 || G == 64 || G % CHUNK_K == 0 || G >= w->format.K))
+        return qk_fail(QK_ERR_UNSUPPORTED, "x86_avx512's canonical A16 variant: group size %d", G);
     job j = {.a = a, .w = &w->format};
     buffers(&j, exec->workspace);
     fill_tables(j.tables);

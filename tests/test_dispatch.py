@@ -142,9 +142,8 @@ def _expected_kernel(mode, bits, dtype, G, K, M, backend=None):
     """Dispatch as documented: the first registry line, among available kernels (of `backend` if
     forced), that runs mode / bits / dtype / group size (its max_group_size bounds a group's length,
     min(G, K)) and prefers this M; else the first that runs it whatever its preferred M."""
-    fits = [k for k in KERNELS if k.available and (backend is None or k.backend == backend) and k.mode == mode
-            and bits in k.bits and dtype in k.dtypes and G % k.group_multiple == 0
-            and (k.max_group_size == 0 or min(G, K) <= k.max_group_size)]
+    fits = [k for k in KERNELS if k.available and (backend is None or k.backend == backend)
+            and k.runs(mode, bits, G, K, dtype)]
     preferred = [k for k in fits if k.max_m == 0 or M <= k.max_m]
     return (preferred or fits)[0]
 
@@ -167,10 +166,7 @@ def test_select_follows_the_registry(mode, bits, dtype):
                 try:
                     forced = qkernels.select(x, qw, mode, backend=b.name)
                 except qkernels.UnsupportedError:
-                    assert not any(k.backend == b.name and k.mode == mode and bits in k.bits and dtype in k.dtypes
-                                   and G % k.group_multiple == 0
-                                   and (k.max_group_size == 0 or min(G, K) <= k.max_group_size)
-                                   for k in KERNELS)
+                    assert not any(k.backend == b.name and k.runs(mode, bits, G, K, dtype) for k in KERNELS)
                     continue
                 assert forced == _expected_kernel(mode, bits, dtype, G, K, M, backend=b.name)
 

@@ -17,13 +17,19 @@ import numpy as np
 import qkernels
 
 
+def take_option(argv: list[str], option: str, default: str) -> str:
+    """The value of `option` (e.g. --dtype) taken out of argv, or default without it."""
+    if option not in argv:
+        return default
+    i = argv.index(option)
+    value = argv[i + 1]
+    del argv[i : i + 2]
+    return value
+
+
 def activation_dtype(argv: list[str]):
     """The --dtype D option taken out of argv (float16 without it), as a NumPy dtype."""
-    name = "float16"
-    if "--dtype" in argv:
-        i = argv.index("--dtype")
-        name = argv[i + 1]
-        del argv[i : i + 2]
+    name = take_option(argv, "--dtype", "float16")
     if name == "bfloat16":
         import ml_dtypes
 

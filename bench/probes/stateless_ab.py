@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 import qkernels
-from kernel_ab import activation_dtype
+from kernel_ab import activation_dtype, take_option
 
 KERNELS = {
     "a16": ("x86_avx512_a16_w4_bf16_c2x4", "x86_avx2_a16_w4w8_c4x8"),
@@ -60,9 +60,5 @@ def main(mode: str, symmetry: str, ms: str, dtype=np.float16, group: int = 128) 
 if __name__ == "__main__":
     args = sys.argv[1:]
     dtype = activation_dtype(args)
-    group = 128
-    if "--group" in args:
-        i = args.index("--group")
-        group = int(args[i + 1])
-        del args[i : i + 2]
+    group = int(take_option(args, "--group", "128"))
     main(args[0], args[1], args[2], dtype, group)

@@ -37,8 +37,6 @@
  * 16 more roundings, at most 2^-20 of the run's sum of |scale * t|. (A float64 fold per chunk, as
  * a16.c had too, cost group size 32 1.2-1.4x the time of 128.) A row's sums never depend on the
  * other rows of its tile. */
-#include <string.h>
-
 #include "avx512.h"
 
 enum {
@@ -70,12 +68,7 @@ static void split_row(float* row, size_t n) {
 /* The 32-entry bfloat16 table vpermw reads: symmetric, entry i = (i % 16) - 8; else i - 16. */
 static __m512i weight_table(int asymmetric) {
     uint16_t t[32];
-    for (int i = 0; i < 32; i++) {
-        float v = asymmetric ? (float)(i - 16) : (float)(i % 16 - 8);
-        uint32_t bits;
-        memcpy(&bits, &v, sizeof bits);
-        t[i] = (uint16_t)(bits >> 16); /* exact: small integers */
-    }
+    for (int i = 0; i < 32; i++) t[i] = qk_avx512_bf16_of_int(asymmetric ? i - 16 : i % 16 - 8);
     return _mm512_loadu_si512((const void*)t);
 }
 

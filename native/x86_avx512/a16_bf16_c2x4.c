@@ -105,22 +105,15 @@ static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     }
 }
 
-static uint16_t bfloat16_of(int integer) { /* exact: |integer| <= 16 */
-    float value = (float)integer;
-    uint32_t bits;
-    memcpy(&bits, &value, sizeof bits);
-    return (uint16_t)(bits >> 16);
-}
-
 /* Entry v of table zp + 8: q(v mod 16) - zp in bfloat16 (exact: small integers). Entry e of the last
  * table (small groups): e read as a 5-bit two's complement integer, the difference q - zp. */
 static void fill_tables(uint16_t* tables) {
     for (int zp = -8; zp < 8; zp++)
         for (int v = 0; v < TABLE_WORDS; v++) {
             int q = v % 16 < 8 ? v % 16 : v % 16 - 16;
-            tables[(zp + 8) * TABLE_WORDS + v] = bfloat16_of(q - zp);
+            tables[(zp + 8) * TABLE_WORDS + v] = qk_avx512_bf16_of_int(q - zp);
         }
-    for (int e = 0; e < TABLE_WORDS; e++) tables[ZERO_POINTS * TABLE_WORDS + e] = bfloat16_of(e < 16 ? e : e - 32);
+    for (int e = 0; e < TABLE_WORDS; e++) tables[ZERO_POINTS * TABLE_WORDS + e] = qk_avx512_bf16_of_int(e < 16 ? e : e - 32);
 }
 
 /* Small groups: the zero points zp[0 .. n) of a chunk's groups (n = 128 / G, fewer in the row's last

@@ -67,6 +67,15 @@ QK_AVX512_INLINE void qk_avx512_short_chunks(uint8_t (*last)[64], const uint8_t*
     }
 }
 
+/* A small integer as bfloat16 bits (exact up to 256 in magnitude): the weight tables of the AVX512-BF16
+ * kernels (a16_bf16.c, a16_bf16_c2x4.c). */
+static inline uint16_t qk_avx512_bf16_of_int(int integer) {
+    float value = (float)integer;
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return (uint16_t)(bits >> 16);
+}
+
 /* What the tiles read. */
 typedef struct {
     const qk_matmul_args* a;

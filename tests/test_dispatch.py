@@ -43,7 +43,7 @@ def problem():
 @pytest.fixture
 def every_kernel(problem):
     """problem's x, and for each available kernel the weights it is forced on: problem's, or, for a
-    kernel of small groups only (x86_avx512_a16_w4_bf16_g32_c2x4), the same matrix in groups of 32."""
+    kernel of small groups only (x86_avx512's g32 variants), the same matrix in groups of 32."""
     x, qw = problem
     small = qkernels.quantize_weights(qkernels.dequantize(qw), bits=4, group_size=32)
     return x, [(k, qw if k.runs(k.mode, 4, 128, qw.K, "float16") else small) for k in KERNELS if k.available]

@@ -102,7 +102,7 @@ static void run_problem(const problem* p) {
      * canonical-layout A8 variants fold the same exact group sums in float64 in group order. */
     static const char* const twins[][3] = {
         {"x86_avx512_a8_w4w8_8x32", "x86_amx_a8_w4w8_vnni_8x32", "x86_amx_a8_w4w8_32x32"},
-        {"x86_avx2_a8_w4w8_c4x8", "x86_avx512_a8_w4w8_vnni_c2x8", NULL},
+        {"x86_avx2_a8_w4w8_c4x8", "x86_avx512_a8_w4w8_vnni_c2x8", "x86_avx512_a8_w4w8_vnni_g32_c2x8"},
     };
     for (size_t set = 0; set < sizeof twins / sizeof twins[0]; set++) {
         int first = -1;
@@ -512,14 +512,15 @@ static void test_whole_chunk_groups(void) {
     }
 }
 
-/* Groups of 32 and 64 k, several to a 128-k chunk of a canonical row (x86_avx512's g32_c2x4 takes
- * a chunk's scales and zero points lane by lane): K of 1 to 24 chunks, ragged against G and against
- * the chunk (a last chunk holding fewer groups), K below G; zero points over their whole range, which
- * that kernel subtracts as integers; runs of 16 chunks crossed; float16 and bfloat16 A16 mostly. */
+/* Groups of 32 and 64 k, several to a 64-byte chunk of a canonical row (x86_avx512's g32_c2x4 takes
+ * a chunk's scales and zero points lane by lane, its g32_c2x8 reduces a chunk's lanes per group):
+ * K of 1 to 24 chunks, ragged against G and against the chunk (a last chunk holding fewer groups), K
+ * below G; zero points over their whole range, which g32_c2x4 subtracts as integers; runs of 16
+ * chunks crossed; A16 (float16 and bfloat16 mostly) and A8 in turns. */
 static void test_small_groups(void) {
-    for (int r = 0; r < 120; r++) {
+    for (int r = 0; r < 160; r++) {
         int32_t G = r % 2 ? 32 : 64, K = rnd_percent(15) ? 2 * rnd_int(1, G / 2 - 1) : 2 * rnd_int(1, 24 * 64);
-        int a16 = r % 4 != 3;
+        int a16 = r % 4 < 2;
         problem p = {.M = rnd_int(1, 64), .N = rnd_int(1, 20), .K = K, .G = G, .bits = a16 || rnd_percent(50) ? 4 : 8,
                      .dtype = a16 ? (r % 3 ? QK_DTYPE_F16 : QK_DTYPE_BF16) : all_dtypes[rnd_int(0, 2)],
                      .mode = a16 ? QK_MODE_A16 : QK_MODE_A8};

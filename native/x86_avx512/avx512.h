@@ -202,7 +202,7 @@ QK_AVX512_INLINE void qk_avx512_a8_fold(qk_run_step s, int has_offsets, __m512i 
 
 size_t qk_avx512_a8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx512_a8_8x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
-/* The canonical-layout A8 variant (a8_c2x8.c), for stateless calls. */
+/* The canonical-layout A8 variants (a8_c2x8.c: c2x8 and g32_c2x8, one function), for stateless calls. */
 size_t qk_avx512_a8_c2x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx512_a8_w4w8_vnni_c2x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 size_t qk_avx512_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);

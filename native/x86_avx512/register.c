@@ -11,11 +11,13 @@ static const qk_kernel_desc kernels[] = {
     {"x86_avx512_a16_w4w8_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 0,
      qk_avx512_a16_workspace, qk_avx512_a16_4x32, 0},
     /* Canonical variants: stateless calls (qk_matmul, quantizedMatMul) at small M without packing,
-     * G a multiple of 128, and A16 also G = 32 or 64 (A16: float16 or bfloat16 input, 4-bit weights);
-     * the rest run x86_avx2's. Up to the M where packing for the call pays (4096 x 4096, 4-bit g128,
-     * 2 threads: about 96 for both). */
+     * G a multiple of 128, or G = 32 or 64 (the g32 lines; A16: float16 or bfloat16 input, 4-bit
+     * weights); the rest run x86_avx2's. Below the M where packing for the call pays (4096 x 4096,
+     * 2 threads: about 96 for both at 4-bit g128; A8 g32 4-bit 64 or more, 8-bit 48). */
     {"x86_avx512_a8_w4w8_vnni_c2x8", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 128, QK_A8_INT32_EXACT_GROUP / 128 * 128, 64,
      QK_FORMAT_V2, 1, qk_avx512_a8_c2x8_workspace, qk_avx512_a8_w4w8_vnni_c2x8, 0},
+    {"x86_avx512_a8_w4w8_vnni_g32_c2x8", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 32, 64, 48, QK_FORMAT_V2, 1,
+     qk_avx512_a8_c2x8_workspace, qk_avx512_a8_w4w8_vnni_c2x8, 0},
     {"x86_avx512_a16_w4_bf16_c2x4", QK_MODE_A16, 1u << 4, QK_AVX512_BF16_DTYPES, 128, 0, 64, QK_FORMAT_RAGGED_GROUPS, 1,
      qk_avx512_a16_bf16_c2x4_workspace, qk_avx512_a16_w4_bf16_c2x4, QK_AVX512_BF16_CPU},
     {"x86_avx512_a16_w4_bf16_g32_c2x4", QK_MODE_A16, 1u << 4, QK_AVX512_BF16_DTYPES, 32, 64, 64, QK_FORMAT_RAGGED_GROUPS,

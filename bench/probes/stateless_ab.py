@@ -12,12 +12,11 @@ and 64). A quick A/B probe: `qkernels bench --stateless` is the measurement of r
 """
 
 import sys
-import time
 
 import numpy as np
 
 import qkernels
-from kernel_ab import activation_dtype, take_option
+from kernel_ab import activation_dtype, interleaved_medians, take_option
 
 KERNELS = {
     "a16": ("x86_avx512_a16_w4_bf16_c2x4", "x86_avx2_a16_w4w8_c4x8"),
@@ -47,16 +46,7 @@ def main(mode: str, symmetry: str, ms: str, dtype=np.float16, group: int = 128, 
     paths = {k: stateless(k) for k in kernels} | {"prepared": lambda x: qkernels.matmul(x, qw, mode)}
     for m in map(int, ms.split(",")):
         x = rng.standard_normal((m, 4096)).astype(dtype)
-        times = {k: [] for k in paths}
-        for f in paths.values():
-            f(x)
-        end = time.perf_counter() + 3
-        while time.perf_counter() < end:
-            for k, f in paths.items():
-                t = time.perf_counter()
-                f(x)
-                times[k].append(time.perf_counter() - t)
-        med = {k: np.median(v) * 1e3 for k, v in times.items()}
+        med = interleaved_medians({k: (lambda f: lambda: f(x))(f) for k, f in paths.items()}, 3)
         rows = ", ".join(f"{k} {t:.3f} ms ({t / med['prepared']:.2f})" for k, t in med.items())
         print(f"{mode} {symmetry} {bits}-bit {np.dtype(dtype).name} G={group} M={m}: {rows}", flush=True)
 

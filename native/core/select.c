@@ -128,9 +128,9 @@ static int canonical_variant(qk_backend b, const qk_problem* p, qk_kernel_ref* o
 /* A stateless call's kernel when automatic selection chose backend `chosen`: its canonical variant
  * covering M, else the first canonical variant covering M of an available backend with its own
  * layout (in dispatch order), so that a call at small M never packs when a fast kernel can read the
- * caller's arrays (x86_avx512 has no canonical variant; x86_avx2 has). Backends without a layout
- * (ref) read the canonical arrays in every kernel: no fast path to fall back to. A forced backend
- * (`automatic` 0) keeps its own kernels. */
+ * caller's arrays (x86_amx has no canonical variant; x86_avx512 and x86_avx2 have). Backends
+ * without a layout (ref) read the canonical arrays in every kernel: no fast path to fall back to. A
+ * forced backend (`automatic` 0) keeps its own kernels. */
 static int stateless_variant(qk_backend chosen, int automatic, const qk_problem* p, qk_kernel_ref* out) {
     if (canonical_variant(chosen, p, out)) return 1;
     if (!automatic) return 0;

@@ -23,6 +23,9 @@ static const qk_kernel_desc kernels[] = {
      qk_avx512_a16_workspace, qk_avx512_a16_4x32, 0},
     {"x86_amx_a16_w4w8_32x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_RAGGED_GROUPS, 0,
      qk_amx_a16_workspace, qk_amx_a16_32x32, 0},
+    /* weights with offsets, which the AMX kernel does not run, above M = 6 (not yet run on an AMX machine) */
+    {"x86_amx_a16_w4w8_fma_8x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 0,
+     qk_avx512_a16_8x32_workspace, qk_avx512_a16_8x32, 0},
 };
 
 /* The emulated test build (QK_EMULATE_X86) runs the same kernels through SIMDe and

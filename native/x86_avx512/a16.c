@@ -2,12 +2,9 @@
  * A16 wherever a16_bf16.c's kernel does not run (8-bit weights, offsets, bfloat16 or float32
  * input, or a CPU without AVX512-BF16).
  *
- * Each k's 16 weights become float32 q - zp exactly, in two or three operations:
- *   4 bits  a shift brings k's nibble to the bottom of each column's dword and vpermps looks it up
- *           in a 16-entry table, which reads only the index's low 4 bits (no mask, no conversion):
- *           u - 8 = q for symmetric weights, else u, minus zero (= zp + 8).
- *   8 bits  the row's bytes xor 0x80 are q (u = q + 128); a left and an arithmetic right shift
- *           sign-extend k's byte, one vcvtdq2ps, minus zp for asymmetric weights.
+ * Each k's 16 weights become float32 q - zp exactly, in two or three operations
+ * (qk_avx512_a16_weight, avx512.h), for each tile again: a16_8x32.c forms them once per task,
+ * which pays from a few rows up (register.c).
  * Sums of x * (q - zp) run in float32 over chunks of at most 128 k as two chains (even and odd k)
  * of at most 64 terms, whose rounding error is at most 2^-18 of sum |x * (q - zp)|, a quarter of the
  * float32 tolerance. Each chunk's sum times its group's scale is added to a float32 run of at most
@@ -31,23 +28,20 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
     enum { CHAINS = 2 };
     const qk_vnni16_layout* l = &p->l;
     const float* x = p->x + (size_t)m * p->row;
-    /* 4 bits: u - 8 (symmetric) or u, by nibble value */
-    const __m512 nibble_values = _mm512_sub_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                               _mm512_set1_ps(asymmetric ? 0.0f : 8.0f));
-    qk_avx512_chunk c = qk_avx512_chunk_at(l, 0, 0);
+    const __m512 values = qk_avx512_a16_values(asymmetric);
+    qk_avx512_chunk c = qk_avx512_chunk_at(l, QK_AVX512_CHUNK_K, 0, 0);
     while (c.g < l->groups) {
         __m512 run[TILE_ROWS][2];
         for (int r = 0; r < rows; r++)
             for (int pi = 0; pi < panels; pi++) run[r][pi] = _mm512_setzero_ps();
-        for (int term = 0; term < QK_AVX512_RUN_CHUNKS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, c)) {
+        for (int term = 0; term < QK_AVX512_RUN_CHUNKS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, QK_AVX512_CHUNK_K, c)) {
             const uint8_t* group[2];
             __m512 zero[2]; /* what is left to subtract, zp + 8 (4 bits) or zp (8 bits) */
             __m512 scale[2], offset[2];
             for (int pi = 0; pi < panels; pi++) {
                 group[pi] = qk_vnni16_group(p->packed, l, panel + pi, c.g);
                 scale[pi] = _mm512_load_ps((const float*)group[pi]);
-                zero[pi] = _mm512_cvtepi32_ps(qk_avx512_zero(group[pi], l));
-                if (bits == 8) zero[pi] = _mm512_sub_ps(zero[pi], _mm512_set1_ps(128.0f));
+                zero[pi] = qk_avx512_a16_zero(group[pi], l, bits);
                 offset[pi] = qk_avx512_offset(group[pi], l);
             }
             const float* xg = x + (size_t)c.g * p->group_stride;
@@ -56,10 +50,7 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
                 for (int pi = 0; pi < panels; pi++) sum[r][pi][0] = sum[r][pi][1] = _mm512_setzero_ps();
             for (ptrdiff_t i = c.i0; i < c.i1; i++) {
                 __m512i v[2];
-                for (int pi = 0; pi < panels; pi++) {
-                    v[pi] = qk_avx512_load_row(group[pi], l, i);
-                    if (bits == 8) v[pi] = _mm512_xor_si512(v[pi], _mm512_set1_epi8((char)0x80)); /* bytes of q */
-                }
+                for (int pi = 0; pi < panels; pi++) v[pi] = qk_avx512_a16_row(group[pi], l, i, bits);
                 /* a constant trip count, unrolled, so that shifts and chain indices are constants and
                  * the sums stay in registers (as a loop to 4 or 8, gcc left it rolled: 4 bits was
                  * 1.4-1.6x slower at M >= 16) */
@@ -68,14 +59,7 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
                     if (bits == 8 && t == 4) break;
                     __m512 w[2];
                     for (int pi = 0; pi < panels; pi++) {
-                        if (bits == 4) { /* k 8i + t sits at bit 8 (t % 4) + 4 (t / 4) of its column's dword */
-                            const unsigned shift = 8 * (t % 4) + 4 * (t / 4);
-                            w[pi] = _mm512_permutexvar_ps(shift ? _mm512_srli_epi32(v[pi], shift) : v[pi], nibble_values);
-                        } else {
-                            __m512i top = t == 3 ? v[pi] : _mm512_slli_epi32(v[pi], 24 - 8 * t);
-                            w[pi] = _mm512_cvtepi32_ps(_mm512_srai_epi32(top, 24));
-                        }
-                        if (asymmetric) w[pi] = _mm512_sub_ps(w[pi], zero[pi]); /* q - zp, exact */
+                        w[pi] = qk_avx512_a16_weight(bits, asymmetric, v[pi], t, values, zero[pi]);
                         if (offsets) w[pi] = _mm512_fmadd_ps(w[pi], scale[pi], offset[pi]);
                     }
                     for (int r = 0; r < rows; r++) {

@@ -83,12 +83,12 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int parts, int asymm
     const qk_vnni16_layout* l = &p->l;
     const uint32_t* x = (const uint32_t*)(p->x + (size_t)m * p->row); /* pairs of bfloat16 parts */
     const __m512i table = weight_table(asymmetric), nibbles = _mm512_set1_epi32(0x000F000F);
-    qk_avx512_chunk c = qk_avx512_chunk_at(l, 0, 0);
+    qk_avx512_chunk c = qk_avx512_chunk_at(l, QK_AVX512_CHUNK_K, 0, 0);
     while (c.g < l->groups) {
         __m512 run[TILE_ROWS][2];
         for (int r = 0; r < rows; r++)
             for (int pi = 0; pi < panels; pi++) run[r][pi] = _mm512_setzero_ps();
-        for (int term = 0; term < QK_AVX512_RUN_CHUNKS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, c)) {
+        for (int term = 0; term < QK_AVX512_RUN_CHUNKS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, QK_AVX512_CHUNK_K, c)) {
             const uint8_t* group[2];
             __m512 scale[2];
             __m512i index_bias[2]; /* asymmetric: 16 - zero in both 16-bit halves of each column's lane */

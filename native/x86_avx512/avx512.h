@@ -3,7 +3,7 @@
  * Files: layout.h and pack.c are the vnni16 pack (shared with x86_amx); driver.c prepares rows of X
  * and runs tiles on the thread pool; a8.c is the A8 kernel (vpdpbusd; one tile for decode and prefill),
  * a8_c2x8.c its variant on the canonical layout (stateless calls at small M), a16.c the A16 kernel
- * (AVX-512 FMA), a16_bf16.c the A16 kernel for float16 and bfloat16 input and 4-bit weights
+ * (AVX-512 FMA) and a16_8x32.c its form for more rows, a16_bf16.c the A16 kernel for float16 and bfloat16 input and 4-bit weights
  * (AVX512-BF16 dot products) and a16_bf16_c2x4.c its canonical variant (the two files built for AVX512-BF16);
  * register.c is the kernel table. Rows of X
  * are read and quantized, and results rounded to the output dtype, by the x86_avx2 backend's
@@ -139,9 +139,9 @@ QK_AVX512_INLINE void qk_avx512_add_f64(double* y, __m512 v) {
 }
 
 /* A16 across groups (docs/numerics.md readings 19 and 24): a panel's data rows, group by group,
- * in chunks of at most QK_AVX512_CHUNK_K k; each chunk's float32 chains are summed, times the
- * group's scale, into a float32 run of at most QK_AVX512_RUN_CHUNKS chunks, and each run into the
- * float64 sums. A chunk is group g's data rows [i0, i1). */
+ * in chunks of at most chunk_k k (QK_AVX512_CHUNK_K, or 64 in a16_8x32.c); each chunk's float32
+ * chains are summed, times the group's scale, into a float32 run of at most QK_AVX512_RUN_CHUNKS
+ * chunks, and each run into the float64 sums. A chunk is group g's data rows [i0, i1). */
 enum { QK_AVX512_CHUNK_K = 128, QK_AVX512_RUN_CHUNKS = 16 };
 
 typedef struct {
@@ -149,14 +149,51 @@ typedef struct {
     ptrdiff_t i0, i1;
 } qk_avx512_chunk;
 
-QK_AVX512_INLINE qk_avx512_chunk qk_avx512_chunk_at(const qk_vnni16_layout* l, int32_t g, ptrdiff_t i0) {
-    ptrdiff_t rows = QK_AVX512_CHUNK_K / l->k_per_row;
+QK_AVX512_INLINE qk_avx512_chunk qk_avx512_chunk_at(const qk_vnni16_layout* l, int32_t chunk_k, int32_t g, ptrdiff_t i0) {
+    ptrdiff_t rows = chunk_k / l->k_per_row;
     qk_avx512_chunk c = {g, i0, l->rows - i0 < rows ? l->rows : i0 + rows};
     return c;
 }
 
-QK_AVX512_INLINE qk_avx512_chunk qk_avx512_next_chunk(const qk_vnni16_layout* l, qk_avx512_chunk c) {
-    return c.i1 == l->rows ? qk_avx512_chunk_at(l, c.g + 1, 0) : qk_avx512_chunk_at(l, c.g, c.i1);
+QK_AVX512_INLINE qk_avx512_chunk qk_avx512_next_chunk(const qk_vnni16_layout* l, int32_t chunk_k, qk_avx512_chunk c) {
+    return c.i1 == l->rows ? qk_avx512_chunk_at(l, chunk_k, c.g + 1, 0) : qk_avx512_chunk_at(l, chunk_k, c.g, c.i1);
+}
+
+/* The A16 FMA kernels' weights (a16.c, a16_8x32.c), 16 columns of a data row at a time, as float32
+ * q - zp exactly:
+ *   4 bits  a shift brings k's nibble to the bottom of each column's dword and vpermps looks it up
+ *           in a 16-entry table (qk_avx512_a16_values), which reads only the index's low 4 bits (no
+ *           mask, no conversion): u - 8 = q for symmetric weights, else u, minus zero (= zp + 8).
+ *   8 bits  the row's bytes xor 0x80 are q (u = q + 128); a left and an arithmetic right shift
+ *           sign-extend k's byte, one vcvtdq2ps, minus zp for asymmetric weights. */
+QK_AVX512_INLINE __m512 qk_avx512_a16_values(int asymmetric) {
+    return _mm512_sub_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_ps(asymmetric ? 0.0f : 8.0f));
+}
+
+/* What is left to subtract from a group's weights: zp + 8 (4 bits) or zp (8 bits). */
+QK_AVX512_INLINE __m512 qk_avx512_a16_zero(const uint8_t* group, const qk_vnni16_layout* l, int bits) {
+    __m512 zero = _mm512_cvtepi32_ps(qk_avx512_zero(group, l));
+    return bits == 8 ? _mm512_sub_ps(zero, _mm512_set1_ps(128.0f)) : zero;
+}
+
+/* A data row as the weight helper reads it: 8 bits, its bytes made q. */
+QK_AVX512_INLINE __m512i qk_avx512_a16_row(const uint8_t* group, const qk_vnni16_layout* l, ptrdiff_t i, int bits) {
+    __m512i v = qk_avx512_load_row(group, l, i);
+    return bits == 8 ? _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)) : v;
+}
+
+/* k 8i + t (4 bits; 4i + t at 8 bits) of data row i (v) as q - zp. */
+QK_AVX512_INLINE __m512 qk_avx512_a16_weight(int bits, int asymmetric, __m512i v, int t, __m512 values, __m512 zero) {
+    __m512 w;
+    if (bits == 4) { /* k 8i + t sits at bit 8 (t % 4) + 4 (t / 4) of its column's dword */
+        const unsigned shift = 8 * (t % 4) + 4 * (t / 4);
+        w = _mm512_permutexvar_ps(shift ? _mm512_srli_epi32(v, shift) : v, values);
+    } else {
+        __m512i top = t == 3 ? v : _mm512_slli_epi32(v, 24 - 8 * t);
+        w = _mm512_cvtepi32_ps(_mm512_srai_epi32(top, 24));
+    }
+    return asymmetric ? _mm512_sub_ps(w, zero) : w; /* q - zp, exact */
 }
 
 /* A tile's runs, run[r][pi], added to its float64 sums y[r * 32 + pi * 16 ...]. */
@@ -207,6 +244,9 @@ size_t qk_avx512_a8_c2x8_workspace(const qk_kernel_weights* w, const qk_matmul_a
 qk_status qk_avx512_a8_w4w8_vnni_c2x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 size_t qk_avx512_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx512_a16_4x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+/* A16 with each task's weights formed once (a16_8x32.c), above a few rows. */
+size_t qk_avx512_a16_8x32_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_avx512_a16_8x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 /* AVX512-BF16 (a16_bf16.c; its workspace is qk_avx512_a16_workspace's): float16 and bfloat16 input
  * (QK_AVX512_BF16_DTYPES), 4-bit weights without offsets; the CPU feature it needs beyond the
  * backend's (none in the emulated build, where SIMDe provides it). */

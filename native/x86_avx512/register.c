@@ -8,8 +8,14 @@ static const qk_kernel_desc kernels[] = {
      qk_avx512_a8_workspace, qk_avx512_a8_8x32, 0},
     {"x86_avx512_a16_w4_bf16_2x32", QK_MODE_A16, 1u << 4, QK_AVX512_BF16_DTYPES, 1, 0, 0,
      QK_FORMAT_RAGGED_GROUPS, 0, qk_avx512_a16_workspace, qk_avx512_a16_w4_bf16_2x32, QK_AVX512_BF16_CPU},
-    {"x86_avx512_a16_w4w8_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 0,
+    /* A16 FMA: weights formed per tile up to M = 16, once per task above (a16_8x32.c). Zen 4, 2
+     * threads, float32 input, weights hot, 8x32 time / 4x32 time (README, x86_avx512): 4096 x 4096
+     * 4-bit g128 1.26 at M = 8, 1.35 at 16, 0.97 at 32, 0.91 at 64, 0.89 at 512; SmolLM2's
+     * 1536 x 576 Q4_1 (g32, zero points and offsets) 1.13 at 8, 0.93 at 16, 0.79 at 64, 0.69 at 512. */
+    {"x86_avx512_a16_w4w8_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 16, QK_FORMAT_V2, 0,
      qk_avx512_a16_workspace, qk_avx512_a16_4x32, 0},
+    {"x86_avx512_a16_w4w8_8x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_V2, 0,
+     qk_avx512_a16_8x32_workspace, qk_avx512_a16_8x32, 0},
     /* Canonical variants: stateless calls (qk_matmul, quantizedMatMul) at small M without packing,
      * G a multiple of 128, or G = 32 or 64 (the g32 lines; A16: float16 or bfloat16 input, 4-bit
      * weights); the rest run x86_avx2's. Below the M where packing for the call pays (4096 x 4096,

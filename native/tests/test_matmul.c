@@ -537,6 +537,100 @@ static void test_small_groups(void) {
     }
 }
 
+/* The order of the A8 canonical variants' float64 folds (twins above): groups whose terms cancel,
+ * scale * acc of +2^40, 2^-20, -2^40, 2^-20 times the same acc (every group the same activations,
+ * weights and zero point), so that a sum in another group order, within a chunk of several groups
+ * (x86_avx512's g32_c2x8: P = 4 at 4-bit G = 32, P = 2 at 4-bit G = 64 and 8-bit G = 32) or across
+ * chunks, loses a different 2^-20 term: the bytes differ, though every result is within the
+ * tolerance (which the cancelled terms make wide). With offsets, 2^-20 * xs in the third group of
+ * four, right after the -2^40 term: kept only when a group's offset term follows its scale term. */
+static void test_group_fold_order(void) {
+    static const struct { int32_t G; int bits; } formats[] = {{32, 4}, {64, 4}, {32, 8}, {64, 8}, {128, 4}, {128, 8}};
+    for (size_t fi = 0; fi < sizeof formats / sizeof formats[0]; fi++)
+        for (int variant = 0; variant < 3; variant++) { /* symmetric, zero points, zero points and offsets */
+            int symmetric = variant == 0;
+            int32_t G = formats[fi].G;
+            problem p = {.M = 3, .N = 9, .K = 3 * 4 * G, .G = G, .bits = formats[fi].bits, .dtype = QK_DTYPE_F32,
+                         .mode = QK_MODE_A8};
+            int32_t NG = p.K / G;
+            p.x = xmalloc(x_bytes(&p));
+            for (int32_t m = 0; m < p.M; m++)
+                for (int32_t k = 0; k < G; k++) {
+                    float v = (float)(rnd_unit() * 2.0 - 1.0);
+                    for (int32_t g = 0; g < NG; g++) store_el(p.x, p.dtype, (size_t)m * p.K + (size_t)g * G + k, v);
+                }
+            p.q = xmalloc(q_bytes(&p));
+            memset(p.q, 0, q_bytes(&p));
+            int qmax = p.bits == 4 ? 7 : 127;
+            for (int32_t n = 0; n < p.N; n++)
+                for (int32_t k = 0; k < G; k++) {
+                    int q = rnd_int(-qmax - 1, qmax);
+                    for (int32_t g = 0; g < NG; g++) {
+                        size_t at = (size_t)g * G + k;
+                        if (p.bits == 8)
+                            p.q[(size_t)n * p.K + at] = (int8_t)q;
+                        else
+                            p.q[(size_t)n * p.K / 2 + at / 2] |= (int8_t)((q & 15) << (4 * (at % 2)));
+                    }
+                }
+            p.scales = xmalloc(n_groups(&p) * sizeof(float));
+            static const float pattern[4] = {0x1p40f, 0x1p-20f, -0x1p40f, 0x1p-20f};
+            for (int32_t n = 0; n < p.N; n++)
+                for (int32_t g = 0; g < NG; g++) p.scales[(size_t)n * NG + g] = pattern[g % 4];
+            if (!symmetric) {
+                p.zp = xmalloc(n_groups(&p));
+                for (int32_t n = 0; n < p.N; n++) {
+                    int8_t z = (int8_t)rnd_int(-qmax - 1, qmax);
+                    for (int32_t g = 0; g < NG; g++) p.zp[(size_t)n * NG + g] = z;
+                }
+            }
+            if (variant == 2) {
+                p.offsets = xmalloc(n_groups(&p) * sizeof(float));
+                for (int32_t n = 0; n < p.N; n++)
+                    for (int32_t g = 0; g < NG; g++) p.offsets[(size_t)n * NG + g] = g % 4 == 2 ? 0x1p-20f : 0.0f;
+            }
+            set_context("group fold order: %s", describe(&p));
+            run_problem(&p);
+            problem_free(&p);
+        }
+}
+
+/* x86_avx512_a16_w4w8_8x32's float32 runs (docs/numerics.md reading 19): chains over chunks of
+ * 64 k, 16 chunks to a run, runs added in float64. Per channel, q = 1, scale 1, float32 x of 1 at k = 0
+ * and 2^-25 (a quarter ulp of 1) at the first k of each later chunk of 64, 40 chunks: the first run
+ * stays 1 (each 2^-25 rounded away), the second holds 16 * 2^-25 and the third 8 * 2^-25, so every
+ * output is 1 + 24 * 2^-25 exactly (the exact result, 1 + 39 * 2^-25, rounds to 1 + 40 * 2^-25;
+ * runs of another length give another value; all of them are within the tolerance). M = 9 and
+ * N = 33: a tile of 8 rows and one of 1, a pair of panels and a single one. */
+static void test_a16_8x32_runs(void) {
+    int ki = find_kernel("x86_avx512_a16_w4w8_8x32");
+    if (ki < 0 || !kernels[ki].available) return;
+    problem p = {.M = 9, .N = 33, .K = 40 * 64, .G = 40 * 64, .bits = 8, .dtype = QK_DTYPE_F32, .mode = QK_MODE_A16};
+    set_context("8x32 runs: %s", describe(&p));
+    p.x = xmalloc(x_bytes(&p));
+    for (int32_t m = 0; m < p.M; m++)
+        for (int32_t k = 0; k < p.K; k++)
+            store_el(p.x, p.dtype, (size_t)m * p.K + k, k == 0 ? 1.0f : k % 64 == 0 ? 0x1p-25f : 0.0f);
+    p.q = xmalloc(q_bytes(&p));
+    memset(p.q, 1, q_bytes(&p));
+    p.scales = xmalloc(n_groups(&p) * sizeof(float));
+    for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = 1.0f;
+    qk_weights w = weights_of(&p);
+    float* y = xmalloc(y_bytes(&p));
+    qk_matmul_args a = args_of(&p, y);
+    a.kernel = kernels[ki].name;
+    qk_status s = qk_matmul(&w, &a);
+    if (CHECK(s == QK_OK, "x86_avx512_a16_w4w8_8x32: status %d: %s", (int)s, qk_last_error())) {
+        long wrong = 0;
+        for (size_t i = 0; i < (size_t)p.M * p.N; i++) wrong += y[i] != 1.0f + 24 * 0x1p-25f;
+        CHECK(wrong == 0, "x86_avx512_a16_w4w8_8x32: %ld of %d outputs are not 1 + 24 * 2^-25 (first %a)", wrong,
+              p.M * p.N, (double)y[0]);
+    }
+    free(y);
+    run_problem(&p);
+    problem_free(&p);
+}
+
 /* Long K at prefill M: the AMX kernels cut K into slices whose activations fit their L2 budget
  * (1 MiB per chunk of 256 rows: 64 tile steps of A8, 32 of A16 with float16's two parts). At
  * M = 257 and K = 4608 a group of the whole K goes on from one slice to the next (A8: its int32
@@ -921,8 +1015,11 @@ int main(int argc, char** argv) {
         test_whole_chunk_groups();
         test_small_groups();
         test_long_k_slices();
-    test_group_beyond_k();
-    test_padding_weights();
+        test_group_beyond_k();
+        test_padding_weights();
+        reseed(0xFFFFFFFF0Bull);
+        test_group_fold_order();
+        test_a16_8x32_runs();
         reseed(0xFFFFFFFF07ull);
         test_threads();
     }

@@ -1,10 +1,10 @@
-/* x86_avx512_a16_w4w8_4x32: A16 on the vnni16 pack, with AVX-512 FMA, for every M: the backend's
- * A16 wherever a16_bf16.c's kernel does not run (8-bit weights, offsets, bfloat16 or float32
- * input, or a CPU without AVX512-BF16).
+/* x86_avx512_a16_w4w8_4x32: A16 on the vnni16 pack, with AVX-512 FMA, up to M = 16 (every M where
+ * forced): the backend's A16 wherever a16_bf16.c's kernel does not run (8-bit weights, offsets,
+ * float32 input, or a CPU without AVX512-BF16).
  *
  * Each k's 16 weights become float32 q - zp exactly, in two or three operations
  * (qk_avx512_a16_weight, avx512.h), for each tile again: a16_8x32.c forms them once per task,
- * which pays from a few rows up (register.c).
+ * which pays above M = 16 (register.c).
  * Sums of x * (q - zp) run in float32 over chunks of at most 128 k as two chains (even and odd k)
  * of at most 64 terms, whose rounding error is at most 2^-18 of sum |x * (q - zp)|, a quarter of the
  * float32 tolerance. Each chunk's sum times its group's scale is added to a float32 run of at most

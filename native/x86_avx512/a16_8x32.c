@@ -7,15 +7,16 @@
  * Prefill on weights the AVX512-BF16 kernel does not run (float32 input, offsets such as GGUF
  * Q4_1's, 8-bit) ran at 0.66-0.70x PyTorch's float32 GEMM on SmolLM2's layers (README, x86_avx512).
  *
- * A task is a pair of panels (32 columns) for a chunk of rows. It walks K a slice at a time, the
- * SLICE_CHUNKS chunks of at most CHUNK_K k of one group (qk_avx512_chunk) that fill the thread's
- * buffer (32 KiB): their weights are formed into it as a16.c forms them (q - zp exactly, or
- * fma(q - zp, scale, offset) with offsets), [k][32 columns]; then each 8-row tile of the task's rows
- * sums every chunk of the slice in one float32 chain per output (at most 64 products: at most
- * 2^-18 of sum |x * w|, as a16.c's two chains of 64 in 128 k), times the group's scale (with
- * offsets the weights hold it) into a float32 run of QK_AVX512_RUN_CHUNKS chunks, kept in the
- * thread's buffers from one slice to the next, and added to the float64 sums where it ends: the
- * bounds of docs/numerics.md reading 19. A row's sums never depend on the other rows of its tile,
+ * A task is a pair of panels (32 columns) for a chunk of rows. It walks K a slice at a time: the
+ * next SLICE_CHUNKS chunks (qk_avx512_chunk: at most CHUNK_K k, each within one group; a slice may
+ * span groups), which fill the thread's buffer (32 KiB). Their weights are formed into it as a16.c
+ * forms them (q - zp exactly, or fma(q - zp, scale, offset) with offsets), [k][32 columns]; then
+ * each 8-row tile of the task's rows sums every chunk of the slice in one float32 chain per output
+ * (at most 64 products: at most 2^-18 of sum |x * w|, as a16.c's two chains of 64 in 128 k), times
+ * the group's scale (with offsets the weights hold it) into a float32 run of QK_AVX512_RUN_CHUNKS
+ * chunks, kept in the thread's buffers from one slice to the next, and added to the float64 sums
+ * where it ends: the bounds of docs/numerics.md reading 19 (test_matmul's 8x32 runs case holds the
+ * runs to 16 chunks). A row's sums never depend on the other rows of its tile,
  * nor on M. Slices of 16 chunks (128 KiB, read back from L2) were slower at small M (README). */
 #include "avx512.h"
 
@@ -26,6 +27,7 @@ enum {
     SLICE_K = SLICE_CHUNKS * CHUNK_K,
     CHUNK_ROWS = 256, /* rows of X per task: the weights formed once serve up to 32 tiles */
 };
+_Static_assert(QK_AVX512_RUN_CHUNKS % SLICE_CHUNKS == 0, "a float32 run must end where a slice does");
 
 typedef struct {
     qk_avx512_problem* p;

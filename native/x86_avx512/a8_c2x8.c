@@ -22,7 +22,7 @@
  * G = 64 is one chunk, as above). A vpdpbusd lane sums 4 bytes, 8 k at 4 bits and 4 at 8, so each
  * group is a whole run of 16 / P lanes: every chunk is summed from zero, its lanes reduced per
  * group (group_sums), and its groups folded in order; x86_avx2_a8_w4w8_c4x8 ran these calls at
- * 2.4-5.2x the prepared call's time (Zen 4, 4096 x 4096, M = 1 to 16: README, x86_avx512). */
+ * 1.5-5.3x the prepared call's time (Zen 4, 4096 x 4096, M = 1 to 16: README, x86_avx512). */
 #include <string.h>
 
 #include "avx512.h"

@@ -3,9 +3,9 @@
  * Files: layout.h and pack.c are the vnni16 pack (shared with x86_amx); driver.c prepares rows of X
  * and runs tiles on the thread pool; a8.c is the A8 kernel (vpdpbusd; one tile for decode and prefill),
  * a8_c2x8.c its variant on the canonical layout (stateless calls at small M), a16.c the A16 kernel
- * (AVX-512 FMA) and a16_8x32.c its form for more rows, a16_bf16.c the A16 kernel for float16 and bfloat16 input and 4-bit weights
- * (AVX512-BF16 dot products) and a16_bf16_c2x4.c its canonical variant (the two files built for AVX512-BF16);
- * register.c is the kernel table. Rows of X
+ * (AVX-512 FMA) and a16_8x32.c its form above M = 16, a16_bf16.c the A16 kernel for float16 and
+ * bfloat16 input and 4-bit weights (AVX512-BF16 dot products) and a16_bf16_c2x4.c its canonical
+ * variant (the two files built for AVX512-BF16); register.c is the kernel table. Rows of X
  * are read and quantized, and results rounded to the output dtype, by the x86_avx2 backend's
  * activation code (x86_avx2/activations.c): the same logic, and every machine with AVX-512 has AVX2.
  *
@@ -244,7 +244,7 @@ size_t qk_avx512_a8_c2x8_workspace(const qk_kernel_weights* w, const qk_matmul_a
 qk_status qk_avx512_a8_w4w8_vnni_c2x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 size_t qk_avx512_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx512_a16_4x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
-/* A16 with each task's weights formed once (a16_8x32.c), above a few rows. */
+/* A16 with each task's weights formed once (a16_8x32.c), above M = 16. */
 size_t qk_avx512_a16_8x32_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx512_a16_8x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 /* AVX512-BF16 (a16_bf16.c; its workspace is qk_avx512_a16_workspace's): float16 and bfloat16 input

@@ -203,7 +203,7 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     int32_t folds = (ap->steps + ap->fold_steps - 1) / ap->fold_steps; /* tile sums per group */
     for (int32_t pair = begin; pair < end; pair++) {
         int32_t panel = 2 * pair;
-        int panels = l->panels - panel < 2 ? 1 : 2;
+        int panels = qk_avx512_pair_panels(l, panel);
         double* y = ap->y + (size_t)(ap->per_pair ? pair : thread) * chunk;
         float* y32 = ap->y32 + (size_t)(ap->per_pair ? pair : thread) * chunk;
         if (job->k0 == 0) memset(y, 0, (size_t)rows_of_chunk * QK_AVX512_TILE_COLUMNS * sizeof *y);

@@ -256,7 +256,7 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     int32_t rows = job->m1 - job->m0, blocks = (rows + QK_AMX_BLOCK_ROWS - 1) / QK_AMX_BLOCK_ROWS;
     for (int32_t pair = begin; pair < end; pair++) {
         int32_t panel = 2 * pair;
-        int panels = l->panels - panel < 2 ? 1 : 2;
+        int panels = qk_avx512_pair_panels(l, panel);
         double* y = ap->y + (size_t)(ap->per_pair ? pair : thread) * chunk;
         float* y32 = ap->y32 + (size_t)(ap->per_pair ? pair : thread) * chunk;
         int32_t* kept = ap->kept ? ap->kept + (size_t)pair * (size_t)blocks * 4 * 256 : NULL;

@@ -31,7 +31,7 @@ _Static_assert(QK_AVX512_RUN_CHUNKS % SLICE_CHUNKS == 0, "a float32 run must end
 
 typedef struct {
     qk_avx512_problem* p;
-    int32_t pairs, chunk_rows;
+    int32_t chunk_rows;
     float* weights; /* per thread: [SLICE_K][32], one slice of a pair of panels */
     float* runs;    /* per thread: [chunk_rows][32], a task's float32 runs */
     double* sums;   /* per thread: [chunk_rows][32], its float64 sums */
@@ -140,12 +140,10 @@ static tile_fn* const tiles[2][2][TILE_ROWS] = { /* [offsets][panels - 1][rows -
     {TILE_TABLE(1, 1), TILE_TABLE(1, 2)},
 };
 
-/* Task t: the pair of panels t % pairs, for the rows of chunk t / pairs. */
 static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const job* j = arg;
     const qk_avx512_problem* p = j->p;
     const qk_vnni16_layout* l = &p->l;
-    int32_t M = p->a->M;
     size_t rows_floats = (size_t)j->chunk_rows * QK_AVX512_TILE_COLUMNS;
     float* w = j->weights + (size_t)thread * SLICE_K * QK_AVX512_TILE_COLUMNS;
     float* run = j->runs + (size_t)thread * rows_floats;
@@ -154,23 +152,21 @@ static void task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     int32_t per_group = (int32_t)((l->rows * l->k_per_row + CHUNK_K - 1) / CHUNK_K);
     int32_t slices = (l->groups * per_group + SLICE_CHUNKS - 1) / SLICE_CHUNKS;
     for (int32_t t = begin; t < end; t++) {
-        int32_t panel = 2 * (t % j->pairs), m0 = t / j->pairs * j->chunk_rows;
-        int32_t m1 = M - m0 < j->chunk_rows ? M : m0 + j->chunk_rows;
-        int panels = l->panels - panel < 2 ? 1 : 2;
-        tile_fn* const* shape = tiles[p->has_offsets != 0][panels - 1];
-        memset(y, 0, (size_t)(m1 - m0) * QK_AVX512_TILE_COLUMNS * sizeof *y);
+        qk_avx512_task k = qk_avx512_task_of(p, j->chunk_rows, t);
+        tile_fn* const* shape = tiles[p->has_offsets != 0][k.panels - 1];
+        memset(y, 0, (size_t)(k.m1 - k.m0) * QK_AVX512_TILE_COLUMNS * sizeof *y);
         qk_avx512_chunk chunks[SLICE_CHUNKS], c = qk_avx512_chunk_at(l, CHUNK_K, 0, 0);
         for (int32_t slice = 0; slice < slices; slice++) {
             int n = 0;
             for (; n < SLICE_CHUNKS && c.g < l->groups; n++, c = qk_avx512_next_chunk(l, CHUNK_K, c)) chunks[n] = c;
             qk_run_step s = qk_run_step_of(slice, slices, QK_AVX512_RUN_CHUNKS / SLICE_CHUNKS);
-            form(p, panel, panels, chunks, n, w);
-            for (int32_t m = m0; m < m1; m += TILE_ROWS) {
-                size_t at = (size_t)(m - m0) * QK_AVX512_TILE_COLUMNS;
-                shape[(m1 - m < TILE_ROWS ? m1 - m : TILE_ROWS) - 1](p, panel, m, chunks, n, s, w, run + at, y + at);
+            form(p, k.panel, k.panels, chunks, n, w);
+            for (int32_t m = k.m0; m < k.m1; m += TILE_ROWS) {
+                size_t at = (size_t)(m - k.m0) * QK_AVX512_TILE_COLUMNS;
+                shape[(k.m1 - m < TILE_ROWS ? k.m1 - m : TILE_ROWS) - 1](p, k.panel, m, chunks, n, s, w, run + at, y + at);
             }
         }
-        qk_avx512_finish_rows(p, panel, panels, m0, m1 - m0, y);
+        qk_avx512_finish_rows(p, k.panel, k.panels, k.m0, k.m1 - k.m0, y);
     }
 }
 
@@ -185,6 +181,7 @@ static size_t buffers(job* j, int32_t threads, void* base) {
     j->sums = qk_avx2_take(base, &used, rows_floats * sizeof *j->sums);
     return used;
 }
+
 size_t qk_avx512_a16_8x32_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
     qk_avx512_problem p = qk_avx512_problem_of(w, a);
     job j = {.p = &p};
@@ -193,11 +190,9 @@ size_t qk_avx512_a16_8x32_workspace(const qk_kernel_weights* w, const qk_matmul_
 
 qk_status qk_avx512_a16_8x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
     qk_avx512_problem p = qk_avx512_problem_of(w, a);
-    job j = {.p = &p, .pairs = (p.l.panels + 1) / 2};
+    job j = {.p = &p};
     buffers(&j, exec->threads, exec->workspace);
     qk_avx512_prepare_rows(exec, &p);
-    int32_t chunks = (a->M + j.chunk_rows - 1) / j.chunk_rows;
-    double task_macs = (double)j.chunk_rows * QK_AVX512_TILE_COLUMNS * w->format.K;
-    qk_parallel_for(exec, chunks * j.pairs, qk_avx2_grain(task_macs), task, &j);
+    qk_avx512_run_tasks(exec, &p, j.chunk_rows, task, &j);
     return QK_OK;
 }

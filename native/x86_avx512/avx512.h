@@ -116,6 +116,30 @@ void qk_avx512_run_tiles(const qk_exec* exec, const qk_avx512_problem* p, int ti
 void qk_avx512_finish_rows(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int32_t rows,
                            double* y);
 
+/* The tasks of driver.c's tiles and a16_8x32.c: task t is one pair of panels, t % pairs, for the
+ * rows [m0, m1) of chunk t / pairs (chunks of chunk_rows rows). A pair is two panels, or one where
+ * N ends (qk_avx512_pair_panels, which x86_amx's tasks use too). */
+typedef struct {
+    int32_t panel, m0, m1;
+    int panels;
+} qk_avx512_task;
+
+QK_AVX512_INLINE int qk_avx512_pair_panels(const qk_vnni16_layout* l, int32_t panel) {
+    return l->panels - panel < 2 ? 1 : 2;
+}
+
+QK_AVX512_INLINE qk_avx512_task qk_avx512_task_of(const qk_avx512_problem* p, int32_t chunk_rows, int32_t t) {
+    int32_t pairs = (p->l.panels + 1) / 2, M = p->a->M;
+    qk_avx512_task k = {.panel = 2 * (t % pairs), .m0 = t / pairs * chunk_rows};
+    k.m1 = M - k.m0 < chunk_rows ? M : k.m0 + chunk_rows;
+    k.panels = qk_avx512_pair_panels(&p->l, k.panel);
+    return k;
+}
+
+/* fn(arg, begin, end, thread) over every task, on the pool, in grains of a few tens of microseconds. */
+void qk_avx512_run_tasks(const qk_exec* exec, const qk_avx512_problem* p, int32_t chunk_rows, qk_task_fn* fn,
+                         void* arg);
+
 /* Float32 runs (docs/numerics.md readings 20 and 21): terms summed in float32 over runs of at most
  * `length` consecutive terms, each run then added to a float64 sum. Where term i of n stands: */
 typedef struct {

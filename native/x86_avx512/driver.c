@@ -102,40 +102,39 @@ void qk_avx512_prepare_rows(const qk_exec* exec, const qk_avx512_problem* p) {
     qk_parallel_for(exec, p->a->M, grain > 1 ? grain : 1, prepare_task, (void*)p);
 }
 
+void qk_avx512_run_tasks(const qk_exec* exec, const qk_avx512_problem* p, int32_t chunk_rows, qk_task_fn* fn,
+                         void* arg) {
+    int32_t pairs = (p->l.panels + 1) / 2, chunks = (p->a->M + chunk_rows - 1) / chunk_rows;
+    double task_macs = (double)chunk_rows * QK_AVX512_TILE_COLUMNS * p->w->K;
+    qk_parallel_for(exec, chunks * pairs, qk_avx2_grain(task_macs), fn, arg);
+}
+
 typedef struct {
     const qk_avx512_problem* p;
     qk_avx512_tile_fn* tile;
-    int32_t pairs, chunk_rows, tile_rows;
+    int32_t chunk_rows, tile_rows;
 } tiles_job;
 
-/* Task t: the pair of panels t % pairs, for the rows of chunk t / pairs. */
 static void tiles_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const tiles_job* j = arg;
-    const qk_avx512_problem* p = j->p;
-    int32_t M = p->a->M;
     for (int32_t t = begin; t < end; t++) {
-        int32_t panel = 2 * (t % j->pairs), m0 = t / j->pairs * j->chunk_rows;
-        int32_t m1 = M - m0 < j->chunk_rows ? M : m0 + j->chunk_rows;
-        int panels = p->l.panels - panel < 2 ? 1 : 2;
-        for (int32_t m = m0; m < m1; m += j->tile_rows) {
-            int rows = m1 - m < j->tile_rows ? m1 - m : j->tile_rows;
+        qk_avx512_task k = qk_avx512_task_of(j->p, j->chunk_rows, t);
+        for (int32_t m = k.m0; m < k.m1; m += j->tile_rows) {
+            int rows = k.m1 - m < j->tile_rows ? k.m1 - m : j->tile_rows;
             double y[QK_AVX512_MAX_TILE_ROWS * QK_AVX512_TILE_COLUMNS];
             memset(y, 0, sizeof y);
-            j->tile(p, panel, panels, m, rows, y);
-            qk_avx512_finish_rows(p, panel, panels, m, rows, y);
+            j->tile(j->p, k.panel, k.panels, m, rows, y);
+            qk_avx512_finish_rows(j->p, k.panel, k.panels, m, rows, y);
         }
     }
 }
 
 void qk_avx512_run_tiles(const qk_exec* exec, const qk_avx512_problem* p, int tile_rows, qk_avx512_tile_fn* tile) {
-    int32_t M = p->a->M;
     size_t row_bytes = p->row * (p->x ? sizeof(float) : 1);
     size_t tiles = CHUNK_BYTES / (row_bytes * (size_t)tile_rows); /* whole tiles per chunk, at least one */
     int32_t chunk_rows = (int32_t)(tiles > 0 ? tiles * (size_t)tile_rows : (size_t)tile_rows);
-    if (chunk_rows > M) chunk_rows = M;
-    tiles_job job = {p, tile, (p->l.panels + 1) / 2, chunk_rows, tile_rows};
-    int32_t chunks = (M + chunk_rows - 1) / chunk_rows;
-    double task_macs = (double)chunk_rows * QK_AVX512_TILE_COLUMNS * p->w->K;
-    qk_parallel_for(exec, chunks * job.pairs, qk_avx2_grain(task_macs), tiles_task, &job);
+    if (chunk_rows > p->a->M) chunk_rows = p->a->M;
+    tiles_job job = {p, tile, chunk_rows, tile_rows};
+    qk_avx512_run_tasks(exec, p, chunk_rows, tiles_task, &job);
 }

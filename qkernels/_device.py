@@ -36,6 +36,7 @@ class DeviceArray:
     device: int | None  # the CUDA device index; None when neither the array nor torch says (the current one)
     stream: int  # the cudaStream_t to run on (0: the legacy default stream)
     kind: str  # "torch" or "cuda_array_interface"
+    readonly: bool = False  # the exporter says so (__cuda_array_interface__'s data flag): never an output
 
 
 def is_device_array(x: Any) -> bool:
@@ -63,7 +64,7 @@ def _torch_array(x: Any, argument: str, dtypes: tuple[str, ...]) -> DeviceArray:
 def _interface_array(x: Any, argument: str, dtypes: tuple[str, ...]) -> DeviceArray:
     interface = x.__cuda_array_interface__
     try:
-        shape, typestr, (pointer, _readonly) = tuple(interface["shape"]), interface["typestr"], interface["data"]
+        shape, typestr, (pointer, readonly) = tuple(interface["shape"]), interface["typestr"], interface["data"]
     except (KeyError, TypeError, ValueError):
         raise InvalidArgumentError(f"{argument}.__cuda_array_interface__ lacks shape, typestr or data") from None
     dtype = _TYPESTRS.get(typestr)
@@ -83,7 +84,8 @@ def _interface_array(x: Any, argument: str, dtypes: tuple[str, ...]) -> DeviceAr
     # Work goes on the producer's stream, so it is ordered after whatever the producer queued.
     if stream is None or stream == _LEGACY_DEFAULT_STREAM:
         stream = 0
-    return DeviceArray(x, int(pointer), dtype, shape, _current_device_index(), int(stream), "cuda_array_interface")
+    return DeviceArray(x, int(pointer), dtype, shape, _current_device_index(), int(stream), "cuda_array_interface",
+                       bool(readonly))
 
 
 def _current_device_index() -> int | None:

@@ -146,6 +146,8 @@ def _device_arrays(x: Any, qw: QuantizedWeight, mode: str, backend: str | None, 
         if is_torch(out) and not out.is_contiguous():
             raise InvalidArgumentError("out is not contiguous")
         dout = _device.device_array(out, "out", (dx.dtype,))
+        if dout.readonly:
+            raise InvalidArgumentError("out is read-only (its __cuda_array_interface__ says so)")
         if dout.shape != out_shape:
             raise InvalidArgumentError(f"out has shape {dout.shape}; expected {out_shape}")
     return dx, dbias, dout, M, _device_backend_id(backend, kernel)

@@ -52,9 +52,9 @@ class FakeDeviceArray:
     """An object exporting __cuda_array_interface__ (version 3) over memory that does not exist:
     only the checks before a launch may look at it."""
 
-    def __init__(self, shape, typestr="<f2", strides=None, pointer=0xDEAD0000, stream=None, mask=None):
+    def __init__(self, shape, typestr="<f2", strides=None, pointer=0xDEAD0000, stream=None, mask=None, readonly=False):
         self.__cuda_array_interface__ = {
-            "shape": tuple(shape), "typestr": typestr, "data": (pointer, False), "version": 3,
+            "shape": tuple(shape), "typestr": typestr, "data": (pointer, readonly), "version": 3,
             "strides": strides, "stream": stream, "mask": mask,
         }
 
@@ -182,6 +182,10 @@ def test_mixed_bias_and_output_are_refused(qw):
         qkernels.matmul(x, qw, out=FakeDeviceArray((2, 31)))
     with pytest.raises(DtypeError, match="typestr '<f4'"):
         qkernels.matmul(x, qw, out=FakeDeviceArray((2, 32), "<f4"))  # out must have x's dtype
+    with pytest.raises(InvalidArgumentError, match="out is read-only"):
+        qkernels.matmul(x, qw, out=FakeDeviceArray((2, 32), readonly=True))
+    with pytest.raises(InvalidArgumentError, match="out has shape"):  # a read-only x is taken
+        qkernels.matmul(FakeDeviceArray((2, 64), readonly=True), qw, out=FakeDeviceArray((2, 31)))
     with pytest.raises(InvalidArgumentError, match="bias has shape"):
         qkernels.matmul(x, qw, bias=FakeDeviceArray((31,), "<f4"))
 

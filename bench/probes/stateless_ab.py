@@ -5,10 +5,11 @@ the cache.
     QKERNELS_LIBRARY=$PWD/build/dev/libqkernels.so python bench/probes/stateless_ab.py a16 sym 1,2,4,8,16,32 \\
         [--dtype bfloat16] [--group 32] [--bits 8]
 
-N = K = 4096, 4-bit weights (or --bits 8, A8) in groups of 128 (or --group G; sym: symmetric,
-asym: with zero points), float16 activations (--dtype as kernel_ab.py's). The x86_avx512 kernel is
-the canonical variant that takes G (c2x4 / c2x8 for multiples of 128, g32_c2x4 / g32_c2x8 for 32
-and 64). A quick A/B probe: `qkernels bench --stateless` is the measurement of record.
+N = K = 4096, 4-bit weights (or --bits 8) in groups of 128 (or --group G; sym: symmetric,
+asym: with zero points), float16 activations (--dtype as kernel_ab.py's). The x86_avx512 kernels
+are the canonical variants that take G (c2x4 / c2x8 for multiples of 128, g32_c2x4 / g32_c2x8 for
+32 and 64) and, for A16 4-bit, the FMA variant c4x16 (any G and input dtype). A quick A/B
+probe: `qkernels bench --stateless` is the measurement of record.
 """
 
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 import qkernels
 from kernel_ab import activation_dtype, interleaved_medians, take_option
 
+A16_FMA = "x86_avx512_a16_w4_c4x16"  # 4-bit, any input dtype and G
 KERNELS = {
     "a16": ("x86_avx512_a16_w4_bf16_c2x4", "x86_avx2_a16_w4w8_c4x8"),
     "a8": ("x86_avx512_a8_w4w8_vnni_c2x8", "x86_avx2_a8_w4w8_c4x8"),
@@ -26,6 +28,16 @@ SMALL_GROUPS = {  # G = 32, 64
     "x86_avx512_a16_w4_bf16_c2x4": "x86_avx512_a16_w4_bf16_g32_c2x4",
     "x86_avx512_a8_w4w8_vnni_c2x8": "x86_avx512_a8_w4w8_vnni_g32_c2x8",
 }
+
+
+def kernels_for(mode: str, dtype, group: int, bits: int) -> list[str]:
+    """The variants to time: x86_avx2's and x86_avx512's that take G; for A16 x86_avx512's FMA one
+    (4-bit) and its AVX512-BF16 one (4-bit, float16 or bfloat16 input)."""
+    names = [SMALL_GROUPS.get(k, k) if group < 128 else k for k in KERNELS[mode]]
+    if mode == "a8":
+        return names
+    bf16_runs = np.dtype(dtype) != np.float32 and bits == 4 and (group % 128 == 0 or group in (32, 64))
+    return ([names[0]] if bf16_runs else []) + ([A16_FMA] if bits == 4 else []) + [names[1]]
 
 
 def main(mode: str, symmetry: str, ms: str, dtype=np.float16, group: int = 128, bits: int = 4) -> None:
@@ -38,11 +50,9 @@ def main(mode: str, symmetry: str, ms: str, dtype=np.float16, group: int = 128, 
             x, qw.data, qw.scales, qw.zero_points, bits=bits, group_size=group, mode=mode, kernel=kernel
         )
 
-    if bits == 8 and mode == "a16":
-        sys.exit("--bits 8: the x86_avx512 A16 variants take 4-bit weights")
-    if group % 128 and group not in (32, 64):
-        sys.exit(f"--group {group}: the x86_avx512 variants run groups of a multiple of 128, or 32 or 64")
-    kernels = [SMALL_GROUPS.get(k, k) if group < 128 else k for k in KERNELS[mode]]
+    if group % 128 and group not in (32, 64) and mode == "a8":
+        sys.exit(f"--group {group}: the x86_avx512 A8 variants run groups of a multiple of 128, or 32 or 64")
+    kernels = kernels_for(mode, dtype, group, bits)
     paths = {k: stateless(k) for k in kernels} | {"prepared": lambda x: qkernels.matmul(x, qw, mode)}
     for m in map(int, ms.split(",")):
         x = rng.standard_normal((m, 4096)).astype(dtype)

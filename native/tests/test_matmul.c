@@ -99,10 +99,12 @@ static void run_problem(const problem* p) {
 
     /* Kernels that compute the same operations in the same order give the same bytes: x86_amx's A8
      * kernels are x86_avx512's below M = 9 and AMX above (docs/numerics.md reading 20); the
-     * canonical-layout A8 variants fold the same exact group sums in float64 in group order. */
+     * canonical-layout A8 variants fold the same exact group sums in float64 in group order; the A16
+ * FMA ones sum the same float32 terms per lane (a16_c4x16.c). */
     static const char* const twins[][3] = {
         {"x86_avx512_a8_w4w8_8x32", "x86_amx_a8_w4w8_vnni_8x32", "x86_amx_a8_w4w8_32x32"},
         {"x86_avx2_a8_w4w8_c4x8", "x86_avx512_a8_w4w8_vnni_c2x8", "x86_avx512_a8_w4w8_vnni_g32_c2x8"},
+        {"x86_avx2_a16_w4w8_c4x8", "x86_avx512_a16_w4_c4x16"},
     };
     for (size_t set = 0; set < sizeof twins / sizeof twins[0]; set++) {
         int first = -1;

@@ -13,20 +13,24 @@
  * Units that cross a group boundary, or run past K, are summed one k at a time in float64 (none
  * when G and K are multiples of the unit). A task is a block of 8 rows of W for every row of X;
  * rows of |x| >= 2^88 come scaled down (QK_AVX2_LARGE_X). With offsets the weights are formed first
- * (avx2.h, QK_AVX2_OFFSETS), each lane with its row's scale and offset. */
+ * (avx2.h, QK_AVX2_OFFSETS), each lane with its row's scale and offset.
+ *
+ * The staging, the edge sums and the rounding are shared with x86_avx512's a16_c4x16.c, which
+ * holds four rows of W per register where this file holds two, and sums the same terms in the
+ * same order (qk_avx2_canonical_a16, avx2.h). */
 #include <stddef.h>
 
 #include "avx2.h"
 
 enum { TILE_ROWS = 4, BLOCK_N = 8, UNIT_BYTES = 16 };
 
-static int32_t unit_k(int bits) { return bits == 4 ? 32 : 16; }
+typedef qk_avx2_canonical_a16 job;
 
 /* Where natural k of a unit sits in the staged activations: quad p holds k = c, c + 8, c + 16,
  * c + 24 (4 bits, c = 2i + h) or k = i, i + 4, i + 8, i + 12 (8 bits), quads in the order that the
  * in-register transposes of stage_units produce. */
 static size_t staged(int32_t k, int bits) {
-    int32_t U = unit_k(bits), r = k % U, c = r % (U / 4), p = bits == 4 ? 2 * (c % 4) + c / 4 : 2 * (c % 2) + c / 2;
+    int32_t U = qk_avx2_a16_unit_k(bits), r = k % U, c = r % (U / 4), p = bits == 4 ? 2 * (c % 4) + c / 4 : 2 * (c % 2) + c / 2;
     return (size_t)(k - r) + 4 * (size_t)p + (size_t)(r / (U / 4));
 }
 
@@ -54,16 +58,6 @@ static void stage_units(float* x, size_t padded, int bits) {
     }
 }
 
-typedef struct {
-    const qk_matmul_args* a;
-    const qk_weights* w;
-    int form;           /* QK_AVX2_SYMMETRIC, _ASYMMETRIC or _OFFSETS */
-    size_t stride;      /* of groups in a staged row: min(G, K) */
-    size_t padded;      /* staged row length: its groups rounded up to a unit */
-    float* x;           /* [M][padded] staged activations */
-    double* row_scale;  /* [M] */
-} job;
-
 static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const job* j = arg;
@@ -75,12 +69,36 @@ static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     }
 }
 
-/* Row n's weight at k, in float64 as the edge loop below sums it: q - zp, or with offsets
+void qk_avx2_canonical_a16_stage(const qk_exec* exec, const job* j) {
+    int32_t grain = (1 << 14) / j->w->K;
+    qk_parallel_for(exec, j->a->M, grain > 1 ? grain : 1, stage_task, (void*)j);
+}
+
+/* Row n's weight at k, in float64 as the edge sums add it: q - zp, or with offsets
  * w = scale * (q - zp) + offset (the product exact, one rounding). */
 static inline double edge_weight(const qk_weights* w, int form, int32_t n, int32_t k, int32_t zp, double scale,
                                  double offset) {
     double q = qk_weight_q(w, n, k) - zp;
     return form == QK_AVX2_OFFSETS ? scale * q + offset : q;
+}
+
+/* x * (q - zp) is exact in float64; the sum times the scale and the unit (with offsets: x * w, w
+ * formed as the reference forms it, times the unit). */
+double qk_avx2_canonical_a16_edge(const job* j, qk_avx2_a16_group s, const float* x, int32_t n) {
+    const qk_weights* w = j->w;
+    size_t at = (size_t)n * qk_groups_per_row(w) + s.g;
+    int32_t zp = qk_weight_zp(w, n, s.k0), bits = w->bits;
+    double scale = w->scales[at], offset = j->form == QK_AVX2_OFFSETS ? w->offsets[at] : 0.0, sum = 0.0;
+    for (int32_t k = s.k0; k < s.head_end; k++) sum += (double)x[staged(k, bits)] * edge_weight(w, j->form, n, k, zp, scale, offset);
+    for (int32_t k = s.tail_start; k < s.k1; k++) sum += (double)x[staged(k, bits)] * edge_weight(w, j->form, n, k, zp, scale, offset);
+    double unit = qk_avx2_weight_unit(bits);
+    return j->form == QK_AVX2_OFFSETS ? sum * unit : sum * scale * unit;
+}
+
+void qk_avx2_canonical_a16_finish(const job* j, int32_t m, int32_t n0, int32_t count, double* y) {
+    const double inverse_unit = 1.0 / qk_avx2_weight_unit(j->w->bits);
+    for (int32_t i = 0; i < count; i++) y[i] *= inverse_unit; /* exact */
+    qk_avx2_finish(j->a, j->w->N, j->row_scale, m, n0, count, y);
 }
 
 /* Rows [0, rows) of X (from x, stride padded) times rows [n0, n0 + 8) of W into y: y[r][0] holds
@@ -95,7 +113,7 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int form, int rows, const float
     enum { PAIRS = 4, CHAINS = 2 };
     const int pairs = rows <= 2 ? 2 : 1;
     const qk_weights* w = j->w;
-    int32_t U = unit_k(bits), G = w->group_size, groups = qk_groups_per_row(w), N = w->N;
+    int32_t U = qk_avx2_a16_unit_k(bits), groups = qk_groups_per_row(w), N = w->N;
     const float unit = qk_avx2_weight_unit(bits);
     const __m256 inverse_unit = _mm256_set1_ps(1.0f / unit);
     const int8_t* row[2 * PAIRS];
@@ -110,8 +128,8 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int form, int rows, const float
         offsets[i] = w->offsets ? w->offsets + first : NULL;
     }
     for (int32_t g = 0; g < groups; g++) {
-        int32_t k0 = g * G, k1 = w->K - k0 < G ? w->K : k0 + G;
-        int32_t u0 = (k0 + U - 1) / U, u1 = k1 / U;
+        qk_avx2_a16_group s = qk_avx2_a16_group_of(w, g);
+        int32_t k0 = s.k0, u0 = s.u0, u1 = s.u1;
         /* Rows 0, 2, 4, 6 and 1, 3, 5, 7, as y. Loaded one by one: vgatherdps was slower here. */
         __m256d scale[2] = {
             _mm256_cvtps_pd(_mm_setr_ps(scales[0][g], scales[2][g], scales[4][g], scales[6][g])),
@@ -192,24 +210,11 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int form, int rows, const float
                 y[r][1] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(sums, 1)), scale[1], y[r][1]);
             }
         }
-        /* The k outside whole units, in float64: x * (q - zp) is exact, times unit and the scale (with
-         * offsets: x * w, w = scale * (q - zp) + offset as the reference forms it, times unit). */
-        int32_t head_end = u0 < u1 ? u0 * U : k1, tail_start = u0 < u1 ? u1 * U : k1;
-        if (head_end == k0 && tail_start == k1) continue;
-        double scale_of[2][4];
-        _mm256_storeu_pd(scale_of[0], scale[0]);
-        _mm256_storeu_pd(scale_of[1], scale[1]);
+        if (s.head_end == s.k0 && s.tail_start == s.k1) continue; /* no k outside whole units */
         for (int r = 0; r < rows; r++) {
-            const float* xr = x + (size_t)r * j->padded;
             double edge[2][4];
-            for (int i = 0; i < 2 * PAIRS; i++) {
-                int32_t n = n0 + i < N ? n0 + i : N - 1, zp = qk_weight_zp(w, n, k0);
-                double s = scales[i][g], offset = form == QK_AVX2_OFFSETS ? offsets[i][g] : 0.0, sum = 0.0;
-                for (int32_t k = k0; k < head_end; k++) sum += (double)xr[staged(k, bits)] * edge_weight(w, form, n, k, zp, s, offset);
-                for (int32_t k = tail_start; k < k1; k++) sum += (double)xr[staged(k, bits)] * edge_weight(w, form, n, k, zp, s, offset);
-                /* scale_of is the unit with offsets */
-                edge[i % 2][i / 2] = sum * scale_of[i % 2][i / 2] * (form == QK_AVX2_OFFSETS ? 1.0 : unit);
-            }
+            for (int i = 0; i < 2 * PAIRS; i++)
+                edge[i % 2][i / 2] = qk_avx2_canonical_a16_edge(j, s, x + (size_t)r * j->padded, n0 + i < N ? n0 + i : N - 1);
             y[r][0] = _mm256_add_pd(y[r][0], _mm256_loadu_pd(edge[0]));
             y[r][1] = _mm256_add_pd(y[r][1], _mm256_loadu_pd(edge[1]));
         }
@@ -236,7 +241,6 @@ static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const job* j = arg;
     int32_t M = j->a->M, N = j->w->N;
     tile_fn* const* by_rows = variants[j->w->bits == 8][j->form];
-    const __m256d inverse_unit = _mm256_set1_pd(1.0 / qk_avx2_weight_unit(j->w->bits));
     for (int32_t t = begin; t < end; t++) {
         int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
         for (int32_t m = 0; m < M; m += TILE_ROWS) {
@@ -246,18 +250,17 @@ static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
             by_rows[rows - 1](j, j->x + (size_t)m * j->padded, n0, y);
             for (int r = 0; r < rows; r++) {
                 double even[4], odd[4], out[BLOCK_N];
-                _mm256_storeu_pd(even, _mm256_mul_pd(y[r][0], inverse_unit)); /* exact */
-                _mm256_storeu_pd(odd, _mm256_mul_pd(y[r][1], inverse_unit));
+                _mm256_storeu_pd(even, y[r][0]);
+                _mm256_storeu_pd(odd, y[r][1]);
                 for (int i = 0; i < 4; i++) out[2 * i] = even[i], out[2 * i + 1] = odd[i];
-                qk_avx2_finish(j->a, N, j->row_scale, m + r, n0, count, out);
+                qk_avx2_canonical_a16_finish(j, m + r, n0, count, out);
             }
         }
     }
 }
 
-/* The workspace: staged rows of X, then the row scales. */
-static size_t buffers(job* j, void* base) {
-    size_t used = 0, U = (size_t)unit_k(j->w->bits);
+size_t qk_avx2_canonical_a16_buffers(job* j, void* base) {
+    size_t used = 0, U = (size_t)qk_avx2_a16_unit_k(j->w->bits);
     j->stride = (size_t)(j->w->group_size < j->w->K ? j->w->group_size : j->w->K);
     j->padded = ((size_t)qk_groups_per_row(j->w) * j->stride + U - 1) / U * U; /* K, or more with a shorter last group */
     j->x = qk_avx2_take(base, &used, (size_t)j->a->M * j->padded * sizeof *j->x);
@@ -268,14 +271,14 @@ static size_t buffers(job* j, void* base) {
 size_t qk_avx2_a16_c4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
     (void)threads;
     job j = {.a = a, .w = &w->format};
-    return buffers(&j, NULL);
+    return qk_avx2_canonical_a16_buffers(&j, NULL);
 }
 
 qk_status qk_avx2_a16_c4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
     job j = {.a = a, .w = &w->format, .form = qk_avx2_form(w->asymmetric, w->has_offsets)};
-    buffers(&j, exec->workspace);
-    int32_t M = a->M, K = w->format.K, grain = (1 << 14) / K;
-    qk_parallel_for(exec, M, grain > 1 ? grain : 1, stage_task, &j);
-    qk_parallel_for(exec, (w->format.N + BLOCK_N - 1) / BLOCK_N, qk_avx2_grain((double)M * BLOCK_N * K), block_task, &j);
+    qk_avx2_canonical_a16_buffers(&j, exec->workspace);
+    qk_avx2_canonical_a16_stage(exec, &j);
+    qk_parallel_for(exec, (w->format.N + BLOCK_N - 1) / BLOCK_N, qk_avx2_grain((double)a->M * BLOCK_N * w->format.K),
+                    block_task, &j);
     return QK_OK;
 }

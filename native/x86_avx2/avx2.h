@@ -260,6 +260,53 @@ size_t qk_avx2_canonical_a8_buffers(qk_avx2_canonical_a8* j, int32_t threads, si
  * runs j->tiles for every row of X, and each result is rounded to the output. */
 void qk_avx2_canonical_a8_run(const qk_exec* exec, const qk_avx2_canonical_a8* j, qk_task_fn* stage);
 
+/* What the canonical-layout A16 variants share (x86_avx2's a16_c4x8.c, x86_avx512's a16_c4x16.c): a
+ * call's rows of X staged in a16_c4x8.c's order (units of 32 k at 4 bits, 16 at 8, each as quads
+ * of four activations that one broadcast pairs with a unit of W's rows), the float64 sums of the k
+ * outside whole units, and the rounding of a block's results. Both kernels sum the same terms in
+ * the same order: the same bytes (test_matmul's twins). */
+typedef struct {
+    const qk_matmul_args* a;
+    const qk_weights* w;
+    int form;           /* QK_AVX2_SYMMETRIC, _ASYMMETRIC or _OFFSETS */
+    size_t stride;      /* of groups in a staged row: min(G, K) */
+    size_t padded;      /* staged row length: its groups rounded up to a unit */
+    float* x;           /* [M][padded] staged activations */
+    double* row_scale;  /* [M] */
+} qk_avx2_canonical_a16;
+
+QK_AVX2_INLINE int32_t qk_avx2_a16_unit_k(int bits) { return bits == 4 ? 32 : 16; }
+
+/* Group g's k [k0, k1): the whole units [u0, u1) and the k before and after them, [k0, head_end)
+ * and [tail_start, k1). */
+typedef struct {
+    int32_t g, k0, k1, u0, u1, head_end, tail_start;
+} qk_avx2_a16_group;
+
+QK_AVX2_INLINE qk_avx2_a16_group qk_avx2_a16_group_of(const qk_weights* w, int32_t g) {
+    int32_t U = qk_avx2_a16_unit_k(w->bits), k0 = g * w->group_size;
+    qk_avx2_a16_group s = {.g = g, .k0 = k0, .k1 = w->K - k0 < w->group_size ? w->K : k0 + w->group_size};
+    s.u0 = (s.k0 + U - 1) / U;
+    s.u1 = s.k1 / U;
+    s.head_end = s.u0 < s.u1 ? s.u0 * U : s.k1;
+    s.tail_start = s.u0 < s.u1 ? s.u1 * U : s.k1;
+    return s;
+}
+
+/* The workspace (staged rows, then row scales), laid out in base, or only measured with base NULL.
+ * Returns its size. */
+size_t qk_avx2_canonical_a16_buffers(qk_avx2_canonical_a16* j, void* base);
+
+/* Fills j->x and j->row_scale (tasks: rows of X). */
+void qk_avx2_canonical_a16_stage(const qk_exec* exec, const qk_avx2_canonical_a16* j);
+
+/* The sum over group s's k outside whole units of staged row x times row n of W, in float64 and
+ * in the kernels' units: times scale * unit (times unit with offsets, whose weights hold the scale). */
+double qk_avx2_canonical_a16_edge(const qk_avx2_canonical_a16* j, qk_avx2_a16_group s, const float* x, int32_t n);
+
+/* Row m's columns [n0, n0 + count) from float64 sums in the kernels' units, y[0 .. count). */
+void qk_avx2_canonical_a16_finish(const qk_avx2_canonical_a16* j, int32_t m, int32_t n0, int32_t count, double* y);
+
 /* ---- the kernels (one file each; register.c lists them) ---- */
 
 size_t qk_avx2_a16_4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);

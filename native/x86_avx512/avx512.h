@@ -3,7 +3,8 @@
  * Files: layout.h and pack.c are the vnni16 pack (shared with x86_amx); driver.c prepares rows of X
  * and runs tiles on the thread pool; a8.c is the A8 kernel (vpdpbusd; one tile for decode and prefill),
  * a8_c2x8.c its variant on the canonical layout (stateless calls at small M), a16.c the A16 kernel
- * (AVX-512 FMA) and a16_8x32.c its form above M = 16, a16_bf16.c the A16 kernel for float16 and
+ * (AVX-512 FMA) and a16_8x32.c its form above M = 16, a16_c4x16.c its variant on the canonical
+ * layout, a16_bf16.c the A16 kernel for float16 and
  * bfloat16 input and 4-bit weights (AVX512-BF16 dot products) and a16_bf16_c2x4.c its canonical
  * variant (the two files built for AVX512-BF16); register.c is the kernel table. Rows of X
  * are read and quantized, and results rounded to the output dtype, by the x86_avx2 backend's
@@ -271,6 +272,10 @@ qk_status qk_avx512_a16_4x32(const qk_exec* exec, const qk_kernel_weights* w, co
 /* A16 with each task's weights formed once (a16_8x32.c), above M = 16. */
 size_t qk_avx512_a16_8x32_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx512_a16_8x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
+/* The canonical-layout A16 FMA variant for 4-bit weights (a16_c4x16.c), for stateless calls: x86_avx2's
+ * c4x8, twice as wide. */
+size_t qk_avx512_a16_c4x16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+qk_status qk_avx512_a16_w4_c4x16(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 /* AVX512-BF16 (a16_bf16.c; its workspace is qk_avx512_a16_workspace's): float16 and bfloat16 input
  * (QK_AVX512_BF16_DTYPES), 4-bit weights without offsets; the CPU feature it needs beyond the
  * backend's (none in the emulated build, where SIMDe provides it). */

@@ -253,6 +253,19 @@ def test_eager_inference_calls_the_implementation_with_the_ops_result(activation
         assert torch.equal(layer(x), direct)
 
 
+def test_a_buffer_made_a_parameter_is_read():
+    """forward reads the buffers from their dict; one replaced by a Parameter lives elsewhere."""
+    rng = np.random.default_rng(10)
+    layer = QuantLinear(_weights(rng, 12, 32, 4, 16, False), torch.randn(12), input_scale=torch.rand(32) + 0.5)
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        before = layer(x)
+        layer.bias = torch.nn.Parameter(layer.bias + 1)
+        layer.input_scale = torch.nn.Parameter(layer.input_scale.clone())
+        assert "bias" not in layer._buffers and "input_scale" not in layer._buffers
+        torch.testing.assert_close(layer(x), before + 1)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 def test_the_ops_run_whenever_something_watches_the_call():
     """A default-device mode, vmap and torch.jit.trace see the call only through the op."""

@@ -163,23 +163,27 @@ class QuantLinear(nn.Module):
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The buffers read from their dict: nn.Module's __getattr__ takes about 1 us a name, and eight
-        # of them made a small layer's decode step 1.5x nn.Linear's (192 x 576, M = 1: 22.5 us, now 15.4).
-        b = self._buffers
-        weight = (b["qdata"], b["scales"], b["zero_points"], b["bias"], self.bits, self.group_size)
-        if b["input_permutation"] is not None:
-            x = x.index_select(-1, b["input_permutation"])
-        if b["input_scale"] is not None:
-            x = x * b["input_scale"].to(x.dtype)
-        direct = ops.use_impl(x, b["bias"])  # skips the dispatcher's ~60 us when it would add nothing
+        b = self._buffers  # nn.Module.__getattr__ takes about 1 us a name (README, QuantLinear)
+        try:
+            data, scales, zero_points, bias, offsets = b["qdata"], b["scales"], b["zero_points"], b["bias"], b["offsets"]
+            input_scale, permutation, act_clip = b["input_scale"], b["input_permutation"], b["act_clip"]
+        except KeyError:  # one made a Parameter, or parametrized: the module's own lookup
+            data, scales, zero_points, bias, offsets = self.qdata, self.scales, self.zero_points, self.bias, self.offsets
+            input_scale, permutation, act_clip = self.input_scale, self.input_permutation, self.act_clip
+        weight = (data, scales, zero_points, bias, self.bits, self.group_size)
+        if permutation is not None:
+            x = x.index_select(-1, permutation)
+        if input_scale is not None:
+            x = x * input_scale.to(x.dtype)
+        direct = ops.use_impl(x, bias)  # skips the dispatcher's ~60 us when it would add nothing
         matmul = ops.matmul_impl if direct else torch.ops.qkernels.matmul
         if self.activation == "tensor":  # float32 grid values; the output returns to x's dtype
-            return matmul(static_int8(x, b["act_clip"]), *weight, "a16", b["offsets"]).to(x.dtype)
+            return matmul(static_int8(x, act_clip), *weight, "a16", offsets).to(x.dtype)
         if self.outlier_threshold is not None:
             matmul_outliers = ops.matmul_outliers_impl if direct else torch.ops.qkernels.matmul_outliers
-            return matmul_outliers(x, *weight, self.outlier_threshold, b["offsets"])
+            return matmul_outliers(x, *weight, self.outlier_threshold, offsets)
         mode = "a8" if self.activation == "token" else "a16"
-        return matmul(x, *weight, mode, b["offsets"])
+        return matmul(x, *weight, mode, offsets)
 
     def extra_repr(self) -> str:
         groups = "channel" if self.group_size >= self.in_features else f"group {self.group_size}"

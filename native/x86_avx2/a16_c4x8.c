@@ -15,7 +15,7 @@
  * rows of |x| >= 2^88 come scaled down (QK_AVX2_LARGE_X). With offsets the weights are formed first
  * (avx2.h, QK_AVX2_OFFSETS), each lane with its row's scale and offset.
  *
- * The staging, the edge sums and the rounding are shared with x86_avx512's a16_c4x16.c, which
+ * The staging, the edge sums and the block loop are shared with x86_avx512's a16_c4x16.c, which
  * holds four rows of W per register where this file holds two, and sums the same terms in the
  * same order (qk_avx2_canonical_a16, avx2.h). */
 #include <stddef.h>
@@ -23,6 +23,8 @@
 #include "avx2.h"
 
 enum { TILE_ROWS = 4, BLOCK_N = 8, UNIT_BYTES = 16 };
+_Static_assert((int)BLOCK_N <= (int)QK_AVX2_A16_MAX_BLOCK && (int)TILE_ROWS <= (int)QK_AVX2_A16_MAX_TILE_ROWS,
+               "the block loop's tile");
 
 typedef qk_avx2_canonical_a16 job;
 
@@ -69,11 +71,6 @@ static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     }
 }
 
-void qk_avx2_canonical_a16_stage(const qk_exec* exec, const job* j) {
-    int32_t grain = (1 << 14) / j->w->K;
-    qk_parallel_for(exec, j->a->M, grain > 1 ? grain : 1, stage_task, (void*)j);
-}
-
 /* Row n's weight at k, in float64 as the edge sums add it: q - zp, or with offsets
  * w = scale * (q - zp) + offset (the product exact, one rounding). */
 static inline double edge_weight(const qk_weights* w, int form, int32_t n, int32_t k, int32_t zp, double scale,
@@ -95,22 +92,17 @@ double qk_avx2_canonical_a16_edge(const job* j, qk_avx2_a16_group s, const float
     return j->form == QK_AVX2_OFFSETS ? sum * unit : sum * scale * unit;
 }
 
-void qk_avx2_canonical_a16_finish(const job* j, int32_t m, int32_t n0, int32_t count, double* y) {
-    const double inverse_unit = 1.0 / qk_avx2_weight_unit(j->w->bits);
-    for (int32_t i = 0; i < count; i++) y[i] *= inverse_unit; /* exact */
-    qk_avx2_finish(j->a, j->w->N, j->row_scale, m, n0, count, y);
-}
-
-/* Rows [0, rows) of X (from x, stride padded) times rows [n0, n0 + 8) of W into y: y[r][0] holds
- * rows n0 + 0, 2, 4, 6 and y[r][1] rows n0 + 1, 3, 5, 7, in units of 2^-24 or 2^-28 (the caller
- * multiplies by the unit). Rows of W past N read row N - 1, and their results are not stored.
+/* A tile (qk_avx2_canonical_a16_tile, avx2.h) of 8 rows of W, summed in y[r][0] (rows n0 + 0, 2,
+ * 4, 6) and y[r][1] (rows n0 + 1, 3, 5, 7) and stored in out at the end.
  * A pair of rows of W is one register (see the top); one or two rows of X take two pairs at a time,
  * more rows one, each sum two chains (even and odd quads): four to eight independent FMA chains,
  * as in the packed kernel's tiles, with no sum spilled to memory. At the end of a float32 run, two
  * rounds of vhaddps turn each pair's lanes into row sums, in the order of y. */
 QK_AVX2_INLINE void tile(const job* j, int bits, int form, int rows, const float* x, int32_t n0,
-                         __m256d (*y)[2]) {
+                         double (*out)[QK_AVX2_A16_MAX_BLOCK]) {
     enum { PAIRS = 4, CHAINS = 2 };
+    __m256d y[TILE_ROWS][2];
+    for (int r = 0; r < rows; r++) y[r][0] = y[r][1] = _mm256_setzero_pd();
     const int pairs = rows <= 2 ? 2 : 1;
     const qk_weights* w = j->w;
     int32_t U = qk_avx2_a16_unit_k(bits), groups = qk_groups_per_row(w), N = w->N;
@@ -219,47 +211,52 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int form, int rows, const float
             y[r][1] = _mm256_add_pd(y[r][1], _mm256_loadu_pd(edge[1]));
         }
     }
+    for (int r = 0; r < rows; r++) {
+        double even[4], odd[4];
+        _mm256_storeu_pd(even, y[r][0]);
+        _mm256_storeu_pd(odd, y[r][1]);
+        for (int i = 0; i < 4; i++) out[r][2 * i] = even[i], out[r][2 * i + 1] = odd[i];
+    }
 }
 
 /* Every tile variant with constant parameters (unrolled loops, sums in registers). */
-typedef void tile_fn(const job* j, const float* x, int32_t n0, __m256d (*y)[2]);
 #define TILE_FN(bits, form, rows)                                                                        \
-    static void tile_##bits##_##form##_##rows(const job* j, const float* x, int32_t n0, __m256d (*y)[2]) { \
-        tile(j, bits, form, rows, x, n0, y);                                                             \
+    static void tile_##bits##_##form##_##rows(const job* j, const float* x, int32_t n0,                  \
+                                              double (*out)[QK_AVX2_A16_MAX_BLOCK]) {                    \
+        tile(j, bits, form, rows, x, n0, out);                                                           \
     }
 #define TILE_ROWS_FNS(bits, form) TILE_FN(bits, form, 1) TILE_FN(bits, form, 2) TILE_FN(bits, form, 3) TILE_FN(bits, form, 4)
 #define TILE_TABLE(bits, form) {tile_##bits##_##form##_1, tile_##bits##_##form##_2, tile_##bits##_##form##_3, tile_##bits##_##form##_4}
 TILE_ROWS_FNS(4, 0) TILE_ROWS_FNS(4, 1) TILE_ROWS_FNS(4, 2) TILE_ROWS_FNS(8, 0) TILE_ROWS_FNS(8, 1) TILE_ROWS_FNS(8, 2)
-static tile_fn* const variants[2][QK_AVX2_FORMS][TILE_ROWS] = { /* [bits 4/8][form][rows - 1] */
+static qk_avx2_canonical_a16_tile* const variants[2][QK_AVX2_FORMS][TILE_ROWS] = { /* [bits 4/8][form][rows - 1] */
     {TILE_TABLE(4, 0), TILE_TABLE(4, 1), TILE_TABLE(4, 2)},
     {TILE_TABLE(8, 0), TILE_TABLE(8, 1), TILE_TABLE(8, 2)},
 };
 
-/* Task t: rows [8t, 8t + 8) of W for every row of X. */
+/* Task t: rows [t block_n, (t + 1) block_n) of W for every row of X, tile_rows at a time; each
+ * result times 2^-24 or 2^-28 (exact), then rounded once. */
 static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const job* j = arg;
-    int32_t M = j->a->M, N = j->w->N;
-    tile_fn* const* by_rows = variants[j->w->bits == 8][j->form];
+    int32_t M = j->a->M, N = j->w->N, B = j->block_n;
+    const double inverse_unit = 1.0 / qk_avx2_weight_unit(j->w->bits);
     for (int32_t t = begin; t < end; t++) {
-        int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
-        for (int32_t m = 0; m < M; m += TILE_ROWS) {
-            int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
-            __m256d y[TILE_ROWS][2];
-            for (int r = 0; r < rows; r++) y[r][0] = y[r][1] = _mm256_setzero_pd();
-            by_rows[rows - 1](j, j->x + (size_t)m * j->padded, n0, y);
+        int32_t n0 = t * B, count = N - n0 < B ? N - n0 : B;
+        for (int32_t m = 0; m < M; m += j->tile_rows) {
+            int rows = M - m < j->tile_rows ? M - m : j->tile_rows;
+            double y[QK_AVX2_A16_MAX_TILE_ROWS][QK_AVX2_A16_MAX_BLOCK];
+            j->tiles[rows - 1](j, j->x + (size_t)m * j->padded, n0, y);
             for (int r = 0; r < rows; r++) {
-                double even[4], odd[4], out[BLOCK_N];
-                _mm256_storeu_pd(even, y[r][0]);
-                _mm256_storeu_pd(odd, y[r][1]);
-                for (int i = 0; i < 4; i++) out[2 * i] = even[i], out[2 * i + 1] = odd[i];
-                qk_avx2_canonical_a16_finish(j, m + r, n0, count, out);
+                for (int32_t i = 0; i < count; i++) y[r][i] *= inverse_unit;
+                qk_avx2_finish(j->a, N, j->row_scale, m + r, n0, count, y[r]);
             }
         }
     }
 }
 
-size_t qk_avx2_canonical_a16_buffers(job* j, void* base) {
+/* The workspace (staged rows, then row scales), laid out in base, or only measured with base NULL.
+ * Returns its size. */
+static size_t buffers(job* j, void* base) {
     size_t used = 0, U = (size_t)qk_avx2_a16_unit_k(j->w->bits);
     j->stride = (size_t)(j->w->group_size < j->w->K ? j->w->group_size : j->w->K);
     j->padded = ((size_t)qk_groups_per_row(j->w) * j->stride + U - 1) / U * U; /* K, or more with a shorter last group */
@@ -268,17 +265,25 @@ size_t qk_avx2_canonical_a16_buffers(job* j, void* base) {
     return used;
 }
 
-size_t qk_avx2_a16_c4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
+size_t qk_avx2_canonical_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
     (void)threads;
     job j = {.a = a, .w = &w->format};
-    return qk_avx2_canonical_a16_buffers(&j, NULL);
+    return buffers(&j, NULL);
+}
+
+qk_status qk_avx2_canonical_a16_run(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a,
+                                    int32_t block_n, int tile_rows, qk_avx2_canonical_a16_tile* const* tiles) {
+    job j = {.a = a, .w = &w->format, .form = qk_avx2_form(w->asymmetric, w->has_offsets), .block_n = block_n,
+             .tile_rows = tile_rows, .tiles = tiles};
+    buffers(&j, exec->workspace);
+    int32_t grain = (1 << 14) / w->format.K;
+    qk_parallel_for(exec, a->M, grain > 1 ? grain : 1, stage_task, &j);
+    qk_parallel_for(exec, (w->format.N + block_n - 1) / block_n, qk_avx2_grain((double)a->M * block_n * w->format.K),
+                    block_task, &j);
+    return QK_OK;
 }
 
 qk_status qk_avx2_a16_c4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
-    job j = {.a = a, .w = &w->format, .form = qk_avx2_form(w->asymmetric, w->has_offsets)};
-    qk_avx2_canonical_a16_buffers(&j, exec->workspace);
-    qk_avx2_canonical_a16_stage(exec, &j);
-    qk_parallel_for(exec, (w->format.N + BLOCK_N - 1) / BLOCK_N, qk_avx2_grain((double)a->M * BLOCK_N * w->format.K),
-                    block_task, &j);
-    return QK_OK;
+    int form = qk_avx2_form(w->asymmetric, w->has_offsets);
+    return qk_avx2_canonical_a16_run(exec, w, a, BLOCK_N, TILE_ROWS, variants[w->format.bits == 8][form]);
 }

@@ -263,17 +263,30 @@ void qk_avx2_canonical_a8_run(const qk_exec* exec, const qk_avx2_canonical_a8* j
 /* What the canonical-layout A16 variants share (x86_avx2's a16_c4x8.c, x86_avx512's a16_c4x16.c): a
  * call's rows of X staged in a16_c4x8.c's order (units of 32 k at 4 bits, 16 at 8, each as quads
  * of four activations that one broadcast pairs with a unit of W's rows), the float64 sums of the k
- * outside whole units, and the rounding of a block's results. Both kernels sum the same terms in
- * the same order: the same bytes (test_matmul's twins). */
-typedef struct {
+ * outside whole units, and the loop over blocks of rows of W with the rounding of their results.
+ * Both kernels sum the same terms in the same order: the same bytes (test_matmul's twins). */
+typedef struct qk_avx2_canonical_a16 qk_avx2_canonical_a16;
+
+enum { QK_AVX2_A16_MAX_TILE_ROWS = 4, QK_AVX2_A16_MAX_BLOCK = 16 };
+
+/* Rows [0, rows) of X (staged, from x, stride j->padded) times rows [n0, n0 + block_n) of W into
+ * y[r][i] (row n0 + i of W), float64 sums in units of 2^-28 (4 bits) or 2^-24 (8 bits): the
+ * weights are formed as q * 2^28 or q * 2^24. Rows of W past N read row N - 1. */
+typedef void qk_avx2_canonical_a16_tile(const qk_avx2_canonical_a16* j, const float* x, int32_t n0,
+                                        double (*y)[QK_AVX2_A16_MAX_BLOCK]);
+
+struct qk_avx2_canonical_a16 {
     const qk_matmul_args* a;
     const qk_weights* w;
     int form;           /* QK_AVX2_SYMMETRIC, _ASYMMETRIC or _OFFSETS */
+    int32_t block_n;    /* rows of W per tile (at most QK_AVX2_A16_MAX_BLOCK) */
+    int tile_rows;      /* rows of X per tile (at most QK_AVX2_A16_MAX_TILE_ROWS) */
+    qk_avx2_canonical_a16_tile* const* tiles; /* [rows - 1], for this call's bits and form */
     size_t stride;      /* of groups in a staged row: min(G, K) */
     size_t padded;      /* staged row length: its groups rounded up to a unit */
     float* x;           /* [M][padded] staged activations */
     double* row_scale;  /* [M] */
-} qk_avx2_canonical_a16;
+};
 
 QK_AVX2_INLINE int32_t qk_avx2_a16_unit_k(int bits) { return bits == 4 ? 32 : 16; }
 
@@ -293,19 +306,18 @@ QK_AVX2_INLINE qk_avx2_a16_group qk_avx2_a16_group_of(const qk_weights* w, int32
     return s;
 }
 
-/* The workspace (staged rows, then row scales), laid out in base, or only measured with base NULL.
- * Returns its size. */
-size_t qk_avx2_canonical_a16_buffers(qk_avx2_canonical_a16* j, void* base);
-
-/* Fills j->x and j->row_scale (tasks: rows of X). */
-void qk_avx2_canonical_a16_stage(const qk_exec* exec, const qk_avx2_canonical_a16* j);
-
 /* The sum over group s's k outside whole units of staged row x times row n of W, in float64 and
  * in the kernels' units: times scale * unit (times unit with offsets, whose weights hold the scale). */
 double qk_avx2_canonical_a16_edge(const qk_avx2_canonical_a16* j, qk_avx2_a16_group s, const float* x, int32_t n);
 
-/* Row m's columns [n0, n0 + count) from float64 sums in the kernels' units, y[0 .. count). */
-void qk_avx2_canonical_a16_finish(const qk_avx2_canonical_a16* j, int32_t m, int32_t n0, int32_t count, double* y);
+/* The workspace of both variants (staged rows, then row scales). */
+size_t qk_avx2_canonical_a16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
+
+/* The call: the rows of X staged (tasks: rows), then every block of block_n rows of W runs
+ * tiles[rows - 1] (tile_rows rows of X at a time; tiles: the kernel's, for the weights' bits and
+ * form) for every row of X (tasks: blocks), and each result is rounded to the output. */
+qk_status qk_avx2_canonical_a16_run(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a,
+                                    int32_t block_n, int tile_rows, qk_avx2_canonical_a16_tile* const* tiles);
 
 /* ---- the kernels (one file each; register.c lists them) ---- */
 
@@ -315,7 +327,6 @@ size_t qk_avx2_a16_6x16_workspace(const qk_kernel_weights* w, const qk_matmul_ar
 qk_status qk_avx2_a16_6x16(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 size_t qk_avx2_a8_4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx2_a8_4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
-size_t qk_avx2_a16_c4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx2_a16_c4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 size_t qk_avx2_a8_c4x8_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx2_a8_c4x8(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);

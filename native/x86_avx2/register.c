@@ -8,7 +8,7 @@ static const qk_kernel_desc kernels[] = {
     {"x86_avx2_a8_w4w8_4x8", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0, qk_avx2_a8_4x8_workspace, qk_avx2_a8_4x8, 0},
     /* Canonical variants: stateless calls (qk_matmul, quantizedMatMul) without packing, up to the M
      * where packing for the call pays (4096 x 4096, 4-bit g128, one thread: A16 ~40, A8 ~64). */
-    {"x86_avx2_a16_w4w8_c4x8", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 32, QK_FORMAT_V2, 1, qk_avx2_a16_c4x8_workspace, qk_avx2_a16_c4x8, 0},
+    {"x86_avx2_a16_w4w8_c4x8", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 32, QK_FORMAT_V2, 1, qk_avx2_canonical_a16_workspace, qk_avx2_a16_c4x8, 0},
     {"x86_avx2_a8_w4w8_c4x8", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 48, QK_FORMAT_V2, 1, qk_avx2_a8_c4x8_workspace, qk_avx2_a8_c4x8, 0},
 };
 

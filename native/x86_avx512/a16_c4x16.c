@@ -27,7 +27,10 @@ enum {
     CHAINS = 2,
 };
 
-typedef qk_avx2_canonical_a16 job; /* x86_avx2's: staging, edges and rounding are shared */
+_Static_assert((int)BLOCK_N <= (int)QK_AVX2_A16_MAX_BLOCK && (int)TILE_ROWS <= (int)QK_AVX2_A16_MAX_TILE_ROWS,
+               "the shared block loop's tile");
+
+typedef qk_avx2_canonical_a16 job; /* x86_avx2's: staging, edges, the block loop and rounding are shared */
 
 /* The 16 two's complement nibbles' q * 2^28 (what x86_avx2's vpshufb and vcvtdq2ps make), by code. */
 QK_AVX512_INLINE __m512 nibble_values(void) {
@@ -53,12 +56,14 @@ QK_AVX512_INLINE __m512 lane_sums(__m512 t) {
     return _mm512_add_ps(t, _mm512_shuffle_ps(t, t, 0x4E)); /* (a0 + a1) + (a2 + a3), ... */
 }
 
-/* Rows [0, rows) of X (from x, stride padded) times rows [n0, n0 + 16) of W into y: y[r][h] holds
- * rows n0 + 8h .. n0 + 8h + 7, in units of 2^-28. Rows of W past N read row N - 1, and
- * their results are not stored. One or two rows of X take the four registers of rows of W at a
- * time, more take two: 8 to 16 independent FMA chains. */
-QK_AVX512_INLINE void tile(const job* j, int form, int rows, const float* x, int32_t n0, __m512d (*y)[2]) {
+/* A tile (qk_avx2_canonical_a16_tile, avx2.h) of 16 rows of W, summed in y[r][h] (rows n0 + 8h ..
+ * n0 + 8h + 7) and stored in out at the end. One or two rows of X take the four registers of rows
+ * of W at a time, more take two: 8 to 16 independent FMA chains. */
+QK_AVX512_INLINE void tile(const job* j, int form, int rows, const float* x, int32_t n0,
+                           double (*out)[QK_AVX2_A16_MAX_BLOCK]) {
     enum { U = 32 }; /* k per unit */
+    __m512d y[TILE_ROWS][2];
+    for (int r = 0; r < rows; r++) y[r][0] = y[r][1] = _mm512_setzero_pd();
     const int sets = rows <= 2 ? SETS : SETS / 2;
     const qk_weights* w = j->w;
     int32_t groups = qk_groups_per_row(w), N = w->N;
@@ -165,55 +170,26 @@ QK_AVX512_INLINE void tile(const job* j, int form, int rows, const float* x, int
             y[r][1] = _mm512_add_pd(y[r][1], _mm512_loadu_pd(edge + 8));
         }
     }
+    for (int r = 0; r < rows; r++) {
+        _mm512_storeu_pd(out[r], y[r][0]);
+        _mm512_storeu_pd(out[r] + 8, y[r][1]);
+    }
 }
 
 /* Every tile variant with constant parameters (unrolled loops, sums in registers). */
-typedef void tile_fn(const job* j, const float* x, int32_t n0, __m512d (*y)[2]);
 #define TILE_FN(form, rows)                                                                                  \
-    static void tile_##form##_##rows(const job* j, const float* x, int32_t n0, __m512d (*y)[2]) {             \
-        tile(j, form, rows, x, n0, y);                                                                       \
+    static void tile_##form##_##rows(const job* j, const float* x, int32_t n0,                                \
+                                     double (*out)[QK_AVX2_A16_MAX_BLOCK]) {                                  \
+        tile(j, form, rows, x, n0, out);                                                                     \
     }
 #define TILE_ROWS_FNS(form) TILE_FN(form, 1) TILE_FN(form, 2) TILE_FN(form, 3) TILE_FN(form, 4)
 #define TILE_TABLE(form) {tile_##form##_1, tile_##form##_2, tile_##form##_3, tile_##form##_4}
 TILE_ROWS_FNS(0) TILE_ROWS_FNS(1) TILE_ROWS_FNS(2)
-static tile_fn* const variants[QK_AVX2_FORMS][TILE_ROWS] = { /* [form][rows - 1] */
+static qk_avx2_canonical_a16_tile* const variants[QK_AVX2_FORMS][TILE_ROWS] = { /* [form][rows - 1] */
     TILE_TABLE(0), TILE_TABLE(1), TILE_TABLE(2),
 };
 
-/* Task t: rows [16t, 16t + 16) of W for every row of X. */
-static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
-    (void)thread;
-    const job* j = arg;
-    int32_t M = j->a->M, N = j->w->N;
-    tile_fn* const* by_rows = variants[j->form];
-    for (int32_t t = begin; t < end; t++) {
-        int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
-        for (int32_t m = 0; m < M; m += TILE_ROWS) {
-            int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
-            __m512d y[TILE_ROWS][2];
-            for (int r = 0; r < rows; r++) y[r][0] = y[r][1] = _mm512_setzero_pd();
-            by_rows[rows - 1](j, j->x + (size_t)m * j->padded, n0, y);
-            for (int r = 0; r < rows; r++) {
-                double out[BLOCK_N];
-                _mm512_storeu_pd(out, y[r][0]);
-                _mm512_storeu_pd(out + 8, y[r][1]);
-                qk_avx2_canonical_a16_finish(j, m + r, n0, count, out);
-            }
-        }
-    }
-}
-
-size_t qk_avx512_a16_c4x16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
-    (void)threads;
-    job j = {.a = a, .w = &w->format};
-    return qk_avx2_canonical_a16_buffers(&j, NULL);
-}
-
 qk_status qk_avx512_a16_w4_c4x16(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
-    job j = {.a = a, .w = &w->format, .form = qk_avx2_form(w->asymmetric, w->has_offsets)};
-    qk_avx2_canonical_a16_buffers(&j, exec->workspace);
-    qk_avx2_canonical_a16_stage(exec, &j);
-    qk_parallel_for(exec, (w->format.N + BLOCK_N - 1) / BLOCK_N, qk_avx2_grain((double)a->M * BLOCK_N * w->format.K),
-                    block_task, &j);
-    return QK_OK;
+    int form = qk_avx2_form(w->asymmetric, w->has_offsets);
+    return qk_avx2_canonical_a16_run(exec, w, a, BLOCK_N, TILE_ROWS, variants[form]);
 }

@@ -274,7 +274,6 @@ size_t qk_avx512_a16_8x32_workspace(const qk_kernel_weights* w, const qk_matmul_
 qk_status qk_avx512_a16_8x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 /* The canonical-layout A16 FMA variant for 4-bit weights (a16_c4x16.c), for stateless calls: x86_avx2's
  * c4x8, twice as wide. */
-size_t qk_avx512_a16_c4x16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx512_a16_w4_c4x16(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 /* AVX512-BF16 (a16_bf16.c; its workspace is qk_avx512_a16_workspace's): float16 and bfloat16 input
  * (QK_AVX512_BF16_DTYPES), 4-bit weights without offsets; the CPU feature it needs beyond the

@@ -30,7 +30,7 @@ static const qk_kernel_desc kernels[] = {
      1, qk_avx512_a16_bf16_c2x4_workspace, qk_avx512_a16_w4_bf16_c2x4, QK_AVX512_BF16_CPU},
     /* 4-bit calls the AVX512-BF16 variants do not take (float32 input, offsets, other G). */
     {"x86_avx512_a16_w4_c4x16", QK_MODE_A16, 1u << 4, QK_DTYPES_FLOAT, 1, 0, 48, QK_FORMAT_V2, 1,
-     qk_avx512_a16_c4x16_workspace, qk_avx512_a16_w4_c4x16, 0},
+     qk_avx2_canonical_a16_workspace, qk_avx512_a16_w4_c4x16, 0},
 };
 
 /* The emulated test build (QK_EMULATE_X86) runs the same kernels through SIMDe on any AVX2 machine. */

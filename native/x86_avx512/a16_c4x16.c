@@ -43,12 +43,6 @@ QK_AVX512_INLINE __m512 per_lane(float v0, float v1, float v2, float v3) {
     return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_setr_ps(v0, v1, v2, v3)));
 }
 
-/* Quad q of a unit (nibble h = q / 4 of byte i = q % 4) of four rows v, as float32 q * 2^28. */
-QK_AVX512_INLINE __m512 unit_weights(__m512i v, int q, __m512 values) {
-    const unsigned shift = 8 * (q % 4) + 4 * (q / 4);
-    return _mm512_permutexvar_ps(shift ? _mm512_srli_epi32(v, shift) : v, values);
-}
-
 /* A register's row sums: lane l's four floats added as two rounds of vhaddps add them, the sum of
  * row 4c + l left in float 4l. */
 QK_AVX512_INLINE __m512 lane_sums(__m512 t) {
@@ -135,7 +129,8 @@ QK_AVX512_INLINE void tile(const job* j, int form, int rows, const float* x, int
                         int cq = 2 * (q % 4) + q / 4, p = 2 * (cq % 4) + cq / 4; /* the staged quad of k = 8j + cq */
                         __m512 wq[SETS];
                         for (int c = 0; c < sets; c++) {
-                            wq[c] = unit_weights(v[c], q, values); /* q * unit */
+                            /* quad q: nibble q / 4 of byte q % 4, as the packed kernels' k q of a data row */
+                            wq[c] = qk_avx512_a16_weight(4, 0, v[c], q, values, _mm512_setzero_ps()); /* q * unit */
                             if (form == QK_AVX2_ASYMMETRIC) wq[c] = _mm512_sub_ps(wq[c], zero[c0 + c]); /* exact */
                             if (form == QK_AVX2_OFFSETS) /* q - zp exactly, then w rounded once */
                                 wq[c] = _mm512_fmadd_ps(_mm512_fmadd_ps(wq[c], inverse_unit, zero[c0 + c]),

@@ -185,7 +185,7 @@ QK_AVX512_INLINE qk_avx512_chunk qk_avx512_next_chunk(const qk_vnni16_layout* l,
 }
 
 /* The A16 FMA kernels' weights (a16.c, a16_8x32.c), 16 columns of a data row at a time, as float32
- * q - zp exactly:
+ * q - zp exactly (a16_c4x16.c looks its canonical units' nibbles up the same way, in its own table):
  *   4 bits  a shift brings k's nibble to the bottom of each column's dword and vpermps looks it up
  *           in a 16-entry table (qk_avx512_a16_values), which reads only the index's low 4 bits (no
  *           mask, no conversion): u - 8 = q for symmetric weights, else u, minus zero (= zp + 8).

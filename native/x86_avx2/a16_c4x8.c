@@ -111,7 +111,7 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int form, int rows, const float
     const int8_t* row[2 * PAIRS];
     for (int i = 0; i < 2 * PAIRS; i++)
         row[i] = w->data + (size_t)(n0 + i < N ? n0 + i : N - 1) * qk_row_bytes(w->K, bits);
-    const size_t ahead = BLOCK_N * qk_row_bytes(w->K, bits); /* the next block's rows */
+    const size_t ahead = qk_avx2_prefetch_rows(n0, BLOCK_N, N, qk_row_bytes(w->K, bits));
     /* The scales of rows n0 + i (row N - 1 past N), read at each group. */
     const float *scales[2 * PAIRS], *offsets[2 * PAIRS];
     for (int i = 0; i < 2 * PAIRS; i++) {

@@ -68,7 +68,7 @@ QK_AVX2_INLINE void tile(const job* j, int bits, int asymmetric, int rows, const
     size_t row_bytes = qk_row_bytes(w->K, bits);
     const int8_t* row[BLOCK_N];
     for (int i = 0; i < BLOCK_N; i++) row[i] = w->data + (size_t)(n0 + i < N ? n0 + i : N - 1) * row_bytes;
-    const size_t ahead = BLOCK_N * row_bytes; /* the next block's rows */
+    const size_t ahead = qk_avx2_prefetch_rows(n0, BLOCK_N, N, row_bytes);
     const __m256i ones = _mm256_set1_epi16(1), eights = _mm256_set1_epi8((char)0x88), low_nibbles = _mm256_set1_epi8(0x0F);
     const __m256i natural = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* rows 0 2 4 6 | 1 3 5 7 to 0 .. 7 */
     __m256d out[TILE_ROWS][2]; /* y, in registers (y may alias anything) */

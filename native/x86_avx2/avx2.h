@@ -42,7 +42,9 @@ enum {
     /* Multiply-adds per chunk of qk_parallel_for: a few microseconds (at M = 1, 4096 x 4096,
      * 4 bits: 128 chunks), so that a thread the machine does not run delays a call by little. */
     QK_AVX2_CHUNK_MACS = 1 << 17,
-    QK_AVX2_PREFETCH_BYTES = 2048, /* ahead of the weight stream: the hardware prefetcher alone reaches about half the bandwidth */
+    /* Ahead of the weight stream (the hardware prefetcher alone reaches about half the bandwidth);
+     * a pack's allocation extends this far past its end, so that the address stays inside it. */
+    QK_AVX2_PREFETCH_BYTES = 2048,
 };
 
 typedef struct {
@@ -72,7 +74,16 @@ static inline qk_avx2_layout qk_avx2_layout_of(const qk_weights* w, int zero_poi
     return l;
 }
 
+/* Packs weights into that layout, on the thread pool; *data (*size bytes, allocated with
+ * QK_AVX2_PREFETCH_BYTES more) is freed with qk_aligned_free. */
 qk_status qk_avx2_pack(const qk_weights* weights, void** data, size_t* size);
+
+/* How far past a row of W the canonical-layout variants prefetch, a tile of `block` rows from row n0
+ * at a time: the same bytes of the next tile's rows, or 0 (their own, already read) where those
+ * would run past row N - 1, so that the address stays inside W. */
+static inline size_t qk_avx2_prefetch_rows(int32_t n0, int32_t block, int32_t N, size_t row_bytes) {
+    return N - n0 >= 2 * block ? (size_t)block * row_bytes : 0;
+}
 
 /* A group header's zero_point[8] as int32 lanes (0 without zero points). */
 QK_AVX2_INLINE __m256i qk_avx2_zero_points(const uint8_t* group, const qk_avx2_layout* l) {

@@ -85,7 +85,7 @@ static void pack_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
 qk_status qk_avx2_pack(const qk_weights* w, void** data, size_t* size) {
     pack_job job = {w, qk_avx2_layout_of(w, w->zero_points != NULL, w->offsets != NULL), NULL};
     *size = (size_t)job.l.panels * job.l.panel_bytes;
-    job.out = qk_aligned_alloc(*size);
+    job.out = qk_aligned_alloc(*size + QK_AVX2_PREFETCH_BYTES);
     if (!job.out) return qk_fail(QK_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of packed weights", *size);
     qk_exec exec = {.size = sizeof exec, .threads = qk_threads_for(1, w->N, w->K)};
     /* Chunks of about 2^15 weights (tens of microseconds: packing is scalar code). */

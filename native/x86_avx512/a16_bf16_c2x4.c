@@ -142,7 +142,7 @@ QK_AVX512_INLINE void tile(const job* j, int groups_kind, int parts, int rows, c
     const int small = groups_kind != WHOLE_CHUNK_GROUPS, zeros = groups_kind == SMALL_GROUPS_ZERO_POINTS;
     const qk_weights* w = j->w;
     const int32_t N = w->N, K = w->K, groups = qk_groups_per_row(w);
-    const size_t row_bytes = qk_row_bytes(K, 4), ahead = TILE_W_ROWS * row_bytes; /* the next tile's rows */
+    const size_t row_bytes = qk_row_bytes(K, 4), ahead = qk_avx2_prefetch_rows(n0, TILE_W_ROWS, N, row_bytes);
     const int32_t chunks = (K + CHUNK_K - 1) / CHUNK_K, whole = K / CHUNK_K;
     const int32_t group_chunks = (int32_t)((j->stride + CHUNK_K - 1) / CHUNK_K);
     const int chunk_groups = small ? 16 >> j->lane_shift : 1;

@@ -71,7 +71,7 @@ QK_AVX512_INLINE void tile(const job* j, int form, int rows, const float* x, int
         scales[i] = w->scales + (size_t)n * groups;
         offsets[i] = w->offsets ? w->offsets + (size_t)n * groups : NULL;
     }
-    const size_t ahead = BLOCK_N * qk_row_bytes(w->K, 4); /* the next block's rows */
+    const size_t ahead = qk_avx2_prefetch_rows(n0, BLOCK_N, N, qk_row_bytes(w->K, 4));
     for (int32_t g = 0; g < groups; g++) {
         qk_avx2_a16_group s = qk_avx2_a16_group_of(w, g);
         __m512d scale[2];

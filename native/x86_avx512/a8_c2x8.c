@@ -141,7 +141,7 @@ QK_AVX512_INLINE void tile(const job* j, int bits, int rows, int P, const int8_t
                            const float* scales, const float* offsets, const int32_t* zeros, __m256d (*y)[2]) {
     const qk_weights* w = j->w;
     const int32_t N = w->N, K = w->K, groups = qk_groups_per_row(w), CK = chunk_k(bits);
-    const size_t row_bytes = qk_row_bytes(K, bits), ahead = BLOCK_N * row_bytes; /* the next task's rows */
+    const size_t row_bytes = qk_row_bytes(K, bits), ahead = qk_avx2_prefetch_rows(n0, BLOCK_N, N, row_bytes);
     const int32_t chunks = (K + CK - 1) / CK, whole = K / CK, group_chunks = (int32_t)((j->stride + CK - 1) / CK);
     const uint8_t* row[BLOCK_N];
     for (int c = 0; c < BLOCK_N; c++) row[c] = (const uint8_t*)w->data + (size_t)(n0 + c < N ? n0 + c : N - 1) * row_bytes;

@@ -34,15 +34,12 @@
 enum {
     QK_AVX512_TILE_COLUMNS = 2 * QK_VNNI16_PANEL, /* a tile spans two panels */
     QK_AVX512_MAX_TILE_ROWS = 8,
-    /* Software prefetch this far ahead of each panel's weight stream: at M = 1, 4096 x 14336, 4-bit,
-     * without it A8 took 1.07-1.15x and A16 2.1x the time; 4096 bytes ahead changed nothing. */
-    QK_AVX512_PREFETCH_BYTES = 2048,
 };
 
 /* Data row i of a group (from qk_vnni16_group), prefetching the panel's stream ahead. */
 QK_AVX512_INLINE __m512i qk_avx512_load_row(const uint8_t* group, const qk_vnni16_layout* l, ptrdiff_t i) {
     const uint8_t* data = group + l->header_bytes + i * QK_VNNI16_ROW_BYTES;
-    _mm_prefetch((const char*)data + QK_AVX512_PREFETCH_BYTES, _MM_HINT_T0);
+    _mm_prefetch((const char*)data + QK_VNNI16_PREFETCH_BYTES, _MM_HINT_T0);
     return _mm512_load_si512((const void*)data);
 }
 

@@ -33,6 +33,12 @@ enum {
     QK_VNNI16_PANEL = 16,       /* columns per panel */
     QK_VNNI16_ROW_BYTES = 64,   /* bytes of a data row: 16 columns x 4 bytes */
     QK_VNNI16_LINE = 64,        /* one header line: scale[16], zero[16] or offset[16] */
+    /* Kernels prefetch this far ahead of each panel's weight stream, and a pack's allocation
+     * extends this far past its last panel, so that the address prefetched stays inside it (a
+     * pointer past the end of an object is undefined in C, though a prefetch cannot fault). At
+     * M = 1, 4096 x 14336, 4-bit, without the prefetch A8 took 1.07-1.15x and A16 2.1x the time;
+     * 4096 bytes ahead changed nothing. */
+    QK_VNNI16_PREFETCH_BYTES = 2048,
 };
 
 typedef struct {
@@ -71,7 +77,8 @@ static inline const uint8_t* qk_vnni16_group(const void* packed, const qk_vnni16
 }
 
 /* Packs canonical weights (any valid format) into the layout above, on the thread pool; *data
- * is freed with qk_aligned_free. The backends' pack function. */
+ * (*size bytes, allocated with QK_VNNI16_PREFETCH_BYTES more) is freed with qk_aligned_free. The
+ * backends' pack function. */
 qk_status qk_vnni16_pack(const qk_weights* weights, void** data, size_t* size);
 
 #endif /* QK_VNNI16_LAYOUT_H */

@@ -42,11 +42,13 @@ def problem():
 
 @pytest.fixture
 def every_kernel(problem):
-    """problem's x, and for each available kernel the weights it is forced on: problem's, or, for a
-    kernel of small groups only (x86_avx512's g32 variants), the same matrix in groups of 32."""
+    """For each available kernel, what it is forced on: problem's x (as float32 for a kernel of float32
+    input only: x86_avx512's bf16x3 variants) and weights (the same matrix in groups of 32 for a
+    kernel of small groups only: x86_avx512's g32 variants)."""
     x, qw = problem
     small = qkernels.quantize_weights(qkernels.dequantize(qw), bits=4, group_size=32)
-    return x, [(k, qw if k.runs(k.mode, 4, 128, qw.K, "float16") else small) for k in KERNELS if k.available]
+    return [(k, x if "float16" in k.dtypes else x.astype(np.float32),
+             qw if k.runs(k.mode, 4, 128, qw.K, k.dtypes[0]) else small) for k in KERNELS if k.available]
 
 
 # ---------------------------------------------------------------- backends, kernels, CPU features
@@ -189,8 +191,7 @@ def test_select_reports_the_kernel_matmul_runs(problem):
 
 
 def test_select_with_a_forced_kernel_returns_it(every_kernel):
-    x, forced = every_kernel
-    for k, qw in forced:
+    for k, x, qw in every_kernel:
         assert qkernels.select(x, qw, k.mode, kernel=k.name) == k
 
 
@@ -304,16 +305,14 @@ def test_environment_is_read_on_every_call(problem, unavailable, monkeypatch):
 
 
 def test_kernel_argument_outranks_the_environment(every_kernel, unavailable, monkeypatch):
-    x, forced = every_kernel
     monkeypatch.setenv("QKERNELS_BACKEND", unavailable)
-    for k, qw in forced:
+    for k, x, qw in every_kernel:
         qkernels.matmul(x, qw, k.mode, kernel=k.name)
 
 
 def test_kernel_argument_outranks_use_backend(every_kernel, unavailable):
     """dispatch's documented precedence puts the call's kernel= argument above use_backend."""
-    x, forced = every_kernel
-    for k, qw in forced:
+    for k, x, qw in every_kernel:
         with qkernels.use_backend(unavailable):
             y = qkernels.matmul(x, qw, k.mode, kernel=k.name)
         np.testing.assert_array_equal(y, qkernels.matmul(x, qw, k.mode, kernel=k.name))

@@ -8,7 +8,8 @@ the cache.
 N = K = 4096, 4-bit weights (or --bits 8) in groups of 128 (or --group G; sym: symmetric,
 asym: with zero points), float16 activations (--dtype as kernel_ab.py's). The x86_avx512 kernels
 are the canonical variants that take G (c2x4 / c2x8 for multiples of 128, g32_c2x4 / g32_c2x8 for
-32 and 64) and, for A16 4-bit, the FMA variant c4x16 (any G and input dtype). A quick A/B
+32 and 64; A16 float32: bf16x3_c2x4, bf16x3_g32_c2x4) and, for A16 4-bit, the FMA variant c4x16
+(any G and input dtype). A quick A/B
 probe: `qkernels bench --stateless` is the measurement of record.
 """
 
@@ -32,12 +33,13 @@ SMALL_GROUPS = {  # G = 32, 64
 
 def kernels_for(mode: str, dtype, group: int, bits: int) -> list[str]:
     """The variants to time: x86_avx2's and x86_avx512's that take G; for A16 x86_avx512's FMA one
-    (4-bit) and its AVX512-BF16 one (4-bit, float16 or bfloat16 input)."""
+    (4-bit) and its AVX512-BF16 one (4-bit; for float32 input its three-part lines, bf16x3)."""
     names = [SMALL_GROUPS.get(k, k) if group < 128 else k for k in KERNELS[mode]]
     if mode == "a8":
         return names
-    bf16_runs = np.dtype(dtype) != np.float32 and bits == 4 and (group % 128 == 0 or group in (32, 64))
-    return ([names[0]] if bf16_runs else []) + ([A16_FMA] if bits == 4 else []) + [names[1]]
+    bf16 = names[0].replace("_bf16_", "_bf16x3_") if np.dtype(dtype) == np.float32 else names[0]
+    bf16_runs = bits == 4 and (group % 128 == 0 or group in (32, 64))
+    return ([bf16] if bf16_runs else []) + ([A16_FMA] if bits == 4 else []) + [names[1]]
 
 
 def main(mode: str, symmetry: str, ms: str, dtype=np.float16, group: int = 128, bits: int = 4) -> None:

@@ -493,13 +493,13 @@ static void test_whole_chunk_groups(void) {
             problem_free(&p);
         }
     /* Random shapes of the same kind: K of 1 to 24 chunks (a last one cut short in a third), G of 1
-     * to 4 chunks or longer than K; float16 or bfloat16 A16 in half of them. */
+     * to 4 chunks or longer than K; 4-bit A16 in half of them, float16, bfloat16 and float32 in turns. */
     for (int r = 0; r < 96; r++) {
         int32_t K = 128 * rnd_int(1, 24) - (rnd_percent(33) ? 2 * rnd_int(1, 63) : 0);
         int32_t G = rnd_percent(25) ? 128 * (K / 128 + rnd_int(1, 2)) : 128 * rnd_int(1, 4);
         int half = r % 2;
         problem p = {.M = rnd_int(1, 33), .N = rnd_int(1, 20), .K = K, .G = G, .bits = half || rnd_percent(50) ? 4 : 8,
-                     .dtype = half ? (r % 4 == 1 ? QK_DTYPE_BF16 : QK_DTYPE_F16) : all_dtypes[rnd_int(0, 2)],
+                     .dtype = half ? all_dtypes[r / 2 % 3] : all_dtypes[rnd_int(0, 2)],
                      .mode = half ? QK_MODE_A16 : (qk_mode)rnd_int(0, 1)};
         int style = rnd_int(0, X_STYLES - 1);
         fill_activations(&p, style);
@@ -518,14 +518,13 @@ static void test_whole_chunk_groups(void) {
  * a chunk's scales and zero points lane by lane, its g32_c2x8 reduces a chunk's lanes per group):
  * K of 1 to 24 chunks, ragged against G and against the chunk (a last chunk holding fewer groups), K
  * below G; zero points over their whole range, which g32_c2x4 subtracts as integers; runs of 16
- * chunks crossed; A16 (float16 and bfloat16 mostly) and A8 in turns. */
+ * chunks crossed; A16 (float32, float16 and bfloat16 in turns) and A8 in turns. */
 static void test_small_groups(void) {
     for (int r = 0; r < 160; r++) {
         int32_t G = r % 2 ? 32 : 64, K = rnd_percent(15) ? 2 * rnd_int(1, G / 2 - 1) : 2 * rnd_int(1, 24 * 64);
         int a16 = r % 4 < 2;
         problem p = {.M = rnd_int(1, 64), .N = rnd_int(1, 20), .K = K, .G = G, .bits = a16 || rnd_percent(50) ? 4 : 8,
-                     .dtype = a16 ? (r % 3 ? QK_DTYPE_F16 : QK_DTYPE_BF16) : all_dtypes[rnd_int(0, 2)],
-                     .mode = a16 ? QK_MODE_A16 : QK_MODE_A8};
+                     .dtype = all_dtypes[a16 ? r % 3 : rnd_int(0, 2)], .mode = a16 ? QK_MODE_A16 : QK_MODE_A8};
         int style = rnd_int(0, X_STYLES - 1);
         fill_activations(&p, style);
         if (rnd_percent(50))
@@ -818,10 +817,11 @@ static void test_tiny_rows(void) {
             }
 }
 
-/* bfloat16 A16 rows where vdpbf16ps's flushing could show (x86_avx512_a16_w4_bf16_2x32 and _c2x4 take
- * bfloat16 x as one part: docs/numerics.md reading 24). It reads subnormal bfloat16 inputs as zero and
- * flushes subnormal results, partial sums included. Rows: 0 and 8 normal; 1 bfloat16 subnormals
- * beside two elements of 1 and 2 (different chunks); 2 all tiny (below 2^-32); 3 all subnormal
+/* bfloat16 and float32 A16 rows where vdpbf16ps's flushing could show (x86_avx512_a16_w4_bf16_2x32 and
+ * _c2x4 take bfloat16 x as one part, _c2x4 float32 x as three: docs/numerics.md readings 24, 26). It
+ * reads subnormal bfloat16 inputs as zero and flushes subnormal results, partial sums included. Rows:
+ * 0 and 8 normal; 1 bfloat16 subnormals (float32: elements of 2^-133 to 2^-104, whose smaller parts
+ * or whole value are subnormal) beside two elements of 1 and 2 (different chunks); 2 all tiny (below 2^-32); 3 all subnormal
  * (below 2^-126); 4 pairs of products of 2^-126 to 2^-125 that cancel to a subnormal sum, both
  * within one vdpbf16ps of the packed kernel (k 8r, 8r + 2) and of the canonical one (8r + 1, 8r + 5),
  * beside elements of 1; 5 the same pairs alone (the row loader scales the row up: nothing is
@@ -833,8 +833,10 @@ static void test_tiny_rows(void) {
 static void test_bf16_flushes(void) {
     static const int32_t Ks[] = {384, 300}; /* 300: a last group and chunk cut short */
     for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
-        for (int symmetric = 0; symmetric < 2; symmetric++) {
-            problem p = {.M = 9, .N = 9, .K = Ks[ki], .G = 128, .bits = 4, .dtype = QK_DTYPE_BF16, .mode = QK_MODE_A16};
+        for (int variant = 0; variant < 4; variant++) {
+            int symmetric = variant % 2, f32 = variant / 2;
+            problem p = {.M = 9, .N = 9, .K = Ks[ki], .G = 128, .bits = 4, .dtype = f32 ? QK_DTYPE_F32 : QK_DTYPE_BF16,
+                         .mode = QK_MODE_A16};
             int32_t NG = (p.K + p.G - 1) / p.G;
             p.scales = xmalloc(n_groups(&p) * sizeof(float));
             for (size_t g = 0; g < n_groups(&p); g++) p.scales[g] = (float)ldexp(1.0 + rnd_unit(), rnd_int(100, 110));
@@ -853,7 +855,7 @@ static void test_bf16_flushes(void) {
             for (int32_t m = 0; m < p.M; m++)
                 for (int32_t k = 0; k < p.K; k++) {
                     float v = rnd_signed(-2, 0);
-                    if (m == 1) v = k == 3 ? 1.0f : k == 131 ? -2.0f : rnd_signed(-133, -127);
+                    if (m == 1) v = k == 3 ? 1.0f : k == 131 ? -2.0f : rnd_signed(-133, f32 ? -104 : -127);
                     if (m == 2) v = rnd_signed(-60, -40);
                     if (m == 3) v = rnd_signed(-133, -127);
                     if (m == 4 || m == 5) v = m == 4 && (k == 3 || k == 259) ? 1.0f : 0.0f; /* pairs below */
@@ -873,7 +875,7 @@ static void test_bf16_flushes(void) {
                     }
             store_el(p.x, p.dtype, 6 * (size_t)p.K + 77, INFINITY);
             store_el(p.x, p.dtype, 7 * (size_t)p.K + 200, NAN);
-            set_context("bfloat16 flushes: %s", describe(&p));
+            set_context("bfloat16 part flushes: %s", describe(&p));
             run_problem(&p);
             problem_free(&p);
         }

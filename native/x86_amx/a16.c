@@ -83,7 +83,6 @@ static void split_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const amx_problem* ap = arg;
     const qk_avx512_problem* p = &ap->p;
     size_t gs = p->group_stride, piece_bytes = (size_t)ap->parts * 2 * QK_AMX_TILE_BYTES;
-    const __m512i high_half = _mm512_set1_epi32((int32_t)0xFFFF0000u), quiet = _mm512_set1_epi32(0x00400000);
     for (int32_t m = begin; m < end; m++) {
         /* Row m of piece j, part q: at row + j * piece_bytes + q * 2 KiB. */
         uint8_t* row = ap->a + (size_t)(m / QK_AMX_BLOCK_ROWS) * ap->pieces * piece_bytes + (size_t)(m % QK_AMX_BLOCK_ROWS) * 64;
@@ -98,17 +97,9 @@ static void split_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
                 __mmask16 live = k + 16 <= gs ? 0xFFFF : k < gs ? (__mmask16)((1u << (gs - k)) - 1) : 0;
                 __m512 rest = _mm512_maskz_loadu_ps(live, x + k);
                 uint8_t* out = row + ((size_t)g * (size_t)ap->steps + k / STEP_K) * piece_bytes + (k % STEP_K) * 2;
-                for (int32_t q = 0; q < ap->parts; q++) {
-                    /* A NaN keeps its quiet bit, so that its top half is a NaN too. */
-                    __m512i bits = _mm512_castps_si512(rest);
-                    bits = _mm512_mask_or_epi32(bits, _mm512_cmp_ps_mask(rest, rest, _CMP_UNORD_Q), bits, quiet);
-                    __m512i top = _mm512_and_si512(bits, high_half);
+                for (int32_t q = 0; q < ap->parts; q++)
                     _mm256_storeu_si256((__m256i*)(out + (size_t)q * 2 * QK_AMX_TILE_BYTES),
-                                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(top, 16)));
-                    /* The rest, exact; NaN where x is not finite (Inf - Inf), where the top part alone is x. */
-                    rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(top));
-                    rest = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(rest, rest, _CMP_ORD_Q), rest);
-                }
+                                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(qk_avx512_bf16_part(&rest), 16)));
             }
         }
     }

@@ -54,14 +54,11 @@ static void split_row(float* row, size_t n) {
     static const uint16_t order[32] = {1,  5,  9,  13, 3,  7,  11, 15, 33, 37, 41, 45, 35, 39, 43, 47,
                                        17, 21, 25, 29, 19, 23, 27, 31, 49, 53, 57, 61, 51, 55, 59, 63};
     const __m512i words = _mm512_loadu_si512((const void*)order);
-    const __m512 upper = _mm512_castsi512_ps(_mm512_set1_epi32((int)0xFFFF0000u));
     for (size_t i = 0; i < n; i += 16) {
         __mmask16 live = n - i >= 16 ? 0xFFFF : 0x00FF;
-        __m512 x = _mm512_maskz_loadu_ps(live, row + i);
-        __m512 hi = _mm512_and_ps(x, upper);
-        __m512 lo = _mm512_maskz_sub_ps(_mm512_cmp_ps_mask(x, hi, _CMP_NEQ_UQ), x, hi); /* 0 where x = hi (Inf) */
-        __m512i parts = _mm512_permutex2var_epi16(_mm512_castps_si512(x), words, _mm512_castps_si512(lo));
-        _mm512_mask_storeu_ps(row + i, live, _mm512_castsi512_ps(parts));
+        __m512 rest = _mm512_maskz_loadu_ps(live, row + i);
+        __m512i hi = qk_avx512_bf16_part(&rest), lo = qk_avx512_bf16_part(&rest);
+        _mm512_mask_storeu_ps(row + i, live, _mm512_castsi512_ps(_mm512_permutex2var_epi16(hi, words, lo)));
     }
 }
 

@@ -2,15 +2,17 @@
  * small M (nothing is packed), float16 and bfloat16 input and 4-bit weights without offsets, G a
  * multiple of 128 (c2x4) or G = 32 or 64 (g32_c2x4: groups of 32 k, the small groups GGUF's and
  * some GPTQ checkpoints use; also one group G >= K, as whole-chunk groups, which its registry line
- * lets through when K <= 64): vdpbf16ps (AVX512-BF16), as a16_bf16.c on the vnni16 pack. One
- * function runs both (two registry lines, since a group size is described as a multiple and a
- * maximum). Built with -mavx512bf16 and listed with that feature as its own requirement; elsewhere
- * stateless calls run x86_avx2's canonical variant.
+ * lets through when K <= 64): vdpbf16ps (AVX512-BF16), as a16_bf16.c on the vnni16 pack; and
+ * _bf16x3_c2x4 and _bf16x3_g32_c2x4, the same for float32 input, each x as three bfloat16 parts
+ * (their registry lines take it at smaller M: a third more vdpbf16ps than float16's). One function
+ * runs all four (a group size is described as a multiple and a maximum, an input dtype as a set).
+ * Built with -mavx512bf16 and listed with that feature as its own requirement; elsewhere stateless
+ * calls run the FMA variant (a16_c4x16.c) or x86_avx2's.
  *
  * Why: x86_avx2_a16_w4w8_c4x8 spends about 54 operations per 128 weights (an extraction, a
  * conversion and an FMA per 8) and ran a stateless M = 1 call at 2.35x the time of a prepared one on
  * an AMD EPYC Zen 4 (README, x86_avx512). Here 128 weights of one row cost a load, three shifts,
- * four vpermw and eight vdpbf16ps (four for bfloat16 input: one part, below).
+ * four vpermw and eight vdpbf16ps (four for bfloat16 input: one part, below; twelve for float32).
  *
  * A chunk is 128 k of a row of W: 64 bytes, one zmm. Its dword i holds k 8i .. 8i + 7, element 8i + t
  * in bits 4t .. 4t + 3 (low nibble first). A shift right by 4s (s = 0..3) brings k 8i + s to the bottom
@@ -21,7 +23,8 @@
  * staged to match: per chunk, for the hi and then the lo bfloat16 part of each float16 value (split
  * as a16_bf16.c does), per s, 16 dwords (x[8i + s], x[8i + 4 + s]); one vdpbf16ps adds the two
  * products of each lane. A tile is 1 or 2 rows of X by 4 rows of W, one chain per part and pair. A
- * bfloat16 x is its own hi part (lo = 0, left unread): one chain, half the vdpbf16ps.
+ * bfloat16 x is its own hi part: one part, one chain, half the vdpbf16ps; a float32 x is three
+ * (qk_avx512_bf16_part: its top 8 significant bits, the next 8, the last 8), staged as hi, mid, lo.
  *
  * Small groups: lane i of a chunk holds k 8i .. 8i + 7, so with G = 32 or 64 each lane lies in one
  * group (lanes 4j .. 4j + 3, or 8j .. 8j + 7, are the chunk's group j): the scales multiply the
@@ -31,7 +34,7 @@
  * 32 weights; symmetric weights keep the table of zp = 0).
  *
  * Sums (docs/numerics.md reading 26): each lane of a chain adds 8 exact products of one chunk in 4
- * vdpbf16ps; a chunk's two chains (one for bfloat16) are added, times the group's scale, into a
+ * vdpbf16ps; a chunk's chains (one per part) are added, times the group's scale, into a
  * float32 run of at most 16 chunks (QK_AVX512_RUN_CHUNKS, as reading 24), and each run's 16 lanes
  * into float64 sums. Rows whose |x| reach 2^88 (Inf) come scaled down by the x86_avx2 row loader,
  * and nonzero rows whose |x| are all below 2^-32 scaled up (what vdpbf16ps flushes in bfloat16 rows
@@ -58,38 +61,37 @@ typedef struct {
     size_t stride;       /* of groups in a staged row: min(G, K); G a multiple of 128: a whole number of chunks
                             unless one group; G = 32 or 64: 4 or 2 groups to a chunk */
     size_t padded;       /* staged row length in k: its groups rounded up to a chunk */
-    uint32_t* x;         /* [M][padded] staged pairs of bfloat16 parts, one dword per k */
+    int parts;           /* bfloat16 parts per x: 1 (bfloat16 input), 2 (float16), 3 (float32) */
+    size_t row_words;    /* dwords of a row: padded / 2 per part, at least padded (the row as loaded) */
+    uint32_t* x;         /* [M][row_words] staged pairs of bfloat16 parts */
     double* row_scale;   /* [M] */
     uint16_t* tables;    /* [ZERO_POINTS + 1][TABLE_WORDS]: table zp + 8, then the differences' (small groups) */
 } job;
 
-/* One chunk of float16- or bfloat16-valued float32 activations, in place, into the staged order (above). */
-static void stage_chunk(float* chunk) {
+/* One chunk of float32 activations (128 k from `in`) as the staged order (above) of its `parts`
+ * bfloat16 parts (64 dwords each, from `out`). Everything is read before anything is stored: out may
+ * overlap in. */
+static void stage_chunk(const float* in, uint32_t* out, int parts) {
     /* vpermt2w index: word 8s + 2j + h of a 32-k piece's output is element 8j + 4h + s, whose upper
      * (bfloat16) half is word 2 (8j + 4h + s) + 1 of the two float32 sources. */
     static const uint16_t order[32] = {1, 9,  17, 25, 33, 41, 49, 57, 3, 11, 19, 27, 35, 43, 51, 59,
                                        5, 13, 21, 29, 37, 45, 53, 61, 7, 15, 23, 31, 39, 47, 55, 63};
     const __m512i words = _mm512_loadu_si512((const void*)order);
-    const __m512 upper = _mm512_castsi512_ps(_mm512_set1_epi32((int)0xFFFF0000u));
-    __m512i parts[2][4]; /* [hi, lo][32-k piece b]: per s, the dwords of lanes 4b .. 4b + 3 */
+    __m512i staged[3][4]; /* [part][32-k piece b]: per s, the dwords of lanes 4b .. 4b + 3 */
     for (int b = 0; b < 4; b++) {
-        __m512 x[2], hi[2], lo[2];
-        for (int i = 0; i < 2; i++) {
-            x[i] = _mm512_loadu_ps(chunk + 32 * b + 16 * i);
-            hi[i] = _mm512_and_ps(x[i], upper);
-            lo[i] = _mm512_maskz_sub_ps(_mm512_cmp_ps_mask(x[i], hi[i], _CMP_NEQ_UQ), x[i], hi[i]); /* Inf: 0 */
+        __m512 rest[2] = {_mm512_loadu_ps(in + 32 * b), _mm512_loadu_ps(in + 32 * b + 16)};
+        for (int p = 0; p < parts; p++) {
+            __m512i top0 = qk_avx512_bf16_part(&rest[0]), top1 = qk_avx512_bf16_part(&rest[1]);
+            staged[p][b] = _mm512_permutex2var_epi16(top0, words, top1);
         }
-        parts[0][b] = _mm512_permutex2var_epi16(_mm512_castps_si512(hi[0]), words, _mm512_castps_si512(hi[1]));
-        parts[1][b] = _mm512_permutex2var_epi16(_mm512_castps_si512(lo[0]), words, _mm512_castps_si512(lo[1]));
     }
-    uint32_t* out = (uint32_t*)chunk;
-    for (int p = 0; p < 2; p++)
+    for (int p = 0; p < parts; p++)
         for (int b = 0; b < 4; b++) {
             uint32_t* lanes = out + (4 * p) * 16 + 4 * b; /* + 16 s */
-            _mm_storeu_si128((__m128i*)lanes, _mm512_extracti32x4_epi32(parts[p][b], 0));
-            _mm_storeu_si128((__m128i*)(lanes + 16), _mm512_extracti32x4_epi32(parts[p][b], 1));
-            _mm_storeu_si128((__m128i*)(lanes + 32), _mm512_extracti32x4_epi32(parts[p][b], 2));
-            _mm_storeu_si128((__m128i*)(lanes + 48), _mm512_extracti32x4_epi32(parts[p][b], 3));
+            _mm_storeu_si128((__m128i*)lanes, _mm512_extracti32x4_epi32(staged[p][b], 0));
+            _mm_storeu_si128((__m128i*)(lanes + 16), _mm512_extracti32x4_epi32(staged[p][b], 1));
+            _mm_storeu_si128((__m128i*)(lanes + 32), _mm512_extracti32x4_epi32(staged[p][b], 2));
+            _mm_storeu_si128((__m128i*)(lanes + 48), _mm512_extracti32x4_epi32(staged[p][b], 3));
         }
 }
 
@@ -97,11 +99,17 @@ static void stage_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     (void)thread;
     const job* j = arg;
     size_t loaded = (size_t)qk_groups_per_row(j->w) * j->stride;
+    const size_t chunks = j->padded / CHUNK_K, chunk_words = (size_t)j->parts * 64;
     for (int32_t m = begin; m < end; m++) {
-        float* x = (float*)(j->x + (size_t)m * j->padded);
+        uint32_t* staged = j->x + (size_t)m * j->row_words;
+        float* x = (float*)staged; /* loaded as float32, then staged in place */
         j->row_scale[m] = qk_avx2_load_row(j->a, j->w, m, j->stride, x); /* dense: groups at their k */
         for (size_t k = loaded; k < j->padded; k++) x[k] = 0.0f;
-        for (size_t k = 0; k < j->padded; k += CHUNK_K) stage_chunk(x + k);
+        /* A staged chunk longer than a loaded one (3 parts) overwrites the next chunk's: from the back. */
+        for (size_t i = 0; i < chunks; i++) {
+            size_t c = j->parts == 3 ? chunks - 1 - i : i;
+            stage_chunk(x + c * CHUNK_K, staged + c * chunk_words, j->parts);
+        }
     }
 }
 
@@ -134,8 +142,8 @@ QK_AVX512_INLINE __m512i lane_zeros(const int8_t* zp, int n, int four, __m512i p
 enum { WHOLE_CHUNK_GROUPS, SMALL_GROUPS, SMALL_GROUPS_ZERO_POINTS };
 
 /* Rows [0, rows) of X (staged, from x) times rows [n0, n0 + 4) of W, added to y[r][at + c] (float64,
- * before the row scale), with the first `parts` parts of each x (1: bfloat16 input, whose lo is 0; 2:
- * float16), groups read as `groups_kind` says. Rows of W past N read row N - 1; their results are
+ * before the row scale), with `parts` parts of each x (1: bfloat16 input, 2: float16, 3: float32),
+ * groups read as `groups_kind` says. Rows of W past N read row N - 1; their results are
  * not stored. */
 QK_AVX512_INLINE void tile(const job* j, int groups_kind, int parts, int rows, const uint32_t* x, int32_t n0,
                            double (*y)[BLOCK_N], int32_t at) {
@@ -187,11 +195,11 @@ QK_AVX512_INLINE void tile(const job* j, int groups_kind, int parts, int rows, c
                 table[c] = _mm512_loadu_si512(
                     (const void*)(j->tables + (size_t)((zps[c] ? zps[c][g] : 0) + 8) * TABLE_WORDS));
         }
-        __m512 acc[TILE_ROWS][TILE_W_ROWS][2];
+        __m512 acc[TILE_ROWS][TILE_W_ROWS][3];
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < TILE_W_ROWS; c++)
                 for (int part = 0; part < parts; part++) acc[r][c][part] = _mm512_setzero_ps();
-        const uint32_t* xc = x + (size_t)ch * CHUNK_K;
+        const uint32_t* xc = x + (size_t)ch * parts * 64;
 #pragma GCC unroll 4
         for (int s = 0; s < 4; s++) {
             __m512i wv[TILE_W_ROWS];
@@ -205,7 +213,7 @@ QK_AVX512_INLINE void tile(const job* j, int groups_kind, int parts, int rows, c
             }
             for (int r = 0; r < rows; r++)
                 for (int part = 0; part < parts; part++) {
-                    __m512bh xs = (__m512bh)_mm512_loadu_si512((const void*)(xc + (size_t)r * j->padded + (4 * part + s) * 16));
+                    __m512bh xs = (__m512bh)_mm512_loadu_si512((const void*)(xc + (size_t)r * j->row_words + (4 * part + s) * 16));
                     for (int c = 0; c < TILE_W_ROWS; c++)
                         acc[r][c][part] = _mm512_dpbf16_ps(acc[r][c][part], (__m512bh)wv[c], xs);
                 }
@@ -215,7 +223,8 @@ QK_AVX512_INLINE void tile(const job* j, int groups_kind, int parts, int rows, c
                                                                                (__mmask16)((1u << here) - 1), scales[c] + g))
                                        : _mm512_set1_ps(scales[c][g]);
             for (int r = 0; r < rows; r++) {
-                __m512 t = parts == 2 ? _mm512_add_ps(acc[r][c][0], acc[r][c][1]) : acc[r][c][0];
+                __m512 t = acc[r][c][0]; /* hi, plus what the smaller parts add */
+                if (parts > 1) t = _mm512_add_ps(t, parts == 3 ? _mm512_add_ps(acc[r][c][1], acc[r][c][2]) : acc[r][c][1]);
                 run[r][c] = _mm512_fmadd_ps(t, scale, run[r][c]);
                 if (run_ends) {
                     float lanes[16];
@@ -231,17 +240,19 @@ QK_AVX512_INLINE void tile(const job* j, int groups_kind, int parts, int rows, c
     }
 }
 
-/* Each tile shape as its own function with constant arguments: tiles[groups kind][parts 1/2][rows 1/2]. */
+/* Each tile shape as its own function with constant arguments: tiles[groups kind][parts 1/2/3][rows 1/2]. */
 typedef void tile_fn(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], int32_t at);
 #define TILE_FN(kind, parts, rows)                                                                          \
     static void tile_##kind##_##parts##_##rows(const job* j, const uint32_t* x, int32_t n0, double (*y)[BLOCK_N], \
                                                int32_t at) {                                                \
         tile(j, kind, parts, rows, x, n0, y, at);                                                           \
     }
-#define TILE_FNS(kind) TILE_FN(kind, 1, 1) TILE_FN(kind, 1, 2) TILE_FN(kind, 2, 1) TILE_FN(kind, 2, 2)
+#define TILE_FNS(kind) \
+    TILE_FN(kind, 1, 1) TILE_FN(kind, 1, 2) TILE_FN(kind, 2, 1) TILE_FN(kind, 2, 2) TILE_FN(kind, 3, 1) TILE_FN(kind, 3, 2)
 TILE_FNS(0) TILE_FNS(1) TILE_FNS(2)
-#define TILE_TABLE(kind) {{tile_##kind##_1_1, tile_##kind##_1_2}, {tile_##kind##_2_1, tile_##kind##_2_2}}
-static tile_fn* const tiles[3][2][TILE_ROWS] = {TILE_TABLE(0), TILE_TABLE(1), TILE_TABLE(2)};
+#define TILE_TABLE(kind) \
+    {{tile_##kind##_1_1, tile_##kind##_1_2}, {tile_##kind##_2_1, tile_##kind##_2_2}, {tile_##kind##_3_1, tile_##kind##_3_2}}
+static tile_fn* const tiles[3][3][TILE_ROWS] = {TILE_TABLE(0), TILE_TABLE(1), TILE_TABLE(2)};
 
 /* Task t: rows [8t, 8t + 8) of W (two tiles: eight outputs are one vector store) for every row of X. */
 static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
@@ -249,14 +260,14 @@ static void block_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
     const job* j = arg;
     int32_t M = j->a->M, N = j->w->N;
     const int kind = !j->lane_shift ? WHOLE_CHUNK_GROUPS : j->w->zero_points ? SMALL_GROUPS_ZERO_POINTS : SMALL_GROUPS;
-    tile_fn* const* shapes = tiles[kind][j->a->input_dtype == QK_DTYPE_BF16 ? 0 : 1];
+    tile_fn* const* shapes = tiles[kind][j->parts - 1];
     for (int32_t t = begin; t < end; t++) {
         int32_t n0 = t * BLOCK_N, count = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
         for (int32_t m = 0; m < M; m += TILE_ROWS) {
             int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
             double y[TILE_ROWS][BLOCK_N] = {{0}};
             for (int32_t half = 0; half < count; half += TILE_W_ROWS)
-                shapes[rows - 1](j, j->x + (size_t)m * j->padded, n0 + half, y, half);
+                shapes[rows - 1](j, j->x + (size_t)m * j->row_words, n0 + half, y, half);
             for (int r = 0; r < rows; r++) qk_avx2_finish(j->a, N, j->row_scale, m + r, n0, count, y[r]);
         }
     }
@@ -270,7 +281,10 @@ static size_t buffers(job* j, void* base) {
      * whole-chunk groups); the run refuses anything else (a new registry line must come here). */
     j->lane_shift = j->w->group_size == 32 ? 2 : j->w->group_size == 64 ? 3 : 0;
     j->padded = ((size_t)qk_groups_per_row(j->w) * j->stride + CHUNK_K - 1) / CHUNK_K * CHUNK_K;
-    j->x = qk_avx2_take(base, &used, (size_t)j->a->M * j->padded * sizeof *j->x);
+    qk_dtype dtype = j->a->input_dtype;
+    j->parts = dtype == QK_DTYPE_BF16 ? 1 : dtype == QK_DTYPE_F16 ? 2 : 3;
+    j->row_words = j->padded / 2 * (size_t)(j->parts > 2 ? j->parts : 2);
+    j->x = qk_avx2_take(base, &used, (size_t)j->a->M * j->row_words * sizeof *j->x);
     j->row_scale = qk_avx2_take(base, &used, (size_t)j->a->M * sizeof *j->row_scale);
     j->tables = qk_avx2_take(base, &used, (ZERO_POINTS + 1) * TABLE_WORDS * sizeof *j->tables);
     return used;

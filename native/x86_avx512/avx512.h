@@ -74,6 +74,20 @@ static inline uint16_t qk_avx512_bf16_of_int(int integer) {
     return (uint16_t)(bits >> 16);
 }
 
+/* The top bfloat16 part of each float32 lane of *rest: its bits with the low 16 cleared (a NaN keeps
+ * its quiet bit, so that the part is a NaN too); *rest becomes what is left, exactly, or 0 where it
+ * was not finite. Taken once per part it splits x into exact bfloat16 parts (docs/numerics.md
+ * reading 21): one for a bfloat16 value, two for float16 (11 significant bits), three for float32
+ * (24). The parts of x86_amx's A16 kernel and of the AVX512-BF16 kernels. */
+QK_AVX512_INLINE __m512i qk_avx512_bf16_part(__m512* rest) {
+    __m512i bits = _mm512_castps_si512(*rest);
+    bits = _mm512_mask_or_epi32(bits, _mm512_cmp_ps_mask(*rest, *rest, _CMP_UNORD_Q), bits, _mm512_set1_epi32(0x00400000));
+    __m512i top = _mm512_and_si512(bits, _mm512_set1_epi32((int)0xFFFF0000u));
+    __m512 left = _mm512_sub_ps(*rest, _mm512_castsi512_ps(top));
+    *rest = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(left, left, _CMP_ORD_Q), left);
+    return top;
+}
+
 /* What the tiles read. */
 typedef struct {
     const qk_matmul_args* a;

@@ -825,8 +825,8 @@ static void test_tiny_rows(void) {
  * (below 2^-126); 4 pairs of products of 2^-126 to 2^-125 that cancel to a subnormal sum, both
  * within one vdpbf16ps of the packed kernel (k 8r, 8r + 2) and of the canonical one (8r + 1, 8r + 5),
  * beside elements of 1; 5 the same pairs alone (the row loader scales the row up: nothing is
- * flushed; unscaled, it misses the tolerance); 6 an infinity, 7 a NaN. Weights: q - zp in [1, 3],
- * constant over each 8-k block so that the pairs cancel for every n; scales of 2^100 to 2^110, so
+ * flushed; unscaled, it misses the tolerance); 6 an infinity, 7 a NaN (float32: a signalling one).
+ * Weights: q - zp in [1, 3], constant over each 8-k block so that the pairs cancel for every n; scales of 2^100 to 2^110, so
  * that every exact term is a normal float32 number (reading 13) and every kernel is held to the
  * tolerance. Rows 1 and 4 meet it because their large elements' products bound what is flushed
  * (reading 24); with those weights zero they would not (reading 16's known deviation). */
@@ -874,7 +874,12 @@ static void test_bf16_flushes(void) {
                         store_el(p.x, p.dtype, at + (pair ? 4 : 2), -(float)ldexp(1.0 + j / 128.0, -126));
                     }
             store_el(p.x, p.dtype, 6 * (size_t)p.K + 77, INFINITY);
-            store_el(p.x, p.dtype, 7 * (size_t)p.K + 200, NAN);
+            /* float32: a signalling NaN whose payload lies in the low 16 bits, whose top half alone
+             * would read as an infinity */
+            uint32_t nan_bits = f32 ? 0x7F800001u : 0x7FC00000u;
+            float nan;
+            memcpy(&nan, &nan_bits, sizeof nan);
+            store_el(p.x, p.dtype, 7 * (size_t)p.K + 200, nan);
             set_context("bfloat16 part flushes: %s", describe(&p));
             run_problem(&p);
             problem_free(&p);

@@ -91,7 +91,7 @@ static void split_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
             continue;
         }
         for (int32_t g = 0; g < p->l.groups; g++) {
-            const float* x = p->x + (size_t)m * p->row + (size_t)g * gs;
+            const float* x = p->x + (size_t)m * p->x_row + (size_t)g * gs;
             for (size_t k = 0; k < (size_t)ap->steps * STEP_K; k += 16) {
                 /* gs is a multiple of 4; the loader zero-pads x to the group's end, zeros past it */
                 __mmask16 live = k + 16 <= gs ? 0xFFFF : k < gs ? (__mmask16)((1u << (gs - k)) - 1) : 0;

@@ -18,7 +18,7 @@ static const qk_kernel_desc kernels[] = {
     {"x86_amx_a8_w4w8_32x32", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0,
      qk_amx_a8_workspace, qk_amx_a8_32x32, 0},
     {"x86_amx_a16_w4_bf16_2x32", QK_MODE_A16, 1u << 4, QK_AVX512_BF16_DTYPES, 1, 0, 6, QK_FORMAT_RAGGED_GROUPS, 0,
-     qk_avx512_a16_workspace, qk_avx512_a16_w4_bf16_2x32, QK_AVX512_BF16_CPU},
+     qk_avx512_a16_bf16_workspace, qk_avx512_a16_w4_bf16_2x32, QK_AVX512_BF16_CPU},
     {"x86_amx_a16_w4w8_fma_4x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 6, QK_FORMAT_V2, 0,
      qk_avx512_a16_workspace, qk_avx512_a16_4x32, 0},
     {"x86_amx_a16_w4w8_32x32", QK_MODE_A16, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, 0, 0, QK_FORMAT_RAGGED_GROUPS, 0,

@@ -27,7 +27,7 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
                                int rows, int32_t panel, int32_t m, double* y) {
     enum { CHAINS = 2 };
     const qk_vnni16_layout* l = &p->l;
-    const float* x = p->x + (size_t)m * p->row;
+    const float* x = p->x + (size_t)m * p->x_row;
     const __m512 values = qk_avx512_a16_values(asymmetric);
     qk_avx512_chunk c = qk_avx512_chunk_at(l, QK_AVX512_CHUNK_K, 0, 0);
     while (c.g < l->groups) {
@@ -63,7 +63,7 @@ QK_AVX512_INLINE void a16_tile(const qk_avx512_problem* p, int bits, int asymmet
                         if (offsets) w[pi] = _mm512_fmadd_ps(w[pi], scale[pi], offset[pi]);
                     }
                     for (int r = 0; r < rows; r++) {
-                        __m512 xv = _mm512_set1_ps(xg[r * p->row + i * l->k_per_row + t]);
+                        __m512 xv = _mm512_set1_ps(xg[r * p->x_row + i * l->k_per_row + t]);
                         for (int pi = 0; pi < panels; pi++)
                             sum[r][pi][t % CHAINS] = _mm512_fmadd_ps(xv, w[pi], sum[r][pi][t % CHAINS]);
                     }

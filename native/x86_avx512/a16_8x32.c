@@ -83,7 +83,7 @@ static form_fn* const forms[2][2][2] = { /* [bits 4/8][asymmetric][offsets] */
 QK_AVX512_INLINE void tile(const qk_avx512_problem* p, int offsets, int panels, int rows, int32_t panel, int32_t m,
                            const qk_avx512_chunk* chunks, int n, qk_run_step s, const float* w, float* run, double* y) {
     const qk_vnni16_layout* l = &p->l;
-    const float* x = p->x + (size_t)m * p->row;
+    const float* x = p->x + (size_t)m * p->x_row;
     __m512 acc[TILE_ROWS][2]; /* the runs */
     for (int r = 0; r < rows; r++)
         for (int pi = 0; pi < panels; pi++)
@@ -99,7 +99,7 @@ QK_AVX512_INLINE void tile(const qk_avx512_problem* p, int offsets, int panels, 
             __m512 wk[2];
             for (int pi = 0; pi < panels; pi++) wk[pi] = _mm512_load_ps(w + k * QK_AVX512_TILE_COLUMNS + pi * QK_VNNI16_PANEL);
             for (int r = 0; r < rows; r++) {
-                __m512 xv = _mm512_set1_ps(xc[r * p->row + k]);
+                __m512 xv = _mm512_set1_ps(xc[r * p->x_row + k]);
                 for (int pi = 0; pi < panels; pi++) sum[r][pi] = _mm512_fmadd_ps(xv, wk[pi], sum[r][pi]);
             }
         }

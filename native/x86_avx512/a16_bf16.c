@@ -1,5 +1,6 @@
 /* x86_avx512_a16_w4_bf16_2x32: A16 for float16 and bfloat16 input and 4-bit weights without offsets,
- * on vdpbf16ps (AVX512-BF16), the vnni16 pack. Built with -mavx512bf16 (as is its canonical variant,
+ * on vdpbf16ps (AVX512-BF16), the vnni16 pack; x86_avx512_a16_w4_bf16x3_2x32, the same function on
+ * float32 input in three parts (at M = 1: from M = 2 the FMA kernel is as fast). Built with -mavx512bf16 (as is its canonical variant,
  * a16_bf16_c2x4.c): the kernel is listed with that feature as its own requirement, so the rest of
  * the backend runs without it.
  *
@@ -21,7 +22,9 @@
  *            bfloat16 too). Infinities have lo = 0 (x - hi would be NaN); NaN stays NaN. A bfloat16
  *            value is its own hi (lo = 0; the row loader's scaling by a power of two keeps that
  *            but where it makes x a float32 subnormal, which vdpbf16ps reads as zero either way),
- *            so bfloat16 rows take one part: one vdpbf16ps per pair of weights.
+ *            so bfloat16 rows take one part: one vdpbf16ps per pair of weights. A float32 value
+ *            takes three (hi, mid, lo: qk_avx512_bf16_part), which can be subnormal where x is not
+ *            (lo below about 2^-103): reading 21's flushing, and reading 16's known deviation.
  *   products hi * w and lo * w are exact in float32 (8 + 4 significant bits). Float16: none is
  *            subnormal, nor any nonzero sum of them (every nonzero part is a multiple of 2^-24, or
  *            of 2^-64 in a row that qk_avx2_load_row scaled by 2^-40 for an infinity: far above
@@ -32,7 +35,8 @@
  *            (reading 24). Sums round to nearest even, in float32.
  * Sums run over chunks of at most 128 k in four chains (k pairs by shift), each at most 32
  * vdpbf16ps (16 for bfloat16) of at most two roundings: an error of at most 2^-18 of sum |x * w| (plus 2^-7 for lo's
- * share), a 256th of the float16 tolerance. Each chunk's sum times its group's scale is added to a
+ * share), a 256th of the float16 tolerance; float32, over chunks of 64 k, 24 vdpbf16ps (2^-18.4, a
+ * quarter of its tolerance with the run's share below). Each chunk's sum times its group's scale is added to a
  * float32 run of at most 16 chunks (avx512.h, qk_avx512_chunk), and each run to the float64 sums:
  * 16 more roundings, at most 2^-20 of the run's sum of |scale * t|. (A float64 fold per chunk, as
  * a16.c had too, cost group size 32 1.2-1.4x the time of 128.) A row's sums never depend on the
@@ -62,6 +66,22 @@ static void split_row(float* row, size_t n) {
     }
 }
 
+/* Each float32 x of the row as its three bfloat16 parts hi, mid, lo (qk_avx512_bf16_part), in place:
+ * per 8 k the dwords of split_row's order for hi, then for mid, then for lo (12 dwords: the row grows
+ * to 1.5 n dwords, x_row). From the last 8 k back, so that no 8 k is overwritten before it is read. */
+static void split_row3(float* row, size_t n) {
+    static const uint16_t pairs[32] = {1, 5, 9, 13, 3, 7, 11, 15, 33, 37, 41, 45, 35, 39, 43, 47}; /* as order, 8 k */
+    const __m512i words = _mm512_loadu_si512((const void*)pairs);
+    uint32_t* out = (uint32_t*)row;
+    for (size_t i = n; i > 0; i -= 8) {
+        __m512 rest = _mm512_maskz_loadu_ps(0x00FF, row + i - 8);
+        __m512i hi = qk_avx512_bf16_part(&rest), mid = qk_avx512_bf16_part(&rest), lo = qk_avx512_bf16_part(&rest);
+        __m512i hi_mid = _mm512_permutex2var_epi16(hi, words, mid), lo_pairs = _mm512_permutexvar_epi16(words, lo);
+        _mm256_storeu_si256((__m256i*)(out + (i - 8) / 2 * 3), _mm512_castsi512_si256(hi_mid));
+        _mm_storeu_si128((__m128i*)(out + (i - 8) / 2 * 3 + 8), _mm512_castsi512_si128(lo_pairs));
+    }
+}
+
 /* The 32-entry bfloat16 table vpermw reads: symmetric, entry i = (i % 16) - 8; else i - 16. */
 static __m512i weight_table(int asymmetric) {
     uint16_t t[32];
@@ -74,18 +94,20 @@ QK_AVX512_INLINE __m512 dot(__m512 acc, __m512i w, __m512i x) {
 }
 
 /* Rows x panels of the tile, for one call with constant arguments; parts: of each x (1 for bfloat16
- * input, 2 for float16). */
+ * input, 2 for float16, 3 for float32). */
 QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int parts, int asymmetric, int panels, int rows,
                                 int32_t panel, int32_t m, double* y) {
     const qk_vnni16_layout* l = &p->l;
-    const uint32_t* x = (const uint32_t*)(p->x + (size_t)m * p->row); /* pairs of bfloat16 parts */
+    const uint32_t* x = (const uint32_t*)(p->x + (size_t)m * p->x_row); /* pairs of bfloat16 parts */
+    const size_t words = parts == 3 ? 12 : 8; /* dwords per 8 k: split_row3's, split_row's */
     const __m512i table = weight_table(asymmetric), nibbles = _mm512_set1_epi32(0x000F000F);
-    qk_avx512_chunk c = qk_avx512_chunk_at(l, QK_AVX512_CHUNK_K, 0, 0);
+    const int32_t chunk_k = parts == 3 ? 64 : QK_AVX512_CHUNK_K; /* a chain's roundings: reading 24 */
+    qk_avx512_chunk c = qk_avx512_chunk_at(l, chunk_k, 0, 0);
     while (c.g < l->groups) {
         __m512 run[TILE_ROWS][2];
         for (int r = 0; r < rows; r++)
             for (int pi = 0; pi < panels; pi++) run[r][pi] = _mm512_setzero_ps();
-        for (int term = 0; term < QK_AVX512_RUN_CHUNKS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, QK_AVX512_CHUNK_K, c)) {
+        for (int term = 0; term < QK_AVX512_RUN_CHUNKS && c.g < l->groups; term++, c = qk_avx512_next_chunk(l, chunk_k, c)) {
             const uint8_t* group[2];
             __m512 scale[2];
             __m512i index_bias[2]; /* asymmetric: 16 - zero in both 16-bit halves of each column's lane */
@@ -95,7 +117,7 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int parts, int asymm
                 __m512i bias = _mm512_sub_epi32(_mm512_set1_epi32(16), qk_avx512_zero(group[pi], l));
                 index_bias[pi] = _mm512_or_si512(bias, _mm512_slli_epi32(bias, 16));
             }
-            const uint32_t* xg = x + (size_t)c.g * p->group_stride;
+            const uint32_t* xg = x + (size_t)c.g * p->group_stride / 8 * words;
             __m512 sum[TILE_ROWS][2][CHAINS];
             for (int r = 0; r < rows; r++)
                 for (int pi = 0; pi < panels; pi++)
@@ -112,12 +134,10 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int parts, int asymm
                         w[pi] = _mm512_permutexvar_epi16(index, table);
                     }
                     for (int r = 0; r < rows; r++) {
-                        const uint32_t* xr = xg + (size_t)r * p->row + i * 8;
-                        __m512i hi = _mm512_set1_epi32((int)xr[j]);
-                        for (int pi = 0; pi < panels; pi++) sum[r][pi][j] = dot(sum[r][pi][j], w[pi], hi);
-                        if (parts == 2) { /* float16; a bfloat16 x is its hi part (lo = 0) */
-                            __m512i lo = _mm512_set1_epi32((int)xr[4 + j]);
-                            for (int pi = 0; pi < panels; pi++) sum[r][pi][j] = dot(sum[r][pi][j], w[pi], lo);
+                        const uint32_t* xr = xg + (size_t)r * p->x_row + i * words;
+                        for (int part = 0; part < parts; part++) { /* a bfloat16 x is its hi part (lo = 0) */
+                            __m512i xs = _mm512_set1_epi32((int)xr[4 * part + j]);
+                            for (int pi = 0; pi < panels; pi++) sum[r][pi][j] = dot(sum[r][pi][j], w[pi], xs);
                         }
                     }
                 }
@@ -132,7 +152,7 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int parts, int asymm
     }
 }
 
-/* Each tile shape as its own function with constant arguments: [parts 1/2][asymmetric][panels 1/2][rows 1/2]. */
+/* Each tile shape as its own function with constant arguments: [parts 1/2/3][asymmetric][panels 1/2][rows 1/2]. */
 #define BF16_FN(parts, asym, panels, rows)                                                                        \
     static void bf16_##parts##_##asym##_##panels##_##rows(const qk_avx512_problem* p, int32_t panel, int32_t m,   \
                                                           double* y) {                                          \
@@ -143,22 +163,37 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int parts, int asymm
     BF16_FN(parts, 1, 1, 1) BF16_FN(parts, 1, 1, 2) BF16_FN(parts, 1, 2, 1) BF16_FN(parts, 1, 2, 2)
 BF16_FNS(1)
 BF16_FNS(2)
+BF16_FNS(3)
 
 typedef void bf16_fn(const qk_avx512_problem* p, int32_t panel, int32_t m, double* y);
 #define BF16_SHAPES(parts)                                                                                   \
     {{{bf16_##parts##_0_1_1, bf16_##parts##_0_1_2}, {bf16_##parts##_0_2_1, bf16_##parts##_0_2_2}},           \
      {{bf16_##parts##_1_1_1, bf16_##parts##_1_1_2}, {bf16_##parts##_1_2_1, bf16_##parts##_1_2_2}}}
-static bf16_fn* const shapes[2][2][2][TILE_ROWS] = {BF16_SHAPES(1), BF16_SHAPES(2)};
+static bf16_fn* const shapes[3][2][2][TILE_ROWS] = {BF16_SHAPES(1), BF16_SHAPES(2), BF16_SHAPES(3)};
+
+static int parts_of(qk_dtype dtype) { return dtype == QK_DTYPE_BF16 ? 1 : dtype == QK_DTYPE_F16 ? 2 : 3; }
 
 static void tile(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int rows, double* y) {
-    int parts = p->a->input_dtype == QK_DTYPE_BF16 ? 1 : 2;
-    shapes[parts - 1][p->asymmetric][panels - 1][rows - 1](p, panel, m, y);
+    shapes[parts_of(p->a->input_dtype) - 1][p->asymmetric][panels - 1][rows - 1](p, panel, m, y);
+}
+
+/* The problem, its rows of X 1.5 times as long for three parts. */
+static qk_avx512_problem problem_of(const qk_kernel_weights* w, const qk_matmul_args* a) {
+    qk_avx512_problem p = qk_avx512_problem_of(w, a);
+    if (parts_of(a->input_dtype) == 3) p.x_row = p.row / 2 * 3;
+    return p;
+}
+
+size_t qk_avx512_a16_bf16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads) {
+    (void)threads;
+    qk_avx512_problem p = problem_of(w, a);
+    return qk_avx512_buffers(&p, 1, NULL);
 }
 
 qk_status qk_avx512_a16_w4_bf16_2x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
-    qk_avx512_problem p = qk_avx512_problem_of(w, a);
+    qk_avx512_problem p = problem_of(w, a);
     qk_avx512_buffers(&p, 1, exec->workspace);
-    p.rewrite_row = split_row;
+    p.rewrite_row = parts_of(a->input_dtype) == 3 ? split_row3 : split_row;
     qk_avx512_prepare_rows(exec, &p);
     qk_avx512_run_tiles(exec, &p, TILE_ROWS, tile);
     return QK_OK;

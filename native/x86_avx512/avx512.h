@@ -74,9 +74,9 @@ static inline uint16_t qk_avx512_bf16_of_int(int integer) {
     return (uint16_t)(bits >> 16);
 }
 
-/* The top bfloat16 part of each float32 lane of *rest: its bits with the low 16 cleared (a NaN keeps
- * its quiet bit, so that the part is a NaN too); *rest becomes what is left, exactly, or 0 where it
- * was not finite. Taken once per part it splits x into exact bfloat16 parts (docs/numerics.md
+/* The top bfloat16 part of each float32 lane of *rest: its bits with the low 16 cleared (a NaN gets
+ * its quiet bit set first: a signalling NaN's payload may lie in the low 16 bits alone, and its top
+ * half would read as an infinity); *rest becomes what is left, exactly, or 0 where it was not finite. Taken once per part it splits x into exact bfloat16 parts (docs/numerics.md
  * reading 21): one for a bfloat16 value, two for float16 (11 significant bits), three for float32
  * (24). The parts of x86_amx's A16 kernel and of the AVX512-BF16 kernels. */
 QK_AVX512_INLINE __m512i qk_avx512_bf16_part(__m512* rest) {
@@ -98,11 +98,12 @@ typedef struct {
     size_t row;            /* padded activation row: groups * group_stride */
     int asymmetric;        /* the weights have zero points */
     int has_offsets;
-    float* x;              /* A16: float32 rows */
+    float* x;              /* A16: float32 rows (or their bfloat16 parts, a16_bf16.c), x_row apart */
+    size_t x_row;          /* A16: row, or 1.5 row for three bfloat16 parts (set before qk_avx512_buffers) */
     int8_t* qx;            /* A8: quantized rows */
     int32_t* sums;         /* A8: [M][groups] sums of qx */
     double* row_scale;     /* [M]: each row's float64 sums are multiplied by it (A16: 1 or 2^s; A8: sx or NaN) */
-    void (*rewrite_row)(float* row, size_t n); /* A16: applied to each float32 row once loaded, or NULL */
+    void (*rewrite_row)(float* row, size_t n); /* A16: applied to each float32 row (n = row) once loaded, or NULL */
 } qk_avx512_problem;
 
 qk_avx512_problem qk_avx512_problem_of(const qk_kernel_weights* w, const qk_matmul_args* a);
@@ -286,8 +287,8 @@ qk_status qk_avx512_a16_8x32(const qk_exec* exec, const qk_kernel_weights* w, co
 /* The canonical-layout A16 FMA variant for 4-bit weights (a16_c4x16.c), for stateless calls: x86_avx2's
  * c4x8, twice as wide. */
 qk_status qk_avx512_a16_w4_c4x16(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
-/* AVX512-BF16 (a16_bf16.c; its workspace is qk_avx512_a16_workspace's): float16 and bfloat16 input
- * (QK_AVX512_BF16_DTYPES), 4-bit weights without offsets; the CPU feature it needs beyond the
+/* AVX512-BF16 (a16_bf16.c): float16 and bfloat16 input (QK_AVX512_BF16_DTYPES; float32 in three
+ * parts on its bf16x3 line), 4-bit weights without offsets; the CPU feature it needs beyond the
  * backend's (none in the emulated build, where SIMDe provides it). */
 #define QK_AVX512_BF16_DTYPES ((1u << QK_DTYPE_F16) | (1u << QK_DTYPE_BF16))
 #ifdef QK_EMULATE_X86
@@ -295,6 +296,7 @@ qk_status qk_avx512_a16_w4_c4x16(const qk_exec* exec, const qk_kernel_weights* w
 #else
 #define QK_AVX512_BF16_CPU (1ull << QK_CPU_AVX512_BF16)
 #endif
+size_t qk_avx512_a16_bf16_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);
 qk_status qk_avx512_a16_w4_bf16_2x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a);
 /* Its canonical-layout variant (a16_bf16_c2x4.c, also built with AVX512-BF16), for stateless calls. */
 size_t qk_avx512_a16_bf16_c2x4_workspace(const qk_kernel_weights* w, const qk_matmul_args* a, int32_t threads);

@@ -21,13 +21,14 @@ qk_avx512_problem qk_avx512_problem_of(const qk_kernel_weights* w, const qk_matm
     };
     p.group_stride = (size_t)p.l.rows * p.l.k_per_row;
     p.row = (size_t)p.l.groups * p.group_stride;
+    p.x_row = p.row;
     return p;
 }
 
 size_t qk_avx512_buffers(qk_avx512_problem* p, int a16, void* base) {
     size_t used = 0, M = (size_t)p->a->M;
     if (a16) {
-        p->x = qk_avx2_take(base, &used, M * p->row * sizeof *p->x);
+        p->x = qk_avx2_take(base, &used, M * p->x_row * sizeof *p->x);
     } else {
         p->qx = qk_avx2_take(base, &used, M * p->row);
         p->sums = qk_avx2_take(base, &used, M * (size_t)p->l.groups * sizeof *p->sums);
@@ -87,7 +88,7 @@ static void prepare_task(void* arg, int32_t begin, int32_t end, int32_t thread) 
     const qk_avx512_problem* p = arg;
     for (int32_t m = begin; m < end; m++) {
         if (p->x) {
-            float* row = p->x + (size_t)m * p->row;
+            float* row = p->x + (size_t)m * p->x_row;
             p->row_scale[m] = qk_avx2_load_row(p->a, p->w, m, p->group_stride, row);
             if (p->rewrite_row) p->rewrite_row(row, p->row);
         } else {
@@ -131,7 +132,7 @@ static void tiles_task(void* arg, int32_t begin, int32_t end, int32_t thread) {
 }
 
 void qk_avx512_run_tiles(const qk_exec* exec, const qk_avx512_problem* p, int tile_rows, qk_avx512_tile_fn* tile) {
-    size_t row_bytes = p->row * (p->x ? sizeof(float) : 1);
+    size_t row_bytes = p->x ? p->x_row * sizeof(float) : p->row;
     size_t tiles = CHUNK_BYTES / (row_bytes * (size_t)tile_rows); /* whole tiles per chunk, at least one */
     int32_t chunk_rows = (int32_t)(tiles > 0 ? tiles * (size_t)tile_rows : (size_t)tile_rows);
     if (chunk_rows > p->a->M) chunk_rows = p->a->M;

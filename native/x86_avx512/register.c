@@ -7,7 +7,12 @@ static const qk_kernel_desc kernels[] = {
     {"x86_avx512_a8_w4w8_8x32", QK_MODE_A8, QK_BITS_4_8, QK_DTYPES_FLOAT, 1, QK_A8_INT32_EXACT_GROUP, 0, QK_FORMAT_V2, 0,
      qk_avx512_a8_workspace, qk_avx512_a8_8x32, 0},
     {"x86_avx512_a16_w4_bf16_2x32", QK_MODE_A16, 1u << 4, QK_AVX512_BF16_DTYPES, 1, 0, 0,
-     QK_FORMAT_RAGGED_GROUPS, 0, qk_avx512_a16_workspace, qk_avx512_a16_w4_bf16_2x32, QK_AVX512_BF16_CPU},
+     QK_FORMAT_RAGGED_GROUPS, 0, qk_avx512_a16_bf16_workspace, qk_avx512_a16_w4_bf16_2x32, QK_AVX512_BF16_CPU},
+    /* The same on float32 input in three bfloat16 parts: against x86_avx512_a16_w4w8_4x32 at M = 1
+     * 1.15x (symmetric) and 1.26x (zero points) with the weights in cache, 1.01-1.14x from memory;
+     * at M = 2 0.95x and 1.10x (Zen 4, 4096^2, README). */
+    {"x86_avx512_a16_w4_bf16x3_2x32", QK_MODE_A16, 1u << 4, 1u << QK_DTYPE_F32, 1, 0, 1,
+     QK_FORMAT_RAGGED_GROUPS, 0, qk_avx512_a16_bf16_workspace, qk_avx512_a16_w4_bf16_2x32, QK_AVX512_BF16_CPU},
     /* A16 FMA: weights formed per tile up to M = 16, once per task above (a16_8x32.c). Zen 4, 2
      * threads, float32 input, weights hot, 8x32 time / 4x32 time (README, x86_avx512): 4096 x 4096
      * 4-bit g128 1.26 at M = 8, 1.35 at 16, 0.97 at 32, 0.91 at 64, 0.89 at 512; SmolLM2's
@@ -29,8 +34,8 @@ static const qk_kernel_desc kernels[] = {
     {"x86_avx512_a16_w4_bf16_g32_c2x4", QK_MODE_A16, 1u << 4, QK_AVX512_BF16_DTYPES, 32, 64, 64, QK_FORMAT_RAGGED_GROUPS,
      1, qk_avx512_a16_bf16_c2x4_workspace, qk_avx512_a16_w4_bf16_c2x4, QK_AVX512_BF16_CPU},
     /* The same function on float32 input, each x as three bfloat16 parts: against the FMA variant
-     * below (Zen 4, 4096^2, 2 threads, README) 1.43x at M = 1 with G a multiple of 128 (even at 2,
-     * slower from 3); with G = 32 1.2-2.2x up to M = 48, with G = 64 1.5x at M = 1, even from 4. */
+     * below (Zen 4, 4096^2, 2 threads, README) 1.42x at M = 1 with G a multiple of 128, 0.97x at 2;
+     * with G = 32 1.3-2.1x up to M = 48; with G = 64 (zero points) 1.4x at M = 1, 0.97x at 4 and 16. */
     {"x86_avx512_a16_w4_bf16x3_c2x4", QK_MODE_A16, 1u << 4, 1u << QK_DTYPE_F32, 128, 0, 1, QK_FORMAT_RAGGED_GROUPS, 1,
      qk_avx512_a16_bf16_c2x4_workspace, qk_avx512_a16_w4_bf16_c2x4, QK_AVX512_BF16_CPU},
     {"x86_avx512_a16_w4_bf16x3_g32_c2x4", QK_MODE_A16, 1u << 4, 1u << QK_DTYPE_F32, 32, 64, 48, QK_FORMAT_RAGGED_GROUPS,

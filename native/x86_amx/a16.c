@@ -53,7 +53,7 @@ static size_t layout(amx_problem* ap, const qk_kernel_weights* w, const qk_matmu
     ap->p = qk_avx512_problem_of(w, a);
     ap->padded_m = (a->M + QK_AMX_BLOCK_ROWS - 1) / QK_AMX_BLOCK_ROWS * QK_AMX_BLOCK_ROWS;
     ap->chunk_rows = ap->padded_m < QK_AMX_CHUNK_ROWS ? ap->padded_m : QK_AMX_CHUNK_ROWS;
-    ap->parts = a->input_dtype == QK_DTYPE_BF16 ? 1 : a->input_dtype == QK_DTYPE_F16 ? 2 : 3;
+    ap->parts = qk_avx512_bf16_parts(a->input_dtype);
     ap->fold_steps = ap->parts == 3 ? 1 : FOLD_STEPS;
     ap->steps = (int32_t)((ap->p.group_stride + STEP_K - 1) / STEP_K);
     int32_t budget = (int32_t)(A_SLICE_BYTES / ((size_t)ap->chunk_rows * 64 * (size_t)ap->parts));

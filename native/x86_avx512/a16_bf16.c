@@ -1,8 +1,8 @@
 /* x86_avx512_a16_w4_bf16_2x32: A16 for float16 and bfloat16 input and 4-bit weights without offsets,
  * on vdpbf16ps (AVX512-BF16), the vnni16 pack; x86_avx512_a16_w4_bf16x3_2x32, the same function on
- * float32 input in three parts (at M = 1: from M = 2 the FMA kernel is as fast). Built with -mavx512bf16 (as is its canonical variant,
- * a16_bf16_c2x4.c): the kernel is listed with that feature as its own requirement, so the rest of
- * the backend runs without it.
+ * float32 input in three parts (at M = 1: from M = 2 the FMA kernel is as fast). Built with
+ * -mavx512bf16 (as is its canonical variant, a16_bf16_c2x4.c): the kernel is listed with that
+ * feature as its own requirement, so the rest of the backend runs without it.
  *
  * Why: at M = 1 the FMA kernel (a16.c) spends three zmm operations per 16 weights (shift, vpermps,
  * FMA) and runs slower than memory delivers 4-bit weights (AMD EPYC Zen 4, 2 threads, 4096 x 4096
@@ -36,8 +36,8 @@
  * Sums run over chunks of at most 128 k in four chains (k pairs by shift), each at most 32
  * vdpbf16ps (16 for bfloat16) of at most two roundings: an error of at most 2^-18 of sum |x * w| (plus 2^-7 for lo's
  * share), a 256th of the float16 tolerance; float32, over chunks of 64 k, 24 vdpbf16ps (2^-18.4, a
- * quarter of its tolerance with the run's share below). Each chunk's sum times its group's scale is added to a
- * float32 run of at most 16 chunks (avx512.h, qk_avx512_chunk), and each run to the float64 sums:
+ * quarter of its tolerance with the run's share below). Each chunk's sum times its group's scale is
+ * added to a float32 run of at most 16 chunks (avx512.h, qk_avx512_chunk), and each run to the float64 sums:
  * 16 more roundings, at most 2^-20 of the run's sum of |scale * t|. (A float64 fold per chunk, as
  * a16.c had too, cost group size 32 1.2-1.4x the time of 128.) A row's sums never depend on the
  * other rows of its tile. */
@@ -48,16 +48,19 @@ enum {
     CHAINS = 4, /* one per shift of the packed dword: vdpbf16ps's latency (6 cycles) hidden at M = 1 */
 };
 
+/* vpermt2w's index from two vectors of parts a and b (16 float32 lanes, the part in each upper half,
+ * word 2 t + 1) to the order of split_row: per 8 k, the dwords (a x0, a x2), (a x4, a x6), (a x1,
+ * a x3), (a x5, a x7), then the same of b (+ 32). Dword j pairs the k whose nibbles a shift by 4 j
+ * brings to the bottom of a packed dword's two 16-bit halves (layout.h: k 8 r + t sits at bit
+ * 8 (t % 4) + 4 (t / 4)). */
+static const uint16_t split_order[32] = {1,  5,  9,  13, 3,  7,  11, 15, 33, 37, 41, 45, 35, 39, 43, 47,
+                                         17, 21, 25, 29, 19, 23, 27, 31, 49, 53, 57, 61, 51, 55, 59, 63};
+
 /* Each float16- or bfloat16-valued x of the row as bfloat16 hi and lo parts, in place (bfloat16:
- * lo = 0, left unread). Per 8 k (32 bytes): the
- * dwords (hi x0, hi x2), (hi x4, hi x6), (hi x1, hi x3), (hi x5, hi x7), then the same of lo. Dword j
- * pairs the k whose nibbles a shift by 4 j brings to the bottom of a packed dword's two 16-bit
- * halves (layout.h: k 8 r + t sits at bit 8 (t % 4) + 4 (t / 4)). n is a multiple of 8. */
+ * lo = 0, left unread): per 8 k (32 bytes) split_order's dwords of hi, then of lo. n is a multiple
+ * of 8. */
 static void split_row(float* row, size_t n) {
-    /* word 2 t + 1 of a float32 lane is its upper half, its bfloat16 truncation; + 32: of lo */
-    static const uint16_t order[32] = {1,  5,  9,  13, 3,  7,  11, 15, 33, 37, 41, 45, 35, 39, 43, 47,
-                                       17, 21, 25, 29, 19, 23, 27, 31, 49, 53, 57, 61, 51, 55, 59, 63};
-    const __m512i words = _mm512_loadu_si512((const void*)order);
+    const __m512i words = _mm512_loadu_si512((const void*)split_order);
     for (size_t i = 0; i < n; i += 16) {
         __mmask16 live = n - i >= 16 ? 0xFFFF : 0x00FF;
         __m512 rest = _mm512_maskz_loadu_ps(live, row + i);
@@ -67,11 +70,10 @@ static void split_row(float* row, size_t n) {
 }
 
 /* Each float32 x of the row as its three bfloat16 parts hi, mid, lo (qk_avx512_bf16_part), in place:
- * per 8 k the dwords of split_row's order for hi, then for mid, then for lo (12 dwords: the row grows
- * to 1.5 n dwords, x_row). From the last 8 k back, so that no 8 k is overwritten before it is read. */
+ * per 8 k split_order's dwords of hi, then of mid, then of lo (12 dwords: the row grows to 1.5 n
+ * dwords, x_row). From the last 8 k back, so that no 8 k is overwritten before it is read. */
 static void split_row3(float* row, size_t n) {
-    static const uint16_t pairs[32] = {1, 5, 9, 13, 3, 7, 11, 15, 33, 37, 41, 45, 35, 39, 43, 47}; /* as order, 8 k */
-    const __m512i words = _mm512_loadu_si512((const void*)pairs);
+    const __m512i words = _mm512_loadu_si512((const void*)split_order); /* its first 8 k */
     uint32_t* out = (uint32_t*)row;
     for (size_t i = n; i > 0; i -= 8) {
         __m512 rest = _mm512_maskz_loadu_ps(0x00FF, row + i - 8);
@@ -117,7 +119,7 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int parts, int asymm
                 __m512i bias = _mm512_sub_epi32(_mm512_set1_epi32(16), qk_avx512_zero(group[pi], l));
                 index_bias[pi] = _mm512_or_si512(bias, _mm512_slli_epi32(bias, 16));
             }
-            const uint32_t* xg = x + (size_t)c.g * p->group_stride / 8 * words;
+            const uint32_t* xg = x + (size_t)c.g * (parts == 3 ? p->group_stride / 8 * 12 : p->group_stride);
             __m512 sum[TILE_ROWS][2][CHAINS];
             for (int r = 0; r < rows; r++)
                 for (int pi = 0; pi < panels; pi++)
@@ -171,16 +173,14 @@ typedef void bf16_fn(const qk_avx512_problem* p, int32_t panel, int32_t m, doubl
      {{bf16_##parts##_1_1_1, bf16_##parts##_1_1_2}, {bf16_##parts##_1_2_1, bf16_##parts##_1_2_2}}}
 static bf16_fn* const shapes[3][2][2][TILE_ROWS] = {BF16_SHAPES(1), BF16_SHAPES(2), BF16_SHAPES(3)};
 
-static int parts_of(qk_dtype dtype) { return dtype == QK_DTYPE_BF16 ? 1 : dtype == QK_DTYPE_F16 ? 2 : 3; }
-
 static void tile(const qk_avx512_problem* p, int32_t panel, int panels, int32_t m, int rows, double* y) {
-    shapes[parts_of(p->a->input_dtype) - 1][p->asymmetric][panels - 1][rows - 1](p, panel, m, y);
+    shapes[qk_avx512_bf16_parts(p->a->input_dtype) - 1][p->asymmetric][panels - 1][rows - 1](p, panel, m, y);
 }
 
 /* The problem, its rows of X 1.5 times as long for three parts. */
 static qk_avx512_problem problem_of(const qk_kernel_weights* w, const qk_matmul_args* a) {
     qk_avx512_problem p = qk_avx512_problem_of(w, a);
-    if (parts_of(a->input_dtype) == 3) p.x_row = p.row / 2 * 3;
+    if (qk_avx512_bf16_parts(a->input_dtype) == 3) p.x_row = p.row / 2 * 3;
     return p;
 }
 
@@ -193,7 +193,7 @@ size_t qk_avx512_a16_bf16_workspace(const qk_kernel_weights* w, const qk_matmul_
 qk_status qk_avx512_a16_w4_bf16_2x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
     qk_avx512_problem p = problem_of(w, a);
     qk_avx512_buffers(&p, 1, exec->workspace);
-    p.rewrite_row = parts_of(a->input_dtype) == 3 ? split_row3 : split_row;
+    p.rewrite_row = qk_avx512_bf16_parts(a->input_dtype) == 3 ? split_row3 : split_row;
     qk_avx512_prepare_rows(exec, &p);
     qk_avx512_run_tiles(exec, &p, TILE_ROWS, tile);
     return QK_OK;

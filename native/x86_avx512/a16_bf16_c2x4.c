@@ -281,8 +281,7 @@ static size_t buffers(job* j, void* base) {
      * whole-chunk groups); the run refuses anything else (a new registry line must come here). */
     j->lane_shift = j->w->group_size == 32 ? 2 : j->w->group_size == 64 ? 3 : 0;
     j->padded = ((size_t)qk_groups_per_row(j->w) * j->stride + CHUNK_K - 1) / CHUNK_K * CHUNK_K;
-    qk_dtype dtype = j->a->input_dtype;
-    j->parts = dtype == QK_DTYPE_BF16 ? 1 : dtype == QK_DTYPE_F16 ? 2 : 3;
+    j->parts = qk_avx512_bf16_parts(j->a->input_dtype);
     j->row_words = j->padded / 2 * (size_t)(j->parts > 2 ? j->parts : 2);
     j->x = qk_avx2_take(base, &used, (size_t)j->a->M * j->row_words * sizeof *j->x);
     j->row_scale = qk_avx2_take(base, &used, (size_t)j->a->M * sizeof *j->row_scale);

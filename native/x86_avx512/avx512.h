@@ -88,6 +88,11 @@ QK_AVX512_INLINE __m512i qk_avx512_bf16_part(__m512* rest) {
     return top;
 }
 
+/* How many bfloat16 parts an activation of this dtype takes: 1 (bfloat16), 2 (float16), 3 (float32). */
+static inline int qk_avx512_bf16_parts(qk_dtype dtype) {
+    return dtype == QK_DTYPE_BF16 ? 1 : dtype == QK_DTYPE_F16 ? 2 : 3;
+}
+
 /* What the tiles read. */
 typedef struct {
     const qk_matmul_args* a;

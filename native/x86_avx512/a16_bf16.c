@@ -49,40 +49,34 @@ enum {
 };
 
 /* vpermt2w's index from two vectors of parts a and b (16 float32 lanes, the part in each upper half,
- * word 2 t + 1) to the order of split_row: per 8 k, the dwords (a x0, a x2), (a x4, a x6), (a x1,
+ * word 2 t + 1) to split_row's order: per 8 k, the dwords (a x0, a x2), (a x4, a x6), (a x1,
  * a x3), (a x5, a x7), then the same of b (+ 32). Dword j pairs the k whose nibbles a shift by 4 j
  * brings to the bottom of a packed dword's two 16-bit halves (layout.h: k 8 r + t sits at bit
  * 8 (t % 4) + 4 (t / 4)). */
 static const uint16_t split_order[32] = {1,  5,  9,  13, 3,  7,  11, 15, 33, 37, 41, 45, 35, 39, 43, 47,
                                          17, 21, 25, 29, 19, 23, 27, 31, 49, 53, 57, 61, 51, 55, 59, 63};
 
-/* Each float16- or bfloat16-valued x of the row as bfloat16 hi and lo parts, in place (bfloat16:
- * lo = 0, left unread): per 8 k (32 bytes) split_order's dwords of hi, then of lo. n is a multiple
- * of 8. */
-static void split_row(float* row, size_t n) {
-    const __m512i words = _mm512_loadu_si512((const void*)split_order);
-    for (size_t i = 0; i < n; i += 16) {
-        __mmask16 live = n - i >= 16 ? 0xFFFF : 0x00FF;
-        __m512 rest = _mm512_maskz_loadu_ps(live, row + i);
-        __m512i hi = qk_avx512_bf16_part(&rest), lo = qk_avx512_bf16_part(&rest);
-        _mm512_mask_storeu_ps(row + i, live, _mm512_castsi512_ps(_mm512_permutex2var_epi16(hi, words, lo)));
-    }
-}
-
-/* Each float32 x of the row as its three bfloat16 parts hi, mid, lo (qk_avx512_bf16_part), in place:
- * per 8 k split_order's dwords of hi, then of mid, then of lo (12 dwords: the row grows to 1.5 n
- * dwords, x_row). From the last 8 k back, so that no 8 k is overwritten before it is read. */
-static void split_row3(float* row, size_t n) {
+/* Each x of the row (n floats, a multiple of 8) as its bfloat16 parts (qk_avx512_bf16_part), in
+ * place: per 8 k split_order's dwords of the first two parts (hi, lo for float16; bfloat16's lo is
+ * 0, left unread), then with three parts (float32: hi, mid, lo) those of the third: 8 or 12 dwords,
+ * so that three parts grow the row to 1.5 n (x_row). From the last 8 k back: no 8 k is overwritten
+ * before it is read. */
+static void split_row(float* row, size_t n, int parts) {
     const __m512i words = _mm512_loadu_si512((const void*)split_order); /* its first 8 k */
     uint32_t* out = (uint32_t*)row;
     for (size_t i = n; i > 0; i -= 8) {
         __m512 rest = _mm512_maskz_loadu_ps(0x00FF, row + i - 8);
-        __m512i hi = qk_avx512_bf16_part(&rest), mid = qk_avx512_bf16_part(&rest), lo = qk_avx512_bf16_part(&rest);
-        __m512i hi_mid = _mm512_permutex2var_epi16(hi, words, mid), lo_pairs = _mm512_permutexvar_epi16(words, lo);
-        _mm256_storeu_si256((__m256i*)(out + (i - 8) / 2 * 3), _mm512_castsi512_si256(hi_mid));
-        _mm_storeu_si128((__m128i*)(out + (i - 8) / 2 * 3 + 8), _mm512_castsi512_si128(lo_pairs));
+        __m512i hi = qk_avx512_bf16_part(&rest), next = qk_avx512_bf16_part(&rest);
+        uint32_t* at = out + (i - 8) / 8 * (parts == 3 ? 12 : 8);
+        _mm256_storeu_si256((__m256i*)at, _mm512_castsi512_si256(_mm512_permutex2var_epi16(hi, words, next)));
+        if (parts == 3)
+            _mm_storeu_si128((__m128i*)(at + 8),
+                             _mm512_castsi512_si128(_mm512_permutexvar_epi16(words, qk_avx512_bf16_part(&rest))));
     }
 }
+
+static void split_row_2(float* row, size_t n) { split_row(row, n, 2); }
+static void split_row_3(float* row, size_t n) { split_row(row, n, 3); }
 
 /* The 32-entry bfloat16 table vpermw reads: symmetric, entry i = (i % 16) - 8; else i - 16. */
 static __m512i weight_table(int asymmetric) {
@@ -101,7 +95,7 @@ QK_AVX512_INLINE void bf16_tile(const qk_avx512_problem* p, int parts, int asymm
                                 int32_t panel, int32_t m, double* y) {
     const qk_vnni16_layout* l = &p->l;
     const uint32_t* x = (const uint32_t*)(p->x + (size_t)m * p->x_row); /* pairs of bfloat16 parts */
-    const size_t words = parts == 3 ? 12 : 8; /* dwords per 8 k: split_row3's, split_row's */
+    const size_t words = parts == 3 ? 12 : 8; /* dwords per 8 k, as split_row lays them out */
     const __m512i table = weight_table(asymmetric), nibbles = _mm512_set1_epi32(0x000F000F);
     const int32_t chunk_k = parts == 3 ? 64 : QK_AVX512_CHUNK_K; /* a chain's roundings: reading 24 */
     qk_avx512_chunk c = qk_avx512_chunk_at(l, chunk_k, 0, 0);
@@ -193,7 +187,7 @@ size_t qk_avx512_a16_bf16_workspace(const qk_kernel_weights* w, const qk_matmul_
 qk_status qk_avx512_a16_w4_bf16_2x32(const qk_exec* exec, const qk_kernel_weights* w, const qk_matmul_args* a) {
     qk_avx512_problem p = problem_of(w, a);
     qk_avx512_buffers(&p, 1, exec->workspace);
-    p.rewrite_row = qk_avx512_bf16_parts(a->input_dtype) == 3 ? split_row3 : split_row;
+    p.rewrite_row = qk_avx512_bf16_parts(a->input_dtype) == 3 ? split_row_3 : split_row_2;
     qk_avx512_prepare_rows(exec, &p);
     qk_avx512_run_tiles(exec, &p, TILE_ROWS, tile);
     return QK_OK;

@@ -76,8 +76,8 @@ static inline uint16_t qk_avx512_bf16_of_int(int integer) {
 
 /* The top bfloat16 part of each float32 lane of *rest: its bits with the low 16 cleared (a NaN gets
  * its quiet bit set first: a signalling NaN's payload may lie in the low 16 bits alone, and its top
- * half would read as an infinity); *rest becomes what is left, exactly, or 0 where it was not finite. Taken once per part it splits x into exact bfloat16 parts (docs/numerics.md
- * reading 21): one for a bfloat16 value, two for float16 (11 significant bits), three for float32
+ * half would read as an infinity); *rest becomes what is left, exactly, or 0 where it was not
+ * finite. Taken once per part it splits x into exact bfloat16 parts (docs/numerics.md reading 21): one for a bfloat16 value, two for float16 (11 significant bits), three for float32
  * (24). The parts of x86_amx's A16 kernel and of the AVX512-BF16 kernels. */
 QK_AVX512_INLINE __m512i qk_avx512_bf16_part(__m512* rest) {
     __m512i bits = _mm512_castps_si512(*rest);
